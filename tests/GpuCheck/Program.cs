@@ -1,0 +1,5 @@
+namespace Distributed.GpuCheck;
+internal static class Program
+{
+    private static int Main() => 0;
+}
