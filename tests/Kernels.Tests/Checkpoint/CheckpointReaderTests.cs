@@ -360,4 +360,62 @@ public sealed class CheckpointReaderTests
         var required = CheckpointReader.RequiredTensors(reader.Config).Select(t => t.Name).Order(StringComparer.Ordinal);
         Assert.Equal(reader.TensorNames, required);
     }
+
+    [Fact]
+    public void FusedExpertsBeyond2Pow31Elements_SlicesUseLongOffsets()
+    {
+        // One MoE layer with gate_up [128, 64, 2^19] (2^32 elements, 8 GiB) and down [128, 2^18, 64] (4 GiB), as a
+        // sparse file: only the header and a few marker pages take disk space.
+        using var temp = new TempDir();
+        const int experts = 128, hidden = 64, inter = 1 << 18;
+        var config = new Llama4TextConfig
+        {
+            HiddenSize = hidden, NumLayers = 1, NumHeads = 4, NumKvHeads = 2, HeadDim = 16, IntermediateSize = inter,
+            IntermediateSizeMlp = 128, NumExperts = experts, TopK = 1, MoeLayers = [0], NoRopeLayers = [1],
+            AttentionChunkSize = 16, UseQkNorm = false, AttnTemperatureTuning = true, FloorScale = 8192, AttnScale = 0.1,
+            RopeTheta = 500000, RopeScaling = null, RmsNormEps = 1e-5, VocabSize = 32, MaxPositionEmbeddings = 4096,
+            TieWordEmbeddings = false,
+        };
+        File.WriteAllText(temp.File("config.json"), Llama4ConfigParser.ToJson(config));
+        var specs = CheckpointReader.RequiredTensors(config).Select(t => new SafetensorsTensorSpec(t.Name, DType.BF16, t.Shape)).ToArray();
+        byte[] header = SafetensorsWriter.BuildHeader(specs, null);
+        long dataStart = header.Length;
+        long offset = 0, gateUpOffset = 0, downOffset = 0;
+        foreach (var s in specs)
+        {
+            if (s.Name == Llama4TensorNames.ExpertsGateUp(0))
+            {
+                gateUpOffset = offset;
+            }
+            if (s.Name == Llama4TensorNames.ExpertsDown(0))
+            {
+                downOffset = offset;
+            }
+            offset += s.ByteLength;
+        }
+        long slice = (long)hidden * 2 * inter * 2;
+        using (var fs = new FileStream(temp.File("model.safetensors"), FileMode.CreateNew))
+        {
+            fs.Write(header);
+            fs.SetLength(dataStart + offset);
+            fs.Position = dataStart + gateUpOffset + (127 * slice);
+            fs.Write([0x34, 0x12]);
+            fs.Position = dataStart + gateUpOffset + (128 * slice) - 2;
+            fs.Write([0x78, 0x56]);
+            fs.Position = dataStart + downOffset + (100L * inter * hidden * 2) + 2;
+            fs.Write([0xCD, 0xAB]);
+        }
+
+        using var reader = CheckpointReader.Open(temp.Path);
+        var gateUp = reader.GetExpertSlice(Llama4TensorNames.ExpertsGateUp(0), 127, experts, hidden, 2 * inter);
+        Assert.Equal(hidden * 2 * inter, gateUp.Length);
+        Assert.Equal(0x1234, gateUp[0]);
+        Assert.Equal(0x5678, gateUp[^1]);
+        Assert.Equal(0, reader.GetExpertSlice(Llama4TensorNames.ExpertsGateUp(0), 126, experts, hidden, 2 * inter)[^1]);
+        var down = reader.GetExpertSlice(Llama4TensorNames.ExpertsDown(0), 100, experts, inter, hidden);
+        Assert.Equal(0xABCD, down[1]);
+        var ex = Assert.Throws<CheckpointException>(() => reader.GetBf16(Llama4TensorNames.ExpertsGateUp(0), experts, hidden, 2 * inter).Length);
+        Assert.Contains("more than one span can hold", ex.Message);
+        Assert.Equal(4_294_967_296L, reader.GetInfo(Llama4TensorNames.ExpertsGateUp(0)).ElementCount);
+    }
 }
