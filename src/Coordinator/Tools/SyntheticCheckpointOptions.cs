@@ -78,7 +78,7 @@ public sealed record SyntheticCheckpointOptions
     /// width 32, dense MLP 128, vocab 256, qk-norm, chunk 16, 64 KiB shards (about 0.5 MB in 8+ files; for tests).
     /// <c>maverick-h2048</c>: a Maverick-shaped model at reduced width: hidden 2048, 8 layers (MoE every 2nd),
     /// 16 heads / 4 kv heads of 128, 16 experts top-1 of width 4096, dense MLP 8192, vocab 8192, qk-norm, chunk 8192,
-    /// rope theta 500000, 1 GiB shards (about 4.1 GB of bf16 in 5 files).
+    /// rope theta 500000, 1 GiB shards (4.06 GB of bf16 in 4 files).
     /// </summary>
     /// <exception cref="ArgumentException">Unknown name (the message lists the presets).</exception>
     public static SyntheticCheckpointOptions Preset(string name) => name switch
