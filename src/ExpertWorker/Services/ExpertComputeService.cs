@@ -14,27 +14,17 @@ namespace Distributed.ExpertWorker.Services;
 /// by <see cref="TensorFrameValidator"/> before any payload byte is used; a bad request gets a precise status and never
 /// affects other requests or the process.
 /// </summary>
-[BindServiceMethod(typeof(ExpertComputeService), nameof(BindService))]
 public sealed partial class ExpertComputeService(
     ShardStore store,
     ExpertExecutor executor,
     SessionRegistry sessions,
     IOptions<ExpertWorkerOptions> options,
-    ILogger<ExpertComputeService> logger)
+    ILogger<ExpertComputeService> logger) : ExpertWorkerServiceBase
 {
     private readonly int _maxConcurrent = options.Value.MaxConcurrentRequestsPerStream;
 
-    /// <summary>Binds the methods of <see cref="ExpertWorkerMethods"/> (called by grpc-dotnet).</summary>
-    public static void BindService(ServiceBinderBase binder, ExpertComputeService? service)
-    {
-        ArgumentNullException.ThrowIfNull(binder);
-        binder.AddMethod(ExpertWorkerMethods.Hello, service is null ? null : service.Hello);
-        binder.AddMethod(ExpertWorkerMethods.Dispatch, service is null ? null : service.Dispatch);
-        binder.AddMethod(ExpertWorkerMethods.DispatchOnce, service is null ? null : service.DispatchOnce);
-    }
-
-    /// <summary>The versioned handshake.</summary>
-    public Task<HelloReply> Hello(HelloRequest request, ServerCallContext context)
+    /// <inheritdoc />
+    public override Task<HelloReply> Hello(HelloRequest request, ServerCallContext context)
     {
         var model = store.Model;
         if (request.ProtocolMajor != ProtocolVersion.Major)
@@ -86,8 +76,8 @@ public sealed partial class ExpertComputeService(
         return Task.FromResult(reply);
     }
 
-    /// <summary>The long-lived data-plane stream: many requests, replies matched by request id.</summary>
-    public async Task Dispatch(
+    /// <inheritdoc />
+    public override async Task Dispatch(
         IAsyncStreamReader<TensorFrame<ExpertRequest>> requestStream,
         IServerStreamWriter<TensorFrame<ExpertReply>> responseStream,
         ServerCallContext context)
@@ -145,8 +135,8 @@ public sealed partial class ExpertComputeService(
         }
     }
 
-    /// <summary>One request, one reply; failures are the call's status.</summary>
-    public Task<TensorFrame<ExpertReply>> DispatchOnce(TensorFrame<ExpertRequest> request, ServerCallContext context)
+    /// <inheritdoc />
+    public override Task<TensorFrame<ExpertReply>> DispatchOnce(TensorFrame<ExpertRequest> request, ServerCallContext context)
     {
         var session = CheckCall(context);
         using (request)

@@ -5,9 +5,9 @@ public enum ClusteringMode
 {
     /// <summary>Development clustering on one machine: a primary silo on a known port, no external service.</summary>
     Localhost = 0,
-    /// <summary>Redis membership table (<see cref="ClusterOptions.RedisConnectionString"/>).</summary>
+    /// <summary>Redis membership table (<see cref="ExpertClusterOptions.RedisConnectionString"/>).</summary>
     Redis = 1,
-    /// <summary>ADO.NET membership table (<see cref="ClusterOptions.AdoNetInvariant"/>, <see cref="ClusterOptions.AdoNetConnectionString"/>).</summary>
+    /// <summary>ADO.NET membership table (<see cref="ExpertClusterOptions.AdoNetInvariant"/>, <see cref="ExpertClusterOptions.AdoNetConnectionString"/>).</summary>
     AdoNet = 2,
 }
 
@@ -16,7 +16,7 @@ public enum ClusteringMode
 /// Both sides must use the same <see cref="ServiceId"/> and <see cref="ClusterId"/> (a mismatch makes the client retry
 /// until its start timeout).
 /// </summary>
-public sealed class ClusterOptions
+public sealed class ExpertClusterOptions
 {
     /// <summary>Configuration section name.</summary>
     public const string SectionName = "Cluster";
