@@ -19,6 +19,7 @@ public static class Program
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
         ["--experts"] = "ExpertWorker:StaticExperts",
         ["--memory"] = "ExpertWorker:MemoryCapacityBytes",
+        ["--plan-version"] = "ExpertWorker:StaticPlanVersion",
         ["--clustering"] = "Cluster:Clustering",
         ["--cluster-id"] = "Cluster:ClusterId",
         ["--service-id"] = "Cluster:ServiceId",

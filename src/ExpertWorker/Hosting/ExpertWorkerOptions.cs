@@ -44,6 +44,10 @@ public sealed class ExpertWorkerOptions
     /// </summary>
     public string? StaticExperts { get; set; }
 
+    /// <summary>Plan version a static shard serves (requests must carry it). Default: 0.</summary>
+    [Range(0, long.MaxValue)]
+    public long StaticPlanVersion { get; set; }
+
     /// <summary>Requests of one stream computed concurrently. Default: 2.</summary>
     [Range(1, 64)]
     public int MaxConcurrentRequestsPerStream { get; set; } = 2;

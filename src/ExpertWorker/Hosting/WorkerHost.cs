@@ -182,7 +182,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
         {
             if (!string.IsNullOrWhiteSpace(options.StaticExperts))
             {
-                await store.ApplyAsync(0, ShardManifest.Parse(options.StaticExperts, model), ct);
+                await store.ApplyAsync((ulong)options.StaticPlanVersion, ShardManifest.Parse(options.StaticExperts, model), ct);
             }
             else
             {
