@@ -254,6 +254,8 @@ public sealed partial class WorkerHost : IAsyncDisposable
         logging.AddFilter("Orleans", LogLevel.Warning);
         logging.AddFilter("Microsoft", LogLevel.Warning);
         logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Information);
+        logging.AddFilter("Polly", LogLevel.Warning);
+        logging.AddFilter("Grpc", LogLevel.Warning);
     }
 
     /// <summary>Waits until the process is asked to stop (SIGTERM / Ctrl+C) or <paramref name="cancellationToken"/> fires.</summary>
