@@ -133,7 +133,7 @@ public static class TensorFrameValidator
         {
             string why = request.PlanVersion < plan ? "stale" : "ahead of this worker";
             return FrameValidationResult.Fail(StatusCode.FailedPrecondition,
-                $"request {request.RequestId}: placement plan version {request.PlanVersion} is {why} (worker serves version {plan})",
+                $"request {request.RequestId}: plan_version {request.PlanVersion} is {why} (worker serves placement plan version {plan})",
                 new FieldViolation { Field = "plan_version", Description = $"{why}: worker serves version {plan}" });
         }
         for (int i = 0; i < request.Segments.Count; i++)
