@@ -1,0 +1,395 @@
+using Distributed.Kernels.Cuda.Interop;
+
+namespace Distributed.Kernels.Cuda;
+
+/// <summary>Weights, MatMul and the SwiGLU feed-forward paths.</summary>
+public sealed unsafe partial class CudaKernelBackend
+{
+    /// <inheritdoc />
+    public IWeightMatrix CreateWeight(ReadOnlySpan<ushort> bf16, int inFeatures, int outFeatures, WeightLayout layout)
+    {
+        Require(inFeatures > 0 && outFeatures > 0, $"weight shape must be positive, got [{inFeatures}, {outFeatures}]", nameof(inFeatures));
+        Require(layout is WeightLayout.InOut or WeightLayout.OutIn, $"unknown weight layout {layout}", nameof(layout));
+        long elements = checked((long)inFeatures * outFeatures);
+        Require(bf16.Length == elements, $"weight has {bf16.Length} elements, expected {inFeatures}×{outFeatures} = {elements}", nameof(bf16));
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _context.SetCurrent();
+        DeviceBuffer data = DeviceBuffer.Allocate(_context.DangerousGetHandle(), elements * 2);
+        try
+        {
+            CudaCallContext ctx = Rent();
+            bool ok = false;
+            try
+            {
+                int chunkElements = (int)(WeightUploadChunkBytes / 2);
+                ulong staging = ctx.Host.Alloc(WeightUploadChunkBytes);
+                for (long offset = 0; offset < elements; offset += chunkElements)
+                {
+                    int count = (int)Math.Min(chunkElements, elements - offset);
+                    bf16.Slice((int)offset, count).CopyTo(new Span<ushort>((void*)staging, count));
+                    CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(data.Pointer + (ulong)(offset * 2), (void*)staging, (nuint)(count * 2L),
+                        ctx.Stream.Value), "cuMemcpyHtoDAsync_v2(weight)");
+                    // The staging buffer is reused by the next chunk.
+                    ctx.Stream.Synchronize();
+                }
+                ok = true;
+            }
+            finally
+            {
+                Return(ctx, ok);
+            }
+        }
+        catch
+        {
+            data.Dispose();
+            throw;
+        }
+        return new CudaWeightMatrix(this, data, inFeatures, outFeatures, layout);
+    }
+
+    /// <inheritdoc />
+    public void MatMul(ReadOnlySpan<float> x, int rows, IWeightMatrix w, Span<float> y)
+    {
+        CudaWeightMatrix cw = Own(w, nameof(w));
+        Require(rows >= 0, $"rows must be ≥ 0, got {rows}", nameof(rows));
+        int k = cw.InFeatures;
+        int n = cw.OutFeatures;
+        Require(x.Length == (long)rows * k, $"x has {x.Length} elements, expected rows×K = {rows}×{k}", nameof(x));
+        Require(y.Length == (long)rows * n, $"y has {y.Length} elements, expected rows×N = {rows}×{n}", nameof(y));
+        if (rows == 0)
+        {
+            return;
+        }
+        CudaCallContext ctx = Rent();
+        bool ok = false;
+        try
+        {
+            ulong dx = Upload(ctx, x);
+            ulong xb = ctx.Device.Alloc((long)RowFactor * rows * k * 2);
+            _module.SplitBf16(ctx.Stream.Value, dx, xb, rows, k, Split);
+            ulong dy = ctx.Device.Alloc((long)rows * n * 4);
+            ulong t = Split ? ctx.Device.Alloc((long)RowFactor * rows * n * 4) : dy;
+            Gemm(ctx, cw, xb, RowFactor * rows, t);
+            if (Split)
+            {
+                _module.CombineSplit(ctx.Stream.Value, t, dy, rows, n);
+            }
+            Download(ctx, dy, y);
+            ok = true;
+        }
+        finally
+        {
+            Return(ctx, ok);
+        }
+    }
+
+    /// <inheritdoc />
+    public void SwiGluFfn(ReadOnlySpan<float> x, int rows, IWeightMatrix gateUp, IWeightMatrix down, Span<float> y)
+    {
+        Require(rows >= 0, $"rows must be ≥ 0, got {rows}", nameof(rows));
+        Span<int> counts = [rows];
+        SwiGluFfnGrouped(x, counts, [gateUp], [down], y);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>All non-empty groups must share H (the width of x); groups that also share the intermediate size run
+    /// as one grouped GEMM per stage (<see cref="GroupedGemmPath"/>); otherwise each group runs on its own.</remarks>
+    public void SwiGluFfnGrouped(ReadOnlySpan<float> x, ReadOnlySpan<int> rowCounts, IReadOnlyList<IWeightMatrix> gateUp,
+        IReadOnlyList<IWeightMatrix> down, Span<float> y)
+    {
+        ArgumentNullException.ThrowIfNull(gateUp);
+        ArgumentNullException.ThrowIfNull(down);
+        Require(gateUp.Count == rowCounts.Length && down.Count == rowCounts.Length,
+            $"rowCounts ({rowCounts.Length}), gateUp ({gateUp.Count}) and down ({down.Count}) must have one entry per group", nameof(rowCounts));
+        var groups = new List<FfnGroup>(rowCounts.Length);
+        long total = 0;
+        int hidden = -1;
+        int inter = -1;
+        bool uniform = true;
+        for (int g = 0; g < rowCounts.Length; g++)
+        {
+            int count = rowCounts[g];
+            Require(count >= 0, $"rowCounts[{g}] = {count} is negative", nameof(rowCounts));
+            CudaWeightMatrix gu = Own(gateUp[g], $"gateUp[{g}]");
+            CudaWeightMatrix dn = Own(down[g], $"down[{g}]");
+            Require(gu.OutFeatures % 2 == 0, $"gateUp[{g}] has odd width {gu.OutFeatures}; expected [H, 2I]", nameof(gateUp));
+            int gi = gu.OutFeatures / 2;
+            Require(dn.InFeatures == gi && dn.OutFeatures == gu.InFeatures,
+                $"down[{g}] is [{dn.InFeatures}, {dn.OutFeatures}], expected [I, H] = [{gi}, {gu.InFeatures}]", nameof(down));
+            if (count == 0)
+            {
+                continue;
+            }
+            if (hidden < 0)
+            {
+                hidden = gu.InFeatures;
+                inter = gi;
+            }
+            Require(gu.InFeatures == hidden, $"gateUp[{g}] has H = {gu.InFeatures}, other groups {hidden}", nameof(gateUp));
+            uniform &= gi == inter;
+            groups.Add(new FfnGroup(gu, dn, total, count));
+            total += count;
+        }
+        if (groups.Count == 0)
+        {
+            Require(x.Length == 0 && y.Length == 0, "x and y must be empty when every group has 0 rows", nameof(x));
+            return;
+        }
+        Require(x.Length == total * hidden, $"x has {x.Length} elements, expected Σrows×H = {total}×{hidden}", nameof(x));
+        Require(y.Length == total * hidden, $"y has {y.Length} elements, expected Σrows×H = {total}×{hidden}", nameof(y));
+        if (!uniform)
+        {
+            foreach (FfnGroup group in groups)
+            {
+                int off = (int)(group.Offset * hidden);
+                int len = (int)(group.Rows * hidden);
+                RunFfn(x.Slice(off, len), [group with { Offset = 0 }], hidden, group.GateUp.OutFeatures / 2, y.Slice(off, len));
+            }
+            return;
+        }
+        RunFfn(x, groups, hidden, inter, y);
+    }
+
+    private readonly record struct FfnGroup(CudaWeightMatrix GateUp, CudaWeightMatrix Down, long Offset, long Rows);
+
+    private void RunFfn(ReadOnlySpan<float> x, List<FfnGroup> groups, int hidden, int inter, Span<float> y)
+    {
+        long rows = x.Length / hidden;
+        int f = RowFactor;
+        CudaCallContext ctx = Rent();
+        bool ok = false;
+        try
+        {
+            nint stream = ctx.Stream.Value;
+            ulong dx = Upload(ctx, x);
+            ulong xb = ctx.Device.Alloc(f * rows * hidden * 2);
+            _module.SplitBf16(stream, dx, xb, rows, hidden, Split);
+            ulong t1 = ctx.Device.Alloc(f * rows * 2L * inter * 4);
+            GroupedStage(ctx, groups, up: true, xb, hidden, t1, 2 * inter);
+            ulong h = ctx.Device.Alloc(f * rows * inter * 2L);
+            _module.SwiGluSplit(stream, t1, h, rows, inter, Split);
+            ulong dy = ctx.Device.Alloc(rows * hidden * 4);
+            ulong t2 = Split ? ctx.Device.Alloc(f * rows * hidden * 4) : dy;
+            GroupedStage(ctx, groups, up: false, h, inter, t2, hidden);
+            if (Split)
+            {
+                _module.CombineSplit(stream, t2, dy, rows, hidden);
+            }
+            Download(ctx, dy, y);
+            ok = true;
+        }
+        finally
+        {
+            Return(ctx, ok);
+        }
+    }
+
+    /// <summary>
+    /// One GEMM stage over all groups: group g multiplies its <c>f·rows_g</c> bf16 rows of <paramref name="b"/>
+    /// (<paramref name="k"/> wide, starting at row f·offset_g) by its weight into fp32 rows of <paramref name="c"/>
+    /// (<paramref name="n"/> wide).
+    /// </summary>
+    private void GroupedStage(CudaCallContext ctx, List<FfnGroup> groups, bool up, ulong b, int k, ulong c, int n)
+    {
+        int f = RowFactor;
+        if (groups.Count == 1 || _groupedAddress == 0)
+        {
+            foreach (FfnGroup g in groups)
+            {
+                CudaWeightMatrix w = up ? g.GateUp : g.Down;
+                Gemm(ctx, w, b + (ulong)(f * g.Offset * k * 2), (int)(f * g.Rows), c + (ulong)(f * g.Offset * n * 4));
+            }
+            return;
+        }
+        int count = groups.Count;
+        var pointers = new ulong[3 * count];
+        int[] ints = new int[9 * count];
+        float[] scalars = new float[2 * count];
+        Span<int> transA = ints.AsSpan(0, count);
+        Span<int> transB = ints.AsSpan(count, count);
+        Span<int> m = ints.AsSpan(2 * count, count);
+        Span<int> nn = ints.AsSpan(3 * count, count);
+        Span<int> kk = ints.AsSpan(4 * count, count);
+        Span<int> lda = ints.AsSpan(5 * count, count);
+        Span<int> ldb = ints.AsSpan(6 * count, count);
+        Span<int> ldc = ints.AsSpan(7 * count, count);
+        Span<int> size = ints.AsSpan(8 * count, count);
+        for (int i = 0; i < count; i++)
+        {
+            FfnGroup g = groups[i];
+            CudaWeightMatrix w = up ? g.GateUp : g.Down;
+            transA[i] = w.OpA;
+            transB[i] = CuBlas.OpN;
+            m[i] = w.OutFeatures;
+            nn[i] = (int)(f * g.Rows);
+            kk[i] = w.InFeatures;
+            lda[i] = w.Lda;
+            ldb[i] = k;
+            ldc[i] = n;
+            size[i] = 1;
+            pointers[i] = w.Pointer;
+            pointers[count + i] = b + (ulong)(f * g.Offset * k * 2);
+            pointers[2 * count + i] = c + (ulong)(f * g.Offset * n * 4);
+            scalars[i] = 1f;
+            scalars[count + i] = 0f;
+        }
+        // cuBLAS reads the pointer arrays from device memory; the copy is ordered before the GEMM on the same stream.
+        ulong devicePointers = Upload<ulong>(ctx, pointers);
+        GroupedGemm(ctx, _groupedAddress, ints, scalars, count, devicePointers);
+    }
+
+    /// <summary>Calls cublasGemmGroupedBatchedEx with the packed host arrays of <see cref="GroupedStage"/>.</summary>
+    internal static void GroupedGemm(CudaCallContext ctx, nint address, int[] ints, float[] scalars, int count, ulong devicePointers)
+    {
+        fixed (int* p = ints)
+        fixed (float* s = scalars)
+        {
+            int status = CuBlas.GemmGroupedBatchedEx(address, ctx.Blas.Value, p, p + count, p + 2 * count, p + 3 * count,
+                p + 4 * count, s, devicePointers, CuBlas.R16BF, p + 5 * count, devicePointers + (ulong)(8 * count), CuBlas.R16BF,
+                p + 6 * count, s + count, devicePointers + (ulong)(16 * count), CuBlas.R32F, p + 7 * count, count, p + 8 * count,
+                CuBlas.Compute32F);
+            CuBlas.Check(status, "cublasGemmGroupedBatchedEx");
+        }
+    }
+
+    /// <summary>
+    /// Row-major <c>C[n, N] = B[n, K] · W</c> with bf16 B and W, fp32 C: column-major <c>Cᵀ = op(W)·Bᵀ</c>, m = N, k = K.
+    /// </summary>
+    internal static void Gemm(CudaCallContext ctx, CudaWeightMatrix w, ulong b, int n, ulong c, float beta = 0f)
+    {
+        if (n == 0)
+        {
+            return;
+        }
+        float alpha = 1f;
+        int m = w.OutFeatures;
+        int k = w.InFeatures;
+        int status = CuBlas.cublasGemmEx(ctx.Blas.Value, w.OpA, CuBlas.OpN, m, n, k, &alpha, w.Pointer, CuBlas.R16BF, w.Lda,
+            b, CuBlas.R16BF, k, &beta, c, CuBlas.R32F, m, CuBlas.Compute32F, CuBlas.GemmDefault);
+        if (status != CuBlas.StatusSuccess)
+        {
+            throw new CudaException($"cublasGemmEx(m={m}, n={n}, k={k}, opA={w.OpA}, lda={w.Lda}) failed: {CuBlas.Describe(status)}")
+            {
+                Call = "cublasGemmEx",
+                Status = status,
+            };
+        }
+    }
+
+    /// <summary>
+    /// Picks the grouped GEMM path: the grouped API when requested (or Auto) and the loaded cuBLAS exports it and a small
+    /// exact problem (integers, so every summation order gives the same floats) matches per-group GemmEx bit for bit.
+    /// </summary>
+    private (nint Address, string Description) ChooseGroupedPath()
+    {
+        if (Options.GroupedGemm == CudaGroupedGemm.PerGroup)
+        {
+            return (0, "per-group cublasGemmEx (requested)");
+        }
+        nint address = CuBlas.GroupedBatchedExAddress;
+        string? problem = address == 0 ? "cublasGemmGroupedBatchedEx not exported by this cuBLAS (needs ≥ 12.5)" : ProbeGrouped(address);
+        if (problem is null)
+        {
+            return (address, "cublasGemmGroupedBatchedEx");
+        }
+        if (Options.GroupedGemm == CudaGroupedGemm.Grouped)
+        {
+            throw new CudaUnavailableException($"grouped GEMM requested but unusable: {problem}");
+        }
+        return (0, $"per-group cublasGemmEx ({problem})");
+    }
+
+    private string? ProbeGrouped(nint address)
+    {
+        const int k = 64;
+        const int n = 48;
+        int[] rows = [3, 5, 1];
+        var weights = new List<CudaWeightMatrix>();
+        try
+        {
+            var groups = new List<FfnGroup>();
+            long offset = 0;
+            for (int g = 0; g < rows.Length; g++)
+            {
+                var bits = new ushort[k * n];
+                for (int i = 0; i < bits.Length; i++)
+                {
+                    bits[i] = DTypeInfo.FloatToBf16(((i * 7 + g * 3) % 5) - 2);
+                }
+                var layout = g == 1 ? WeightLayout.OutIn : WeightLayout.InOut;
+                var w = (CudaWeightMatrix)CreateWeight(bits, k, n, layout);
+                weights.Add(w);
+                groups.Add(new FfnGroup(w, w, offset, rows[g]));
+                offset += rows[g];
+            }
+            var x = new ushort[offset * k];
+            for (int i = 0; i < x.Length; i++)
+            {
+                x[i] = DTypeInfo.FloatToBf16(((i * 3) % 7) - 3);
+            }
+            var expected = new float[offset * n];
+            var actual = new float[offset * n];
+            CudaCallContext ctx = Rent();
+            bool ok = false;
+            try
+            {
+                ulong b = Upload<ushort>(ctx, x);
+                ulong c1 = ctx.Device.Alloc(expected.Length * 4L);
+                ulong c2 = ctx.Device.Alloc(actual.Length * 4L);
+                foreach (FfnGroup g in groups)
+                {
+                    Gemm(ctx, g.GateUp, b + (ulong)(g.Offset * k * 2), (int)g.Rows, c1 + (ulong)(g.Offset * n * 4));
+                }
+                int count = groups.Count;
+                int[] ints = new int[9 * count];
+                float[] scalars = new float[2 * count];
+                var pointers = new ulong[3 * count];
+                for (int i = 0; i < count; i++)
+                {
+                    CudaWeightMatrix w = groups[i].GateUp;
+                    ints[i] = w.OpA;
+                    ints[count + i] = CuBlas.OpN;
+                    ints[2 * count + i] = n;
+                    ints[3 * count + i] = (int)groups[i].Rows;
+                    ints[4 * count + i] = k;
+                    ints[5 * count + i] = w.Lda;
+                    ints[6 * count + i] = k;
+                    ints[7 * count + i] = n;
+                    ints[8 * count + i] = 1;
+                    scalars[i] = 1f;
+                    pointers[i] = w.Pointer;
+                    pointers[count + i] = b + (ulong)(groups[i].Offset * k * 2);
+                    pointers[2 * count + i] = c2 + (ulong)(groups[i].Offset * n * 4);
+                }
+                ulong devicePointers = Upload<ulong>(ctx, pointers);
+                GroupedGemm(ctx, address, ints, scalars, count, devicePointers);
+                Download(ctx, c1, expected.AsSpan());
+                Download(ctx, c2, actual.AsSpan());
+                ok = true;
+            }
+            catch (CudaException e)
+            {
+                return $"probe failed: {e.Message}";
+            }
+            finally
+            {
+                Return(ctx, ok);
+            }
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                {
+                    return $"probe mismatch at element {i}: grouped {actual[i]} vs GemmEx {expected[i]}";
+                }
+            }
+            return null;
+        }
+        finally
+        {
+            foreach (CudaWeightMatrix w in weights)
+            {
+                w.Dispose();
+            }
+        }
+    }
+}
