@@ -1,3 +1,4 @@
+using System.Text.Encodings.Web;
 using System.Text.Json;
 
 namespace Distributed.Coordinator.Serving.Api;
@@ -65,6 +66,12 @@ public static class ApiErrorTypes
 /// <summary>Serializes OpenAI-style error objects.</summary>
 public static class ApiErrorJson
 {
+    /// <summary>
+    /// Writer settings of every API response: compact, UTF-8 text written as is (no <c>\u0027</c>-style escaping of
+    /// quotes or non-ASCII; control characters and invalid text are still escaped), as OpenAI's responses are.
+    /// </summary>
+    public static JsonWriterOptions WriterOptions { get; } = new() { Indented = false, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     /// <summary>Writes <c>{"error":{"message":..,"type":..,"param":..,"code":..}}</c> (null fields written as null).</summary>
     public static void Write(Utf8JsonWriter writer, ApiErrorException error)
     {
@@ -84,7 +91,7 @@ public static class ApiErrorJson
     public static byte[] ToUtf8(ApiErrorException error)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
-        using (var writer = new Utf8JsonWriter(buffer))
+        using (var writer = new Utf8JsonWriter(buffer, WriterOptions))
         {
             Write(writer, error);
         }

@@ -36,7 +36,7 @@ public sealed partial class OpenAiEndpoints
         ArgumentNullException.ThrowIfNull(routes);
         routes.MapGet("/health", context => WriteTextAsync(context, "ok"));
         routes.MapGet("/v1/models", ListModelsAsync);
-        routes.MapGet("/v1/models/{id}", GetModelAsync);
+        routes.MapGet("/v1/models/{**id}", GetModelAsync);
         routes.MapPost("/v1/completions", CompletionsAsync);
         routes.MapPost("/v1/chat/completions", ChatCompletionsAsync);
     }
@@ -285,7 +285,7 @@ public sealed partial class OpenAiEndpoints
         var response = context.Response;
         response.StatusCode = statusCode;
         response.ContentType = "application/json";
-        using (var writer = new Utf8JsonWriter(response.BodyWriter))
+        using (var writer = new Utf8JsonWriter(response.BodyWriter, ApiErrorJson.WriterOptions))
         {
             write(writer);
         }

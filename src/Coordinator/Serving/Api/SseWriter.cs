@@ -11,7 +11,6 @@ namespace Distributed.Coordinator.Serving.Api;
 /// </summary>
 public sealed class SseWriter : IDisposable
 {
-    private static readonly JsonWriterOptions WriterOptions = new() { Indented = false, SkipValidation = false };
     private readonly PipeWriter _output;
     private readonly Utf8JsonWriter _json;
 
@@ -19,7 +18,7 @@ public sealed class SseWriter : IDisposable
     public SseWriter(PipeWriter output)
     {
         _output = output ?? throw new ArgumentNullException(nameof(output));
-        _json = new Utf8JsonWriter(output, WriterOptions);
+        _json = new Utf8JsonWriter(output, ApiErrorJson.WriterOptions);
     }
 
     /// <summary>Events written so far (the <c>[DONE]</c> marker included).</summary>

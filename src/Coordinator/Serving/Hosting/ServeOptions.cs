@@ -1,6 +1,6 @@
 namespace Distributed.Coordinator.Serving.Hosting;
 
-/// <summary>Settings of the <c>serve</c> command's HTTP server and the scheduler limits it passes on.</summary>
+/// <summary>Settings of the <c>serve</c> command's HTTP server (the scheduler has its own <c>SchedulerOptions</c>).</summary>
 public sealed class ServeOptions
 {
     /// <summary>Configuration section name.</summary>
@@ -18,20 +18,17 @@ public sealed class ServeOptions
     /// <summary>TCP port, 0 = any free port (the bound one is logged). Default: 8000.</summary>
     public int Port { get; set; } = 8000;
 
+    /// <summary>
+    /// Extra port for cleartext HTTP/2 with prior knowledge (h2c), 0 = any free port, null = none. Kestrel cannot offer
+    /// HTTP/2 beside HTTP/1.1 on one port without TLS, so the main <see cref="Port"/> speaks HTTP/1.1. Default: null.
+    /// </summary>
+    public int? Http2Port { get; set; }
+
     /// <summary>Largest accepted request body in bytes; larger bodies get 413. Default: 4 MiB (a 16k-token prompt as a JSON id array is about 100 KB).</summary>
     public long MaxRequestBodyBytes { get; set; } = 4L << 20;
 
     /// <summary>HTTP status when the scheduler's queue is full: 429 or 503, sent with Retry-After. Default: 429.</summary>
     public int QueueFullStatusCode { get; set; } = 429;
-
-    /// <summary>Requests that may wait for admission before new ones get 429/503. Default: null = the scheduler's default.</summary>
-    public int? MaxQueue { get; set; }
-
-    /// <summary>Most tokens (prefill chunks + decodes) per scheduler step. Default: null = the scheduler's default.</summary>
-    public int? MaxBatchTokens { get; set; }
-
-    /// <summary>KV cache budget in MiB. Default: null = the scheduler's default.</summary>
-    public int? KvMemoryMb { get; set; }
 
     /// <summary>How long a shutdown waits for in-flight requests before cancelling them. Default: 10 s.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);

@@ -37,6 +37,14 @@ public sealed class ServeOptionsValidator : IValidateOptions<ServeOptions>
         {
             failures.Add($"Port (--port) must be in [0, 65535], got {options.Port}.");
         }
+        if (options.Http2Port is < 0 or > 65535)
+        {
+            failures.Add($"Http2Port (--http2-port) must be in [0, 65535], got {options.Http2Port}.");
+        }
+        else if (options.Http2Port is int h2 && h2 != 0 && h2 == options.Port)
+        {
+            failures.Add($"Http2Port (--http2-port) must differ from Port (--port), both are {h2}.");
+        }
         if (options.MaxRequestBodyBytes is < MinRequestBodyBytes or > MaxRequestBodyBytes)
         {
             failures.Add($"MaxRequestBodyBytes (--max-request-bytes) must be in [{MinRequestBodyBytes}, {MaxRequestBodyBytes}], got {options.MaxRequestBodyBytes}.");
@@ -44,18 +52,6 @@ public sealed class ServeOptionsValidator : IValidateOptions<ServeOptions>
         if (options.QueueFullStatusCode is not (429 or 503))
         {
             failures.Add($"QueueFullStatusCode (--queue-full-status) must be 429 or 503, got {options.QueueFullStatusCode}.");
-        }
-        if (options.MaxQueue is < 0)
-        {
-            failures.Add($"MaxQueue (--max-queue) must be >= 0, got {options.MaxQueue}.");
-        }
-        if (options.MaxBatchTokens is < 1)
-        {
-            failures.Add($"MaxBatchTokens (--max-batch-tokens) must be >= 1, got {options.MaxBatchTokens}.");
-        }
-        if (options.KvMemoryMb is < 1)
-        {
-            failures.Add($"KvMemoryMb (--kv-memory-mb) must be >= 1, got {options.KvMemoryMb}.");
         }
         if (options.ShutdownTimeout < TimeSpan.Zero || options.ShutdownTimeout > TimeSpan.FromHours(1))
         {
