@@ -277,7 +277,7 @@ public sealed class Llama4TokenizerLoadTests
     [Fact]
     public void Load_MultimodalConfig_ReadsTextConfig()
     {
-        var tokenizer = Llama4Tokenizer.Load(TokenizerTestPaths.Fixture("tiny-maverick-mm"));
+        var tokenizer = Llama4Tokenizer.Load(TestPaths.Fixture("tiny-maverick-mm"));
 
         Assert.Equal(512, tokenizer.VocabSize);
         Assert.Equal(511, tokenizer.PadTokenId);

@@ -41,6 +41,34 @@ public sealed class Llama4TokenizerTests
         Assert.Equal(text, Tokenizer.Decode(ids, skipSpecialTokens: true));
     }
 
+    /// <summary>
+    /// Ids the Hugging Face <c>tokenizers</c> library (Rust, through Tokenizers.DotNet 1.4.1) produced for
+    /// tests/fixtures/tiny-maverick/tokenizer.json, its post-processor's leading BOS removed. They pin agreement with
+    /// the reference implementation: split on code points, whole-piece lookup, merge ranks, added tokens. Regenerating
+    /// the fixture's tokenizer changes them; recompute them then with the reference library.
+    /// </summary>
+    public static TheoryData<string, int[]> HuggingFaceEncodings => new()
+    {
+        { "Hello world", [72, 101, 281, 111, 267, 290, 108, 100] },
+        { "The experts answer the user.\n\nThanks!", [304, 393, 471, 259, 467, 379, 279, 10, 84, 104, 275, 370, 33] },
+        { "It's THE'S we've I'LL", [73, 116, 405, 32, 84, 72, 69, 39, 83, 267, 101, 39, 309, 470, 76, 76] },
+        { "12345 3.14", [49, 50, 51, 52, 53, 32, 51, 46, 49, 52] },
+        { "😀a 😀 a😀b", [240, 159, 152, 128, 97, 32, 240, 159, 152, 128, 258, 240, 159, 152, 128, 98] },
+        { "𠀀𠀁abc 𝐀𝐁c", [240, 160, 128, 128, 240, 160, 128, 129, 97, 98, 99, 32, 240, 157, 144, 128, 240, 157, 144, 129, 99] },
+        { "héllo 中文", [104, 195, 169, 281, 111, 32, 228, 184, 173, 230, 150, 135] },
+        { "x<|eot|>y<|header_start|>user<|header_end|>\n\nhi", [120, 507, 121, 505, 117, 379, 506, 10, 10, 104, 105] },
+        { "  \n  \n\tindent", [32, 32, 10, 32, 32, 10, 9, 105, 262, 365] },
+        { "a/b/c\n/d !!! ???", [97, 47, 98, 47, 99, 10, 47, 100, 32, 33, 33, 33, 32, 63, 63, 63] },
+    };
+
+    [Theory]
+    [MemberData(nameof(HuggingFaceEncodings))]
+    public void Encode_MatchesHuggingFaceTokenizers(string text, int[] expected)
+    {
+        Assert.Equal(expected, Tokenizer.Encode(text));
+        Assert.Equal(text, Tokenizer.Decode(expected));
+    }
+
     [Fact]
     public void Encode_CommonWord_IsOneLearntToken()
     {

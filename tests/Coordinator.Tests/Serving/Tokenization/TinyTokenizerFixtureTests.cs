@@ -12,7 +12,7 @@ public sealed class TinyTokenizerFixtureTests
     [MemberData(nameof(Fixtures))]
     public void CommittedFiles_EqualGeneratorOutput(string fixture)
     {
-        string directory = TokenizerTestPaths.Fixture(fixture);
+        string directory = TestPaths.Fixture(fixture);
         (string tokenizerJson, string tokenizerConfigJson) = TinyTokenizerGenerator.Generate(directory);
         string tokenizerPath = Path.Combine(directory, Llama4Tokenizer.TokenizerFileName);
         string configPath = Path.Combine(directory, Llama4Tokenizer.TokenizerConfigFileName);
@@ -33,7 +33,7 @@ public sealed class TinyTokenizerFixtureTests
     [MemberData(nameof(Fixtures))]
     public void Load_AgreesWithConfigIds(string fixture)
     {
-        string directory = TokenizerTestPaths.Fixture(fixture);
+        string directory = TestPaths.Fixture(fixture);
         using JsonDocument configDocument = JsonDocument.Parse(File.ReadAllText(Path.Combine(directory, "config.json")));
         JsonElement config = configDocument.RootElement.TryGetProperty("text_config", out JsonElement text)
             ? text
@@ -71,7 +71,7 @@ public sealed class TinyTokenizerFixtureTests
     [Fact]
     public void MultimodalFixture_ImageIndicesNameImageTokens()
     {
-        string directory = TokenizerTestPaths.Fixture("tiny-maverick-mm");
+        string directory = TestPaths.Fixture("tiny-maverick-mm");
         using JsonDocument config = JsonDocument.Parse(File.ReadAllText(Path.Combine(directory, "config.json")));
         var tokenizer = Llama4Tokenizer.Load(directory);
 
@@ -83,12 +83,12 @@ public sealed class TinyTokenizerFixtureTests
     [Fact]
     public void Fixtures_ShareTheBpeVocabulary()
     {
-        var reference = Llama4Tokenizer.Load(TokenizerTestPaths.Fixture("tiny-maverick"));
+        var reference = Llama4Tokenizer.Load(TestPaths.Fixture("tiny-maverick"));
         const string text = "The experts answer the user: \"It's 42 degrees!\"\n";
         int[] expected = reference.Encode(text);
         foreach (string fixture in TinyTokenizerGenerator.FixtureNames)
         {
-            Assert.Equal(expected, Llama4Tokenizer.Load(TokenizerTestPaths.Fixture(fixture)).Encode(text));
+            Assert.Equal(expected, Llama4Tokenizer.Load(TestPaths.Fixture(fixture)).Encode(text));
         }
 
         Assert.All(expected, id => Assert.InRange(id, 0, TinyTokenizerGenerator.BpeTokenCount - 1));

@@ -8,7 +8,7 @@ namespace Distributed.Coordinator.Tests.Serving.Tokenization;
 internal static class TokenizerTestModels
 {
     private static readonly Lazy<Llama4Tokenizer> MaverickTokenizer =
-        new(() => Llama4Tokenizer.Load(TokenizerTestPaths.Fixture("tiny-maverick")));
+        new(() => Llama4Tokenizer.Load(TestPaths.Fixture("tiny-maverick")));
 
     /// <summary>tests/fixtures/tiny-maverick's tokenizer (vocab 512, bos 500, eot 507).</summary>
     public static Llama4Tokenizer Maverick => MaverickTokenizer.Value;
@@ -28,7 +28,7 @@ internal static class TokenizerTestModels
             System.IO.Directory.CreateDirectory(Directory);
             foreach (string file in Files)
             {
-                File.Copy(Path.Combine(TokenizerTestPaths.Fixture("tiny-maverick"), file), Path.Combine(Directory, file));
+                File.Copy(Path.Combine(TestPaths.Fixture("tiny-maverick"), file), Path.Combine(Directory, file));
             }
         }
 
