@@ -9,6 +9,7 @@ internal static class Program
         {
             "cpu-ffn" => CpuFfnBenchmark.Run(args),
             "cpu-ops" => CpuOpsBenchmark.Run(args),
+            "serving-load" => Load.ServingLoadBenchmark.Run(args),
             _ => Usage(),
         };
     }
@@ -17,6 +18,7 @@ internal static class Program
     {
         Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both]");
         Console.Error.WriteLine("       Distributed.Benchmarks cpu-ops [--threads N]");
+        Console.Error.WriteLine("       Distributed.Benchmarks serving-load [--model DIR] [--clients 1,8,32] [--config NAME=SERVE_ARGS]...");
         return 2;
     }
 }
