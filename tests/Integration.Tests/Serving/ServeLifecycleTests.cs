@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net;
 using Xunit.Abstractions;
 
 namespace Distributed.Integration.Tests.Serving;
@@ -8,10 +9,18 @@ namespace Distributed.Integration.Tests.Serving;
 public sealed class ServeLifecycleTests(ITestOutputHelper output)
 {
     [Fact]
-    public async Task Sigterm_StopsGracefullyWithExitCodeZero()
+    public async Task Http2PortStreams_ThenSigtermStopsGracefullyWithExitCodeZero()
     {
         await using var server = await ServeProcess.StartAsync(ServingTestPaths.Fixture("tiny-maverick"), ["--http2-port", "0"], output);
-        Assert.Contains(server.Lines, l => l.Contains("(HTTP/2 cleartext, prior knowledge)", StringComparison.Ordinal));
+        string h2Line = server.Lines.Single(l => l.EndsWith("(HTTP/2 cleartext, prior knowledge)", StringComparison.Ordinal));
+        string h2Address = h2Line.Split(' ')[2];
+        var golden = ServeFixture.Golden[1];
+        using (var client = new HttpClient { BaseAddress = new Uri(h2Address), DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact })
+        {
+            var chunks = await SseClient.StreamAsync(client, "/v1/completions",
+                $$"""{"model":"tiny-maverick","prompt":[{{string.Join(",", golden.InputIds)}}],"max_tokens":{{golden.NewTokens.Length}},"temperature":0,"stream":true,"return_token_ids":true}""");
+            Assert.Equal(golden.NewTokens, chunks.SelectMany(c => SseClient.Ints(c.GetProperty("choices")[0].GetProperty("token_ids"))));
+        }
         int code = await server.TerminateAsync(TimeSpan.FromSeconds(60));
         Assert.Equal(0, code);
         Assert.Contains(server.Lines, l => l == "serve: stopped");

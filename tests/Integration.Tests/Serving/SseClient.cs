@@ -20,8 +20,14 @@ internal static class SseClient
     /// <summary>Posts a streaming request and returns the JSON events before <c>[DONE]</c> (asserting it came last).</summary>
     public static async Task<List<JsonElement>> StreamAsync(HttpClient client, string path, string json, CancellationToken ct = default)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = Json(json) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, path)
+        {
+            Content = Json(json),
+            Version = client.DefaultRequestVersion,
+            VersionPolicy = client.DefaultVersionPolicy,
+        };
         using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+        Assert.Equal(client.DefaultRequestVersion, response.Version);
         if (response.StatusCode != HttpStatusCode.OK)
         {
             throw new HttpRequestException($"stream request failed: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync(ct)}", null, response.StatusCode);
