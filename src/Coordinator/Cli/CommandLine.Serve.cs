@@ -12,10 +12,11 @@ public static partial class CommandLine
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N]";
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]";
 
     /// <summary>
-    /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler, starts the OpenAI-compatible HTTP
+    /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler (routed experts in-process, on
+    /// <c>--local-workers N</c> started here, or on running <c>--workers host:port,...</c>), starts the OpenAI-compatible HTTP
     /// server, prints <c>listening on http://HOST:PORT</c> on stdout once it accepts connections, and runs until
     /// Ctrl-C or SIGTERM; in-flight requests get <see cref="ServeOptions.ShutdownTimeout"/> to finish. Logs go to stderr.
     /// </summary>
@@ -23,7 +24,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads"],
+             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire"],
             []);
         var serve = new ServeOptions
         {
@@ -53,7 +54,9 @@ public static partial class CommandLine
             return 1;
         }
         using var backend = CreateBackend(a, stderr);
-        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend);
+        // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct).ConfigureAwait(false);
+        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
@@ -64,7 +67,8 @@ public static partial class CommandLine
         await using (app.ConfigureAwait(false))
         {
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}); "
+                $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
+                + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
                 + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}"));

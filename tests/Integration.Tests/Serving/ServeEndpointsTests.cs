@@ -20,8 +20,7 @@ public sealed class ServeEndpointsTests : IClassFixture<ServeFixture>
 
     private HttpClient Client => _fixture.Client;
 
-    private static string GreedyBody(GoldenPrompt p, bool stream, string extra = "") =>
-        $$"""{"model":"{{Model}}","prompt":[{{string.Join(",", p.InputIds)}}],"max_tokens":{{p.NewTokens.Length}},"temperature":0,"return_token_ids":true,"stream":{{(stream ? "true" : "false")}}{{extra}}}""";
+    private static string GreedyBody(GoldenPrompt p, bool stream, string extra = "") => ServeScenarios.GreedyBody(p, stream, extra);
 
     [Fact]
     public async Task Models_ListsTheFixtureByDirectoryName()
@@ -35,17 +34,7 @@ public sealed class ServeEndpointsTests : IClassFixture<ServeFixture>
     [Fact]
     public async Task Completion_TokenIdPrompts_GreedyTokensEqualGolden()
     {
-        foreach (var p in ServeFixture.Golden)
-        {
-            var (status, body, _) = await PostAsync(Client, "/v1/completions", GreedyBody(p, stream: false));
-            Assert.Equal(HttpStatusCode.OK, status);
-            var choice = body.GetProperty("choices")[0];
-            Assert.Equal(p.NewTokens, Ints(choice.GetProperty("token_ids")));
-            Assert.Equal(ServeFixture.Tokenizer.Decode(p.NewTokens, skipSpecialTokens: true), choice.GetProperty("text").GetString());
-            Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
-            Assert.Equal(p.InputIds.Length, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
-            Assert.Equal(p.NewTokens.Length, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
-        }
+        await ServeScenarios.GoldenGreedyAsync(Client);
     }
 
     [Fact]
@@ -90,56 +79,13 @@ public sealed class ServeEndpointsTests : IClassFixture<ServeFixture>
     [Fact]
     public async Task EightConcurrentClients_AllGetTheirGoldenTokens()
     {
-        var tasks = Enumerable.Range(0, 8).Select(async i =>
-        {
-            var p = ServeFixture.Golden[i % ServeFixture.Golden.Count];
-            bool stream = i % 2 == 0;
-            int[] tokens;
-            if (stream)
-            {
-                var chunks = await StreamAsync(Client, "/v1/completions", GreedyBody(p, stream: true));
-                tokens = chunks.SelectMany(c => Ints(c.GetProperty("choices")[0].GetProperty("token_ids"))).ToArray();
-            }
-            else
-            {
-                var (status, body, _) = await PostAsync(Client, "/v1/completions", GreedyBody(p, stream: false));
-                Assert.Equal(HttpStatusCode.OK, status);
-                tokens = Ints(body.GetProperty("choices")[0].GetProperty("token_ids"));
-            }
-            return (p, tokens);
-        }).ToArray();
-        foreach (var (p, tokens) in await Task.WhenAll(tasks))
-        {
-            Assert.Equal(p.NewTokens, tokens);
-        }
+        await ServeScenarios.ConcurrentClientsAsync(Client, 8);
     }
 
     [Fact]
     public async Task ClientDisconnectsMidStream_ServerKeepsServingOthers()
     {
-        var p = ServeFixture.Golden[3];
-        var other = PostAsync(Client, "/v1/completions", GreedyBody(ServeFixture.Golden[1], stream: false));
-        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
-        {
-            Content = Json($$"""{"model":"{{Model}}","prompt":[{{string.Join(",", p.InputIds)}}],"max_tokens":3000,"temperature":0,"stream":true}"""),
-        })
-        {
-            using var response = await Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
-            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-            var events = ReadEventsAsync(await response.Content.ReadAsStreamAsync()).GetAsyncEnumerator();
-            for (int i = 0; i < 3; i++)
-            {
-                Assert.True(await events.MoveNextAsync());
-            }
-            // Leaving the using block closes the connection mid-stream.
-        }
-        var (status, body, _) = await other;
-        Assert.Equal(HttpStatusCode.OK, status);
-        Assert.Equal(ServeFixture.Golden[1].NewTokens, Ints(body.GetProperty("choices")[0].GetProperty("token_ids")));
-        var (status2, body2, _) = await PostAsync(Client, "/v1/completions", GreedyBody(p, stream: false));
-        Assert.Equal(HttpStatusCode.OK, status2);
-        Assert.Equal(p.NewTokens, Ints(body2.GetProperty("choices")[0].GetProperty("token_ids")));
-        Assert.False(_fixture.Server.HasExited);
+        await ServeScenarios.DisconnectMidStreamAsync(Client, _fixture.Server);
     }
 
     [Fact]
