@@ -9,17 +9,21 @@
 # The workers join through Redis membership and split the experts by the placement plan; the coordinator, in its own
 # namespace, runs one generation across them over the veth links (infer --workers, placement from the handshakes)
 # and compares it with the same generation run in-process: with --wire fp32 the two JSON results must be identical
-# byte for byte (logits, routing, tokens). Every namespace, process and link is removed on exit (trap), also on
+# byte for byte (logits, routing, tokens). Then the coordinator host runs `serve` against the same workers and a
+# client on worker a's host asks it for a greedy completion over HTTP: the tokens must be the same again. Every namespace, process and link is removed on exit (trap), also on
 # failure or Ctrl+C. Needs root (ip netns), iproute2, redis-server, and a Release build of the solution.
 #
 #   infra/netns-cluster.sh --model tests/fixtures/tiny-maverick
 #   infra/netns-cluster.sh --model DIR --prompt-ids 500,12,7 --max-new-tokens 8 --subnet 10.77.6 --keep-logs
 #
+# The prompt's greedy continuation must not hit an end-of-sequence token within --max-new-tokens (serve stops there,
+# infer does not).
+#
 # Exit codes: 0 the distributed result matched; 1 a step failed (logs are printed); 2 bad usage; 77 this machine
 # cannot create network namespaces (not root, no ip, no redis-server): nothing was changed.
 set -euo pipefail
 
-MODEL="" PROMPT="500,12,7" MAX_NEW=8 SUBNET="10.77.6" CONFIG="${CONFIG:-Release}" KEEP_LOGS=0 WIRE="fp32"
+MODEL="" PROMPT="500" MAX_NEW=16 SUBNET="10.77.6" CONFIG="${CONFIG:-Release}" KEEP_LOGS=0 WIRE="fp32"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) MODEL="$2"; shift 2 ;;
@@ -186,4 +190,19 @@ else
     || { log "bf16 distributed tokens differ from in-process tokens"; exit 1; }
   log "MATCH: distributed (2 hosts, bf16 wire) greedy tokens == in-process; $TOKENS"
 fi
-echo "NETNS_CLUSTER_OK plan=$VERSION workers=$WORKERS $TOKENS"
+# --- the OpenAI server on the coordinator host, asked by a client on another host ---------------------------------
+SERVE_PORT=8000
+ip netns exec "$NS_C" dotnet "$COORD_DLL" serve --model "$MODEL" --model-name netns-model --host "$IP_C" --port "$SERVE_PORT" --threads 1 \
+  --workers "$WORKERS" --wire "$WIRE" > "$LOG_DIR/serve.out" 2> "$LOG_DIR/serve.log" &
+PIDS+=($!)
+for _ in $(seq 1 900); do grep -q "^listening on http://$IP_C:$SERVE_PORT" "$LOG_DIR/serve.out" && break; sleep 0.1; done
+grep -q "^listening on http://$IP_C:$SERVE_PORT" "$LOG_DIR/serve.out" || { log "serve did not listen on $IP_C:$SERVE_PORT within 90 s"; exit 1; }
+BODY="{\"model\":\"netns-model\",\"prompt\":[$PROMPT],\"max_tokens\":$MAX_NEW,\"temperature\":0,\"return_token_ids\":true}"
+# A plain HTTP/1.1 request through bash's /dev/tcp from worker a's namespace: no client tool needed on the host.
+ip netns exec "$NS_A" bash -c "exec 3<>/dev/tcp/$IP_C/$SERVE_PORT && printf 'POST /v1/completions HTTP/1.1\r\nHost: $IP_C\r\nContent-Type: application/json\r\nContent-Length: ${#BODY}\r\nConnection: close\r\n\r\n%s' '$BODY' >&3 && timeout 120 cat <&3" \
+  > "$LOG_DIR/completion.http" 2>> "$LOG_DIR/serve.log" || { log "completion request from $NS_A failed"; exit 1; }
+head -1 "$LOG_DIR/completion.http" | grep -q " 200 " || { log "completion answered: $(head -1 "$LOG_DIR/completion.http")"; exit 1; }
+SERVED=$(grep -o '"token_ids":\[[0-9,]*\]' "$LOG_DIR/completion.http" | tail -1 | sed 's/"token_ids"/"new_tokens"/')
+[[ "$SERVED" == "$TOKENS" ]] || { log "served completion $SERVED differs from infer $TOKENS"; exit 1; }
+log "MATCH: serve on $IP_C answered a client on $IP_A with the same greedy tokens"
+echo "NETNS_CLUSTER_OK plan=$VERSION workers=$WORKERS $TOKENS served=yes"

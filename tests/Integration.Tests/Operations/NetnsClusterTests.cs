@@ -7,7 +7,8 @@ namespace Distributed.Integration.Tests.Operations;
 /// <summary>
 /// Multi-host for real: <c>infra/netns-cluster.sh</c> builds three network namespaces (coordinator + redis, two
 /// workers) on a private test subnet, runs one generation across them with Redis membership, compares it with the
-/// in-process run (fp32 wire: byte-identical JSON) and tears everything down. Skips, naming the reason, where the
+/// in-process run (fp32 wire: byte-identical JSON), serves the same completion over HTTP to a client on another
+/// namespace, and tears everything down. Skips, naming the reason, where the
 /// machine cannot make namespaces (not root, no iproute2, no redis-server).
 /// </summary>
 [Trait("Category", "Integration")]
@@ -26,6 +27,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
         Assert.Contains($"\"new_tokens\":[{string.Join(",", golden.NewTokens)}]", okLine, StringComparison.Ordinal);
         Assert.Contains("workers=10.77.6.2:50051,10.77.6.3:50051", okLine, StringComparison.Ordinal);
         Assert.Contains("MATCH: distributed (2 hosts, fp32 wire) == in-process", stderr, StringComparison.Ordinal);
+        Assert.EndsWith(" served=yes", okLine, StringComparison.Ordinal);
 
         // The trap removed every namespace it made.
         string prefix = stderr.Split("hosts: ", 2)[1].Split('-', 2)[0];
