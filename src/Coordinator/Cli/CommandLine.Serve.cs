@@ -62,8 +62,19 @@ public static partial class CommandLine
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
             return 1;
         }
+        // Metrics, health probes and traces (issue #6); configured by DISTRIBUTED_Telemetry__* environment variables.
+        Diagnostics.CoordinatorOperations operations;
+        try
+        {
+            operations = new Diagnostics.CoordinatorOperations(Diagnostics.CoordinatorOperations.TelemetryFromEnvironment(), experts?.Dispatcher);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+        using var operationsScope = operations;
         var app = ServeHost.Build(serve, tokenizer, sp => new ContinuousBatchScheduler(
-            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()));
+            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()), operations: operations);
         await using (app.ConfigureAwait(false))
         {
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -22,6 +22,12 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
     /// <summary>Where dispatch time goes.</summary>
     public DispatchStatistics Statistics { get; } = new();
 
+    /// <summary>Where the serving plan comes from (readiness and metrics read it).</summary>
+    public IPlacementSource Placement => placement;
+
+    /// <summary>Metrics and spans (issue #6); null records nothing. Set once before the first dispatch.</summary>
+    public Diagnostics.CoordinatorInstruments? Instruments { get; set; }
+
     /// <inheritdoc />
     /// <exception cref="ExpertDispatchException">No serving plan, an expert without a worker, or a worker that cannot be reached.</exception>
     public async ValueTask<DispatchHandle> DispatchAsync(int layer, ReadOnlyMemory<float> hidden, RoutingResult routing, CancellationToken cancellationToken)
@@ -104,8 +110,9 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
                     lease.Dispose();
                     throw;
                 }
-                parts.Add(new Part(connection, header, lease, [.. groups], reply));
+                parts.Add(new Part(connection, header, lease, [.. groups], reply, Stopwatch.GetTimestamp()));
                 bytes += length;
+                Instruments?.WorkerSent(connection.Worker.WorkerId, workerRows, length);
             }
         }
         catch
@@ -120,7 +127,9 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
         {
             ArrayPool<float>.Shared.Return(rows);
         }
-        Statistics.AddDispatch(Stopwatch.GetTimestamp() - t0, parts.Count, bytes);
+        long dispatchTicks = Stopwatch.GetTimestamp() - t0;
+        Statistics.AddDispatch(dispatchTicks, parts.Count, bytes);
+        Instruments?.Dispatched(layer, dispatchTicks, plan.Experts, plan.RowCounts, table.Version);
         return new GrpcHandle(layer, plan, starts, parts, Stopwatch.GetTimestamp() + (long)(_options.DispatchTimeout.TotalSeconds * Stopwatch.Frequency));
     }
 
@@ -192,6 +201,7 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
                         offset += n * elementSize;
                     }
                     receivedBytes += payload.Length;
+                    Instruments?.WorkerReplied(part.Connection.Worker.WorkerId, payload.Length, Stopwatch.GetTimestamp() - part.SentTicks);
                     if (reply.Header.Timings is { } t)
                     {
                         workerNanos += (long)(t.DecodeNanos + t.ComputeNanos + t.EncodeNanos);
@@ -211,10 +221,12 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
                 dispatch.Parts[i].ReleaseWhenAnswered();
             }
         }
-        Statistics.AddCombine(waitTicks, Stopwatch.GetTimestamp() - t0 - waitTicks, receivedBytes, workerNanos, computeNanos);
+        long combineTicks = Stopwatch.GetTimestamp() - t0;
+        Statistics.AddCombine(waitTicks, combineTicks - waitTicks, receivedBytes, workerNanos, computeNanos);
+        Instruments?.Combined(dispatch.Layer, combineTicks);
     }
 
-    private sealed class Part(WorkerConnection connection, ExpertRequest header, RowLease lease, int[] groups, Task<Protocol.Wire.TensorFrame<ExpertReply>> reply)
+    private sealed class Part(WorkerConnection connection, ExpertRequest header, RowLease lease, int[] groups, Task<Protocol.Wire.TensorFrame<ExpertReply>> reply, long sentTicks)
     {
         private int _released;
 
@@ -223,6 +235,9 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
         public RowLease Lease { get; } = lease;
         public int[] Groups { get; } = groups;
         public Task<Protocol.Wire.TensorFrame<ExpertReply>> Reply { get; } = reply;
+
+        // Stopwatch timestamp after the request was written: the RTT metric runs from here to the reply seen in combine.
+        public long SentTicks { get; } = sentTicks;
 
         public void Release()
         {

@@ -21,9 +21,12 @@ public static class ServeHost
     /// application disposes the scheduler (after the server has stopped) when it is disposable.
     /// </param>
     /// <param name="configureLogging">Replaces the default logging (<see cref="AddConsoleLogging"/>) when set.</param>
+    /// <param name="operations">Metrics, health and traces (issue #6): <c>/metrics</c>, <c>/healthz/live</c>,
+    /// <c>/healthz/ready</c> and a measuring wrapper around the scheduler; null = none of these.</param>
     /// <exception cref="OptionsValidationException">An option is invalid; the message names it.</exception>
     public static WebApplication Build(
-        ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null)
+        ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null,
+        Diagnostics.CoordinatorOperations? operations = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -69,7 +72,8 @@ public static class ServeHost
             .Configure(o => Copy(options, o))
             .ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<ServeOptions>, ServeOptionsValidator>();
-        builder.Services.AddSingleton(createScheduler);
+        builder.Services.AddSingleton(operations is null ? createScheduler : sp => operations.WrapScheduler(createScheduler(sp)));
+        operations?.AddTo(builder);
         string modelId = options.ResolveModelId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
@@ -80,6 +84,7 @@ public static class ServeHost
         app.UseMiddleware<ApiErrorMiddleware>();
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));
         app.Services.GetRequiredService<OpenAiEndpoints>().Map(app);
+        operations?.MapEndpoints(app);
         return app;
     }
 
