@@ -64,7 +64,6 @@ public sealed class CoordinatorInstruments : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(maxExpertSeries, 1);
         MaxExpertSeries = maxExpertSeries;
         _meter = new Meter(MeterName);
-        ActivitySource = new ActivitySource(ActivitySourceName);
         _requests = _meter.CreateCounter<long>("moe.requests", "{request}", "Finished requests by outcome");
         _ttft = _meter.CreateHistogram("moe.request.ttft", "s", "Time from admission request to first generated token",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
@@ -92,8 +91,15 @@ public sealed class CoordinatorInstruments : IDisposable
     /// <summary>Largest layers × experts exported per expert; above it the counts are summed per worker.</summary>
     public int MaxExpertSeries { get; }
 
-    /// <summary>Spans: one per request, prefill/decode steps, worker dispatches.</summary>
-    public ActivitySource ActivitySource { get; }
+    /// <summary>
+    /// The coordinator's spans: <c>generate</c> per request with <c>prefill</c> and <c>decode_step</c> children,
+    /// <c>moe.step</c> per scheduler step (linked to the requests in its batch), <c>moe.dispatch</c> per MoE layer and
+    /// worker (its context travels to the worker in <c>ExpertRequest.traceparent</c>). Process-wide, like the runtime's own sources.
+    /// </summary>
+    public static ActivitySource Tracing { get; } = new(ActivitySourceName);
+
+    /// <summary>The same as <see cref="Tracing"/>.</summary>
+    public ActivitySource ActivitySource => Tracing;
 
     /// <summary>Per-expert routed-row counts since start (null until a dispatcher is attached).</summary>
     public ExpertLoad? ExpertLoad => Volatile.Read(ref _expertLoad);
@@ -281,7 +287,6 @@ public sealed class CoordinatorInstruments : IDisposable
     public void Dispose()
     {
         _meter.Dispose();
-        ActivitySource.Dispose();
     }
 }
 

@@ -33,6 +33,9 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
     public async ValueTask<DispatchHandle> DispatchAsync(int layer, ReadOnlyMemory<float> hidden, RoutingResult routing, CancellationToken cancellationToken)
     {
         long t0 = Stopwatch.GetTimestamp();
+        // Null unless a trace exporter listens; its W3C id rides in every request so the worker's span joins the trace.
+        using var dispatchSpan = Diagnostics.CoordinatorInstruments.Tracing.StartActivity("moe.dispatch", ActivityKind.Client);
+        dispatchSpan?.SetTag("moe.layer", layer);
         var table = placement.GetServingTable();
         var model = table.Model;
         if ((uint)layer >= (uint)model.NumLayers || !model.IsMoeLayer(layer))
@@ -90,6 +93,7 @@ public sealed class GrpcExpertDispatcher(IPlacementSource placement, WorkerChann
                     Dtype = _options.WireDType,
                     HiddenSize = (uint)h,
                     Rows = (uint)workerRows,
+                    Traceparent = dispatchSpan?.Id ?? "",
                 };
                 int offset = 0;
                 var span = lease.Span;
