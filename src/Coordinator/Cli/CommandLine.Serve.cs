@@ -12,7 +12,8 @@ public static partial class CommandLine
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]";
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
+        + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]";
 
     /// <summary>
     /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler (routed experts in-process, on
@@ -24,7 +25,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire"],
+             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire", "telemetry"],
             []);
         var serve = new ServeOptions
         {
@@ -63,10 +64,18 @@ public static partial class CommandLine
             return 1;
         }
         // Metrics, health probes and traces (issue #6); configured by DISTRIBUTED_Telemetry__* environment variables.
-        Diagnostics.CoordinatorOperations operations;
+        // --telemetry off exists to measure the instrumentation's cost (tests/Benchmarks serving-load).
+        Diagnostics.CoordinatorOperations? operations = null;
+        string telemetry = a.Get("telemetry") ?? "on";
+        if (telemetry is not ("on" or "off"))
+        {
+            throw new UsageException($"--telemetry '{telemetry}' must be on or off");
+        }
         try
         {
-            operations = new Diagnostics.CoordinatorOperations(Diagnostics.CoordinatorOperations.TelemetryFromEnvironment(), experts?.Dispatcher);
+            operations = telemetry == "on"
+                ? new Diagnostics.CoordinatorOperations(Diagnostics.CoordinatorOperations.TelemetryFromEnvironment(), experts?.Dispatcher)
+                : null;
         }
         catch (ArgumentException ex)
         {
