@@ -61,7 +61,7 @@ done
 PREFIX="moe$$"            # namespace and interface names stay unique per run and within IFNAMSIZ (15)
 NS_C="$PREFIX-c" NS_A="$PREFIX-a" NS_B="$PREFIX-b"
 IP_C="$SUBNET.1" IP_A="$SUBNET.2" IP_B="$SUBNET.3"
-GRPC_PORT=50051 SILO_PORT=11111 GATEWAY_PORT=30000 REDIS_PORT=6379
+GRPC_PORT=50051 OPS_PORT=9090 SILO_PORT=11111 GATEWAY_PORT=30000 REDIS_PORT=6379
 LOG_DIR="$(mktemp -d -t netns-cluster-XXXXXX)"
 CLUSTER_ID="netns-$$"
 PIDS=()
@@ -131,7 +131,7 @@ wait_tcp "$NS_B" "$IP_C" "$REDIS_PORT" "redis (from worker b's host)"
 # --- workers ---------------------------------------------------------------------------------------------------
 start_worker() { # start_worker NS IP NAME
   ip netns exec "$1" dotnet "$WORKER_DLL" --model "$MODEL" --worker-id "$3" --threads 1 \
-    --grpc-host "$2" --grpc-port "$GRPC_PORT" --clustering Redis --redis "$IP_C:$REDIS_PORT" --cluster-id "$CLUSTER_ID" \
+    --grpc-host "$2" --grpc-port "$GRPC_PORT" --ops-port "$OPS_PORT" --clustering Redis --redis "$IP_C:$REDIS_PORT" --cluster-id "$CLUSTER_ID" \
     --silo-port "$SILO_PORT" --gateway-port "$GATEWAY_PORT" --Cluster:AdvertisedAddress "$2" --Placement:SettleDelay 00:00:00.5 \
     > "$LOG_DIR/$3.log" 2>&1 &
   PIDS+=($!)
@@ -205,4 +205,19 @@ head -1 "$LOG_DIR/completion.http" | grep -q " 200 " || { log "completion answer
 SERVED=$(grep -o '"token_ids":\[[0-9,]*\]' "$LOG_DIR/completion.http" | tail -1 | sed 's/"token_ids"/"new_tokens"/')
 [[ "$SERVED" == "$TOKENS" ]] || { log "served completion $SERVED differs from infer $TOKENS"; exit 1; }
 log "MATCH: serve on $IP_C answered a client on $IP_A with the same greedy tokens"
+
+# --- operations endpoints across hosts: the coordinator's and each worker's /metrics and readiness ---------------
+http_get() { # http_get NS HOST PORT PATH -> response on stdout
+  ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3 && printf 'GET $4 HTTP/1.1\r\nHost: $2\r\nConnection: close\r\n\r\n' >&3 && timeout 30 cat <&3"
+}
+http_get "$NS_B" "$IP_C" "$SERVE_PORT" /metrics > "$LOG_DIR/coordinator.metrics" || { log "scraping the coordinator from $NS_B failed"; exit 1; }
+grep -q '^moe_requests_total{.*outcome="length"} 1' "$LOG_DIR/coordinator.metrics" \
+  && grep -q "^moe_worker_rows_total{.*worker=\"worker-a\"}" "$LOG_DIR/coordinator.metrics" \
+  && grep -q "^moe_worker_rows_total{.*worker=\"worker-b\"}" "$LOG_DIR/coordinator.metrics" \
+  || { log "coordinator /metrics lacks the request or per-worker series"; exit 1; }
+for target in "$IP_A" "$IP_B"; do
+  http_get "$NS_C" "$target" "$OPS_PORT" /healthz/ready | head -1 | grep -q ' 200 ' || { log "worker $target:$OPS_PORT is not ready"; exit 1; }
+  http_get "$NS_C" "$target" "$OPS_PORT" /metrics | grep -q '^moe_shard_ready{.*} 1' || { log "worker $target /metrics lacks moe_shard_ready 1"; exit 1; }
+done
+log "MATCH: coordinator and worker /metrics and readiness answer across hosts"
 echo "NETNS_CLUSTER_OK plan=$VERSION workers=$WORKERS $TOKENS served=yes"
