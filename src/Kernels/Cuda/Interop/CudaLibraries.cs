@@ -242,7 +242,9 @@ internal static class CudaLibraries
         {
             if (firstError.Length == 0)
             {
-                firstError = e.Message;
+                // .NET's message ends with the dlerror() line; the generic advice before it is noise here.
+                string[] lines = e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                firstError = lines.Length == 0 ? e.Message : lines[^1];
             }
             handle = 0;
             return false;

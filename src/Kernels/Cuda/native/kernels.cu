@@ -131,8 +131,9 @@ __device__ void block_best(float* v, int* id, float* sh_v, int* sh_i)
     __syncthreads();
 }
 
-// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2·rows, cols] when split).
-KERNEL void split_bf16(const float* x, unsigned short* out, long long rows, int cols, int split)
+// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2·rows, cols] when split). Row r lands at row map[r] of out
+// (the padded per-expert layout of the batched expert GEMM), or at row r when map is null.
+KERNEL void split_bf16(const float* x, unsigned short* out, const int* map, long long rows, int cols, int split)
 {
     long long n = rows * cols;
     long long stride = (long long)gridDim.x * blockDim.x;
@@ -140,12 +141,14 @@ KERNEL void split_bf16(const float* x, unsigned short* out, long long rows, int 
     {
         long long r = i / cols;
         int c = (int)(i - r * cols);
-        store_split(out, r, c, cols, x[i], split);
+        long long p = map ? (long long)map[r] : r;
+        store_split(out, p, c, cols, x[i], split);
     }
 }
 
-// y[r, c] = t[2r, c] + t[2r+1, c]: recombines the hi and lo halves of a split GEMM.
-KERNEL void combine_split(const float* t, float* y, long long rows, int cols)
+// y[r, c] = t[2p, c] + t[2p+1, c] (split: recombines the hi and lo halves of a split GEMM) or t[p, c], where p = map[r]
+// (or r when map is null).
+KERNEL void combine_split(const float* t, float* y, const int* map, long long rows, int cols, int split)
 {
     long long n = rows * cols;
     long long stride = (long long)gridDim.x * blockDim.x;
@@ -153,7 +156,8 @@ KERNEL void combine_split(const float* t, float* y, long long rows, int cols)
     {
         long long r = i / cols;
         int c = (int)(i - r * cols);
-        y[i] = t[(2 * r) * cols + c] + t[(2 * r + 1) * cols + c];
+        long long p = map ? (long long)map[r] : r;
+        y[i] = split ? t[(2 * p) * cols + c] + t[(2 * p + 1) * cols + c] : t[p * cols + c];
     }
 }
 
