@@ -1,0 +1,287 @@
+namespace Distributed.Kernels.Cpu;
+
+public sealed unsafe partial class CpuKernelBackend
+{
+    /// <summary>Below this many multiply-adds a matmul runs on the calling thread.</summary>
+    private const long ParallelMacThreshold = 1 << 16;
+
+    /// <summary>
+    /// Rows of an FFN processed together; bounds the scratch to <c>3 · FfnRowBlock · I</c> floats (24 MiB at I = 8192)
+    /// while keeping each weight panel hot in L2 across 32 row blocks of the 8-row microkernel.
+    /// </summary>
+    private const int FfnRowBlock = 256;
+
+    /// <inheritdoc />
+    /// <exception cref="ArgumentException">Non-positive sizes, an undefined layout, or a length other than in × out.</exception>
+    public IWeightMatrix CreateWeight(ReadOnlySpan<ushort> bf16, int inFeatures, int outFeatures, WeightLayout layout)
+    {
+        ThrowIfDisposed();
+        const string Op = nameof(CreateWeight);
+        KernelThrowHelper.CheckAtLeast(inFeatures, 1, Op, nameof(inFeatures));
+        KernelThrowHelper.CheckAtLeast(outFeatures, 1, Op, nameof(outFeatures));
+        if (layout is not (WeightLayout.OutIn or WeightLayout.InOut))
+        {
+            KernelThrowHelper.ThrowArgument(Op, nameof(layout), $"unknown weight layout {layout}");
+        }
+        KernelThrowHelper.CheckLength(bf16.Length, (long)inFeatures * outFeatures, Op, nameof(bf16),
+            layout == WeightLayout.OutIn ? "[outFeatures, inFeatures]" : "[inFeatures, outFeatures]");
+        var w = new PackedWeight(inFeatures, outFeatures);
+        try
+        {
+            fixed (ushort* src = bf16)
+            {
+                if ((long)inFeatures * outFeatures < ParallelMacThreshold || _team.Threads == 1)
+                {
+                    w.PackPanels(src, layout, 0, w.Panels);
+                }
+                else
+                {
+                    lock (_sync)
+                    {
+                        ThrowIfDisposed();
+                        _packTask.Set(w, src, layout);
+                        _team.Run(_packTask);
+                    }
+                }
+            }
+            return w;
+        }
+        catch
+        {
+            w.Dispose();
+            throw;
+        }
+    }
+
+    /// <inheritdoc />
+    public void MatMul(ReadOnlySpan<float> x, int rows, IWeightMatrix w, Span<float> y)
+    {
+        ThrowIfDisposed();
+        const string Op = nameof(MatMul);
+        var pw = AsPacked(w, Op, nameof(w));
+        KernelThrowHelper.CheckAtLeast(rows, 0, Op, nameof(rows));
+        KernelThrowHelper.CheckLength(x.Length, (long)rows * pw.InFeatures, Op, nameof(x), $"[rows, {pw.InFeatures}]");
+        KernelThrowHelper.CheckLength(y.Length, (long)rows * pw.OutFeatures, Op, nameof(y), $"[rows, {pw.OutFeatures}]");
+        if (rows == 0)
+        {
+            return;
+        }
+        fixed (float* px = x, py = y)
+        {
+            if (IsSmall(rows, pw))
+            {
+                MatMulKernels.Compute(_simd, px, pw.InFeatures, rows, pw, 0, pw.Panels, py, pw.OutFeatures);
+                return;
+            }
+            lock (_sync)
+            {
+                ThrowIfDisposed();
+                RunMatMulLocked(px, pw.InFeatures, rows, pw, py, pw.OutFeatures);
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void SwiGluFfn(ReadOnlySpan<float> x, int rows, IWeightMatrix gateUp, IWeightMatrix down, Span<float> y)
+    {
+        ThrowIfDisposed();
+        const string Op = nameof(SwiGluFfn);
+        var (gu, dn) = CheckFfnWeights(gateUp, down, Op, -1);
+        KernelThrowHelper.CheckAtLeast(rows, 0, Op, nameof(rows));
+        KernelThrowHelper.CheckLength(x.Length, (long)rows * gu.InFeatures, Op, nameof(x), $"[rows, {gu.InFeatures}]");
+        KernelThrowHelper.CheckLength(y.Length, (long)rows * gu.InFeatures, Op, nameof(y), $"[rows, {gu.InFeatures}]");
+        if (rows == 0)
+        {
+            return;
+        }
+        fixed (float* px = x, py = y)
+        {
+            lock (_sync)
+            {
+                ThrowIfDisposed();
+                RunFfnLocked(px, rows, gu, dn, py);
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void SwiGluFfnGrouped(ReadOnlySpan<float> x, ReadOnlySpan<int> rowCounts, IReadOnlyList<IWeightMatrix> gateUp,
+        IReadOnlyList<IWeightMatrix> down, Span<float> y)
+    {
+        ThrowIfDisposed();
+        const string Op = nameof(SwiGluFfnGrouped);
+        ArgumentNullException.ThrowIfNull(gateUp);
+        ArgumentNullException.ThrowIfNull(down);
+        int groups = rowCounts.Length;
+        KernelThrowHelper.CheckLength(gateUp.Count, groups, Op, nameof(gateUp), "one per group (rowCounts.Length)");
+        KernelThrowHelper.CheckLength(down.Count, groups, Op, nameof(down), "one per group (rowCounts.Length)");
+        KernelThrowHelper.CheckLength(y.Length, x.Length, Op, nameof(y), "same shape as x");
+        var gus = new PackedWeight[groups];
+        var dns = new PackedWeight[groups];
+        int hidden = -1;
+        long totalRows = 0;
+        for (int g = 0; g < groups; g++)
+        {
+            if (rowCounts[g] < 0)
+            {
+                KernelThrowHelper.ThrowArgument(Op, nameof(rowCounts), $"rowCounts[{g}] = {rowCounts[g]} is negative");
+            }
+            (gus[g], dns[g]) = CheckFfnWeights(gateUp[g], down[g], Op, g);
+            if (hidden >= 0 && gus[g].InFeatures != hidden)
+            {
+                KernelThrowHelper.ThrowArgument(Op, nameof(gateUp),
+                    $"gateUp[{g}] has hidden width {gus[g].InFeatures}, group 0 has {hidden}");
+            }
+            hidden = gus[g].InFeatures;
+            totalRows += rowCounts[g];
+        }
+        if (groups == 0)
+        {
+            KernelThrowHelper.CheckLength(x.Length, 0, Op, nameof(x), "empty when there are no groups");
+            return;
+        }
+        KernelThrowHelper.CheckLength(x.Length, totalRows * hidden, Op, nameof(x), $"[Σ rowCounts = {totalRows}, {hidden}]");
+        fixed (float* px = x, py = y)
+        {
+            lock (_sync)
+            {
+                ThrowIfDisposed();
+                long offset = 0;
+                for (int g = 0; g < groups; g++)
+                {
+                    int n = rowCounts[g];
+                    if (n > 0)
+                    {
+                        RunFfnLocked(px + (offset * hidden), n, gus[g], dns[g], py + (offset * hidden));
+                    }
+                    offset += n;
+                }
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void Attention(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<float> k,
+        ReadOnlySpan<float> v, int keys, int keyPositionStart, in AttentionParams p, Span<float> output)
+    {
+        ThrowIfDisposed();
+        const string Op = nameof(Attention);
+        p.Validate();
+        KernelThrowHelper.CheckAtLeast(rows, 0, Op, nameof(rows));
+        KernelThrowHelper.CheckAtLeast(keys, 0, Op, nameof(keys));
+        KernelThrowHelper.CheckAtLeast(keyPositionStart, 0, Op, nameof(keyPositionStart));
+        long qSize = (long)rows * p.Heads * p.HeadDim;
+        long kvSize = (long)keys * p.KvHeads * p.HeadDim;
+        KernelThrowHelper.CheckLength(q.Length, qSize, Op, nameof(q), "[rows, Heads, HeadDim]");
+        KernelThrowHelper.CheckLength(queryPositions.Length, rows, Op, nameof(queryPositions), "[rows]");
+        KernelThrowHelper.CheckLength(k.Length, kvSize, Op, nameof(k), "[keys, KvHeads, HeadDim]");
+        KernelThrowHelper.CheckLength(v.Length, kvSize, Op, nameof(v), "[keys, KvHeads, HeadDim]");
+        KernelThrowHelper.CheckLength(output.Length, qSize, Op, nameof(output), "[rows, Heads, HeadDim]");
+        for (int r = 0; r < rows; r++)
+        {
+            if (queryPositions[r] < 0)
+            {
+                KernelThrowHelper.ThrowArgument(Op, nameof(queryPositions), $"queryPositions[{r}] = {queryPositions[r]} is negative");
+            }
+        }
+        if (rows == 0)
+        {
+            return;
+        }
+        var shape = new AttentionShape(p, keys, keyPositionStart);
+        fixed (float* pq = q, pk = k, pv = v, po = output)
+        fixed (int* pp = queryPositions)
+        {
+            lock (_sync)
+            {
+                ThrowIfDisposed();
+                _attentionTask.Set(_simd, shape, pq, pp, pk, pv, po, rows, _team.Threads);
+                long work = (long)rows * Math.Max(1, shape.MaxSpan) * p.Heads * p.HeadDim;
+                if (work < ParallelMacThreshold || _team.Threads == 1)
+                {
+                    _attentionTask.Execute(0, 1);
+                }
+                else
+                {
+                    _team.Run(_attentionTask);
+                }
+            }
+        }
+    }
+
+    private bool IsSmall(int rows, PackedWeight w) =>
+        _team.Threads == 1 || (long)rows * w.InFeatures * w.OutFeatures < ParallelMacThreshold;
+
+    private void RunMatMulLocked(float* x, nint ldx, int rows, PackedWeight w, float* y, nint ldy)
+    {
+        if (IsSmall(rows, w))
+        {
+            MatMulKernels.Compute(_simd, x, ldx, rows, w, 0, w.Panels, y, ldy);
+            return;
+        }
+        _matMulTask.Set(_simd, x, ldx, rows, w, y, ldy, _team.Threads);
+        _team.Run(_matMulTask);
+    }
+
+    /// <summary>One FFN over <paramref name="rows"/> rows, in blocks of <see cref="FfnRowBlock"/>; caller holds the lock.</summary>
+    private void RunFfnLocked(float* x, int rows, PackedWeight gateUp, PackedWeight down, float* y)
+    {
+        int hidden = gateUp.InFeatures;
+        int inter = down.InFeatures;
+        int block = Math.Min(rows, FfnRowBlock);
+        float* h = _ffnHidden.Get(2L * block * inter);
+        float* act = _ffnActivation.Get((long)block * inter);
+        bool paired = inter % PackedWeight.PanelWidth == 0;
+        for (int r0 = 0; r0 < rows; r0 += FfnRowBlock)
+        {
+            int n = Math.Min(FfnRowBlock, rows - r0);
+            float* xb = x + ((long)r0 * hidden);
+            if (paired && !IsSmall(n, gateUp))
+            {
+                _gateUpTask.Set(_simd, xb, hidden, n, gateUp, h, act, _team.Threads);
+                _team.Run(_gateUpTask);
+            }
+            else
+            {
+                RunMatMulLocked(xb, hidden, n, gateUp, h, 2 * (nint)inter);
+                if ((long)n * inter < ParallelElementThreshold || n == 1 || _team.Threads == 1)
+                {
+                    RowTask.Execute(RowOp.SwiGluActivation, _simd, 0, n, inter, h, act, null, 0f, null, 0, null);
+                }
+                else
+                {
+                    _rowTask.Set(RowOp.SwiGluActivation, _simd, n, inter, h, act, null, 0f, null, 0, null);
+                    _team.Run(_rowTask);
+                }
+            }
+            RunMatMulLocked(act, inter, n, down, y + ((long)r0 * hidden), hidden);
+        }
+    }
+
+    private static PackedWeight AsPacked(IWeightMatrix? w, string op, string name)
+    {
+        if (w is not PackedWeight pw)
+        {
+            KernelThrowHelper.ThrowForeignWeight(op, name, w);
+            return null;
+        }
+        if (pw.IsDisposed)
+        {
+            KernelThrowHelper.ThrowArgument(op, name, $"{name} has been disposed");
+        }
+        return pw;
+    }
+
+    private static (PackedWeight GateUp, PackedWeight Down) CheckFfnWeights(IWeightMatrix? gateUp, IWeightMatrix? down, string op, int group)
+    {
+        string suffix = group >= 0 ? $"[{group}]" : string.Empty;
+        var gu = AsPacked(gateUp, op, nameof(gateUp) + suffix);
+        var dn = AsPacked(down, op, nameof(down) + suffix);
+        if (gu.OutFeatures != 2 * dn.InFeatures || dn.OutFeatures != gu.InFeatures)
+        {
+            KernelThrowHelper.ThrowArgument(op, nameof(gateUp) + suffix,
+                $"gateUp{suffix} is [{gu.InFeatures}, {gu.OutFeatures}] and down{suffix} is [{dn.InFeatures}, {dn.OutFeatures}]; expected [H, 2I] and [I, H]");
+        }
+        return (gu, dn);
+    }
+}
