@@ -247,7 +247,7 @@ internal static unsafe class GpuBenchmarks
                         ["ms"] = ms,
                         ["TFLOP/s (model FLOPs)"] = flops / (ms * 1e-3) / 1e12,
                         ["weight GB/s"] = Math.Min(rows, Experts) * 3.0 * Hidden * Intermediate * 2 / (ms * 1e-3) / 1e9,
-                    }, $"grouped path: {backend.GroupedGemmPath}");
+                    }, $"path {backend.LastGroupedMode}");
                 }
             }
             finally

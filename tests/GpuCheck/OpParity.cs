@@ -242,7 +242,9 @@ internal static class OpParity
             var a = new float[rows * h];
             cpu.SwiGluFfnGrouped(x, counts, cpuGu, cpuDn, e);
             gpu.SwiGluFfnGrouped(x, counts, gpuGu, gpuDn, a);
+            string mode = gpu is CudaKernelBackend cuda ? cuda.LastGroupedMode : "?";
             var (ok, detail) = Verdict(ErrorStats.Of(a, e), tol, true);
+            detail = $"path {mode}; {detail}";
             // Each row must also equal the single-expert call for that row's group within the same tolerance.
             int offset = 0;
             double worstSingle = 0;

@@ -152,6 +152,9 @@ public sealed unsafe partial class CudaKernelBackend
 
     private readonly record struct FfnGroup(CudaWeightMatrix GateUp, CudaWeightMatrix Down, long Offset, long Rows);
 
+    /// <summary>Path the last SwiGluFfn/SwiGluFfnGrouped call took (single, per-group, padded-batched, grouped); diagnostics.</summary>
+    internal string LastGroupedMode { get; private set; } = "";
+
     private enum StageMode
     {
         PerGroup,
@@ -185,6 +188,12 @@ public sealed unsafe partial class CudaKernelBackend
         long rows = x.Length / hidden;
         int f = RowFactor;
         StageMode mode = ChooseMode(groups, rows);
+        LastGroupedMode = mode switch
+        {
+            StageMode.Grouped => "grouped",
+            StageMode.Padded => "padded-batched",
+            _ => groups.Count == 1 ? "single" : "per-group",
+        };
         CudaCallContext ctx = Rent();
         bool ok = false;
         try
@@ -355,8 +364,7 @@ public sealed unsafe partial class CudaKernelBackend
     /// </summary>
     private (nint Address, string Description) ChooseGroupedPath()
     {
-        const string fallback = "padded cublasGemmBatchedEx when all groups share a layout and padding to the largest group " +
-            "at most doubles the rows, else per-group cublasGemmEx";
+        const string fallback = "padded cublasGemmBatchedEx (padding ≤ 2×, one layout) else per-group cublasGemmEx";
         switch (Options.GroupedGemm)
         {
             case CudaGroupedGemm.PerGroup:
@@ -374,7 +382,7 @@ public sealed unsafe partial class CudaKernelBackend
         {
             throw new CudaUnavailableException($"grouped GEMM requested but unusable: {problem}");
         }
-        return (0, $"{fallback} (grouped API unusable: {problem})");
+        return (0, $"{fallback}; grouped API unusable: {problem}");
     }
 
     private string? ProbeGrouped(nint address)
@@ -447,7 +455,7 @@ public sealed unsafe partial class CudaKernelBackend
             }
             catch (CudaException e)
             {
-                return $"probe failed: {e.Message}";
+                return e.Call == "cublasGemmGroupedBatchedEx" ? CuBlas.Describe(e.Status) : $"probe failed: {e.Message}";
             }
             finally
             {
