@@ -63,6 +63,16 @@ internal static class Program
         var sw = Stopwatch.StartNew();
         if (!CudaKernelBackend.TryCreate(0, out CudaKernelBackend? split, out string reason) || split is null)
         {
+            int devices = CudaKernelBackend.CountDevices(out _);
+            if (devices > 0)
+            {
+                // A device is there, so this is a failure of the backend (library, NVRTC log, probe), never a skip.
+                report.Add(new CheckResult("Backend selection", "CudaKernelBackend on device 0", CheckStatus.Fail,
+                    $"{devices} device(s) present but the backend did not start: {reason}", sw.Elapsed.TotalSeconds));
+                report.Write(outDir);
+                Console.WriteLine(report.SummaryLine());
+                return 1;
+            }
             report.SkipReason = reason.ReplaceLineEndings(" ");
             Console.WriteLine($"no usable CUDA device: {reason}");
             report.Write(outDir);

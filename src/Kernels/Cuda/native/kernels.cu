@@ -31,7 +31,7 @@ __device__ __forceinline__ float bf16_to_f32(unsigned short b)
 
 __device__ __forceinline__ float neg_inf()
 {
-    return __int_as_float(0xff800000);
+    return __int_as_float((int)0xff800000u);
 }
 
 // Writes v as bf16 into out: split=0 -> row r; split=1 -> rows 2r (hi) and 2r+1 (lo).
@@ -386,14 +386,14 @@ KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
     const float* xr = x + (long long)blockIdx.x * cols;
     int* idr = ids + (long long)blockIdx.x * k;
     float* vr = vals + (long long)blockIdx.x * k;
-    for (int round = 0; round < k; round++)
+    for (int pick = 0; pick < k; pick++)
     {
         float bv = 0.0f;
         int bi = -1;
         for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
         {
             bool taken = false;
-            for (int q = 0; q < round; q++)
+            for (int q = 0; q < pick; q++)
             {
                 if (idr[q] == c)
                 {
@@ -411,8 +411,8 @@ KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
         block_best(&bv, &bi, sv, si);
         if (threadIdx.x == 0)
         {
-            idr[round] = bi;
-            vr[round] = bv;
+            idr[pick] = bi;
+            vr[pick] = bv;
         }
         __syncthreads();
     }
