@@ -108,10 +108,7 @@ internal static class Program
                 });
                 report.Write(outDir);
 
-                if (fast is not null && perGroup is not null && padded is not null)
-                {
-                    OpParity.Run(report, cpu, split, fast, perGroup, padded);
-                }
+                OpParity.Run(report, cpu, split, fast, perGroup, padded);
                 report.Write(outDir);
 
                 string? fixtures = GoldenRuns.FindFixturesRoot();

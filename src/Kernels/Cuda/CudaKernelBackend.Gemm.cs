@@ -152,6 +152,9 @@ public sealed unsafe partial class CudaKernelBackend
 
     private readonly record struct FfnGroup(CudaWeightMatrix GateUp, CudaWeightMatrix Down, long Offset, long Rows);
 
+    /// <summary>Why the padded batched path is unusable (start-up probe), or null when it is usable.</summary>
+    private string? _paddedProblem;
+
     /// <summary>Path the last SwiGluFfn/SwiGluFfnGrouped call took (single, per-group, padded-batched, grouped); diagnostics.</summary>
     internal string LastGroupedMode { get; private set; } = "";
 
@@ -176,6 +179,10 @@ public sealed unsafe partial class CudaKernelBackend
         if (_groupedAddress != 0)
         {
             return StageMode.Grouped;
+        }
+        if (_paddedProblem is not null)
+        {
+            return StageMode.PerGroup;
         }
         WeightLayout layout = groups[0].GateUp.Layout;
         bool uniform = groups.TrueForAll(g => g.GateUp.Layout == layout && g.Down.Layout == groups[0].Down.Layout);
@@ -364,13 +371,21 @@ public sealed unsafe partial class CudaKernelBackend
     /// </summary>
     private (nint Address, string Description) ChooseGroupedPath()
     {
-        const string fallback = "padded cublasGemmBatchedEx (padding ≤ 2×, one layout) else per-group cublasGemmEx";
-        switch (Options.GroupedGemm)
+        if (Options.GroupedGemm == CudaGroupedGemm.PerGroup)
         {
-            case CudaGroupedGemm.PerGroup:
-                return (0, "per-group cublasGemmEx (requested)");
-            case CudaGroupedGemm.PaddedBatched:
-                return (0, fallback + " (requested)");
+            return (0, "per-group cublasGemmEx (requested)");
+        }
+        _paddedProblem = ProbeBatched();
+        if (_paddedProblem is not null && Options.GroupedGemm == CudaGroupedGemm.PaddedBatched)
+        {
+            throw new CudaUnavailableException($"padded batched GEMM requested but unusable: {_paddedProblem}");
+        }
+        string fallback = _paddedProblem is null
+            ? "padded cublasGemmBatchedEx (padding ≤ 2×, one layout) else per-group cublasGemmEx"
+            : $"per-group cublasGemmEx (cublasGemmBatchedEx unusable: {_paddedProblem})";
+        if (Options.GroupedGemm == CudaGroupedGemm.PaddedBatched)
+        {
+            return (0, fallback + " (requested)");
         }
         nint address = CuBlas.GroupedBatchedExAddress;
         string? problem = address == 0 ? "cublasGemmGroupedBatchedEx not exported by this cuBLAS (needs ≥ 12.5)" : ProbeGrouped(address);
@@ -383,6 +398,82 @@ public sealed unsafe partial class CudaKernelBackend
             throw new CudaUnavailableException($"grouped GEMM requested but unusable: {problem}");
         }
         return (0, $"{fallback}; grouped API unusable: {problem}");
+    }
+
+    /// <summary>
+    /// Checks that cublasGemmBatchedEx accepts bf16 in / fp32 out and matches per-problem GemmEx bit for bit on a small
+    /// exact problem (integer values). Returns null when usable, else the reason.
+    /// </summary>
+    private string? ProbeBatched()
+    {
+        const int k = 64;
+        const int n = 48;
+        const int stride = 5;
+        const int count = 3;
+        var weights = new List<CudaWeightMatrix>();
+        try
+        {
+            for (int g = 0; g < count; g++)
+            {
+                var bits = new ushort[k * n];
+                for (int i = 0; i < bits.Length; i++)
+                {
+                    bits[i] = DTypeInfo.FloatToBf16(((i * 5 + g * 7) % 9) - 4);
+                }
+                weights.Add((CudaWeightMatrix)CreateWeight(bits, k, n, WeightLayout.InOut));
+            }
+            var x = new ushort[count * stride * k];
+            for (int i = 0; i < x.Length; i++)
+            {
+                x[i] = DTypeInfo.FloatToBf16(((i * 3) % 7) - 3);
+            }
+            var expected = new float[count * stride * n];
+            var actual = new float[count * stride * n];
+            CudaCallContext ctx = Rent();
+            bool ok = false;
+            try
+            {
+                ulong b = Upload<ushort>(ctx, x);
+                ulong c1 = ctx.Device.Alloc(expected.Length * 4L);
+                ulong c2 = ctx.Device.Alloc(actual.Length * 4L);
+                var pointers = new ulong[3 * count];
+                for (int g = 0; g < count; g++)
+                {
+                    Gemm(ctx, weights[g], b + (ulong)(g * stride * k * 2), stride, c1 + (ulong)(g * stride * n * 4));
+                    pointers[g] = weights[g].Pointer;
+                    pointers[count + g] = b + (ulong)(g * stride * k * 2);
+                    pointers[2 * count + g] = c2 + (ulong)(g * stride * n * 4);
+                }
+                ulong devicePointers = Upload<ulong>(ctx, pointers);
+                BatchedGemm(ctx, weights[0].OpA, n, stride, k, weights[0].Lda, count, devicePointers);
+                Download(ctx, c1, expected.AsSpan());
+                Download(ctx, c2, actual.AsSpan());
+                ok = true;
+            }
+            catch (CudaException e)
+            {
+                return e.Call == "cublasGemmBatchedEx" ? CuBlas.Describe(e.Status) : $"probe failed: {e.Message}";
+            }
+            finally
+            {
+                Return(ctx, ok);
+            }
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                {
+                    return $"probe mismatch at element {i}: batched {actual[i]} vs GemmEx {expected[i]}";
+                }
+            }
+            return null;
+        }
+        finally
+        {
+            foreach (CudaWeightMatrix w in weights)
+            {
+                w.Dispose();
+            }
+        }
     }
 
     private string? ProbeGrouped(nint address)

@@ -527,6 +527,11 @@ int cublasGemmBatchedEx(void*, int ta, int tb, int m, int n, int k, const float*
     const void* const* B, int bt, int ldb, const float* beta, void* const* C, int ct, int ldc, int batch, int compute, int)
 {
     std::lock_guard<std::mutex> g(g_lock);
+    const char* unsupported = std::getenv("FAKE_CUBLAS_BATCHED_UNSUPPORTED");
+    if (unsupported && unsupported[0] == '1')
+    {
+        return 15;
+    }
     if (!device_range((uintptr_t)A, batch * 8) || !device_range((uintptr_t)B, batch * 8) || !device_range((uintptr_t)C, batch * 8))
     {
         complain("cublasGemmBatchedEx: pointer arrays must be device memory");
