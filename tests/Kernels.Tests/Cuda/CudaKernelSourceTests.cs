@@ -37,6 +37,16 @@ public sealed partial class CudaKernelSourceTests
     }
 
     [Fact]
+    public void Source_IsPlainAscii()
+    {
+        string source = CudaKernelModule.LoadSource();
+
+        int offender = source.AsSpan().IndexOfAnyExceptInRange('\0', '\x7f');
+
+        Assert.True(offender < 0, $"non-ASCII character at offset {offender}: NVRTC front ends need not accept it");
+    }
+
+    [Fact]
     public void Source_ReduceThreads_MatchesTheHostLaunchWidth()
     {
         string source = CudaKernelModule.LoadSource();

@@ -8,7 +8,7 @@
 //   result never depends on the other rows of the launch (batch invariance of the non-GEMM ops);
 // * bf16 values travel as their raw unsigned short bits (cuBLAS CUDA_R_16BF).
 // "Split" layout: an fp32 activation row r is stored as two bf16 rows, 2r = hi = bf16(x) and 2r+1 = lo = bf16(x - hi),
-// so one bf16 GEMM over 2·rows rows followed by (row 2r + row 2r+1) gives x·W to about 2^-16 relative error.
+// so one bf16 GEMM over 2*rows rows followed by (row 2r + row 2r+1) gives x*W to about 2^-16 relative error.
 
 #define KERNEL extern "C" __global__
 #define REDUCE_THREADS 256
@@ -131,7 +131,7 @@ __device__ void block_best(float* v, int* id, float* sh_v, int* sh_i)
     __syncthreads();
 }
 
-// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2·rows, cols] when split). Row r lands at row map[r] of out
+// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2*rows, cols] when split). Row r lands at row map[r] of out
 // (the padded per-expert layout of the batched expert GEMM), or at row r when map is null.
 KERNEL void split_bf16(const float* x, unsigned short* out, const int* map, long long rows, int cols, int split)
 {
@@ -161,8 +161,8 @@ KERNEL void combine_split(const float* t, float* y, const int* map, long long ro
     }
 }
 
-// t: gate_up GEMM output, [f·rows, 2·inter] fp32 (f = 2 when split); gate = columns [0, inter), up = [inter, 2·inter).
-// h[r, c] = silu(gate) · up, written as bf16 ([f·rows, inter]) for the down GEMM.
+// t: gate_up GEMM output, [f*rows, 2*inter] fp32 (f = 2 when split); gate = columns [0, inter), up = [inter, 2*inter).
+// h[r, c] = silu(gate) * up, written as bf16 ([f*rows, inter]) for the down GEMM.
 KERNEL void swiglu_split(const float* t, unsigned short* h, long long rows, int inter, int split)
 {
     long long n = rows * inter;
@@ -230,7 +230,7 @@ KERNEL void add_inplace(float* dst, const float* src, long long n)
     }
 }
 
-// x [rows, heads, 2·half] in place; pair (2i, 2i+1) rotates by fl32(pos[row] · inv_freq[i]).
+// x [rows, heads, 2*half] in place; pair (2i, 2i+1) rotates by fl32(pos[row] * inv_freq[i]).
 KERNEL void rope(float* x, const int* pos, const float* inv_freq, long long rows, int heads, int half)
 {
     long long n = rows * heads * half;
