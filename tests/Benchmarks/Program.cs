@@ -1,5 +1,27 @@
 namespace Distributed.Benchmarks;
+
 internal static class Program
 {
-    private static int Main() => 0;
+    private static int Main(string[] args)
+    {
+        string mode = args.Length > 0 ? args[0] : string.Empty;
+        return mode switch
+        {
+            "cpu-ffn" => CpuFfnBenchmark.Run(args),
+            "cpu-ops" => CpuOpsBenchmark.Run(args),
+            "dataplane" => DataPlane.DataPlaneBenchmark.RunAsync(args).GetAwaiter().GetResult(),
+            "dataplane-server" => DataPlane.DataPlaneServer.RunAsync().GetAwaiter().GetResult(),
+            "dataplane-e2e" => DataPlane.EndToEndBenchmark.RunAsync(args).GetAwaiter().GetResult(),
+            _ => Usage(),
+        };
+    }
+
+    private static int Usage()
+    {
+        Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both]");
+        Console.Error.WriteLine("       Distributed.Benchmarks cpu-ops [--threads N]");
+        Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane [--rows 1,64,512,4096] [--scale 1]");
+        Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane-e2e [--model DIR] [--workers 2] [--tokens 64]");
+        return 2;
+    }
 }

@@ -12,6 +12,7 @@ public static partial class CommandLine
     private const string Usage = """
         usage: Distributed.Coordinator <command> [options]
           infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
+                          [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
           bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--json]
         """;
@@ -58,7 +59,8 @@ public static partial class CommandLine
             stderr.WriteLine("error: cancelled");
             return 130;
         }
-        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException
+            or Distribution.ExpertDispatchException or TimeoutException or FormatException)
         {
             stderr.WriteLine($"error: {OneLine(ex.Message)}");
             return 1;
@@ -93,7 +95,7 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "prefill-chunk"], ["json"]);
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "prefill-chunk", "local-workers", "workers", "wire"], ["json"]);
         string dir = ModelDirectory(a);
         int[] prompt = a.IntList("prompt-ids");
         int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
@@ -101,7 +103,8 @@ public static partial class CommandLine
         bool json = a.Has("json");
         using var backend = CreateBackend(a, stderr);
         var sw = Stopwatch.StartNew();
-        using var engine = LoadEngine(dir, backend, prefillChunk);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct).ConfigureAwait(false);
+        using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher);
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);
@@ -119,9 +122,9 @@ public static partial class CommandLine
         return 0;
     }
 
-    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk)
+    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null)
     {
-        var engine = Llama4Engine.Load(dir, backend);
+        var engine = Llama4Engine.Load(dir, backend, dispatcher);
         engine.PrefillChunkTokens = prefillChunk;
         return engine;
     }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Distributed.Kernels.Cpu;
 
@@ -63,8 +64,9 @@ internal static unsafe class AttentionKernel
 
     private const int KeyBlock = 64;
 
-    /// <summary>Scratch floats one unit needs.</summary>
-    public static long ScratchFloats(in AttentionShape s, int headsPerUnit) => (long)RowTile * headsPerUnit * Math.Max(1, s.MaxSpan);
+    /// <summary>Scratch floats one unit needs: the scores, then one packed block of K or V rows.</summary>
+    public static long ScratchFloats(in AttentionShape s, int headsPerUnit) =>
+        ((long)RowTile * headsPerUnit * Math.Max(1, s.MaxSpan)) + 16 + ((long)KeyBlock * s.HeadDim);
 
     /// <summary>
     /// Rows <c>[r0, r0 + rowCount)</c>, kv head <paramref name="kvHead"/>, query heads <c>kvHead · Group + [g0, g1)</c>.
@@ -98,20 +100,29 @@ internal static unsafe class AttentionKernel
             }
         }
 
+        // K/V rows of one kv head sit kvStride floats apart (4 KiB for 8 kv heads × 128): every row is on its own page,
+        // which the hardware prefetchers do not follow. Each block is copied into a contiguous buffer while the next
+        // block is prefetched, so the dot products and the weighted sums read L1.
+        float* pack = (float*)(((nint)next + 63) & ~(nint)63);
         float* kHead = k + ((nint)kvHead * d);
-        for (int j = jMin; j <= jMax; j++)
+        for (int jb = jMin; jb <= jMax; jb += KeyBlock)
         {
-            float* kj = kHead + (j * kvStride);
-            for (int r = 0; r < rowCount; r++)
+            int je = Math.Min(jMax, jb + KeyBlock - 1);
+            PackRows(kHead, kvStride, jb, je, jMax, d, pack);
+            for (int j = jb; j <= je; j++)
             {
-                if (j < lo[r] || j > hi[r])
+                float* kj = pack + ((nint)(j - jb) * d);
+                for (int r = 0; r < rowCount; r++)
                 {
-                    continue;
-                }
-                float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
-                for (int g = 0; g < ng; g++)
-                {
-                    scores[(r * ng) + g][j - lo[r]] = Dot(simd, qr + ((nint)g * d), kj, d) * s.Scale;
+                    if (j < lo[r] || j > hi[r])
+                    {
+                        continue;
+                    }
+                    float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
+                    for (int g = 0; g < ng; g++)
+                    {
+                        scores[(r * ng) + g][j - lo[r]] = Dot(simd, qr + ((nint)g * d), kj, d) * s.Scale;
+                    }
                 }
             }
         }
@@ -131,6 +142,7 @@ internal static unsafe class AttentionKernel
         for (int jb = jMin; jb <= jMax; jb += KeyBlock)
         {
             int je = Math.Min(jMax, jb + KeyBlock - 1);
+            PackRows(vHead, kvStride, jb, je, jMax, d, pack);
             for (int r = 0; r < rowCount; r++)
             {
                 int a = Math.Max(jb, lo[r]);
@@ -143,9 +155,31 @@ internal static unsafe class AttentionKernel
                 for (int g = 0; g < ng; g++)
                 {
                     AccumulateWeightedValues(simd, outRow + ((nint)g * d), scores[(r * ng) + g] + (a - lo[r]),
-                        vHead + (a * kvStride), kvStride, b - a + 1, d);
+                        pack + ((nint)(a - jb) * d), d, b - a + 1, d);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// Copies rows <c>[jb, je]</c> (row j at <c>src + j·stride</c>, d floats) to <paramref name="dst"/> contiguously,
+    /// prefetching the rows of the next block (up to <paramref name="last"/>).
+    /// </summary>
+    private static void PackRows(float* src, nint stride, int jb, int je, int last, int d, float* dst)
+    {
+        nint bytes = (nint)d * sizeof(float);
+        for (int j = jb; j <= je; j++)
+        {
+            int ahead = j + KeyBlock;
+            if (Sse.IsSupported && ahead <= last)
+            {
+                byte* p = (byte*)(src + (ahead * stride));
+                for (nint off = 0; off < bytes; off += 64)
+                {
+                    Sse.Prefetch0(p + off);
+                }
+            }
+            Buffer.MemoryCopy(src + (j * stride), dst + ((nint)(j - jb) * d), bytes, bytes);
         }
     }
 

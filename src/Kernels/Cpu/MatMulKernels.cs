@@ -52,6 +52,7 @@ internal static unsafe class MatMulKernels
     private static void Compute512(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
     {
         int k = w.InFeatures;
+        float* tile = stackalloc float[8 * PackedWeight.PanelWidth];
         if (rows == 1)
         {
             int p = p0;
@@ -62,7 +63,17 @@ internal static unsafe class MatMulKernels
             }
             for (; p < p1; p++)
             {
-                Kernel512<Rows1>(x, ldx, w.Panel(p), k, y + (p * PackedWeight.PanelWidth), ldy, PanelWidthOf(w, p));
+                int width = PanelWidthOf(w, p);
+                float* yp = y + (p * PackedWeight.PanelWidth);
+                if (width == PackedWeight.PanelWidth)
+                {
+                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, yp, ldy);
+                }
+                else
+                {
+                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, tile, PackedWeight.PanelWidth);
+                    CopyTile(tile, 1, yp, ldy, width);
+                }
             }
             return;
         }
@@ -71,45 +82,70 @@ internal static unsafe class MatMulKernels
             uint* panel = w.Panel(p);
             int width = PanelWidthOf(w, p);
             float* yp = y + (p * PackedWeight.PanelWidth);
-            int r = 0;
-            for (; r + 8 <= rows; r += 8)
+            for (int r = 0; r < rows; r += 8)
             {
-                Kernel512<Rows8>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width);
+                int n = Math.Min(8, rows - r);
+                if (width == PackedWeight.PanelWidth)
+                {
+                    Rows512(x + (r * ldx), ldx, n, panel, k, yp + (r * ldy), ldy);
+                }
+                else
+                {
+                    Rows512(x + (r * ldx), ldx, n, panel, k, tile, PackedWeight.PanelWidth);
+                    CopyTile(tile, n, yp + (r * ldy), ldy, width);
+                }
             }
-            switch (rows - r)
-            {
-                case 1: Kernel512<Rows1>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 2: Kernel512<Rows2>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 3: Kernel512<Rows3>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 4: Kernel512<Rows4>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 5: Kernel512<Rows5>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 6: Kernel512<Rows6>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 7: Kernel512<Rows7>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                default: break;
-            }
+        }
+    }
+
+    private static void Rows512(float* x, nint ldx, int rows, uint* panel, int k, float* y, nint ldy)
+    {
+        switch (rows)
+        {
+            case 1: Kernel512<Rows1>(x, ldx, panel, k, y, ldy); break;
+            case 2: Kernel512<Rows2>(x, ldx, panel, k, y, ldy); break;
+            case 3: Kernel512<Rows3>(x, ldx, panel, k, y, ldy); break;
+            case 4: Kernel512<Rows4>(x, ldx, panel, k, y, ldy); break;
+            case 5: Kernel512<Rows5>(x, ldx, panel, k, y, ldy); break;
+            case 6: Kernel512<Rows6>(x, ldx, panel, k, y, ldy); break;
+            case 7: Kernel512<Rows7>(x, ldx, panel, k, y, ldy); break;
+            default: Kernel512<Rows8>(x, ldx, panel, k, y, ldy); break;
         }
     }
 
     private static void Compute256(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
     {
         int k = w.InFeatures;
+        float* tile = stackalloc float[4 * PackedWeight.PanelWidth];
         for (int p = p0; p < p1; p++)
         {
             uint* panel = w.Panel(p);
             int width = PanelWidthOf(w, p);
             float* yp = y + (p * PackedWeight.PanelWidth);
-            int r = 0;
-            for (; r + 4 <= rows; r += 4)
+            for (int r = 0; r < rows; r += 4)
             {
-                Kernel256<Rows4>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width);
+                int n = Math.Min(4, rows - r);
+                if (width == PackedWeight.PanelWidth)
+                {
+                    Rows256(x + (r * ldx), ldx, n, panel, k, yp + (r * ldy), ldy);
+                }
+                else
+                {
+                    Rows256(x + (r * ldx), ldx, n, panel, k, tile, PackedWeight.PanelWidth);
+                    CopyTile(tile, n, yp + (r * ldy), ldy, width);
+                }
             }
-            switch (rows - r)
-            {
-                case 1: Kernel256<Rows1>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 2: Kernel256<Rows2>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                case 3: Kernel256<Rows3>(x + (r * ldx), ldx, panel, k, yp + (r * ldy), ldy, width); break;
-                default: break;
-            }
+        }
+    }
+
+    private static void Rows256(float* x, nint ldx, int rows, uint* panel, int k, float* y, nint ldy)
+    {
+        switch (rows)
+        {
+            case 1: Kernel256<Rows1>(x, ldx, panel, k, y, ldy); break;
+            case 2: Kernel256<Rows2>(x, ldx, panel, k, y, ldy); break;
+            case 3: Kernel256<Rows3>(x, ldx, panel, k, y, ldy); break;
+            default: Kernel256<Rows4>(x, ldx, panel, k, y, ldy); break;
         }
     }
 
@@ -145,66 +181,37 @@ internal static unsafe class MatMulKernels
         }
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void StorePartial(float* y, int width, Vector512<float> lo, Vector512<float> hi)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(float* y, Vector512<float> lo, Vector512<float> hi)
     {
-        float* t = stackalloc float[PackedWeight.PanelWidth];
-        lo.Store(t);
-        hi.Store(t + 16);
-        for (int j = 0; j < width; j++)
-        {
-            y[j] = t[j];
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void StorePartial(float* y, int width, Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
-    {
-        float* t = stackalloc float[PackedWeight.PanelWidth];
-        a.Store(t);
-        b.Store(t + 8);
-        c.Store(t + 16);
-        d.Store(t + 24);
-        for (int j = 0; j < width; j++)
-        {
-            y[j] = t[j];
-        }
+        lo.Store(y);
+        hi.Store(y + 16);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(float* y, int width, Vector512<float> lo, Vector512<float> hi)
+    private static void Store(float* y, Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
     {
-        if (width == PackedWeight.PanelWidth)
-        {
-            lo.Store(y);
-            hi.Store(y + 16);
-        }
-        else
-        {
-            StorePartial(y, width, lo, hi);
-        }
+        a.Store(y);
+        b.Store(y + 8);
+        c.Store(y + 16);
+        d.Store(y + 24);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(float* y, int width, Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
+    /// <summary>Copies a <c>rows × 32</c> tile into y, keeping only the first <paramref name="width"/> columns.</summary>
+    private static void CopyTile(float* tile, int rows, float* y, nint ldy, int width)
     {
-        if (width == PackedWeight.PanelWidth)
+        for (int r = 0; r < rows; r++)
         {
-            a.Store(y);
-            b.Store(y + 8);
-            c.Store(y + 16);
-            d.Store(y + 24);
-        }
-        else
-        {
-            StorePartial(y, width, a, b, c, d);
+            for (int j = 0; j < width; j++)
+            {
+                y[(r * ldy) + j] = tile[(r * PackedWeight.PanelWidth) + j];
+            }
         }
     }
-
 
     /// <summary>Up to 8 rows × one panel: 16 zmm accumulators, one 64-byte weight line per k.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel512<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy, int width)
+    private static void Kernel512<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy)
         where TR : struct, IRowCount
     {
         Vector512<uint> mask = Vector512.Create(0xFFFF0000u);
@@ -275,34 +282,34 @@ internal static unsafe class MatMulKernels
                 a7h = Vector512.FusedMultiplyAdd(b, hi, a7h);
             }
         }
-        Store(y, width, a0l, a0h);
+        Store(y, a0l, a0h);
         if (TR.Rows > 1)
         {
-            Store(y + (1 * ldy), width, a1l, a1h);
+            Store(y + (1 * ldy), a1l, a1h);
         }
         if (TR.Rows > 2)
         {
-            Store(y + (2 * ldy), width, a2l, a2h);
+            Store(y + (2 * ldy), a2l, a2h);
         }
         if (TR.Rows > 3)
         {
-            Store(y + (3 * ldy), width, a3l, a3h);
+            Store(y + (3 * ldy), a3l, a3h);
         }
         if (TR.Rows > 4)
         {
-            Store(y + (4 * ldy), width, a4l, a4h);
+            Store(y + (4 * ldy), a4l, a4h);
         }
         if (TR.Rows > 5)
         {
-            Store(y + (5 * ldy), width, a5l, a5h);
+            Store(y + (5 * ldy), a5l, a5h);
         }
         if (TR.Rows > 6)
         {
-            Store(y + (6 * ldy), width, a6l, a6h);
+            Store(y + (6 * ldy), a6l, a6h);
         }
         if (TR.Rows > 7)
         {
-            Store(y + (7 * ldy), width, a7l, a7h);
+            Store(y + (7 * ldy), a7l, a7h);
         }
     }
 
@@ -346,7 +353,7 @@ internal static unsafe class MatMulKernels
 
     /// <summary>Up to 4 rows × one panel with 256-bit vectors: lanes 0-7 and 8-15 of a line are two loads.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel256<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy, int width)
+    private static void Kernel256<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy)
         where TR : struct, IRowCount
     {
         Vector256<uint> mask = Vector256.Create(0xFFFF0000u);
@@ -396,18 +403,18 @@ internal static unsafe class MatMulKernels
                 a3d = Vector256.FusedMultiplyAdd(b, c24, a3d);
             }
         }
-        Store(y, width, a0a, a0b, a0c, a0d);
+        Store(y, a0a, a0b, a0c, a0d);
         if (TR.Rows > 1)
         {
-            Store(y + (1 * ldy), width, a1a, a1b, a1c, a1d);
+            Store(y + (1 * ldy), a1a, a1b, a1c, a1d);
         }
         if (TR.Rows > 2)
         {
-            Store(y + (2 * ldy), width, a2a, a2b, a2c, a2d);
+            Store(y + (2 * ldy), a2a, a2b, a2c, a2d);
         }
         if (TR.Rows > 3)
         {
-            Store(y + (3 * ldy), width, a3a, a3b, a3c, a3d);
+            Store(y + (3 * ldy), a3a, a3b, a3c, a3d);
         }
     }
 }

@@ -8,7 +8,7 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// chunk the next query falls in, so their memory is bounded by the chunk size; NoPE layers keep the whole context.
 /// Positions are contiguous: a sequence appends position <see cref="NextPosition"/> and onward.
 /// </summary>
-public sealed class Llama4KvCache
+public sealed class Llama4KvCache : IKvCache
 {
     private readonly LayerCache[] _layers;
     private readonly int _rowWidth;
@@ -41,7 +41,7 @@ public sealed class Llama4KvCache
     /// </summary>
     /// <param name="k"><c>[rows, kv_heads, head_dim]</c>.</param>
     /// <param name="v"><c>[rows, kv_heads, head_dim]</c>.</param>
-    internal (ReadOnlyMemory<float> K, ReadOnlyMemory<float> V, int Keys, int KeyPositionStart) Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
+    public (ReadOnlyMemory<float> K, ReadOnlyMemory<float> V, int Keys, int KeyPositionStart) Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
     {
         var l = _layers[layer];
         int first = NextPosition;
@@ -80,7 +80,7 @@ public sealed class Llama4KvCache
     }
 
     /// <summary>Marks <paramref name="rows"/> positions as appended on every layer (called once per forward).</summary>
-    internal void Advance(int rows) => NextPosition += rows;
+    public void Advance(int rows) => NextPosition += rows;
 
     private sealed class LayerCache(int chunkSize)
     {

@@ -17,10 +17,10 @@ public enum LogitsRequest
 }
 
 /// <summary>One sequence's share of a batched forward step: its cache and the tokens it appends.</summary>
-/// <param name="Cache">The sequence's KV cache; its <see cref="Llama4KvCache.NextPosition"/> is the first token's position.</param>
+/// <param name="Cache">The sequence's KV cache; its <see cref="IKvCache.NextPosition"/> is the first token's position.</param>
 /// <param name="Tokens">Token ids to run (at least one).</param>
 /// <param name="Logits">Which rows' logits to return.</param>
-public sealed record SequenceStep(Llama4KvCache Cache, ReadOnlyMemory<int> Tokens, LogitsRequest Logits);
+public sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, LogitsRequest Logits);
 
 /// <summary>Receives named intermediate tensors (llama.cpp <c>cb()</c> style) for debugging and golden comparisons.</summary>
 public interface IActivationObserver
