@@ -32,8 +32,8 @@ public enum CudaGroupedGemm
 
     /// <summary>
     /// One pointer-array <c>cublasGemmBatchedEx</c> per stage over the groups padded to the largest group's row count
-    /// (the padding rows are computed and discarded), used when all groups share a weight layout and padding at most
-    /// doubles the rows; otherwise <see cref="PerGroup"/>.
+    /// (the padding rows are computed and discarded), used when all groups share a weight layout and the padded row count
+    /// is at most max(2·rows, rows + 512); otherwise <see cref="PerGroup"/>.
     /// </summary>
     PaddedBatched = 3,
 }

@@ -158,6 +158,8 @@ public sealed unsafe partial class CudaKernelBackend
     /// <summary>Path the last SwiGluFfn/SwiGluFfnGrouped call took (single, per-group, padded-batched, grouped); diagnostics.</summary>
     internal string LastGroupedMode { get; private set; } = "";
 
+    private const long MaxExtraPaddedRows = 512;
+
     private enum StageMode
     {
         PerGroup,
@@ -167,8 +169,8 @@ public sealed unsafe partial class CudaKernelBackend
 
     /// <summary>
     /// The GEMM path for one grouped call: the grouped API when usable; else, for Auto or PaddedBatched, one pointer-array
-    /// batched GEMM over groups padded to the largest group when all groups share a layout and the padding at most
-    /// doubles the rows; else one GemmEx per group.
+    /// batched GEMM over groups padded to the largest group when all groups share a layout and the padded row count is at
+    /// most max(2·rows, rows + 512); else one GemmEx per group.
     /// </summary>
     private StageMode ChooseMode(List<FfnGroup> groups, long rows)
     {
@@ -186,8 +188,11 @@ public sealed unsafe partial class CudaKernelBackend
         }
         WeightLayout layout = groups[0].GateUp.Layout;
         bool uniform = groups.TrueForAll(g => g.GateUp.Layout == layout && g.Down.Layout == groups[0].Down.Layout);
+        // Small groups are memory-bound (the GEMM reads each expert's weights once whatever its row count, and a tile is
+        // ≥ 16 rows wide anyway), so padding them is nearly free; the cap bounds the extra scratch (512 rows ≈ 67 MB of
+        // fp32 gate_up output at Maverick width in Split precision).
         long padded = groups.Count * groups.Max(g => g.Rows);
-        return uniform && padded <= 2 * rows ? StageMode.Padded : StageMode.PerGroup;
+        return uniform && padded <= Math.Max(2 * rows, rows + MaxExtraPaddedRows) ? StageMode.Padded : StageMode.PerGroup;
     }
 
     private void RunFfn(ReadOnlySpan<float> x, List<FfnGroup> groups, int hidden, int inter, Span<float> y)
@@ -381,7 +386,7 @@ public sealed unsafe partial class CudaKernelBackend
             throw new CudaUnavailableException($"padded batched GEMM requested but unusable: {_paddedProblem}");
         }
         string fallback = _paddedProblem is null
-            ? "padded cublasGemmBatchedEx (padding ≤ 2×, one layout) else per-group cublasGemmEx"
+            ? "padded cublasGemmBatchedEx (padded rows ≤ max(2×, +512), one layout) else per-group cublasGemmEx"
             : $"per-group cublasGemmEx (cublasGemmBatchedEx unusable: {_paddedProblem})";
         if (Options.GroupedGemm == CudaGroupedGemm.PaddedBatched)
         {

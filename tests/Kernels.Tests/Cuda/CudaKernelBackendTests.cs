@@ -124,6 +124,46 @@ public sealed class CudaKernelBackendTests : IDisposable
     }
 
     [GpuFact]
+    public void SwiGluFfnGrouped_MixedLayoutsAndIntermediateSizes_MatchCpu()
+    {
+        const int h = 32;
+        int[] inters = [16, 16, 24];
+        WeightLayout[] layouts = [WeightLayout.InOut, WeightLayout.OutIn, WeightLayout.InOut];
+        int[] counts = [3, 2, 4];
+        var cgu = new List<IWeightMatrix>();
+        var cdn = new List<IWeightMatrix>();
+        var ggu = new List<IWeightMatrix>();
+        var gdn = new List<IWeightMatrix>();
+        try
+        {
+            for (int g = 0; g < counts.Length; g++)
+            {
+                ushort[] gu = TestData.Bf16(h * 2 * inters[g], 30 + g, 0.2f);
+                ushort[] dn = TestData.Bf16(inters[g] * h, 40 + g, 0.2f);
+                cgu.Add(_cpu.CreateWeight(gu, h, 2 * inters[g], layouts[g]));
+                cdn.Add(_cpu.CreateWeight(dn, inters[g], h, layouts[g]));
+                ggu.Add(Gpu.CreateWeight(gu, h, 2 * inters[g], layouts[g]));
+                gdn.Add(Gpu.CreateWeight(dn, inters[g], h, layouts[g]));
+            }
+            float[] x = TestData.Floats(counts.Sum() * h, 6, 1.5f);
+            var e = new float[x.Length];
+            var a = new float[x.Length];
+
+            _cpu.SwiGluFfnGrouped(x, counts, cgu, cdn, e);
+            Gpu.SwiGluFfnGrouped(x, counts, ggu, gdn, a);
+
+            AssertScaled(e, a, 1e-4, "mixed layouts and intermediate sizes");
+        }
+        finally
+        {
+            foreach (IWeightMatrix m in cgu.Concat(cdn).Concat(ggu).Concat(gdn))
+            {
+                m.Dispose();
+            }
+        }
+    }
+
+    [GpuFact]
     public void Attention_ChunkedGqaDecodeAndEmptyVisibility_MatchCpu()
     {
         var cases = new[]
