@@ -18,6 +18,7 @@ public static class Program
         ["--ops-port"] = "ExpertWorker:OpsPort",
         ["--otlp-endpoint"] = "Telemetry:OtlpEndpoint",
         ["--threads"] = "ExpertWorker:KernelThreads",
+        ["--backend"] = "ExpertWorker:KernelBackend",
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
         ["--experts"] = "ExpertWorker:StaticExperts",
         ["--memory"] = "ExpertWorker:MemoryCapacityBytes",

@@ -106,11 +106,13 @@ public static partial class CommandLine
                 stderr.WriteLine($"error: {OneLine(ex.Message)}");
                 return 2;
             }
-            stdout.WriteLine($"listening on {ServeHost.ListeningAddress(app)}");
+            // The plain "listening on URL" line comes last: a supervisor that waits for it knows every port is ready.
             if (ServeHost.Http2ListeningAddress(app) is { } h2)
             {
-                stdout.WriteLine($"listening on {h2} (HTTP/2 cleartext, prior knowledge)");
+                // Worded so that a parser looking for "listening on http://" cannot take it for the main address.
+                stdout.WriteLine($"http2 prior-knowledge (h2c) port at {h2}");
             }
+            stdout.WriteLine($"listening on {ServeHost.ListeningAddress(app)}");
             stdout.Flush();
             // Returns after Ctrl-C (ct, or the host's own SIGINT handling) or SIGTERM, once the server has stopped.
             await app.WaitForShutdownAsync(ct).ConfigureAwait(false);

@@ -78,7 +78,7 @@ public static partial class CommandLine
     {
         var options = new KernelOptions
         {
-            Backend = a.Enum("backend", KernelBackendKind.Cpu),
+            Backend = a.Enum("backend", KernelBackendKind.Auto),
             Threads = a.Int("threads", 0, 0, 1024),
         };
         return KernelBackendFactory.Create(options, stderr);

@@ -12,8 +12,9 @@ public sealed class ServeLifecycleTests(ITestOutputHelper output)
     public async Task Http2PortStreams_ThenSigtermStopsGracefullyWithExitCodeZero()
     {
         await using var server = await ServeProcess.StartAsync(ServingTestPaths.Fixture("tiny-maverick"), ["--http2-port", "0"], output);
-        string h2Line = server.Lines.Single(l => l.EndsWith("(HTTP/2 cleartext, prior knowledge)", StringComparison.Ordinal));
-        string h2Address = h2Line.Split(' ')[2];
+        string h2Line = server.Lines.Single(l => l.StartsWith("http2 prior-knowledge (h2c) port at http://", StringComparison.Ordinal));
+        string h2Address = h2Line.Split(' ')[^1];
+        Assert.NotEqual(server.BaseAddress, h2Address);
         var golden = ServeFixture.Golden[1];
         using (var client = new HttpClient { BaseAddress = new Uri(h2Address), DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact })
         {
