@@ -101,7 +101,8 @@ public sealed class InstrumentedGenerationScheduler(IGenerationScheduler inner, 
                 yield return token;
                 if (token.Finish is null)
                 {
-                    step = source.StartActivity("decode_step", ActivityKind.Internal);
+                    // Explicit parent: after a yield the iterator resumes in the consumer's context, not under generate.
+                    step = generate is null ? null : source.StartActivity("decode_step", ActivityKind.Internal, generate.Context);
                 }
             }
         }

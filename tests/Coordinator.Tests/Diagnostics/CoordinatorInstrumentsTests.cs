@@ -7,6 +7,7 @@ using Distributed.Protocol.Grpc;
 namespace Distributed.Coordinator.Tests.Diagnostics;
 
 [Trait("Category", "Unit")]
+[Collection("CoordinatorDiagnostics")] // meter listeners are process-wide
 public sealed class CoordinatorInstrumentsTests
 {
     // 4 layers (MoE: 1, 3) x 4 experts; worker a holds layer 1 experts 0-1 and layer 3 experts 0-3, b layer 1 experts 2-3.

@@ -7,7 +7,7 @@ using Distributed.Coordinator.Tests.Serving.Api;
 namespace Distributed.Coordinator.Tests.Diagnostics;
 
 [Trait("Category", "Unit")]
-[Collection(nameof(InstrumentedGenerationSchedulerTests))] // the activity listener is process-wide
+[Collection("CoordinatorDiagnostics")] // meter and activity listeners are process-wide
 public sealed class InstrumentedGenerationSchedulerTests
 {
     private sealed class Recorder : IDisposable
