@@ -212,8 +212,8 @@ http_get() { # http_get NS HOST PORT PATH -> response on stdout
 }
 http_get "$NS_B" "$IP_C" "$SERVE_PORT" /metrics > "$LOG_DIR/coordinator.metrics" || { log "scraping the coordinator from $NS_B failed"; exit 1; }
 grep -q '^moe_requests_total{.*outcome="length"} 1' "$LOG_DIR/coordinator.metrics" \
-  && grep -q "^moe_worker_rows_total{.*worker=\"worker-a\"}" "$LOG_DIR/coordinator.metrics" \
-  && grep -q "^moe_worker_rows_total{.*worker=\"worker-b\"}" "$LOG_DIR/coordinator.metrics" \
+  && grep -Eq "^moe_worker_rows_total\{.*worker=\"(worker-a|$IP_A:$GRPC_PORT)\"\}" "$LOG_DIR/coordinator.metrics" \
+  && grep -Eq "^moe_worker_rows_total\{.*worker=\"(worker-b|$IP_B:$GRPC_PORT)\"\}" "$LOG_DIR/coordinator.metrics" \
   || { log "coordinator /metrics lacks the request or per-worker series"; exit 1; }
 for target in "$IP_A" "$IP_B"; do
   http_get "$NS_C" "$target" "$OPS_PORT" /healthz/ready | head -1 | grep -q ' 200 ' || { log "worker $target:$OPS_PORT is not ready"; exit 1; }

@@ -28,6 +28,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
         Assert.Contains("workers=10.77.6.2:50051,10.77.6.3:50051", okLine, StringComparison.Ordinal);
         Assert.Contains("MATCH: distributed (2 hosts, fp32 wire) == in-process", stderr, StringComparison.Ordinal);
         Assert.EndsWith(" served=yes", okLine, StringComparison.Ordinal);
+        Assert.Contains("MATCH: coordinator and worker /metrics and readiness answer across hosts", stderr, StringComparison.Ordinal);
 
         // The trap removed every namespace it made.
         string prefix = stderr.Split("hosts: ", 2)[1].Split('-', 2)[0];
