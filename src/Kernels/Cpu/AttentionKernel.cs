@@ -64,9 +64,13 @@ internal static unsafe class AttentionKernel
 
     private const int KeyBlock = 64;
 
-    /// <summary>Scratch floats one unit needs: the scores, then one packed block of K or V rows.</summary>
+    /// <summary>Scratch floats one unit needs: the scores, one packed block of K or V rows, the padded queries.</summary>
     public static long ScratchFloats(in AttentionShape s, int headsPerUnit) =>
-        ((long)RowTile * headsPerUnit * Math.Max(1, s.MaxSpan)) + 16 + ((long)KeyBlock * s.HeadDim);
+        ((long)RowTile * headsPerUnit * Math.Max(1, s.MaxSpan)) + 32 + ((long)KeyBlock * Padded(s.HeadDim))
+        + ((long)RowTile * headsPerUnit * Padded(s.HeadDim));
+
+    /// <summary>Head width rounded up to whole 16-float chunks.</summary>
+    private static int Padded(int d) => (d + 15) & ~15;
 
     /// <summary>
     /// Rows <c>[r0, r0 + rowCount)</c>, kv head <paramref name="kvHead"/>, query heads <c>kvHead · Group + [g0, g1)</c>.
@@ -105,23 +109,48 @@ internal static unsafe class AttentionKernel
         // block is prefetched, so the dot products and the weighted sums read L1.
         float* pack = (float*)(((nint)next + 63) & ~(nint)63);
         float* kHead = k + ((nint)kvHead * d);
-        for (int jb = jMin; jb <= jMax; jb += KeyBlock)
+        if (simd == SimdLevel.Vector512 && Avx512F.IsSupported)
         {
-            int je = Math.Min(jMax, jb + KeyBlock - 1);
-            PackRows(kHead, kvStride, jb, je, jMax, d, pack);
-            for (int j = jb; j <= je; j++)
+            // Queries zero-padded to whole 16-float chunks, [row][head][chunk][16].
+            int dp = Padded(d);
+            float* qPad = pack + ((nint)KeyBlock * dp);
+            for (int r = 0; r < rowCount; r++)
             {
-                float* kj = pack + ((nint)(j - jb) * d);
-                for (int r = 0; r < rowCount; r++)
+                float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
+                for (int g = 0; g < ng; g++)
                 {
-                    if (j < lo[r] || j > hi[r])
+                    float* dst = qPad + ((nint)((r * ng) + g) * dp);
+                    Buffer.MemoryCopy(qr + ((nint)g * d), dst, (nint)d * sizeof(float), (nint)d * sizeof(float));
+                    new Span<float>(dst + d, dp - d).Clear();
+                }
+            }
+            for (int jb = jMin; jb <= jMax; jb += KeyBlock)
+            {
+                int je = Math.Min(jMax, jb + KeyBlock - 1);
+                PackKeysChunked(kHead, kvStride, jb, je, jMax, d, pack);
+                ScoreBlock512(s, pack, jb, je, qPad, rowCount, ng, dp, lo, hi, scores);
+            }
+        }
+        else
+        {
+            for (int jb = jMin; jb <= jMax; jb += KeyBlock)
+            {
+                int je = Math.Min(jMax, jb + KeyBlock - 1);
+                PackRows(kHead, kvStride, jb, je, jMax, d, pack);
+                for (int j = jb; j <= je; j++)
+                {
+                    float* kj = pack + ((nint)(j - jb) * d);
+                    for (int r = 0; r < rowCount; r++)
                     {
-                        continue;
-                    }
-                    float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
-                    for (int g = 0; g < ng; g++)
-                    {
-                        scores[(r * ng) + g][j - lo[r]] = Dot(simd, qr + ((nint)g * d), kj, d) * s.Scale;
+                        if (j < lo[r] || j > hi[r])
+                        {
+                            continue;
+                        }
+                        float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
+                        for (int g = 0; g < ng; g++)
+                        {
+                            scores[(r * ng) + g][j - lo[r]] = Dot(simd, qr + ((nint)g * d), kj, d) * s.Scale;
+                        }
                     }
                 }
             }
@@ -182,6 +211,160 @@ internal static unsafe class AttentionKernel
             Buffer.MemoryCopy(src + (j * stride), dst + ((nint)(j - jb) * d), bytes, bytes);
         }
     }
+
+    /// <summary>
+    /// Copies key rows <c>[jb, je]</c> into the chunk-major layout <c>[chunk][key in block][16]</c>, zero-padding the
+    /// last chunk, and prefetches the next block. Sixteen consecutive keys of one chunk are then 1 KiB apart from the
+    /// next chunk and 64 bytes from each other, which <see cref="Dots16"/> addresses with constant offsets.
+    /// </summary>
+    private static void PackKeysChunked(float* src, nint stride, int jb, int je, int last, int d, float* dst)
+    {
+        int chunks = (d + 15) >> 4;
+        int full = d >> 4;
+        for (int j = jb; j <= je; j++)
+        {
+            int ahead = j + KeyBlock;
+            if (Sse.IsSupported && ahead <= last)
+            {
+                byte* p = (byte*)(src + (ahead * stride));
+                for (nint off = 0; off < (nint)d * sizeof(float); off += 64)
+                {
+                    Sse.Prefetch0(p + off);
+                }
+            }
+            float* row = src + (j * stride);
+            float* o = dst + ((nint)(j - jb) * 16);
+            for (int c = 0; c < full; c++)
+            {
+                Vector512.Load(row + (c * 16)).Store(o + ((nint)c * KeyBlock * 16));
+            }
+            if (full < chunks)
+            {
+                float* t = o + ((nint)full * KeyBlock * 16);
+                int e = 0;
+                for (; e < d - (full * 16); e++)
+                {
+                    t[e] = row[(full * 16) + e];
+                }
+                for (; e < 16; e++)
+                {
+                    t[e] = 0f;
+                }
+            }
+        }
+    }
+
+    /// <summary>Scores of every visible (row, head, key) of one packed key block, 16 keys per <see cref="Dots16"/>.</summary>
+    private static void ScoreBlock512(in AttentionShape s, float* pack, int jb, int je, float* qPad, int rowCount, int ng,
+        int dp, int* lo, int* hi, float** scores)
+    {
+        int chunks = dp >> 4;
+        var scale = Vector512.Create(s.Scale);
+        float* lanes = stackalloc float[16];
+        for (int j0 = jb; j0 <= je; j0 += 16)
+        {
+            int j1 = Math.Min(je, j0 + 15);
+            float* keys = pack + ((nint)(j0 - jb) * 16);
+            for (int r = 0; r < rowCount; r++)
+            {
+                int a = Math.Max(j0, lo[r]);
+                int b = Math.Min(j1, hi[r]);
+                if (b < a)
+                {
+                    continue;
+                }
+                for (int g = 0; g < ng; g++)
+                {
+                    var dots = Dots16(qPad + ((nint)((r * ng) + g) * dp), keys, chunks) * scale;
+                    float* dst = scores[(r * ng) + g] - lo[r];
+                    if (a == j0 && b == j0 + 15)
+                    {
+                        dots.Store(dst + j0);
+                    }
+                    else
+                    {
+                        dots.Store(lanes);
+                        for (int j = a; j <= b; j++)
+                        {
+                            dst[j] = lanes[j - j0];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Dot products of one zero-padded query with 16 packed keys: per key, lane FMAs over the 16-float chunks in order,
+    /// then the fixed 16→1 tree of <see cref="Reduce16"/>. Lanes are independent, so a key's result does not depend on
+    /// which other keys share the call.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static Vector512<float> Dots16(float* q, float* keys, int chunks)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> a8 = default, a9 = default, a10 = default, a11 = default, a12 = default, a13 = default, a14 = default, a15 = default;
+        for (int c = 0; c < chunks; c++, q += 16, keys += KeyBlock * 16)
+        {
+            var qv = Vector512.Load(q);
+            a0 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys), a0);
+            a1 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 16), a1);
+            a2 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 32), a2);
+            a3 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 48), a3);
+            a4 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 64), a4);
+            a5 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 80), a5);
+            a6 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 96), a6);
+            a7 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 112), a7);
+            a8 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 128), a8);
+            a9 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 144), a9);
+            a10 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 160), a10);
+            a11 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 176), a11);
+            a12 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 192), a12);
+            a13 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 208), a13);
+            a14 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 224), a14);
+            a15 = Vector512.FusedMultiplyAdd(qv, Vector512.Load(keys + 240), a15);
+        }
+        return Reduce16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+    }
+
+    /// <summary>
+    /// Horizontal sums of 16 vectors at once, result lane j = Σ lanes of input j. The tree: 256-bit halves, then
+    /// 128-bit quarters, then 64-bit pairs, then adjacent floats; a final permute puts the keys in order.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Reduce16(Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
+        Vector512<float> a4, Vector512<float> a5, Vector512<float> a6, Vector512<float> a7, Vector512<float> a8, Vector512<float> a9,
+        Vector512<float> a10, Vector512<float> a11, Vector512<float> a12, Vector512<float> a13, Vector512<float> a14, Vector512<float> a15)
+    {
+        // Step 1: b holds key 2i in its 128-bit quarters 0-1 and key 2i+1 in quarters 2-3 (8 partial sums each).
+        var b0 = Halves(a0, a1);
+        var b1 = Halves(a2, a3);
+        var b2 = Halves(a4, a5);
+        var b3 = Halves(a6, a7);
+        var b4 = Halves(a8, a9);
+        var b5 = Halves(a10, a11);
+        var b6 = Halves(a12, a13);
+        var b7 = Halves(a14, a15);
+        // Step 2: quarter q of c_m holds key 4m + q (4 partial sums).
+        var c0 = Quarters(b0, b1);
+        var c1 = Quarters(b2, b3);
+        var c2 = Quarters(b4, b5);
+        var c3 = Quarters(b6, b7);
+        // Step 3: per quarter L, d_n = [key 8n+L, key 8n+L, key 8n+4+L, key 8n+4+L] (2 partial sums each).
+        var d0 = Avx512F.UnpackLow(c0.AsDouble(), c1.AsDouble()).AsSingle() + Avx512F.UnpackHigh(c0.AsDouble(), c1.AsDouble()).AsSingle();
+        var d1 = Avx512F.UnpackLow(c2.AsDouble(), c3.AsDouble()).AsSingle() + Avx512F.UnpackHigh(c2.AsDouble(), c3.AsDouble()).AsSingle();
+        // Step 4: lane 4L + t = key 4t + L.
+        var e = Avx512F.Shuffle(d0, d1, 0x88) + Avx512F.Shuffle(d0, d1, 0xDD);
+        return Avx512F.PermuteVar16x32(e, Vector512.Create(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Halves(Vector512<float> a, Vector512<float> b) =>
+        Avx512F.Shuffle4x128(a, b, 0x44) + Avx512F.Shuffle4x128(a, b, 0xEE);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Quarters(Vector512<float> b0, Vector512<float> b1) =>
+        Avx512F.Shuffle4x128(b0, b1, 0x88) + Avx512F.Shuffle4x128(b0, b1, 0xDD);
 
     /// <summary><c>Σ a[i]·b[i]</c>: lane FMAs over full vectors, a fixed horizontal sum, then the tail in order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
