@@ -15,7 +15,7 @@ internal static class Program
 
     private static int Usage()
     {
-        Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both]");
+        Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both] [--rounds 2]");
         Console.Error.WriteLine("       Distributed.Benchmarks cpu-ops [--threads N]");
         return 2;
     }

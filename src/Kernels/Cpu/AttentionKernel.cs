@@ -59,15 +59,18 @@ internal readonly struct AttentionShape
 /// </summary>
 internal static unsafe class AttentionKernel
 {
-    /// <summary>Query rows per work unit: they share every K and V load.</summary>
-    public const int RowTile = 4;
+    /// <summary>
+    /// Most query rows per work unit: they share every packed K and V block, so a prefill streams each kv head's
+    /// cache once per 16 rows instead of once per row.
+    /// </summary>
+    public const int RowTile = 16;
 
     private const int KeyBlock = 64;
 
-    /// <summary>Scratch floats one unit needs: the scores, one packed block of K or V rows, the padded queries.</summary>
-    public static long ScratchFloats(in AttentionShape s, int headsPerUnit) =>
-        ((long)RowTile * headsPerUnit * Math.Max(1, s.MaxSpan)) + 32 + ((long)KeyBlock * Padded(s.HeadDim))
-        + ((long)RowTile * headsPerUnit * Padded(s.HeadDim));
+    /// <summary>Scratch floats one unit of up to <paramref name="rowTile"/> rows needs: scores, a packed K/V block, padded queries.</summary>
+    public static long ScratchFloats(in AttentionShape s, int rowTile, int headsPerUnit) =>
+        ((long)rowTile * headsPerUnit * Math.Max(1, s.MaxSpan)) + 32 + ((long)KeyBlock * Padded(s.HeadDim))
+        + ((long)rowTile * headsPerUnit * Padded(s.HeadDim));
 
     /// <summary>Head width rounded up to whole 16-float chunks.</summary>
     private static int Padded(int d) => (d + 15) & ~15;
@@ -208,7 +211,21 @@ internal static unsafe class AttentionKernel
                     Sse.Prefetch0(p + off);
                 }
             }
-            Buffer.MemoryCopy(src + (j * stride), dst + ((nint)(j - jb) * d), bytes, bytes);
+            CopyRow(src + (j * stride), dst + ((nint)(j - jb) * d), d);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRow(float* src, float* dst, int d)
+    {
+        int e = 0;
+        for (; e + 16 <= d; e += 16)
+        {
+            Vector512.Store(Vector512.Load(src + e), dst + e);
+        }
+        for (; e < d; e++)
+        {
+            dst[e] = src[e];
         }
     }
 
@@ -409,6 +426,39 @@ internal static unsafe class AttentionKernel
         int e = 0;
         if (simd == SimdLevel.Vector512)
         {
+            // 8 accumulators (128 floats) per pass: 8 independent FMA chains keep both FMA pipes busy.
+            for (; e + 128 <= d; e += 128)
+            {
+                var a0 = Vector512.Load(o + e);
+                var a1 = Vector512.Load(o + e + 16);
+                var a2 = Vector512.Load(o + e + 32);
+                var a3 = Vector512.Load(o + e + 48);
+                var a4 = Vector512.Load(o + e + 64);
+                var a5 = Vector512.Load(o + e + 80);
+                var a6 = Vector512.Load(o + e + 96);
+                var a7 = Vector512.Load(o + e + 112);
+                float* vj = v + e;
+                for (int j = 0; j < count; j++, vj += vStride)
+                {
+                    var pj = Vector512.Create(p[j]);
+                    a0 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj), a0);
+                    a1 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 16), a1);
+                    a2 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 32), a2);
+                    a3 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 48), a3);
+                    a4 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 64), a4);
+                    a5 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 80), a5);
+                    a6 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 96), a6);
+                    a7 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 112), a7);
+                }
+                a0.Store(o + e);
+                a1.Store(o + e + 16);
+                a2.Store(o + e + 32);
+                a3.Store(o + e + 48);
+                a4.Store(o + e + 64);
+                a5.Store(o + e + 80);
+                a6.Store(o + e + 96);
+                a7.Store(o + e + 112);
+            }
             for (; e + 64 <= d; e += 64)
             {
                 var a0 = Vector512.Load(o + e);
