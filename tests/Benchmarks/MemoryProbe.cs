@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Distributed.Kernels.Cpu;
 
 namespace Distributed.Benchmarks;
@@ -32,6 +33,15 @@ internal static unsafe class MemoryProbe
             for (long i = a; i < b; i += 256)
             {
                 float* p = (float*)(src + i);
+                if (Sse.IsSupported)
+                {
+                    // Same software prefetch distance per stream as the T=1 kernel (2 KiB), so "read" is the
+                    // best a single sequential stream per thread achieves here.
+                    Sse.Prefetch0(src + i + 2048);
+                    Sse.Prefetch0(src + i + 2048 + 64);
+                    Sse.Prefetch0(src + i + 2048 + 128);
+                    Sse.Prefetch0(src + i + 2048 + 192);
+                }
                 acc0 += Vector512.Load(p);
                 acc1 += Vector512.Load(p + 16);
                 acc2 += Vector512.Load(p + 32);

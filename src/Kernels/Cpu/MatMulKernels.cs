@@ -332,7 +332,7 @@ internal static unsafe class MatMulKernels
         float* x7 = x + (7 * ldx);
         for (nint kk = 0; kk < k; kk++)
         {
-            if (TR.Rows <= Prefetching)
+            if (Sse.IsSupported && TR.Rows <= Prefetching)
             {
                 Sse.Prefetch0(w + ((kk + SinglePanelPrefetchLines) * PackedWeight.LineUints));
             }
@@ -431,10 +431,13 @@ internal static unsafe class MatMulKernels
         {
             nint off = kk * PackedWeight.LineUints;
             nint ahead = off + (PrefetchLines * PackedWeight.LineUints);
-            Sse.Prefetch0(w0 + ahead);
-            Sse.Prefetch0(w1 + ahead);
-            Sse.Prefetch0(w2 + ahead);
-            Sse.Prefetch0(w3 + ahead);
+            if (Sse.IsSupported)
+            {
+                Sse.Prefetch0(w0 + ahead);
+                Sse.Prefetch0(w1 + ahead);
+                Sse.Prefetch0(w2 + ahead);
+                Sse.Prefetch0(w3 + ahead);
+            }
             Vector512<float> b = Vector512.Create(x[kk]);
             Vector512<uint> r0 = Vector512.Load(w0 + off);
             Vector512<uint> r1 = Vector512.Load(w1 + off);
