@@ -50,6 +50,12 @@ internal readonly struct AttentionShape
     }
 }
 
+/// <summary>Addresses per (row, head) vectors: <c>Base + row·RowStride + head·HeadStride</c> floats.</summary>
+internal readonly unsafe struct QueryView(float* @base, nint rowStride, nint headStride)
+{
+    public float* At(int row, int head) => @base + (row * rowStride) + (head * headStride);
+}
+
 /// <summary>
 /// Scaled dot-product attention for a tile of query rows × the query heads of one kv head. Per (row, head) the math
 /// is fixed: <c>s_j = fl(dot(q, k_j)) · scale</c> over the visible keys in order (dot = lane FMAs over head_dim, then
@@ -65,7 +71,8 @@ internal static unsafe class AttentionKernel
     /// </summary>
     public const int RowTile = 16;
 
-    private const int KeyBlock = 64;
+    /// <summary>Keys per packed block (64 rows of K or V: 32 KiB at head_dim 128, L1-resident).</summary>
+    internal const int KeyBlock = 64;
 
     /// <summary>Scratch floats one unit of up to <paramref name="rowTile"/> rows needs: scores, a packed K/V block, padded queries.</summary>
     public static long ScratchFloats(in AttentionShape s, int rowTile, int headsPerUnit) =>
@@ -73,7 +80,7 @@ internal static unsafe class AttentionKernel
         + ((long)rowTile * headsPerUnit * Padded(s.HeadDim));
 
     /// <summary>Head width rounded up to whole 16-float chunks.</summary>
-    private static int Padded(int d) => (d + 15) & ~15;
+    internal static int Padded(int d) => (d + 15) & ~15;
 
     /// <summary>
     /// Rows <c>[r0, r0 + rowCount)</c>, kv head <paramref name="kvHead"/>, query heads <c>kvHead · Group + [g0, g1)</c>.
@@ -112,58 +119,29 @@ internal static unsafe class AttentionKernel
         // block is prefetched, so the dot products and the weighted sums read L1.
         float* pack = (float*)(((nint)next + 63) & ~(nint)63);
         float* kHead = k + ((nint)kvHead * d);
-        if (simd == SimdLevel.Vector512 && Avx512F.IsSupported)
+        float* qHeads = q + (r0 * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
+        QueryView queries;
+        if (UsesPaddedQueries(simd))
         {
-            // Queries zero-padded to whole 16-float chunks, [row][head][chunk][16].
             int dp = Padded(d);
             float* qPad = pack + ((nint)KeyBlock * dp);
-            for (int r = 0; r < rowCount; r++)
-            {
-                float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
-                for (int g = 0; g < ng; g++)
-                {
-                    float* dst = qPad + ((nint)((r * ng) + g) * dp);
-                    Buffer.MemoryCopy(qr + ((nint)g * d), dst, (nint)d * sizeof(float), (nint)d * sizeof(float));
-                    new Span<float>(dst + d, dp - d).Clear();
-                }
-            }
-            for (int jb = jMin; jb <= jMax; jb += KeyBlock)
-            {
-                int je = Math.Min(jMax, jb + KeyBlock - 1);
-                PackKeysChunked(kHead, kvStride, jb, je, jMax, d, pack);
-                ScoreBlock512(s, pack, jb, je, qPad, rowCount, ng, dp, lo, hi, scores);
-            }
+            PadQueries(qHeads, qRowStride, rowCount, ng, d, qPad);
+            queries = new QueryView(qPad, (nint)ng * dp, dp);
         }
         else
         {
-            for (int jb = jMin; jb <= jMax; jb += KeyBlock)
-            {
-                int je = Math.Min(jMax, jb + KeyBlock - 1);
-                PackRows(kHead, kvStride, jb, je, jMax, d, pack);
-                for (int j = jb; j <= je; j++)
-                {
-                    float* kj = pack + ((nint)(j - jb) * d);
-                    for (int r = 0; r < rowCount; r++)
-                    {
-                        if (j < lo[r] || j > hi[r])
-                        {
-                            continue;
-                        }
-                        float* qr = q + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
-                        for (int g = 0; g < ng; g++)
-                        {
-                            scores[(r * ng) + g][j - lo[r]] = Dot(simd, qr + ((nint)g * d), kj, d) * s.Scale;
-                        }
-                    }
-                }
-            }
+            queries = new QueryView(qHeads, qRowStride, d);
+        }
+        for (int jb = jMin; jb <= jMax; jb += KeyBlock)
+        {
+            ScoreBlock(simd, s, kHead, jb, Math.Min(jMax, jb + KeyBlock - 1), jMax, pack, queries, rowCount, ng, lo, hi, scores);
         }
 
+        float* outHeads = output + (r0 * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
         for (int r = 0; r < rowCount; r++)
         {
             int n = hi[r] - lo[r] + 1;
-            float* outRow = output + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
-            new Span<float>(outRow, ng * d).Clear();
+            new Span<float>(outHeads + (r * qRowStride), ng * d).Clear();
             for (int g = 0; g < ng && n > 0; g++)
             {
                 VectorOps.SoftmaxRow(simd, scores[(r * ng) + g], n);
@@ -171,24 +149,90 @@ internal static unsafe class AttentionKernel
         }
 
         float* vHead = v + ((nint)kvHead * d);
+        var outputs = new QueryView(outHeads, qRowStride, d);
         for (int jb = jMin; jb <= jMax; jb += KeyBlock)
         {
-            int je = Math.Min(jMax, jb + KeyBlock - 1);
-            PackRows(vHead, kvStride, jb, je, jMax, d, pack);
+            WeightedValuesBlock(simd, s, vHead, jb, Math.Min(jMax, jb + KeyBlock - 1), jMax, pack, outputs, rowCount, ng, lo, hi, scores);
+        }
+    }
+
+    /// <summary>Whether scores use zero-padded queries and chunk-packed keys (<see cref="Dots16"/>) at this level.</summary>
+    internal static bool UsesPaddedQueries(SimdLevel simd) => simd == SimdLevel.Vector512 && Avx512F.IsSupported;
+
+    /// <summary>
+    /// Copies the queries of <paramref name="rowCount"/> rows × <paramref name="ng"/> heads (row r, head g at
+    /// <c>q + r·rowStride + g·d</c>) into <c>[row][head][Padded(d)]</c>, zero-padded.
+    /// </summary>
+    internal static void PadQueries(float* q, nint rowStride, int rowCount, int ng, int d, float* dst)
+    {
+        int dp = Padded(d);
+        for (int r = 0; r < rowCount; r++)
+        {
+            for (int g = 0; g < ng; g++)
+            {
+                float* o = dst + ((nint)((r * ng) + g) * dp);
+                Buffer.MemoryCopy(q + (r * rowStride) + ((nint)g * d), o, (nint)d * sizeof(float), (nint)d * sizeof(float));
+                new Span<float>(o + d, dp - d).Clear();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Packs key rows <c>[jb, je]</c> of one kv head (row j at <c>kHead + j·KvHeads·d</c>) and writes the scaled
+    /// scores of every visible (row, head, key) into <c>scores[r·ng + g][j - lo[r]]</c>.
+    /// </summary>
+    internal static void ScoreBlock(SimdLevel simd, in AttentionShape s, float* kHead, int jb, int je, int jMax, float* pack,
+        QueryView queries, int rowCount, int ng, int* lo, int* hi, float** scores)
+    {
+        int d = s.HeadDim;
+        nint kvStride = (nint)s.KvHeads * d;
+        if (UsesPaddedQueries(simd))
+        {
+            PackKeysChunked(kHead, kvStride, jb, je, jMax, d, pack);
+            ScoreBlock512(s, pack, jb, je, queries, rowCount, ng, Padded(d) >> 4, lo, hi, scores);
+            return;
+        }
+        PackRows(kHead, kvStride, jb, je, jMax, d, pack);
+        for (int j = jb; j <= je; j++)
+        {
+            float* kj = pack + ((nint)(j - jb) * d);
             for (int r = 0; r < rowCount; r++)
             {
-                int a = Math.Max(jb, lo[r]);
-                int b = Math.Min(je, hi[r]);
-                if (b < a)
+                if (j < lo[r] || j > hi[r])
                 {
                     continue;
                 }
-                float* outRow = output + ((r0 + r) * qRowStride) + ((nint)((kvHead * s.Group) + g0) * d);
                 for (int g = 0; g < ng; g++)
                 {
-                    AccumulateWeightedValues(simd, outRow + ((nint)g * d), scores[(r * ng) + g] + (a - lo[r]),
-                        pack + ((nint)(a - jb) * d), d, b - a + 1, d);
+                    scores[(r * ng) + g][j - lo[r]] = Dot(simd, queries.At(r, g), kj, d) * s.Scale;
                 }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Packs value rows <c>[jb, je]</c> of one kv head and accumulates <c>out[r, g] += Σ_j p[r, g, j] · v_j</c> over the
+    /// visible keys of the block, in key order (output (r, g) at <c>outputs.At(r, g)</c>). The copy matters: with a
+    /// row stride of 4 KiB all 64 rows of a block fall into the same 8 L1 sets, so reading them in place for every
+    /// head thrashes L1.
+    /// </summary>
+    internal static void WeightedValuesBlock(SimdLevel simd, in AttentionShape s, float* vHead, int jb, int je, int jMax,
+        float* pack, QueryView outputs, int rowCount, int ng, int* lo, int* hi, float** scores)
+    {
+        int d = s.HeadDim;
+        PackRows(vHead, (nint)s.KvHeads * d, jb, je, jMax, d, pack);
+        for (int r = 0; r < rowCount; r++)
+        {
+            int a = Math.Max(jb, lo[r]);
+            int b = Math.Min(je, hi[r]);
+            if (b < a)
+            {
+                continue;
+            }
+            for (int g = 0; g < ng; g++)
+            {
+                AccumulateWeightedValues(simd, outputs.At(r, g), scores[(r * ng) + g] + (a - lo[r]),
+                    pack + ((nint)(a - jb) * d), d, b - a + 1, d);
             }
         }
     }
@@ -272,10 +316,9 @@ internal static unsafe class AttentionKernel
     }
 
     /// <summary>Scores of every visible (row, head, key) of one packed key block, 16 keys per <see cref="Dots16"/>.</summary>
-    private static void ScoreBlock512(in AttentionShape s, float* pack, int jb, int je, float* qPad, int rowCount, int ng,
-        int dp, int* lo, int* hi, float** scores)
+    private static void ScoreBlock512(in AttentionShape s, float* pack, int jb, int je, QueryView queries, int rowCount, int ng,
+        int chunks, int* lo, int* hi, float** scores)
     {
-        int chunks = dp >> 4;
         var scale = Vector512.Create(s.Scale);
         float* lanes = stackalloc float[16];
         for (int j0 = jb; j0 <= je; j0 += 16)
@@ -292,7 +335,7 @@ internal static unsafe class AttentionKernel
                 }
                 for (int g = 0; g < ng; g++)
                 {
-                    var dots = Dots16(qPad + ((nint)((r * ng) + g) * dp), keys, chunks) * scale;
+                    var dots = Dots16(queries.At(r, g), keys, chunks) * scale;
                     float* dst = scores[(r * ng) + g] - lo[r];
                     if (a == j0 && b == j0 + 15)
                     {

@@ -193,9 +193,15 @@ public sealed unsafe partial class CpuKernelBackend
             lock (_sync)
             {
                 ThrowIfDisposed();
-                _attentionTask.Set(_simd, shape, pq, pp, pk, pv, po, rows, _team.Threads);
                 long work = (long)rows * Math.Max(1, shape.MaxSpan) * p.Heads * p.HeadDim;
-                if (work < ParallelMacThreshold || _team.Threads == 1)
+                bool inline = work < ParallelMacThreshold || _team.Threads == 1;
+                if (rows <= DecodeAttentionTask.MaxRows)
+                {
+                    _decodeAttentionTask.Run(inline ? null : _team, _simd, shape, pq, pp, pk, pv, po, rows);
+                    return;
+                }
+                _attentionTask.Set(_simd, shape, pq, pp, pk, pv, po, rows, _team.Threads);
+                if (inline)
                 {
                     _attentionTask.Execute(0, 1);
                 }

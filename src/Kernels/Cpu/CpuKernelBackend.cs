@@ -28,6 +28,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     private readonly MatMulTask _matMulTask = new();
     private readonly GateUpTask _gateUpTask = new();
     private readonly AttentionTask _attentionTask;
+    private readonly DecodeAttentionTask _decodeAttentionTask;
     private readonly RowTask _rowTask = new();
     private bool _disposed;
 
@@ -52,6 +53,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
             _threadScratch[i] = new ScratchBuffer();
         }
         _attentionTask = new AttentionTask(_threadScratch);
+        _decodeAttentionTask = new DecodeAttentionTask(_threadScratch);
         Name = $"cpu-{SimdLevels.ShortName(simd)}x{n}";
         Capabilities = new KernelCapabilities(
             $"{CpuModelName()} ({SimdLevels.ShortName(simd)}, {n} threads)", SimdLevels.TypeName(simd), n, 0, BatchInvariant: true);
@@ -212,6 +214,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
             }
             _ffnHidden.Dispose();
             _ffnActivation.Dispose();
+            _decodeAttentionTask.Dispose();
         }
     }
 
