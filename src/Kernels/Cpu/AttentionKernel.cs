@@ -59,9 +59,9 @@ internal readonly unsafe struct QueryView(float* @base, nint rowStride, nint hea
 /// <summary>
 /// Scaled dot-product attention for a tile of query rows × the query heads of one kv head. Per (row, head) the math
 /// is fixed: <c>s_j = fl(dot(q, k_j)) · scale</c> over the visible keys in order (dot = lane FMAs over head_dim, then
-/// a fixed horizontal sum), a max-subtracting softmax over exactly those scores, then <c>out = Σ_j p_j v_j</c> as one
-/// FMA chain per element in key order. Tiling rows and heads only shares K/V loads, so results do not depend on
-/// the other rows of the call.
+/// a fixed horizontal sum: the 16-key tree of <see cref="Reduce16"/> on AVX-512, <see cref="Dot"/> otherwise), a
+/// max-subtracting softmax over exactly those scores, then <c>out = Σ_j p_j v_j</c> as one FMA chain per element in
+/// key order. Tiling rows and heads only shares K/V loads, so results do not depend on the other rows of the call.
 /// </summary>
 internal static unsafe class AttentionKernel
 {

@@ -3,7 +3,7 @@ namespace Distributed.Kernels.Cpu;
 public sealed unsafe partial class CpuKernelBackend
 {
     /// <summary>Below this many multiply-adds a matmul runs on the calling thread.</summary>
-    private const long ParallelMacThreshold = 1 << 16;
+    private const long ParallelMacThreshold = 1 << 18;
 
     /// <summary>
     /// Rows of an FFN processed together; bounds the scratch to <c>3 · FfnRowBlock · I</c> floats (24 MiB at I = 8192)
