@@ -1,12 +1,65 @@
+using Distributed.ExpertWorker.Hosting;
+using Distributed.Kernels.Checkpoint;
+using Microsoft.Extensions.Options;
+
 namespace Distributed.ExpertWorker;
 
-/// <summary>Entry point of the expert worker host (Kestrel gRPC + Orleans silo). Built out by the expert-workers issue.</summary>
+/// <summary>Entry point of the expert worker (Kestrel gRPC data plane + Orleans silo).</summary>
 public static class Program
 {
-    /// <summary>Runs the worker.</summary>
-    public static int Main(string[] args)
+    /// <summary>Short command-line names for the configuration keys (any <c>--Section:Key value</c> also works).</summary>
+    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
     {
-        Console.Error.WriteLine("expert worker: not yet implemented (issue #3)");
-        return 2;
+        ["--model"] = "ExpertWorker:ModelDirectory",
+        ["--worker-id"] = "ExpertWorker:WorkerId",
+        ["--grpc-host"] = "ExpertWorker:GrpcHost",
+        ["--grpc-port"] = "ExpertWorker:GrpcPort",
+        ["--unix-socket"] = "ExpertWorker:UnixSocketPath",
+        ["--threads"] = "ExpertWorker:KernelThreads",
+        ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
+        ["--experts"] = "ExpertWorker:StaticExperts",
+        ["--memory"] = "ExpertWorker:MemoryCapacityBytes",
+        ["--plan-version"] = "ExpertWorker:StaticPlanVersion",
+        ["--clustering"] = "Cluster:Clustering",
+        ["--cluster-id"] = "Cluster:ClusterId",
+        ["--service-id"] = "Cluster:ServiceId",
+        ["--silo-port"] = "Cluster:SiloPort",
+        ["--gateway-port"] = "Cluster:GatewayPort",
+        ["--primary-silo-port"] = "Cluster:PrimarySiloPort",
+        ["--redis"] = "Cluster:RedisConnectionString",
+    };
+
+    /// <summary>Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model.</summary>
+    public static async Task<int> Main(string[] args)
+    {
+        var configuration = new ConfigurationBuilder()
+            .AddEnvironmentVariables("DISTRIBUTED_")
+            .AddCommandLine(args, Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
+            .Build();
+        try
+        {
+            await using var host = await WorkerHost.StartAsync(configuration);
+            await host.WaitForShutdownAsync();
+            return 0;
+        }
+        catch (OptionsValidationException ex)
+        {
+            Console.Error.WriteLine("expert worker: invalid configuration:");
+            foreach (var failure in ex.Failures)
+            {
+                Console.Error.WriteLine("  " + failure);
+            }
+            return 2;
+        }
+        catch (CheckpointException ex)
+        {
+            Console.Error.WriteLine($"expert worker: cannot use the model: {ex.Message}");
+            return 3;
+        }
+        catch (FormatException ex)
+        {
+            Console.Error.WriteLine($"expert worker: {ex.Message}");
+            return 2;
+        }
     }
 }

@@ -9,6 +9,9 @@ internal static class Program
         {
             "cpu-ffn" => CpuFfnBenchmark.Run(args),
             "cpu-ops" => CpuOpsBenchmark.Run(args),
+            "dataplane" => DataPlane.DataPlaneBenchmark.RunAsync(args).GetAwaiter().GetResult(),
+            "dataplane-server" => DataPlane.DataPlaneServer.RunAsync().GetAwaiter().GetResult(),
+            "dataplane-e2e" => DataPlane.EndToEndBenchmark.RunAsync(args).GetAwaiter().GetResult(),
             _ => Usage(),
         };
     }
@@ -17,6 +20,8 @@ internal static class Program
     {
         Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both] [--rounds 2]");
         Console.Error.WriteLine("       Distributed.Benchmarks cpu-ops [--threads N]");
+        Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane [--rows 1,64,512,4096] [--scale 1]");
+        Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane-e2e [--model DIR] [--workers 2] [--tokens 64]");
         return 2;
     }
 }

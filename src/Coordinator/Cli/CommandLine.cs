@@ -1,12 +1,234 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Distributed.Coordinator.Model.Llama4;
+using Distributed.Kernels;
+using Distributed.Kernels.Checkpoint;
+
 namespace Distributed.Coordinator.Cli;
 
-/// <summary>Subcommand dispatch for the coordinator executable.</summary>
-public static class CommandLine
+/// <summary>Subcommand dispatch for the coordinator executable. Results go to stdout, logs and errors to stderr.</summary>
+public static partial class CommandLine
 {
-    /// <summary>Runs <paramref name="args"/>; writes results to <paramref name="stdout"/> and logs/errors to <paramref name="stderr"/>.</summary>
-    public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
+    private const string Usage = """
+        usage: Distributed.Coordinator <command> [options]
+          infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
+                          [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
+          make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
+          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--json]
+        """;
+
+    /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
+    public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        stderr.WriteLine("usage: Distributed.Coordinator <infer|make-synthetic|bench> ...");
-        return Task.FromResult(2);
+        ArgumentNullException.ThrowIfNull(args);
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            stderr.WriteLine(Usage);
+            return args.Length == 0 ? 2 : 0;
+        }
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) =>
+        {
+            e.Cancel = true;
+            cts.Cancel();
+        };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            var rest = args.Skip(1);
+            return args[0] switch
+            {
+                "infer" => await InferAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
+                "bench" => await BenchAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
+                "make-synthetic" => MakeSynthetic(rest, stdout, stderr),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic or bench)"),
+            };
+        }
+        catch (UsageException ex)
+        {
+            stderr.WriteLine($"error: {ex.Message}");
+            return 2;
+        }
+        catch (CheckpointException ex)
+        {
+            stderr.WriteLine($"error: bad model directory: {OneLine(ex.Message)}");
+            return 1;
+        }
+        catch (OperationCanceledException)
+        {
+            stderr.WriteLine("error: cancelled");
+            return 130;
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException
+            or Distribution.ExpertDispatchException or TimeoutException or FormatException)
+        {
+            stderr.WriteLine($"error: {OneLine(ex.Message)}");
+            return 1;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    private static string OneLine(string s) => s.ReplaceLineEndings(" ");
+
+    private static IKernelBackend CreateBackend(CliArgs a, TextWriter stderr)
+    {
+        var options = new KernelOptions
+        {
+            Backend = a.Enum("backend", KernelBackendKind.Cpu),
+            Threads = a.Int("threads", 0, 0, 1024),
+        };
+        return KernelBackendFactory.Create(options, stderr);
+    }
+
+    private static string ModelDirectory(CliArgs a)
+    {
+        string dir = a.Required("model");
+        if (!Directory.Exists(dir))
+        {
+            throw new UsageException($"--model: directory '{dir}' does not exist");
+        }
+        return dir;
+    }
+
+    private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "prefill-chunk", "local-workers", "workers", "wire"], ["json"]);
+        string dir = ModelDirectory(a);
+        int[] prompt = a.IntList("prompt-ids");
+        int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
+        int prefillChunk = a.Int("prefill-chunk", 512, 1, 1 << 20);
+        bool json = a.Has("json");
+        using var backend = CreateBackend(a, stderr);
+        var sw = Stopwatch.StartNew();
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct).ConfigureAwait(false);
+        using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher);
+        stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
+        sw.Restart();
+        var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);
+        stderr.WriteLine($"inferred {prompt.Length} prompt + {result.NewTokens.Length} new tokens in {sw.ElapsedMilliseconds} ms");
+        if (json)
+        {
+            WriteJson(stdout, result);
+        }
+        else
+        {
+            stdout.WriteLine($"prompt_ids: {string.Join(",", result.PromptIds)}");
+            stdout.WriteLine($"argmax:     {string.Join(",", result.Argmax)}");
+            stdout.WriteLine($"new_tokens: {string.Join(",", result.NewTokens)}");
+        }
+        return 0;
+    }
+
+    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null)
+    {
+        var engine = Llama4Engine.Load(dir, backend, dispatcher);
+        engine.PrefillChunkTokens = prefillChunk;
+        return engine;
+    }
+
+    /// <summary>Writes the <c>infer --json</c> object: exactly one JSON object and a newline.</summary>
+    internal static void WriteJson(TextWriter stdout, InferenceResult r)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms))
+        {
+            w.WriteStartObject();
+            WriteInts(w, "prompt_ids", r.PromptIds);
+            w.WriteStartArray("last_logits");
+            foreach (float f in r.LastLogits)
+            {
+                w.WriteNumberValue(f);
+            }
+            w.WriteEndArray();
+            WriteInts(w, "argmax", r.Argmax);
+            w.WriteStartObject("experts");
+            foreach (var (layer, perToken) in r.Experts.OrderBy(kv => kv.Key))
+            {
+                w.WriteStartArray(layer.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                foreach (var ids in perToken)
+                {
+                    w.WriteStartArray();
+                    foreach (int id in ids)
+                    {
+                        w.WriteNumberValue(id);
+                    }
+                    w.WriteEndArray();
+                }
+                w.WriteEndArray();
+            }
+            w.WriteEndObject();
+            WriteInts(w, "new_tokens", r.NewTokens);
+            w.WriteEndObject();
+        }
+        stdout.WriteLine(System.Text.Encoding.UTF8.GetString(ms.ToArray()));
+        stdout.Flush();
+    }
+
+    private static void WriteInts(Utf8JsonWriter w, string name, int[] values)
+    {
+        w.WriteStartArray(name);
+        foreach (int v in values)
+        {
+            w.WriteNumberValue(v);
+        }
+        w.WriteEndArray();
+    }
+
+    private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "repeat"], ["json"]);
+        string dir = ModelDirectory(a);
+        int promptLen = a.Int("prompt", 128, 1, 1 << 20);
+        int gen = a.Int("gen", 64, 1, 1 << 20);
+        int repeat = a.Int("repeat", 3, 1, 100);
+        using var backend = CreateBackend(a, stderr);
+        using var engine = Llama4Engine.Load(dir, backend);
+        var c = engine.Config;
+        var rng = new Random(1234);
+        var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(c.VocabSize)).ToArray();
+        stderr.WriteLine($"bench: {dir} on {backend.Name}, prompt {promptLen}, gen {gen}, best of {repeat}");
+
+        double bestPrefill = double.MaxValue, bestDecode = double.MaxValue;
+        for (int rep = 0; rep <= repeat; rep++)
+        {
+            var cache = engine.CreateCache();
+            var sw = Stopwatch.StartNew();
+            for (int start = 0; start < promptLen; start += engine.PrefillChunkTokens)
+            {
+                int n = Math.Min(engine.PrefillChunkTokens, promptLen - start);
+                bool last = start + n == promptLen;
+                _ = await engine.Model.ForwardAsync([new SequenceStep(cache, prompt.AsMemory(start, n), last ? LogitsRequest.Last : LogitsRequest.None)], false, ct)
+                    .ConfigureAwait(false);
+            }
+            double prefill = sw.Elapsed.TotalSeconds;
+            var one = new int[1];
+            one[0] = prompt[^1];
+            sw.Restart();
+            for (int i = 0; i < gen; i++)
+            {
+                var step = await engine.Model.ForwardAsync([new SequenceStep(cache, one, LogitsRequest.Last)], false, ct).ConfigureAwait(false);
+                backend.Argmax(step.Logits, 1, c.VocabSize, one);
+            }
+            double decode = sw.Elapsed.TotalSeconds;
+            if (rep > 0)
+            {
+                // rep 0 warms up (JIT tiering, page faults of the memory map).
+                bestPrefill = Math.Min(bestPrefill, prefill);
+                bestDecode = Math.Min(bestDecode, decode);
+            }
+        }
+        double prefillTps = promptLen / bestPrefill, decodeTps = gen / bestDecode;
+        if (a.Has("json"))
+        {
+            stdout.WriteLine(JsonSerializer.Serialize(new { backend = backend.Name, prompt = promptLen, gen, prefill_tokens_per_s = prefillTps, decode_tokens_per_s = decodeTps }));
+        }
+        else
+        {
+            stdout.WriteLine($"backend {backend.Name}: prefill {prefillTps:F1} tok/s ({promptLen} tokens in {bestPrefill * 1000:F1} ms), decode {decodeTps:F2} tok/s ({bestDecode * 1000 / gen:F2} ms/token)");
+        }
+        return 0;
     }
 }

@@ -5,41 +5,244 @@ namespace Distributed.Kernels.Checkpoint;
 /// release's nested <c>text_config</c>), and single or sharded safetensors (<c>model.safetensors.index.json</c>),
 /// memory-mapped. Tensor names passed to this API never carry the <c>language_model.</c> prefix of the multimodal
 /// layout; the reader adds it. Vision tensors are ignored.
+/// <para>
+/// <see cref="Open"/> validates everything before returning: the config (see <see cref="Llama4ConfigParser"/>), every
+/// safetensors header (see <see cref="SafetensorsFile"/>), the index against the shards, and that every tensor the
+/// Llama 4 text model needs exists with the dtype and shape the config implies. Opening maps files but reads only
+/// their headers, so it costs milliseconds even for an 800 GB checkpoint. Spans returned point into the mappings:
+/// valid until <see cref="Dispose"/>. Reads are thread-safe; <see cref="Dispose"/> must not race with them.
+/// </para>
 /// </summary>
 public sealed partial class CheckpointReader : IDisposable
 {
+    /// <summary>Name of the model config file.</summary>
+    public const string ConfigFileName = "config.json";
+    /// <summary>Name of the sharded-checkpoint index file.</summary>
+    public const string IndexFileName = "model.safetensors.index.json";
+    /// <summary>Name of the single-file checkpoint.</summary>
+    public const string SingleFileName = "model.safetensors";
+
+    private readonly SafetensorsFile[] _files;
+    private readonly Dictionary<string, Entry> _tensors;
+    private readonly string[] _sortedNames;
+    private bool _disposed;
+
+    private CheckpointReader(string directory, Llama4TextConfig config, string prefix, SafetensorsFile[] files,
+        Dictionary<string, Entry> tensors)
+    {
+        Directory = directory;
+        Config = config;
+        TensorPrefix = prefix;
+        _files = files;
+        _tensors = tensors;
+        _sortedNames = tensors.Keys.Order(StringComparer.Ordinal).ToArray();
+        Fingerprint = ComputeFingerprint(config, _sortedNames, tensors);
+    }
+
     /// <summary>Opens and validates a model directory.</summary>
     /// <exception cref="CheckpointException">Missing/malformed files; the message names the file or field.</exception>
-    public static CheckpointReader Open(string modelDirectory) => throw new NotImplementedException();
+    public static CheckpointReader Open(string modelDirectory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(modelDirectory);
+        string dir = Path.GetFullPath(modelDirectory);
+        if (!System.IO.Directory.Exists(dir))
+        {
+            throw new CheckpointException($"{dir}: model directory does not exist");
+        }
+        string configPath = Path.Combine(dir, ConfigFileName);
+        var config = Llama4ConfigParser.Parse(ReadText(configPath, "a Hugging Face model directory needs config.json"),
+            configPath, out string prefix);
 
-    /// <summary>The model directory.</summary>
-    public string Directory => throw new NotImplementedException();
+        var (paths, weightMap) = LocateWeights(dir);
+        var files = new List<SafetensorsFile>(paths.Count);
+        try
+        {
+            foreach (string p in paths)
+            {
+                files.Add(SafetensorsFile.Open(p));
+            }
+            var tensors = BuildTensorTable(dir, prefix, files, weightMap);
+            var reader = new CheckpointReader(dir, config, prefix, files.ToArray(), tensors);
+            reader.ValidateModelTensors();
+            return reader;
+        }
+        catch
+        {
+            foreach (var f in files)
+            {
+                f.Dispose();
+            }
+            throw;
+        }
+    }
+
+    /// <summary>The model directory (full path).</summary>
+    public string Directory { get; }
 
     /// <summary>The validated text config.</summary>
-    public Llama4TextConfig Config => throw new NotImplementedException();
+    public Llama4TextConfig Config { get; }
 
     /// <summary><c>""</c> for <c>llama4_text</c> checkpoints, <c>"language_model."</c> for the multimodal layout.</summary>
-    public string TensorPrefix => throw new NotImplementedException();
+    public string TensorPrefix { get; }
 
-    /// <summary>Lower-case hex SHA-256 over the canonical text config and the tensor index (names, dtypes, shapes).</summary>
-    public string Fingerprint => throw new NotImplementedException();
+    /// <summary>
+    /// Lower-case hex SHA-256 over the canonical text config and the tensor index (names, dtypes, shapes): the
+    /// UTF-8 bytes of <c>"llama4-checkpoint-fingerprint/v1\n"</c>, <see cref="Llama4ConfigParser.ToJson"/> of
+    /// <see cref="Config"/>, <c>"tensors\n"</c>, then one line <c>name \t DTYPE \t d0,d1,...\n</c> per text-model
+    /// tensor in ordinal name order (names without <see cref="TensorPrefix"/>). File contents are not hashed, so it
+    /// is cheap for any checkpoint size; two checkpoints with the same architecture and layout but different weight
+    /// values have the same fingerprint.
+    /// </summary>
+    public string Fingerprint { get; }
 
-    /// <summary>Looks a text-model tensor up (name without prefix).</summary>
-    public bool TryGetInfo(string name, out TensorInfo info) => throw new NotImplementedException();
+    /// <summary>Text-model tensor names (without prefix), in ordinal order.</summary>
+    public IReadOnlyList<string> TensorNames => _sortedNames;
+
+    /// <summary>Full paths of the safetensors files, in index order (or the single file).</summary>
+    public IReadOnlyList<string> Files => _files.Select(f => f.Path).ToArray();
+
+    /// <summary>Looks a text-model tensor up (name without prefix). <see cref="TensorInfo.Name"/> carries the full name.</summary>
+    public bool TryGetInfo(string name, out TensorInfo info)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_tensors.TryGetValue(name, out var e))
+        {
+            info = e.Info;
+            return true;
+        }
+        info = null!;
+        return false;
+    }
+
+    /// <summary>A text-model tensor (name without prefix).</summary>
+    /// <exception cref="CheckpointException">No such tensor.</exception>
+    public TensorInfo GetInfo(string name) => Find(name).Info;
 
     /// <summary>A whole bf16 tensor as raw bits, validated against <paramref name="expectedShape"/>.</summary>
     /// <exception cref="CheckpointException">Missing, wrong dtype or shape, or truncated; names the tensor.</exception>
-    public ReadOnlySpan<ushort> GetBf16(string name, params ReadOnlySpan<long> expectedShape) => throw new NotImplementedException();
+    public ReadOnlySpan<ushort> GetBf16(string name, params ReadOnlySpan<long> expectedShape)
+    {
+        var e = Find(name);
+        Check(e, expectedShape, DType.BF16);
+        long count = e.Info.ElementCount;
+        if (count > int.MaxValue)
+        {
+            throw new CheckpointException(
+                $"tensor '{name}' in {e.File.Path} has {count} elements, more than one span can hold; read expert slices or raw byte ranges");
+        }
+        return e.File.GetSpan<ushort>(e.Info, 0, (int)count);
+    }
 
     /// <summary>
     /// Expert <paramref name="expert"/>'s slice <c>[a, b]</c> of a fused <c>[E, a, b]</c> bf16 tensor, touching only that
     /// slice's pages of the mapping.
     /// </summary>
-    public ReadOnlySpan<ushort> GetExpertSlice(string name, int expert, params ReadOnlySpan<long> expectedShape) => throw new NotImplementedException();
+    /// <param name="name">Tensor name without prefix (e.g. <see cref="Llama4TensorNames.ExpertsGateUp"/>).</param>
+    /// <param name="expert">Expert index in <c>[0, E)</c>.</param>
+    /// <param name="expectedShape">Exactly three dimensions <c>E, a, b</c>; the whole tensor must have this shape.</param>
+    /// <returns>The <c>a·b</c> elements of <c>tensor[expert]</c>, row-major.</returns>
+    /// <exception cref="CheckpointException">Missing tensor, dtype other than BF16, shape mismatch, or a slice over 2^31 − 1 elements.</exception>
+    /// <exception cref="ArgumentException"><paramref name="expectedShape"/> does not have three dimensions.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="expert"/> is outside <c>[0, E)</c>.</exception>
+    public ReadOnlySpan<ushort> GetExpertSlice(string name, int expert, params ReadOnlySpan<long> expectedShape)
+    {
+        if (expectedShape.Length != 3)
+        {
+            throw new ArgumentException($"expert tensors are [E, a, b]; got {expectedShape.Length} dimensions", nameof(expectedShape));
+        }
+        if (expert < 0 || expert >= expectedShape[0])
+        {
+            throw new ArgumentOutOfRangeException(nameof(expert), expert, $"expert must be in [0, {expectedShape[0]}) for tensor '{name}'");
+        }
+        var e = Find(name);
+        Check(e, expectedShape, DType.BF16);
+        long slice = checked(expectedShape[1] * expectedShape[2]);
+        if (slice > int.MaxValue)
+        {
+            throw new CheckpointException($"tensor '{name}' in {e.File.Path}: one expert's slice has {slice} elements, more than one span can hold");
+        }
+        return e.File.GetSpan<ushort>(e.Info, checked(expert * slice), (int)slice);
+    }
 
     /// <summary>A small tensor (norm weights) converted to float32 from bf16, f16 or f32.</summary>
-    public float[] GetF32(string name, params ReadOnlySpan<long> expectedShape) => throw new NotImplementedException();
+    /// <exception cref="CheckpointException">Missing, another dtype, or wrong shape; names the tensor.</exception>
+    public float[] GetF32(string name, params ReadOnlySpan<long> expectedShape)
+    {
+        var e = Find(name);
+        Check(e, expectedShape, DType.BF16, DType.F16, DType.F32);
+        return e.File.ReadF32(e.Info.Name);
+    }
+
+    /// <summary>Bytes <c>[byteOffset, byteOffset + byteLength)</c> of a tensor's data, for streaming large tensors (uploads).</summary>
+    /// <exception cref="CheckpointException">No such tensor.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The range is not inside the tensor.</exception>
+    public ReadOnlySpan<byte> GetRawBytes(string name, long byteOffset, int byteLength)
+    {
+        var e = Find(name);
+        return e.File.GetBytes(e.Info.Name, byteOffset, byteLength);
+    }
 
     /// <inheritdoc />
-    public void Dispose() => throw new NotImplementedException();
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+        _disposed = true;
+        foreach (var f in _files)
+        {
+            f.Dispose();
+        }
+    }
+
+    private Entry Find(string name)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(name);
+        if (!_tensors.TryGetValue(name, out var e))
+        {
+            throw new CheckpointException($"tensor '{TensorPrefix}{name}' is missing from the checkpoint in {Directory}");
+        }
+        return e;
+    }
+
+    private static void Check(Entry e, ReadOnlySpan<long> expectedShape, params ReadOnlySpan<DType> allowed)
+    {
+        bool ok = false;
+        foreach (var d in allowed)
+        {
+            ok |= d == e.Info.DType;
+        }
+        if (!ok)
+        {
+            string want = allowed.Length == 1 ? allowed[0].ToString() : string.Join(" or ", allowed.ToArray());
+            throw new CheckpointException($"tensor '{e.Info.Name}' in {e.File.Path} has dtype {e.Info.DType}, expected {want}");
+        }
+        if (!expectedShape.SequenceEqual(e.Info.Shape))
+        {
+            throw new CheckpointException(
+                $"tensor '{e.Info.Name}' in {e.File.Path} has shape {FormatShape(e.Info.Shape)}, expected {FormatShape(expectedShape)}");
+        }
+    }
+
+    internal static string FormatShape(ReadOnlySpan<long> shape) => "[" + string.Join(", ", shape.ToArray()) + "]";
+
+    private static string ReadText(string path, string whyNeeded)
+    {
+        if (!File.Exists(path))
+        {
+            throw new CheckpointException($"{path}: not found ({whyNeeded})");
+        }
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointException($"{path}: cannot read: {ex.Message}", ex);
+        }
+    }
+
+    private readonly record struct Entry(SafetensorsFile File, TensorInfo Info);
 }

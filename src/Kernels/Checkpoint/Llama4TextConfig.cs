@@ -27,6 +27,11 @@ public sealed record Llama4TextConfig
     public required int TopK { get; init; }
     /// <summary><c>moe_layers</c> as HF derives it (explicit list, else every <c>interleave_moe_layer_step</c>-th layer).</summary>
     public required IReadOnlyList<int> MoeLayers { get; init; }
+    /// <summary>
+    /// <c>interleave_moe_layer_step</c> as written in the config (default 1). Informational once
+    /// <see cref="MoeLayers"/> is derived; kept so a config can be written back unchanged.
+    /// </summary>
+    public int InterleaveMoeLayerStep { get; init; } = 1;
     /// <summary><c>no_rope_layers</c>: 1 = the layer USES RoPE (chunked attention), 0 = NoPE (full attention).</summary>
     public required IReadOnlyList<int> NoRopeLayers { get; init; }
     /// <summary><c>attention_chunk_size</c>.</summary>

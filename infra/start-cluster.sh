@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Starts N expert workers (one Orleans localhost cluster, gRPC data plane on loopback) for a model, prints their
+# addresses, and optionally runs one coordinator `infer` against them. Ctrl+C (or the end of --infer) stops them all.
+#
+#   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 2
+#   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 3 --infer "--prompt-ids 500,17,300 --wire fp32"
+#   infra/start-cluster.sh --model DIR --workers 2 --redis 127.0.0.1:6379     # Redis membership instead of localhost
+#
+# Workers log to $LOG_DIR/worker-<i>.log (default: a temp dir). Requires a built solution
+# (dotnet build -c Release) or set CONFIG=Debug.
+set -euo pipefail
+
+MODEL="" WORKERS=2 INFER="" REDIS="" THREADS=1 CONFIG="${CONFIG:-Release}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --model) MODEL="$2"; shift 2 ;;
+    --workers) WORKERS="$2"; shift 2 ;;
+    --infer) INFER="$2"; shift 2 ;;
+    --redis) REDIS="$2"; shift 2 ;;
+    --threads) THREADS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[[ -n "$MODEL" && -d "$MODEL" ]] || { echo "--model DIR is required (an existing directory)" >&2; exit 2; }
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "--workers must be a positive integer" >&2; exit 2; }
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORKER_DLL="$ROOT/src/ExpertWorker/bin/$CONFIG/net10.0/Distributed.ExpertWorker.dll"
+COORD_DLL="$ROOT/src/Coordinator/bin/$CONFIG/net10.0/Distributed.Coordinator.dll"
+[[ -f "$WORKER_DLL" ]] || { echo "build first: $WORKER_DLL missing (dotnet build -c $CONFIG)" >&2; exit 2; }
+LOG_DIR="${LOG_DIR:-$(mktemp -d -t expert-cluster-XXXXXX)}"
+CLUSTER_ID="manual-$$"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+PRIMARY=0
+ADDRESSES=()
+for ((i = 0; i < WORKERS; i++)); do
+  SILO=$(free_port); GATEWAY=$(free_port)
+  [[ $i -eq 0 ]] && PRIMARY=$SILO
+  ARGS=(--model "$MODEL" --worker-id "worker-$i" --threads "$THREADS" --cluster-id "$CLUSTER_ID"
+        --silo-port "$SILO" --gateway-port "$GATEWAY")
+  if [[ -n "$REDIS" ]]; then
+    ARGS+=(--clustering Redis --redis "$REDIS")
+  else
+    ARGS+=(--primary-silo-port "$([[ $i -eq 0 ]] && echo 0 || echo "$PRIMARY")")
+  fi
+  dotnet "$WORKER_DLL" "${ARGS[@]}" > "$LOG_DIR/worker-$i.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 600); do
+    LINE=$(grep -m1 '^EXPERT_WORKER_READY' "$LOG_DIR/worker-$i.log" || true)
+    [[ -n "$LINE" ]] && break
+    kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "worker-$i exited:"; tail -20 "$LOG_DIR/worker-$i.log"; exit 1; }
+    sleep 0.1
+  done
+  [[ -n "$LINE" ]] || { echo "worker-$i not ready after 60 s (log: $LOG_DIR/worker-$i.log)" >&2; exit 1; }
+  ADDR=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$LINE")
+  ADDRESSES+=("$ADDR")
+  echo "worker-$i: grpc $ADDR silo $SILO gateway $GATEWAY (log $LOG_DIR/worker-$i.log)"
+done
+
+# The plan is rebuilt once registrations settle; wait until every worker reports its shard serving.
+for _ in $(seq 1 300); do
+  READY=$(grep -h "Shard serves plan" "$LOG_DIR"/worker-*.log | sed -E 's/.*plan ([0-9]+).*/\1/' | sort -n | tail -1)
+  COUNT=$(grep -l "Shard serves plan ${READY:-x}:" "$LOG_DIR"/worker-*.log 2>/dev/null | wc -l)
+  [[ "$COUNT" -eq "$WORKERS" ]] && break
+  sleep 0.1
+done
+echo "cluster $CLUSTER_ID serving: --workers $(IFS=,; echo "${ADDRESSES[*]}")"
+
+if [[ -n "$INFER" ]]; then
+  # shellcheck disable=SC2086
+  dotnet "$COORD_DLL" infer --model "$MODEL" --workers "$(IFS=,; echo "${ADDRESSES[*]}")" $INFER
+else
+  echo "Ctrl+C stops the cluster."
+  wait
+fi

@@ -1,0 +1,216 @@
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grains;
+using Grpc.Core;
+
+namespace Distributed.Coordinator.Distribution;
+
+/// <summary>
+/// The coordinator as an Orleans client following the placement plan: it long-polls the placement grain for changes
+/// and keeps the latest snapshot. <see cref="GetServingTable"/> refuses (FailedPrecondition) while the plan does not
+/// cover every expert with every worker serving, or when the plan has not been confirmed for
+/// <see cref="MaxPlanAge"/> (the coordinator never routes with a version it cannot vouch for).
+/// </summary>
+public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncDisposable
+{
+    private static readonly TimeSpan PollWait = TimeSpan.FromSeconds(5);
+    private readonly IHost _client;
+    private readonly IPlacementGrain _grain;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ILogger _logger;
+    private readonly Task _loop;
+    private PlacementSnapshot? _snapshot;
+    private ExpertPlacementTable? _table;
+    private DateTime _confirmedUtc;
+    private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private ClusterPlacementFollower(IHost client, ILogger logger, TimeSpan maxPlanAge)
+    {
+        _client = client;
+        _logger = logger;
+        MaxPlanAge = maxPlanAge;
+        _grain = client.Services.GetRequiredService<IClusterClient>().GetGrain<IPlacementGrain>(IPlacementGrain.ClusterKey);
+        _loop = Task.Run(FollowAsync);
+    }
+
+    /// <summary>Longest time since the plan was last confirmed by the placement grain before dispatch is refused.</summary>
+    public TimeSpan MaxPlanAge { get; }
+
+    /// <summary>The latest snapshot, or null before the first answer.</summary>
+    public PlacementSnapshot? Snapshot => Volatile.Read(ref _snapshot);
+
+    /// <summary>The Orleans client (admin calls).</summary>
+    public IClusterClient ClusterClient => _client.Services.GetRequiredService<IClusterClient>();
+
+    /// <summary>Connects an Orleans client to the cluster and starts following the plan.</summary>
+    /// <exception cref="ArgumentException">Invalid cluster options (every problem listed).</exception>
+    /// <exception cref="TimeoutException">No gateway answered within <see cref="ExpertClusterOptions.ConnectTimeout"/>.</exception>
+    public static async Task<ClusterPlacementFollower> StartAsync(ExpertClusterOptions cluster, ILoggerFactory loggerFactory,
+        TimeSpan? maxPlanAge = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var errors = cluster.Validate(isSilo: false);
+        if (errors.Count > 0)
+        {
+            throw new ArgumentException(string.Join("; ", errors));
+        }
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [], DisableDefaults = true });
+        builder.Services.AddSingleton(loggerFactory);
+        builder.Services.AddSingleton(typeof(ILogger<>), typeof(Logger<>));
+        builder.UseOrleansClient(client =>
+        {
+            switch (cluster.Clustering)
+            {
+                case ClusteringMode.Localhost:
+                    client.UseLocalhostClustering(cluster.GatewayPorts, cluster.ServiceId, cluster.ClusterId);
+                    break;
+                case ClusteringMode.Redis:
+                    client.UseRedisClustering(o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(cluster.RedisConnectionString!));
+                    ConfigureIds(client, cluster);
+                    break;
+                case ClusteringMode.AdoNet:
+                    client.UseAdoNetClustering(o =>
+                    {
+                        o.Invariant = cluster.AdoNetInvariant;
+                        o.ConnectionString = cluster.AdoNetConnectionString;
+                    });
+                    ConfigureIds(client, cluster);
+                    break;
+            }
+        });
+        var host = builder.Build();
+        try
+        {
+            await host.StartAsync(cancellationToken).WaitAsync(cluster.ConnectTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+        return new ClusterPlacementFollower(host, loggerFactory.CreateLogger<ClusterPlacementFollower>(), maxPlanAge ?? TimeSpan.FromSeconds(30));
+    }
+
+    private static void ConfigureIds(IClientBuilder client, ExpertClusterOptions cluster)
+        => client.Configure<Orleans.Configuration.ClusterOptions>(o =>
+        {
+            o.ServiceId = cluster.ServiceId;
+            o.ClusterId = cluster.ClusterId;
+        });
+
+    /// <inheritdoc />
+    public ExpertPlacementTable GetServingTable()
+    {
+        var snapshot = Volatile.Read(ref _snapshot);
+        var table = Volatile.Read(ref _table);
+        if (snapshot is null || table is null || !snapshot.IsServing)
+        {
+            throw new ExpertDispatchException(StatusCode.FailedPrecondition, snapshot is null
+                ? "no placement plan received from the cluster yet"
+                : $"placement plan {snapshot.Plan.Version} is not serving ({snapshot.ReadyWorkers.Length} of {snapshot.Plan.Workers.Length} workers ready, covers every expert: {snapshot.Plan.CoversAllExperts})");
+        }
+        var age = DateTime.UtcNow - _confirmedUtc;
+        if (age > MaxPlanAge)
+        {
+            throw new ExpertDispatchException(StatusCode.FailedPrecondition,
+                $"placement plan {snapshot.Plan.Version} was last confirmed {age.TotalSeconds:F1} s ago (limit {MaxPlanAge.TotalSeconds:F0} s); refusing to dispatch with a possibly stale version");
+        }
+        return table;
+    }
+
+    /// <summary>Waits until a plan serves every expert (with at least <paramref name="minWorkers"/> workers in it).</summary>
+    /// <exception cref="TimeoutException">Not serving within <paramref name="timeout"/>; the message gives the last snapshot.</exception>
+    public async Task<ExpertPlacementTable> WaitForServingAsync(int minWorkers, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            var changed = Volatile.Read(ref _changed).Task;
+            var s = Snapshot;
+            if (s is not null && s.IsServing && s.Plan.Workers.Length >= minWorkers)
+            {
+                return GetServingTable();
+            }
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero)
+            {
+                throw new TimeoutException(s is null
+                    ? $"no placement plan within {timeout.TotalSeconds:F0} s"
+                    : $"placement plan {s.Plan.Version} not serving within {timeout.TotalSeconds:F0} s: {s.Plan.Workers.Length} workers (want {minWorkers}), {s.ReadyWorkers.Length} ready, covers every expert: {s.Plan.CoversAllExperts}");
+            }
+            await Task.WhenAny(changed, Task.Delay(left, cancellationToken)).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+        }
+    }
+
+    private async Task FollowAsync()
+    {
+        long generation = long.MinValue;
+        while (!_stop.IsCancellationRequested)
+        {
+            try
+            {
+                var snapshot = generation == long.MinValue
+                    ? await _grain.GetSnapshotAsync().WaitAsync(_stop.Token).ConfigureAwait(false)
+                    : await _grain.WaitForChangeAsync(generation, PollWait).WaitAsync(_stop.Token).ConfigureAwait(false);
+                _confirmedUtc = DateTime.UtcNow;
+                if (snapshot.Generation != generation)
+                {
+                    generation = snapshot.Generation;
+                    var table = Volatile.Read(ref _table);
+                    if (snapshot.Plan.Version > 0 && (table is null || table.Version != (ulong)snapshot.Plan.Version))
+                    {
+                        Volatile.Write(ref _table, ExpertPlacementTable.FromPlan(snapshot.Plan));
+                    }
+                    Volatile.Write(ref _snapshot, snapshot);
+                    LogSnapshot(snapshot.Plan.Version, snapshot.Plan.Workers.Length, snapshot.ReadyWorkers.Length, snapshot.IsServing);
+                    Interlocked.Exchange(ref _changed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+                }
+            }
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (Exception ex)
+            {
+                LogRetry(ex.Message);
+                try
+                {
+                    await Task.Delay(500, _stop.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        try
+        {
+            await _loop.WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+        }
+        try
+        {
+            await _client.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+        }
+        _client.Dispose();
+        _stop.Dispose();
+    }
+
+    [LoggerMessage(EventId = 3110, Level = LogLevel.Information,
+        Message = "Placement plan {PlanVersion}: {Workers} workers, {Ready} ready, serving {Serving}")]
+    private partial void LogSnapshot(long planVersion, int workers, int ready, bool serving);
+
+    [LoggerMessage(EventId = 3111, Level = LogLevel.Warning, Message = "Placement follower: {Reason}; retrying")]
+    private partial void LogRetry(string reason);
+}

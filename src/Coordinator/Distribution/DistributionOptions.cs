@@ -1,0 +1,65 @@
+using Distributed.Protocol.Grpc;
+
+namespace Distributed.Coordinator.Distribution;
+
+/// <summary>How the coordinator talks to expert workers. Section <c>Distribution</c>.</summary>
+public sealed class DistributionOptions
+{
+    /// <summary>Configuration section name.</summary>
+    public const string SectionName = "Distribution";
+
+    /// <summary>Row dtype on the wire: BF16 (half the bytes) or FP32 (bitwise identical to in-process). Default: BF16.</summary>
+    public WireDType WireDType { get; set; } = WireDType.Bf16;
+
+    /// <summary>Longest a MoE layer's dispatch may take, from send to the last reply, before it fails with
+    /// DeadlineExceeded naming the silent worker. Default: 30 s.</summary>
+    public TimeSpan DispatchTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Longest a handshake with a worker may take. Default: 10 s.</summary>
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Use the shared-memory row transport with workers on this host when they accept it. Default: false.</summary>
+    public bool PreferSharedMemory { get; set; }
+
+    /// <summary>Size of each shared ring (one per worker connection). Default: 64 MiB.</summary>
+    public long SharedRingBytes { get; set; } = 64L << 20;
+
+    /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
+    public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
+
+    /// <summary>Every problem with these options; each message names its field.</summary>
+    public IReadOnlyList<string> Validate()
+    {
+        var errors = new List<string>();
+        if (WireDType is not (WireDType.Bf16 or WireDType.Fp32))
+        {
+            errors.Add($"Distribution:WireDType {WireDType} must be Bf16 or Fp32");
+        }
+        if (DispatchTimeout <= TimeSpan.Zero || DispatchTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:DispatchTimeout {DispatchTimeout} must be within (0, 1 h]");
+        }
+        if (ConnectTimeout <= TimeSpan.Zero || ConnectTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:ConnectTimeout {ConnectTimeout} must be within (0, 1 h]");
+        }
+        if (SharedRingBytes is < 1 << 20 or > 1L << 34)
+        {
+            errors.Add($"Distribution:SharedRingBytes {SharedRingBytes} must be within [1 MiB, 16 GiB]");
+        }
+        if (string.IsNullOrWhiteSpace(CoordinatorId))
+        {
+            errors.Add("Distribution:CoordinatorId must not be empty");
+        }
+        return errors;
+    }
+
+    /// <summary>Parses <c>bf16</c> / <c>fp32</c> (the CLI's <c>--wire</c>).</summary>
+    /// <exception cref="FormatException">Anything else.</exception>
+    public static WireDType ParseWire(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "bf16" => WireDType.Bf16,
+        "fp32" => WireDType.Fp32,
+        _ => throw new FormatException($"--wire '{text}' must be bf16 or fp32"),
+    };
+}

@@ -1,0 +1,307 @@
+using System.Collections.Concurrent;
+using System.Net.Sockets;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grpc;
+using Distributed.Protocol.Wire;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace Distributed.Coordinator.Distribution;
+
+/// <summary>
+/// The coordinator's link to one worker: a gRPC channel, the handshake, and ONE long-lived <c>Dispatch</c> stream
+/// carrying every request to that worker. Writes are serialized; a reader loop completes requests by id, so replies
+/// may arrive in any order. When the stream breaks, every pending request fails with the stream's status and the
+/// connection reports itself broken (the pool then reconnects).
+/// </summary>
+public sealed partial class WorkerConnection : IAsyncDisposable
+{
+    private readonly GrpcChannel _channel;
+    private readonly AsyncDuplexStreamingCall<TensorFrame<ExpertRequest>, TensorFrame<ExpertReply>> _call;
+    private readonly ConcurrentDictionary<ulong, TaskCompletionSource<TensorFrame<ExpertReply>>> _pending = new();
+    private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly SharedRingAllocator? _ring;
+    private readonly Task _reader;
+    private readonly ILogger _logger;
+    private long _nextRequestId;
+    private volatile Exception? _broken;
+
+    private WorkerConnection(WorkerEndpoint worker, GrpcChannel channel, HelloReply hello, SharedRingAllocator? ring,
+        AsyncDuplexStreamingCall<TensorFrame<ExpertRequest>, TensorFrame<ExpertReply>> call, ILogger logger)
+    {
+        Worker = worker;
+        _channel = channel;
+        Hello = hello;
+        _ring = ring;
+        _call = call;
+        _logger = logger;
+        _reader = Task.Run(ReadLoopAsync);
+    }
+
+    /// <summary>The worker.</summary>
+    public WorkerEndpoint Worker { get; }
+
+    /// <summary>The worker's handshake reply.</summary>
+    public HelloReply Hello { get; }
+
+    /// <summary>The negotiated row transport.</summary>
+    public RowTransport Transport => Hello.Transport;
+
+    /// <summary>Why the stream ended, or null while it is usable.</summary>
+    public Exception? Broken => _broken;
+
+    /// <summary>Requests sent and not yet answered.</summary>
+    public int PendingCount => _pending.Count;
+
+    /// <summary>
+    /// Connects: channel, <c>Hello</c> (checks the worker's protocol major, fingerprint and hidden size), then the stream.
+    /// </summary>
+    /// <exception cref="ExpertDispatchException">The worker is unreachable, refuses the handshake, or disagrees on the model.</exception>
+    public static async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker, ModelDescriptor model, DistributionOptions options,
+        ILogger logger, CancellationToken cancellationToken)
+    {
+        var channel = CreateChannel(worker.Endpoint, model, options);
+        SharedRing? ring = null;
+        try
+        {
+            var invoker = channel.CreateCallInvoker();
+            var hello = new HelloRequest
+            {
+                ProtocolMajor = ProtocolVersion.Major,
+                ProtocolMinor = ProtocolVersion.Minor,
+                ModelFingerprint = model.Fingerprint,
+                CoordinatorId = options.CoordinatorId,
+            };
+            if (options.PreferSharedMemory)
+            {
+                string path = Path.Combine(SharedRing.DefaultDirectory, $"distributed-ring-{Environment.ProcessId}-{Guid.NewGuid():N}");
+                ring = SharedRing.Create(path, options.SharedRingBytes);
+                hello.Transports.Add(RowTransport.SharedMemory);
+                hello.SharedRing = new SharedRingOffer { Path = path, SizeBytes = (ulong)ring.Size, HostId = SharedRing.LocalHostId };
+            }
+            hello.Transports.Add(RowTransport.Inline);
+            HelloReply reply;
+            try
+            {
+                reply = await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null,
+                    new CallOptions(deadline: DateTime.UtcNow + options.ConnectTimeout, cancellationToken: cancellationToken), hello);
+            }
+            catch (RpcException ex)
+            {
+                throw new ExpertDispatchException(ex.StatusCode,
+                    $"handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {ex.StatusCode} {ex.Status.Detail}", worker.WorkerId, inner: ex);
+            }
+            Check(reply.ProtocolMajor == ProtocolVersion.Major, $"speaks protocol {reply.ProtocolMajor}.{reply.ProtocolMinor}");
+            Check(reply.ModelFingerprint == model.Fingerprint, $"serves model {reply.ModelFingerprint}");
+            Check(reply.HiddenSize == (uint)model.HiddenSize, $"reports hidden size {reply.HiddenSize}");
+            Check(reply.Transport is RowTransport.Inline || (reply.Transport is RowTransport.SharedMemory && ring is not null),
+                $"chose transport {reply.Transport} that was not offered");
+            void Check(bool ok, string what)
+            {
+                if (!ok)
+                {
+                    throw new ExpertDispatchException(StatusCode.FailedPrecondition,
+                        $"worker {worker.WorkerId} at {worker.Endpoint} {what}; this coordinator needs protocol {ProtocolVersion.Major}, model {model.Fingerprint}, hidden {model.HiddenSize}",
+                        worker.WorkerId);
+                }
+            }
+            if (reply.Transport != RowTransport.SharedMemory)
+            {
+                ring?.Dispose();
+                ring = null;
+            }
+            var headers = new Metadata
+            {
+                { ProtocolVersion.MajorHeader, ProtocolVersion.Major.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+                { ProtocolVersion.FingerprintHeader, model.Fingerprint },
+                { ProtocolVersion.SessionHeader, reply.SessionId },
+            };
+            var call = invoker.AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null, new CallOptions(headers));
+            return new WorkerConnection(worker, channel, reply, ring is null ? null : new SharedRingAllocator(ring), call, logger);
+        }
+        catch
+        {
+            ring?.Dispose();
+            channel.Dispose();
+            throw;
+        }
+    }
+
+    private static GrpcChannel CreateChannel(string endpoint, ModelDescriptor model, DistributionOptions options)
+    {
+        var handler = new SocketsHttpHandler
+        {
+            EnableMultipleHttp2Connections = true,
+            PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
+            KeepAlivePingDelay = TimeSpan.FromSeconds(30),
+            KeepAlivePingTimeout = TimeSpan.FromSeconds(20),
+            // 16 MiB is the largest SocketsHttpHandler accepts; the default 64 KiB stalls multi-MiB replies.
+            InitialHttp2StreamWindowSize = 16 << 20,
+            ConnectTimeout = options.ConnectTimeout,
+        };
+        string address = endpoint;
+        if (endpoint.StartsWith("unix:", StringComparison.Ordinal))
+        {
+            string socketPath = endpoint["unix:".Length..];
+            handler.ConnectCallback = async (_, ct) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            };
+            address = "http://localhost";
+        }
+        int maxMessage = (int)Math.Min(int.MaxValue, 4096L * model.HiddenSize * 4 * 16 + (1 << 20));
+        return GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        {
+            HttpHandler = handler,
+            MaxReceiveMessageSize = maxMessage,
+            MaxSendMessageSize = maxMessage,
+        });
+    }
+
+    /// <summary>Rows for one request: a shared-ring region when negotiated and free, else a pooled buffer.</summary>
+    public RowLease RentRows(int bytes) => _ring?.TryRent(bytes) ?? RowLease.Inline(bytes);
+
+    /// <summary>
+    /// Sends one request (the header's <c>request_id</c> is assigned here) whose rows are in <paramref name="rows"/>,
+    /// and returns the task of its reply. The task faults with <see cref="ExpertDispatchException"/> when the stream breaks.
+    /// </summary>
+    public async Task<Task<TensorFrame<ExpertReply>>> SendAsync(ExpertRequest header, RowLease rows, CancellationToken cancellationToken)
+    {
+        if (_broken is { } broken)
+        {
+            throw new ExpertDispatchException(StatusCode.Unavailable, $"stream to worker {Worker.WorkerId} at {Worker.Endpoint} is broken: {broken.Message}", Worker.WorkerId, inner: broken);
+        }
+        header.RequestId = (ulong)Interlocked.Increment(ref _nextRequestId);
+        var tcs = new TaskCompletionSource<TensorFrame<ExpertReply>>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _pending[header.RequestId] = tcs;
+        TensorFrame<ExpertRequest> frame;
+        if (rows.Descriptor is { } shared)
+        {
+            header.SharedRows = shared;
+            frame = new TensorFrame<ExpertRequest>(header, ReadOnlyMemory<byte>.Empty);
+        }
+        else
+        {
+            frame = new TensorFrame<ExpertRequest>(header, rows.InlineMemory);
+        }
+        await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _call.RequestStream.WriteAsync(frame, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is RpcException or InvalidOperationException or IOException or OperationCanceledException)
+        {
+            _pending.TryRemove(header.RequestId, out _);
+            if (ex is OperationCanceledException && cancellationToken.IsCancellationRequested)
+            {
+                throw;
+            }
+            MarkBroken(ex);
+            throw new ExpertDispatchException(StatusCode.Unavailable, $"sending to worker {Worker.WorkerId} at {Worker.Endpoint} failed: {ex.Message}", Worker.WorkerId, inner: ex);
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+        return tcs.Task;
+    }
+
+    /// <summary>Forgets a request (its deadline passed): its reply task is cancelled and a late reply is dropped.</summary>
+    public void Abandon(ulong requestId)
+    {
+        if (_pending.TryRemove(requestId, out var tcs))
+        {
+            tcs.TrySetCanceled();
+        }
+    }
+
+    private async Task ReadLoopAsync()
+    {
+        try
+        {
+            while (await _call.ResponseStream.MoveNext(_stop.Token).ConfigureAwait(false))
+            {
+                var reply = _call.ResponseStream.Current;
+                if (reply.Malformed is { } reason)
+                {
+                    throw new ExpertDispatchException(StatusCode.DataLoss, $"worker {Worker.WorkerId} sent a malformed reply: {reason}", Worker.WorkerId);
+                }
+                if (_pending.TryRemove(reply.Header.RequestId, out var tcs))
+                {
+                    if (!tcs.TrySetResult(reply))
+                    {
+                        reply.Dispose();
+                    }
+                }
+                else
+                {
+                    reply.Dispose();
+                }
+            }
+            MarkBroken(new RpcException(new Status(StatusCode.Unavailable, "the worker closed the stream")));
+        }
+        catch (Exception ex)
+        {
+            MarkBroken(ex);
+        }
+    }
+
+    private void MarkBroken(Exception ex)
+    {
+        _broken ??= ex;
+        if (!_stop.IsCancellationRequested)
+        {
+            LogBroken(Worker.WorkerId, Worker.Endpoint, ex.Message);
+        }
+        var status = ex is RpcException rpc ? rpc.StatusCode : ex is ExpertDispatchException d ? d.Status : StatusCode.Unavailable;
+        foreach (var id in _pending.Keys)
+        {
+            if (_pending.TryRemove(id, out var tcs))
+            {
+                tcs.TrySetException(new ExpertDispatchException(status,
+                    $"stream to worker {Worker.WorkerId} at {Worker.Endpoint} ended: {(ex is RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : ex.Message)}",
+                    Worker.WorkerId, inner: ex));
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        try
+        {
+            await _call.RequestStream.CompleteAsync().WaitAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is RpcException or InvalidOperationException or TimeoutException or IOException or OperationCanceledException)
+        {
+            // The stream is already gone; disposing the call below releases it.
+        }
+        _call.Dispose();
+        try
+        {
+            await _reader.WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+        }
+        _channel.Dispose();
+        _ring?.Ring.Dispose();
+        _writeLock.Dispose();
+        _stop.Dispose();
+    }
+
+    [LoggerMessage(EventId = 3100, Level = LogLevel.Warning, Message = "Stream to worker {WorkerId} at {Endpoint} ended: {Reason}")]
+    private partial void LogBroken(string workerId, string endpoint, string reason);
+}

@@ -1,0 +1,229 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+
+namespace Distributed.Coordinator.Distribution;
+
+/// <summary>
+/// One ExpertWorker executable started as a child process. Its stdout/stderr lines go to a log callback; it is ready
+/// once it prints the <c>EXPERT_WORKER_READY ... grpc=ADDRESS</c> line. Disposing kills its whole process tree.
+/// </summary>
+public sealed partial class WorkerProcess : IAsyncDisposable
+{
+    /// <summary>The marker the worker prints once serving (<c>WorkerHost.ReadyMarker</c>).</summary>
+    public const string ReadyMarker = "EXPERT_WORKER_READY";
+
+    private readonly Process _process;
+    private readonly TaskCompletionSource<string> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Action<string> _log;
+    private int _disposed;
+
+    private WorkerProcess(Process process, string name, Action<string> log)
+    {
+        _process = process;
+        Name = name;
+        _log = log;
+    }
+
+    /// <summary>Short name used in logs.</summary>
+    public string Name { get; }
+
+    /// <summary>Operating-system process id.</summary>
+    public int ProcessId => _process.Id;
+
+    /// <summary>True once the process exited.</summary>
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>The bound data-plane address from the ready line (after <see cref="WaitReadyAsync"/>).</summary>
+    public string? GrpcAddress => _ready.Task.IsCompletedSuccessfully ? _ready.Task.Result : null;
+
+    /// <summary>
+    /// Starts <paramref name="workerPath"/> (a <c>.dll</c> is run with <c>dotnet</c>) with <paramref name="arguments"/>.
+    /// </summary>
+    public static WorkerProcess Start(string workerPath, IEnumerable<string> arguments, string name, Action<string> log)
+    {
+        var psi = new ProcessStartInfo
+        {
+            FileName = workerPath.EndsWith(".dll", StringComparison.OrdinalIgnoreCase) ? "dotnet" : workerPath,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = false,
+            UseShellExecute = false,
+        };
+        if (psi.FileName == "dotnet")
+        {
+            psi.ArgumentList.Add(workerPath);
+        }
+        foreach (var a in arguments)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        psi.Environment["DOTNET_gcServer"] = "0";
+        var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
+        var worker = new WorkerProcess(process, name, log);
+        process.OutputDataReceived += (_, e) => worker.OnLine(e.Data, "out");
+        process.ErrorDataReceived += (_, e) => worker.OnLine(e.Data, "err");
+        process.Exited += (_, _) => worker._ready.TrySetException(new InvalidOperationException(
+            $"worker {name} exited with code {SafeExitCode(process)} before it was ready"));
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return worker;
+    }
+
+    private static int SafeExitCode(Process p)
+    {
+        try
+        {
+            return p.ExitCode;
+        }
+        catch (InvalidOperationException)
+        {
+            return -1;
+        }
+    }
+
+    private void OnLine(string? line, string stream)
+    {
+        if (line is null)
+        {
+            return;
+        }
+        try
+        {
+            _log($"[{Name} {stream}] {line}");
+        }
+        catch (InvalidOperationException)
+        {
+            // The log sink is gone (a test finished); keep draining the pipe.
+        }
+        if (line.StartsWith(ReadyMarker, StringComparison.Ordinal) && GrpcPattern().Match(line) is { Success: true } m)
+        {
+            _ready.TrySetResult(m.Groups[1].Value);
+        }
+    }
+
+    /// <summary>Waits for the ready line and returns the bound data-plane address.</summary>
+    /// <exception cref="TimeoutException">Not ready in time (the process is left running; dispose it).</exception>
+    /// <exception cref="InvalidOperationException">The process exited first.</exception>
+    public async Task<string> WaitReadyAsync(TimeSpan timeout, CancellationToken cancellationToken)
+        => await _ready.Task.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>Sends SIGSTOP (the worker stops answering without closing its sockets) or SIGCONT.</summary>
+    public void Signal(bool stop)
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS())
+        {
+            throw new PlatformNotSupportedException("SIGSTOP/SIGCONT need a Unix host");
+        }
+        using var kill = Process.Start(new ProcessStartInfo("kill", [stop ? "-STOP" : "-CONT", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+        {
+            UseShellExecute = false,
+        }) ?? throw new InvalidOperationException("cannot run kill");
+        kill.WaitForExit();
+        if (kill.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"kill {(stop ? "-STOP" : "-CONT")} {_process.Id} failed with {kill.ExitCode}");
+        }
+    }
+
+    /// <summary>Picks <paramref name="count"/> distinct free loopback TCP ports (bind-and-release; a small race remains).</summary>
+    public static int[] FreePorts(int count)
+    {
+        var listeners = new List<TcpListener>();
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                var l = new TcpListener(IPAddress.Loopback, 0);
+                l.Start();
+                listeners.Add(l);
+            }
+            return [.. listeners.Select(l => ((IPEndPoint)l.LocalEndpoint).Port)];
+        }
+        finally
+        {
+            foreach (var l in listeners)
+            {
+                l.Stop();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Finds the ExpertWorker build: <c>DISTRIBUTED_EXPERT_WORKER</c>, else the worker's own output folder next to the
+    /// solution (same configuration as this process first), else this process's folder.
+    /// </summary>
+    /// <exception cref="FileNotFoundException">Nothing found; the message lists where it looked.</exception>
+    public static string LocateWorker()
+    {
+        var tried = new List<string>();
+        string? env = Environment.GetEnvironmentVariable("DISTRIBUTED_EXPERT_WORKER");
+        if (!string.IsNullOrEmpty(env))
+        {
+            if (File.Exists(env))
+            {
+                return env;
+            }
+            tried.Add(env);
+        }
+        string baseDir = AppContext.BaseDirectory;
+        string config = baseDir.Contains($"{Path.DirectorySeparatorChar}Debug{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Debug" : "Release";
+        for (var dir = new DirectoryInfo(baseDir); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Distributed.sln")))
+            {
+                foreach (string c in new[] { config, config == "Release" ? "Debug" : "Release" })
+                {
+                    string candidate = Path.Combine(dir.FullName, "src", "ExpertWorker", "bin", c, "net10.0", "Distributed.ExpertWorker.dll");
+                    if (File.Exists(candidate))
+                    {
+                        return candidate;
+                    }
+                    tried.Add(candidate);
+                }
+                break;
+            }
+        }
+        string local = Path.Combine(baseDir, "Distributed.ExpertWorker.dll");
+        if (File.Exists(local) && File.Exists(Path.Combine(baseDir, "Distributed.ExpertWorker.runtimeconfig.json")))
+        {
+            return local;
+        }
+        tried.Add(local);
+        throw new FileNotFoundException("ExpertWorker executable not found (build src/ExpertWorker or set DISTRIBUTED_EXPERT_WORKER); tried: " + string.Join(", ", tried));
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        try
+        {
+            if (!_process.HasExited)
+            {
+                try
+                {
+                    Signal(stop: false);
+                }
+                catch (Exception ex) when (ex is InvalidOperationException or PlatformNotSupportedException)
+                {
+                }
+                _process.Kill(entireProcessTree: true);
+            }
+            await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or System.ComponentModel.Win32Exception)
+        {
+            // Already gone, or refusing to die; nothing more a launcher can do.
+        }
+        _process.Dispose();
+    }
+
+    [GeneratedRegex(@"\bgrpc=(\S+)")]
+    private static partial Regex GrpcPattern();
+}

@@ -1,0 +1,159 @@
+using Distributed.Kernels.Checkpoint;
+
+namespace Distributed.Coordinator.Model.Llama4;
+
+/// <summary>
+/// Fixed-size KV blocks shared by every sequence of a scheduler: one block holds the keys and values of
+/// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> fp32).
+/// Capacity comes from a memory budget. Admission is by reservation: a sequence reserves its worst case up front
+/// (<see cref="BlocksNeeded"/>), so a running sequence never runs out of blocks mid-step and nothing is ever preempted.
+/// Block memory is allocated on first use and recycled through a free list.
+/// Not thread-safe: one scheduler loop owns it (reservations are synchronized).
+/// </summary>
+public sealed class KvBlockPool
+{
+    private readonly Llama4TextConfig _config;
+    private readonly float[]?[] _blocks;
+    private readonly Stack<int> _free = new();
+    private readonly Lock _reserveLock = new();
+    private int _nextFresh;
+    private int _reserved;
+    private float[] _scratchK = [];
+    private float[] _scratchV = [];
+
+    /// <summary>Creates a pool of <c>memoryBytes / BlockBytes</c> blocks.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Block size not positive, or the budget holds no block.</exception>
+    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
+        _config = config;
+        BlockSize = blockSize;
+        RowWidth = config.NumKvHeads * config.HeadDim;
+        BlockBytes = 2L * blockSize * RowWidth * sizeof(float);
+        long blocks = memoryBytes / BlockBytes;
+        if (blocks < 1 || blocks > int.MaxValue / 2)
+        {
+            throw new ArgumentOutOfRangeException(nameof(memoryBytes), memoryBytes,
+                $"KV budget must hold between 1 and {int.MaxValue / 2} blocks of {BlockBytes} bytes");
+        }
+        TotalBlocks = (int)blocks;
+        _blocks = new float[TotalBlocks][];
+    }
+
+    /// <summary>Positions per block.</summary>
+    public int BlockSize { get; }
+
+    /// <summary>Floats per position per layer for K (and again for V): <c>kv_heads · head_dim</c>.</summary>
+    public int RowWidth { get; }
+
+    /// <summary>Bytes of one block (K and V).</summary>
+    public long BlockBytes { get; }
+
+    /// <summary>Blocks the budget holds.</summary>
+    public int TotalBlocks { get; }
+
+    /// <summary>Blocks holding data now.</summary>
+    public int UsedBlocks { get; private set; }
+
+    /// <summary>Blocks reserved by admitted sequences.</summary>
+    public int ReservedBlocks
+    {
+        get
+        {
+            lock (_reserveLock)
+            {
+                return _reserved;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Worst-case blocks a sequence of <paramref name="totalTokens"/> positions can hold at once when it appends at most
+    /// <paramref name="maxStepTokens"/> positions per step: NoPE layers keep every position; chunked (RoPE) layers keep
+    /// at most the current chunk plus one step plus a partial block.
+    /// </summary>
+    public int BlocksNeeded(int totalTokens, int maxStepTokens)
+    {
+        int full = (totalTokens + BlockSize - 1) / BlockSize;
+        int chunkedCap = (_config.AttentionChunkSize + maxStepTokens + BlockSize - 1) / BlockSize + 1;
+        long sum = 0;
+        for (int il = 0; il < _config.NumLayers; il++)
+        {
+            sum += _config.UsesRope(il) && _config.AttentionChunkSize > 0 ? Math.Min(full, chunkedCap) : full;
+        }
+        return (int)Math.Min(int.MaxValue, sum);
+    }
+
+    /// <summary>Blocks the same sequence would need if every layer kept every position (the saving of chunked layers).</summary>
+    public int BlocksNeededWithoutChunking(int totalTokens) =>
+        (int)Math.Min(int.MaxValue, (long)(totalTokens + BlockSize - 1) / BlockSize * _config.NumLayers);
+
+    /// <summary>Reserves <paramref name="blocks"/> if they fit in what is not yet reserved.</summary>
+    public bool TryReserve(int blocks)
+    {
+        lock (_reserveLock)
+        {
+            if (blocks < 0 || blocks > TotalBlocks - _reserved)
+            {
+                return false;
+            }
+            _reserved += blocks;
+            return true;
+        }
+    }
+
+    /// <summary>Returns a reservation.</summary>
+    public void Unreserve(int blocks)
+    {
+        lock (_reserveLock)
+        {
+            _reserved = Math.Max(0, _reserved - blocks);
+        }
+    }
+
+    internal int Allocate()
+    {
+        int id;
+        if (_free.Count > 0)
+        {
+            id = _free.Pop();
+        }
+        else if (_nextFresh < TotalBlocks)
+        {
+            id = _nextFresh++;
+        }
+        else
+        {
+            throw new InvalidOperationException("KV block pool exhausted: a sequence exceeded its reservation");
+        }
+        _blocks[id] ??= new float[2 * BlockSize * RowWidth];
+        UsedBlocks++;
+        return id;
+    }
+
+    internal void Free(int id)
+    {
+        _free.Push(id);
+        UsedBlocks--;
+    }
+
+    /// <summary>Keys of block <paramref name="id"/>: <c>[BlockSize, kv_heads, head_dim]</c>.</summary>
+    internal Span<float> K(int id) => _blocks[id].AsSpan(0, BlockSize * RowWidth);
+
+    /// <summary>Values of block <paramref name="id"/>.</summary>
+    internal Span<float> V(int id) => _blocks[id].AsSpan(BlockSize * RowWidth, BlockSize * RowWidth);
+
+    /// <summary>Gather buffers for one attention call (valid until the next call).</summary>
+    internal (float[] K, float[] V) Scratch(int positions)
+    {
+        int need = positions * RowWidth;
+        if (_scratchK.Length < need)
+        {
+            int cap = Math.Max(need, _scratchK.Length * 2);
+            _scratchK = new float[cap];
+            _scratchV = new float[cap];
+        }
+        return (_scratchK, _scratchV);
+    }
+}

@@ -1,0 +1,123 @@
+using Distributed.Kernels;
+using Distributed.Kernels.Checkpoint;
+using Distributed.Kernels.Experts;
+
+namespace Distributed.Coordinator.Moe;
+
+/// <summary>
+/// Runs every routed expert in-process on a kernel backend. Used by the in-process engine and as the reference the
+/// distributed dispatcher must match bitwise (fp32 wire). Expert weights are read from the checkpoint's memory map on
+/// first use of each (layer, expert) and kept.
+/// </summary>
+public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
+{
+    private readonly CheckpointReader _checkpoint;
+    private readonly IKernelBackend _backend;
+    private readonly Llama4TextConfig _c;
+    private readonly ExpertWeights?[][] _experts;
+    private readonly Lock _loadLock = new();
+
+    /// <summary>Creates the dispatcher; <paramref name="checkpoint"/> must outlive it.</summary>
+    public LocalExpertDispatcher(CheckpointReader checkpoint, IKernelBackend backend)
+    {
+        _checkpoint = checkpoint ?? throw new ArgumentNullException(nameof(checkpoint));
+        _backend = backend ?? throw new ArgumentNullException(nameof(backend));
+        _c = checkpoint.Config;
+        _experts = new ExpertWeights?[_c.NumLayers][];
+        foreach (int il in _c.MoeLayers)
+        {
+            _experts[il] = new ExpertWeights?[_c.NumExperts];
+        }
+    }
+
+    /// <summary>Loads every expert now instead of on first use.</summary>
+    public void LoadAll()
+    {
+        foreach (int il in _c.MoeLayers)
+        {
+            for (int e = 0; e < _c.NumExperts; e++)
+            {
+                _ = Get(il, e);
+            }
+        }
+    }
+
+    /// <summary>Backend bytes held by loaded experts.</summary>
+    public long ResidentBytes => _experts.Where(l => l is not null).SelectMany(l => l!).Sum(x => x?.ResidentBytes ?? 0);
+
+    /// <inheritdoc />
+    public ValueTask<DispatchHandle> DispatchAsync(int layer, ReadOnlyMemory<float> hidden, RoutingResult routing, CancellationToken cancellationToken)
+    {
+        if ((uint)layer >= (uint)_c.NumLayers || _experts[layer] is null)
+        {
+            throw new ArgumentOutOfRangeException(nameof(layer), layer, "not a MoE layer");
+        }
+        int h = _c.HiddenSize;
+        var plan = DispatchPlan.Build(routing, _c.NumExperts);
+        if (hidden.Length != plan.Tokens * h)
+        {
+            throw new ArgumentException($"hidden has {hidden.Length} values, expected {plan.Tokens} x {h}", nameof(hidden));
+        }
+        var rows = new float[plan.Rows * h];
+        plan.GatherScaled(hidden.Span, h, routing.Weights.Span, rows);
+        var gateUp = new IWeightMatrix[plan.Experts.Length];
+        var down = new IWeightMatrix[plan.Experts.Length];
+        for (int g = 0; g < plan.Experts.Length; g++)
+        {
+            var w = Get(layer, plan.Experts[g]);
+            gateUp[g] = w.GateUp;
+            down[g] = w.Down;
+        }
+        var outRows = new float[plan.Rows * h];
+        _backend.SwiGluFfnGrouped(rows, plan.RowCounts, gateUp, down, outRows);
+        return ValueTask.FromResult<DispatchHandle>(new LocalHandle(layer, plan, outRows));
+    }
+
+    /// <inheritdoc />
+    public ValueTask CombineAsync(DispatchHandle handle, Memory<float> output, CancellationToken cancellationToken)
+    {
+        if (handle is not LocalHandle local)
+        {
+            throw new ArgumentException("handle was not produced by this dispatcher", nameof(handle));
+        }
+        local.Plan.Combine(local.Output, _c.HiddenSize, output.Span);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (var layer in _experts)
+        {
+            if (layer is null)
+            {
+                continue;
+            }
+            for (int e = 0; e < layer.Length; e++)
+            {
+                layer[e]?.Dispose();
+                layer[e] = null;
+            }
+        }
+    }
+
+    private ExpertWeights Get(int layer, int expert)
+    {
+        var slot = _experts[layer];
+        var w = Volatile.Read(ref slot[expert]);
+        if (w is not null)
+        {
+            return w;
+        }
+        lock (_loadLock)
+        {
+            return slot[expert] ??= ExpertWeights.Load(_checkpoint, _backend, layer, expert);
+        }
+    }
+
+    private sealed class LocalHandle(int layer, DispatchPlan plan, float[] output) : DispatchHandle(layer, plan.Tokens)
+    {
+        public DispatchPlan Plan { get; } = plan;
+        public float[] Output { get; } = output;
+    }
+}

@@ -1,0 +1,46 @@
+namespace Distributed.Coordinator.Serving.Tokenization;
+
+/// <summary>The author of a chat message.</summary>
+public enum ChatRole
+{
+    /// <summary><c>system</c>: instructions that frame the conversation.</summary>
+    System,
+
+    /// <summary><c>user</c>: the person's turn.</summary>
+    User,
+
+    /// <summary><c>assistant</c>: the model's turn (earlier answers, or a prefix it should continue).</summary>
+    Assistant,
+}
+
+/// <summary>One message of a conversation: a role and its text (an OpenAI content-part list already joined).</summary>
+/// <param name="Role">Who wrote it.</param>
+/// <param name="Content">The text, exactly as rendered (the Llama 4 format trims only a leading system message).</param>
+public sealed record ChatMessage(ChatRole Role, string Content)
+{
+    /// <summary>A <see cref="ChatRole.System"/> message.</summary>
+    public static ChatMessage System(string content) => new(ChatRole.System, content);
+
+    /// <summary>A <see cref="ChatRole.User"/> message.</summary>
+    public static ChatMessage User(string content) => new(ChatRole.User, content);
+
+    /// <summary>An <see cref="ChatRole.Assistant"/> message.</summary>
+    public static ChatMessage Assistant(string content) => new(ChatRole.Assistant, content);
+}
+
+/// <summary>
+/// A conversation that cannot be rendered: no messages, an unknown role, missing content, an unsupported content part.
+/// <see cref="Field"/> names the offending field in OpenAI request terms (for example <c>messages[2].role</c>), for a
+/// 400 response.
+/// </summary>
+public sealed class ChatTemplateException : Exception
+{
+    /// <summary>Creates the exception for <paramref name="field"/>.</summary>
+    public ChatTemplateException(string field, string message) : base($"{field}: {message}")
+    {
+        Field = field;
+    }
+
+    /// <summary>The offending field, such as <c>messages</c> or <c>messages[1].content[0].type</c>.</summary>
+    public string Field { get; }
+}

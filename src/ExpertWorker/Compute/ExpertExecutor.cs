@@ -1,0 +1,69 @@
+using System.Buffers;
+using System.Diagnostics;
+using Distributed.ExpertWorker.Weights;
+using Distributed.Kernels;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grpc;
+using Distributed.Protocol.Wire;
+
+namespace Distributed.ExpertWorker.Compute;
+
+/// <summary>
+/// Runs one validated request: payload → fp32 rows, the experts of every segment in one grouped SwiGLU call
+/// (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the batch), fp32 rows →
+/// payload in the request's dtype, same row order.
+/// </summary>
+public sealed class ExpertExecutor(IKernelBackend backend)
+{
+    /// <summary>
+    /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (already
+    /// validated for length and finiteness). Writes the output rows to <paramref name="output"/> (same length).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">An expert of the request is not in <paramref name="snapshot"/> (validation was skipped).</exception>
+    public WorkerTimings Execute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output)
+    {
+        int hidden = (int)request.HiddenSize;
+        int rows = (int)request.Rows;
+        int elements = checked(rows * hidden);
+        var gateUp = new IWeightMatrix[request.Segments.Count];
+        var down = new IWeightMatrix[request.Segments.Count];
+        var counts = new int[request.Segments.Count];
+        for (int i = 0; i < request.Segments.Count; i++)
+        {
+            var seg = request.Segments[i];
+            if (!snapshot.Weights.TryGetValue(new ExpertKey((int)request.Layer, (int)seg.Expert), out var w))
+            {
+                throw new InvalidOperationException($"expert {seg.Expert} of layer {request.Layer} is not loaded");
+            }
+            gateUp[i] = w.GateUp;
+            down[i] = w.Down;
+            counts[i] = (int)seg.Rows;
+        }
+
+        float[] x = ArrayPool<float>.Shared.Rent(elements);
+        float[] y = ArrayPool<float>.Shared.Rent(elements);
+        try
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            WireCodec.Decode(input, request.Dtype, x.AsSpan(0, elements));
+            long t1 = Stopwatch.GetTimestamp();
+            backend.SwiGluFfnGrouped(x.AsSpan(0, elements), counts, gateUp, down, y.AsSpan(0, elements));
+            long t2 = Stopwatch.GetTimestamp();
+            WireCodec.Encode(y.AsSpan(0, elements), request.Dtype, output);
+            long t3 = Stopwatch.GetTimestamp();
+            return new WorkerTimings
+            {
+                DecodeNanos = Nanos(t1 - t0),
+                ComputeNanos = Nanos(t2 - t1),
+                EncodeNanos = Nanos(t3 - t2),
+            };
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(x);
+            ArrayPool<float>.Shared.Return(y);
+        }
+    }
+
+    private static ulong Nanos(long ticks) => (ulong)(ticks * 1_000_000_000.0 / Stopwatch.Frequency);
+}

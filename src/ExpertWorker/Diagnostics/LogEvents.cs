@@ -1,0 +1,28 @@
+namespace Distributed.ExpertWorker.Diagnostics;
+
+/// <summary>Event ids of the expert worker's log messages (stable: dashboards filter on them).</summary>
+public static class LogEvents
+{
+    /// <summary>The worker is listening; the line carries the bound data-plane address.</summary>
+    public const int WorkerReady = 3000;
+    /// <summary>Effective options at startup.</summary>
+    public const int EffectiveOptions = 3001;
+    /// <summary>A shard applied a plan.</summary>
+    public const int ShardApplied = 3010;
+    /// <summary>A shard failed to apply a plan.</summary>
+    public const int ShardApplyFailed = 3011;
+    /// <summary>A request was rejected by validation.</summary>
+    public const int RequestRejected = 3020;
+    /// <summary>A request failed inside the worker.</summary>
+    public const int RequestFailed = 3021;
+    /// <summary>A stream ended because of a protocol violation.</summary>
+    public const int StreamRejected = 3022;
+    /// <summary>Handshake accepted.</summary>
+    public const int HelloAccepted = 3023;
+    /// <summary>The placement grain rebuilt the plan.</summary>
+    public const int PlanRebuilt = 3030;
+    /// <summary>A worker registered or left.</summary>
+    public const int WorkerMembership = 3031;
+    /// <summary>The worker agent could not reach the placement grain.</summary>
+    public const int AgentRetry = 3040;
+}

@@ -1,0 +1,60 @@
+using System.Net;
+using Distributed.ExpertWorker.Grains;
+using Distributed.ExpertWorker.Placement;
+using Distributed.Protocol.Contracts;
+using Orleans.Configuration;
+using Orleans.Runtime.MembershipService.SiloMetadata;
+
+namespace Distributed.Hosting;
+
+/// <summary>Silo-side wiring of the expert cluster.</summary>
+public static class ExpertWorkerSiloBuilderExtensions
+{
+    /// <summary>
+    /// Configures membership from <paramref name="cluster"/>, advertises <paramref name="metadata"/> (worker id, gRPC
+    /// endpoint, capacity), registers the shard placement director and the placement grain's storage.
+    /// </summary>
+    public static ISiloBuilder AddExpertShards(this ISiloBuilder silo, ExpertClusterOptions cluster, Dictionary<string, string> metadata)
+    {
+        ArgumentNullException.ThrowIfNull(silo);
+        ArgumentNullException.ThrowIfNull(cluster);
+        switch (cluster.Clustering)
+        {
+            case ClusteringMode.Localhost:
+                silo.UseLocalhostClustering(cluster.SiloPort, cluster.GatewayPort,
+                    cluster.PrimarySiloPort == 0 ? null : new IPEndPoint(IPAddress.Loopback, cluster.PrimarySiloPort),
+                    cluster.ServiceId, cluster.ClusterId);
+                break;
+            case ClusteringMode.Redis:
+                silo.UseRedisClustering(o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(cluster.RedisConnectionString!));
+                ConfigureIds(silo, cluster);
+                break;
+            case ClusteringMode.AdoNet:
+                silo.UseAdoNetClustering(o =>
+                {
+                    o.Invariant = cluster.AdoNetInvariant;
+                    o.ConnectionString = cluster.AdoNetConnectionString;
+                });
+                ConfigureIds(silo, cluster);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(cluster), cluster.Clustering, "unknown clustering mode");
+        }
+        silo.UseSiloMetadata(metadata);
+        silo.AddMemoryGrainStorage(PlacementGrain.StorageName);
+        // Loading a shard from a large checkpoint takes longer than the 30 s default call timeout.
+        silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMinutes(10));
+        silo.ConfigureServices(services => services.AddPlacementDirector<ExpertShardPlacementStrategy, ExpertShardPlacementDirector>());
+        return silo;
+    }
+
+    private static void ConfigureIds(ISiloBuilder silo, ExpertClusterOptions cluster)
+    {
+        silo.Configure<Orleans.Configuration.ClusterOptions>(o =>
+        {
+            o.ServiceId = cluster.ServiceId;
+            o.ClusterId = cluster.ClusterId;
+        });
+        silo.ConfigureEndpoints(IPAddress.Parse(cluster.AdvertisedAddress), cluster.SiloPort, cluster.GatewayPort, listenOnAnyHostAddress: false);
+    }
+}

@@ -1,0 +1,66 @@
+using System.ComponentModel.DataAnnotations;
+using Microsoft.Extensions.Options;
+
+namespace Distributed.ExpertWorker.Hosting;
+
+/// <summary>Settings of one expert worker. Section <c>ExpertWorker</c>.</summary>
+public sealed class ExpertWorkerOptions
+{
+    /// <summary>Configuration section name.</summary>
+    public const string SectionName = "ExpertWorker";
+
+    /// <summary>Hugging Face model directory to load expert slices from. Required.</summary>
+    [Required]
+    public string ModelDirectory { get; set; } = "";
+
+    /// <summary>Cluster-unique worker id. Default: empty = <c>w-{machine}-{pid}</c>.</summary>
+    public string WorkerId { get; set; } = "";
+
+    /// <summary>Address Kestrel binds the data plane to (loopback by default; the bench and tests never leave it). Default: 127.0.0.1.</summary>
+    public string GrpcHost { get; set; } = "127.0.0.1";
+
+    /// <summary>TCP port of the data plane; 0 picks a free one (the bound address is printed). Default: 0.</summary>
+    [Range(0, 65535)]
+    public int GrpcPort { get; set; }
+
+    /// <summary>Also serve the data plane on this Unix domain socket (same-host coordinators). Default: none.</summary>
+    public string? UnixSocketPath { get; set; }
+
+    /// <summary>Largest number of token rows in one request (sizes the gRPC message limit). Default: 4096.</summary>
+    [Range(1, 1 << 20)]
+    public int MaxRowsPerDispatch { get; set; } = 4096;
+
+    /// <summary>Threads of the CPU kernel backend; 0 = all cores. Default: 0.</summary>
+    [Range(0, 1024)]
+    public int KernelThreads { get; set; }
+
+    /// <summary>Bytes of expert weights this worker may hold; 0 = the memory available to the process. Default: 0.</summary>
+    [Range(0, long.MaxValue)]
+    public long MemoryCapacityBytes { get; set; }
+
+    /// <summary>
+    /// A fixed shard (<c>all</c>, or <c>layer:first-last,...</c>) served at plan version 0 without joining a cluster
+    /// (no silo); empty = join the cluster and follow the placement plan. Default: empty.
+    /// </summary>
+    public string? StaticExperts { get; set; }
+
+    /// <summary>Plan version a static shard serves (requests must carry it). Default: 0.</summary>
+    [Range(0, long.MaxValue)]
+    public long StaticPlanVersion { get; set; }
+
+    /// <summary>Requests of one stream computed concurrently. Default: 2.</summary>
+    [Range(1, 64)]
+    public int MaxConcurrentRequestsPerStream { get; set; } = 2;
+
+    /// <summary>Run each newly loaded expert once on a zero row before serving it. Default: true.</summary>
+    public bool WarmUp { get; set; } = true;
+
+    /// <summary>Largest payload this worker accepts or sends: rows × hidden × 4 bytes (fp32) plus headroom.</summary>
+    public int MaxMessageBytes(int hiddenSize) => (int)Math.Min(int.MaxValue, (long)MaxRowsPerDispatch * hiddenSize * 4 + (64 << 10));
+}
+
+/// <summary>Attribute rules of <see cref="ExpertWorkerOptions"/> (source-generated).</summary>
+[OptionsValidator]
+public sealed partial class ExpertWorkerOptionsValidator : IValidateOptions<ExpertWorkerOptions>
+{
+}

@@ -1,0 +1,310 @@
+using System.Globalization;
+using System.Net;
+using Distributed.ExpertWorker.Compute;
+using Distributed.ExpertWorker.Placement;
+using Distributed.ExpertWorker.Services;
+using Distributed.ExpertWorker.Weights;
+using Distributed.Hosting;
+using Distributed.Kernels;
+using Distributed.Kernels.Checkpoint;
+using Distributed.Kernels.Cpu;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grains;
+using Distributed.Protocol.Wire;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Options;
+
+namespace Distributed.ExpertWorker.Hosting;
+
+/// <summary>
+/// One expert worker process: Kestrel serving the gRPC data plane (h2c) and, unless a static shard is configured, an
+/// Orleans silo in the same process. Kestrel starts first so the silo can advertise the bound endpoint in its metadata
+/// (the data-plane port may be 0). Both share one <see cref="ShardStore"/>; only assigned experts are ever loaded.
+/// </summary>
+public sealed partial class WorkerHost : IAsyncDisposable
+{
+    /// <summary>The machine-readable line printed once the worker serves (tests and launchers parse it).</summary>
+    public const string ReadyMarker = "EXPERT_WORKER_READY";
+
+    private readonly CheckpointReader _checkpoint;
+    private readonly IKernelBackend _backend;
+    private int _disposed;
+
+    private WorkerHost(WebApplication web, IHost? silo, ShardStore store, CheckpointReader checkpoint, IKernelBackend backend, string grpcAddress, string workerId)
+    {
+        Web = web;
+        Silo = silo;
+        Store = store;
+        _checkpoint = checkpoint;
+        _backend = backend;
+        GrpcAddress = grpcAddress;
+        WorkerId = workerId;
+    }
+
+    /// <summary>The data-plane web host.</summary>
+    public WebApplication Web { get; }
+
+    /// <summary>The silo host, or null for a static shard.</summary>
+    public IHost? Silo { get; }
+
+    /// <summary>The experts served.</summary>
+    public ShardStore Store { get; }
+
+    /// <summary>Bound data-plane address, e.g. <c>http://127.0.0.1:40123</c>.</summary>
+    public string GrpcAddress { get; }
+
+    /// <summary>This worker's id.</summary>
+    public string WorkerId { get; }
+
+    /// <summary>Validates configuration, opens the checkpoint, and starts Kestrel (and the silo).</summary>
+    /// <param name="configuration">Sections <c>ExpertWorker</c>, <c>Cluster</c>, <c>Placement</c>, <c>Logging</c>.</param>
+    /// <param name="backendFactory">Backend to run experts on; default the CPU backend with <c>KernelThreads</c>.</param>
+    /// <param name="configureLogging">Extra logging setup (tests route logs to their output).</param>
+    /// <exception cref="OptionsValidationException">A setting is invalid; every failure is listed by name.</exception>
+    /// <exception cref="CheckpointException">The model directory is unusable.</exception>
+    public static async Task<WorkerHost> StartAsync(
+        IConfiguration configuration,
+        Func<ExpertWorkerOptions, IKernelBackend>? backendFactory = null,
+        Action<ILoggingBuilder>? configureLogging = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        var options = new ExpertWorkerOptions();
+        configuration.GetSection(ExpertWorkerOptions.SectionName).Bind(options);
+        var cluster = new ExpertClusterOptions();
+        configuration.GetSection(ExpertClusterOptions.SectionName).Bind(cluster);
+        var placement = new PlacementOptions();
+        configuration.GetSection(PlacementOptions.SectionName).Bind(placement);
+        Validate(options, cluster, placement);
+
+        var checkpoint = CheckpointReader.Open(options.ModelDirectory);
+        IKernelBackend? backend = null;
+        try
+        {
+            backend = backendFactory is null ? new CpuKernelBackend(options.KernelThreads) : backendFactory(options);
+            var model = ModelDescriptor.FromCheckpoint(checkpoint);
+            string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
+                ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
+                : options.WorkerId;
+            return await StartCoreAsync(configuration, options, cluster, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
+        }
+        catch
+        {
+            backend?.Dispose();
+            checkpoint.Dispose();
+            throw;
+        }
+    }
+
+    private static void Validate(ExpertWorkerOptions options, ExpertClusterOptions cluster, PlacementOptions placement)
+    {
+        var failures = new List<string>();
+        var attr = new ExpertWorkerOptionsValidator().Validate(ExpertWorkerOptions.SectionName, options);
+        if (attr.Failed)
+        {
+            failures.AddRange(attr.Failures);
+        }
+        if (string.IsNullOrWhiteSpace(options.ModelDirectory))
+        {
+            failures.Add("ExpertWorker:ModelDirectory is required");
+        }
+        if (!IPAddress.TryParse(options.GrpcHost, out _))
+        {
+            failures.Add($"ExpertWorker:GrpcHost '{options.GrpcHost}' is not an IP address");
+        }
+        if (string.IsNullOrWhiteSpace(options.StaticExperts))
+        {
+            failures.AddRange(cluster.Validate(isSilo: true));
+            failures.AddRange(placement.Validate());
+        }
+        if (failures.Count > 0)
+        {
+            throw new OptionsValidationException(ExpertWorkerOptions.SectionName, typeof(ExpertWorkerOptions), failures);
+        }
+    }
+
+    private static async Task<WorkerHost> StartCoreAsync(
+        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, CheckpointReader checkpoint,
+        IKernelBackend backend, ModelDescriptor model, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
+    {
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
+        builder.Configuration.AddConfiguration(configuration);
+        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        AddDefaultFilters(builder.Logging);
+        configureLogging?.Invoke(builder.Logging);
+        int maxMessage = options.MaxMessageBytes(model.HiddenSize);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Listen(IPAddress.Parse(options.GrpcHost), options.GrpcPort, o => o.Protocols = HttpProtocols.Http2);
+            if (!string.IsNullOrWhiteSpace(options.UnixSocketPath))
+            {
+                k.ListenUnixSocket(options.UnixSocketPath, o => o.Protocols = HttpProtocols.Http2);
+            }
+            k.Limits.MaxRequestBodySize = null;
+            // Loopback is CPU-bound, not window-bound (STACK-NOTES §5), but 96 KiB default windows stall 40 MiB frames.
+            k.Limits.Http2.InitialConnectionWindowSize = 64 << 20;
+            k.Limits.Http2.InitialStreamWindowSize = 32 << 20;
+            k.Limits.Http2.MaxFrameSize = 1 << 20;
+            k.Limits.Http2.KeepAlivePingDelay = TimeSpan.FromSeconds(30);
+        });
+        builder.Services.AddGrpc(o =>
+        {
+            o.MaxReceiveMessageSize = maxMessage;
+            o.MaxSendMessageSize = maxMessage;
+            o.EnableDetailedErrors = false;
+        });
+        var loggerFactory = LoggerFactory.Create(l =>
+        {
+            l.AddConfiguration(configuration.GetSection("Logging"));
+            l.AddSimpleConsole(o => o.SingleLine = true);
+            AddDefaultFilters(l);
+            configureLogging?.Invoke(l);
+        });
+        var store = new ShardStore(workerId, model, new CheckpointExpertLoader(checkpoint, backend), options.MaxRowsPerDispatch, options.WarmUp,
+            loggerFactory.CreateLogger<ShardStore>());
+        builder.Services.AddSingleton(store);
+        builder.Services.AddSingleton(new ExpertExecutor(backend));
+        builder.Services.AddSingleton<SessionRegistry>();
+        builder.Services.AddSingleton(Options.Create(options));
+        var web = builder.Build();
+        web.MapGrpcService<ExpertComputeService>();
+        await web.StartAsync(ct);
+
+        string grpcAddress = web.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses
+            .First(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal));
+        var log = loggerFactory.CreateLogger<WorkerHost>();
+        LogEffectiveOptions(log, workerId, model.Fingerprint, options.MaxRowsPerDispatch, maxMessage, backend.Name, options.StaticExperts ?? "(cluster plan)");
+
+        IHost? silo = null;
+        try
+        {
+            if (!string.IsNullOrWhiteSpace(options.StaticExperts))
+            {
+                await store.ApplyAsync((ulong)options.StaticPlanVersion, ShardManifest.Parse(options.StaticExperts, model), ct);
+            }
+            else
+            {
+                silo = await StartSiloAsync(configuration, options, cluster, store, model, workerId, grpcAddress, configureLogging, ct);
+            }
+        }
+        catch
+        {
+            if (silo is not null)
+            {
+                silo.Dispose();
+            }
+            await web.StopAsync(CancellationToken.None);
+            await web.DisposeAsync();
+            store.Dispose();
+            throw;
+        }
+        var host = new WorkerHost(web, silo, store, checkpoint, backend, grpcAddress, workerId);
+        LogReady(log, workerId, grpcAddress, store.Manifest.Count);
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{ReadyMarker} worker={workerId} grpc={grpcAddress} silo={(silo is null ? 0 : cluster.SiloPort)} gateway={(silo is null ? 0 : cluster.GatewayPort)} pid={Environment.ProcessId}"));
+        Console.Out.Flush();
+        return host;
+    }
+
+    private static async Task<IHost> StartSiloAsync(
+        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, ShardStore store, ModelDescriptor model,
+        string workerId, string grpcAddress, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
+    {
+        long capacity = options.MemoryCapacityBytes > 0 ? options.MemoryCapacityBytes : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        var metadata = new Dictionary<string, string>
+        {
+            [ExpertShardPlacementDirector.WorkerIdKey] = workerId,
+            [ExpertShardPlacementDirector.GrpcEndpointKey] = grpcAddress,
+            [ExpertShardPlacementDirector.CapacityKey] = capacity.ToString(CultureInfo.InvariantCulture),
+        };
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [], DisableDefaults = true });
+        builder.Configuration.AddConfiguration(configuration);
+        builder.Logging.AddConfiguration(configuration.GetSection("Logging"));
+        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        AddDefaultFilters(builder.Logging);
+        configureLogging?.Invoke(builder.Logging);
+        builder.Services.AddSingleton(store);
+        builder.Services.Configure<PlacementOptions>(configuration.GetSection(PlacementOptions.SectionName));
+        builder.Services.AddSingleton(new WorkerDescriptor(workerId, grpcAddress, "", SharedRing.LocalHostId, capacity, model));
+        builder.UseOrleans(silo => silo.AddExpertShards(cluster, metadata));
+        builder.Services.AddHostedService(sp =>
+        {
+            var siloAddress = sp.GetRequiredService<ILocalSiloDetails>().SiloAddress.ToParsableString();
+            var self = sp.GetRequiredService<WorkerDescriptor>() with { SiloAddress = siloAddress };
+            return new WorkerAgent(sp.GetRequiredService<IGrainFactory>(), store, self, sp.GetRequiredService<ILogger<WorkerAgent>>());
+        });
+        var host = builder.Build();
+        try
+        {
+            await host.StartAsync(ct);
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+        return host;
+    }
+
+    // Orleans logs every option and periodic statistics at Information; the worker's own events stay visible.
+    private static void AddDefaultFilters(ILoggingBuilder logging)
+    {
+        logging.AddFilter("Orleans", LogLevel.Warning);
+        logging.AddFilter("Microsoft", LogLevel.Warning);
+        logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Information);
+        logging.AddFilter("Polly", LogLevel.Warning);
+        logging.AddFilter("Grpc", LogLevel.Warning);
+    }
+
+    /// <summary>Waits until the process is asked to stop (SIGTERM / Ctrl+C) or <paramref name="cancellationToken"/> fires.</summary>
+    public async Task WaitForShutdownAsync(CancellationToken cancellationToken = default)
+    {
+        var lifetime = Web.Services.GetRequiredService<IHostApplicationLifetime>();
+        var stopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var r1 = lifetime.ApplicationStopping.Register(() => stopped.TrySetResult());
+        using var r2 = cancellationToken.Register(() => stopped.TrySetResult());
+        await stopped.Task;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        if (Silo is not null)
+        {
+            try
+            {
+                await Silo.StopAsync(timeout.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            Silo.Dispose();
+        }
+        try
+        {
+            await Web.StopAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        await Web.DisposeAsync();
+        Store.Dispose();
+        _backend.Dispose();
+        _checkpoint.Dispose();
+    }
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.EffectiveOptions, Level = LogLevel.Information,
+        Message = "Worker {WorkerId}: model {Fingerprint}, MaxRowsPerDispatch {MaxRows}, max message {MaxMessageBytes} bytes, backend {Backend}, shard {Shard}")]
+    private static partial void LogEffectiveOptions(ILogger logger, string workerId, string fingerprint, int maxRows, int maxMessageBytes, string backend, string shard);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.WorkerReady, Level = LogLevel.Information,
+        Message = "Worker {WorkerId} serving the data plane on {Endpoint} ({Experts} experts loaded)")]
+    private static partial void LogReady(ILogger logger, string workerId, string endpoint, int experts);
+}

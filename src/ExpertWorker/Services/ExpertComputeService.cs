@@ -1,0 +1,286 @@
+using Distributed.ExpertWorker.Compute;
+using Distributed.ExpertWorker.Hosting;
+using Distributed.ExpertWorker.Weights;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grpc;
+using Distributed.Protocol.Wire;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+
+namespace Distributed.ExpertWorker.Services;
+
+/// <summary>
+/// The data-plane gRPC service (thin: validate → <see cref="ExpertExecutor"/> → reply). Every inbound field is checked
+/// by <see cref="TensorFrameValidator"/> before any payload byte is used; a bad request gets a precise status and never
+/// affects other requests or the process.
+/// </summary>
+public sealed partial class ExpertComputeService(
+    ShardStore store,
+    ExpertExecutor executor,
+    SessionRegistry sessions,
+    IOptions<ExpertWorkerOptions> options,
+    ILogger<ExpertComputeService> logger) : ExpertWorkerServiceBase
+{
+    private readonly int _maxConcurrent = options.Value.MaxConcurrentRequestsPerStream;
+
+    /// <inheritdoc />
+    public override Task<HelloReply> Hello(HelloRequest request, ServerCallContext context)
+    {
+        var model = store.Model;
+        if (request.ProtocolMajor != ProtocolVersion.Major)
+        {
+            throw Precondition("protocol_major", $"coordinator speaks protocol {request.ProtocolMajor}.{request.ProtocolMinor}, worker speaks {ProtocolVersion.Major}.{ProtocolVersion.Minor}");
+        }
+        if (!string.Equals(request.ModelFingerprint, model.Fingerprint, StringComparison.Ordinal))
+        {
+            throw Precondition("model_fingerprint", $"coordinator model {Short(request.ModelFingerprint)} != worker model {Short(model.Fingerprint)}");
+        }
+        var transport = RowTransport.Inline;
+        SharedRing? ring = null;
+        if (request.Transports.Contains(RowTransport.SharedMemory) && request.SharedRing is { } offer
+            && offer.HostId == SharedRing.LocalHostId && Path.IsPathFullyQualified(offer.Path) && offer.SizeBytes <= long.MaxValue)
+        {
+            try
+            {
+                ring = SharedRing.Open(offer.Path, (long)offer.SizeBytes);
+                transport = RowTransport.SharedMemory;
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+            {
+                LogSharedRingRefused(offer.Path, ex.Message);
+            }
+        }
+        var session = new WorkerSession(Guid.NewGuid().ToString("N"), request.CoordinatorId, transport, ring);
+        sessions.Add(session);
+        var reply = new HelloReply
+        {
+            ProtocolMajor = ProtocolVersion.Major,
+            ProtocolMinor = ProtocolVersion.Minor,
+            ModelFingerprint = model.Fingerprint,
+            WorkerId = store.WorkerId,
+            PlanVersion = store.PlanVersion,
+            HiddenSize = (uint)model.HiddenSize,
+            NumExperts = (uint)model.NumExperts,
+            MaxRowsPerDispatch = (uint)store.MaxRowsPerDispatch,
+            MaxMessageBytes = (ulong)options.Value.MaxMessageBytes(model.HiddenSize),
+            Transport = transport,
+            SessionId = session.Id,
+        };
+        foreach (var (layer, experts) in store.Manifest.Layers)
+        {
+            var shard = new ExpertShard { Layer = (uint)layer };
+            shard.Experts.AddRange(experts.Select(e => (uint)e));
+            reply.Shards.Add(shard);
+        }
+        LogHello(request.CoordinatorId, transport, store.PlanVersion);
+        return Task.FromResult(reply);
+    }
+
+    /// <inheritdoc />
+    public override async Task Dispatch(
+        IAsyncStreamReader<TensorFrame<ExpertRequest>> requestStream,
+        IServerStreamWriter<TensorFrame<ExpertReply>> responseStream,
+        ServerCallContext context)
+    {
+        var session = CheckCall(context);
+        var ct = context.CancellationToken;
+        using var writeLock = new SemaphoreSlim(1, 1);
+        using var slots = new SemaphoreSlim(_maxConcurrent, _maxConcurrent);
+        var pending = new List<Task>();
+        try
+        {
+            while (await requestStream.MoveNext(ct).ConfigureAwait(false))
+            {
+                var frame = requestStream.Current;
+                if (frame.Malformed is { } reason)
+                {
+                    LogStreamRejected(reason);
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed ExpertRequest frame: {reason}"));
+                }
+                await slots.WaitAsync(ct).ConfigureAwait(false);
+                pending.RemoveAll(t => t.IsCompleted);
+                pending.Add(Task.Run(async () =>
+                {
+                    try
+                    {
+                        using var reply = Process(frame, session, pooledReply: true);
+                        await writeLock.WaitAsync(ct).ConfigureAwait(false);
+                        try
+                        {
+                            await responseStream.WriteAsync(reply, ct).ConfigureAwait(false);
+                        }
+                        finally
+                        {
+                            writeLock.Release();
+                        }
+                    }
+                    finally
+                    {
+                        frame.Dispose();
+                        slots.Release();
+                    }
+                }, CancellationToken.None));
+            }
+        }
+        finally
+        {
+            try
+            {
+                await Task.WhenAll(pending).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or InvalidOperationException)
+            {
+                // The peer went away mid-reply; nothing left to answer.
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public override Task<TensorFrame<ExpertReply>> DispatchOnce(TensorFrame<ExpertRequest> request, ServerCallContext context)
+    {
+        var session = CheckCall(context);
+        using (request)
+        {
+            if (request.Malformed is { } reason)
+            {
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed ExpertRequest frame: {reason}"));
+            }
+            var reply = Process(request, session, pooledReply: false);
+            if (reply.Header.Status is { Code: not 0 })
+            {
+                using (reply)
+                {
+                    var status = reply.Header.Status;
+                    throw FrameValidationResult.Fail((StatusCode)status.Code, status.Message, [.. status.Violations]).ToRpcException();
+                }
+            }
+            return Task.FromResult(reply);
+        }
+    }
+
+    private WorkerSession? CheckCall(ServerCallContext context)
+    {
+        string? major = context.RequestHeaders.GetValue(ProtocolVersion.MajorHeader);
+        if (major != ProtocolVersion.Major.ToString(System.Globalization.CultureInfo.InvariantCulture))
+        {
+            throw Precondition(ProtocolVersion.MajorHeader, $"'{major}' is not protocol major {ProtocolVersion.Major}");
+        }
+        string? fingerprint = context.RequestHeaders.GetValue(ProtocolVersion.FingerprintHeader);
+        if (!string.Equals(fingerprint, store.Model.Fingerprint, StringComparison.Ordinal))
+        {
+            throw Precondition(ProtocolVersion.FingerprintHeader, $"coordinator model {Short(fingerprint)} != worker model {Short(store.Model.Fingerprint)}");
+        }
+        string? sessionId = context.RequestHeaders.GetValue(ProtocolVersion.SessionHeader);
+        if (sessionId is null)
+        {
+            return null;
+        }
+        if (!sessions.TryGet(sessionId, out var session))
+        {
+            throw Precondition(ProtocolVersion.SessionHeader, $"unknown session '{Short(sessionId)}' (shake hands again)");
+        }
+        return session;
+    }
+
+    private TensorFrame<ExpertReply> Process(TensorFrame<ExpertRequest> frame, WorkerSession? session, bool pooledReply)
+    {
+        var request = frame.Header;
+        using var snapshot = store.Acquire();
+        var view = new SnapshotView(store, snapshot);
+        var ring = session?.Ring;
+        var verdict = TensorFrameValidator.ValidateRequest(request, frame.Payload.Length, ring is not null, view);
+        Span<byte> shared = default;
+        if (verdict.IsOk && request.SharedRows is { } rows && !ring!.TryGetSpan(rows.Offset, rows.Length, out shared))
+        {
+            verdict = FrameValidationResult.FromViolations(StatusCode.InvalidArgument, $"request {request.RequestId} is invalid",
+                [new FieldViolation { Field = "shared_rows", Description = $"[{rows.Offset}, +{rows.Length}) is outside the {ring.Size}-byte ring" }]);
+        }
+        ReadOnlySpan<byte> input = request.SharedRows is null ? frame.Payload.Span : shared;
+        if (verdict.IsOk)
+        {
+            verdict = TensorFrameValidator.CheckFinite(request, input);
+        }
+        if (!verdict.IsOk)
+        {
+            LogRejected(request.RequestId, request.Layer, verdict.Code, verdict.Message);
+            return Failure(request, verdict.ToReplyStatus());
+        }
+
+        var reply = new ExpertReply
+        {
+            RequestId = request.RequestId,
+            Status = new ReplyStatus { Code = 0 },
+            Dtype = request.Dtype,
+            Rows = request.Rows,
+            HiddenSize = request.HiddenSize,
+        };
+        try
+        {
+            if (request.SharedRows is { } sr)
+            {
+                // Output rows overwrite the input rows in place: the executor decodes every input row before encoding.
+                reply.Timings = executor.Execute(request, input, snapshot, shared);
+                reply.SharedRows = new SharedRows { Offset = sr.Offset, Length = sr.Length };
+                return new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty);
+            }
+            if (pooledReply)
+            {
+                var buffer = PooledBuffer.Rent(input.Length);
+                try
+                {
+                    reply.Timings = executor.Execute(request, input, snapshot, buffer.Span);
+                }
+                catch
+                {
+                    buffer.Dispose();
+                    throw;
+                }
+                return new TensorFrame<ExpertReply>(reply, buffer.Memory, buffer);
+            }
+            var bytes = new byte[input.Length];
+            reply.Timings = executor.Execute(request, input, snapshot, bytes);
+            return new TensorFrame<ExpertReply>(reply, bytes);
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or OverflowException)
+        {
+            LogFailed(ex, request.RequestId, request.Layer);
+            return Failure(request, new ReplyStatus { Code = (int)StatusCode.Internal, Message = $"request {request.RequestId} failed in the worker: {ex.Message}" });
+        }
+    }
+
+    private static TensorFrame<ExpertReply> Failure(ExpertRequest request, ReplyStatus status)
+        => new(new ExpertReply { RequestId = request.RequestId, Status = status, Dtype = request.Dtype }, ReadOnlyMemory<byte>.Empty);
+
+    private static RpcException Precondition(string field, string message)
+        => FrameValidationResult.Fail(StatusCode.FailedPrecondition, message, new FieldViolation { Field = field, Description = message }).ToRpcException();
+
+    private static string Short(string? s) => s is null ? "(none)" : s.Length > 12 ? s[..12] + "…" : s;
+
+    private sealed class SnapshotView(ShardStore store, ShardSnapshot snapshot) : IShardView
+    {
+        public ModelDescriptor Model => store.Model;
+        public ulong PlanVersion => snapshot.Version;
+        public int MaxRowsPerDispatch => store.MaxRowsPerDispatch;
+        public bool Holds(int layer, int expert) => snapshot.Manifest.Contains(new ExpertKey(layer, expert));
+    }
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.HelloAccepted, Level = LogLevel.Information,
+        Message = "Hello from coordinator {CoordinatorId}: transport {Transport}, plan {PlanVersion}")]
+    private partial void LogHello(string coordinatorId, RowTransport transport, ulong planVersion);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.HelloAccepted + 100, Level = LogLevel.Warning,
+        Message = "Shared ring {Path} refused, falling back to inline rows: {Reason}")]
+    private partial void LogSharedRingRefused(string path, string reason);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.RequestRejected, Level = LogLevel.Warning,
+        Message = "Request {RequestId} for layer {LayerId} rejected: {Code} {Reason}")]
+    private partial void LogRejected(ulong requestId, uint layerId, StatusCode code, string reason);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.RequestFailed, Level = LogLevel.Error,
+        Message = "Request {RequestId} for layer {LayerId} failed")]
+    private partial void LogFailed(Exception exception, ulong requestId, uint layerId);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.StreamRejected, Level = LogLevel.Warning,
+        Message = "Dispatch stream ended: malformed frame ({Reason})")]
+    private partial void LogStreamRejected(string reason);
+}

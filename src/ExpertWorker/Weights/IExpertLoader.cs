@@ -1,0 +1,24 @@
+using Distributed.Kernels;
+using Distributed.Kernels.Experts;
+
+namespace Distributed.ExpertWorker.Weights;
+
+/// <summary>Loads one routed expert's weights onto the worker's backend.</summary>
+public interface IExpertLoader
+{
+    /// <summary>The backend experts run on.</summary>
+    IKernelBackend Backend { get; }
+
+    /// <summary>Loads expert <paramref name="expert"/> of MoE layer <paramref name="layer"/> (touching only its slices).</summary>
+    ExpertWeights Load(int layer, int expert);
+}
+
+/// <summary>Loads experts from an opened checkpoint by memory map (<see cref="ExpertWeights.Load"/>).</summary>
+public sealed class CheckpointExpertLoader(Kernels.Checkpoint.CheckpointReader checkpoint, IKernelBackend backend) : IExpertLoader
+{
+    /// <inheritdoc />
+    public IKernelBackend Backend => backend;
+
+    /// <inheritdoc />
+    public ExpertWeights Load(int layer, int expert) => ExpertWeights.Load(checkpoint, backend, layer, expert);
+}

@@ -1,0 +1,147 @@
+using Distributed.Kernels.Cuda.Interop;
+
+namespace Distributed.Kernels.Cuda;
+
+/// <summary>
+/// Everything one in-flight backend call uses: a stream, a cuBLAS handle bound to it, a device scratch arena, a pinned
+/// host staging arena and two timing events. The backend keeps a pool of these, one per concurrent caller, so
+/// concurrent calls never share a stream or a cuBLAS handle.
+/// </summary>
+internal sealed class CudaCallContext : IDisposable
+{
+    public CudaCallContext(nint context)
+    {
+        Stream = StreamHandle.Create(context);
+        try
+        {
+            Blas = CublasHandle.Create(context, Stream);
+            Device = new BumpArena(bytes =>
+            {
+                DeviceBuffer b = DeviceBuffer.Allocate(context, bytes);
+                return (b, b.Pointer);
+            });
+            Host = new BumpArena(bytes =>
+            {
+                PinnedBuffer b = PinnedBuffer.Allocate(context, bytes);
+                return (b, (ulong)b.Pointer);
+            });
+            Start = EventHandle.Create(context);
+            Stop = EventHandle.Create(context);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public StreamHandle Stream { get; }
+
+    public CublasHandle Blas { get; } = null!;
+
+    /// <summary>Device scratch for the current call (reset between calls).</summary>
+    public BumpArena Device { get; } = null!;
+
+    /// <summary>Pinned host staging for the current call (reset between calls).</summary>
+    public BumpArena Host { get; } = null!;
+
+    public EventHandle Start { get; } = null!;
+
+    public EventHandle Stop { get; } = null!;
+
+    /// <summary>Starts a new call: scratch from the previous call is reused (the stream was synchronized at its end).</summary>
+    public void Reset()
+    {
+        Device.Reset();
+        Host.Reset();
+    }
+
+    public void Dispose()
+    {
+        Start?.Dispose();
+        Stop?.Dispose();
+        Device?.Dispose();
+        Host?.Dispose();
+        Blas?.Dispose();
+        Stream.Dispose();
+    }
+}
+
+/// <summary>
+/// Bump allocator over chunks of device or pinned memory. Allocations are 256-byte aligned (what cuBLAS's tensor-core
+/// paths and 16-byte vector loads want). A call that outgrows the current chunk gets another; the next
+/// <see cref="Reset"/> replaces several chunks by one of the high-water size, so steady-state calls allocate nothing.
+/// </summary>
+internal sealed class BumpArena : IDisposable
+{
+    private const long Alignment = 256;
+    private const long MinChunk = 1 << 20;
+
+    private readonly Func<long, (IDisposable Owner, ulong Base)> _allocate;
+    private readonly List<(IDisposable Owner, ulong Base, long Size)> _chunks = [];
+    private int _current;
+    private long _offset;
+    private long _used;
+
+    public BumpArena(Func<long, (IDisposable Owner, ulong Base)> allocate)
+    {
+        _allocate = allocate;
+    }
+
+    /// <summary>Bytes currently held.</summary>
+    public long CapacityBytes => _chunks.Sum(c => c.Size);
+
+    /// <summary>Returns <paramref name="bytes"/> of scratch, valid until the next <see cref="Reset"/>.</summary>
+    public ulong Alloc(long bytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(bytes);
+        long size = Math.Max(Alignment, (bytes + Alignment - 1) / Alignment * Alignment);
+        while (_current < _chunks.Count)
+        {
+            var chunk = _chunks[_current];
+            if (_offset + size <= chunk.Size)
+            {
+                ulong p = chunk.Base + (ulong)_offset;
+                _offset += size;
+                _used += size;
+                return p;
+            }
+            _current++;
+            _offset = 0;
+        }
+        long chunkSize = Math.Max(MinChunk, Math.Max(size, CapacityBytes));
+        var (owner, baseAddress) = _allocate(chunkSize);
+        _chunks.Add((owner, baseAddress, chunkSize));
+        _current = _chunks.Count - 1;
+        _offset = size;
+        _used += size;
+        return baseAddress;
+    }
+
+    public void Reset()
+    {
+        if (_chunks.Count > 1)
+        {
+            long total = Math.Max(_used, CapacityBytes);
+            foreach (var chunk in _chunks)
+            {
+                chunk.Owner.Dispose();
+            }
+            _chunks.Clear();
+            var (owner, baseAddress) = _allocate(total);
+            _chunks.Add((owner, baseAddress, total));
+        }
+        _current = 0;
+        _offset = 0;
+        _used = 0;
+    }
+
+    public void Dispose()
+    {
+        foreach (var chunk in _chunks)
+        {
+            chunk.Owner.Dispose();
+        }
+        _chunks.Clear();
+    }
+}

@@ -1,0 +1,419 @@
+// Device kernels of Distributed.Kernels.Cuda.CudaKernelBackend, compiled at backend creation by NVRTC
+// (no #include: NVRTC ships no C library headers, so everything here is plain C++ plus CUDA builtins).
+//
+// Conventions shared with the host code (CudaKernelModule.cs launches each entry point by name):
+// * every entry point is extern "C" so its name is not mangled;
+// * pointers are CUdeviceptr (64-bit), element counts are long long, widths/heights int;
+// * reductions run with exactly ReduceThreads threads per block, one block per row, in a fixed order, so a row's
+//   result never depends on the other rows of the launch (batch invariance of the non-GEMM ops);
+// * bf16 values travel as their raw unsigned short bits (cuBLAS CUDA_R_16BF).
+// "Split" layout: an fp32 activation row r is stored as two bf16 rows, 2r = hi = bf16(x) and 2r+1 = lo = bf16(x - hi),
+// so one bf16 GEMM over 2*rows rows followed by (row 2r + row 2r+1) gives x*W to about 2^-16 relative error.
+
+#define KERNEL extern "C" __global__
+#define REDUCE_THREADS 256
+
+__device__ __forceinline__ unsigned short f32_to_bf16(float f)
+{
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+    {
+        return (unsigned short)((u >> 16) | 0x40u);
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+__device__ __forceinline__ float bf16_to_f32(unsigned short b)
+{
+    return __uint_as_float(((unsigned int)b) << 16);
+}
+
+__device__ __forceinline__ float neg_inf()
+{
+    return __int_as_float((int)0xff800000u);
+}
+
+// Writes v as bf16 into out: split=0 -> row r; split=1 -> rows 2r (hi) and 2r+1 (lo).
+__device__ __forceinline__ void store_split(unsigned short* out, long long r, int c, int cols, float v, int split)
+{
+    unsigned short hi = f32_to_bf16(v);
+    if (split)
+    {
+        out[(2 * r) * cols + c] = hi;
+        out[(2 * r + 1) * cols + c] = f32_to_bf16(v - bf16_to_f32(hi));
+    }
+    else
+    {
+        out[r * cols + c] = hi;
+    }
+}
+
+// a strictly better than b: NaN never beats a number, ties go to the lower column id, id < 0 means "none yet".
+__device__ __forceinline__ bool better(float va, int ia, float vb, int ib)
+{
+    if (ia < 0)
+    {
+        return false;
+    }
+    if (ib < 0)
+    {
+        return true;
+    }
+    bool na = va != va;
+    bool nb = vb != vb;
+    if (na != nb)
+    {
+        return nb;
+    }
+    if (na)
+    {
+        return ia < ib;
+    }
+    return va > vb || (va == vb && ia < ib);
+}
+
+// Tree sum over exactly REDUCE_THREADS threads; fixed order; every thread gets the result.
+__device__ float block_sum(float v, float* sh)
+{
+    int t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (int s = REDUCE_THREADS / 2; s > 0; s >>= 1)
+    {
+        if (t < s)
+        {
+            sh[t] = sh[t] + sh[t + s];
+        }
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ float block_max(float v, float* sh)
+{
+    int t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (int s = REDUCE_THREADS / 2; s > 0; s >>= 1)
+    {
+        if (t < s)
+        {
+            sh[t] = fmaxf(sh[t], sh[t + s]);
+        }
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Best (value, id) over the block into sh_v[0], sh_i[0]; every thread gets the result.
+__device__ void block_best(float* v, int* id, float* sh_v, int* sh_i)
+{
+    int t = threadIdx.x;
+    sh_v[t] = *v;
+    sh_i[t] = *id;
+    __syncthreads();
+    for (int s = REDUCE_THREADS / 2; s > 0; s >>= 1)
+    {
+        if (t < s && better(sh_v[t + s], sh_i[t + s], sh_v[t], sh_i[t]))
+        {
+            sh_v[t] = sh_v[t + s];
+            sh_i[t] = sh_i[t + s];
+        }
+        __syncthreads();
+    }
+    *v = sh_v[0];
+    *id = sh_i[0];
+    __syncthreads();
+}
+
+// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2*rows, cols] when split). Row r lands at row map[r] of out
+// (the padded per-expert layout of the batched expert GEMM), or at row r when map is null.
+KERNEL void split_bf16(const float* x, unsigned short* out, const int* map, long long rows, int cols, int split)
+{
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / cols;
+        int c = (int)(i - r * cols);
+        long long p = map ? (long long)map[r] : r;
+        store_split(out, p, c, cols, x[i], split);
+    }
+}
+
+// y[r, c] = t[2p, c] + t[2p+1, c] (split: recombines the hi and lo halves of a split GEMM) or t[p, c], where p = map[r]
+// (or r when map is null).
+KERNEL void combine_split(const float* t, float* y, const int* map, long long rows, int cols, int split)
+{
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / cols;
+        int c = (int)(i - r * cols);
+        long long p = map ? (long long)map[r] : r;
+        y[i] = split ? t[(2 * p) * cols + c] + t[(2 * p + 1) * cols + c] : t[p * cols + c];
+    }
+}
+
+// t: gate_up GEMM output, [f*rows, 2*inter] fp32 (f = 2 when split); gate = columns [0, inter), up = [inter, 2*inter).
+// h[r, c] = silu(gate) * up, written as bf16 ([f*rows, inter]) for the down GEMM.
+KERNEL void swiglu_split(const float* t, unsigned short* h, long long rows, int inter, int split)
+{
+    long long n = rows * inter;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long w = 2LL * inter;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / inter;
+        int c = (int)(i - r * inter);
+        float g;
+        float u;
+        if (split)
+        {
+            g = t[(2 * r) * w + c] + t[(2 * r + 1) * w + c];
+            u = t[(2 * r) * w + inter + c] + t[(2 * r + 1) * w + inter + c];
+        }
+        else
+        {
+            g = t[r * w + c];
+            u = t[r * w + inter + c];
+        }
+        float s = g / (1.0f + expf(-g));
+        store_split(h, r, c, inter, s * u, split);
+    }
+}
+
+// One block of REDUCE_THREADS per row. y may alias x.
+KERNEL void rmsnorm(const float* x, const float* w, float* y, int cols, float eps, int has_weight)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    long long row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    float acc = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float v = xr[c];
+        acc += v * v;
+    }
+    float ss = block_sum(acc, sh);
+    float r = 1.0f / sqrtf(ss / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float v = xr[c] * r;
+        yr[c] = has_weight ? v * w[c] : v;
+    }
+}
+
+KERNEL void silu_mul(const float* gate, const float* up, float* dst, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        float g = gate[i];
+        dst[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+KERNEL void add_inplace(float* dst, const float* src, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        dst[i] = dst[i] + src[i];
+    }
+}
+
+// x [rows, heads, 2*half] in place; pair (2i, 2i+1) rotates by fl32(pos[row] * inv_freq[i]).
+KERNEL void rope(float* x, const int* pos, const float* inv_freq, long long rows, int heads, int half)
+{
+    long long n = rows * heads * half;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long rh = i / half;
+        int p = (int)(i - rh * half);
+        long long row = rh / heads;
+        float theta = (float)pos[row] * inv_freq[p];
+        float c = cosf(theta);
+        float s = sinf(theta);
+        float* e = x + rh * (2LL * half) + 2 * p;
+        float x0 = e[0];
+        float x1 = e[1];
+        e[0] = x0 * c - x1 * s;
+        e[1] = x0 * s + x1 * c;
+    }
+}
+
+// One block of REDUCE_THREADS per (query row, head) of the slice [row_base, row_base + gridDim.x / heads).
+// q/out [rows, heads, head_dim]; k/v [keys, kv_heads, head_dim], key j at absolute position key_start + j;
+// scratch [gridDim.x, keys] holds the probabilities of each block's row.
+KERNEL void attention(const float* q, const int* qpos, const float* k, const float* v, float* out, float* scratch,
+    int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk, int row_base)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    int bh = blockIdx.x;
+    int lr = bh / heads;
+    int h = bh - lr * heads;
+    long long row = (long long)row_base + lr;
+    int kvh = h / (heads / kv_heads);
+    const float* qr = q + (row * heads + h) * head_dim;
+    float* o = out + (row * heads + h) * head_dim;
+    float* s = scratch + (long long)bh * keys;
+    long long p = qpos[row];
+    long long hi = p - key_start;
+    if (hi > keys - 1)
+    {
+        hi = keys - 1;
+    }
+    long long lo = 0;
+    if (chunk > 0)
+    {
+        long long cs = (p / chunk) * chunk - key_start;
+        if (cs > lo)
+        {
+            lo = cs;
+        }
+    }
+    if (hi < lo)
+    {
+        for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
+        {
+            o[d] = 0.0f;
+        }
+        return;
+    }
+    float m = neg_inf();
+    for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
+    {
+        const float* kr = k + (j * kv_heads + kvh) * head_dim;
+        float acc = 0.0f;
+        for (int d = 0; d < head_dim; d++)
+        {
+            acc += qr[d] * kr[d];
+        }
+        acc *= scale;
+        s[j] = acc;
+        m = fmaxf(m, acc);
+    }
+    m = block_max(m, sh);
+    float sum = 0.0f;
+    for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
+    {
+        float e = expf(s[j] - m);
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, sh);
+    float inv = 1.0f / sum;
+    for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
+    {
+        s[j] = s[j] * inv;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
+    {
+        float acc = 0.0f;
+        for (long long j = lo; j <= hi; j++)
+        {
+            acc += s[j] * v[(j * kv_heads + kvh) * head_dim + d];
+        }
+        o[d] = acc;
+    }
+}
+
+// One block of REDUCE_THREADS per row, in place.
+KERNEL void softmax_rows(float* x, int cols)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    float* xr = x + (long long)blockIdx.x * cols;
+    float m = neg_inf();
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        m = fmaxf(m, xr[c]);
+    }
+    m = block_max(m, sh);
+    float sum = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float e = expf(xr[c] - m);
+        xr[c] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, sh);
+    float inv = 1.0f / sum;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        xr[c] = xr[c] * inv;
+    }
+}
+
+// One block of REDUCE_THREADS per row: the column of the largest value (lowest id on ties, NaN never beats a number).
+KERNEL void argmax_rows(const float* x, int* ids, int cols)
+{
+    __shared__ float sv[REDUCE_THREADS];
+    __shared__ int si[REDUCE_THREADS];
+    const float* xr = x + (long long)blockIdx.x * cols;
+    float bv = 0.0f;
+    int bi = -1;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float v = xr[c];
+        if (better(v, c, bv, bi))
+        {
+            bv = v;
+            bi = c;
+        }
+    }
+    block_best(&bv, &bi, sv, si);
+    if (threadIdx.x == 0)
+    {
+        ids[blockIdx.x] = bi < 0 ? 0 : bi;
+    }
+}
+
+// One block of REDUCE_THREADS per row: k rounds of argmax over the columns not chosen yet.
+KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
+{
+    __shared__ float sv[REDUCE_THREADS];
+    __shared__ int si[REDUCE_THREADS];
+    const float* xr = x + (long long)blockIdx.x * cols;
+    int* idr = ids + (long long)blockIdx.x * k;
+    float* vr = vals + (long long)blockIdx.x * k;
+    for (int pick = 0; pick < k; pick++)
+    {
+        float bv = 0.0f;
+        int bi = -1;
+        for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+        {
+            bool taken = false;
+            for (int q = 0; q < pick; q++)
+            {
+                if (idr[q] == c)
+                {
+                    taken = true;
+                    break;
+                }
+            }
+            float v = xr[c];
+            if (!taken && better(v, c, bv, bi))
+            {
+                bv = v;
+                bi = c;
+            }
+        }
+        block_best(&bv, &bi, sv, si);
+        if (threadIdx.x == 0)
+        {
+            idr[pick] = bi;
+            vr[pick] = bv;
+        }
+        __syncthreads();
+    }
+}

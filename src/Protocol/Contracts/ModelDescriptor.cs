@@ -1,0 +1,63 @@
+using Distributed.Kernels.Checkpoint;
+using MessagePack;
+
+namespace Distributed.Protocol.Contracts;
+
+/// <summary>
+/// The facts about a model that coordinator, workers and the placement grain must agree on. Built from a checkpoint
+/// (<c>CheckpointReader</c>) on each side; two sides with different <see cref="Fingerprint"/>s never talk.
+/// </summary>
+/// <param name="Fingerprint">Lower-case hex SHA-256 over the canonical text config and the tensor index.</param>
+/// <param name="HiddenSize"><c>hidden_size</c>: elements per token row.</param>
+/// <param name="IntermediateSize"><c>intermediate_size</c> of each routed expert.</param>
+/// <param name="NumLayers"><c>num_hidden_layers</c>.</param>
+/// <param name="NumExperts"><c>num_local_experts</c> per MoE layer.</param>
+/// <param name="MoeLayers">MoE decoder layers, ascending.</param>
+[GenerateSerializer, Immutable, Alias("distributed.ModelDescriptor")]
+[MessagePackObject]
+public sealed record ModelDescriptor(
+    [property: Id(0), Key(0)] string Fingerprint,
+    [property: Id(1), Key(1)] int HiddenSize,
+    [property: Id(2), Key(2)] int IntermediateSize,
+    [property: Id(3), Key(3)] int NumLayers,
+    [property: Id(4), Key(4)] int NumExperts,
+    [property: Id(5), Key(5)] int[] MoeLayers)
+{
+    /// <summary>Bytes of one routed expert's bf16 weights (<c>gate_up</c> <c>[H, 2I]</c> + <c>down</c> <c>[I, H]</c>).</summary>
+    [IgnoreMember]
+    public long ExpertBytes => 3L * HiddenSize * IntermediateSize * sizeof(ushort);
+
+    /// <summary>The descriptor of an opened checkpoint.</summary>
+    public static ModelDescriptor FromCheckpoint(CheckpointReader checkpoint)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var c = checkpoint.Config;
+        return new ModelDescriptor(checkpoint.Fingerprint, c.HiddenSize, c.IntermediateSize, c.NumLayers, c.NumExperts, [.. c.MoeLayerIndices]);
+    }
+
+    /// <summary>True when <paramref name="layer"/> is a MoE layer of this model.</summary>
+    public bool IsMoeLayer(int layer) => Array.IndexOf(MoeLayers, layer) >= 0;
+
+    /// <summary>Checks internal consistency.</summary>
+    /// <exception cref="ArgumentException">A field is out of range; the message names it.</exception>
+    public void Validate()
+    {
+        if (string.IsNullOrEmpty(Fingerprint))
+        {
+            throw new ArgumentException("ModelDescriptor.Fingerprint is empty");
+        }
+        if (HiddenSize <= 0 || IntermediateSize <= 0 || NumLayers <= 0 || NumExperts <= 0)
+        {
+            throw new ArgumentException(
+                $"ModelDescriptor sizes must be positive (hidden {HiddenSize}, intermediate {IntermediateSize}, layers {NumLayers}, experts {NumExperts})");
+        }
+        ArgumentNullException.ThrowIfNull(MoeLayers);
+        for (int i = 0; i < MoeLayers.Length; i++)
+        {
+            if (MoeLayers[i] < 0 || MoeLayers[i] >= NumLayers || (i > 0 && MoeLayers[i] <= MoeLayers[i - 1]))
+            {
+                throw new ArgumentException($"ModelDescriptor.MoeLayers[{i}] = {MoeLayers[i]} is not ascending within [0, {NumLayers})");
+            }
+        }
+    }
+}

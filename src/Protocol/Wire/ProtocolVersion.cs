@@ -1,0 +1,23 @@
+namespace Distributed.Protocol.Wire;
+
+/// <summary>
+/// Version of the data-plane protocol (<c>Protos/expert_worker.proto</c>). Peers with a different
+/// <see cref="Major"/> refuse each other in the handshake; a different <see cref="Minor"/> only adds optional fields.
+/// </summary>
+public static class ProtocolVersion
+{
+    /// <summary>Incompatible changes bump this.</summary>
+    public const uint Major = 1;
+
+    /// <summary>Backward-compatible additions bump this.</summary>
+    public const uint Minor = 0;
+
+    /// <summary>Call-metadata key carrying the caller's protocol major version on <c>Dispatch</c>.</summary>
+    public const string MajorHeader = "x-protocol-major";
+
+    /// <summary>Call-metadata key carrying the caller's model fingerprint on <c>Dispatch</c>.</summary>
+    public const string FingerprintHeader = "x-model-fingerprint";
+
+    /// <summary>Call-metadata key naming the Hello session whose transport a <c>Dispatch</c> stream uses.</summary>
+    public const string SessionHeader = "x-session-id";
+}

@@ -1,0 +1,139 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Distributed.Coordinator.Distribution;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grpc;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Distributed.Benchmarks.DataPlane;
+
+/// <summary>
+/// Per-MoE-layer round trip coordinator → worker → coordinator on loopback at hidden 5120, bf16, for 1/64/512/4096
+/// rows: raw TCP echo, plain HTTP/2 POST echo, and our data plane (<see cref="WorkerConnection"/>: one bidi stream,
+/// TensorFrame marshaller, pooled buffers; inline and shared-memory ring), all against echo servers in one separate
+/// process, measured in the same run. Prints medians and ratios to TCP.
+/// </summary>
+internal static class DataPlaneBenchmark
+{
+    public const int Hidden = 5120;
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        int[] sizes = args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault()?.Split(',').Select(int.Parse).ToArray() ?? [1, 64, 512, 4096];
+        double scale = double.Parse(args.SkipWhile(a => a != "--scale").Skip(1).FirstOrDefault() ?? "1", System.Globalization.CultureInfo.InvariantCulture);
+        string host = Environment.ProcessPath!;
+        string[] serverArgs = Path.GetFileNameWithoutExtension(host) == "dotnet"
+            ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server"]
+            : ["dataplane-server"];
+        using var server = Process.Start(new ProcessStartInfo(host, serverArgs)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        })!;
+        string ready = (await server.StandardOutput.ReadLineAsync())!;
+        int tcpPort = int.Parse(ready.Split(' ')[1]["tcp=".Length..]);
+        string http = ready.Split(' ')[2]["http=".Length..];
+        try
+        {
+            Console.WriteLine($"data plane round trip, loopback, hidden {Hidden}, bf16 payload both ways; median of N (server pid {server.Id})");
+            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+            using var tcp = new TcpClient { NoDelay = true };
+            await tcp.ConnectAsync(IPAddress.Loopback, tcpPort);
+            using var h2 = new HttpClient(new SocketsHttpHandler { InitialHttp2StreamWindowSize = 16 << 20, EnableMultipleHttp2Connections = true });
+            var model = new ModelDescriptor("bench", Hidden, 16, 2, 4, [1]);
+            var inline = new DistributionOptions { WireDType = WireDType.Bf16 };
+            var shm = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20 };
+            await using var grpc = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, inline, NullLogger.Instance, CancellationToken.None);
+            await using var grpcShm = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, shm, NullLogger.Instance, CancellationToken.None);
+            foreach (int rows in sizes)
+            {
+                int bytes = rows * Hidden * 2;
+                var payload = new byte[bytes];
+                new Random(rows).NextBytes(payload);
+                var (warm, iters) = rows switch { <= 1 => (300, 3000), <= 64 => (100, 1000), <= 512 => (20, 200), _ => (5, 40) };
+                warm = Math.Max(1, (int)(warm * scale));
+                iters = Math.Max(3, (int)(iters * scale));
+                double t = await MedianAsync(warm, iters, () => TcpRoundTripAsync(tcp.GetStream(), payload));
+                double h = await MedianAsync(warm, iters, () => H2RoundTripAsync(h2, http, payload));
+                double g = await MedianAsync(warm, iters, () => GrpcRoundTripAsync(grpc, rows, payload));
+                double s = await MedianAsync(warm, iters, () => GrpcRoundTripAsync(grpcShm, rows, payload));
+                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× |");
+            }
+        }
+        finally
+        {
+            await server.StandardInput.WriteLineAsync();
+            if (!server.WaitForExit(5000))
+            {
+                server.Kill();
+            }
+        }
+        return 0;
+    }
+
+    private static string Size(int bytes) => bytes >= 1 << 20 ? $"{bytes / (double)(1 << 20):F1} MiB" : $"{bytes / 1024.0:F0} KiB";
+
+    private static async Task<double> MedianAsync(int warm, int iters, Func<Task> roundTrip)
+    {
+        for (int i = 0; i < warm; i++)
+        {
+            await roundTrip();
+        }
+        var samples = new double[iters];
+        for (int i = 0; i < iters; i++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            await roundTrip();
+            samples[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        }
+        Array.Sort(samples);
+        return samples[iters / 2];
+    }
+
+    private static readonly byte[] EchoBuffer = new byte[4096 * Hidden * 2 + 8];
+
+    private static async Task TcpRoundTripAsync(NetworkStream stream, byte[] payload)
+    {
+        BitConverter.TryWriteBytes(EchoBuffer.AsSpan(0, 8), (long)payload.Length);
+        await stream.WriteAsync(EchoBuffer.AsMemory(0, 8));
+        await stream.WriteAsync(payload);
+        await DataPlaneServer.ReadExactAsync(stream, EchoBuffer.AsMemory(0, 8));
+        await DataPlaneServer.ReadExactAsync(stream, EchoBuffer.AsMemory(8, payload.Length));
+    }
+
+    private static async Task H2RoundTripAsync(HttpClient client, string url, byte[] payload)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, url + "/echo")
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Content = new ByteArrayContent(payload),
+        };
+        using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        await using var body = await response.Content.ReadAsStreamAsync();
+        int read = 0;
+        while (true)
+        {
+            int n = await body.ReadAsync(EchoBuffer.AsMemory(read % (EchoBuffer.Length - (1 << 20)), 1 << 20));
+            if (n == 0)
+            {
+                break;
+            }
+            read += n;
+        }
+    }
+
+    private static async Task GrpcRoundTripAsync(WorkerConnection connection, int rows, byte[] payload)
+    {
+        using var lease = connection.RentRows(payload.Length);
+        payload.CopyTo(lease.Span);
+        var header = new ExpertRequest { Layer = 1, Dtype = WireDType.Bf16, HiddenSize = Hidden, Rows = (uint)rows, Segments = { new ExpertSegment { Expert = 0, Rows = (uint)rows } } };
+        var replyTask = await connection.SendAsync(header, lease, CancellationToken.None);
+        using var reply = await replyTask;
+        ReadOnlySpan<byte> back = reply.Header.SharedRows is null ? reply.Payload.Span : lease.Span;
+        back.CopyTo(EchoBuffer.AsSpan(8));
+    }
+}

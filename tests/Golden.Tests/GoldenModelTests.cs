@@ -1,0 +1,186 @@
+using System.Collections.Concurrent;
+using System.Text;
+using Distributed.Coordinator.Model.Llama4;
+using Distributed.Kernels.Checkpoint;
+using Distributed.Kernels.Cpu;
+using Xunit.Abstractions;
+
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
+
+namespace Distributed.Golden.Tests;
+
+/// <summary>
+/// The golden fixtures judge the model math: last-position logits within the fixture tolerance (2e-3), argmax at every
+/// (listed) prompt position, routing and the 16 greedy tokens exact. A failure names the first layer whose hidden
+/// state diverges from golden.safetensors.
+/// </summary>
+[Trait("Category", "Golden")]
+public sealed class GoldenModelTests(ITestOutputHelper output)
+{
+    private static readonly ConcurrentDictionary<string, Lazy<(Llama4Engine Engine, GoldenFixture Golden)>> Engines = new();
+
+    public static TheoryData<string, int> ShortPrompts()
+    {
+        var data = new TheoryData<string, int>();
+        foreach (var name in new[] { "tiny-maverick", "tiny-scout", "tiny-maverick-mm" })
+        {
+            for (int i = 0; i < GoldenFixture.Load(name).Prompts.Count; i++)
+            {
+                data.Add(name, i);
+            }
+        }
+        return data;
+    }
+
+    public static TheoryData<string, int> LongPrompts()
+    {
+        var data = new TheoryData<string, int>();
+        for (int i = 0; i < GoldenFixture.Load("tiny-maverick-long").Prompts.Count; i++)
+        {
+            data.Add("tiny-maverick-long", i);
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(ShortPrompts))]
+    public Task ShortFixturePrompt_MatchesGolden(string fixture, int prompt) => CheckAsync(fixture, prompt, prefillChunk: 512);
+
+    [Theory]
+    [MemberData(nameof(ShortPrompts))]
+    public Task ShortFixturePrompt_TokenByTokenPrefill_MatchesGolden(string fixture, int prompt) => CheckAsync(fixture, prompt, prefillChunk: 1);
+
+    [Theory]
+    [MemberData(nameof(LongPrompts))]
+    public Task LongContextPrompt_ChunkedPrefill_MatchesGolden(string fixture, int prompt) => CheckAsync(fixture, prompt, prefillChunk: 1000);
+
+    private async Task CheckAsync(string fixture, int promptIndex, int prefillChunk)
+    {
+        var (engine, golden) = Engines.GetOrAdd(fixture, f => new Lazy<(Llama4Engine, GoldenFixture)>(() =>
+            (Llama4Engine.Load(TestPaths.Fixture(f), new CpuKernelBackend()), GoldenFixture.Load(f)))).Value;
+        var p = golden.Prompts[promptIndex];
+        var recorder = new HiddenStateRecorder(p.InputIds.Length);
+        engine.Model.Observer = recorder;
+        engine.PrefillChunkTokens = prefillChunk;
+        InferenceResult r;
+        try
+        {
+            r = await engine.InferAsync(p.InputIds, p.NewTokens.Length, CancellationToken.None);
+        }
+        finally
+        {
+            engine.Model.Observer = null;
+        }
+
+        var failures = new List<string>();
+        double maxDiff = 0;
+        for (int j = 0; j < p.LastLogits.Length; j++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs(r.LastLogits[j] - p.LastLogits[j]));
+        }
+        output.WriteLine($"{fixture} {p.Name}: {p.InputIds.Length} tokens, last-logit max |diff| {maxDiff:E3} (tolerance {golden.LogitTolerance})");
+        if (!(maxDiff <= golden.LogitTolerance))
+        {
+            failures.Add($"last_logits max |diff| {maxDiff:E3} > {golden.LogitTolerance}");
+        }
+
+        int[] argmaxPositions = p.ArgmaxPositions ?? Enumerable.Range(0, p.InputIds.Length).ToArray();
+        for (int j = 0; j < argmaxPositions.Length; j++)
+        {
+            if (r.Argmax[argmaxPositions[j]] != p.Argmax[j])
+            {
+                failures.Add($"argmax at position {argmaxPositions[j]}: got {r.Argmax[argmaxPositions[j]]}, expected {p.Argmax[j]}");
+                break;
+            }
+        }
+        int[] expertPositions = p.ExpertsPositions ?? Enumerable.Range(0, p.InputIds.Length).ToArray();
+        foreach (var (layer, expected) in p.ExpertsTop1)
+        {
+            for (int j = 0; j < expertPositions.Length; j++)
+            {
+                int got = r.Experts[layer][expertPositions[j]][0];
+                if (got != expected[j])
+                {
+                    failures.Add($"routing of layer {layer} at position {expertPositions[j]}: got expert {got}, expected {expected[j]}");
+                    break;
+                }
+            }
+        }
+        if (!r.NewTokens.SequenceEqual(p.NewTokens))
+        {
+            failures.Add($"greedy tokens: got [{string.Join(",", r.NewTokens)}], expected [{string.Join(",", p.NewTokens)}]");
+        }
+        foreach (var (layer, expected) in p.FedTokenExpertsTop1)
+        {
+            var got = r.FedTokenExperts[layer].Select(ids => ids[0]).ToArray();
+            if (!got.SequenceEqual(expected))
+            {
+                failures.Add($"routing of fed tokens in layer {layer}: got [{string.Join(",", got)}], expected [{string.Join(",", expected)}]");
+            }
+        }
+        if (failures.Count > 0)
+        {
+            string divergence = FirstDivergence(golden, p, engine.Config, recorder, argmaxPositions);
+            Assert.Fail($"{fixture} {p.Name} (prefill chunk {prefillChunk}):\n  {string.Join("\n  ", failures)}\n{divergence}\n" +
+                "Fixtures are never edited: fix the model (regenerate only with the fixture's own generator, see its README).");
+        }
+    }
+
+    private static string FirstDivergence(GoldenFixture golden, GoldenPrompt p, Llama4TextConfig config, HiddenStateRecorder recorder, int[] positions)
+    {
+        using var file = SafetensorsFile.Open(Path.Combine(golden.Directory, "golden.safetensors"));
+        float[] expected = file.ReadF32($"p{p.Index}.hidden_states");
+        int h = config.HiddenSize, rowsPerLayer = positions.Length;
+        var sb = new StringBuilder("hidden-state comparison (tolerance 1e-3): ");
+        for (int layer = 0; layer <= config.NumLayers; layer++)
+        {
+            string name = layer == 0 ? "embed" : $"L{layer - 1}.out";
+            var got = recorder.Get(name);
+            double worst = 0;
+            int worstPos = -1;
+            for (int j = 0; j < rowsPerLayer; j++)
+            {
+                int pos = positions[j];
+                for (int d = 0; d < h; d++)
+                {
+                    double diff = Math.Abs(got[pos * h + d] - expected[(layer * rowsPerLayer + j) * h + d]);
+                    if (!(diff <= worst))
+                    {
+                        worst = diff;
+                        worstPos = pos;
+                    }
+                }
+            }
+            if (!(worst <= 1e-3))
+            {
+                return sb.Append($"first divergence after {(layer == 0 ? "the embedding" : $"decoder layer {layer - 1}")}: max |diff| {worst:E3} at position {worstPos}").ToString();
+            }
+        }
+        return sb.Append("every layer's hidden state is within 1e-3; the divergence is after the last layer (final norm / lm_head / sampling)").ToString();
+    }
+
+    /// <summary>Keeps the prompt rows of the residual stream per layer, across prefill pieces.</summary>
+    private sealed class HiddenStateRecorder(int promptLength) : IActivationObserver
+    {
+        private readonly Dictionary<string, List<float>> _rows = [];
+
+        public void OnTensor(string name, ReadOnlySpan<float> data, int rows, int cols)
+        {
+            if (name != "embed" && !name.EndsWith(".out", StringComparison.Ordinal))
+            {
+                return;
+            }
+            if (!_rows.TryGetValue(name, out var list))
+            {
+                _rows[name] = list = new List<float>(promptLength * cols);
+            }
+            int room = promptLength * cols - list.Count;
+            if (room > 0)
+            {
+                list.AddRange(data[..Math.Min(room, data.Length)]);
+            }
+        }
+
+        public float[] Get(string name) => _rows.TryGetValue(name, out var l) ? [.. l] : [];
+    }
+}

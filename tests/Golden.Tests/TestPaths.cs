@@ -1,0 +1,21 @@
+namespace Distributed.Golden.Tests;
+
+/// <summary>Finds the repository's test fixtures from the test binary's folder.</summary>
+internal static class TestPaths
+{
+    private static readonly Lazy<string> Root = new(() =>
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Distributed.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+        throw new InvalidOperationException($"Distributed.sln not found above {AppContext.BaseDirectory}");
+    });
+
+    public static string RepoRoot => Root.Value;
+
+    public static string Fixture(string name) => Path.Combine(RepoRoot, "tests", "fixtures", name);
+}

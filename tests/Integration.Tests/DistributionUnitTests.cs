@@ -1,0 +1,88 @@
+using Distributed.Coordinator.Distribution;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grains;
+using Distributed.Protocol.Grpc;
+using Distributed.Protocol.Wire;
+
+namespace Distributed.Integration.Tests;
+
+/// <summary>The coordinator-side distribution pieces that need no process.</summary>
+[Trait("Category", "Unit")]
+public sealed class DistributionUnitTests
+{
+    private static readonly ModelDescriptor Model = new("fp", 8, 4, 4, 4, [1, 3]);
+
+    [Fact]
+    public void ParseWorkers_AcceptsHostPortUrlAndUnix_RejectsTheRest()
+    {
+        var list = DistributedExperts.ParseWorkers("127.0.0.1:5000, http://localhost:6000,unix:/tmp/w.sock");
+        Assert.Equal(["http://127.0.0.1:5000", "http://localhost:6000", "unix:/tmp/w.sock"], list.Select(w => w.Endpoint));
+        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers(""));
+        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("127.0.0.1"));
+        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("https://h:1"));
+        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("h:1/path"));
+    }
+
+    [Fact]
+    public void Options_DefaultsAndValidation()
+    {
+        var o = new DistributionOptions();
+        Assert.Equal((WireDType.Bf16, TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(10), false), (o.WireDType, o.DispatchTimeout, o.ConnectTimeout, o.PreferSharedMemory));
+        Assert.Empty(o.Validate());
+        Assert.Contains(new DistributionOptions { WireDType = WireDType.Unspecified }.Validate(), e => e.Contains("WireDType"));
+        Assert.Contains(new DistributionOptions { DispatchTimeout = TimeSpan.Zero }.Validate(), e => e.Contains("DispatchTimeout"));
+        Assert.Equal(WireDType.Fp32, DistributionOptions.ParseWire(" FP32 "));
+        Assert.Throws<FormatException>(() => DistributionOptions.ParseWire("fp16"));
+        Assert.NotEmpty(new LocalClusterOptions { Workers = 0 }.Validate());
+    }
+
+    [Fact]
+    public void TableFromHandshakes_MapsOwners_AndRefusesMixedVersions()
+    {
+        var a = new HelloReply { PlanVersion = 3, Shards = { new ExpertShard { Layer = 1, Experts = { 0, 1 } }, new ExpertShard { Layer = 3, Experts = { 0, 1, 2, 3 } } } };
+        var b = new HelloReply { PlanVersion = 3, Shards = { new ExpertShard { Layer = 1, Experts = { 2, 3, 1 } } } };
+        var table = ExpertPlacementTable.FromHandshakes(Model, [(new WorkerEndpoint("a", "x"), a), (new WorkerEndpoint("b", "y"), b)]);
+        Assert.True(table.CoversAllExperts);
+        Assert.Equal(3ul, table.Version);
+        Assert.Equal([0, 1], table.OwnersOf(1, 1).ToArray());
+        Assert.Equal([1], table.OwnersOf(1, 3).ToArray());
+        Assert.True(table.OwnersOf(2, 0).IsEmpty);
+        b.PlanVersion = 4;
+        Assert.Throws<ArgumentException>(() => ExpertPlacementTable.FromHandshakes(Model, [(new WorkerEndpoint("a", "x"), a), (new WorkerEndpoint("b", "y"), b)]));
+        var partial = ExpertPlacementTable.FromHandshakes(Model, [(new WorkerEndpoint("a", "x"), a)]);
+        Assert.False(partial.CoversAllExperts);
+        Assert.Throws<ExpertDispatchException>(() => new StaticPlacementSource(partial).GetServingTable());
+    }
+
+    [Fact]
+    public void TableFromPlan_FollowsTheReplicas()
+    {
+        var w = new WorkerDescriptor("a", "http://a", "", "h", 0, Model);
+        var plan = new PlacementPlan(2, Model, [w, w with { WorkerId = "b", GrpcEndpoint = "http://b" }],
+            [new LayerPlacement(1, [[0], [1], [0, 1], [1]]), new LayerPlacement(3, [[0], [0], [0], [1]])], 0);
+        var table = ExpertPlacementTable.FromPlan(plan);
+        Assert.Equal(["http://a", "http://b"], table.Workers.Select(x => x.Endpoint));
+        Assert.Equal([0, 1], table.OwnersOf(1, 2).ToArray());
+        Assert.True(table.CoversAllExperts);
+    }
+
+    [Fact]
+    public void SharedRingAllocator_FirstFit_ReusesFreedRegions_AndRefusesWhenFull()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"ring-{Guid.NewGuid():N}");
+        using var ring = SharedRing.Create(path, 4096);
+        var allocator = new SharedRingAllocator(ring);
+        var a = allocator.TryRent(1000)!;
+        var b = allocator.TryRent(1000)!;
+        var c = allocator.TryRent(2000)!;
+        Assert.Equal([0ul, 1024ul, 2048ul], new[] { a, b, c }.Select(l => l.Descriptor!.Offset));
+        Assert.Null(allocator.TryRent(100));
+        b.Dispose();
+        var d = allocator.TryRent(900)!;
+        Assert.Equal(1024ul, d.Descriptor!.Offset);
+        d.Span.Fill(7);
+        Assert.True(ring.TryGetSpan(1024, 900, out var span) && span[899] == 7);
+        Assert.False(ring.TryGetSpan(4000, 200, out _));
+        Assert.False(ring.TryGetSpan(ulong.MaxValue, 2, out _));
+    }
+}

@@ -1,0 +1,59 @@
+using Distributed.Coordinator.Cli;
+using Distributed.Coordinator.Distribution;
+using Xunit.Abstractions;
+
+namespace Distributed.Integration.Tests;
+
+/// <summary><c>infer --local-workers N</c> and <c>infer --workers</c> with <c>--wire fp32</c> print exactly the in-process JSON.</summary>
+[Trait("Category", "Integration")]
+public sealed class InferCliTests(ITestOutputHelper output)
+{
+    private static readonly string[] Common = ["infer", "--model", TestPaths.Fixture("tiny-maverick"), "--prompt-ids", "500,17,300,42", "--max-new-tokens", "6", "--json", "--threads", "1"];
+
+    private async Task<string> RunAsync(params string[] extra)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int rc = await CommandLine.RunAsync([.. Common, .. extra], stdout, stderr);
+        output.WriteLine(stderr.ToString());
+        Assert.Equal(0, rc);
+        return stdout.ToString();
+    }
+
+    [Fact]
+    public async Task LocalWorkers_Fp32_PrintsTheInProcessJson_AndStopsItsWorkers()
+    {
+        string inProcess = await RunAsync();
+        string distributed = await RunAsync("--local-workers", "2", "--wire", "fp32");
+        Assert.Equal(inProcess, distributed);
+    }
+
+    [Fact]
+    public async Task RunningWorkers_Fp32_PrintsTheInProcessJson()
+    {
+        var log = new TestLog { Output = output };
+        await using var a = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "1:0-127,3:0-63", "--threads", "1", "--worker-id", "a"], "a", log.Write);
+        await using var b = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "3:64-127,5:0-127", "--threads", "1", "--worker-id", "b"], "b", log.Write);
+        string addrA = await a.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        string addrB = await b.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        string inProcess = await RunAsync();
+        string distributed = await RunAsync("--workers", $"{addrA},{addrB["http://".Length..]}", "--wire", "fp32");
+        Assert.Equal(inProcess, distributed);
+    }
+
+    [Theory]
+    [InlineData("--local-workers", "2", "--workers", "127.0.0.1:1")]
+    [InlineData("--local-workers", "0", "--wire", "fp32")]
+    [InlineData("--workers", "127.0.0.1:5000", "--wire", "fp16")]
+    [InlineData("--workers", "127.0.0.1", "--wire", "fp32")]
+    [InlineData("--wire", "fp32", "--json", "--json")]
+    public async Task BadDistributionOptions_AreUsageErrors(params string[] extra)
+    {
+        var stderr = new StringWriter();
+        int rc = await CommandLine.RunAsync([.. Common, .. extra.Where(e => e != "--json")], new StringWriter(), stderr);
+        output.WriteLine(stderr.ToString());
+        Assert.Equal(2, rc);
+    }
+}

@@ -1,0 +1,55 @@
+using Distributed.Coordinator.Distribution;
+using Distributed.Coordinator.Model.Llama4;
+using Distributed.Kernels.Checkpoint;
+using Distributed.Kernels.Cpu;
+using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Grpc;
+using Microsoft.Extensions.Logging;
+using Xunit.Abstractions;
+
+namespace Distributed.Integration.Tests;
+
+/// <summary>
+/// The transports negotiated in the handshake: rows inline over TCP, rows in a shared-memory ring (the message carries
+/// a descriptor), and gRPC over a Unix domain socket. Every combination gives the in-process logits bit for bit.
+/// </summary>
+[Trait("Category", "Integration")]
+public sealed class TransportTests(ITestOutputHelper output)
+{
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public async Task Transport_NegotiatedAndBitwiseIdentical(bool sharedMemory, bool unixSocket)
+    {
+        var log = new TestLog { Output = output };
+        using var loggerFactory = log.CreateLoggerFactory();
+        string fixture = TestPaths.Fixture("tiny-maverick");
+        string socket = Path.Combine(Path.GetTempPath(), $"expert-{Guid.NewGuid():N}.sock");
+        await using var worker = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", fixture, "--experts", "all", "--threads", "1", "--worker-id", "t", "--unix-socket", socket], "t", log.Write);
+        string address = await worker.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        ModelDescriptor model;
+        using (var checkpoint = CheckpointReader.Open(fixture))
+        {
+            model = ModelDescriptor.FromCheckpoint(checkpoint);
+        }
+        var options = new DistributionOptions { WireDType = WireDType.Fp32, PreferSharedMemory = sharedMemory, SharedRingBytes = 4 << 20 };
+        await using var pool = new WorkerChannelPool(model, options, loggerFactory.CreateLogger<WorkerChannelPool>());
+        var endpoint = new WorkerEndpoint("t", unixSocket ? "unix:" + socket : address);
+        var connection = await pool.GetAsync(endpoint, CancellationToken.None);
+        Assert.Equal(sharedMemory ? RowTransport.SharedMemory : RowTransport.Inline, connection.Transport);
+        var dispatcher = new GrpcExpertDispatcher(new StaticPlacementSource(ExpertPlacementTable.FromHandshakes(model, [(endpoint, connection.Hello)])), pool);
+        using var engine = Llama4Engine.Load(fixture, new CpuKernelBackend(1), dispatcher);
+        var golden = Golden.Load("tiny-maverick");
+        var reference = await Reference.ForAsync("tiny-maverick");
+        for (int i = 0; i < 2; i++)
+        {
+            var r = await engine.InferAsync(golden.Prompts[i].InputIds, golden.Prompts[i].NewTokens.Length, CancellationToken.None);
+            Assert.True(Reference.BitwiseEqual(reference[i].LastLogits, r.LastLogits), $"prompt {i}");
+            Assert.Equal(reference[i].NewTokens, r.NewTokens);
+        }
+        output.WriteLine($"{connection.Transport} over {(unixSocket ? "unix socket" : "tcp")}: {dispatcher.Statistics}");
+    }
+}
