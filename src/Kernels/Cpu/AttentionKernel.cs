@@ -186,13 +186,67 @@ internal static unsafe class AttentionKernel
     {
         int d = s.HeadDim;
         nint kvStride = (nint)s.KvHeads * d;
+        bool chunked = UsesPaddedQueries(simd);
+        for (int j = jb; j <= je; j++)
+        {
+            int ahead = j + KeyBlock;
+            if (Sse.IsSupported && ahead <= jMax)
+            {
+                Prefetch(kHead + (ahead * kvStride), d);
+            }
+            PackKeyRow(kHead + (j * kvStride), j - jb, d, chunked, pack);
+        }
+        ScorePacked(simd, s, pack, jb, je, queries, rowCount, ng, lo, hi, scores);
+    }
+
+    /// <summary>
+    /// Packs key (or value) rows <c>[jb, je]</c> of kv heads <c>[kvHead0, kvHead0 + kvHeadCount)</c> in one pass over
+    /// each row, so a cache row (all its kv heads, 4 KiB at 8 × 128) is read front to back; kv head h goes to
+    /// <c>dst + (h - kvHead0)·headStride</c>, chunk-major when <paramref name="chunked"/>, else row-major.
+    /// </summary>
+    internal static void PackAllHeads(float* src, in AttentionShape s, int kvHead0, int kvHeadCount, int jb, int je, int jMax,
+        bool chunked, float* dst, nint headStride)
+    {
+        int d = s.HeadDim;
+        nint stride = (nint)s.KvHeads * d;
+        for (int j = jb; j <= je; j++)
+        {
+            int ahead = j + RowPrefetchDistance;
+            if (Sse.IsSupported && ahead <= jMax)
+            {
+                Prefetch(src + (ahead * stride) + ((nint)kvHead0 * d), kvHeadCount * d);
+            }
+            float* row = src + (j * stride) + ((nint)kvHead0 * d);
+            for (int h = 0; h < kvHeadCount; h++)
+            {
+                PackKeyRow(row + ((nint)h * d), j - jb, d, chunked, dst + (h * headStride));
+            }
+        }
+    }
+
+    /// <summary>Rows ahead that <see cref="PackAllHeads"/> prefetches (2 rows = 8 KiB at 8 kv heads × 128).</summary>
+    private const int RowPrefetchDistance = 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Prefetch(float* p, int floats)
+    {
+        byte* b = (byte*)p;
+        for (nint off = 0; off < (nint)floats * sizeof(float); off += 64)
+        {
+            Sse.Prefetch0(b + off);
+        }
+    }
+
+    /// <summary>Scaled scores of every visible (row, head, key) of a packed key block (see <see cref="ScoreBlock"/>).</summary>
+    internal static void ScorePacked(SimdLevel simd, in AttentionShape s, float* pack, int jb, int je, QueryView queries,
+        int rowCount, int ng, int* lo, int* hi, float** scores)
+    {
+        int d = s.HeadDim;
         if (UsesPaddedQueries(simd))
         {
-            PackKeysChunked(kHead, kvStride, jb, je, jMax, d, pack);
             ScoreBlock512(s, pack, jb, je, queries, rowCount, ng, Padded(d) >> 4, lo, hi, scores);
             return;
         }
-        PackRows(kHead, kvStride, jb, je, jMax, d, pack);
         for (int j = jb; j <= je; j++)
         {
             float* kj = pack + ((nint)(j - jb) * d);
@@ -220,7 +274,24 @@ internal static unsafe class AttentionKernel
         float* pack, QueryView outputs, int rowCount, int ng, int* lo, int* hi, float** scores)
     {
         int d = s.HeadDim;
-        PackRows(vHead, (nint)s.KvHeads * d, jb, je, jMax, d, pack);
+        nint stride = (nint)s.KvHeads * d;
+        for (int j = jb; j <= je; j++)
+        {
+            int ahead = j + KeyBlock;
+            if (Sse.IsSupported && ahead <= jMax)
+            {
+                Prefetch(vHead + (ahead * stride), d);
+            }
+            CopyRow(vHead + (j * stride), pack + ((nint)(j - jb) * d), d);
+        }
+        WeightedValuesPacked(simd, s, pack, jb, je, outputs, rowCount, ng, lo, hi, scores);
+    }
+
+    /// <summary>The accumulation of <see cref="WeightedValuesBlock"/> over an already packed (row-major) value block.</summary>
+    internal static void WeightedValuesPacked(SimdLevel simd, in AttentionShape s, float* pack, int jb, int je,
+        QueryView outputs, int rowCount, int ng, int* lo, int* hi, float** scores)
+    {
+        int d = s.HeadDim;
         for (int r = 0; r < rowCount; r++)
         {
             int a = Math.Max(jb, lo[r]);
@@ -237,35 +308,20 @@ internal static unsafe class AttentionKernel
         }
     }
 
-    /// <summary>
-    /// Copies rows <c>[jb, je]</c> (row j at <c>src + j·stride</c>, d floats) to <paramref name="dst"/> contiguously,
-    /// prefetching the rows of the next block (up to <paramref name="last"/>).
-    /// </summary>
-    private static void PackRows(float* src, nint stride, int jb, int je, int last, int d, float* dst)
-    {
-        nint bytes = (nint)d * sizeof(float);
-        for (int j = jb; j <= je; j++)
-        {
-            int ahead = j + KeyBlock;
-            if (Sse.IsSupported && ahead <= last)
-            {
-                byte* p = (byte*)(src + (ahead * stride));
-                for (nint off = 0; off < bytes; off += 64)
-                {
-                    Sse.Prefetch0(p + off);
-                }
-            }
-            CopyRow(src + (j * stride), dst + ((nint)(j - jb) * d), d);
-        }
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void CopyRow(float* src, float* dst, int d)
     {
         int e = 0;
-        for (; e + 16 <= d; e += 16)
+        if (Vector512.IsHardwareAccelerated)
         {
-            Vector512.Store(Vector512.Load(src + e), dst + e);
+            for (; e + 16 <= d; e += 16)
+            {
+                Vector512.Store(Vector512.Load(src + e), dst + e);
+            }
+        }
+        for (; e + 8 <= d; e += 8)
+        {
+            Vector256.Store(Vector256.Load(src + e), dst + e);
         }
         for (; e < d; e++)
         {
@@ -274,43 +330,36 @@ internal static unsafe class AttentionKernel
     }
 
     /// <summary>
-    /// Copies key rows <c>[jb, je]</c> into the chunk-major layout <c>[chunk][key in block][16]</c>, zero-padding the
-    /// last chunk, and prefetches the next block. Sixteen consecutive keys of one chunk are then 1 KiB apart from the
-    /// next chunk and 64 bytes from each other, which <see cref="Dots16"/> addresses with constant offsets.
+    /// Copies one key row (d floats) to position <paramref name="index"/> of a packed block: row-major
+    /// (<c>dst + index·d</c>), or chunk-major <c>[chunk][key in block][16]</c> with the last chunk zero-padded, where
+    /// sixteen consecutive keys of one chunk are 64 bytes apart, which <see cref="Dots16"/> addresses with constant
+    /// offsets.
     /// </summary>
-    private static void PackKeysChunked(float* src, nint stride, int jb, int je, int last, int d, float* dst)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PackKeyRow(float* row, int index, int d, bool chunked, float* dst)
     {
-        int chunks = (d + 15) >> 4;
-        int full = d >> 4;
-        for (int j = jb; j <= je; j++)
+        if (!chunked)
         {
-            int ahead = j + KeyBlock;
-            if (Sse.IsSupported && ahead <= last)
+            CopyRow(row, dst + ((nint)index * d), d);
+            return;
+        }
+        int full = d >> 4;
+        float* o = dst + ((nint)index * 16);
+        for (int c = 0; c < full; c++)
+        {
+            Vector512.Load(row + (c * 16)).Store(o + ((nint)c * KeyBlock * 16));
+        }
+        if ((d & 15) != 0)
+        {
+            float* t = o + ((nint)full * KeyBlock * 16);
+            int e = 0;
+            for (; e < d - (full * 16); e++)
             {
-                byte* p = (byte*)(src + (ahead * stride));
-                for (nint off = 0; off < (nint)d * sizeof(float); off += 64)
-                {
-                    Sse.Prefetch0(p + off);
-                }
+                t[e] = row[(full * 16) + e];
             }
-            float* row = src + (j * stride);
-            float* o = dst + ((nint)(j - jb) * 16);
-            for (int c = 0; c < full; c++)
+            for (; e < 16; e++)
             {
-                Vector512.Load(row + (c * 16)).Store(o + ((nint)c * KeyBlock * 16));
-            }
-            if (full < chunks)
-            {
-                float* t = o + ((nint)full * KeyBlock * 16);
-                int e = 0;
-                for (; e < d - (full * 16); e++)
-                {
-                    t[e] = row[(full * 16) + e];
-                }
-                for (; e < 16; e++)
-                {
-                    t[e] = 0f;
-                }
+                t[e] = 0f;
             }
         }
     }

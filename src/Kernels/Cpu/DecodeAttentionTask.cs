@@ -104,8 +104,10 @@ internal sealed unsafe class DecodeAttentionTask : ITeamTask
         }
     }
 
-    private float* Pack(int thread) =>
-        _threadScratch[thread].Get(((long)AttentionKernel.KeyBlock * AttentionKernel.Padded(_shape.HeadDim)) + 16);
+    /// <summary>One packed block per kv head: <c>KvHeads × KeyBlock × Padded(HeadDim)</c> floats (256 KiB at 8 × 128).</summary>
+    private nint HeadStride => (nint)AttentionKernel.KeyBlock * AttentionKernel.Padded(_shape.HeadDim);
+
+    private float* Pack(int thread) => _threadScratch[thread].Get(((long)_shape.KvHeads * HeadStride) + 16);
 
     private float* ScoresOf(int row, int head) => _scoreBase + ((long)((row * _shape.Heads) + head) * _rowScores);
 
@@ -131,6 +133,7 @@ internal sealed unsafe class DecodeAttentionTask : ITeamTask
             }
             int jb = _jMin + (b * AttentionKernel.KeyBlock);
             int je = Math.Min(_jMax, jb + AttentionKernel.KeyBlock - 1);
+            AttentionKernel.PackAllHeads(_k, _shape, 0, _shape.KvHeads, jb, je, _jMax, padded, pack, HeadStride);
             for (int kvHead = 0; kvHead < _shape.KvHeads; kvHead++)
             {
                 int h0 = kvHead * group;
@@ -144,8 +147,7 @@ internal sealed unsafe class DecodeAttentionTask : ITeamTask
                 var queries = padded
                     ? new QueryView(_qPad + ((nint)h0 * dp), (nint)_shape.Heads * dp, dp)
                     : new QueryView(_q + ((nint)h0 * d), (nint)_shape.Heads * d, d);
-                AttentionKernel.ScoreBlock(_simd, _shape, _k + ((nint)kvHead * d), jb, je, _jMax, pack, queries, _rows, group,
-                    lo, hi, scores);
+                AttentionKernel.ScorePacked(_simd, _shape, pack + (kvHead * HeadStride), jb, je, queries, _rows, group, lo, hi, scores);
             }
         }
     }
@@ -184,10 +186,13 @@ internal sealed unsafe class DecodeAttentionTask : ITeamTask
         int group = _shape.Group;
         float* pack = Pack(thread);
         float** scores = stackalloc float*[_rows * group];
+        int kv0 = h0 / group;
+        int kv1 = (h1 - 1) / group;
         for (int jb = _jMin; jb <= _jMax; jb += AttentionKernel.KeyBlock)
         {
             int je = Math.Min(_jMax, jb + AttentionKernel.KeyBlock - 1);
-            for (int kvHead = h0 / group; kvHead <= (h1 - 1) / group; kvHead++)
+            AttentionKernel.PackAllHeads(_v, _shape, kv0, kv1 - kv0 + 1, jb, je, _jMax, chunked: false, pack, HeadStride);
+            for (int kvHead = kv0; kvHead <= kv1; kvHead++)
             {
                 int gLo = Math.Max(h0, kvHead * group) - (kvHead * group);
                 int gHi = Math.Min(h1, (kvHead + 1) * group) - (kvHead * group);
@@ -201,7 +206,7 @@ internal sealed unsafe class DecodeAttentionTask : ITeamTask
                     }
                 }
                 var outputs = new QueryView(_output + ((nint)first * d), (nint)heads * d, d);
-                AttentionKernel.WeightedValuesBlock(_simd, _shape, _v + ((nint)kvHead * d), jb, je, _jMax, pack, outputs, _rows, ng,
+                AttentionKernel.WeightedValuesPacked(_simd, _shape, pack + ((kvHead - kv0) * HeadStride), jb, je, outputs, _rows, ng,
                     lo, hi, scores);
             }
         }
