@@ -124,6 +124,26 @@ public sealed record PlacementSnapshot(
     [property: Id(4)] string[]? StagedReady = null,
     [property: Id(5)] string? Problem = null)
 {
-    /// <summary>True when the plan covers every expert and every worker in it is serving its shard.</summary>
-    public bool IsServing => Plan.CoversAllExperts && Plan.Workers.All(w => ReadyWorkers.Contains(w.WorkerId));
+    [NonSerialized]
+    private bool? _isServing;
+
+    /// <summary>True when the plan covers every expert and every worker holding experts in it serves its shard
+    /// (workers listed with no experts, e.g. drained ones, do not count).</summary>
+    public bool IsServing => _isServing ??= Plan.CoversAllExperts && HoldingWorkers(Plan).All(ReadyWorkers.Contains);
+
+    private static IEnumerable<string> HoldingWorkers(PlacementPlan plan)
+    {
+        var holds = new bool[plan.Workers.Length];
+        foreach (var layer in plan.Layers)
+        {
+            foreach (var replicas in layer.Replicas)
+            {
+                foreach (int w in replicas)
+                {
+                    holds[w] = true;
+                }
+            }
+        }
+        return plan.Workers.Where((_, i) => holds[i]).Select(w => w.WorkerId);
+    }
 }

@@ -4,6 +4,7 @@ using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving;
 using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels.Cpu;
+using Distributed.Protocol.Grains;
 using Distributed.Protocol.Grpc;
 using Microsoft.Extensions.Logging;
 
@@ -94,6 +95,47 @@ internal sealed class ChaosCluster : IAsyncDisposable
             }
         }).ToArray();
         return await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromMinutes(3));
+    }
+
+    /// <summary>
+    /// Runs rounds of <paramref name="prompts"/> back to back until <paramref name="stop"/> fires (at least one round),
+    /// checking every round against <paramref name="reference"/>. Returns the rounds run and the total tokens.
+    /// </summary>
+    public async Task<(int Rounds, long Tokens, TimeSpan Elapsed)> LoadUntilAsync(IReadOnlyList<int[]> prompts, int[][] reference, int maxTokens, Task stop, string what)
+    {
+        var sw = Stopwatch.StartNew();
+        int rounds = 0;
+        long tokens = 0;
+        do
+        {
+            var outcomes = await RunAsync(prompts, maxTokens);
+            AssertIdentical(reference, outcomes, $"{what}, round {rounds}");
+            tokens += outcomes.Sum(o => o.Tokens.Length);
+            rounds++;
+        }
+        while (!stop.IsCompleted);
+        await stop;
+        return (rounds, tokens, sw.Elapsed);
+    }
+
+    /// <summary>Waits until plan change <paramref name="operationId"/> completed; fails the test when it failed.</summary>
+    public async Task<PlacementOperation> WaitForOperationAsync(string operationId, TimeSpan timeout)
+    {
+        var grain = Cluster.Placement.PlacementGrain;
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            var op = await grain.GetOperationAsync(operationId) ?? throw new InvalidOperationException($"operation {operationId} unknown");
+            if (op.State == OperationState.Completed)
+            {
+                // The coordinator routes with the committed plan once its follower saw it.
+                await EventuallyAsync(() => Task.FromResult(Cluster.Placement.Snapshot is { IsServing: true } s && s.Plan.Version >= op.TargetVersion), TimeSpan.FromSeconds(10));
+                return op;
+            }
+            Assert.True(op.State != OperationState.Failed, $"operation {operationId} failed: {op.Error}");
+            Assert.True(DateTime.UtcNow < deadline, $"operation {operationId} still {op.State} after {timeout.TotalSeconds:F0} s");
+            await Task.Delay(50);
+        }
     }
 
     /// <summary><paramref name="count"/> deterministic prompts and their greedy tokens with the experts in-process (the reference outputs).</summary>
