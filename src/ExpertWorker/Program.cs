@@ -16,6 +16,7 @@ public static class Program
         ["--grpc-port"] = "ExpertWorker:GrpcPort",
         ["--unix-socket"] = "ExpertWorker:UnixSocketPath",
         ["--threads"] = "ExpertWorker:KernelThreads",
+        ["--backend"] = "ExpertWorker:KernelBackend",
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
         ["--experts"] = "ExpertWorker:StaticExperts",
         ["--memory"] = "ExpertWorker:MemoryCapacityBytes",

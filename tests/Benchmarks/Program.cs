@@ -12,6 +12,7 @@ internal static class Program
             "dataplane" => DataPlane.DataPlaneBenchmark.RunAsync(args).GetAwaiter().GetResult(),
             "dataplane-server" => DataPlane.DataPlaneServer.RunAsync().GetAwaiter().GetResult(),
             "dataplane-e2e" => DataPlane.EndToEndBenchmark.RunAsync(args).GetAwaiter().GetResult(),
+            "serving-load" => Load.ServingLoadBenchmark.Run(args),
             _ => Usage(),
         };
     }
@@ -22,6 +23,7 @@ internal static class Program
         Console.Error.WriteLine("       Distributed.Benchmarks cpu-ops [--threads N]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane [--rows 1,64,512,4096] [--scale 1]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane-e2e [--model DIR] [--workers 2] [--tokens 64]");
+        Console.Error.WriteLine("       Distributed.Benchmarks serving-load [--model DIR] [--clients 1,8,32] [--config NAME=SERVE_ARGS]...");
         return 2;
     }
 }

@@ -1,5 +1,219 @@
+using System.Diagnostics;
+using Distributed.Kernels;
+using Distributed.Kernels.Cpu;
+using Distributed.Kernels.Cuda;
+
 namespace Distributed.GpuCheck;
+
+/// <summary>
+/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS]</c>: on a CUDA machine, checks every kernel op
+/// against the CPU backend, runs the golden fixtures end to end on the CUDA backend, benchmarks the expert GEMMs and a
+/// decode step, writes DIR/report.md and DIR/report.json, and prints <c>GPU CHECK: N passed, N failed</c> last.
+/// Exit code 0 only when every check passed. Without a usable device it prints <c>GPU CHECK: skipped (reason)</c>
+/// and exits 0.
+/// </summary>
 internal static class Program
 {
-    private static int Main() => 0;
+    private static int Main(string[] args)
+    {
+        string? outDir = null;
+        bool quick = false;
+        bool bench = true;
+        double deadline = 270;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--out" when i + 1 < args.Length:
+                    outDir = args[++i];
+                    break;
+                case "--quick":
+                    quick = true;
+                    break;
+                case "--no-bench":
+                    bench = false;
+                    break;
+                case "--deadline" when i + 1 < args.Length && double.TryParse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture, out double d) && d > 0:
+                    deadline = d;
+                    i++;
+                    break;
+                default:
+                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS]");
+                    return 2;
+            }
+        }
+        var report = new CheckReport();
+        Console.WriteLine($"Distributed.GpuCheck: {Environment.OSVersion}, .NET {Environment.Version}, {Environment.ProcessorCount} cores, out={outDir ?? "(none)"}, quick={quick}");
+        using var watchdog = StartWatchdog(report, outDir, deadline);
+        try
+        {
+            return Run(report, outDir, quick, bench, deadline);
+        }
+        catch (Exception e)
+        {
+            report.Add(new CheckResult("GPU check", "unexpected failure", CheckStatus.Fail, e.ToString(), 0));
+            report.Write(outDir);
+            Console.WriteLine(report.SummaryLine());
+            return 1;
+        }
+    }
+
+    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline)
+    {
+        var sw = Stopwatch.StartNew();
+        var started = sw;
+        if (!CudaKernelBackend.TryCreate(0, out CudaKernelBackend? split, out string reason) || split is null)
+        {
+            int devices = CudaKernelBackend.CountDevices(out _);
+            if (devices > 0)
+            {
+                // A device is there, so this is a failure of the backend (library, NVRTC log, probe), never a skip.
+                report.Add(new CheckResult("Backend selection", "CudaKernelBackend on device 0", CheckStatus.Fail,
+                    $"{devices} device(s) present but the backend did not start: {reason}", sw.Elapsed.TotalSeconds));
+                report.Write(outDir);
+                Console.WriteLine(report.SummaryLine());
+                return 1;
+            }
+            report.SkipReason = reason.ReplaceLineEndings(" ");
+            Console.WriteLine($"no usable CUDA device: {reason}");
+            report.Write(outDir);
+            Console.WriteLine(report.SummaryLine());
+            return 0;
+        }
+        using (split)
+        {
+            CudaDeviceInfo info = split.Info;
+            report.Info("device", $"{info.Name} (ordinal {info.Ordinal})");
+            report.Info("compute capability", $"{info.ComputeCapabilityMajor}.{info.ComputeCapabilityMinor}, {info.MultiprocessorCount} SMs");
+            report.Info("memory", $"{info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB");
+            report.Info("driver (CUDA version supported)", $"{info.DriverVersion / 1000}.{info.DriverVersion % 1000 / 10} ({info.DriverLibrary})");
+            report.Info("cuBLAS", $"{info.CublasVersion} ({info.CublasLibrary})");
+            report.Info("NVRTC", $"{info.NvrtcVersion} ({info.NvrtcLibrary})");
+            report.Info("kernels", info.KernelImage);
+            report.Info("grouped GEMM path", split.GroupedGemmPath);
+            report.Info("backend start-up", $"{sw.Elapsed.TotalSeconds:F2} s (NVRTC compile + grouped probe)");
+            report.Info("summary", split.Describe());
+
+            using CpuKernelBackend cpu = new();
+            report.Info("CPU reference", $"{cpu.Name}: {cpu.Capabilities.Device}");
+            CudaKernelBackend? fast = Create(report, "Fast precision backend", new CudaBackendOptions { Precision = CudaPrecision.Fast });
+            CudaKernelBackend? perGroup = Create(report, "PerGroup grouped-GEMM backend", new CudaBackendOptions { GroupedGemm = CudaGroupedGemm.PerGroup });
+            CudaKernelBackend? padded = Create(report, "PaddedBatched grouped-GEMM backend", new CudaBackendOptions { GroupedGemm = CudaGroupedGemm.PaddedBatched });
+            try
+            {
+                report.Check("Backend selection", "KernelBackendFactory Auto picks CUDA", () =>
+                {
+                    var log = new StringWriter();
+                    using IKernelBackend b = KernelBackendFactory.Create(new KernelOptions { Backend = KernelBackendKind.Auto }, log);
+                    return (b is CudaKernelBackend, $"{b.Name}; log: {log.ToString().Trim()}");
+                });
+                report.Write(outDir);
+
+                OpParity.Run(report, cpu, split, fast, perGroup, padded);
+                report.Write(outDir);
+
+                string? fixtures = GoldenRuns.FindFixturesRoot();
+                const string goldenSection = "Golden fixtures on CUDA (Split precision)";
+                if (fixtures is null)
+                {
+                    report.Add(new CheckResult(goldenSection, "fixtures", CheckStatus.Fail, $"tests/fixtures not found above {AppContext.BaseDirectory} or {Environment.CurrentDirectory}", 0));
+                }
+                else
+                {
+                    GoldenRuns.Run(report, goldenSection, split, fixtures);
+                    if (fast is not null)
+                    {
+                        report.BenchSection("Golden fixtures, Fast precision", () =>
+                            GoldenRuns.Measure(report, "Golden fixtures on CUDA, Fast precision (information only)", fast, fixtures));
+                    }
+                }
+                report.Write(outDir);
+
+                if (!bench)
+                {
+                    report.Write(outDir);
+                    Console.WriteLine(report.SummaryLine());
+                    return report.Failed == 0 ? 0 : 1;
+                }
+                double copy = 0;
+                report.BenchSection("Device-to-device copy", () => copy = GpuBenchmarks.CopyBandwidth(report, split, quick));
+                report.BenchSection("Expert GEMM", () => GpuBenchmarks.ExpertGemm(report, split, copy, quick));
+                report.Write(outDir);
+                var precisions = new List<(string, CudaKernelBackend)> { ("split", split) };
+                if (fast is not null)
+                {
+                    precisions.Add(("fast", fast));
+                }
+                var ffnBackends = new List<(string, CudaKernelBackend)>(precisions);
+                if (perGroup is not null)
+                {
+                    ffnBackends.Add(("split per-group", perGroup));
+                }
+                if (padded is not null)
+                {
+                    ffnBackends.Add(("split padded-batched", padded));
+                }
+                report.BenchSection("Backend FFN", () => GpuBenchmarks.BackendFfn(report, ffnBackends, quick));
+                report.BenchSection("Batch invariance", () => GpuBenchmarks.BatchInvariance(report, precisions));
+                report.Write(outDir);
+                if (fixtures is not null)
+                {
+                    report.BenchSection("Decode step", () =>
+                    {
+                        string dir = Path.Combine(fixtures, "tiny-maverick");
+                        int steps = quick ? 4 : 15;
+                        double gpuMs = GoldenRuns.DecodeMsPerToken(split, dir, steps);
+                        double cpuMs = GoldenRuns.DecodeMsPerToken(cpu, dir, steps);
+                        report.Bench("Decode step, tiny-maverick (48-token prompt, greedy)", "ms/token", new Dictionary<string, double>
+                        {
+                            ["CUDA (split)"] = gpuMs,
+                            ["CPU"] = cpuMs,
+                            ["CPU/CUDA"] = cpuMs / gpuMs,
+                        }, $"CPU backend {cpu.Name}; the tiny model is launch/transfer-bound on the GPU");
+                    });
+                }
+                report.Write(outDir);
+                if (!quick && started.Elapsed.TotalSeconds < deadline - 120)
+                {
+                    report.BenchSection("Engine on synthetic maverick-h2048", () => GoldenRuns.SyntheticEngineBench(report, split, cpu));
+                }
+            }
+            finally
+            {
+                fast?.Dispose();
+                perGroup?.Dispose();
+                padded?.Dispose();
+            }
+        }
+        report.Write(outDir);
+        Console.WriteLine(report.SummaryLine());
+        return report.Failed == 0 ? 0 : 1;
+    }
+
+    private static CudaKernelBackend? Create(CheckReport report, string name, CudaBackendOptions options)
+    {
+        CudaKernelBackend? backend = null;
+        report.Check("Backend selection", name, () =>
+        {
+            bool ok = CudaKernelBackend.TryCreate(0, options, out backend, out string why);
+            return (ok, ok ? backend!.Describe() : why);
+        });
+        return backend;
+    }
+
+    /// <summary>Writes the report and exits if the run outlives <paramref name="seconds"/>, so a hang still leaves a report.</summary>
+    private static Timer StartWatchdog(CheckReport report, string? outDir, double seconds) =>
+        new(_ =>
+        {
+            report.Add(new CheckResult("GPU check", "deadline", CheckStatus.Fail, $"the check ran past its {seconds} s deadline and was stopped", seconds));
+            try
+            {
+                report.Write(outDir);
+            }
+            finally
+            {
+                Console.WriteLine(report.SummaryLine());
+                Environment.Exit(3);
+            }
+        }, null, TimeSpan.FromSeconds(seconds), Timeout.InfiniteTimeSpan);
 }

@@ -15,7 +15,7 @@ public static partial class CommandLine
                           [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
           bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--json]
-        """;
+        """ + "\n  " + ServeUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
@@ -41,7 +41,8 @@ public static partial class CommandLine
                 "infer" => await InferAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
                 "bench" => await BenchAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
                 "make-synthetic" => MakeSynthetic(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic or bench)"),
+                "serve" => await ServeAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench or serve)"),
             };
         }
         catch (UsageException ex)
@@ -77,7 +78,7 @@ public static partial class CommandLine
     {
         var options = new KernelOptions
         {
-            Backend = a.Enum("backend", KernelBackendKind.Cpu),
+            Backend = a.Enum("backend", KernelBackendKind.Auto),
             Threads = a.Int("threads", 0, 0, 1024),
         };
         return KernelBackendFactory.Create(options, stderr);

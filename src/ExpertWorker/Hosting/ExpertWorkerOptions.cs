@@ -30,6 +30,9 @@ public sealed class ExpertWorkerOptions
     [Range(1, 1 << 20)]
     public int MaxRowsPerDispatch { get; set; } = 4096;
 
+    /// <summary>Kernel backend for the experts: Auto = CUDA when a device is usable, else CPU. Default: Auto.</summary>
+    public Distributed.Kernels.KernelBackendKind KernelBackend { get; set; } = Distributed.Kernels.KernelBackendKind.Auto;
+
     /// <summary>Threads of the CPU kernel backend; 0 = all cores. Default: 0.</summary>
     [Range(0, 1024)]
     public int KernelThreads { get; set; }

@@ -7,7 +7,6 @@ using Distributed.ExpertWorker.Weights;
 using Distributed.Hosting;
 using Distributed.Kernels;
 using Distributed.Kernels.Checkpoint;
-using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Distributed.Protocol.Wire;
@@ -60,7 +59,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
 
     /// <summary>Validates configuration, opens the checkpoint, and starts Kestrel (and the silo).</summary>
     /// <param name="configuration">Sections <c>ExpertWorker</c>, <c>Cluster</c>, <c>Placement</c>, <c>Logging</c>.</param>
-    /// <param name="backendFactory">Backend to run experts on; default the CPU backend with <c>KernelThreads</c>.</param>
+    /// <param name="backendFactory">Backend to run experts on; default <see cref="KernelBackendFactory"/> with <c>KernelBackend</c> and <c>KernelThreads</c>.</param>
     /// <param name="configureLogging">Extra logging setup (tests route logs to their output).</param>
     /// <exception cref="OptionsValidationException">A setting is invalid; every failure is listed by name.</exception>
     /// <exception cref="CheckpointException">The model directory is unusable.</exception>
@@ -83,7 +82,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
         IKernelBackend? backend = null;
         try
         {
-            backend = backendFactory is null ? new CpuKernelBackend(options.KernelThreads) : backendFactory(options);
+            backend = backendFactory is null
+                ? KernelBackendFactory.Create(new KernelOptions { Backend = options.KernelBackend, Threads = options.KernelThreads }, Console.Error)
+                : backendFactory(options);
             var model = ModelDescriptor.FromCheckpoint(checkpoint);
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"

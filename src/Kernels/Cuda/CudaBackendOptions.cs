@@ -18,7 +18,10 @@ public enum CudaPrecision
 /// <summary>How <see cref="CudaKernelBackend.SwiGluFfnGrouped"/> runs its per-expert GEMMs.</summary>
 public enum CudaGroupedGemm
 {
-    /// <summary><see cref="Grouped"/> when the loaded cuBLAS has it and it passed the start-up probe, else <see cref="PerGroup"/>.</summary>
+    /// <summary>
+    /// <see cref="Grouped"/> when the loaded cuBLAS has it and it passed the start-up probe (cuBLAS 12.5–13.0 documents
+    /// no bf16-in/fp32-out combination for it, so the probe normally fails), else <see cref="PaddedBatched"/>.
+    /// </summary>
     Auto = 0,
 
     /// <summary>One <c>cublasGemmGroupedBatchedEx</c> per stage (cuBLAS ≥ 12.5).</summary>
@@ -26,6 +29,13 @@ public enum CudaGroupedGemm
 
     /// <summary>One <c>cublasGemmEx</c> per non-empty group, all on the call's stream.</summary>
     PerGroup = 2,
+
+    /// <summary>
+    /// One pointer-array <c>cublasGemmBatchedEx</c> per stage over the groups padded to the largest group's row count
+    /// (the padding rows are computed and discarded), used when all groups share a weight layout and the padded row count
+    /// is at most max(2·rows, rows + 512); otherwise <see cref="PerGroup"/>.
+    /// </summary>
+    PaddedBatched = 3,
 }
 
 /// <summary>Tuning of <see cref="CudaKernelBackend"/>.</summary>

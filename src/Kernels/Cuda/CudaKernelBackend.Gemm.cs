@@ -72,7 +72,7 @@ public sealed unsafe partial class CudaKernelBackend
             Gemm(ctx, cw, xb, RowFactor * rows, t);
             if (Split)
             {
-                _module.CombineSplit(ctx.Stream.Value, t, dy, rows, n);
+                _module.CombineSplit(ctx.Stream.Value, t, dy, rows, n, split: true);
             }
             Download(ctx, dy, y);
             ok = true;
@@ -152,28 +152,98 @@ public sealed unsafe partial class CudaKernelBackend
 
     private readonly record struct FfnGroup(CudaWeightMatrix GateUp, CudaWeightMatrix Down, long Offset, long Rows);
 
+    /// <summary>Why the padded batched path is unusable (start-up probe), or null when it is usable.</summary>
+    private string? _paddedProblem;
+
+    /// <summary>Path the last SwiGluFfn/SwiGluFfnGrouped call took (single, per-group, padded-batched, grouped); diagnostics.</summary>
+    internal string LastGroupedMode { get; private set; } = "";
+
+    private const long MaxExtraPaddedRows = 512;
+
+    private enum StageMode
+    {
+        PerGroup,
+        Grouped,
+        Padded,
+    }
+
+    /// <summary>
+    /// The GEMM path for one grouped call: the grouped API when usable; else, for Auto or PaddedBatched, one pointer-array
+    /// batched GEMM over groups padded to the largest group when all groups share a layout and the padded row count is at
+    /// most max(2·rows, rows + 512); else one GemmEx per group.
+    /// </summary>
+    private StageMode ChooseMode(List<FfnGroup> groups, long rows)
+    {
+        if (groups.Count == 1 || Options.GroupedGemm == CudaGroupedGemm.PerGroup)
+        {
+            return StageMode.PerGroup;
+        }
+        if (_groupedAddress != 0)
+        {
+            return StageMode.Grouped;
+        }
+        if (_paddedProblem is not null)
+        {
+            return StageMode.PerGroup;
+        }
+        WeightLayout layout = groups[0].GateUp.Layout;
+        bool uniform = groups.TrueForAll(g => g.GateUp.Layout == layout && g.Down.Layout == groups[0].Down.Layout);
+        // Small groups are memory-bound (the GEMM reads each expert's weights once whatever its row count, and a tile is
+        // ≥ 16 rows wide anyway), so padding them is nearly free; the cap bounds the extra scratch (512 rows ≈ 67 MB of
+        // fp32 gate_up output at Maverick width in Split precision).
+        long padded = groups.Count * groups.Max(g => g.Rows);
+        return uniform && padded <= Math.Max(2 * rows, rows + MaxExtraPaddedRows) ? StageMode.Padded : StageMode.PerGroup;
+    }
+
     private void RunFfn(ReadOnlySpan<float> x, List<FfnGroup> groups, int hidden, int inter, Span<float> y)
     {
         long rows = x.Length / hidden;
         int f = RowFactor;
+        StageMode mode = ChooseMode(groups, rows);
+        LastGroupedMode = mode switch
+        {
+            StageMode.Grouped => "grouped",
+            StageMode.Padded => "padded-batched",
+            _ => groups.Count == 1 ? "single" : "per-group",
+        };
         CudaCallContext ctx = Rent();
         bool ok = false;
         try
         {
             nint stream = ctx.Stream.Value;
             ulong dx = Upload(ctx, x);
-            ulong xb = ctx.Device.Alloc(f * rows * hidden * 2);
-            _module.SplitBf16(stream, dx, xb, rows, hidden, Split);
-            ulong t1 = ctx.Device.Alloc(f * rows * 2L * inter * 4);
-            GroupedStage(ctx, groups, up: true, xb, hidden, t1, 2 * inter);
-            ulong h = ctx.Device.Alloc(f * rows * inter * 2L);
-            _module.SwiGluSplit(stream, t1, h, rows, inter, Split);
-            ulong dy = ctx.Device.Alloc(rows * hidden * 4);
-            ulong t2 = Split ? ctx.Device.Alloc(f * rows * hidden * 4) : dy;
-            GroupedStage(ctx, groups, up: false, h, inter, t2, hidden);
-            if (Split)
+            ulong map = 0;
+            long layoutRows = rows;
+            long stride = 0;
+            if (mode == StageMode.Padded)
             {
-                _module.CombineSplit(stream, t2, dy, rows, hidden);
+                // Group g occupies rows [g·maxRows, g·maxRows + rows_g) of the padded layout; the padding rows hold
+                // garbage that only ever reaches their own (discarded) GEMM output columns.
+                stride = groups.Max(g => g.Rows);
+                layoutRows = groups.Count * stride;
+                int[] rowMap = new int[rows];
+                for (int g = 0; g < groups.Count; g++)
+                {
+                    for (long i = 0; i < groups[g].Rows; i++)
+                    {
+                        rowMap[groups[g].Offset + i] = checked((int)(g * stride + i));
+                    }
+                }
+                map = Upload<int>(ctx, rowMap);
+            }
+            ulong xb = ctx.Device.Alloc(f * layoutRows * hidden * 2);
+            _module.SplitBf16(stream, dx, xb, rows, hidden, Split, map);
+            ulong t1 = ctx.Device.Alloc(f * layoutRows * 2L * inter * 4);
+            Stage(ctx, mode, groups, up: true, xb, hidden, t1, 2 * inter, stride);
+            ulong h = ctx.Device.Alloc(f * layoutRows * inter * 2L);
+            _module.SwiGluSplit(stream, t1, h, layoutRows, inter, Split);
+            ulong dy = ctx.Device.Alloc(rows * hidden * 4);
+            bool direct = mode != StageMode.Padded && !Split;
+            ulong t2 = direct ? dy : ctx.Device.Alloc(f * layoutRows * hidden * 4);
+            Stage(ctx, mode, groups, up: false, h, inter, t2, hidden, stride);
+            if (!direct)
+            {
+                _module.CombineSplit(stream, t2, dy, rows, hidden, Split, map);
             }
             Download(ctx, dy, y);
             ok = true;
@@ -186,13 +256,15 @@ public sealed unsafe partial class CudaKernelBackend
 
     /// <summary>
     /// One GEMM stage over all groups: group g multiplies its <c>f·rows_g</c> bf16 rows of <paramref name="b"/>
-    /// (<paramref name="k"/> wide, starting at row f·offset_g) by its weight into fp32 rows of <paramref name="c"/>
-    /// (<paramref name="n"/> wide).
+    /// (<paramref name="k"/> wide) by its weight into fp32 rows of <paramref name="c"/> (<paramref name="n"/> wide).
+    /// Rows of group g start at row f·offset_g, or at f·g·<paramref name="paddedStride"/> in the padded layout.
     /// </summary>
-    private void GroupedStage(CudaCallContext ctx, List<FfnGroup> groups, bool up, ulong b, int k, ulong c, int n)
+    private void Stage(CudaCallContext ctx, StageMode mode, List<FfnGroup> groups, bool up, ulong b, int k, ulong c, int n,
+        long paddedStride)
     {
         int f = RowFactor;
-        if (groups.Count == 1 || _groupedAddress == 0)
+        int count = groups.Count;
+        if (mode == StageMode.PerGroup)
         {
             foreach (FfnGroup g in groups)
             {
@@ -201,52 +273,74 @@ public sealed unsafe partial class CudaKernelBackend
             }
             return;
         }
-        int count = groups.Count;
         var pointers = new ulong[3 * count];
+        for (int i = 0; i < count; i++)
+        {
+            FfnGroup g = groups[i];
+            long firstRow = mode == StageMode.Padded ? f * i * paddedStride : f * g.Offset;
+            pointers[i] = (up ? g.GateUp : g.Down).Pointer;
+            pointers[count + i] = b + (ulong)(firstRow * k * 2);
+            pointers[2 * count + i] = c + (ulong)(firstRow * n * 4);
+        }
+        // cuBLAS reads the pointer arrays from device memory; the copy is ordered before the GEMM on the same stream.
+        ulong devicePointers = Upload<ulong>(ctx, pointers);
+        if (mode == StageMode.Padded)
+        {
+            CudaWeightMatrix w0 = up ? groups[0].GateUp : groups[0].Down;
+            BatchedGemm(ctx, w0.OpA, w0.OutFeatures, (int)(f * paddedStride), w0.InFeatures, w0.Lda, count, devicePointers);
+            return;
+        }
         int[] ints = new int[9 * count];
         float[] scalars = new float[2 * count];
-        Span<int> transA = ints.AsSpan(0, count);
-        Span<int> transB = ints.AsSpan(count, count);
-        Span<int> m = ints.AsSpan(2 * count, count);
-        Span<int> nn = ints.AsSpan(3 * count, count);
-        Span<int> kk = ints.AsSpan(4 * count, count);
-        Span<int> lda = ints.AsSpan(5 * count, count);
-        Span<int> ldb = ints.AsSpan(6 * count, count);
-        Span<int> ldc = ints.AsSpan(7 * count, count);
-        Span<int> size = ints.AsSpan(8 * count, count);
         for (int i = 0; i < count; i++)
         {
             FfnGroup g = groups[i];
             CudaWeightMatrix w = up ? g.GateUp : g.Down;
-            transA[i] = w.OpA;
-            transB[i] = CuBlas.OpN;
-            m[i] = w.OutFeatures;
-            nn[i] = (int)(f * g.Rows);
-            kk[i] = w.InFeatures;
-            lda[i] = w.Lda;
-            ldb[i] = k;
-            ldc[i] = n;
-            size[i] = 1;
-            pointers[i] = w.Pointer;
-            pointers[count + i] = b + (ulong)(f * g.Offset * k * 2);
-            pointers[2 * count + i] = c + (ulong)(f * g.Offset * n * 4);
+            ints[i] = w.OpA;
+            ints[count + i] = CuBlas.OpN;
+            ints[2 * count + i] = w.OutFeatures;
+            ints[3 * count + i] = (int)(f * g.Rows);
+            ints[4 * count + i] = w.InFeatures;
+            ints[5 * count + i] = w.Lda;
+            ints[6 * count + i] = k;
+            ints[7 * count + i] = n;
+            ints[8 * count + i] = 1;
             scalars[i] = 1f;
-            scalars[count + i] = 0f;
         }
-        // cuBLAS reads the pointer arrays from device memory; the copy is ordered before the GEMM on the same stream.
-        ulong devicePointers = Upload<ulong>(ctx, pointers);
         GroupedGemm(ctx, _groupedAddress, ints, scalars, count, devicePointers);
     }
 
-    /// <summary>Calls cublasGemmGroupedBatchedEx with the packed host arrays of <see cref="GroupedStage"/>.</summary>
-    internal static void GroupedGemm(CudaCallContext ctx, nint address, int[] ints, float[] scalars, int count, ulong devicePointers)
+    /// <summary>
+    /// cublasGemmBatchedEx over <paramref name="count"/> problems of one shape; <paramref name="devicePointers"/> holds
+    /// the A, B and C pointer arrays back to back (device memory).
+    /// </summary>
+    internal static void BatchedGemm(CudaCallContext ctx, int opA, int m, int n, int k, int lda, int count, ulong devicePointers)
+    {
+        float alpha = 1f;
+        float beta = 0f;
+        int status = CuBlas.cublasGemmBatchedEx(ctx.Blas.Value, opA, CuBlas.OpN, m, n, k, &alpha, devicePointers, CuBlas.R16BF, lda,
+            devicePointers + (ulong)(8 * count), CuBlas.R16BF, k, &beta, devicePointers + (ulong)(16 * count), CuBlas.R32F, m, count,
+            CuBlas.Compute32F, CuBlas.GemmDefault);
+        if (status != CuBlas.StatusSuccess)
+        {
+            throw new CudaException($"cublasGemmBatchedEx(m={m}, n={n}, k={k}, batch={count}) failed: {CuBlas.Describe(status)}")
+            {
+                Call = "cublasGemmBatchedEx",
+                Status = status,
+            };
+        }
+    }
+
+    /// <summary>Calls cublasGemmGroupedBatchedEx with the packed host arrays of <see cref="Stage"/>.</summary>
+    internal static void GroupedGemm(CudaCallContext ctx, nint address, int[] ints, float[] scalars, int count, ulong devicePointers,
+        int cType = CuBlas.R32F)
     {
         fixed (int* p = ints)
         fixed (float* s = scalars)
         {
             int status = CuBlas.GemmGroupedBatchedEx(address, ctx.Blas.Value, p, p + count, p + 2 * count, p + 3 * count,
                 p + 4 * count, s, devicePointers, CuBlas.R16BF, p + 5 * count, devicePointers + (ulong)(8 * count), CuBlas.R16BF,
-                p + 6 * count, s + count, devicePointers + (ulong)(16 * count), CuBlas.R32F, p + 7 * count, count, p + 8 * count,
+                p + 6 * count, s + count, devicePointers + (ulong)(16 * count), cType, p + 7 * count, count, p + 8 * count,
                 CuBlas.Compute32F);
             CuBlas.Check(status, "cublasGemmGroupedBatchedEx");
         }
@@ -286,6 +380,18 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return (0, "per-group cublasGemmEx (requested)");
         }
+        _paddedProblem = ProbeBatched();
+        if (_paddedProblem is not null && Options.GroupedGemm == CudaGroupedGemm.PaddedBatched)
+        {
+            throw new CudaUnavailableException($"padded batched GEMM requested but unusable: {_paddedProblem}");
+        }
+        string fallback = _paddedProblem is null
+            ? "padded cublasGemmBatchedEx (padded rows ≤ max(2×, +512), one layout) else per-group cublasGemmEx"
+            : $"per-group cublasGemmEx (cublasGemmBatchedEx unusable: {_paddedProblem})";
+        if (Options.GroupedGemm == CudaGroupedGemm.PaddedBatched)
+        {
+            return (0, fallback + " (requested)");
+        }
         nint address = CuBlas.GroupedBatchedExAddress;
         string? problem = address == 0 ? "cublasGemmGroupedBatchedEx not exported by this cuBLAS (needs ≥ 12.5)" : ProbeGrouped(address);
         if (problem is null)
@@ -296,7 +402,83 @@ public sealed unsafe partial class CudaKernelBackend
         {
             throw new CudaUnavailableException($"grouped GEMM requested but unusable: {problem}");
         }
-        return (0, $"per-group cublasGemmEx ({problem})");
+        return (0, $"{fallback}; grouped API unusable: {problem}");
+    }
+
+    /// <summary>
+    /// Checks that cublasGemmBatchedEx accepts bf16 in / fp32 out and matches per-problem GemmEx bit for bit on a small
+    /// exact problem (integer values). Returns null when usable, else the reason.
+    /// </summary>
+    private string? ProbeBatched()
+    {
+        const int k = 64;
+        const int n = 48;
+        const int stride = 5;
+        const int count = 3;
+        var weights = new List<CudaWeightMatrix>();
+        try
+        {
+            for (int g = 0; g < count; g++)
+            {
+                var bits = new ushort[k * n];
+                for (int i = 0; i < bits.Length; i++)
+                {
+                    bits[i] = DTypeInfo.FloatToBf16(((i * 5 + g * 7) % 9) - 4);
+                }
+                weights.Add((CudaWeightMatrix)CreateWeight(bits, k, n, WeightLayout.InOut));
+            }
+            var x = new ushort[count * stride * k];
+            for (int i = 0; i < x.Length; i++)
+            {
+                x[i] = DTypeInfo.FloatToBf16(((i * 3) % 7) - 3);
+            }
+            var expected = new float[count * stride * n];
+            var actual = new float[count * stride * n];
+            CudaCallContext ctx = Rent();
+            bool ok = false;
+            try
+            {
+                ulong b = Upload<ushort>(ctx, x);
+                ulong c1 = ctx.Device.Alloc(expected.Length * 4L);
+                ulong c2 = ctx.Device.Alloc(actual.Length * 4L);
+                var pointers = new ulong[3 * count];
+                for (int g = 0; g < count; g++)
+                {
+                    Gemm(ctx, weights[g], b + (ulong)(g * stride * k * 2), stride, c1 + (ulong)(g * stride * n * 4));
+                    pointers[g] = weights[g].Pointer;
+                    pointers[count + g] = b + (ulong)(g * stride * k * 2);
+                    pointers[2 * count + g] = c2 + (ulong)(g * stride * n * 4);
+                }
+                ulong devicePointers = Upload<ulong>(ctx, pointers);
+                BatchedGemm(ctx, weights[0].OpA, n, stride, k, weights[0].Lda, count, devicePointers);
+                Download(ctx, c1, expected.AsSpan());
+                Download(ctx, c2, actual.AsSpan());
+                ok = true;
+            }
+            catch (CudaException e)
+            {
+                return e.Call == "cublasGemmBatchedEx" ? CuBlas.Describe(e.Status) : $"probe failed: {e.Message}";
+            }
+            finally
+            {
+                Return(ctx, ok);
+            }
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                {
+                    return $"probe mismatch at element {i}: batched {actual[i]} vs GemmEx {expected[i]}";
+                }
+            }
+            return null;
+        }
+        finally
+        {
+            foreach (CudaWeightMatrix w in weights)
+            {
+                w.Dispose();
+            }
+        }
     }
 
     private string? ProbeGrouped(nint address)
@@ -369,7 +551,7 @@ public sealed unsafe partial class CudaKernelBackend
             }
             catch (CudaException e)
             {
-                return $"probe failed: {e.Message}";
+                return e.Call == "cublasGemmGroupedBatchedEx" ? CuBlas.Describe(e.Status) : $"probe failed: {e.Message}";
             }
             finally
             {

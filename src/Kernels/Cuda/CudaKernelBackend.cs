@@ -128,6 +128,33 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         }
     }
 
+    /// <summary>
+    /// Number of CUDA devices the driver reports, or 0 with <paramref name="reason"/> when the driver library is
+    /// missing or <c>cuInit</c> fails. Lets a caller tell "no device" from "a device is present but the backend could
+    /// not start on it" (e.g. the kernels failed to compile).
+    /// </summary>
+    public static int CountDevices(out string reason)
+    {
+        try
+        {
+            CudaLibraries.Load(CudaLibraries.Driver);
+            int init = CuDriver.cuInit(0);
+            if (init != CuDriver.Success)
+            {
+                reason = $"cuInit failed: {CuDriver.Describe(init)}";
+                return 0;
+            }
+            int result = CuDriver.cuDeviceGetCount(out int count);
+            reason = result == CuDriver.Success ? (count == 0 ? "the CUDA driver reports no device" : "") : $"cuDeviceGetCount failed: {CuDriver.Describe(result)}";
+            return result == CuDriver.Success ? count : 0;
+        }
+        catch (Exception e) when (e is CudaException or DllNotFoundException or EntryPointNotFoundException)
+        {
+            reason = e.Message;
+            return 0;
+        }
+    }
+
     /// <inheritdoc />
     public string Name { get; }
 

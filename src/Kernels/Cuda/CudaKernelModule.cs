@@ -191,27 +191,34 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     private static long ElementwiseBlocks(long n) =>
         Math.Min((n + ElementwiseThreads - 1) / ElementwiseThreads, MaxElementwiseBlocks);
 
-    /// <summary>x [rows, cols] fp32 → bf16 [rows, cols], or split hi/lo rows [2·rows, cols].</summary>
-    public void SplitBf16(nint stream, ulong x, ulong output, long rows, int cols, bool split)
+    /// <summary>
+    /// x [rows, cols] fp32 → bf16 [rows, cols], or split hi/lo rows [2·rows, cols]; row r goes to row map[r] of the
+    /// output when <paramref name="map"/> (a device int array) is not 0.
+    /// </summary>
+    public void SplitBf16(nint stream, ulong x, ulong output, long rows, int cols, bool split, ulong map = 0)
     {
         int s = split ? 1 : 0;
-        void** a = stackalloc void*[5];
+        void** a = stackalloc void*[6];
         a[0] = &x;
         a[1] = &output;
-        a[2] = &rows;
-        a[3] = &cols;
-        a[4] = &s;
+        a[2] = &map;
+        a[3] = &rows;
+        a[4] = &cols;
+        a[5] = &s;
         Launch("split_bf16", ElementwiseBlocks(rows * cols), ElementwiseThreads, stream, a);
     }
 
-    /// <summary>y[r] = t[2r] + t[2r+1], rows of <paramref name="cols"/> fp32.</summary>
-    public void CombineSplit(nint stream, ulong t, ulong y, long rows, int cols)
+    /// <summary>y[r] = t[2p] + t[2p+1] (split) or t[p], p = map[r] (or r when <paramref name="map"/> is 0).</summary>
+    public void CombineSplit(nint stream, ulong t, ulong y, long rows, int cols, bool split, ulong map = 0)
     {
-        void** a = stackalloc void*[4];
+        int s = split ? 1 : 0;
+        void** a = stackalloc void*[6];
         a[0] = &t;
         a[1] = &y;
-        a[2] = &rows;
-        a[3] = &cols;
+        a[2] = &map;
+        a[3] = &rows;
+        a[4] = &cols;
+        a[5] = &s;
         Launch("combine_split", ElementwiseBlocks(rows * cols), ElementwiseThreads, stream, a);
     }
 

@@ -49,6 +49,12 @@ internal static unsafe partial class CuBlas
         float* alpha, ulong a, int aType, int lda, long strideA, ulong b, int bType, int ldb, long strideB, float* beta,
         ulong c, int cType, int ldc, long strideC, int batchCount, int computeType, int algo);
 
+    /// <summary>Pointer-array batched GEMM: Aarray, Barray, Carray are device arrays of device pointers.</summary>
+    [LibraryImport(Lib)]
+    public static partial int cublasGemmBatchedEx(nint handle, int transA, int transB, int m, int n, int k, float* alpha,
+        ulong aArray, int aType, int lda, ulong bArray, int bType, int ldb, float* beta, ulong cArray, int cType, int ldc,
+        int batchCount, int computeType, int algo);
+
     /// <summary>
     /// <c>cublasGemmGroupedBatchedEx</c> (cuBLAS ≥ 12.5), resolved lazily: 0 when the loaded cuBLAS lacks it.
     /// Signature: handle, transa[], transb[], m[], n[], k[] (host int arrays), alpha[] (host float per group),

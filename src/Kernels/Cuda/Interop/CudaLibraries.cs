@@ -128,11 +128,18 @@ internal static class CudaLibraries
             foreach (string folder in folders)
             {
                 string candidate = Path.Combine(folder, name);
-                if (File.Exists(candidate) && TryLoadPath(candidate, out handle, ref error))
+                if (!File.Exists(candidate))
+                {
+                    continue;
+                }
+                // A file that exists but does not load (e.g. its libcublasLt is missing) explains more than "not found".
+                string fileError = "";
+                if (TryLoadPath(candidate, out handle, ref fileError))
                 {
                     path = candidate;
                     return true;
                 }
+                error = fileError;
             }
         }
         handle = 0;
@@ -242,7 +249,9 @@ internal static class CudaLibraries
         {
             if (firstError.Length == 0)
             {
-                firstError = e.Message;
+                // .NET's message ends with the dlerror() line; the generic advice before it is noise here.
+                string[] lines = e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                firstError = lines.Length == 0 ? e.Message : lines[^1];
             }
             handle = 0;
             return false;

@@ -8,7 +8,7 @@
 //   result never depends on the other rows of the launch (batch invariance of the non-GEMM ops);
 // * bf16 values travel as their raw unsigned short bits (cuBLAS CUDA_R_16BF).
 // "Split" layout: an fp32 activation row r is stored as two bf16 rows, 2r = hi = bf16(x) and 2r+1 = lo = bf16(x - hi),
-// so one bf16 GEMM over 2·rows rows followed by (row 2r + row 2r+1) gives x·W to about 2^-16 relative error.
+// so one bf16 GEMM over 2*rows rows followed by (row 2r + row 2r+1) gives x*W to about 2^-16 relative error.
 
 #define KERNEL extern "C" __global__
 #define REDUCE_THREADS 256
@@ -31,7 +31,7 @@ __device__ __forceinline__ float bf16_to_f32(unsigned short b)
 
 __device__ __forceinline__ float neg_inf()
 {
-    return __int_as_float(0xff800000);
+    return __int_as_float((int)0xff800000u);
 }
 
 // Writes v as bf16 into out: split=0 -> row r; split=1 -> rows 2r (hi) and 2r+1 (lo).
@@ -131,8 +131,9 @@ __device__ void block_best(float* v, int* id, float* sh_v, int* sh_i)
     __syncthreads();
 }
 
-// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2·rows, cols] when split).
-KERNEL void split_bf16(const float* x, unsigned short* out, long long rows, int cols, int split)
+// x [rows, cols] fp32 -> out bf16 ([rows, cols], or [2*rows, cols] when split). Row r lands at row map[r] of out
+// (the padded per-expert layout of the batched expert GEMM), or at row r when map is null.
+KERNEL void split_bf16(const float* x, unsigned short* out, const int* map, long long rows, int cols, int split)
 {
     long long n = rows * cols;
     long long stride = (long long)gridDim.x * blockDim.x;
@@ -140,12 +141,14 @@ KERNEL void split_bf16(const float* x, unsigned short* out, long long rows, int 
     {
         long long r = i / cols;
         int c = (int)(i - r * cols);
-        store_split(out, r, c, cols, x[i], split);
+        long long p = map ? (long long)map[r] : r;
+        store_split(out, p, c, cols, x[i], split);
     }
 }
 
-// y[r, c] = t[2r, c] + t[2r+1, c]: recombines the hi and lo halves of a split GEMM.
-KERNEL void combine_split(const float* t, float* y, long long rows, int cols)
+// y[r, c] = t[2p, c] + t[2p+1, c] (split: recombines the hi and lo halves of a split GEMM) or t[p, c], where p = map[r]
+// (or r when map is null).
+KERNEL void combine_split(const float* t, float* y, const int* map, long long rows, int cols, int split)
 {
     long long n = rows * cols;
     long long stride = (long long)gridDim.x * blockDim.x;
@@ -153,12 +156,13 @@ KERNEL void combine_split(const float* t, float* y, long long rows, int cols)
     {
         long long r = i / cols;
         int c = (int)(i - r * cols);
-        y[i] = t[(2 * r) * cols + c] + t[(2 * r + 1) * cols + c];
+        long long p = map ? (long long)map[r] : r;
+        y[i] = split ? t[(2 * p) * cols + c] + t[(2 * p + 1) * cols + c] : t[p * cols + c];
     }
 }
 
-// t: gate_up GEMM output, [f·rows, 2·inter] fp32 (f = 2 when split); gate = columns [0, inter), up = [inter, 2·inter).
-// h[r, c] = silu(gate) · up, written as bf16 ([f·rows, inter]) for the down GEMM.
+// t: gate_up GEMM output, [f*rows, 2*inter] fp32 (f = 2 when split); gate = columns [0, inter), up = [inter, 2*inter).
+// h[r, c] = silu(gate) * up, written as bf16 ([f*rows, inter]) for the down GEMM.
 KERNEL void swiglu_split(const float* t, unsigned short* h, long long rows, int inter, int split)
 {
     long long n = rows * inter;
@@ -226,7 +230,7 @@ KERNEL void add_inplace(float* dst, const float* src, long long n)
     }
 }
 
-// x [rows, heads, 2·half] in place; pair (2i, 2i+1) rotates by fl32(pos[row] · inv_freq[i]).
+// x [rows, heads, 2*half] in place; pair (2i, 2i+1) rotates by fl32(pos[row] * inv_freq[i]).
 KERNEL void rope(float* x, const int* pos, const float* inv_freq, long long rows, int heads, int half)
 {
     long long n = rows * heads * half;
@@ -382,14 +386,14 @@ KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
     const float* xr = x + (long long)blockIdx.x * cols;
     int* idr = ids + (long long)blockIdx.x * k;
     float* vr = vals + (long long)blockIdx.x * k;
-    for (int round = 0; round < k; round++)
+    for (int pick = 0; pick < k; pick++)
     {
         float bv = 0.0f;
         int bi = -1;
         for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
         {
             bool taken = false;
-            for (int q = 0; q < round; q++)
+            for (int q = 0; q < pick; q++)
             {
                 if (idr[q] == c)
                 {
@@ -407,8 +411,8 @@ KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
         block_best(&bv, &bi, sv, si);
         if (threadIdx.x == 0)
         {
-            idr[round] = bi;
-            vr[round] = bv;
+            idr[pick] = bi;
+            vr[pick] = bv;
         }
         __syncthreads();
     }

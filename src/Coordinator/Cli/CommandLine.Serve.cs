@@ -1,0 +1,130 @@
+using System.Globalization;
+using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Hosting;
+using Distributed.Coordinator.Serving.Scheduling;
+using Distributed.Coordinator.Serving.Tokenization;
+using Microsoft.Extensions.Options;
+
+namespace Distributed.Coordinator.Cli;
+
+public static partial class CommandLine
+{
+    private const string ServeUsage =
+        "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]";
+
+    /// <summary>
+    /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler (routed experts in-process, on
+    /// <c>--local-workers N</c> started here, or on running <c>--workers host:port,...</c>), starts the OpenAI-compatible HTTP
+    /// server, prints <c>listening on http://HOST:PORT</c> on stdout once it accepts connections, and runs until
+    /// Ctrl-C or SIGTERM; in-flight requests get <see cref="ServeOptions.ShutdownTimeout"/> to finish. Logs go to stderr.
+    /// </summary>
+    private static async Task<int> ServeAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        var a = new CliArgs(args,
+            ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
+             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire"],
+            []);
+        var serve = new ServeOptions
+        {
+            ModelDirectory = ModelDirectory(a),
+            ModelName = a.Get("model-name"),
+            Host = a.Get("host") ?? "127.0.0.1",
+            Port = a.Int("port", 8000, 0, 65535),
+            Http2Port = a.Has("http2-port") ? a.Int("http2-port", 0, 0, 65535) : null,
+            MaxRequestBodyBytes = a.Int("max-request-bytes", 4 << 20, (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
+            QueueFullStatusCode = a.Int("queue-full-status", 429, 429, 503),
+        };
+        var validation = new ServeOptionsValidator().Validate(null, serve);
+        if (validation.Failed)
+        {
+            throw new UsageException(string.Join(" ", validation.Failures));
+        }
+        var scheduling = SchedulerOptionsFrom(a);
+
+        Llama4Tokenizer tokenizer;
+        try
+        {
+            tokenizer = Llama4Tokenizer.Load(serve.ModelDirectory);
+        }
+        catch (TokenizerException ex)
+        {
+            stderr.WriteLine($"error: bad tokenizer: {OneLine(ex.Message)}");
+            return 1;
+        }
+        using var backend = CreateBackend(a, stderr);
+        // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct).ConfigureAwait(false);
+        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
+        if (tokenizer.VocabSize != engine.Config.VocabSize)
+        {
+            stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
+            return 1;
+        }
+        var app = ServeHost.Build(serve, tokenizer, sp => new ContinuousBatchScheduler(
+            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()));
+        await using (app.ConfigureAwait(false))
+        {
+            stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
+                + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
+                + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
+                + $"queue-full-status {serve.QueueFullStatusCode}"));
+            try
+            {
+                await app.StartAsync(ct).ConfigureAwait(false);
+            }
+            catch (IOException ex)
+            {
+                stderr.WriteLine($"error: cannot listen on {serve.Host}:{serve.Port}: {OneLine(ex.Message)}");
+                return 1;
+            }
+            catch (OptionsValidationException ex)
+            {
+                stderr.WriteLine($"error: {OneLine(ex.Message)}");
+                return 2;
+            }
+            // The plain "listening on URL" line comes last: a supervisor that waits for it knows every port is ready.
+            if (ServeHost.Http2ListeningAddress(app) is { } h2)
+            {
+                // Worded so that a parser looking for "listening on http://" cannot take it for the main address.
+                stdout.WriteLine($"http2 prior-knowledge (h2c) port at {h2}");
+            }
+            stdout.WriteLine($"listening on {ServeHost.ListeningAddress(app)}");
+            stdout.Flush();
+            // Returns after Ctrl-C (ct, or the host's own SIGINT handling) or SIGTERM, once the server has stopped.
+            await app.WaitForShutdownAsync(ct).ConfigureAwait(false);
+        }
+        stderr.WriteLine("serve: stopped");
+        return 0;
+    }
+
+    private static SchedulerOptions SchedulerOptionsFrom(CliArgs a)
+    {
+        var defaults = new SchedulerOptions();
+        int maxBatchTokens = a.Int("max-batch-tokens", defaults.MaxBatchTokens, 1, 1 << 20);
+        // Unless given, the running-sequence and prefill-chunk limits shrink with a small token budget so that
+        // "--max-batch-tokens 16" alone is a valid configuration.
+        var options = new SchedulerOptions
+        {
+            MaxQueuedRequests = a.Int("max-queue", defaults.MaxQueuedRequests, 1, 1 << 20),
+            MaxBatchTokens = maxBatchTokens,
+            MaxRunningSequences = a.Int("max-running", Math.Min(defaults.MaxRunningSequences, maxBatchTokens), 1, 1 << 16),
+            PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
+            KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
+            KvBlockSize = defaults.KvBlockSize,
+            RetryAfter = defaults.RetryAfter,
+        };
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+        return options;
+    }
+}

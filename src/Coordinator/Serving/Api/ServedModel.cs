@@ -1,0 +1,15 @@
+using Distributed.Coordinator.Serving.Tokenization;
+
+namespace Distributed.Coordinator.Serving.Api;
+
+/// <summary>The one model this server serves: its public id, tokenizer and scheduler.</summary>
+/// <param name="Id">Model id in <c>/v1/models</c> and the required value of every request's <c>model</c> field.</param>
+/// <param name="CreatedUnixSeconds">Reported as <c>created</c> by <c>/v1/models</c> (when serving started).</param>
+/// <param name="Tokenizer">The model's tokenizer (text ↔ ids, chat template).</param>
+/// <param name="Scheduler">Runs generation; <see cref="IGenerationScheduler.MaxContextTokens"/> bounds prompt + max_tokens.</param>
+public sealed record ServedModel(string Id, long CreatedUnixSeconds, Llama4Tokenizer Tokenizer, IGenerationScheduler Scheduler);
+
+/// <summary>HTTP-level settings of the OpenAI API.</summary>
+/// <param name="QueueFullStatusCode">Status sent when the scheduler's queue is full: 429 or 503 (with Retry-After).</param>
+/// <param name="DefaultCompletionMaxTokens"><c>/v1/completions</c> default for a missing <c>max_tokens</c> (OpenAI's is 16); chat defaults to the rest of the context.</param>
+public sealed record OpenAiApiSettings(int QueueFullStatusCode = 429, int DefaultCompletionMaxTokens = 16);

@@ -1,0 +1,106 @@
+using Distributed.Coordinator.Cli;
+using Distributed.Coordinator.Serving.Hosting;
+
+namespace Distributed.Coordinator.Tests.Serving.Hosting;
+
+[Trait("Category", "Unit")]
+public sealed class ServeOptionsValidatorTests
+{
+    private static ServeOptions Valid() => new() { ModelDirectory = TestPaths.Fixture("tiny-maverick") };
+
+    [Fact]
+    public void DefaultsShouldNotChange()
+    {
+        var o = new ServeOptions();
+        Assert.Equal("127.0.0.1", o.Host);
+        Assert.Equal(8000, o.Port);
+        Assert.Null(o.Http2Port);
+        Assert.Null(o.ModelName);
+        Assert.Equal(4L << 20, o.MaxRequestBodyBytes);
+        Assert.Equal(429, o.QueueFullStatusCode);
+        Assert.Equal(TimeSpan.FromSeconds(10), o.ShutdownTimeout);
+        Assert.Equal("Serve", ServeOptions.SectionName);
+    }
+
+    [Fact]
+    public void ValidOptions_Pass_ModelIdFromDirectoryName()
+    {
+        var o = Valid();
+        Assert.True(new ServeOptionsValidator().Validate(null, o).Succeeded);
+        Assert.Equal("tiny-maverick", o.ResolveModelId());
+        o.ModelDirectory += Path.DirectorySeparatorChar;
+        Assert.Equal("tiny-maverick", o.ResolveModelId());
+        o.ModelName = "meta-llama/Llama-4-Maverick";
+        Assert.Equal("meta-llama/Llama-4-Maverick", o.ResolveModelId());
+    }
+
+    [Theory]
+    [InlineData("ModelDirectory", "ModelDirectory", "")]
+    [InlineData("ModelDirectory", "ModelDirectory", "/no/such/dir")]
+    [InlineData("ModelName", "ModelName", "has space")]
+    [InlineData("ModelName", "ModelName", "")]
+    [InlineData("Host", "Host", "example.com")]
+    [InlineData("Host", "Host", "")]
+    [InlineData("Port", "Port", "-1")]
+    [InlineData("Port", "Port", "65536")]
+    [InlineData("Http2Port", "Http2Port", "70000")]
+    [InlineData("Http2Port", "must differ from Port", "8000")]
+    [InlineData("MaxRequestBodyBytes", "MaxRequestBodyBytes", "100")]
+    [InlineData("QueueFullStatusCode", "QueueFullStatusCode", "500")]
+    [InlineData("ShutdownTimeout", "ShutdownTimeout", "-1")]
+    public void InvalidField_FailsNamingIt(string field, string message, string value)
+    {
+        var o = Valid();
+        switch (field)
+        {
+            case "ModelDirectory": o.ModelDirectory = value; break;
+            case "ModelName": o.ModelName = value; break;
+            case "Host": o.Host = value; break;
+            case "Port": o.Port = int.Parse(value); break;
+            case "Http2Port": o.Http2Port = int.Parse(value); break;
+            case "MaxRequestBodyBytes": o.MaxRequestBodyBytes = long.Parse(value); break;
+            case "QueueFullStatusCode": o.QueueFullStatusCode = int.Parse(value); break;
+            case "ShutdownTimeout": o.ShutdownTimeout = TimeSpan.FromSeconds(int.Parse(value)); break;
+        }
+        var result = new ServeOptionsValidator().Validate(null, o);
+        Assert.True(result.Failed);
+        var failure = Assert.Single(result.Failures!);
+        Assert.Contains(message, failure);
+    }
+
+    [Theory]
+    [InlineData("localhost", "127.0.0.1")]
+    [InlineData("0.0.0.0", "0.0.0.0")]
+    [InlineData("::1", "::1")]
+    public void Host_Parses(string host, string expected)
+    {
+        Assert.True(ServeOptionsValidator.TryParseHost(host, out var address));
+        Assert.Equal(expected, address.ToString());
+    }
+
+    [Theory]
+    [InlineData("missing required option --model")]
+    [InlineData("--port must be an integer in [0, 65535]", "--port", "99999")]
+    [InlineData("--queue-full-status must be an integer in [429, 503]", "--queue-full-status", "600")]
+    [InlineData("QueueFullStatusCode (--queue-full-status) must be 429 or 503", "--queue-full-status", "450")]
+    [InlineData("Host (--host) must be an IP address", "--host", "my.host")]
+    [InlineData("--max-request-bytes must be an integer", "--max-request-bytes", "10")]
+    [InlineData("Scheduler:MaxBatchTokens must be >= MaxRunningSequences", "--max-batch-tokens", "4", "--max-running", "8")]
+    [InlineData("--max-queue must be an integer in [1,", "--max-queue", "0")]
+    [InlineData("unknown option --workerz", "--workerz", "2")]
+    public async Task ServeCommand_BadArguments_UsageErrorBeforeLoading(string reason, params string[] extra)
+    {
+        var args = new List<string> { "serve" };
+        if (extra.Length > 0 || reason != "missing required option --model")
+        {
+            args.AddRange(["--model", TestPaths.Fixture("tiny-maverick")]);
+        }
+        args.AddRange(extra);
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await CommandLine.RunAsync([.. args], stdout, stderr);
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout.ToString());
+        Assert.Contains(reason, stderr.ToString());
+    }
+}

@@ -1,0 +1,653 @@
+// A CPU emulation of the slice of the CUDA driver API, cuBLAS and NVRTC that Distributed.Kernels.Cuda binds to.
+// Development aid only: it lets the whole CUDA backend (bindings, staging, GEMM op/ld choices, kernel launches and
+// the kernels themselves, compiled from the same kernels.cu) run on a machine without a GPU, so the one-shot run on a
+// real device is not the first time the code executes. It is not a performance model.
+//
+// Kernels run one block at a time; the threads of a block are ucontext fibers switched at __syncthreads().
+// Device memory is poisoned with 0xFF bytes (a NaN pattern) so reads of unwritten memory show up as NaN.
+// Build: tests/Kernels.Tests/Cuda/Emulator/build.sh (writes libcuda.so.1, libcublas.so.13, libnvrtc.so.13).
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <ucontext.h>
+#include <utility>
+#include <vector>
+
+namespace emu
+{
+struct Dim3
+{
+    unsigned x, y, z;
+};
+static Dim3 tid, bid, bdim, gdim;
+void sync_threads();
+inline unsigned int float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+inline float uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+}
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __syncthreads() emu::sync_threads()
+#define threadIdx emu::tid
+#define blockIdx emu::bid
+#define blockDim emu::bdim
+#define gridDim emu::gdim
+#define __float_as_uint emu::float_as_uint
+#define __uint_as_float emu::uint_as_float
+#define __int_as_float emu::int_as_float
+
+#include KERNELS_CU
+
+#undef threadIdx
+#undef blockIdx
+#undef blockDim
+#undef gridDim
+
+// ---------------------------------------------------------------- fibers
+
+namespace emu
+{
+static const size_t StackBytes = 64 * 1024;
+static ucontext_t scheduler;
+static std::vector<ucontext_t> fibers;
+static std::vector<std::vector<char>> stacks;
+static std::vector<int> state; // 0 runnable, 1 at barrier, 2 done
+static int current = -1;
+static std::function<void()> body;
+static std::string launch_error;
+
+void sync_threads()
+{
+    state[current] = 1;
+    swapcontext(&fibers[current], &scheduler);
+}
+
+static void fiber_entry()
+{
+    body();
+    state[current] = 2;
+    swapcontext(&fibers[current], &scheduler);
+}
+
+// Runs one block of n threads; returns false on divergent barriers.
+static bool run_block(unsigned n)
+{
+    if (fibers.size() < n)
+    {
+        fibers.resize(n);
+        stacks.resize(n);
+    }
+    state.assign(n, 0);
+    for (unsigned t = 0; t < n; t++)
+    {
+        stacks[t].resize(StackBytes);
+        getcontext(&fibers[t]);
+        fibers[t].uc_stack.ss_sp = stacks[t].data();
+        fibers[t].uc_stack.ss_size = StackBytes;
+        fibers[t].uc_link = nullptr;
+        makecontext(&fibers[t], fiber_entry, 0);
+    }
+    for (;;)
+    {
+        for (unsigned t = 0; t < n; t++)
+        {
+            if (state[t] == 2)
+            {
+                continue;
+            }
+            state[t] = 0;
+            current = (int)t;
+            tid = Dim3{t, 0, 0};
+            swapcontext(&scheduler, &fibers[t]);
+        }
+        unsigned done = 0, waiting = 0;
+        for (unsigned t = 0; t < n; t++)
+        {
+            done += state[t] == 2;
+            waiting += state[t] == 1;
+        }
+        if (done == n)
+        {
+            return true;
+        }
+        if (done != 0 && waiting != 0)
+        {
+            launch_error = "divergent __syncthreads: some threads exited while others wait at a barrier";
+            return false;
+        }
+    }
+}
+}
+
+// ---------------------------------------------------------------- registry of kernels
+
+template <typename... A, size_t... I>
+static void call_impl(void (*f)(A...), void** args, std::index_sequence<I...>)
+{
+    f(*static_cast<A*>(args[I])...);
+}
+
+template <typename... A>
+static std::function<void(void**)> invoker(void (*f)(A...))
+{
+    return [f](void** args) { call_impl(f, args, std::index_sequence_for<A...>{}); };
+}
+
+struct KernelEntry
+{
+    const char* name;
+    std::function<void(void**)> invoke;
+};
+
+static std::vector<KernelEntry>& kernels()
+{
+    static std::vector<KernelEntry> k = {
+        {"split_bf16", invoker(split_bf16)},
+        {"combine_split", invoker(combine_split)},
+        {"swiglu_split", invoker(swiglu_split)},
+        {"rmsnorm", invoker(rmsnorm)},
+        {"silu_mul", invoker(silu_mul)},
+        {"add_inplace", invoker(add_inplace)},
+        {"rope", invoker(rope)},
+        {"attention", invoker(attention)},
+        {"softmax_rows", invoker(softmax_rows)},
+        {"argmax_rows", invoker(argmax_rows)},
+        {"topk_rows", invoker(topk_rows)},
+    };
+    return k;
+}
+
+// ---------------------------------------------------------------- memory bookkeeping
+
+static std::mutex g_lock;
+static std::map<uintptr_t, size_t> g_device; // base -> bytes
+static std::map<uintptr_t, size_t> g_pinned;
+
+static bool in_map(const std::map<uintptr_t, size_t>& m, uintptr_t p, size_t bytes)
+{
+    auto it = m.upper_bound(p);
+    if (it == m.begin())
+    {
+        return false;
+    }
+    --it;
+    return p >= it->first && p + bytes <= it->first + it->second;
+}
+
+static bool device_range(uintptr_t p, size_t bytes) { return in_map(g_device, p, bytes); }
+
+static void complain(const char* what)
+{
+    std::fprintf(stderr, "fake_cuda: %s\n", what);
+}
+
+extern "C" {
+
+typedef int CUresult;
+enum
+{
+    OK = 0,
+    INVALID_VALUE = 1,
+    OUT_OF_MEMORY = 2,
+    INVALID_CONTEXT = 201,
+    INVALID_IMAGE = 200,
+    NOT_FOUND = 500,
+    LAUNCH_FAILED = 719,
+    ILLEGAL_ADDRESS = 700,
+};
+
+static int g_ctx_marker;
+
+CUresult cuInit(unsigned) { return OK; }
+CUresult cuDriverGetVersion(int* v) { *v = 13000; return OK; }
+CUresult cuDeviceGetCount(int* c)
+{
+    const char* n = std::getenv("FAKE_CUDA_DEVICES");
+    *c = n ? std::atoi(n) : 1;
+    return OK;
+}
+CUresult cuDeviceGet(int* d, int ordinal) { *d = ordinal; return OK; }
+CUresult cuDeviceGetName(char* name, int len, int) { std::snprintf(name, len, "Emulated CUDA device (CPU)"); return OK; }
+CUresult cuDeviceGetAttribute(int* v, int attr, int)
+{
+    switch (attr)
+    {
+    case 75: *v = 9; break;
+    case 76: *v = 0; break;
+    case 16: *v = 2; break;
+    case 1: *v = 1024; break;
+    default: *v = 0; break;
+    }
+    return OK;
+}
+CUresult cuDeviceTotalMem_v2(size_t* b, int) { *b = (size_t)4 << 30; return OK; }
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = &g_ctx_marker; return OK; }
+CUresult cuDevicePrimaryCtxRelease_v2(int) { return OK; }
+CUresult cuCtxSetCurrent(void* ctx) { return ctx == &g_ctx_marker || ctx == nullptr ? OK : INVALID_CONTEXT; }
+CUresult cuCtxSynchronize() { return OK; }
+CUresult cuMemGetInfo_v2(size_t* f, size_t* t) { *f = (size_t)3 << 30; *t = (size_t)4 << 30; return OK; }
+
+CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
+{
+    if (bytes == 0)
+    {
+        return INVALID_VALUE;
+    }
+    size_t size = (bytes + 255) / 256 * 256;
+    void* m = std::aligned_alloc(256, size);
+    if (!m)
+    {
+        return OUT_OF_MEMORY;
+    }
+    std::memset(m, 0xFF, size);
+    std::lock_guard<std::mutex> g(g_lock);
+    g_device[(uintptr_t)m] = bytes;
+    *p = (unsigned long long)(uintptr_t)m;
+    return OK;
+}
+
+CUresult cuMemFree_v2(unsigned long long p)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    auto it = g_device.find((uintptr_t)p);
+    if (it == g_device.end())
+    {
+        complain("cuMemFree_v2 of a pointer that is not a live allocation");
+        return INVALID_VALUE;
+    }
+    g_device.erase(it);
+    std::free((void*)(uintptr_t)p);
+    return OK;
+}
+
+CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned)
+{
+    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!m)
+    {
+        return OUT_OF_MEMORY;
+    }
+    std::lock_guard<std::mutex> g(g_lock);
+    g_pinned[(uintptr_t)m] = bytes;
+    *p = m;
+    return OK;
+}
+
+CUresult cuMemFreeHost(void* p)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    if (g_pinned.erase((uintptr_t)p) == 0)
+    {
+        complain("cuMemFreeHost of a pointer that is not pinned memory");
+        return INVALID_VALUE;
+    }
+    std::free(p);
+    return OK;
+}
+
+CUresult cuMemcpyHtoDAsync_v2(unsigned long long dst, const void* src, size_t bytes, void*)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    if (!device_range(dst, bytes))
+    {
+        complain("cuMemcpyHtoDAsync_v2: destination range is not inside one device allocation");
+        return INVALID_VALUE;
+    }
+    std::memcpy((void*)(uintptr_t)dst, src, bytes);
+    return OK;
+}
+
+CUresult cuMemcpyDtoHAsync_v2(void* dst, unsigned long long src, size_t bytes, void*)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    if (!device_range(src, bytes))
+    {
+        complain("cuMemcpyDtoHAsync_v2: source range is not inside one device allocation");
+        return INVALID_VALUE;
+    }
+    std::memcpy(dst, (void*)(uintptr_t)src, bytes);
+    return OK;
+}
+
+CUresult cuMemcpyDtoDAsync_v2(unsigned long long dst, unsigned long long src, size_t bytes, void*)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    if (!device_range(src, bytes) || !device_range(dst, bytes))
+    {
+        complain("cuMemcpyDtoDAsync_v2: range is not inside device allocations");
+        return INVALID_VALUE;
+    }
+    std::memmove((void*)(uintptr_t)dst, (void*)(uintptr_t)src, bytes);
+    return OK;
+}
+
+CUresult cuMemsetD32Async(unsigned long long dst, unsigned int value, size_t count, void*)
+{
+    unsigned int* p = (unsigned int*)(uintptr_t)dst;
+    for (size_t i = 0; i < count; i++)
+    {
+        p[i] = value;
+    }
+    return OK;
+}
+
+CUresult cuStreamCreate(void** s, unsigned) { *s = new int(1); return OK; }
+CUresult cuStreamDestroy_v2(void* s) { delete (int*)s; return OK; }
+CUresult cuStreamSynchronize(void*) { return OK; }
+
+CUresult cuEventCreate(void** e, unsigned) { *e = new double(0); return OK; }
+CUresult cuEventDestroy_v2(void* e) { delete (double*)e; return OK; }
+CUresult cuEventRecord(void* e, void*)
+{
+    *(double*)e = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return OK;
+}
+CUresult cuEventSynchronize(void*) { return OK; }
+CUresult cuEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(*(double*)b - *(double*)a); return OK; }
+
+CUresult cuModuleLoadData(void** m, const void* image)
+{
+    if (!image)
+    {
+        return INVALID_IMAGE;
+    }
+    *m = new int(2);
+    return OK;
+}
+CUresult cuModuleUnload(void* m) { delete (int*)m; return OK; }
+CUresult cuModuleGetFunction(void** f, void*, const char* name)
+{
+    for (auto& k : kernels())
+    {
+        if (std::strcmp(k.name, name) == 0)
+        {
+            *f = &k;
+            return OK;
+        }
+    }
+    return NOT_FOUND;
+}
+
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+    unsigned shmem, void*, void** params, void** extra)
+{
+    if (!f || extra || gx == 0 || gy == 0 || gz == 0 || bx == 0 || by != 1 || bz != 1 || bx > 1024 || shmem != 0)
+    {
+        return INVALID_VALUE;
+    }
+    std::lock_guard<std::mutex> g(g_lock);
+    KernelEntry* k = (KernelEntry*)f;
+    emu::gdim = emu::Dim3{gx, gy, gz};
+    emu::bdim = emu::Dim3{bx, by, bz};
+    emu::body = [k, params]() { k->invoke(params); };
+    for (unsigned z = 0; z < gz; z++)
+    {
+        for (unsigned y = 0; y < gy; y++)
+        {
+            for (unsigned x = 0; x < gx; x++)
+            {
+                emu::bid = emu::Dim3{x, y, z};
+                if (!emu::run_block(bx))
+                {
+                    std::fprintf(stderr, "fake_cuda: kernel %s: %s\n", k->name, emu::launch_error.c_str());
+                    return LAUNCH_FAILED;
+                }
+            }
+        }
+    }
+    return OK;
+}
+
+static const char* error_name(int r)
+{
+    switch (r)
+    {
+    case OK: return "CUDA_SUCCESS";
+    case INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE";
+    case OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY";
+    case INVALID_CONTEXT: return "CUDA_ERROR_INVALID_CONTEXT";
+    case INVALID_IMAGE: return "CUDA_ERROR_INVALID_IMAGE";
+    case NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
+    case LAUNCH_FAILED: return "CUDA_ERROR_LAUNCH_FAILED";
+    default: return "CUDA_ERROR_UNKNOWN";
+    }
+}
+CUresult cuGetErrorName(int r, const char** s) { *s = error_name(r); return OK; }
+CUresult cuGetErrorString(int r, const char** s) { *s = error_name(r); return OK; }
+
+// ---------------------------------------------------------------- cuBLAS
+
+static float load(const void* p, int type, size_t i)
+{
+    if (type == 14)
+    {
+        unsigned short b = ((const unsigned short*)p)[i];
+        return emu::uint_as_float(((unsigned int)b) << 16);
+    }
+    return ((const float*)p)[i];
+}
+
+static size_t elem(int type) { return type == 14 ? 2 : 4; }
+
+// Column-major C[m×n] = alpha·op(A)·op(B) + beta·C, fp32 accumulation in k order.
+static int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* A, int at, int lda, const void* B, int bt,
+    int ldb, float beta, void* C, int ct, int ldc, int compute)
+{
+    if (compute != 68 || at != 14 || bt != 14 || (ct != 0 && ct != 14))
+    {
+        return 15;
+    }
+    if (m < 0 || n < 0 || k < 0 || lda < (ta == 0 ? m : k) || ldb < (tb == 0 ? k : n) || ldc < m || lda < 1 || ldb < 1)
+    {
+        return 7;
+    }
+    if (m == 0 || n == 0)
+    {
+        return 0;
+    }
+    size_t aCols = ta == 0 ? k : m, aRows = ta == 0 ? m : k;
+    size_t bCols = tb == 0 ? n : k, bRows = tb == 0 ? k : n;
+    if (!device_range((uintptr_t)A, ((aCols - 1) * lda + aRows) * elem(at)) ||
+        !device_range((uintptr_t)B, ((bCols - 1) * ldb + bRows) * elem(bt)) ||
+        !device_range((uintptr_t)C, ((size_t)(n - 1) * ldc + m) * elem(ct)))
+    {
+        complain("gemm: an operand range is not inside one device allocation");
+        return 13;
+    }
+    for (int j = 0; j < n; j++)
+    {
+        for (int i = 0; i < m; i++)
+        {
+            float acc = 0.0f;
+            for (int l = 0; l < k; l++)
+            {
+                float a = ta == 0 ? load(A, at, (size_t)l * lda + i) : load(A, at, (size_t)i * lda + l);
+                float b = tb == 0 ? load(B, bt, (size_t)j * ldb + l) : load(B, bt, (size_t)l * ldb + j);
+                acc += a * b;
+            }
+            size_t at_c = (size_t)j * ldc + i;
+            float prev = beta == 0.0f ? 0.0f : load(C, ct, at_c);
+            float v = alpha * acc + beta * prev;
+            if (ct == 0)
+            {
+                ((float*)C)[at_c] = v;
+            }
+            else
+            {
+                ((unsigned short*)C)[at_c] = f32_to_bf16(v);
+            }
+        }
+    }
+    return 0;
+}
+
+static int g_blas_marker;
+
+int cublasCreate_v2(void** h) { *h = &g_blas_marker; return 0; }
+int cublasDestroy_v2(void*) { return 0; }
+int cublasSetStream_v2(void*, void*) { return 0; }
+int cublasGetVersion_v2(void*, int* v) { *v = 130000; return 0; }
+
+int cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const float* alpha, const void* A, int at, int lda,
+    const void* B, int bt, int ldb, const float* beta, void* C, int ct, int ldc, int compute, int)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    return gemm(ta, tb, m, n, k, *alpha, A, at, lda, B, bt, ldb, *beta, C, ct, ldc, compute);
+}
+
+int cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const float* alpha, const void* A, int at,
+    int lda, long long sa, const void* B, int bt, int ldb, long long sb, const float* beta, void* C, int ct, int ldc,
+    long long sc, int batch, int compute, int)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    for (int i = 0; i < batch; i++)
+    {
+        int r = gemm(ta, tb, m, n, k, *alpha, (const char*)A + sa * i * elem(at), at, lda,
+            (const char*)B + sb * i * elem(bt), bt, ldb, *beta, (char*)C + sc * i * 4, ct, ldc, compute);
+        if (r != 0)
+        {
+            return r;
+        }
+    }
+    return 0;
+}
+
+int cublasGemmBatchedEx(void*, int ta, int tb, int m, int n, int k, const float* alpha, const void* const* A, int at, int lda,
+    const void* const* B, int bt, int ldb, const float* beta, void* const* C, int ct, int ldc, int batch, int compute, int)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    const char* unsupported = std::getenv("FAKE_CUBLAS_BATCHED_UNSUPPORTED");
+    if (unsupported && unsupported[0] == '1')
+    {
+        return 15;
+    }
+    if (!device_range((uintptr_t)A, batch * 8) || !device_range((uintptr_t)B, batch * 8) || !device_range((uintptr_t)C, batch * 8))
+    {
+        complain("cublasGemmBatchedEx: pointer arrays must be device memory");
+        return 7;
+    }
+    for (int i = 0; i < batch; i++)
+    {
+        int r = gemm(ta, tb, m, n, k, *alpha, A[i], at, lda, B[i], bt, ldb, *beta, C[i], ct, ldc, compute);
+        if (r != 0)
+        {
+            return r;
+        }
+    }
+    return 0;
+}
+
+int cublasGemmGroupedBatchedEx(void*, const int* ta, const int* tb, const int* m, const int* n, const int* k,
+    const float* alpha, const void* const* A, int at, const int* lda, const void* const* B, int bt, const int* ldb,
+    const float* beta, void* const* C, int ct, const int* ldc, int groups, const int* sizes, int compute)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    // cuBLAS documents bf16 A/B only with bf16 C for this API; FAKE_CUBLAS_GROUPED_F32=1 pretends fp32 C works.
+    const char* f32 = std::getenv("FAKE_CUBLAS_GROUPED_F32");
+    if (ct == 0 && !(f32 && f32[0] == '1'))
+    {
+        return 15;
+    }
+    // The host arrays must be host memory and the pointer arrays device memory, as on a real device.
+    if (device_range((uintptr_t)m, 4) || device_range((uintptr_t)alpha, 4))
+    {
+        complain("cublasGemmGroupedBatchedEx: a host parameter array lies in device memory");
+        return 7;
+    }
+    int total = 0;
+    for (int i = 0; i < groups; i++)
+    {
+        total += sizes[i];
+    }
+    if (!device_range((uintptr_t)A, total * 8) || !device_range((uintptr_t)B, total * 8) || !device_range((uintptr_t)C, total * 8))
+    {
+        complain("cublasGemmGroupedBatchedEx: pointer arrays must be device memory");
+        return 7;
+    }
+    int p = 0;
+    for (int i = 0; i < groups; i++)
+    {
+        for (int j = 0; j < sizes[i]; j++, p++)
+        {
+            int r = gemm(ta[i], tb[i], m[i], n[i], k[i], alpha[i], A[p], at, lda[i], B[p], bt, ldb[i], beta[i], C[p], ct,
+                ldc[i], compute);
+            if (r != 0)
+            {
+                return r;
+            }
+        }
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- NVRTC
+
+struct Program
+{
+    std::string source;
+    std::string log;
+    std::string arch;
+};
+
+int nvrtcVersion(int* major, int* minor) { *major = 13; *minor = 0; return 0; }
+int nvrtcCreateProgram(void** p, const char* src, const char*, int, const char**, const char**)
+{
+    Program* prog = new Program();
+    prog->source = src ? src : "";
+    *p = prog;
+    return 0;
+}
+int nvrtcDestroyProgram(void** p) { delete (Program*)*p; *p = nullptr; return 0; }
+int nvrtcCompileProgram(void* p, int n, const char** options)
+{
+    Program* prog = (Program*)p;
+    for (int i = 0; i < n; i++)
+    {
+        if (std::strncmp(options[i], "--gpu-architecture=", 19) == 0)
+        {
+            prog->arch = options[i] + 19;
+        }
+    }
+    if (prog->arch.empty())
+    {
+        prog->log = "fake nvrtc: no --gpu-architecture given";
+        return 6;
+    }
+    const char* fail = std::getenv("FAKE_NVRTC_FAIL");
+    if (fail && std::strstr(prog->arch.c_str(), fail))
+    {
+        prog->log = "kernels.cu(1): error: emulated compile failure for " + prog->arch;
+        return 6;
+    }
+    for (auto& k : kernels())
+    {
+        std::string needle = std::string("KERNEL void ") + k.name + "(";
+        if (prog->source.find(needle) == std::string::npos)
+        {
+            prog->log = std::string("fake nvrtc: source lacks entry point ") + k.name;
+            return 6;
+        }
+    }
+    prog->log = "";
+    return 0;
+}
+int nvrtcGetPTXSize(void* p, size_t* s) { *s = ((Program*)p)->source.size() + 1; return 0; }
+int nvrtcGetPTX(void* p, char* out) { std::memcpy(out, ((Program*)p)->source.c_str(), ((Program*)p)->source.size() + 1); return 0; }
+int nvrtcGetCUBINSize(void* p, size_t* s) { *s = ((Program*)p)->source.size() + 1; return 0; }
+int nvrtcGetCUBIN(void* p, char* out) { return nvrtcGetPTX(p, out); }
+int nvrtcGetProgramLogSize(void* p, size_t* s) { *s = ((Program*)p)->log.size() + 1; return 0; }
+int nvrtcGetProgramLog(void* p, char* out) { std::memcpy(out, ((Program*)p)->log.c_str(), ((Program*)p)->log.size() + 1); return 0; }
+const char* nvrtcGetErrorString(int r) { return r == 0 ? "NVRTC_SUCCESS" : r == 6 ? "NVRTC_ERROR_COMPILATION" : "NVRTC_ERROR"; }
+
+} // extern "C"
