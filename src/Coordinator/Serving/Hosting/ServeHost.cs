@@ -21,9 +21,12 @@ public static class ServeHost
     /// application disposes the scheduler (after the server has stopped) when it is disposable.
     /// </param>
     /// <param name="configureLogging">Replaces the default logging (<see cref="AddConsoleLogging"/>) when set.</param>
+    /// <param name="configureServices">Adds services (e.g. the cluster admin API) before the host is built.</param>
+    /// <param name="configureApp">Maps more endpoints (e.g. the cluster admin API) after the serving endpoints.</param>
     /// <exception cref="OptionsValidationException">An option is invalid; the message names it.</exception>
     public static WebApplication Build(
-        ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null)
+        ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null,
+        Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -75,11 +78,13 @@ public static class ServeHost
         builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
         builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode));
         builder.Services.AddSingleton<OpenAiEndpoints>();
+        configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
         app.UseMiddleware<ApiErrorMiddleware>();
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));
         app.Services.GetRequiredService<OpenAiEndpoints>().Map(app);
+        configureApp?.Invoke(app);
         return app;
     }
 
