@@ -34,35 +34,35 @@ public static partial class AdminEndpoints
     {
         ArgumentNullException.ThrowIfNull(endpoints);
         var group = endpoints.MapGroup(Prefix).AddEndpointFilter(AuthorizeAsync).WithTags("admin");
-        group.MapGet("/cluster", (ClusterAdmin admin, CancellationToken ct) => RunAsync(async () => Results.Json(await admin.GetClusterAsync(ct), Json)))
+        group.MapGet("/cluster", (HttpContext http, CancellationToken ct) => RunAsync(async () => Results.Json(await Admin(http).GetClusterAsync(ct), Json)))
             .WithName("GetCluster").WithSummary("Workers: endpoints, state, memory used/capacity, experts held, health; plan state.")
             .Produces<ClusterInfo>().ProducesAdminErrors();
-        group.MapGet("/placement", (ClusterAdmin admin, CancellationToken ct) => RunAsync(async () => Results.Json(await admin.GetPlacementAsync(ct), Json)))
+        group.MapGet("/placement", (HttpContext http, CancellationToken ct) => RunAsync(async () => Results.Json(await Admin(http).GetPlacementAsync(ct), Json)))
             .WithName("GetPlacement").WithSummary("Plan version; per MoE layer, expert -> workers holding it (primary first).")
             .Produces<PlacementInfo>().ProducesAdminErrors();
-        group.MapGet("/experts/load", (ClusterAdmin admin) => RunAsync(() => Task.FromResult(Results.Json(admin.GetExpertLoad(), Json))))
+        group.MapGet("/experts/load", (HttpContext http, CancellationToken ct) => RunAsync(() => Task.FromResult(Results.Json(Admin(http).GetExpertLoad(), Json))))
             .WithName("GetExpertLoad").WithSummary("Per layer and expert: tokens routed over the recent window and in total; per worker: rows, bytes, dispatch latency.")
             .Produces<ExpertLoadInfo>().ProducesAdminErrors();
-        group.MapGet("/operations/{id}", (string id, ClusterAdmin admin, CancellationToken ct) => RunAsync(async () => Results.Json(await admin.GetOperationAsync(id, ct), Json)))
+        group.MapGet("/operations/{id}", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Results.Json(await Admin(http).GetOperationAsync(id, ct), Json)))
             .WithName("GetOperation").WithSummary("Progress and outcome of a plan change.")
             .Produces<OperationInfo>().ProducesAdminErrors();
-        group.MapPost("/workers/{id}/drain", (string id, ClusterAdmin admin, CancellationToken ct) => RunAsync(async () => Accepted(await admin.DrainAsync(id, ct))))
+        group.MapPost("/workers/{id}/drain", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Accepted(await Admin(http).DrainAsync(id, ct))))
             .WithName("DrainWorker").WithSummary("Moves the worker's experts elsewhere (staged); once completed the worker holds nothing and is safe to stop.")
             .Produces<OperationInfo>(StatusCodes.Status202Accepted).Produces<OperationInfo>().ProducesAdminErrors();
-        group.MapPost("/experts/replicas", (HttpContext http, ClusterAdmin admin, CancellationToken ct) => RunAsync(async () =>
+        group.MapPost("/experts/replicas", (HttpContext http, CancellationToken ct) => RunAsync(async () =>
         {
             var body = await ReadBodyAsync<ReplicaChangeRequest>(http, ct);
-            return Accepted(await admin.ChangeReplicasAsync(body, ct));
+            return Accepted(await Admin(http).ChangeReplicasAsync(body, ct));
         }))
             .WithName("ChangeReplicas").WithSummary("Adds or removes replicas of layer/expert pairs on given or chosen workers (all or nothing).")
             .Accepts<ReplicaChangeRequest>("application/json")
             .Produces<OperationInfo>(StatusCodes.Status202Accepted).Produces<OperationInfo>().ProducesAdminErrors();
-        group.MapPost("/rebalance", (HttpContext http, ClusterAdmin admin, CancellationToken ct) => RunAsync(async () =>
+        group.MapPost("/rebalance", (HttpContext http, CancellationToken ct) => RunAsync(async () =>
         {
             var body = http.Request.ContentLength is 0 || (http.Request.ContentLength is null && !http.Request.HasJsonContentType())
                 ? new RebalanceRequestBody()
                 : await ReadBodyAsync<RebalanceRequestBody>(http, ct);
-            var result = await admin.RebalanceAsync(body, ct);
+            var result = await Admin(http).RebalanceAsync(body, ct);
             return Results.Json(result, Json, statusCode: result.DryRun || result.Operation?.State != "Staging" ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
         }))
             .WithName("Rebalance").WithSummary("Recomputes placement from measured load (replicate hot experts, pack by load and memory); dry_run returns the proposal and its predicted balance.")
@@ -70,6 +70,9 @@ public static partial class AdminEndpoints
             .Produces<RebalanceResult>().Produces<RebalanceResult>(StatusCodes.Status202Accepted).ProducesAdminErrors();
         return group;
     }
+
+    // Resolved inside the handler, after the token check: an unauthenticated call never touches the cluster.
+    private static ClusterAdmin Admin(HttpContext http) => http.RequestServices.GetRequiredService<ClusterAdmin>();
 
     private static RouteHandlerBuilder ProducesAdminErrors(this RouteHandlerBuilder builder)
         => builder.Produces<AdminErrorResponse>(StatusCodes.Status400BadRequest).Produces<AdminErrorResponse>(StatusCodes.Status401Unauthorized)

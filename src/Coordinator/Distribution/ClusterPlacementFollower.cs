@@ -126,6 +126,9 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     }
 
     /// <inheritdoc />
+    public bool CanRecover => true;
+
+    /// <inheritdoc />
     public async ValueTask<PlacementRecovery> RecoverAsync(IReadOnlyCollection<string> unreachableWorkers, ulong failedVersion, string reason,
         CancellationToken cancellationToken)
     {

@@ -164,6 +164,11 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         var table = _placement.GetServingTable();
         if (table.Version == version && lost.Count > 0 && failed.Any(s => !HasHealthyOwner(table, dispatch.Layer, s.Expert)))
         {
+            if (!_placement.CanRecover)
+            {
+                // Fixed placement and no other holder: the worker's own failure is the answer.
+                throw dispatch.LastFailure!;
+            }
             Interlocked.Increment(ref _recoveries);
             long r0 = Stopwatch.GetTimestamp();
             var recovery = await _placement.RecoverAsync(lost.Select(w => w.WorkerId).ToList(), version, dispatch.LastFailure?.Message ?? "unreachable",

@@ -10,6 +10,9 @@ public interface IPlacementSource
     /// could not be confirmed within the staleness bound (the coordinator refuses to dispatch on a stale version).</exception>
     ExpertPlacementTable GetServingTable();
 
+    /// <summary>True when <see cref="RecoverAsync"/> can re-place experts (a placement authority exists).</summary>
+    bool CanRecover => false;
+
     /// <summary>
     /// Workers of table version <paramref name="failedVersion"/> could not be reached on the data plane. Returns a
     /// table to retry with: a newer plan that re-placed their experts, or the same table when every one of them proved

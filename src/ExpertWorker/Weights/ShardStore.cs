@@ -149,9 +149,9 @@ public sealed partial class ShardStore : IShardView, IDisposable
             var (weights, added) = await LoadMissingAsync(version, old, target, cancellationToken).ConfigureAwait(false);
             ulong previous = old.Version;
             bool grace = _retireDelay > TimeSpan.Zero && previous != version && previous != 0 && old.Manifest.Count > 0;
-            // A newer version staged before this commit arrived stays staged.
+            // A newer version staged before this commit arrived stays staged; re-applying the committed version abandons it.
             ulong staged = Volatile.Read(ref _stagedVersion);
-            var keepStaged = staged > version ? _stagedTarget : null;
+            var keepStaged = staged > version && version != previous ? _stagedTarget : null;
             foreach (var (key, w) in old.Weights)
             {
                 if (grace || (keepStaged?.Contains(key) ?? false))
