@@ -498,7 +498,8 @@ public sealed partial class PlacementGrain(
             return;
         }
         _lastStatus.Remove(workerId);
-        _ready.Remove(workerId);
+        // It stays "ready" for the active plan until the repair commits: coordinators keep routing with the plan (a
+        // dispatch to the lost worker fails fast and waits for the repair, or goes to a replica) instead of refusing.
         _draining.Remove(workerId);
         LogMembership(workerId, why, w.GrpcEndpoint);
         if (_staged is not null && _staged.IndexOf(workerId) >= 0)

@@ -168,19 +168,30 @@ internal sealed class ChaosCluster : IAsyncDisposable
         }
     }
 
-    /// <summary>Polls <paramref name="condition"/> every 100 ms until it holds (returns true) or <paramref name="timeout"/> passes (false).</summary>
+    /// <summary>Polls <paramref name="condition"/> every 100 ms until it holds (returns true) or <paramref name="timeout"/>
+    /// passes (false); a condition that throws (e.g. a grain call routed to a silo that just died) counts as false.</summary>
     public static async Task<bool> EventuallyAsync(Func<Task<bool>> condition, TimeSpan timeout)
     {
         var deadline = DateTime.UtcNow + timeout;
-        while (DateTime.UtcNow < deadline)
+        while (true)
         {
-            if (await condition())
+            try
             {
-                return true;
+                if (await condition())
+                {
+                    return true;
+                }
+            }
+            catch (Exception ex) when (ex is Orleans.Runtime.OrleansException or TimeoutException or InvalidOperationException)
+            {
+                // Not yet.
+            }
+            if (DateTime.UtcNow >= deadline)
+            {
+                return false;
             }
             await Task.Delay(100);
         }
-        return await condition();
     }
 
     /// <summary>Deterministic prompts of varied lengths inside the vocabulary.</summary>

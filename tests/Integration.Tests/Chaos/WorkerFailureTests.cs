@@ -55,6 +55,19 @@ public sealed class WorkerFailureTests(ITestOutputHelper output)
         output.WriteLine($"restarted worker-2 holds {chaos.Cluster.Placement.Snapshot!.Plan.ShardOf(chaos.Cluster.Placement.Snapshot.Plan.IndexOf("worker-2")).Count} experts in plan {chaos.Cluster.Placement.Snapshot.Plan.Version}");
         var again = await chaos.RunAsync(prompts, MaxTokens);
         ChaosCluster.AssertIdentical(reference, again, "after worker-2 rejoined");
+
+        // Then rebalance from the load this coordinator measured, under load.
+        var load = chaos.Dispatcher.Load;
+        var request = new Protocol.Grains.RebalanceRequest([.. load.Model.MoeLayers.Select(l => new Protocol.Grains.LayerLoad(l, load.Layer(l).Total))], 1, DryRun: false);
+        var rebalance = Task.Run(async () =>
+        {
+            var result = await chaos.Cluster.Placement.PlacementGrain.RebalanceAsync(request);
+            Assert.Null(result.Error);
+            output.WriteLine($"rebalance {result.Operation!.Id}: predicted max/mean {result.Before!.MaxOverMean:F3} -> {result.After!.MaxOverMean:F3}, {result.ExpertsMoved} copies loaded");
+            await chaos.WaitForOperationAsync(result.Operation.Id, TimeSpan.FromSeconds(60));
+        });
+        var rounds = await chaos.LoadUntilAsync(prompts, reference, MaxTokens, rebalance, "rebalance after rejoin");
+        output.WriteLine($"rebalanced under {rounds.Rounds} rounds of load");
     }
 
     [Fact]
