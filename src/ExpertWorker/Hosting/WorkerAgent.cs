@@ -69,7 +69,7 @@ public sealed partial class WorkerAgent(IGrainFactory grains, ShardStore store, 
                     ShardStatus status;
                     try
                     {
-                        status = await shard.StagePlanAsync(next).WaitAsync(stoppingToken);
+                        status = await StageWithRetryAsync(shard, next, stoppingToken);
                     }
                     catch (Exception ex) when (ex is not OperationCanceledException)
                     {
@@ -92,6 +92,23 @@ public sealed partial class WorkerAgent(IGrainFactory grains, ShardStore store, 
                 LogRetry(ex, ex.Message);
                 staged = -1;
                 await Task.Delay(TimeSpan.FromMilliseconds(500), stoppingToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    // A silo that just joined may not yet be known (with its worker-id metadata) to the silo placing its shard grain:
+    // that is retried briefly; a load failure is not.
+    private static async Task<ShardStatus> StageWithRetryAsync(IExpertShardGrain shard, PlacementPlan plan, CancellationToken stoppingToken)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            try
+            {
+                return await shard.StagePlanAsync(plan).WaitAsync(stoppingToken);
+            }
+            catch (OrleansException) when (attempt < 10)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(200), stoppingToken).ConfigureAwait(false);
             }
         }
     }

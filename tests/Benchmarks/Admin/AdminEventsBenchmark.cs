@@ -38,7 +38,16 @@ internal static class AdminEventsBenchmark
         options.WorkerSettings["Cluster:ProbeTimeout"] = "00:00:01";
         options.WorkerSettings["Cluster:NumMissedProbesLimit"] = "2";
         options.WorkerSettings["Placement:ProbeTimeout"] = "00:00:01";
-        await using var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = wire }, _ => { }, loggerFactory, CancellationToken.None);
+        var clock = Stopwatch.StartNew();
+        // Plan changes and worker problems go to stderr with a clock, to explain an outlier.
+        void WorkerLine(string line)
+        {
+            if (line.Contains("Plan change", StringComparison.Ordinal) || line.Contains(" warn: ", StringComparison.Ordinal) || line.Contains(" fail: ", StringComparison.Ordinal))
+            {
+                Console.Error.WriteLine($"{clock.Elapsed.TotalSeconds,8:F3} {line}");
+            }
+        }
+        await using var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = wire }, WorkerLine, loggerFactory, CancellationToken.None);
         using var engine = Llama4Engine.Load(model, new CpuKernelBackend(1), cluster.Dispatcher);
         await using var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions { MaxRunningSequences = Math.Max(16, clients), MaxBatchTokens = 256, PrefillChunkTokens = 64 });
         var dispatcher = cluster.GrpcDispatcher;
