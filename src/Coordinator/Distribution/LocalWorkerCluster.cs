@@ -85,6 +85,9 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         GrpcDispatcher = CreateDispatcher(distribution);
     }
 
+    /// <summary>What an Orleans client (another coordinator) needs to join this cluster (the initial workers' gateways).</summary>
+    public ExpertClusterOptions ClientOptions { get; private init; } = new();
+
     /// <summary>The model the workers serve.</summary>
     public ModelDescriptor Model => _model;
 
@@ -225,7 +228,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             follower = await ClusterPlacementFollower.StartAsync(cluster, loggerFactory, cancellationToken: cancellationToken).ConfigureAwait(false);
             var table = await follower.WaitForServingAsync(options.Workers, Remaining(options, started), cancellationToken).ConfigureAwait(false);
             log($"placement plan {table.Version} serves every expert on {table.Workers.Count} workers");
-            return new LocalWorkerCluster(workers, follower, options, model, workerPath, ports[0], distribution, log, loggerFactory);
+            return new LocalWorkerCluster(workers, follower, options, model, workerPath, ports[0], distribution, log, loggerFactory) { ClientOptions = cluster };
         }
         catch
         {

@@ -278,4 +278,17 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
         Assert.Null(dry.Operation);
         Assert.Equal(cluster.PlanVersion, (await client.GetPlacementAsync(new Protocol.Admin.GetPlacementRequest(), auth)).PlanVersion);
     }
+
+    [Fact]
+    public async Task RestartedCoordinator_FindsTheSamePlan_AndRoutesWithIt()
+    {
+        fixture.Log.Output = output;
+        var before = fixture.Cluster.Placement.Snapshot!;
+        // A second coordinator process would do exactly this: join as an Orleans client and follow the plan.
+        using var loggerFactory = fixture.Log.CreateLoggerFactory();
+        await using var restarted = await Distributed.Coordinator.Distribution.ClusterPlacementFollower.StartAsync(fixture.Cluster.ClientOptions, loggerFactory);
+        var table = await restarted.WaitForServingAsync(3, TimeSpan.FromSeconds(30), CancellationToken.None);
+        Assert.Equal((ulong)before.Plan.Version, table.Version);
+        Assert.Equal(Protocol.Grains.PlacementPlanCodec.Serialize(before.Plan), Protocol.Grains.PlacementPlanCodec.Serialize(restarted.Snapshot!.Plan));
+    }
 }
