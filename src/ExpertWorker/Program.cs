@@ -15,6 +15,8 @@ public static class Program
         ["--grpc-host"] = "ExpertWorker:GrpcHost",
         ["--grpc-port"] = "ExpertWorker:GrpcPort",
         ["--unix-socket"] = "ExpertWorker:UnixSocketPath",
+        ["--ops-port"] = "ExpertWorker:OpsPort",
+        ["--otlp-endpoint"] = "Telemetry:OtlpEndpoint",
         ["--threads"] = "ExpertWorker:KernelThreads",
         ["--backend"] = "ExpertWorker:KernelBackend",
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
@@ -35,7 +37,7 @@ public static class Program
     public static async Task<int> Main(string[] args)
     {
         var configuration = new ConfigurationBuilder()
-            .AddEnvironmentVariables("DISTRIBUTED_")
+            .AddEnvironmentVariables(Distributed.Protocol.Contracts.TelemetryOptions.EnvironmentPrefix)
             .AddCommandLine(args, Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
             .Build();
         try

@@ -12,7 +12,7 @@ internal static class CpuOpsBenchmark
         int i = Array.IndexOf(args, "--threads");
         int threads = i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], CultureInfo.InvariantCulture) : Environment.ProcessorCount;
         using var b = new CpuKernelBackend(threads);
-        Console.WriteLine($"cpu-ops: {b.Name} | {b.Capabilities.Device}");
+        Console.WriteLine($"cpu-ops: {b.Name} | {b.Capabilities.Device} | load average {Timing.LoadAverage()}");
         Console.WriteLine("Attention shape: 40 heads, 8 kv heads, head_dim 128 (Llama 4 Maverick/Scout), fp32 K/V.");
         Console.WriteLine($"{"case",-52} {"ms",10} {"figure",24}");
         CacheResidentMatMul(b, 128, 512, 256);

@@ -13,6 +13,7 @@ public static partial class CommandLine
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
+        + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
 
     /// <summary>
@@ -25,8 +26,8 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire", "admin-host", "admin-port", "admin-grpc-port",
-             "admin-token-env"],
+             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
+             "admin-grpc-port", "admin-token-env"],
             []);
         var serve = new ServeOptions
         {
@@ -65,6 +66,26 @@ public static partial class CommandLine
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
             return 1;
         }
+        // Metrics, health probes and traces (issue #6); configured by DISTRIBUTED_Telemetry__* environment variables.
+        // --telemetry off exists to measure the instrumentation's cost (tests/Benchmarks serving-load).
+        Diagnostics.CoordinatorOperations? operations = null;
+        string telemetry = a.Get("telemetry") ?? "on";
+        if (telemetry is not ("on" or "off"))
+        {
+            throw new UsageException($"--telemetry '{telemetry}' must be on or off");
+        }
+        try
+        {
+            operations = telemetry == "on"
+                ? new Diagnostics.CoordinatorOperations(Diagnostics.CoordinatorOperations.TelemetryFromEnvironment(), experts?.Dispatcher)
+                : null;
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+        using var operationsScope = operations;
+        // Cluster admin API (issue #5): on the serving listener, or on its own with --admin-port.
         var cluster = experts?.Cluster;
         if (admin is not null && cluster is null)
         {
@@ -73,7 +94,7 @@ public static partial class CommandLine
         Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster.Placement, cluster.GrpcDispatcher);
         bool adminOnServe = admin is not null && admin.Host is null;
         var app = ServeHost.Build(serve, tokenizer, sp => new ContinuousBatchScheduler(
-            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()),
+            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()), operations: operations,
             configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
             configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;

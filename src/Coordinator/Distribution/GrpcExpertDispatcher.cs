@@ -54,8 +54,11 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
     /// <summary>Routed tokens per expert and data-plane figures per worker.</summary>
     public ExpertLoadStatistics Load { get; }
 
-    /// <summary>The placement source the dispatcher routes with.</summary>
+    /// <summary>Where the serving plan comes from (readiness and metrics read it).</summary>
     public IPlacementSource Placement => _placement;
+
+    /// <summary>Metrics and spans (issue #6); null records nothing. Set once before the first dispatch.</summary>
+    public Diagnostics.CoordinatorInstruments? Instruments { get; set; }
 
     /// <summary>Slices re-sent after a worker failed or refused a stale plan version.</summary>
     public long ResentSlices => Interlocked.Read(ref _resentSlices);
@@ -74,6 +77,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
     public async ValueTask<DispatchHandle> DispatchAsync(int layer, ReadOnlyMemory<float> hidden, RoutingResult routing, CancellationToken cancellationToken)
     {
         long t0 = Stopwatch.GetTimestamp();
+        // Null unless a trace exporter listens; its W3C id rides in every request so the worker's span joins the trace.
+        using var dispatchSpan = Diagnostics.CoordinatorInstruments.Tracing.StartActivity("moe.dispatch", ActivityKind.Client);
+        dispatchSpan?.SetTag("moe.layer", layer);
         var table = _placement.GetServingTable();
         var model = table.Model;
         if ((uint)layer >= (uint)model.NumLayers || !model.IsMoeLayer(layer))
@@ -92,9 +98,11 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         {
             slices.Add(new Slice(plan.Experts[g], row, plan.RowCounts[g]));
         }
-        var handle = new GrpcHandle(layer, plan, hidden, routing);
+        var handle = new GrpcHandle(layer, plan, hidden, routing) { Traceparent = dispatchSpan?.Id ?? "" };
         await SendAsync(handle, table, slices, cancellationToken).ConfigureAwait(false);
-        Statistics.AddDispatch(Stopwatch.GetTimestamp() - t0, handle.Parts.Count, handle.Parts.Sum(p => (long)p.Lease.Span.Length));
+        long dispatchTicks = Stopwatch.GetTimestamp() - t0;
+        Statistics.AddDispatch(dispatchTicks, handle.Parts.Count, handle.Parts.Sum(p => (long)p.Lease.Span.Length));
+        Instruments?.Dispatched(layer, dispatchTicks, plan.Experts, plan.RowCounts, table.Version);
         return handle;
     }
 
@@ -157,7 +165,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 }
             }
         }
-        Statistics.AddCombine(waitTicks, Stopwatch.GetTimestamp() - t0 - waitTicks, receivedBytes, workerNanos, computeNanos);
+        long combineTicks = Stopwatch.GetTimestamp() - t0;
+        Statistics.AddCombine(waitTicks, combineTicks - waitTicks, receivedBytes, workerNanos, computeNanos);
+        Instruments?.Combined(dispatch.Layer, combineTicks);
     }
 
     private async Task RetryAsync(GrpcHandle dispatch, CancellationToken cancellationToken)
@@ -315,6 +325,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 Dtype = _options.WireDType,
                 HiddenSize = (uint)h,
                 Rows = (uint)workerRows,
+                Traceparent = dispatch.Traceparent,
             };
             EncodeRows(dispatch, workerSlices, lease.Span, row);
             foreach (var s in workerSlices)
@@ -338,6 +349,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 throw;
             }
             Load.Worker(worker.WorkerId).Sent(workerRows, length);
+            Instruments?.WorkerSent(worker.WorkerId, workerRows, length);
             var part = new Part(connection, header, lease, [.. workerSlices], reply, Stopwatch.GetTimestamp(), table);
             dispatch.Parts.Add(part);
             dispatch.AllParts.Add(part);
@@ -457,7 +469,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 WireCodec.Decode(payload.Slice(offset, n * elementSize), part.Header.Dtype, expertOut.AsSpan(s.FirstRow * h, n));
                 offset += n * elementSize;
             }
-            counters.Answered(rows, payload.Length, Stopwatch.GetTimestamp() - part.SentTicks);
+            long latency = Stopwatch.GetTimestamp() - part.SentTicks;
+            counters.Answered(rows, payload.Length, latency);
+            Instruments?.WorkerReplied(worker.WorkerId, payload.Length, latency);
             var t = reply.Header.Timings;
             var outcome = new PartOutcome(payload.Length, t is null ? 0 : (long)(t.DecodeNanos + t.ComputeNanos + t.EncodeNanos), t is null ? 0 : (long)t.ComputeNanos);
             part.Release();
@@ -530,6 +544,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         public List<WorkerEndpoint> Lost { get; } = [];
         public bool Stale { get; set; }
         public ulong TableVersion { get; set; }
+        public string Traceparent { get; init; } = "";
         public ExpertDispatchException? LastFailure { get; set; }
 
         public List<Part> TakeParts()

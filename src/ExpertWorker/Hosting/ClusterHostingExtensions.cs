@@ -40,6 +40,11 @@ public static class ExpertWorkerSiloBuilderExtensions
             default:
                 throw new ArgumentOutOfRangeException(nameof(cluster), cluster.Clustering, "unknown clustering mode");
         }
+        if (cluster.KubernetesHosting)
+        {
+            // Applied after the ids/endpoints above, so the pod's labels and IP win (infra/k8s sets both to the same values).
+            silo.UseKubernetesHosting();
+        }
         silo.UseSiloMetadata(metadata);
         silo.ConfigureServices(services => services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName,
             (sp, _) => new SiloLocalGrainStorage(sp.GetRequiredService<Orleans.Serialization.DeepCopier>())));

@@ -23,6 +23,14 @@ public sealed class ExpertWorkerOptions
     [Range(0, 65535)]
     public int GrpcPort { get; set; }
 
+    /// <summary>
+    /// TCP port of the HTTP/1.1 operations endpoint on <see cref="GrpcHost"/>: <c>/metrics</c> (Prometheus),
+    /// <c>/healthz/live</c>, <c>/healthz/ready</c> (200 once the shard serves its plan, warm); 0 picks a free one
+    /// (printed as <c>ops=</c> in the ready line), -1 turns it off. Default: 0.
+    /// </summary>
+    [Range(-1, 65535)]
+    public int OpsPort { get; set; }
+
     /// <summary>Also serve the data plane on this Unix domain socket (same-host coordinators). Default: none.</summary>
     public string? UnixSocketPath { get; set; }
 

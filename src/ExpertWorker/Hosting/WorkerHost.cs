@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using Distributed.ExpertWorker.Compute;
+using Distributed.ExpertWorker.Diagnostics;
 using Distributed.ExpertWorker.Placement;
 using Distributed.ExpertWorker.Services;
 using Distributed.ExpertWorker.Weights;
@@ -10,8 +11,6 @@ using Distributed.Kernels.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Distributed.Protocol.Wire;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
 
@@ -57,6 +56,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
     /// <summary>This worker's id.</summary>
     public string WorkerId { get; }
 
+    /// <summary>Bound operations address (<c>/metrics</c>, <c>/healthz/*</c>), e.g. <c>http://127.0.0.1:40124</c>; null when off.</summary>
+    public string? OpsAddress { get; private init; }
+
     /// <summary>Validates configuration, opens the checkpoint, and starts Kestrel (and the silo).</summary>
     /// <param name="configuration">Sections <c>ExpertWorker</c>, <c>Cluster</c>, <c>Placement</c>, <c>Logging</c>.</param>
     /// <param name="backendFactory">Backend to run experts on; default <see cref="KernelBackendFactory"/> with <c>KernelBackend</c> and <c>KernelThreads</c>.</param>
@@ -76,7 +78,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
         configuration.GetSection(ExpertClusterOptions.SectionName).Bind(cluster);
         var placement = new PlacementOptions();
         configuration.GetSection(PlacementOptions.SectionName).Bind(placement);
-        Validate(options, cluster, placement);
+        var telemetry = new TelemetryOptions();
+        configuration.GetSection(TelemetryOptions.SectionName).Bind(telemetry);
+        Validate(options, cluster, placement, telemetry);
 
         var checkpoint = CheckpointReader.Open(options.ModelDirectory);
         IKernelBackend? backend = null;
@@ -89,7 +93,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;
-            return await StartCoreAsync(configuration, options, cluster, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
+            return await StartCoreAsync(configuration, options, cluster, telemetry, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
         }
         catch
         {
@@ -99,9 +103,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
         }
     }
 
-    private static void Validate(ExpertWorkerOptions options, ExpertClusterOptions cluster, PlacementOptions placement)
+    private static void Validate(ExpertWorkerOptions options, ExpertClusterOptions cluster, PlacementOptions placement, TelemetryOptions telemetry)
     {
-        var failures = new List<string>();
+        var failures = new List<string>(telemetry.Validate());
         var attr = new ExpertWorkerOptionsValidator().Validate(ExpertWorkerOptions.SectionName, options);
         if (attr.Failed)
         {
@@ -127,7 +131,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
     }
 
     private static async Task<WorkerHost> StartCoreAsync(
-        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, CheckpointReader checkpoint,
+        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, CheckpointReader checkpoint,
         IKernelBackend backend, ModelDescriptor model, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
@@ -136,9 +140,24 @@ public sealed partial class WorkerHost : IAsyncDisposable
         AddDefaultFilters(builder.Logging);
         configureLogging?.Invoke(builder.Logging);
         int maxMessage = options.MaxMessageBytes(model.HiddenSize);
+        ListenOptions? grpcListen = null;
+        ListenOptions? opsListen = null;
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Listen(IPAddress.Parse(options.GrpcHost), options.GrpcPort, o => o.Protocols = HttpProtocols.Http2);
+            k.Listen(IPAddress.Parse(options.GrpcHost), options.GrpcPort, o =>
+            {
+                o.Protocols = HttpProtocols.Http2;
+                grpcListen = o;
+            });
+            if (options.OpsPort >= 0)
+            {
+                // Prometheus and kubelet probes speak HTTP/1.1; the data-plane port is h2c only.
+                k.Listen(IPAddress.Parse(options.GrpcHost), options.OpsPort, o =>
+                {
+                    o.Protocols = HttpProtocols.Http1;
+                    opsListen = o;
+                });
+            }
             if (!string.IsNullOrWhiteSpace(options.UnixSocketPath))
             {
                 k.ListenUnixSocket(options.UnixSocketPath, o => o.Protocols = HttpProtocols.Http2);
@@ -169,12 +188,16 @@ public sealed partial class WorkerHost : IAsyncDisposable
         builder.Services.AddSingleton(new ExpertExecutor(backend));
         builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(Options.Create(options));
+        var instruments = new ExpertWorkerInstruments(store);
+        builder.Services.AddSingleton(instruments);
+        WorkerOperations.Add(builder, store, telemetry, workerId);
         var web = builder.Build();
         web.MapGrpcService<ExpertComputeService>();
+        WorkerOperations.Map(web);
         await web.StartAsync(ct);
 
-        string grpcAddress = web.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses
-            .First(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal));
+        string grpcAddress = BoundAddress(grpcListen);
+        string? opsAddress = opsListen is null ? null : BoundAddress(opsListen);
         var log = loggerFactory.CreateLogger<WorkerHost>();
         LogEffectiveOptions(log, workerId, model.Fingerprint, options.MaxRowsPerDispatch, maxMessage, backend.Name, options.StaticExperts ?? "(cluster plan)");
 
@@ -201,10 +224,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
             store.Dispose();
             throw;
         }
-        var host = new WorkerHost(web, silo, store, checkpoint, backend, grpcAddress, workerId);
+        var host = new WorkerHost(web, silo, store, checkpoint, backend, grpcAddress, workerId) { OpsAddress = opsAddress };
         LogReady(log, workerId, grpcAddress, store.Manifest.Count);
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{ReadyMarker} worker={workerId} grpc={grpcAddress} silo={(silo is null ? 0 : cluster.SiloPort)} gateway={(silo is null ? 0 : cluster.GatewayPort)} pid={Environment.ProcessId}"));
+            $"{ReadyMarker} worker={workerId} grpc={grpcAddress} silo={(silo is null ? 0 : cluster.SiloPort)} gateway={(silo is null ? 0 : cluster.GatewayPort)} pid={Environment.ProcessId} ops={opsAddress ?? "off"}"));
         Console.Out.Flush();
         return host;
     }
@@ -252,6 +275,11 @@ public sealed partial class WorkerHost : IAsyncDisposable
         }
         return host;
     }
+
+    // Kestrel writes the bound endpoint (the real port when 0 was asked for) back into the ListenOptions.
+    private static string BoundAddress(ListenOptions? listen) => listen?.IPEndPoint is { } ep
+        ? $"http://{(ep.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ep.Address}]" : ep.Address.ToString())}:{ep.Port}"
+        : throw new InvalidOperationException("Kestrel did not bind the listener");
 
     // Orleans logs every option and periodic statistics at Information; the worker's own events stay visible.
     private static void AddDefaultFilters(ILoggingBuilder logging)

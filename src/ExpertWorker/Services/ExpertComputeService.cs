@@ -19,6 +19,7 @@ public sealed partial class ExpertComputeService(
     ExpertExecutor executor,
     SessionRegistry sessions,
     IOptions<ExpertWorkerOptions> options,
+    Diagnostics.ExpertWorkerInstruments instruments,
     ILogger<ExpertComputeService> logger) : ExpertWorkerServiceBase
 {
     private readonly int _maxConcurrent = options.Value.MaxConcurrentRequestsPerStream;
@@ -183,6 +184,14 @@ public sealed partial class ExpertComputeService(
     }
 
     private TensorFrame<ExpertReply> Process(TensorFrame<ExpertRequest> frame, WorkerSession? session, bool pooledReply)
+    {
+        using var span = instruments.StartCompute(frame.Header);
+        var reply = ProcessCore(frame, session, pooledReply);
+        instruments.Answered(frame.Header, reply.Header, span);
+        return reply;
+    }
+
+    private TensorFrame<ExpertReply> ProcessCore(TensorFrame<ExpertRequest> frame, WorkerSession? session, bool pooledReply)
     {
         var request = frame.Header;
         using var snapshot = store.Acquire();

@@ -3,7 +3,7 @@ namespace Distributed.Kernels.Cpu;
 public sealed unsafe partial class CpuKernelBackend
 {
     /// <summary>Below this many multiply-adds a matmul runs on the calling thread.</summary>
-    private const long ParallelMacThreshold = 1 << 16;
+    private const long ParallelMacThreshold = 1 << 18;
 
     /// <summary>
     /// Rows of an FFN processed together; bounds the scratch to <c>3 · FfnRowBlock · I</c> floats (24 MiB at I = 8192)
@@ -116,8 +116,6 @@ public sealed unsafe partial class CpuKernelBackend
         KernelThrowHelper.CheckLength(gateUp.Count, groups, Op, nameof(gateUp), "one per group (rowCounts.Length)");
         KernelThrowHelper.CheckLength(down.Count, groups, Op, nameof(down), "one per group (rowCounts.Length)");
         KernelThrowHelper.CheckLength(y.Length, x.Length, Op, nameof(y), "same shape as x");
-        var gus = new PackedWeight[groups];
-        var dns = new PackedWeight[groups];
         int hidden = -1;
         long totalRows = 0;
         for (int g = 0; g < groups; g++)
@@ -126,13 +124,13 @@ public sealed unsafe partial class CpuKernelBackend
             {
                 KernelThrowHelper.ThrowArgument(Op, nameof(rowCounts), $"rowCounts[{g}] = {rowCounts[g]} is negative");
             }
-            (gus[g], dns[g]) = CheckFfnWeights(gateUp[g], down[g], Op, g);
-            if (hidden >= 0 && gus[g].InFeatures != hidden)
+            var (gu, _) = CheckFfnWeights(gateUp[g], down[g], Op, g);
+            if (hidden >= 0 && gu.InFeatures != hidden)
             {
                 KernelThrowHelper.ThrowArgument(Op, nameof(gateUp),
-                    $"gateUp[{g}] has hidden width {gus[g].InFeatures}, group 0 has {hidden}");
+                    $"gateUp[{g}] has hidden width {gu.InFeatures}, group 0 has {hidden}");
             }
-            hidden = gus[g].InFeatures;
+            hidden = gu.InFeatures;
             totalRows += rowCounts[g];
         }
         if (groups == 0)
@@ -152,7 +150,7 @@ public sealed unsafe partial class CpuKernelBackend
                     int n = rowCounts[g];
                     if (n > 0)
                     {
-                        RunFfnLocked(px + (offset * hidden), n, gus[g], dns[g], py + (offset * hidden));
+                        RunFfnLocked(px + (offset * hidden), n, (PackedWeight)gateUp[g], (PackedWeight)down[g], py + (offset * hidden));
                     }
                     offset += n;
                 }
@@ -195,9 +193,15 @@ public sealed unsafe partial class CpuKernelBackend
             lock (_sync)
             {
                 ThrowIfDisposed();
-                _attentionTask.Set(_simd, shape, pq, pp, pk, pv, po, rows, _team.Threads);
                 long work = (long)rows * Math.Max(1, shape.MaxSpan) * p.Heads * p.HeadDim;
-                if (work < ParallelMacThreshold || _team.Threads == 1)
+                bool inline = work < ParallelMacThreshold || _team.Threads == 1;
+                if (rows <= DecodeAttentionTask.MaxRows)
+                {
+                    _decodeAttentionTask.Run(inline ? null : _team, _simd, shape, pq, pp, pk, pv, po, rows);
+                    return;
+                }
+                _attentionTask.Set(_simd, shape, pq, pp, pk, pv, po, rows, _team.Threads);
+                if (inline)
                 {
                     _attentionTask.Execute(0, 1);
                 }

@@ -9,9 +9,11 @@ namespace Distributed.Kernels.Cpu;
 /// rows share the call, whatever the row count and whatever the thread count.
 /// </summary>
 /// <remarks>
-/// Calls that use the worker team (matmuls, FFNs, attention, and large row-wise ops) are serialized on an internal
-/// lock; small row-wise ops run on the calling thread. Dispose the backend to stop its threads; weights it created stay
-/// valid until disposed themselves.
+/// <para>Create one instance per process and share it: every instance owns <c>threads - 1</c> worker threads that spin
+/// for about 2 ms after each call, and two spinning teams on the same cores slow each other down badly.</para>
+/// <para>Calls that use the worker team (large matmuls, FFNs, attention, large row-wise ops) are serialized on an
+/// internal lock; small ones run on the calling thread. Dispose the backend to stop its threads; weights it created
+/// stay valid until disposed themselves.</para>
 /// </remarks>
 public sealed unsafe partial class CpuKernelBackend : IKernelBackend
 {
@@ -28,6 +30,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     private readonly MatMulTask _matMulTask = new();
     private readonly GateUpTask _gateUpTask = new();
     private readonly AttentionTask _attentionTask;
+    private readonly DecodeAttentionTask _decodeAttentionTask;
     private readonly RowTask _rowTask = new();
     private bool _disposed;
 
@@ -52,6 +55,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
             _threadScratch[i] = new ScratchBuffer();
         }
         _attentionTask = new AttentionTask(_threadScratch);
+        _decodeAttentionTask = new DecodeAttentionTask(_threadScratch);
         Name = $"cpu-{SimdLevels.ShortName(simd)}x{n}";
         Capabilities = new KernelCapabilities(
             $"{CpuModelName()} ({SimdLevels.ShortName(simd)}, {n} threads)", SimdLevels.TypeName(simd), n, 0, BatchInvariant: true);
@@ -212,6 +216,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
             }
             _ffnHidden.Dispose();
             _ffnActivation.Dispose();
+            _decodeAttentionTask.Dispose();
         }
     }
 

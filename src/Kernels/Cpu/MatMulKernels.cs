@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Distributed.Kernels.Cpu;
 
@@ -47,6 +48,21 @@ internal static unsafe class MatMulKernels
         }
     }
 
+    /// <summary>
+    /// Software prefetch distance of the four-panel T=1 kernel, in 64-byte lines per stream: 4 × 32 lines in flight
+    /// cover ~100 ns of DRAM latency at ~40 GB/s.
+    /// </summary>
+    private const int PrefetchLines = 32;
+
+    /// <summary>The same for the one-panel kernels, which have a single weight stream.</summary>
+    private const int SinglePanelPrefetchLines = 128;
+
+    /// <summary>Kernels with at most this many rows prefetch their weight stream (more rows are compute-bound).</summary>
+    private const int Prefetching = 8;
+
+    /// <summary>k-block length for multi-row-block calls: 256 lines of a panel = 16 KiB.</summary>
+    private const int KBlock = 256;
+
     private static int PanelWidthOf(PackedWeight w, int p) => Math.Min(PackedWeight.PanelWidth, w.OutFeatures - (p * PackedWeight.PanelWidth));
 
     private static void Compute512(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
@@ -67,49 +83,89 @@ internal static unsafe class MatMulKernels
                 float* yp = y + (p * PackedWeight.PanelWidth);
                 if (width == PackedWeight.PanelWidth)
                 {
-                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, yp, ldy);
+                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, yp, ldy, false);
                 }
                 else
                 {
-                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, tile, PackedWeight.PanelWidth);
+                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, tile, PackedWeight.PanelWidth, false);
                     CopyTile(tile, 1, yp, ldy, width);
                 }
             }
             return;
         }
-        for (int p = p0; p < p1; p++)
+        int fullEnd = p1 > p0 && PanelWidthOf(w, p1 - 1) < PackedWeight.PanelWidth ? p1 - 1 : p1;
+        // More than one 8-row block: block k so that a panel's 16 KiB k-slice is reused from L1 by every row block
+        // and the rows' k-slice (≤ 128 KiB) stays in L2 across panels. Partial sums go through y as fp32 and come back
+        // bit-exact, so the per-element FMA sequence is the same as unblocked.
+        int kBlock = rows > 8 ? KBlock : k;
+        for (int k0 = 0; k0 < k; k0 += kBlock)
         {
-            uint* panel = w.Panel(p);
-            int width = PanelWidthOf(w, p);
-            float* yp = y + (p * PackedWeight.PanelWidth);
+            int kn = Math.Min(kBlock, k - k0);
+            for (int p = p0; p < fullEnd; p++)
+            {
+                uint* panel = w.Panel(p) + ((nint)k0 * PackedWeight.LineUints);
+                float* yp = y + (p * PackedWeight.PanelWidth);
+                // The next panel's k-slice (16 KiB, a fresh stream from DRAM when the weights exceed L3) is prefetched
+                // in pieces while this one runs, so its first row block does not stall on every line.
+                uint* nextSlice = p + 1 < fullEnd ? w.Panel(p + 1) + ((nint)k0 * PackedWeight.LineUints)
+                    : k0 + kBlock < k ? w.Panel(p0) + ((nint)(k0 + kBlock) * PackedWeight.LineUints) : null;
+                int nextLines = p + 1 < fullEnd ? kn : Math.Min(kBlock, k - k0 - kBlock);
+                int blocks = (rows + 7) >> 3;
+                int linesPerBlock = (nextLines + blocks - 1) / blocks;
+                for (int r = 0, block = 0; r < rows; r += 8, block++)
+                {
+                    if (nextSlice != null && Sse.IsSupported)
+                    {
+                        int l0 = block * linesPerBlock;
+                        int l1 = Math.Min(nextLines, l0 + linesPerBlock);
+                        for (int l = l0; l < l1; l++)
+                        {
+                            Sse.Prefetch0(nextSlice + ((nint)l * PackedWeight.LineUints));
+                        }
+                    }
+                    if (p == p0 && k0 + kBlock < k && Sse.IsSupported)
+                    {
+                        // This row block's x for the next k block, into L2: x of a tall batch (2.5 MiB at 128 × 5120)
+                        // is evicted from L3 by the weight stream and would otherwise come back by demand misses.
+                        int nextK = Math.Min(kBlock, k - k0 - kBlock);
+                        for (int rr = r; rr < Math.Min(rows, r + 8); rr++)
+                        {
+                            byte* xr = (byte*)(x + (rr * ldx) + k0 + kBlock);
+                            for (nint off = 0; off < (nint)nextK * sizeof(float); off += 64)
+                            {
+                                Sse.Prefetch1(xr + off);
+                            }
+                        }
+                    }
+                    Rows512(x + (r * ldx) + k0, ldx, Math.Min(8, rows - r), panel, kn, yp + (r * ldy), ldy, k0 > 0);
+                }
+            }
+        }
+        if (fullEnd < p1)
+        {
+            int width = PanelWidthOf(w, fullEnd);
+            float* yp = y + (fullEnd * PackedWeight.PanelWidth);
             for (int r = 0; r < rows; r += 8)
             {
                 int n = Math.Min(8, rows - r);
-                if (width == PackedWeight.PanelWidth)
-                {
-                    Rows512(x + (r * ldx), ldx, n, panel, k, yp + (r * ldy), ldy);
-                }
-                else
-                {
-                    Rows512(x + (r * ldx), ldx, n, panel, k, tile, PackedWeight.PanelWidth);
-                    CopyTile(tile, n, yp + (r * ldy), ldy, width);
-                }
+                Rows512(x + (r * ldx), ldx, n, w.Panel(fullEnd), k, tile, PackedWeight.PanelWidth, false);
+                CopyTile(tile, n, yp + (r * ldy), ldy, width);
             }
         }
     }
 
-    private static void Rows512(float* x, nint ldx, int rows, uint* panel, int k, float* y, nint ldy)
+    private static void Rows512(float* x, nint ldx, int rows, uint* panel, int k, float* y, nint ldy, bool accumulate)
     {
         switch (rows)
         {
-            case 1: Kernel512<Rows1>(x, ldx, panel, k, y, ldy); break;
-            case 2: Kernel512<Rows2>(x, ldx, panel, k, y, ldy); break;
-            case 3: Kernel512<Rows3>(x, ldx, panel, k, y, ldy); break;
-            case 4: Kernel512<Rows4>(x, ldx, panel, k, y, ldy); break;
-            case 5: Kernel512<Rows5>(x, ldx, panel, k, y, ldy); break;
-            case 6: Kernel512<Rows6>(x, ldx, panel, k, y, ldy); break;
-            case 7: Kernel512<Rows7>(x, ldx, panel, k, y, ldy); break;
-            default: Kernel512<Rows8>(x, ldx, panel, k, y, ldy); break;
+            case 1: Kernel512<Rows1>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 2: Kernel512<Rows2>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 3: Kernel512<Rows3>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 4: Kernel512<Rows4>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 5: Kernel512<Rows5>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 6: Kernel512<Rows6>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 7: Kernel512<Rows7>(x, ldx, panel, k, y, ldy, accumulate); break;
+            default: Kernel512<Rows8>(x, ldx, panel, k, y, ldy, accumulate); break;
         }
     }
 
@@ -209,9 +265,12 @@ internal static unsafe class MatMulKernels
         }
     }
 
-    /// <summary>Up to 8 rows × one panel: 16 zmm accumulators, one 64-byte weight line per k.</summary>
+    /// <summary>
+    /// Up to 8 rows × one panel: 16 zmm accumulators, one 64-byte weight line per k. With
+    /// <paramref name="accumulate"/>, the accumulators start from y (a previous k block) instead of +0.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel512<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy)
+    private static void Kernel512<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy, bool accumulate)
         where TR : struct, IRowCount
     {
         Vector512<uint> mask = Vector512.Create(0xFFFF0000u);
@@ -223,6 +282,46 @@ internal static unsafe class MatMulKernels
         Vector512<float> a5l = default, a5h = default;
         Vector512<float> a6l = default, a6h = default;
         Vector512<float> a7l = default, a7h = default;
+        if (accumulate)
+        {
+            a0l = Vector512.Load(y);
+            a0h = Vector512.Load(y + 16);
+            if (TR.Rows > 1)
+            {
+                a1l = Vector512.Load(y + (1 * ldy));
+                a1h = Vector512.Load(y + (1 * ldy) + 16);
+            }
+            if (TR.Rows > 2)
+            {
+                a2l = Vector512.Load(y + (2 * ldy));
+                a2h = Vector512.Load(y + (2 * ldy) + 16);
+            }
+            if (TR.Rows > 3)
+            {
+                a3l = Vector512.Load(y + (3 * ldy));
+                a3h = Vector512.Load(y + (3 * ldy) + 16);
+            }
+            if (TR.Rows > 4)
+            {
+                a4l = Vector512.Load(y + (4 * ldy));
+                a4h = Vector512.Load(y + (4 * ldy) + 16);
+            }
+            if (TR.Rows > 5)
+            {
+                a5l = Vector512.Load(y + (5 * ldy));
+                a5h = Vector512.Load(y + (5 * ldy) + 16);
+            }
+            if (TR.Rows > 6)
+            {
+                a6l = Vector512.Load(y + (6 * ldy));
+                a6h = Vector512.Load(y + (6 * ldy) + 16);
+            }
+            if (TR.Rows > 7)
+            {
+                a7l = Vector512.Load(y + (7 * ldy));
+                a7h = Vector512.Load(y + (7 * ldy) + 16);
+            }
+        }
         float* x0 = x + (0 * ldx);
         float* x1 = x + (1 * ldx);
         float* x2 = x + (2 * ldx);
@@ -233,6 +332,10 @@ internal static unsafe class MatMulKernels
         float* x7 = x + (7 * ldx);
         for (nint kk = 0; kk < k; kk++)
         {
+            if (Sse.IsSupported && TR.Rows <= Prefetching)
+            {
+                Sse.Prefetch0(w + ((kk + SinglePanelPrefetchLines) * PackedWeight.LineUints));
+            }
             Vector512<uint> raw = Vector512.Load(w + (kk * PackedWeight.LineUints));
             Vector512<float> lo = (raw << 16).AsSingle();
             Vector512<float> hi = (raw & mask).AsSingle();
@@ -327,6 +430,14 @@ internal static unsafe class MatMulKernels
         for (nint kk = 0; kk < k; kk++)
         {
             nint off = kk * PackedWeight.LineUints;
+            nint ahead = off + (PrefetchLines * PackedWeight.LineUints);
+            if (Sse.IsSupported)
+            {
+                Sse.Prefetch0(w0 + ahead);
+                Sse.Prefetch0(w1 + ahead);
+                Sse.Prefetch0(w2 + ahead);
+                Sse.Prefetch0(w3 + ahead);
+            }
             Vector512<float> b = Vector512.Create(x[kk]);
             Vector512<uint> r0 = Vector512.Load(w0 + off);
             Vector512<uint> r1 = Vector512.Load(w1 + off);

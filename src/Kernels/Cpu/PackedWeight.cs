@@ -26,7 +26,6 @@ internal sealed unsafe class PackedWeight : IWeightMatrix
         Panels = (outFeatures + PanelWidth - 1) / PanelWidth;
         ResidentBytes = (long)Panels * inFeatures * LineUints * sizeof(uint);
         _data = (uint*)NativeMemoryBlock.Allocate((nuint)ResidentBytes);
-        GC.AddMemoryPressure(ResidentBytes);
     }
 
     ~PackedWeight()
@@ -144,7 +143,6 @@ internal sealed unsafe class PackedWeight : IWeightMatrix
         {
             _data = null;
             NativeMemoryBlock.Free(data);
-            GC.RemoveMemoryPressure(ResidentBytes);
         }
     }
 }

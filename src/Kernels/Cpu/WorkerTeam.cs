@@ -13,8 +13,8 @@ internal interface ITeamTask
 
 /// <summary>
 /// A dedicated team of worker threads for one backend. The calling thread is member 0; members 1..n-1 are unpinned
-/// threads that spin (<see cref="SpinWait"/> without sleeping) for <see cref="SpinMicroseconds"/> after their last task
-/// and then block on a semaphore. On a 2-vCPU VM, waking a blocked thread costs tens of microseconds and a shared
+/// threads that spin for <see cref="SpinMicroseconds"/> after their last task (PAUSE first, then yielding) and then
+/// block on a semaphore. On a 2-vCPU VM, waking a blocked thread costs tens of microseconds and a shared
 /// thread pool (Parallel.For) often runs sub-millisecond work entirely on the caller, so kernels use this team
 /// instead; see STACK-NOTES pitfall 10.
 /// </summary>
@@ -24,10 +24,17 @@ internal sealed class WorkerTeam : IDisposable
     /// <summary>How long an idle worker spins before it blocks, in microseconds.</summary>
     public const int SpinMicroseconds = 2000;
 
+    /// <summary>PAUSE instructions between two polls of a shared flag (a few hundred cycles).</summary>
+    private const int PausesPerPoll = 8;
+
+    /// <summary>How long a wait polls with PAUSE only before it starts yielding, in microseconds.</summary>
+    private const int PureSpinMicroseconds = 30;
+
     private readonly Thread[] _workers;
     private readonly SemaphoreSlim[] _wake;
     private readonly int[] _sleeping;
     private readonly long _spinTicks;
+    private readonly long _pureSpinTicks;
     private ITeamTask? _task;
     private int _generation;
     private int _pending;
@@ -39,6 +46,7 @@ internal sealed class WorkerTeam : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
         Threads = threads;
         _spinTicks = Stopwatch.Frequency * SpinMicroseconds / 1_000_000;
+        _pureSpinTicks = Stopwatch.Frequency * PureSpinMicroseconds / 1_000_000;
         _workers = new Thread[threads - 1];
         _wake = new SemaphoreSlim[threads - 1];
         _sleeping = new int[(threads - 1) * 16]; // one cache line per worker flag
@@ -91,11 +99,7 @@ internal sealed class WorkerTeam : IDisposable
         {
             local = e;
         }
-        var spin = new SpinWait();
-        while (Volatile.Read(ref _pending) != 0)
-        {
-            spin.SpinOnce(sleep1Threshold: -1);
-        }
+        WaitUntil(ref _pending, 0);
         _task = null;
         if (local is not null)
         {
@@ -121,8 +125,8 @@ internal sealed class WorkerTeam : IDisposable
                 int polls = 0;
                 while ((generation = Volatile.Read(ref _generation)) == seen)
                 {
-                    spin.SpinOnce(sleep1Threshold: -1);
-                    if ((++polls & 15) == 0 && Stopwatch.GetTimestamp() - start > _spinTicks)
+                    Pause(ref spin, start);
+                    if ((++polls & 63) == 0 && Stopwatch.GetTimestamp() - start > _spinTicks)
                     {
                         generation = Sleep(member, slot, seen);
                         break;
@@ -143,6 +147,34 @@ internal sealed class WorkerTeam : IDisposable
                 Interlocked.CompareExchange(ref _error, e, null);
             }
             Interlocked.Decrement(ref _pending);
+        }
+    }
+
+    /// <summary>
+    /// One poll interval: PAUSE-only for the first <see cref="PureSpinMicroseconds"/>, then <see cref="SpinWait"/> (which
+    /// yields). PAUSE alone keeps hand-offs at a microsecond on a quiet machine, where sched_yield could give the core to
+    /// another process for a whole time slice; yielding afterwards lets a team member that shares this core (the
+    /// machine is oversubscribed) run instead of waiting for the scheduler tick.
+    /// </summary>
+    private void Pause(ref SpinWait spin, long start)
+    {
+        if (Stopwatch.GetTimestamp() - start < _pureSpinTicks)
+        {
+            Thread.SpinWait(PausesPerPoll);
+        }
+        else
+        {
+            spin.SpinOnce(sleep1Threshold: -1);
+        }
+    }
+
+    private void WaitUntil(ref int value, int expected)
+    {
+        long start = Stopwatch.GetTimestamp();
+        var spin = new SpinWait();
+        while (Volatile.Read(ref value) != expected)
+        {
+            Pause(ref spin, start);
         }
     }
 

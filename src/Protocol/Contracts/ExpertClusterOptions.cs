@@ -54,6 +54,14 @@ public sealed class ExpertClusterOptions
     /// <summary>ADO.NET connection string. Required for <see cref="ClusteringMode.AdoNet"/>. Secret: never logged.</summary>
     public string? AdoNetConnectionString { get; set; }
 
+    /// <summary>
+    /// Silos: run under Orleans' Kubernetes hosting (silo name = pod name, advertised address = pod IP, ids from the
+    /// pod's <c>orleans/serviceId</c> and <c>orleans/clusterId</c> labels, silos of deleted pods removed from membership).
+    /// Needs the POD_NAME, POD_NAMESPACE and POD_IP environment variables and RBAC to watch pods. Membership still
+    /// comes from <see cref="Clustering"/>. Default: false.
+    /// </summary>
+    public bool KubernetesHosting { get; set; }
+
     /// <summary>How long a client waits to connect to the cluster before failing. Default: 30 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(30);
 

@@ -26,7 +26,7 @@ public sealed class CpuAttentionTests
     {
         var b = TestBackends.Get(backend);
         int seed = 1;
-        foreach (int headDim in new[] { 16, 24, 64, 7 })
+        foreach (int headDim in new[] { 16, 24, 64, 7, 128, 136 })
         {
             foreach (int chunk in new[] { 0, 5, 16 })
             {

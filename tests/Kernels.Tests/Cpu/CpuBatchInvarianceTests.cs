@@ -120,7 +120,14 @@ public sealed class CpuBatchInvarianceTests
     public void Attention_RowAloneEqualsRowInAnyBatch(string backend)
     {
         var b = TestBackends.Get(backend);
-        var p = new AttentionParams(8, 2, 64, 0.125f, 24);
+        foreach (var p in new[] { new AttentionParams(8, 2, 64, 0.125f, 24), new AttentionParams(4, 1, 136, 0.09f, 0) })
+        {
+            AssertAttentionInvariant(b, p, backend);
+        }
+    }
+
+    private static void AssertAttentionInvariant(IKernelBackend b, AttentionParams p, string backend)
+    {
         const int Total = 70;
         int width = p.Heads * p.HeadDim;
         var q = TestData.Floats(Total * width, 1);
@@ -132,7 +139,7 @@ public sealed class CpuBatchInvarianceTests
             var o = new float[c * width];
             b.Attention(q.AsSpan(s * width, c * width), c, positions.AsSpan(s, c), k, v, Total, 0, p, o);
             return o;
-        }, Total, width, $"{backend} Attention");
+        }, Total, width, $"{backend} Attention D={p.HeadDim}");
     }
 
     [Theory]

@@ -161,5 +161,12 @@ public sealed class CpuElementwiseTests
         Assert.All(x.AsSpan(0, 3).ToArray(), v => Assert.True(float.IsNaN(v)));
         Assert.Equal(1.0, x[3] + x[4] + (double)x[5], 1e-6);
         Assert.True(float.IsNaN(x[6]));
+        foreach (var name in TestBackends.AllNames)
+        {
+            var wide = TestData.Floats(40, 9);
+            wide[20] = float.NaN;
+            TestBackends.Get(name).SoftmaxStable(wide, 1, 40);
+            Assert.All(wide, v => Assert.True(float.IsNaN(v)));
+        }
     }
 }

@@ -21,12 +21,14 @@ public static class ServeHost
     /// application disposes the scheduler (after the server has stopped) when it is disposable.
     /// </param>
     /// <param name="configureLogging">Replaces the default logging (<see cref="AddConsoleLogging"/>) when set.</param>
+    /// <param name="operations">Metrics, health and traces (issue #6): <c>/metrics</c>, <c>/healthz/live</c>,
+    /// <c>/healthz/ready</c> and a measuring wrapper around the scheduler; null = none of these.</param>
     /// <param name="configureServices">Adds services (e.g. the cluster admin API) before the host is built.</param>
     /// <param name="configureApp">Maps more endpoints (e.g. the cluster admin API) after the serving endpoints.</param>
     /// <exception cref="OptionsValidationException">An option is invalid; the message names it.</exception>
     public static WebApplication Build(
         ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null,
-        Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null)
+        Diagnostics.CoordinatorOperations? operations = null, Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -72,7 +74,8 @@ public static class ServeHost
             .Configure(o => Copy(options, o))
             .ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<ServeOptions>, ServeOptionsValidator>();
-        builder.Services.AddSingleton(createScheduler);
+        builder.Services.AddSingleton(operations is null ? createScheduler : sp => operations.WrapScheduler(createScheduler(sp)));
+        operations?.AddTo(builder);
         string modelId = options.ResolveModelId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
@@ -84,6 +87,7 @@ public static class ServeHost
         app.UseMiddleware<ApiErrorMiddleware>();
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));
         app.Services.GetRequiredService<OpenAiEndpoints>().Map(app);
+        operations?.MapEndpoints(app);
         configureApp?.Invoke(app);
         return app;
     }

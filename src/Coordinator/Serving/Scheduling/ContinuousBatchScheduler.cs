@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Distributed.Coordinator.Model.Llama4;
@@ -251,6 +252,13 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         }
 
         StepResult result;
+        // Issue #6: one span per step, linked to the span of every request in the batch (a step serves many requests,
+        // so it cannot be any single request's child); the dispatch spans of the step are its children.
+        using var stepSpan = Diagnostics.CoordinatorInstruments.Tracing.HasListeners()
+            ? Diagnostics.CoordinatorInstruments.Tracing.StartActivity("moe.step", ActivityKind.Internal, default(ActivityContext),
+                links: members.Where(m => m.TraceContext != default).Select(m => new ActivityLink(m.TraceContext)))
+            : null;
+        stepSpan?.SetTag("moe.sequences", members.Count);
         try
         {
             result = await _engine.Model.ForwardAsync(items, captureRouting: false, ct).ConfigureAwait(false);
@@ -390,6 +398,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         public int PendingPrefill { get; set; }
         public int Generated { get; set; }
         public int LastToken { get; set; }
+        // The request's span when it was submitted (issue #6 tracing); default when not traced.
+        public ActivityContext TraceContext { get; } = Activity.Current?.Context ?? default;
         public bool IsCancelled => _cancelled || cancellationToken.IsCancellationRequested;
 
         public void Cancel() => _cancelled = true;

@@ -1,0 +1,131 @@
+using System.Diagnostics;
+using System.Text;
+using Xunit.Abstractions;
+
+namespace Distributed.Integration.Tests.Operations;
+
+/// <summary>
+/// Multi-host for real: <c>infra/netns-cluster.sh</c> builds three network namespaces (coordinator + redis, two
+/// workers) on a private test subnet, runs one generation across them with Redis membership, compares it with the
+/// in-process run (fp32 wire: byte-identical JSON), serves the same completion over HTTP to a client on another
+/// namespace, and tears everything down. Skips, naming the reason, where the
+/// machine cannot make namespaces (not root, no iproute2, no redis-server).
+/// </summary>
+[Trait("Category", "Integration")]
+public sealed class NetnsClusterTests(ITestOutputHelper output)
+{
+    [NetnsFact]
+    public async Task ThreeHosts_RedisMembership_GenerationMatchesInProcessAndGolden()
+    {
+        var golden = Golden.Load("tiny-maverick").Prompts[0];
+        string prompt = string.Join(",", golden.InputIds);
+        var (exitCode, stdout, stderr) = await RunScriptAsync(
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--prompt-ids", prompt, "--max-new-tokens", golden.NewTokens.Length.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+            TimeSpan.FromMinutes(4));
+        Assert.True(exitCode == 0, $"netns-cluster.sh exited {exitCode}; stderr tail:\n{Tail(stderr)}");
+        string okLine = stdout.Split('\n').Single(l => l.StartsWith("NETNS_CLUSTER_OK ", StringComparison.Ordinal));
+        Assert.Contains($"\"new_tokens\":[{string.Join(",", golden.NewTokens)}]", okLine, StringComparison.Ordinal);
+        Assert.Contains("workers=10.77.6.2:50051,10.77.6.3:50051", okLine, StringComparison.Ordinal);
+        Assert.Contains("MATCH: distributed (2 hosts, fp32 wire) == in-process", stderr, StringComparison.Ordinal);
+        Assert.EndsWith(" served=yes", okLine, StringComparison.Ordinal);
+        Assert.Contains("MATCH: coordinator and worker /metrics and readiness answer across hosts", stderr, StringComparison.Ordinal);
+
+        // The trap removed every namespace it made.
+        string prefix = stderr.Split("hosts: ", 2)[1].Split('-', 2)[0];
+        var (_, list) = await RunAsync("ip", ["netns", "list"]);
+        Assert.DoesNotContain(prefix + "-", list, StringComparison.Ordinal);
+    }
+
+    [NetnsFact]
+    public async Task BadSubnet_ExitsWithUsageErrorAndCreatesNothing()
+    {
+        var (exitCode, _, stderr) = await RunScriptAsync(["--model", TestPaths.Fixture("tiny-maverick"), "--subnet", "192.168.1"], TimeSpan.FromSeconds(30));
+        Assert.Equal(2, exitCode);
+        Assert.Contains("--subnet must be", stderr, StringComparison.Ordinal);
+    }
+
+    private async Task<(int ExitCode, string StdOut, string StdErr)> RunScriptAsync(string[] args, TimeSpan timeout)
+    {
+        string script = Path.Combine(TestPaths.Root, "infra", "netns-cluster.sh");
+        var psi = new ProcessStartInfo("bash", [script, .. args])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = TestPaths.Root,
+        };
+        // The script runs the executables of the configuration these tests were built in (bin/Release or bin/Debug).
+        psi.Environment["CONFIG"] = AppContext.BaseDirectory.Contains("/Debug/", StringComparison.Ordinal) ? "Debug" : "Release";
+        using var process = Process.Start(psi)!;
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        var outTask = Pump(process.StandardOutput, stdout, "out");
+        var errTask = Pump(process.StandardError, stderr, "err");
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await process.WaitForExitAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            // SIGTERM lets the script's trap remove the namespaces; SIGKILL only if it does not finish.
+            using (var term = Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                await term.WaitForExitAsync();
+            }
+            using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            try
+            {
+                await process.WaitForExitAsync(grace.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+            Assert.Fail($"netns-cluster.sh did not finish within {timeout}; stderr tail:\n{Tail(stderr.ToString())}");
+        }
+        await Task.WhenAll(outTask, errTask);
+        return (process.ExitCode, stdout.ToString(), stderr.ToString());
+    }
+
+    private async Task Pump(StreamReader reader, StringBuilder sink, string tag)
+    {
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            lock (sink)
+            {
+                sink.Append(line).Append('\n');
+            }
+            try
+            {
+                output.WriteLine($"[{tag}] {line}");
+            }
+            catch (InvalidOperationException)
+            {
+                // The test already finished.
+            }
+        }
+    }
+
+    private static async Task<(int ExitCode, string StdOut)> RunAsync(string file, string[] args)
+    {
+        var psi = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, UseShellExecute = false };
+        using var p = Process.Start(psi)!;
+        string text = await p.StandardOutput.ReadToEndAsync();
+        await p.WaitForExitAsync();
+        return (p.ExitCode, text);
+    }
+
+    private static string Tail(string text) => string.Join('\n', text.Split('\n').TakeLast(60));
+
+    private sealed class NetnsFactAttribute : FactAttribute
+    {
+        public NetnsFactAttribute()
+        {
+            if (MachineCapabilities.NetworkNamespacesMissing is { } reason)
+            {
+                Skip = "multi-host namespaces unavailable: " + reason;
+            }
+        }
+    }
+}

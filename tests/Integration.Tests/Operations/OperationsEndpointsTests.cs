@@ -1,0 +1,127 @@
+using System.Net;
+using System.Text;
+using Distributed.Coordinator.Distribution;
+using Distributed.Integration.Tests.Serving;
+using Grpc.Health.V1;
+using Grpc.Net.Client;
+using Xunit.Abstractions;
+
+namespace Distributed.Integration.Tests.Operations;
+
+/// <summary>
+/// The operations surface on real processes: a serve process over two local workers answers /healthz and exposes
+/// its request, dispatch, worker and expert metrics in Prometheus text after a completion; a worker answers its
+/// probes, its /metrics and the standard gRPC health service.
+/// </summary>
+[Trait("Category", "Integration")]
+public sealed class OperationsEndpointsTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Serve_WithWorkers_ReadyAndMetricsFollowACompletion()
+    {
+        await using var server = await ServeProcess.StartAsync(ServingTestPaths.Fixture("tiny-maverick"), ["--local-workers", "2", "--threads", "1", "--wire", "fp32"], output);
+        using var client = new HttpClient { BaseAddress = new Uri(server.BaseAddress), Timeout = TimeSpan.FromMinutes(2) };
+
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/healthz/live")).StatusCode);
+        var ready = await client.GetAsync("/healthz/ready");
+        Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+        Assert.Equal("Healthy", await ready.Content.ReadAsStringAsync());
+
+        var completion = await client.PostAsync("/v1/completions", new StringContent(
+            """{"model":"tiny-maverick","prompt":[500],"max_tokens":6,"temperature":0}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, completion.StatusCode);
+
+        string metrics = await client.GetStringAsync("/metrics");
+        var series = ParseSeries(metrics);
+        Assert.Equal(1, Value(series, "moe_requests_total", "outcome=\"length\""));
+        Assert.Equal(6, Value(series, "moe_tokens_generated_total"));
+        Assert.Equal(1, Value(series, "moe_request_ttft_seconds_count"));
+        Assert.Equal(5, Value(series, "moe_request_inter_token_seconds_count"));
+        Assert.True(Value(series, "moe_placement_plan_version") >= 1);
+        Assert.Equal(0, Value(series, "moe_scheduler_queue_depth"));
+        Assert.Contains(series.Keys, k => k.StartsWith("moe_kv_blocks{", StringComparison.Ordinal) && k.Contains("state=\"free\"", StringComparison.Ordinal));
+        // Every MoE layer (1, 3, 5) dispatched once per forward pass: 6 passes (prefill + 5 decode steps).
+        foreach (string layer in new[] { "1", "3", "5" })
+        {
+            Assert.Equal(6, Value(series, "moe_dispatch_duration_seconds_count", $"layer=\"{layer}\""));
+            Assert.Equal(6, Value(series, "moe_combine_duration_seconds_count", $"layer=\"{layer}\""));
+        }
+        // One routed row per token per MoE layer (top-1): 6 tokens x 3 layers, split over the experts that got them.
+        double routed = series.Where(kv => kv.Key.StartsWith("moe_expert_routed_tokens_total{", StringComparison.Ordinal)).Sum(kv => kv.Value);
+        Assert.Equal(18, routed);
+        double rows = series.Where(kv => kv.Key.StartsWith("moe_worker_rows_total{", StringComparison.Ordinal)).Sum(kv => kv.Value);
+        Assert.Equal(18, rows);
+        double sent = series.Where(kv => kv.Key.StartsWith("moe_worker_bytes_total{", StringComparison.Ordinal) && kv.Key.Contains("direction=\"sent\"", StringComparison.Ordinal)).Sum(kv => kv.Value);
+        Assert.Equal(18 * 64 * 4, sent); // fp32 wire: rows x hidden 64 x 4 bytes
+        Assert.Contains(series.Keys, k => k.StartsWith("moe_worker_rtt_seconds_count{", StringComparison.Ordinal) && k.Contains("worker=\"worker-0\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Worker_AnswersProbesMetricsAndGrpcHealth()
+    {
+        var log = new TestLog { Output = output };
+        string? readyLine = null;
+        await using var worker = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "all", "--threads", "1", "--worker-id", "ops-w"],
+            "ops-w", line =>
+            {
+                if (line.Contains("EXPERT_WORKER_READY", StringComparison.Ordinal))
+                {
+                    readyLine = line;
+                }
+                log.Write(line);
+            });
+        string grpc = await worker.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        Assert.NotNull(readyLine);
+        string ops = readyLine!.Split(' ').Single(p => p.StartsWith("ops=", StringComparison.Ordinal))[4..];
+        Assert.StartsWith("http://127.0.0.1:", ops, StringComparison.Ordinal);
+        Assert.NotEqual(grpc, ops);
+
+        using var http = new HttpClient { BaseAddress = new Uri(ops) };
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/healthz/live")).StatusCode);
+        Assert.Equal("Healthy", await http.GetStringAsync("/healthz/ready"));
+        var series = ParseSeries(await http.GetStringAsync("/metrics"));
+        Assert.Equal(1, Value(series, "moe_shard_ready"));
+        Assert.Equal(3 * 128, Value(series, "moe_shard_experts"));
+        Assert.True(Value(series, "moe_shard_resident_bytes") > 0);
+
+        using var channel = GrpcChannel.ForAddress(grpc);
+        var health = new Health.HealthClient(channel);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, (await health.CheckAsync(new HealthCheckRequest())).Status);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving,
+            (await health.CheckAsync(new HealthCheckRequest { Service = "distributed.expertworker.v1.ExpertWorker" })).Status);
+    }
+
+    /// <summary>Prometheus text → "name{labels}" (labels without otel_scope_name, sorted as written) → value.</summary>
+    internal static Dictionary<string, double> ParseSeries(string text)
+    {
+        var result = new Dictionary<string, double>();
+        foreach (string raw in text.Split('\n'))
+        {
+            string line = raw.Trim();
+            if (line.Length == 0 || line.StartsWith('#'))
+            {
+                continue;
+            }
+            int space = line.LastIndexOf(' ');
+            string key = line[..space];
+            int brace = key.IndexOf('{', StringComparison.Ordinal);
+            if (brace >= 0)
+            {
+                var labels = key[(brace + 1)..^1].Split(',').Where(l => !l.StartsWith("otel_scope_name=", StringComparison.Ordinal));
+                key = key[..brace] + (labels.Any() ? "{" + string.Join(",", labels) + "}" : "");
+            }
+            result[key] = double.Parse(line[(space + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        return result;
+    }
+
+    /// <summary>The value of the one series of <paramref name="name"/> whose labels contain every <paramref name="labels"/>.</summary>
+    internal static double Value(Dictionary<string, double> series, string name, params string[] labels)
+    {
+        var matches = series.Where(kv => (kv.Key == name || kv.Key.StartsWith(name + "{", StringComparison.Ordinal))
+            && labels.All(l => kv.Key.Contains(l, StringComparison.Ordinal))).ToList();
+        Assert.True(matches.Count == 1, $"{name} {string.Join(",", labels)}: {matches.Count} series in\n{string.Join("\n", series.Keys.Where(k => k.StartsWith(name, StringComparison.Ordinal)))}");
+        return matches[0].Value;
+    }
+}
