@@ -219,7 +219,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     {
         try
         {
-            var verdict = await _grain.ReportUnreachableAsync(workerId, reason).ConfigureAwait(false);
+            var verdict = await ReportWithRetryAsync(workerId, reason).ConfigureAwait(false);
             LogUnreachableVerdict(workerId, verdict);
             if (verdict == UnreachableVerdict.Alive)
             {
@@ -241,6 +241,27 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
             throw;
         }
     }
+
+    // The client may have sent the report through the dead worker's own gateway: such a message is lost until the
+    // client's response timeout, so each attempt waits briefly and the next goes out through a live gateway.
+    private async Task<UnreachableVerdict> ReportWithRetryAsync(string workerId, string reason)
+    {
+        var deadline = DateTime.UtcNow + RecoveryTimeout;
+        while (true)
+        {
+            try
+            {
+                return await _grain.ReportUnreachableAsync(workerId, reason).WaitAsync(ReportAttemptTimeout, _stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is TimeoutException or OrleansException && DateTime.UtcNow < deadline)
+            {
+                LogRetry($"reporting worker {workerId} unreachable: {ex.GetType().Name}");
+            }
+        }
+    }
+
+    /// <summary>Longest one attempt to report an unreachable worker may take before it is sent again. Default: 3 s.</summary>
+    public TimeSpan ReportAttemptTimeout { get; set; } = TimeSpan.FromSeconds(3);
 
     /// <summary>Waits until a plan serves every expert (with at least <paramref name="minWorkers"/> workers in it).</summary>
     /// <exception cref="TimeoutException">Not serving within <paramref name="timeout"/>; the message gives the last snapshot.</exception>

@@ -436,12 +436,12 @@ public sealed partial class PlacementGrain(
             var joiners = _workers.Keys.Where(w => _plan.IndexOf(w) < 0).ToList();
             int moved = Options.AutoPlaceJoiningWorkers ? PlacementEditor.SpreadTo(draft, joiners, _draining) : 0;
             var unplacedBefore = draft.Orphans().Count();
-            PlacementEditor.Repair(draft, _draining);
+            int unplacedAfter = PlacementEditor.Repair(draft, _draining).Count;
             PlacementEditor.TopUp(draft, Options.ReplicationFactor, _draining);
             kind = repair || unplacedBefore > 0 ? PlanChangeKind.Repair : PlanChangeKind.Join;
             var gone = _plan.Workers.Select(w => w.WorkerId).Where(w => !_workers.ContainsKey(w)).ToList();
             description = kind == PlanChangeKind.Repair
-                ? $"repair: {unplacedBefore} experts re-placed{(gone.Count > 0 ? " after losing " + string.Join(", ", gone) : "")}"
+                ? $"repair: {unplacedBefore - unplacedAfter} of {unplacedBefore} experts re-placed{(gone.Count > 0 ? " after losing " + string.Join(", ", gone) : "")}"
                 : $"join: {string.Join(", ", joiners)} ({(Options.AutoPlaceJoiningWorkers ? $"{moved} experts moved onto them" : "held with no experts")})";
         }
         if (PlacementEditor.SameAssignment(before, draft) && _plan.Workers.Length == draft.Workers.Count && _plan.Version > 0)

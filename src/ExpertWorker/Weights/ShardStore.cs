@@ -110,7 +110,19 @@ public sealed partial class ShardStore : IShardView, IDisposable
                 throw new ArgumentOutOfRangeException(nameof(version), version, $"staged version must be newer than the committed version {old.Version}");
             }
             long start = Stopwatch.GetTimestamp();
-            var (weights, added) = await LoadMissingAsync(version, old, target, cancellationToken).ConfigureAwait(false);
+            var stateBefore = _state;
+            Dictionary<ExpertKey, ExpertWeights> weights;
+            List<ExpertWeights> added;
+            try
+            {
+                (weights, added) = await LoadMissingAsync(version, old, target, reportProgress: old.Version == 0, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                // The committed version keeps serving: the failure is the staged change's (Error says why).
+                _state = stateBefore;
+                throw;
+            }
             foreach (var (key, w) in old.Weights)
             {
                 weights.TryAdd(key, w);
@@ -146,7 +158,7 @@ public sealed partial class ShardStore : IShardView, IDisposable
         {
             var old = Volatile.Read(ref _current);
             long start = Stopwatch.GetTimestamp();
-            var (weights, added) = await LoadMissingAsync(version, old, target, cancellationToken).ConfigureAwait(false);
+            var (weights, added) = await LoadMissingAsync(version, old, target, reportProgress: true, cancellationToken).ConfigureAwait(false);
             ulong previous = old.Version;
             bool grace = _retireDelay > TimeSpan.Zero && previous != version && previous != 0 && old.Manifest.Count > 0;
             // A newer version staged before this commit arrived stays staged; re-applying the committed version abandons it.
@@ -192,8 +204,9 @@ public sealed partial class ShardStore : IShardView, IDisposable
         }
     }
 
+    // reportProgress: show Loading/Warming in the state; a stage next to a serving committed version stays Serving.
     private async Task<(Dictionary<ExpertKey, ExpertWeights> Weights, List<ExpertWeights> Added)> LoadMissingAsync(
-        ulong version, ShardSnapshot old, ShardManifest target, CancellationToken cancellationToken)
+        ulong version, ShardSnapshot old, ShardManifest target, bool reportProgress, CancellationToken cancellationToken)
     {
         var weights = new Dictionary<ExpertKey, ExpertWeights>();
         var added = new List<ExpertWeights>();
@@ -208,14 +221,20 @@ public sealed partial class ShardStore : IShardView, IDisposable
                     weights[key] = kept;
                     continue;
                 }
-                _state = ShardState.Loading;
+                if (reportProgress)
+                {
+                    _state = ShardState.Loading;
+                }
                 var loaded = await Task.Run(() => _loader.Load(key.Layer, key.Expert), cancellationToken).ConfigureAwait(false);
                 added.Add(loaded);
                 weights[key] = loaded;
             }
             if (_warmUp && added.Count > 0)
             {
-                _state = ShardState.Warming;
+                if (reportProgress)
+                {
+                    _state = ShardState.Warming;
+                }
                 await Task.Run(() => Warm(added), cancellationToken).ConfigureAwait(false);
             }
             _state = previousState;

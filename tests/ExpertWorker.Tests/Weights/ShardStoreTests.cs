@@ -136,7 +136,8 @@ public sealed class ShardStoreTests : IDisposable
         await store.ApplyAsync(1, ShardManifest.Parse("1:0", Model), CancellationToken.None);
         _loader.Fail = true;
         await Assert.ThrowsAsync<InvalidOperationException>(() => store.StageAsync(2, ShardManifest.Parse("1:0-3", Model), CancellationToken.None));
-        Assert.Equal(ShardState.Failed, store.Status.State);
+        Assert.Equal(ShardState.Serving, store.Status.State);
+        Assert.Contains("disk on fire", store.Status.Error);
         Assert.True(store.AcceptsPlanVersion(1));
         Assert.False(store.AcceptsPlanVersion(2));
         Assert.True(store.Holds(1, 0));
