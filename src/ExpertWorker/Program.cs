@@ -30,6 +30,7 @@ public static class Program
         ["--gateway-port"] = "Cluster:GatewayPort",
         ["--primary-silo-port"] = "Cluster:PrimarySiloPort",
         ["--redis"] = "Cluster:RedisConnectionString",
+        ["--probe-timeout"] = "Cluster:ProbeTimeout",
     };
 
     /// <summary>Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model.</summary>

@@ -13,7 +13,8 @@ public static partial class CommandLine
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
-        + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]";
+        + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
+        + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
 
     /// <summary>
     /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler (routed experts in-process, on
@@ -25,7 +26,8 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire", "telemetry"],
+             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
+             "admin-grpc-port", "admin-token-env"],
             []);
         var serve = new ServeOptions
         {
@@ -43,6 +45,7 @@ public static partial class CommandLine
             throw new UsageException(string.Join(" ", validation.Failures));
         }
         var scheduling = SchedulerOptionsFrom(a);
+        var admin = AdminOptionsFrom(a, serve.Host);
 
         Llama4Tokenizer tokenizer;
         try
@@ -82,8 +85,20 @@ public static partial class CommandLine
             throw new UsageException(ex.Message);
         }
         using var operationsScope = operations;
+        // Cluster admin API (issue #5): on the serving listener, or on its own with --admin-port.
+        var cluster = experts?.Cluster;
+        if (admin is not null && cluster is null)
+        {
+            throw new UsageException("the admin API needs the experts on a cluster (--local-workers N)");
+        }
+        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster.Placement, cluster.GrpcDispatcher);
+        bool adminOnServe = admin is not null && admin.Host is null;
         var app = ServeHost.Build(serve, tokenizer, sp => new ContinuousBatchScheduler(
-            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()), operations: operations);
+            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()), operations: operations,
+            configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
+            configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null);
+        var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
+        await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))
         {
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -106,6 +121,28 @@ public static partial class CommandLine
                 stderr.WriteLine($"error: {OneLine(ex.Message)}");
                 return 2;
             }
+            if (adminApp is not null)
+            {
+                try
+                {
+                    await adminApp.StartAsync(ct).ConfigureAwait(false);
+                }
+                catch (IOException ex)
+                {
+                    stderr.WriteLine($"error: cannot listen on {admin!.Host}:{admin.Port} for the admin API: {OneLine(ex.Message)}");
+                    return 1;
+                }
+                stdout.WriteLine($"admin API at {Admin.ClusterAdminHosting.BoundAddress(adminApp)}{Admin.AdminEndpoints.Prefix}"
+                    + (Admin.ClusterAdminHosting.BoundGrpcAddress(adminApp) is { } g ? $" (gRPC at {g})" : ""));
+            }
+            else if (adminOnServe)
+            {
+                stdout.WriteLine($"admin API at {ServeHost.ListeningAddress(app)}{Admin.AdminEndpoints.Prefix}");
+            }
+            else if (cluster is not null)
+            {
+                stderr.WriteLine($"serve: admin API disabled (set {new Admin.ClusterAdminOptions().TokenEnvironmentVariable} to enable it)");
+            }
             // The plain "listening on URL" line comes last: a supervisor that waits for it knows every port is ready.
             if (ServeHost.Http2ListeningAddress(app) is { } h2)
             {
@@ -119,6 +156,41 @@ public static partial class CommandLine
         }
         stderr.WriteLine("serve: stopped");
         return 0;
+    }
+
+    /// <summary>
+    /// The admin API settings: enabled when its token is set (environment variable <c>DISTRIBUTED_ADMIN_TOKEN</c>, or
+    /// the one named by <c>--admin-token-env</c>); <c>--admin-port</c> puts it on its own listener (on
+    /// <c>--admin-host</c>, default the serving host), else it shares the serving listener. Null when disabled.
+    /// </summary>
+    private static Admin.ClusterAdminOptions? AdminOptionsFrom(CliArgs a, string serveHost)
+    {
+        var options = new Admin.ClusterAdminOptions();
+        if (a.Get("admin-token-env") is { } env)
+        {
+            options.TokenEnvironmentVariable = env;
+        }
+        bool separate = a.Has("admin-port") || a.Has("admin-host") || a.Has("admin-grpc-port");
+        if (options.ResolveToken() is null)
+        {
+            if (separate || a.Has("admin-token-env"))
+            {
+                throw new UsageException($"the admin API needs a token: set the {options.TokenEnvironmentVariable} environment variable");
+            }
+            return null;
+        }
+        if (separate)
+        {
+            options.Host = a.Get("admin-host") ?? serveHost;
+            options.Port = a.Int("admin-port", 0, 0, 65535);
+            options.GrpcPort = a.Has("admin-grpc-port") ? a.Int("admin-grpc-port", 0, 0, 65535) : null;
+        }
+        var errors = options.Validate();
+        if (errors.Count > 0)
+        {
+            throw new UsageException(string.Join("; ", errors));
+        }
+        return options;
     }
 
     private static SchedulerOptions SchedulerOptionsFrom(CliArgs a)

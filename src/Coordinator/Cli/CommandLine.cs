@@ -15,7 +15,7 @@ public static partial class CommandLine
                           [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
           bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--json]
-        """ + "\n  " + ServeUsage;
+        """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
@@ -42,7 +42,8 @@ public static partial class CommandLine
                 "bench" => await BenchAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
                 "make-synthetic" => MakeSynthetic(rest, stdout, stderr),
                 "serve" => await ServeAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench or serve)"),
+                "admin" => await AdminAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench, serve or admin)"),
             };
         }
         catch (UsageException ex)

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Grpc.Core;
@@ -18,6 +19,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     private readonly CancellationTokenSource _stop = new();
     private readonly ILogger _logger;
     private readonly Task _loop;
+    private readonly ConcurrentDictionary<(string Worker, ulong Version), Lazy<Task<UnreachableVerdict>>> _reports = new();
     private PlacementSnapshot? _snapshot;
     private ExpertPlacementTable? _table;
     private DateTime _confirmedUtc;
@@ -34,6 +36,12 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
 
     /// <summary>Longest time since the plan was last confirmed by the placement grain before dispatch is refused.</summary>
     public TimeSpan MaxPlanAge { get; }
+
+    /// <summary>Longest <see cref="RecoverAsync"/> waits for a plan without the unreachable workers. Default: 60 s.</summary>
+    public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>The placement grain (admin calls).</summary>
+    public IPlacementGrain PlacementGrain => _grain;
 
     /// <summary>The latest snapshot, or null before the first answer.</summary>
     public PlacementSnapshot? Snapshot => Volatile.Read(ref _snapshot);
@@ -106,7 +114,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
         {
             throw new ExpertDispatchException(StatusCode.FailedPrecondition, snapshot is null
                 ? "no placement plan received from the cluster yet"
-                : $"placement plan {snapshot.Plan.Version} is not serving ({snapshot.ReadyWorkers.Length} of {snapshot.Plan.Workers.Length} workers ready, covers every expert: {snapshot.Plan.CoversAllExperts})");
+                : $"placement plan {snapshot.Plan.Version} is not serving ({snapshot.ReadyWorkers.Length} of {snapshot.Plan.Workers.Length} workers ready, covers every expert: {snapshot.Plan.CoversAllExperts}{(snapshot.Problem is null ? "" : "; " + snapshot.Problem)})");
         }
         var age = DateTime.UtcNow - _confirmedUtc;
         if (age > MaxPlanAge)
@@ -116,6 +124,144 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
         }
         return table;
     }
+
+    /// <inheritdoc />
+    public bool CanRecover => true;
+
+    /// <inheritdoc />
+    public async ValueTask<PlacementRecovery> RecoverAsync(IReadOnlyCollection<string> unreachableWorkers, ulong failedVersion, string reason,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(unreachableWorkers);
+        var workers = unreachableWorkers.Distinct(StringComparer.Ordinal).ToList();
+        var deadline = DateTime.UtcNow + RecoveryTimeout;
+        UnreachableVerdict[] verdicts;
+        try
+        {
+            verdicts = await Task.WhenAll(workers.Select(w => Report(w, failedVersion, reason))).WaitAsync(RecoveryTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            throw new ExpertDispatchException(StatusCode.Unavailable,
+                $"worker(s) {string.Join(", ", workers)} unreachable ({reason}) and the placement authority could not be told: {ex.Message}", workers[0], inner: ex);
+        }
+        var alive = workers.Where((_, i) => verdicts[i] == UnreachableVerdict.Alive).ToList();
+        if (alive.Count == workers.Count)
+        {
+            return new PlacementRecovery(GetServingTable(), alive);
+        }
+        while (true)
+        {
+            var changed = Volatile.Read(ref _changed).Task;
+            var s = Snapshot;
+            var table = Volatile.Read(ref _table);
+            if (s is not null && table is not null && table.Version > failedVersion)
+            {
+                if (s.IsServing)
+                {
+                    return new PlacementRecovery(GetServingTable(), alive);
+                }
+                if (!s.Plan.CoversAllExperts && s.Staged is null)
+                {
+                    throw new ExpertDispatchException(StatusCode.Unavailable,
+                        $"worker(s) {string.Join(", ", workers)} lost ({reason}); placement plan {s.Plan.Version} does not serve every expert: {s.Problem ?? "some experts have no worker"}",
+                        workers[0]);
+                }
+            }
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero)
+            {
+                throw new ExpertDispatchException(StatusCode.Unavailable,
+                    $"worker(s) {string.Join(", ", workers)} lost ({reason}); no placement plan re-placing their experts was serving within {RecoveryTimeout.TotalSeconds:F0} s (last: plan {s?.Plan.Version}, staged {s?.Staged?.Version.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none"}{(s?.Problem is null ? "" : "; " + s.Problem)})",
+                    workers[0]);
+            }
+            await Task.WhenAny(changed, Task.Delay(left, cancellationToken)).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+        }
+    }
+
+    /// <inheritdoc />
+    public void ReportUnreachable(string workerId, string reason)
+    {
+        var table = Volatile.Read(ref _table);
+        _ = Report(workerId, table?.Version ?? 0, reason).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<ExpertPlacementTable> WaitForNewerAsync(ulong version, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            var changed = Volatile.Read(ref _changed).Task;
+            var table = Volatile.Read(ref _table);
+            var left = deadline - DateTime.UtcNow;
+            if ((table is not null && table.Version > version && Snapshot is { IsServing: true }) || left <= TimeSpan.Zero)
+            {
+                return GetServingTable();
+            }
+            await Task.WhenAny(changed, Task.Delay(left, cancellationToken)).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+        }
+    }
+
+    private Task<UnreachableVerdict> Report(string workerId, ulong version, string reason)
+    {
+        foreach (var key in _reports.Keys.Where(k => k.Version + 16 < version))
+        {
+            _reports.TryRemove(key, out _);
+        }
+        var lazy = _reports.GetOrAdd((workerId, version), _ => new Lazy<Task<UnreachableVerdict>>(() => ReportCoreAsync(workerId, reason)));
+        return lazy.Value;
+    }
+
+    private async Task<UnreachableVerdict> ReportCoreAsync(string workerId, string reason)
+    {
+        try
+        {
+            var verdict = await ReportWithRetryAsync(workerId, reason).ConfigureAwait(false);
+            LogUnreachableVerdict(workerId, verdict);
+            if (verdict == UnreachableVerdict.Alive)
+            {
+                // Only the outcome of a report in flight is shared; a later failure of a live worker asks again.
+                foreach (var key in _reports.Keys.Where(k => k.Worker == workerId))
+                {
+                    _reports.TryRemove(key, out _);
+                }
+            }
+            return verdict;
+        }
+        catch
+        {
+            // Let a later failure report again.
+            foreach (var key in _reports.Keys.Where(k => k.Worker == workerId))
+            {
+                _reports.TryRemove(key, out _);
+            }
+            throw;
+        }
+    }
+
+    // The client may have sent the report through the dead worker's own gateway: such a message is lost until the
+    // client's response timeout, so each attempt waits briefly and the next goes out through a live gateway.
+    private async Task<UnreachableVerdict> ReportWithRetryAsync(string workerId, string reason)
+    {
+        var deadline = DateTime.UtcNow + RecoveryTimeout;
+        while (true)
+        {
+            try
+            {
+                return await _grain.ReportUnreachableAsync(workerId, reason).WaitAsync(ReportAttemptTimeout, _stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is TimeoutException or OrleansException && DateTime.UtcNow < deadline)
+            {
+                LogRetry($"reporting worker {workerId} unreachable: {ex.GetType().Name}");
+            }
+        }
+    }
+
+    /// <summary>Longest one attempt to report an unreachable worker may take before it is sent again. Default: 3 s.</summary>
+    public TimeSpan ReportAttemptTimeout { get; set; } = TimeSpan.FromSeconds(3);
 
     /// <summary>Waits until a plan serves every expert (with at least <paramref name="minWorkers"/> workers in it).</summary>
     /// <exception cref="TimeoutException">Not serving within <paramref name="timeout"/>; the message gives the last snapshot.</exception>
@@ -210,6 +356,9 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     [LoggerMessage(EventId = 3110, Level = LogLevel.Information,
         Message = "Placement plan {PlanVersion}: {Workers} workers, {Ready} ready, serving {Serving}")]
     private partial void LogSnapshot(long planVersion, int workers, int ready, bool serving);
+
+    [LoggerMessage(EventId = 3112, Level = LogLevel.Warning, Message = "Reported worker {WorkerId} unreachable: placement authority says {Verdict}")]
+    private partial void LogUnreachableVerdict(string workerId, UnreachableVerdict verdict);
 
     [LoggerMessage(EventId = 3111, Level = LogLevel.Warning, Message = "Placement follower: {Reason}; retrying")]
     private partial void LogRetry(string reason);

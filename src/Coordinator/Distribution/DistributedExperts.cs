@@ -26,6 +26,9 @@ public sealed class DistributedExperts : IAsyncDisposable
     /// <summary>The dispatcher for the engine.</summary>
     public GrpcExpertDispatcher Dispatcher { get; }
 
+    /// <summary>The local worker cluster (<c>--local-workers</c>), or null for workers found by address (no placement authority).</summary>
+    public LocalWorkerCluster? Cluster => _cluster;
+
     /// <summary>Starts <paramref name="localWorkers"/> workers on loopback and waits until the plan serves every expert.</summary>
     public static async Task<DistributedExperts> StartLocalAsync(string modelDirectory, int localWorkers, WireDType wire, TextWriter log, CancellationToken cancellationToken)
     {

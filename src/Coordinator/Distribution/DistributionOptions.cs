@@ -24,6 +24,21 @@ public sealed class DistributionOptions
     /// <summary>Size of each shared ring (one per worker connection). Default: 64 MiB.</summary>
     public long SharedRingBytes { get; set; } = 64L << 20;
 
+    /// <summary>An expert with at least this many rows in one dispatch is split into contiguous slices over its least
+    /// loaded healthy replicas (one slice per replica, at least half this many rows each). Default: 32.</summary>
+    public int SplitRows { get; set; } = 32;
+
+    /// <summary>Rounds of sending a MoE layer's rows (the first send plus retries after a lost worker or a stale plan)
+    /// before the dispatch fails. Default: 4.</summary>
+    public int MaxDispatchAttempts { get; set; } = 4;
+
+    /// <summary>How long a worker that failed on the data plane is avoided while the plan version stays the same. Default: 10 s.</summary>
+    public TimeSpan SuspectDuration { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Longest wait for a plan that re-places the experts of unreachable workers before the dispatch fails
+    /// with Unavailable. Default: 60 s.</summary>
+    public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
     public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
 
@@ -46,6 +61,22 @@ public sealed class DistributionOptions
         if (SharedRingBytes is < 1 << 20 or > 1L << 34)
         {
             errors.Add($"Distribution:SharedRingBytes {SharedRingBytes} must be within [1 MiB, 16 GiB]");
+        }
+        if (SplitRows is < 2 or > 1 << 20)
+        {
+            errors.Add($"Distribution:SplitRows {SplitRows} must be within [2, {1 << 20}]");
+        }
+        if (MaxDispatchAttempts is < 1 or > 32)
+        {
+            errors.Add($"Distribution:MaxDispatchAttempts {MaxDispatchAttempts} must be within [1, 32]");
+        }
+        if (SuspectDuration < TimeSpan.Zero || SuspectDuration > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:SuspectDuration {SuspectDuration} must be within [0, 1 h]");
+        }
+        if (RecoveryTimeout <= TimeSpan.Zero || RecoveryTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:RecoveryTimeout {RecoveryTimeout} must be within (0, 1 h]");
         }
         if (string.IsNullOrWhiteSpace(CoordinatorId))
         {

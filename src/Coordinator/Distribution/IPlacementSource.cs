@@ -1,6 +1,6 @@
 namespace Distributed.Coordinator.Distribution;
 
-/// <summary>Where the dispatcher gets the placement table it routes with.</summary>
+/// <summary>Where the dispatcher gets the placement table it routes with, and how it recovers when workers fail.</summary>
 public interface IPlacementSource
 {
     /// <summary>
@@ -9,9 +9,39 @@ public interface IPlacementSource
     /// <exception cref="ExpertDispatchException">FailedPrecondition: no plan serves every expert yet, or the plan
     /// could not be confirmed within the staleness bound (the coordinator refuses to dispatch on a stale version).</exception>
     ExpertPlacementTable GetServingTable();
+
+    /// <summary>True when <see cref="RecoverAsync"/> can re-place experts (a placement authority exists).</summary>
+    bool CanRecover => false;
+
+    /// <summary>
+    /// Workers of table version <paramref name="failedVersion"/> could not be reached on the data plane. Returns a
+    /// table to retry with: a newer plan that re-placed their experts, or the same table when every one of them proved
+    /// alive (listed in <see cref="PlacementRecovery.AliveWorkers"/>; reconnect and retry).
+    /// </summary>
+    /// <exception cref="ExpertDispatchException">Unavailable: no plan serving every expert without them appeared (some
+    /// expert cannot be placed, or the placement authority did not answer) within the recovery timeout.</exception>
+    ValueTask<PlacementRecovery> RecoverAsync(IReadOnlyCollection<string> unreachableWorkers, ulong failedVersion, string reason, CancellationToken cancellationToken)
+        => throw new ExpertDispatchException(Grpc.Core.StatusCode.Unavailable,
+            $"worker(s) {string.Join(", ", unreachableWorkers)} unreachable ({reason}) and this placement cannot re-place experts: {GetType().Name} is fixed",
+            unreachableWorkers.FirstOrDefault());
+
+    /// <summary>Tells the placement authority, without waiting, that a worker failed on the data plane (a replica took over).</summary>
+    void ReportUnreachable(string workerId, string reason)
+    {
+    }
+
+    /// <summary>A table newer than <paramref name="version"/> (a worker refused the version as stale), or the current one
+    /// after <paramref name="timeout"/>.</summary>
+    ValueTask<ExpertPlacementTable> WaitForNewerAsync(ulong version, TimeSpan timeout, CancellationToken cancellationToken)
+        => ValueTask.FromResult(GetServingTable());
 }
 
-/// <summary>A fixed table (workers started with static shards, <c>--workers</c>).</summary>
+/// <summary>What <see cref="IPlacementSource.RecoverAsync"/> found.</summary>
+/// <param name="Table">The table to retry with.</param>
+/// <param name="AliveWorkers">Reported workers that proved alive (the data-plane failure was transient).</param>
+public sealed record PlacementRecovery(ExpertPlacementTable Table, IReadOnlyCollection<string> AliveWorkers);
+
+/// <summary>A fixed table (workers started with static shards, <c>--workers</c>): replicas are used, nothing is re-placed.</summary>
 public sealed class StaticPlacementSource(ExpertPlacementTable table) : IPlacementSource
 {
     /// <inheritdoc />

@@ -85,6 +85,9 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         GrpcDispatcher = CreateDispatcher(distribution);
     }
 
+    /// <summary>What an Orleans client (another coordinator) needs to join this cluster (the initial workers' gateways).</summary>
+    public ExpertClusterOptions ClientOptions { get; private init; } = new();
+
     /// <summary>The model the workers serve.</summary>
     public ModelDescriptor Model => _model;
 
@@ -101,21 +104,48 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         {
             _pools.Add(pool);
         }
-        return new GrpcExpertDispatcher(_follower, pool);
+        _follower.RecoveryTimeout = distribution.RecoveryTimeout;
+        return new GrpcExpertDispatcher(_follower, pool, _loggerFactory.CreateLogger<GrpcExpertDispatcher>());
     }
 
     /// <summary>Starts one more worker and waits until a plan including it serves every expert.</summary>
     public async Task AddWorkerAsync(CancellationToken cancellationToken)
     {
-        int index = _workers.Count;
-        int[] ports = WorkerProcess.FreePorts(2);
-        var worker = WorkerProcess.Start(_workerPath, WorkerArguments(_options, index, ports[0], ports[1], _primarySiloPort), $"worker-{index}", _log);
-        _workers.Add(worker);
-        var started = DateTime.UtcNow;
-        _log($"{worker.Name} ready at {await worker.WaitReadyAsync(Remaining(_options, started), cancellationToken).ConfigureAwait(false)}");
-        var table = await _follower.WaitForServingAsync(_workers.Count, Remaining(_options, started), cancellationToken).ConfigureAwait(false);
+        await StartWorkerAsync(_workers.Count, cancellationToken).ConfigureAwait(false);
+        var table = await _follower.WaitForServingAsync(_workers.Count(w => !w.HasExited), _options.StartTimeout, cancellationToken).ConfigureAwait(false);
         _log($"placement plan {table.Version} serves every expert on {table.Workers.Count} workers");
     }
+
+    /// <summary>
+    /// Starts worker <paramref name="index"/> (a new one when it equals <see cref="Workers"/>' count, else a new process
+    /// under the id of a worker that exited, e.g. after <see cref="KillWorker"/>) and waits for its ready line, not for
+    /// a plan: joining workers are placed per the cluster's policy.
+    /// </summary>
+    public async Task<WorkerProcess> StartWorkerAsync(int index, CancellationToken cancellationToken)
+    {
+        if (index < 0 || index > _workers.Count || (index < _workers.Count && !_workers[index].HasExited))
+        {
+            throw new ArgumentOutOfRangeException(nameof(index), index, "not a new worker or a worker that exited");
+        }
+        int[] ports = WorkerProcess.FreePorts(2);
+        var worker = WorkerProcess.Start(_workerPath, WorkerArguments(_options, index, ports[0], ports[1], _primarySiloPort), $"worker-{index}", _log);
+        if (index == _workers.Count)
+        {
+            _workers.Add(worker);
+        }
+        else
+        {
+            var old = _workers[index];
+            _workers[index] = worker;
+            await old.DisposeAsync().ConfigureAwait(false);
+        }
+        _log($"{worker.Name} ready at {await worker.WaitReadyAsync(_options.StartTimeout, cancellationToken).ConfigureAwait(false)}");
+        return worker;
+    }
+
+    /// <summary>Kills worker <paramref name="index"/> with SIGKILL (no shutdown, no unregistration). Index 0 is the
+    /// localhost-clustering primary, whose loss ends the cluster.</summary>
+    public void KillWorker(int index) => _workers[index].Kill();
 
     private static List<string> WorkerArguments(LocalClusterOptions options, int index, int siloPort, int gatewayPort, int primarySiloPort)
     {
@@ -198,7 +228,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             follower = await ClusterPlacementFollower.StartAsync(cluster, loggerFactory, cancellationToken: cancellationToken).ConfigureAwait(false);
             var table = await follower.WaitForServingAsync(options.Workers, Remaining(options, started), cancellationToken).ConfigureAwait(false);
             log($"placement plan {table.Version} serves every expert on {table.Workers.Count} workers");
-            return new LocalWorkerCluster(workers, follower, options, model, workerPath, ports[0], distribution, log, loggerFactory);
+            return new LocalWorkerCluster(workers, follower, options, model, workerPath, ports[0], distribution, log, loggerFactory) { ClientOptions = cluster };
         }
         catch
         {

@@ -110,6 +110,36 @@ public sealed partial class WorkerProcess : IAsyncDisposable
     public async Task<string> WaitReadyAsync(TimeSpan timeout, CancellationToken cancellationToken)
         => await _ready.Task.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
 
+    /// <summary>Kills the process at once (SIGKILL on Unix): no shutdown hook runs, its sockets close.</summary>
+    public void Kill()
+    {
+        try
+        {
+            _process.Kill(entireProcessTree: false);
+        }
+        catch (InvalidOperationException)
+        {
+            // Already exited.
+        }
+    }
+
+    /// <summary>Asks the process to stop (SIGTERM): the worker unregisters and shuts down.</summary>
+    public void Terminate()
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS())
+        {
+            throw new PlatformNotSupportedException("SIGTERM needs a Unix host");
+        }
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+        {
+            UseShellExecute = false,
+        }) ?? throw new InvalidOperationException("cannot run kill");
+        kill.WaitForExit();
+    }
+
+    /// <summary>Waits for the process to exit.</summary>
+    public Task WaitForExitAsync(CancellationToken cancellationToken) => _process.WaitForExitAsync(cancellationToken);
+
     /// <summary>Sends SIGSTOP (the worker stops answering without closing its sockets) or SIGCONT.</summary>
     public void Signal(bool stop)
     {

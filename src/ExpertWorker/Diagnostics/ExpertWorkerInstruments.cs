@@ -67,6 +67,8 @@ public sealed class ExpertWorkerInstruments : IDisposable
         {
             ShardState.Serving => null,
             ShardState.Empty when status.PlanVersion > 0 => null,
+            // Holding a staged next plan version (issue #5) while the committed version serves.
+            ShardState.Staged when status.PlanVersion > 0 => null,
             ShardState.Empty => "waiting for a placement plan",
             ShardState.Loading => $"loading the experts of plan {status.PlanVersion}+",
             ShardState.Warming => $"warming the experts of plan {status.PlanVersion}+",

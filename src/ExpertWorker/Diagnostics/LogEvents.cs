@@ -11,6 +11,10 @@ public static class LogEvents
     public const int ShardApplied = 3010;
     /// <summary>A shard failed to apply a plan.</summary>
     public const int ShardApplyFailed = 3011;
+    /// <summary>A shard staged the next plan version.</summary>
+    public const int ShardStaged = 3012;
+    /// <summary>A shard released the experts of a version it left.</summary>
+    public const int ShardRetired = 3013;
     /// <summary>A request was rejected by validation.</summary>
     public const int RequestRejected = 3020;
     /// <summary>A request failed inside the worker.</summary>
@@ -23,6 +27,10 @@ public static class LogEvents
     public const int PlanRebuilt = 3030;
     /// <summary>A worker registered or left.</summary>
     public const int WorkerMembership = 3031;
+    /// <summary>A plan change (operation) was staged, committed, rejected or failed.</summary>
+    public const int PlanOperation = 3032;
+    /// <summary>A coordinator reported a worker unreachable.</summary>
+    public const int WorkerUnreachable = 3033;
     /// <summary>The worker agent could not reach the placement grain.</summary>
     public const int AgentRetry = 3040;
 }

@@ -46,10 +46,27 @@ public static class ExpertWorkerSiloBuilderExtensions
             silo.UseKubernetesHosting();
         }
         silo.UseSiloMetadata(metadata);
-        silo.AddMemoryGrainStorage(PlacementGrain.StorageName);
+        silo.ConfigureServices(services => services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName,
+            (sp, _) => new SiloLocalGrainStorage(sp.GetRequiredService<Orleans.Serialization.DeepCopier>())));
         // Loading a shard from a large checkpoint takes longer than the 30 s default call timeout.
         silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMinutes(10));
-        silo.ConfigureServices(services => services.AddPlacementDirector<ExpertShardPlacementStrategy, ExpertShardPlacementDirector>());
+        silo.ConfigureServices(services =>
+        {
+            services.AddPlacementDirector<ExpertShardPlacementStrategy, ExpertShardPlacementDirector>();
+            services.AddPlacementDirector<PlacementAuthorityStrategy, PlacementAuthorityDirector>();
+        });
+        if (cluster.ProbeTimeout is { } probe)
+        {
+            // Faster failure detection than Orleans' defaults (tests, small clusters): a silo missing NumMissedProbesLimit
+            // probes of ProbeTimeout each is suspected, and declared dead once enough silos vote.
+            silo.Configure<ClusterMembershipOptions>(o =>
+            {
+                o.ProbeTimeout = probe;
+                o.NumMissedProbesLimit = cluster.NumMissedProbesLimit;
+                o.TableRefreshTimeout = TimeSpan.FromSeconds(Math.Max(1, probe.TotalSeconds * 2));
+                o.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(Math.Max(1, probe.TotalSeconds * 5));
+            });
+        }
         return silo;
     }
 

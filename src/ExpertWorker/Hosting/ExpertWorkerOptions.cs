@@ -66,6 +66,11 @@ public sealed class ExpertWorkerOptions
     /// <summary>Run each newly loaded expert once on a zero row before serving it. Default: true.</summary>
     public bool WarmUp { get; set; } = true;
 
+    /// <summary>After a new plan version is committed, how long requests routed with the previous version are still
+    /// served (and its experts kept resident) so that coordinators switching tables never see a refusal. Default: 2 s.</summary>
+    [Range(typeof(TimeSpan), "00:00:00", "00:10:00")]
+    public TimeSpan RetireDelay { get; set; } = TimeSpan.FromSeconds(2);
+
     /// <summary>Largest payload this worker accepts or sends: rows × hidden × 4 bytes (fp32) plus headroom.</summary>
     public int MaxMessageBytes(int hiddenSize) => (int)Math.Min(int.MaxValue, (long)MaxRowsPerDispatch * hiddenSize * 4 + (64 << 10));
 }

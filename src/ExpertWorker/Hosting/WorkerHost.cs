@@ -183,7 +183,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             configureLogging?.Invoke(l);
         });
         var store = new ShardStore(workerId, model, new CheckpointExpertLoader(checkpoint, backend), options.MaxRowsPerDispatch, options.WarmUp,
-            loggerFactory.CreateLogger<ShardStore>());
+            loggerFactory.CreateLogger<ShardStore>(), options.RetireDelay);
         builder.Services.AddSingleton(store);
         builder.Services.AddSingleton(new ExpertExecutor(backend));
         builder.Services.AddSingleton<SessionRegistry>();
@@ -243,6 +243,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
             [ExpertShardPlacementDirector.GrpcEndpointKey] = grpcAddress,
             [ExpertShardPlacementDirector.CapacityKey] = capacity.ToString(CultureInfo.InvariantCulture),
         };
+        if (cluster.Clustering == ClusteringMode.Localhost && cluster.PrimarySiloPort == 0)
+        {
+            metadata[PlacementAuthorityDirector.PrimaryKey] = "1";
+        }
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [], DisableDefaults = true });
         builder.Configuration.AddConfiguration(configuration);
         builder.Logging.AddConfiguration(configuration.GetSection("Logging"));

@@ -269,6 +269,7 @@ public sealed partial class ExpertComputeService(
     {
         public ModelDescriptor Model => store.Model;
         public ulong PlanVersion => snapshot.Version;
+        public bool AcceptsPlanVersion(ulong version) => Array.IndexOf(snapshot.AcceptedVersions, version) >= 0;
         public int MaxRowsPerDispatch => store.MaxRowsPerDispatch;
         public bool Holds(int layer, int expert) => snapshot.Manifest.Contains(new ExpertKey(layer, expert));
     }

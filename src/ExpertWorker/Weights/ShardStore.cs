@@ -7,10 +7,12 @@ using Distributed.Protocol.Wire;
 namespace Distributed.ExpertWorker.Weights;
 
 /// <summary>
-/// The experts this worker serves, as immutable snapshots: applying a plan loads the new experts (memory-mapped
-/// slices, nothing else of the checkpoint), warms them, swaps the snapshot atomically, and releases the experts the
-/// plan dropped once the last request using the old snapshot finished. Requests take a lease on one snapshot, so a
-/// request never sees a half-applied plan.
+/// The experts this worker serves, as immutable snapshots. A plan change is staged: <see cref="StageAsync"/> loads and
+/// warms the next version's new experts while the current version keeps serving, and from then on requests routed with
+/// either version are accepted; <see cref="ApplyAsync"/> commits a version, keeps serving the previous one for
+/// <c>retireDelay</c> (coordinators switch tables at their own pace) and then releases what the committed version no
+/// longer holds. Requests take a lease on one snapshot, so a request never sees a half-applied plan, and dropped
+/// weights are freed once the last request using them finished.
 /// </summary>
 public sealed partial class ShardStore : IShardView, IDisposable
 {
@@ -18,12 +20,20 @@ public sealed partial class ShardStore : IShardView, IDisposable
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _applyLock = new(1, 1);
     private readonly bool _warmUp;
+    private readonly TimeSpan _retireDelay;
+    private readonly CancellationTokenSource _disposed = new();
     private ShardSnapshot _current;
+    private ShardManifest _committedTarget = ShardManifest.Empty;
+    private ulong _stagedVersion;
+    private ShardManifest? _stagedTarget;
     private ShardState _state = ShardState.Empty;
     private string? _error;
 
     /// <summary>Creates an empty store.</summary>
-    public ShardStore(string workerId, ModelDescriptor model, IExpertLoader loader, int maxRowsPerDispatch, bool warmUp, ILogger<ShardStore> logger)
+    /// <param name="retireDelay">How long a committed-away version stays accepted (and its experts resident) after a
+    /// newer version was committed; zero releases at once.</param>
+    public ShardStore(string workerId, ModelDescriptor model, IExpertLoader loader, int maxRowsPerDispatch, bool warmUp, ILogger<ShardStore> logger,
+        TimeSpan retireDelay = default)
     {
         WorkerId = workerId;
         Model = model;
@@ -31,7 +41,8 @@ public sealed partial class ShardStore : IShardView, IDisposable
         MaxRowsPerDispatch = maxRowsPerDispatch;
         _warmUp = warmUp;
         _logger = logger;
-        _current = new ShardSnapshot(0, ShardManifest.Empty, new Dictionary<ExpertKey, ExpertWeights>(), []);
+        _retireDelay = retireDelay < TimeSpan.Zero ? TimeSpan.Zero : retireDelay;
+        _current = new ShardSnapshot(0, [0], ShardManifest.Empty, new Dictionary<ExpertKey, ExpertWeights>(), []);
     }
 
     /// <summary>This worker's id.</summary>
@@ -46,11 +57,14 @@ public sealed partial class ShardStore : IShardView, IDisposable
     /// <summary>The backend the experts run on.</summary>
     public Kernels.IKernelBackend Backend => _loader.Backend;
 
-    /// <inheritdoc />
+    /// <summary>The committed plan version (what the worker announces in its handshake).</summary>
     public ulong PlanVersion => Volatile.Read(ref _current).Version;
 
-    /// <summary>The experts currently served.</summary>
+    /// <summary>The experts currently resident and served (committed, staged and retiring ones together).</summary>
     public ShardManifest Manifest => Volatile.Read(ref _current).Manifest;
+
+    /// <inheritdoc />
+    public bool AcceptsPlanVersion(ulong version) => Array.IndexOf(Volatile.Read(ref _current).AcceptedVersions, version) >= 0;
 
     /// <inheritdoc />
     public bool Holds(int layer, int expert) => Volatile.Read(ref _current).Manifest.Contains(new ExpertKey(layer, expert));
@@ -61,7 +75,7 @@ public sealed partial class ShardStore : IShardView, IDisposable
         get
         {
             var s = Volatile.Read(ref _current);
-            return new ShardStatus(WorkerId, (long)s.Version, _state, s.Manifest.Count, s.ResidentBytes, _error);
+            return new ShardStatus(WorkerId, (long)s.Version, _state, s.Manifest.Count, s.ResidentBytes, _error, (long)Volatile.Read(ref _stagedVersion));
         }
     }
 
@@ -79,65 +93,211 @@ public sealed partial class ShardStore : IShardView, IDisposable
     }
 
     /// <summary>
-    /// Makes this worker serve exactly <paramref name="target"/> at plan <paramref name="version"/>: loads and warms what
-    /// is new, swaps, and releases what was dropped once in-flight requests finished. Serialized with other applies.
+    /// Loads and warms every expert of <paramref name="target"/> not yet resident and starts accepting requests routed
+    /// with <paramref name="version"/>, while the committed version keeps serving. Nothing is released.
     /// </summary>
-    /// <exception cref="Kernels.Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed).</exception>
-    public async Task<ShardStatus> ApplyAsync(ulong version, ShardManifest target, CancellationToken cancellationToken)
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="version"/> is not newer than the committed version.</exception>
+    /// <exception cref="Kernels.Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed, the committed version keeps serving).</exception>
+    public async Task<ShardStatus> StageAsync(ulong version, ShardManifest target, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(target);
         await _applyLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             var old = Volatile.Read(ref _current);
-            var weights = new Dictionary<ExpertKey, ExpertWeights>();
-            var added = new List<ExpertWeights>();
+            if (version <= old.Version)
+            {
+                throw new ArgumentOutOfRangeException(nameof(version), version, $"staged version must be newer than the committed version {old.Version}");
+            }
             long start = Stopwatch.GetTimestamp();
+            var stateBefore = _state;
+            Dictionary<ExpertKey, ExpertWeights> weights;
+            List<ExpertWeights> added;
             try
             {
-                _state = ShardState.Loading;
-                foreach (var key in target.Experts)
-                {
-                    cancellationToken.ThrowIfCancellationRequested();
-                    if (old.Weights.TryGetValue(key, out var kept))
-                    {
-                        weights[key] = kept;
-                        continue;
-                    }
-                    var loaded = await Task.Run(() => _loader.Load(key.Layer, key.Expert), cancellationToken).ConfigureAwait(false);
-                    added.Add(loaded);
-                    weights[key] = loaded;
-                }
-                if (_warmUp && added.Count > 0)
-                {
-                    _state = ShardState.Warming;
-                    await Task.Run(() => Warm(added), cancellationToken).ConfigureAwait(false);
-                }
+                (weights, added) = await LoadMissingAsync(version, old, target, reportProgress: old.Version == 0, cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception ex)
+            catch
             {
-                foreach (var w in added)
-                {
-                    w.Dispose();
-                }
-                _state = ShardState.Failed;
-                _error = ex.Message;
-                LogApplyFailed(ex, version, ex.Message);
+                // The committed version keeps serving: the failure is the staged change's (Error says why).
+                _state = stateBefore;
                 throw;
             }
-            var dropped = old.Weights.Where(kv => !target.Contains(kv.Key)).Select(kv => kv.Value).ToList();
-            var next = new ShardSnapshot(version, target, weights, []);
-            old.RetireWith(dropped);
-            Volatile.Write(ref _current, next);
-            old.Release();
-            _state = target.Count == 0 ? ShardState.Empty : ShardState.Serving;
+            foreach (var (key, w) in old.Weights)
+            {
+                weights.TryAdd(key, w);
+            }
+            ulong abandoned = Volatile.Read(ref _stagedVersion);
+            var accepted = old.AcceptedVersions.Where(v => v != abandoned || v == old.Version).Append(version).Distinct().ToArray();
+            Swap(old, new ShardSnapshot(old.Version, accepted, new ShardManifest(weights.Keys), weights, []), []);
+            _stagedTarget = target;
+            Volatile.Write(ref _stagedVersion, version);
+            _state = ShardState.Staged;
             _error = null;
-            LogApplied(version, target.Count, added.Count, dropped.Count, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            LogStaged(version, target.Count, added.Count, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             return Status;
         }
         finally
         {
             _applyLock.Release();
         }
+    }
+
+    /// <summary>
+    /// Commits version <paramref name="version"/> with exactly <paramref name="target"/>: loads (and warms) whatever is
+    /// missing, then serves it. The previous committed version stays accepted, with its experts resident, for the retire
+    /// delay; after that every expert outside <paramref name="target"/> is released (freed once in-flight requests end).
+    /// Re-applying the committed version drops anything staged for an abandoned version.
+    /// </summary>
+    /// <exception cref="Kernels.Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed).</exception>
+    public async Task<ShardStatus> ApplyAsync(ulong version, ShardManifest target, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(target);
+        await _applyLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var old = Volatile.Read(ref _current);
+            long start = Stopwatch.GetTimestamp();
+            var (weights, added) = await LoadMissingAsync(version, old, target, reportProgress: true, cancellationToken).ConfigureAwait(false);
+            ulong previous = old.Version;
+            bool grace = _retireDelay > TimeSpan.Zero && previous != version && previous != 0 && old.Manifest.Count > 0;
+            // A newer version staged before this commit arrived stays staged; re-applying the committed version abandons it.
+            ulong staged = Volatile.Read(ref _stagedVersion);
+            var keepStaged = staged > version && version != previous ? _stagedTarget : null;
+            foreach (var (key, w) in old.Weights)
+            {
+                if (grace || (keepStaged?.Contains(key) ?? false))
+                {
+                    weights.TryAdd(key, w);
+                }
+            }
+            var accepted = new List<ulong> { version };
+            if (grace)
+            {
+                accepted.Add(previous);
+            }
+            if (keepStaged is not null)
+            {
+                accepted.Add(staged);
+            }
+            var release = old.Weights.Where(kv => !weights.ContainsKey(kv.Key)).Select(kv => kv.Value).ToList();
+            Swap(old, new ShardSnapshot(version, [.. accepted.Distinct()], new ShardManifest(weights.Keys), weights, []), release);
+            int dropped = release.Count + (grace ? weights.Keys.Count(k => !target.Contains(k) && !(keepStaged?.Contains(k) ?? false)) : 0);
+            if (grace)
+            {
+                _ = RetireLaterAsync(version, target);
+            }
+            _committedTarget = target;
+            if (keepStaged is null)
+            {
+                _stagedTarget = null;
+                Volatile.Write(ref _stagedVersion, 0UL);
+            }
+            _state = keepStaged is not null ? ShardState.Staged : target.Count == 0 ? ShardState.Empty : ShardState.Serving;
+            _error = null;
+            LogApplied(version, target.Count, added.Count, dropped, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            return Status;
+        }
+        finally
+        {
+            _applyLock.Release();
+        }
+    }
+
+    // reportProgress: show Loading/Warming in the state; a stage next to a serving committed version stays Serving.
+    private async Task<(Dictionary<ExpertKey, ExpertWeights> Weights, List<ExpertWeights> Added)> LoadMissingAsync(
+        ulong version, ShardSnapshot old, ShardManifest target, bool reportProgress, CancellationToken cancellationToken)
+    {
+        var weights = new Dictionary<ExpertKey, ExpertWeights>();
+        var added = new List<ExpertWeights>();
+        var previousState = _state;
+        try
+        {
+            foreach (var key in target.Experts)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                if (old.Weights.TryGetValue(key, out var kept))
+                {
+                    weights[key] = kept;
+                    continue;
+                }
+                if (reportProgress)
+                {
+                    _state = ShardState.Loading;
+                }
+                var loaded = await Task.Run(() => _loader.Load(key.Layer, key.Expert), cancellationToken).ConfigureAwait(false);
+                added.Add(loaded);
+                weights[key] = loaded;
+            }
+            if (_warmUp && added.Count > 0)
+            {
+                if (reportProgress)
+                {
+                    _state = ShardState.Warming;
+                }
+                await Task.Run(() => Warm(added), cancellationToken).ConfigureAwait(false);
+            }
+            _state = previousState;
+            return (weights, added);
+        }
+        catch (Exception ex)
+        {
+            foreach (var w in added)
+            {
+                w.Dispose();
+            }
+            _state = ShardState.Failed;
+            _error = ex.Message;
+            LogApplyFailed(ex, version, ex.Message);
+            throw;
+        }
+    }
+
+    private async Task RetireLaterAsync(ulong version, ShardManifest target)
+    {
+        try
+        {
+            await Task.Delay(_retireDelay, _disposed.Token).ConfigureAwait(false);
+            await _applyLock.WaitAsync(_disposed.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+        try
+        {
+            var old = Volatile.Read(ref _current);
+            if (old.Version != version || !ReferenceEquals(_committedTarget, target))
+            {
+                return;
+            }
+            // Anything staged meanwhile for a newer version stays resident and accepted.
+            ulong staged = Volatile.Read(ref _stagedVersion);
+            var stagedTarget = staged != 0 ? _stagedTarget : null;
+            var keep = new Dictionary<ExpertKey, ExpertWeights>();
+            foreach (var (key, w) in old.Weights)
+            {
+                if (target.Contains(key) || (stagedTarget?.Contains(key) ?? false))
+                {
+                    keep[key] = w;
+                }
+            }
+            var release = old.Weights.Where(kv => !keep.ContainsKey(kv.Key)).Select(kv => kv.Value).ToList();
+            ulong[] accepted = staged != 0 ? [version, staged] : [version];
+            Swap(old, new ShardSnapshot(version, accepted, new ShardManifest(keep.Keys), keep, []), release);
+            LogRetired(version, release.Count);
+        }
+        finally
+        {
+            _applyLock.Release();
+        }
+    }
+
+    private void Swap(ShardSnapshot old, ShardSnapshot next, List<ExpertWeights> release)
+    {
+        old.RetireWith(release);
+        Volatile.Write(ref _current, next);
+        old.Release();
     }
 
     private void Warm(List<ExpertWeights> experts)
@@ -153,15 +313,25 @@ public sealed partial class ShardStore : IShardView, IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        var s = Interlocked.Exchange(ref _current, new ShardSnapshot(0, ShardManifest.Empty, new Dictionary<ExpertKey, ExpertWeights>(), []));
+        _disposed.Cancel();
+        var s = Interlocked.Exchange(ref _current, new ShardSnapshot(0, [0], ShardManifest.Empty, new Dictionary<ExpertKey, ExpertWeights>(), []));
         s.RetireWith([.. s.Weights.Values]);
         s.Release();
         _applyLock.Dispose();
+        _disposed.Dispose();
     }
 
     [LoggerMessage(EventId = Diagnostics.LogEvents.ShardApplied, Level = LogLevel.Information,
         Message = "Shard serves plan {PlanVersion}: {Experts} experts ({Added} loaded, {Dropped} released) in {ElapsedMs:F1} ms")]
     private partial void LogApplied(ulong planVersion, int experts, int added, int dropped, double elapsedMs);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.ShardStaged, Level = LogLevel.Information,
+        Message = "Shard staged plan {PlanVersion}: {Experts} experts ({Added} loaded) in {ElapsedMs:F1} ms")]
+    private partial void LogStaged(ulong planVersion, int experts, int added, double elapsedMs);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.ShardRetired, Level = LogLevel.Information,
+        Message = "Shard retired the versions before plan {PlanVersion}: {Released} experts released")]
+    private partial void LogRetired(ulong planVersion, int released);
 
     [LoggerMessage(EventId = Diagnostics.LogEvents.ShardApplyFailed, Level = LogLevel.Error,
         Message = "Shard failed to load plan {PlanVersion}: {Reason}")]
@@ -170,24 +340,29 @@ public sealed partial class ShardStore : IShardView, IDisposable
 
 /// <summary>
 /// One immutable set of served experts with a lease count. The store holds one lease while the snapshot is current;
-/// when the count reaches zero after retirement, the experts the next plan dropped are disposed.
+/// when the count reaches zero after retirement, the experts the next snapshot dropped are disposed.
 /// </summary>
 public sealed class ShardSnapshot : IDisposable
 {
     private int _leases = 1;
     private List<ExpertWeights> _toRelease;
 
-    internal ShardSnapshot(ulong version, ShardManifest manifest, IReadOnlyDictionary<ExpertKey, ExpertWeights> weights, List<ExpertWeights> toRelease)
+    internal ShardSnapshot(ulong version, ulong[] acceptedVersions, ShardManifest manifest, IReadOnlyDictionary<ExpertKey, ExpertWeights> weights,
+        List<ExpertWeights> toRelease)
     {
         Version = version;
+        AcceptedVersions = acceptedVersions;
         Manifest = manifest;
         Weights = weights;
         _toRelease = toRelease;
         ResidentBytes = weights.Values.Sum(w => w.ResidentBytes);
     }
 
-    /// <summary>Plan version.</summary>
+    /// <summary>Committed plan version.</summary>
     public ulong Version { get; }
+
+    /// <summary>Plan versions whose requests this snapshot serves (committed, staged, retiring).</summary>
+    public ulong[] AcceptedVersions { get; }
 
     /// <summary>The experts.</summary>
     public ShardManifest Manifest { get; }

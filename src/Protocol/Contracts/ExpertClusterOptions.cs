@@ -65,6 +65,13 @@ public sealed class ExpertClusterOptions
     /// <summary>How long a client waits to connect to the cluster before failing. Default: 30 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Silos: Orleans membership probe timeout; null keeps Orleans' default (5 s). Smaller values detect a dead
+    /// silo sooner (about <see cref="NumMissedProbesLimit"/> × this). Default: null.</summary>
+    public TimeSpan? ProbeTimeout { get; set; }
+
+    /// <summary>Silos: missed probes before a silo is suspected (with <see cref="ProbeTimeout"/>). Default: 3.</summary>
+    public int NumMissedProbesLimit { get; set; } = 3;
+
     /// <summary>Every problem with these options (empty when valid); each message names its field.</summary>
     public IReadOnlyList<string> Validate(bool isSilo)
     {
@@ -115,6 +122,14 @@ public sealed class ExpertClusterOptions
         if (Clustering == ClusteringMode.AdoNet && (string.IsNullOrWhiteSpace(AdoNetConnectionString) || string.IsNullOrWhiteSpace(AdoNetInvariant)))
         {
             errors.Add("Cluster:AdoNetConnectionString and Cluster:AdoNetInvariant are required when Cluster:Clustering is AdoNet");
+        }
+        if (ProbeTimeout is { } probe && (probe < TimeSpan.FromMilliseconds(100) || probe > TimeSpan.FromMinutes(1)))
+        {
+            errors.Add($"Cluster:ProbeTimeout {probe} must be within [100 ms, 1 min]");
+        }
+        if (NumMissedProbesLimit is < 1 or > 10)
+        {
+            errors.Add($"Cluster:NumMissedProbesLimit {NumMissedProbesLimit} must be within [1, 10]");
         }
         if (ConnectTimeout <= TimeSpan.Zero)
         {

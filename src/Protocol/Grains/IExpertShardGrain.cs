@@ -7,9 +7,15 @@ namespace Distributed.Protocol.Grains;
 [Alias("distributed.IExpertShardGrain")]
 public interface IExpertShardGrain : IGrainWithStringKey
 {
-    /// <summary>Loads what <paramref name="plan"/> assigns to this worker, releases the rest, and serves that version.</summary>
+    /// <summary>Commits <paramref name="plan"/>: loads what it assigns to this worker (if not staged already) and serves
+    /// that version; what the plan no longer assigns is released after the worker's retire delay.</summary>
     [Alias("Apply")]
     Task<ShardStatus> ApplyPlanAsync(PlacementPlan plan);
+
+    /// <summary>Stages <paramref name="plan"/>: loads and warms what it assigns to this worker while the committed version
+    /// keeps serving; from then on requests routed with either version are accepted. Nothing is released.</summary>
+    [Alias("Stage")]
+    Task<ShardStatus> StagePlanAsync(PlacementPlan plan);
 
     /// <summary>The shard's state.</summary>
     [Alias("Status")]

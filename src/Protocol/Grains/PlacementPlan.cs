@@ -106,16 +106,44 @@ public sealed record PlacementPlan(
     }
 }
 
-/// <summary>The plan plus which of its workers have loaded their shard for it.</summary>
-/// <param name="Plan">The current plan.</param>
-/// <param name="ReadyWorkers">Ids of the plan's workers that reported their shard serving at <c>Plan.Version</c>.</param>
+/// <summary>The plan plus which of its workers have loaded their shard for it, and the staged next plan if a change is under way.</summary>
+/// <param name="Plan">The active (committed) plan coordinators route with.</param>
+/// <param name="ReadyWorkers">Ids of the plan's workers that serve <c>Plan.Version</c>.</param>
 /// <param name="Generation">Bumped on every change of plan or readiness (for change waits).</param>
+/// <param name="Staged">The next plan while its workers load and warm their new experts, else null. Workers accept
+/// requests routed with either version until the change is committed and the previous version retired.</param>
+/// <param name="StagedReady">Ids of the staged plan's workers that hold their staged shard.</param>
+/// <param name="Problem">Why the active plan does not serve every expert (e.g. experts that no live worker has room
+/// for), or null.</param>
 [GenerateSerializer, Immutable, Alias("distributed.PlacementSnapshot")]
 public sealed record PlacementSnapshot(
     [property: Id(0)] PlacementPlan Plan,
     [property: Id(1)] string[] ReadyWorkers,
-    [property: Id(2)] long Generation)
+    [property: Id(2)] long Generation,
+    [property: Id(3)] PlacementPlan? Staged = null,
+    [property: Id(4)] string[]? StagedReady = null,
+    [property: Id(5)] string? Problem = null)
 {
-    /// <summary>True when the plan covers every expert and every worker in it is serving its shard.</summary>
-    public bool IsServing => Plan.CoversAllExperts && Plan.Workers.All(w => ReadyWorkers.Contains(w.WorkerId));
+    [NonSerialized]
+    private bool? _isServing;
+
+    /// <summary>True when the plan covers every expert and every worker holding experts in it serves its shard
+    /// (workers listed with no experts, e.g. drained ones, do not count).</summary>
+    public bool IsServing => _isServing ??= Plan.CoversAllExperts && HoldingWorkers(Plan).All(ReadyWorkers.Contains);
+
+    private static IEnumerable<string> HoldingWorkers(PlacementPlan plan)
+    {
+        var holds = new bool[plan.Workers.Length];
+        foreach (var layer in plan.Layers)
+        {
+            foreach (var replicas in layer.Replicas)
+            {
+                foreach (int w in replicas)
+                {
+                    holds[w] = true;
+                }
+            }
+        }
+        return plan.Workers.Where((_, i) => holds[i]).Select(w => w.WorkerId);
+    }
 }

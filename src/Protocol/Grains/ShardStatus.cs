@@ -13,6 +13,8 @@ public enum ShardState
     Serving = 3,
     /// <summary>Loading failed; see the error.</summary>
     Failed = 4,
+    /// <summary>Serving its plan version and holding every expert of a staged next version (see <see cref="ShardStatus.StagedVersion"/>).</summary>
+    Staged = 5,
 }
 
 /// <summary>What a worker's shard holds.</summary>
@@ -22,6 +24,8 @@ public enum ShardState
 /// <param name="Experts">Experts held.</param>
 /// <param name="ResidentBytes">Backend memory of those experts.</param>
 /// <param name="Error">Why loading failed, or null.</param>
+/// <param name="StagedVersion">Plan version staged next to <paramref name="PlanVersion"/> (its experts loaded and warm,
+/// requests routed with it accepted), or 0.</param>
 [GenerateSerializer, Immutable, Alias("distributed.ShardStatus")]
 public sealed record ShardStatus(
     [property: Id(0)] string WorkerId,
@@ -29,4 +33,5 @@ public sealed record ShardStatus(
     [property: Id(2)] ShardState State,
     [property: Id(3)] int Experts,
     [property: Id(4)] long ResidentBytes,
-    [property: Id(5)] string? Error);
+    [property: Id(5)] string? Error,
+    [property: Id(6)] long StagedVersion = 0);

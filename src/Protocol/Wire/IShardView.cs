@@ -8,8 +8,15 @@ public interface IShardView
     /// <summary>The model the worker loaded.</summary>
     ModelDescriptor Model { get; }
 
-    /// <summary>The placement-plan version of the experts currently held.</summary>
+    /// <summary>The newest placement-plan version this worker serves.</summary>
     ulong PlanVersion { get; }
+
+    /// <summary>
+    /// True when requests routed with plan <paramref name="version"/> are served. During a staged plan change a worker
+    /// serves two versions at once (the active one and the one it staged, or the one it just left during the retire
+    /// grace period); otherwise only <see cref="PlanVersion"/>.
+    /// </summary>
+    bool AcceptsPlanVersion(ulong version) => version == PlanVersion;
 
     /// <summary>Largest accepted row count per request.</summary>
     int MaxRowsPerDispatch { get; }

@@ -12,7 +12,8 @@ namespace Distributed.Protocol.Wire;
 /// not summing to <c>rows</c>, a payload length other than <c>rows × hidden × element size</c>, both or neither of
 /// payload and shared rows, NaN/Inf in a row (<see cref="CheckFinite"/>).</item>
 /// <item><c>ResourceExhausted</c>: more rows than <see cref="IShardView.MaxRowsPerDispatch"/>.</item>
-/// <item><c>FailedPrecondition</c>: a plan version other than the worker's, an expert this worker does not hold.</item>
+/// <item><c>FailedPrecondition</c>: a plan version the worker does not serve (<see cref="IShardView.AcceptsPlanVersion"/>), an
+/// expert this worker does not hold.</item>
 /// </list>
 /// </summary>
 public static class TensorFrameValidator
@@ -129,7 +130,7 @@ public static class TensorFrameValidator
         }
 
         ulong plan = shard.PlanVersion;
-        if (request.PlanVersion != plan)
+        if (!shard.AcceptsPlanVersion(request.PlanVersion))
         {
             string why = request.PlanVersion < plan ? "stale" : "ahead of this worker";
             return FrameValidationResult.Fail(StatusCode.FailedPrecondition,

@@ -13,6 +13,8 @@ public sealed class ExpertWorkerInstrumentsTests
     [InlineData(ShardState.Loading, 2, "loading the experts of plan 2+")]
     [InlineData(ShardState.Warming, 2, "warming the experts of plan 2+")]
     [InlineData(ShardState.Failed, 2, "failed to load its shard: disk gone")]
+    [InlineData(ShardState.Staged, 2, null)]
+    [InlineData(ShardState.Staged, 0, "shard state Staged")]
     public void NotReadyReason_FollowsTheShardState(ShardState state, long planVersion, string? expected)
     {
         var status = new ShardStatus("w", planVersion, state, state == ShardState.Serving ? 4 : 0, 0, state == ShardState.Failed ? "disk gone" : null);

@@ -95,4 +95,60 @@ public sealed class ShardStoreTests : IDisposable
     }
 
     public void Dispose() => _loader.Cpu.Dispose();
+
+    [Fact]
+    [Trait("Category", "Unit")]
+    public async Task Stage_ServesBothVersions_ThenCommitRetiresThePreviousAfterTheDelay()
+    {
+        using var store = new ShardStore("w", Model, _loader, 64, warmUp: true, NullLogger<ShardStore>.Instance, retireDelay: TimeSpan.FromMilliseconds(200));
+        await store.ApplyAsync(1, ShardManifest.Parse("1:0-1", Model), CancellationToken.None);
+        _loader.Loads.Clear();
+        var staged = await store.StageAsync(2, ShardManifest.Parse("1:1-2", Model), CancellationToken.None);
+        Assert.Equal(ShardState.Staged, staged.State);
+        Assert.Equal(2, staged.StagedVersion);
+        Assert.Equal(1, staged.PlanVersion);
+        Assert.Equal([new ExpertKey(1, 2)], _loader.Loads);
+        Assert.True(store.AcceptsPlanVersion(1) && store.AcceptsPlanVersion(2));
+        Assert.True(store.Holds(1, 0) && store.Holds(1, 2));
+
+        var committed = await store.ApplyAsync(2, ShardManifest.Parse("1:1-2", Model), CancellationToken.None);
+        Assert.Equal(ShardState.Serving, committed.State);
+        Assert.Equal(0, committed.StagedVersion);
+        Assert.Equal(2ul, store.PlanVersion);
+        Assert.True(store.AcceptsPlanVersion(1), "the previous version is refused before the retire delay");
+        Assert.True(store.Holds(1, 0));
+        long resident = store.Status.ResidentBytes;
+        for (int i = 0; i < 100 && store.AcceptsPlanVersion(1); i++)
+        {
+            await Task.Delay(20);
+        }
+        Assert.False(store.AcceptsPlanVersion(1));
+        Assert.False(store.Holds(1, 0));
+        Assert.Equal(2, store.Status.Experts);
+        Assert.True(store.Status.ResidentBytes < resident);
+    }
+
+    [Fact]
+    [Trait("Category", "Unit")]
+    public async Task FailedStage_KeepsServingTheCommittedVersion_AndReapplyDropsAbandonedStagedExperts()
+    {
+        using var store = NewStore();
+        await store.ApplyAsync(1, ShardManifest.Parse("1:0", Model), CancellationToken.None);
+        _loader.Fail = true;
+        await Assert.ThrowsAsync<InvalidOperationException>(() => store.StageAsync(2, ShardManifest.Parse("1:0-3", Model), CancellationToken.None));
+        Assert.Equal(ShardState.Serving, store.Status.State);
+        Assert.Contains("disk on fire", store.Status.Error);
+        Assert.True(store.AcceptsPlanVersion(1));
+        Assert.False(store.AcceptsPlanVersion(2));
+        Assert.True(store.Holds(1, 0));
+        _loader.Fail = false;
+
+        await store.StageAsync(3, ShardManifest.Parse("1:0-3", Model), CancellationToken.None);
+        Assert.True(store.Holds(1, 3) && store.AcceptsPlanVersion(3));
+        await store.ApplyAsync(1, ShardManifest.Parse("1:0", Model), CancellationToken.None);
+        Assert.False(store.Holds(1, 3));
+        Assert.False(store.AcceptsPlanVersion(3));
+        Assert.Equal(1, store.Status.Experts);
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => store.StageAsync(1, ShardManifest.Empty, CancellationToken.None));
+    }
 }

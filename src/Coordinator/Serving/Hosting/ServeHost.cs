@@ -23,10 +23,12 @@ public static class ServeHost
     /// <param name="configureLogging">Replaces the default logging (<see cref="AddConsoleLogging"/>) when set.</param>
     /// <param name="operations">Metrics, health and traces (issue #6): <c>/metrics</c>, <c>/healthz/live</c>,
     /// <c>/healthz/ready</c> and a measuring wrapper around the scheduler; null = none of these.</param>
+    /// <param name="configureServices">Adds services (e.g. the cluster admin API) before the host is built.</param>
+    /// <param name="configureApp">Maps more endpoints (e.g. the cluster admin API) after the serving endpoints.</param>
     /// <exception cref="OptionsValidationException">An option is invalid; the message names it.</exception>
     public static WebApplication Build(
         ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null,
-        Diagnostics.CoordinatorOperations? operations = null)
+        Diagnostics.CoordinatorOperations? operations = null, Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -79,12 +81,14 @@ public static class ServeHost
         builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
         builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode));
         builder.Services.AddSingleton<OpenAiEndpoints>();
+        configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
         app.UseMiddleware<ApiErrorMiddleware>();
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));
         app.Services.GetRequiredService<OpenAiEndpoints>().Map(app);
         operations?.MapEndpoints(app);
+        configureApp?.Invoke(app);
         return app;
     }
 
