@@ -524,7 +524,8 @@
     box.dataset.state = op.state;
     $('operation-id').textContent = `${op.id} (${op.kind})`;
     const staged = op.workers_total > 0 ? `${op.workers_staged}/${op.workers_total} workers staged` : '';
-    const took = op.finished_unix_ms ? ` in ${fmt((op.finished_unix_ms - op.created_unix_ms) / 1000, 1)} s` : '';
+    const ms = op.finished_unix_ms ? op.finished_unix_ms - op.created_unix_ms : null;
+    const took = ms == null ? '' : ms < 1000 ? ` in ${fmt(ms)} ms` : ` in ${fmt(ms / 1000, 1)} s`;
     $('operation-text').textContent = `${op.state}${took} · plan v${op.base_version} → v${op.target_version} · ${staged} · ${op.description}`
       + (op.error ? ` · error: ${op.error}` : '');
     const done = op.state === 'Staging' ? (op.workers_total > 0 ? op.workers_staged / op.workers_total : 0) : 1;

@@ -2,7 +2,8 @@
 //   node dashboard.test.mjs --url http://127.0.0.1:PORT --token TOKEN --drain worker-1 --out DIR [--chromium /usr/bin/chromium]
 // Checks: the page loads without a token and shows nothing until one is entered; a wrong token is refused; with the
 // right token the workers table, placement and load heatmaps match the live admin API; the traffic table and both
-// charts fill; a dry-run rebalance shows its proposal; Drain on --drain completes (operation Completed, row Drained).
+// charts fill; a dry-run rebalance shows its proposal and changes nothing, Apply then stages it to completion; Drain on
+// --drain completes (operation Completed, row Drained, no expert left on it in the heatmap).
 // Writes dashboard-live.png and dashboard-drained.png (or dashboard-failure.png) into --out. Exit 0 = every check passed.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -121,9 +122,16 @@ try {
   check(/now →/.test(figures) && (await page.$$('#rebalance-heatmap rect.cell')).length === expected.length,
     `dry-run rebalance shows its proposal: ${figures.trim()}`);
   check((await api('/placement')).plan_version === placement.plan_version, 'the dry run changed nothing');
-  await page.click('#rebalance-cancel');
-
   await page.screenshot({ path: join(opts.out, 'dashboard-live.png'), fullPage: true });
+
+  await page.click('#rebalance-apply');
+  await page.waitForSelector('#operation[data-kind="Rebalance"]');
+  await page.waitForFunction(() => document.getElementById('operation').dataset.state !== 'Staging', null, { timeout: 120000 });
+  check(await page.getAttribute('#operation', 'data-state') === 'Completed', `rebalance applied from the page: ${await page.textContent('#operation-text')}`);
+  const rebalanced = await api('/placement');
+  check(rebalanced.plan_version > placement.plan_version, `the plan moved to v${rebalanced.plan_version}`);
+  await page.waitForFunction((v) => document.getElementById('placement-version').textContent.startsWith(`plan v${v}`), rebalanced.plan_version);
+  check(await page.locator('#rebalance-plan').isHidden(), 'the proposal closes once applied');
 
   await page.click(`#workers tr[data-worker="${opts.drain}"] button.drain`);
   await page.waitForSelector('#operation[data-kind="Drain"]');
