@@ -35,6 +35,8 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
     private readonly ConcurrentDictionary<string, Suspicion> _suspects = new(StringComparer.Ordinal);
     private long _resentSlices;
     private long _recoveries;
+    private long _lastLossTicks;
+    private long _lastRecoveryTicks;
 
     /// <summary>Creates the dispatcher.</summary>
     public GrpcExpertDispatcher(IPlacementSource placement, WorkerChannelPool pool, ILogger? logger = null)
@@ -60,6 +62,12 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
 
     /// <summary>Times the placement source was asked to re-place the experts of unreachable workers.</summary>
     public long Recoveries => Interlocked.Read(ref _recoveries);
+
+    /// <summary><see cref="Stopwatch.GetTimestamp"/> when a worker was last found lost (0 = never).</summary>
+    public long LastLossTimestamp => Interlocked.Read(ref _lastLossTicks);
+
+    /// <summary><see cref="Stopwatch.GetTimestamp"/> when a recovery last returned a plan to retry with (0 = never).</summary>
+    public long LastRecoveryTimestamp => Interlocked.Read(ref _lastRecoveryTicks);
 
     /// <inheritdoc />
     /// <exception cref="ExpertDispatchException">No serving plan, or an expert without any worker in the plan.</exception>
@@ -181,6 +189,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 }
             }
             table = recovery.Table;
+            Interlocked.Exchange(ref _lastRecoveryTicks, Stopwatch.GetTimestamp());
             LogRecovered(dispatch.Layer, string.Join(", ", lost.Select(w => w.WorkerId)), version, table.Version, Stopwatch.GetElapsedTime(r0).TotalMilliseconds);
         }
         else if (stale && table.Version == version)
@@ -366,6 +375,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
     private void Lose(GrpcHandle dispatch, ExpertPlacementTable table, WorkerEndpoint worker, List<Slice> slices, ExpertDispatchException ex)
     {
         Suspect(table, worker);
+        Interlocked.Exchange(ref _lastLossTicks, Stopwatch.GetTimestamp());
         if (!dispatch.Lost.Contains(worker))
         {
             dispatch.Lost.Add(worker);

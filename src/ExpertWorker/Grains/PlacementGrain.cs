@@ -28,6 +28,10 @@ public sealed class PlacementGrainState
     /// <summary>Operations issued so far (the next id).</summary>
     [Id(4)]
     public long Operations { get; set; }
+
+    /// <summary>The most recent operations, oldest first.</summary>
+    [Id(5)]
+    public List<PlacementOperation> OperationLog { get; set; } = [];
 }
 
 /// <summary>
@@ -96,6 +100,14 @@ public sealed partial class PlacementGrain(
             _draining.Add(d);
         }
         state.State.LastVersion = Math.Max(state.State.LastVersion, _plan.Version);
+        foreach (var op in state.State.OperationLog)
+        {
+            // A change staging when the previous activation ended is abandoned; its workers re-apply the active plan.
+            _operations[op.Id] = op.State == OperationState.Staging
+                ? op with { State = OperationState.Failed, Error = "the placement authority restarted while it was staging", FinishedUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() }
+                : op;
+            _operationOrder.Enqueue(op.Id);
+        }
         _generation = _plan.Version * 1_000_000;
         this.RegisterGrainTimer(TickAsync, new GrainTimerCreationOptions(Options.CheckInterval, Options.CheckInterval) { KeepAlive = true });
         return Task.CompletedTask;
@@ -557,6 +569,7 @@ public sealed partial class PlacementGrain(
     {
         state.State.Workers = [.. _workers.Values];
         state.State.Draining = [.. _draining];
+        state.State.OperationLog = [.. _operationOrder.Select(id => _operations[id])];
         await state.WriteStateAsync();
     }
 

@@ -41,7 +41,8 @@ public static class ExpertWorkerSiloBuilderExtensions
                 throw new ArgumentOutOfRangeException(nameof(cluster), cluster.Clustering, "unknown clustering mode");
         }
         silo.UseSiloMetadata(metadata);
-        silo.AddMemoryGrainStorage(PlacementGrain.StorageName);
+        silo.ConfigureServices(services => services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName,
+            (sp, _) => new SiloLocalGrainStorage(sp.GetRequiredService<Orleans.Serialization.DeepCopier>())));
         // Loading a shard from a large checkpoint takes longer than the 30 s default call timeout.
         silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMinutes(10));
         silo.ConfigureServices(services =>
