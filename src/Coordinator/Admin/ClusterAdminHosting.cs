@@ -62,13 +62,15 @@ public static class ClusterAdminHosting
         return services;
     }
 
-    /// <summary>Maps the REST endpoints under <c>/admin/v1</c>, the gRPC service and <c>/admin/v1/openapi.json</c>.</summary>
+    /// <summary>Maps the REST endpoints under <c>/admin/v1</c>, the gRPC service, <c>/admin/v1/openapi.json</c> and the
+    /// dashboard page at <c>/admin/dashboard</c>.</summary>
     public static WebApplication MapClusterAdmin(this WebApplication app)
     {
         ArgumentNullException.ThrowIfNull(app);
         app.MapAdminEndpoints();
         app.MapGrpcService<AdminGrpcService>();
         app.MapOpenApi(AdminEndpoints.Prefix + "/{documentName}.json");
+        Dashboard.AdminDashboard.MapAdminDashboard(app);
         return app;
     }
 
