@@ -72,6 +72,12 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
                 var r = await engine.InferAsync(golden.Prompts[0].InputIds, golden.Prompts[0].NewTokens.Length, CancellationToken.None);
                 Assert.True(Reference.BitwiseEqual(reference[0].LastLogits, r.LastLogits));
                 Assert.Equal(golden.Prompts[0].NewTokens, r.NewTokens);
+
+                // Multi-host configuration: the placement plan is persisted in the same Redis, not in a silo's memory.
+                using var mux = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync(connection);
+                var keys = mux.GetServer(connection).Keys(pattern: "*").Select(k => k.ToString()).ToList();
+                output.WriteLine($"redis keys: {string.Join(", ", keys)}");
+                Assert.Contains(keys, k => k.Contains("placement", StringComparison.OrdinalIgnoreCase));
             }
             finally
             {

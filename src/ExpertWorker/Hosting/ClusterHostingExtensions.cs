@@ -46,8 +46,19 @@ public static class ExpertWorkerSiloBuilderExtensions
             silo.UseKubernetesHosting();
         }
         silo.UseSiloMetadata(metadata);
-        silo.ConfigureServices(services => services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName,
-            (sp, _) => new SiloLocalGrainStorage(sp.GetRequiredService<Orleans.Serialization.DeepCopier>())));
+        if (cluster.Clustering == ClusteringMode.Redis)
+        {
+            // Multi-host: the placement plan and its operation log live in the same Redis as the membership, so they
+            // survive the loss of whichever silo hosts the placement grain, and coordinator restarts.
+            silo.AddRedisGrainStorage(PlacementGrain.StorageName,
+                o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(cluster.RedisConnectionString!));
+        }
+        else
+        {
+            // Embedded default: silo-local memory (survives coordinator restarts and the loss of any other worker).
+            silo.ConfigureServices(services => services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName,
+                (sp, _) => new SiloLocalGrainStorage(sp.GetRequiredService<Orleans.Serialization.DeepCopier>())));
+        }
         // Loading a shard from a large checkpoint takes longer than the 30 s default call timeout.
         silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMinutes(10));
         silo.ConfigureServices(services =>
