@@ -109,6 +109,18 @@ public sealed partial class PlacementGrain(
             _operationOrder.Enqueue(op.Id);
         }
         _generation = _plan.Version * 1_000_000;
+        // Orleans may re-activate this grain elsewhere when a silo dies (e.g. the one owning its directory entry), right
+        // while it repairs that loss. The staged change is abandoned above, so the repair must be redone: a worker of
+        // the active plan that is no longer registered means lost experts; registered workers outside the plan are
+        // joiners waiting for a (re)staged join.
+        if (_plan.Version > 0 && _plan.Workers.Any(w => !_workers.ContainsKey(w.WorkerId)))
+        {
+            _repairPending = true;
+        }
+        if (_plan.Version > 0 && _workers.Keys.Any(id => _plan.IndexOf(id) < 0 && !_draining.Contains(id)))
+        {
+            _joinPending = true;
+        }
         this.RegisterGrainTimer(TickAsync, new GrainTimerCreationOptions(Options.CheckInterval, Options.CheckInterval) { KeepAlive = true });
         return Task.CompletedTask;
     }
