@@ -127,36 +127,15 @@ internal static class GoldenRuns
     }
 
     /// <summary>
-    /// Milliseconds per greedy decode step, timed directly: prefill the prompt once through a KV cache, then run
-    /// <paramref name="steps"/> single-token forward steps (after one warm-up step), best of three runs.
+    /// Milliseconds per greedy decode step through the KV cache after the prompt (<see cref="EngineBenchmark"/>, best of 2
+    /// after a warm-up run).
     /// </summary>
     public static double DecodeMsPerToken(IKernelBackend backend, string dir, int steps)
     {
         using Llama4Engine engine = Llama4Engine.Load(dir, backend);
         int[] prompt = Ints(JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "golden.json"))).RootElement
             .GetProperty("prompts")[3].GetProperty("input_ids"));
-        double best = double.MaxValue;
-        for (int run = 0; run < 3; run++)
-        {
-            var cache = engine.CreateCache();
-            var step = engine.Model.ForwardAsync([new SequenceStep(cache, prompt, LogitsRequest.Last)], false, CancellationToken.None)
-                .AsTask().GetAwaiter().GetResult();
-            var token = new int[1];
-            backend.Argmax(step.Logits, 1, engine.Config.VocabSize, token);
-            var sw = new Stopwatch();
-            for (int i = 0; i <= steps; i++)
-            {
-                if (i == 1)
-                {
-                    sw.Start();
-                }
-                step = engine.Model.ForwardAsync([new SequenceStep(cache, token, LogitsRequest.Last)], false, CancellationToken.None)
-                    .AsTask().GetAwaiter().GetResult();
-                backend.Argmax(step.Logits, 1, engine.Config.VocabSize, token);
-            }
-            best = Math.Min(best, sw.Elapsed.TotalMilliseconds / steps);
-        }
-        return best;
+        return EngineBenchmark.RunAsync(engine, prompt, steps, 2, CancellationToken.None).GetAwaiter().GetResult().DecodeSecondsPerToken * 1000;
     }
 
     /// <summary>
@@ -178,28 +157,8 @@ internal static class GoldenRuns
             using Llama4Engine engine = Llama4Engine.Load(dir, backend);
             var rng = new Random(5);
             int[] prompt = Enumerable.Range(0, 128).Select(_ => rng.Next(engine.Config.VocabSize)).ToArray();
-            double bestPrefill = double.MaxValue, bestDecode = double.MaxValue;
-            for (int run = 0; run < 3; run++)
-            {
-                var cache = engine.CreateCache();
-                var sw = Stopwatch.StartNew();
-                var step = engine.Model.ForwardAsync([new SequenceStep(cache, prompt, LogitsRequest.Last)], false, CancellationToken.None).AsTask().GetAwaiter().GetResult();
-                double prefill = sw.Elapsed.TotalSeconds;
-                var token = new int[1];
-                backend.Argmax(step.Logits, 1, engine.Config.VocabSize, token);
-                sw.Restart();
-                for (int i = 0; i < 32; i++)
-                {
-                    step = engine.Model.ForwardAsync([new SequenceStep(cache, token, LogitsRequest.Last)], false, CancellationToken.None).AsTask().GetAwaiter().GetResult();
-                    backend.Argmax(step.Logits, 1, engine.Config.VocabSize, token);
-                }
-                double decode = sw.Elapsed.TotalSeconds;
-                if (run > 0)
-                {
-                    bestPrefill = Math.Min(bestPrefill, prefill);
-                    bestDecode = Math.Min(bestDecode, decode);
-                }
-            }
+            var t = EngineBenchmark.RunAsync(engine, prompt, 32, 2, CancellationToken.None).GetAwaiter().GetResult();
+            double bestPrefill = t.PrefillSeconds, bestDecode = t.DecodeSecondsPerToken * 32;
             values[$"{label} prefill tok/s"] = 128 / bestPrefill;
             values[$"{label} decode tok/s"] = 32 / bestDecode;
         }

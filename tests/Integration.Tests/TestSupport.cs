@@ -8,26 +8,6 @@ using Xunit.Abstractions;
 
 namespace Distributed.Integration.Tests;
 
-/// <summary>Paths of the repository and its fixtures.</summary>
-internal static class TestPaths
-{
-    public static string Root { get; } = FindRoot();
-
-    public static string Fixture(string name) => Path.Combine(Root, "tests", "fixtures", name);
-
-    private static string FindRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Distributed.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-        throw new InvalidOperationException("Distributed.sln not found above " + AppContext.BaseDirectory);
-    }
-}
-
 /// <summary>The parts of a fixture's golden.json these tests judge by.</summary>
 internal sealed record GoldenPrompt(int[] InputIds, float[] LastLogits, int[] Argmax, int[]? ArgmaxPositions,
     Dictionary<int, int[]> ExpertsTop1, int[]? ExpertsPositions, int[] NewTokens);

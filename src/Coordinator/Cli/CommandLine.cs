@@ -193,35 +193,8 @@ public static partial class CommandLine
         var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(c.VocabSize)).ToArray();
         stderr.WriteLine($"bench: {dir} on {backend.Name}, prompt {promptLen}, gen {gen}, best of {repeat}");
 
-        double bestPrefill = double.MaxValue, bestDecode = double.MaxValue;
-        for (int rep = 0; rep <= repeat; rep++)
-        {
-            var cache = engine.CreateCache();
-            var sw = Stopwatch.StartNew();
-            for (int start = 0; start < promptLen; start += engine.PrefillChunkTokens)
-            {
-                int n = Math.Min(engine.PrefillChunkTokens, promptLen - start);
-                bool last = start + n == promptLen;
-                _ = await engine.Model.ForwardAsync([new SequenceStep(cache, prompt.AsMemory(start, n), last ? LogitsRequest.Last : LogitsRequest.None)], false, ct)
-                    .ConfigureAwait(false);
-            }
-            double prefill = sw.Elapsed.TotalSeconds;
-            var one = new int[1];
-            one[0] = prompt[^1];
-            sw.Restart();
-            for (int i = 0; i < gen; i++)
-            {
-                var step = await engine.Model.ForwardAsync([new SequenceStep(cache, one, LogitsRequest.Last)], false, ct).ConfigureAwait(false);
-                backend.Argmax(step.Logits, 1, c.VocabSize, one);
-            }
-            double decode = sw.Elapsed.TotalSeconds;
-            if (rep > 0)
-            {
-                // rep 0 warms up (JIT tiering, page faults of the memory map).
-                bestPrefill = Math.Min(bestPrefill, prefill);
-                bestDecode = Math.Min(bestDecode, decode);
-            }
-        }
+        var timings = await EngineBenchmark.RunAsync(engine, prompt, gen, repeat, ct).ConfigureAwait(false);
+        double bestPrefill = timings.PrefillSeconds, bestDecode = timings.DecodeSecondsPerToken * gen;
         double prefillTps = promptLen / bestPrefill, decodeTps = gen / bestDecode;
         if (a.Has("json"))
         {

@@ -463,14 +463,7 @@ public sealed unsafe partial class CudaKernelBackend
             {
                 Return(ctx, ok);
             }
-            for (int i = 0; i < expected.Length; i++)
-            {
-                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
-                {
-                    return $"probe mismatch at element {i}: batched {actual[i]} vs GemmEx {expected[i]}";
-                }
-            }
-            return null;
+            return ProbeMismatch(expected, actual, "batched");
         }
         finally
         {
@@ -557,14 +550,7 @@ public sealed unsafe partial class CudaKernelBackend
             {
                 Return(ctx, ok);
             }
-            for (int i = 0; i < expected.Length; i++)
-            {
-                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
-                {
-                    return $"probe mismatch at element {i}: grouped {actual[i]} vs GemmEx {expected[i]}";
-                }
-            }
-            return null;
+            return ProbeMismatch(expected, actual, "grouped");
         }
         finally
         {
@@ -573,5 +559,18 @@ public sealed unsafe partial class CudaKernelBackend
                 w.Dispose();
             }
         }
+    }
+
+    /// <summary>Null when a probe path matched plain GemmEx bit for bit, else where it first differed.</summary>
+    private static string? ProbeMismatch(float[] expected, float[] actual, string path)
+    {
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+            {
+                return $"probe mismatch at element {i}: {path} {actual[i]} vs GemmEx {expected[i]}";
+            }
+        }
+        return null;
     }
 }

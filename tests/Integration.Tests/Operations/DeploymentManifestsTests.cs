@@ -224,7 +224,7 @@ public sealed partial class DeploymentManifestsTests
         }
     }
 
-    private static string ServingTestPathsCoordinator() => Serving.ServingTestPaths.CoordinatorDll;
+    private static string ServingTestPathsCoordinator() => TestPaths.CoordinatorDll;
 
     private static Dictionary<string, Type> OptionTypes(params Assembly[] assemblies) =>
         assemblies.Distinct().SelectMany(a => a.GetTypes())

@@ -19,7 +19,7 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
     [Fact]
     public async Task Serve_WithWorkers_ReadyAndMetricsFollowACompletion()
     {
-        await using var server = await ServeProcess.StartAsync(ServingTestPaths.Fixture("tiny-maverick"), ["--local-workers", "2", "--threads", "1", "--wire", "fp32"], output);
+        await using var server = await ServeProcess.StartAsync(TestPaths.Fixture("tiny-maverick"), ["--local-workers", "2", "--threads", "1", "--wire", "fp32"], output);
         using var client = new HttpClient { BaseAddress = new Uri(server.BaseAddress), Timeout = TimeSpan.FromMinutes(2) };
 
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/healthz/live")).StatusCode);

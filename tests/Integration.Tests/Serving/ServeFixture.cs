@@ -15,7 +15,7 @@ public class ServeFixture : IAsyncLifetime
 
     internal HttpClient Client { get; private set; } = null!;
 
-    internal static Llama4Tokenizer Tokenizer { get; } = Llama4Tokenizer.Load(ServingTestPaths.Fixture(ModelId));
+    internal static Llama4Tokenizer Tokenizer { get; } = Llama4Tokenizer.Load(TestPaths.Fixture(ModelId));
 
     internal static IReadOnlyList<GoldenPrompt> Golden { get; } = LoadGolden();
 
@@ -23,7 +23,7 @@ public class ServeFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        Server = await ServeProcess.StartAsync(ServingTestPaths.Fixture(ModelId), ExtraArgs);
+        Server = await ServeProcess.StartAsync(TestPaths.Fixture(ModelId), ExtraArgs);
         Client = new HttpClient { BaseAddress = new Uri(Server.BaseAddress), Timeout = TimeSpan.FromMinutes(2) };
     }
 
@@ -35,7 +35,7 @@ public class ServeFixture : IAsyncLifetime
 
     private static GoldenPrompt[] LoadGolden()
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(ServingTestPaths.Fixture(ModelId), "golden.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(TestPaths.Fixture(ModelId), "golden.json")));
         return doc.RootElement.GetProperty("prompts").EnumerateArray().Select(p => new GoldenPrompt(
             p.GetProperty("name").GetString()!,
             SseClient.Ints(p.GetProperty("input_ids")),

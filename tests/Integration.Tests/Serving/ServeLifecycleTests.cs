@@ -11,7 +11,7 @@ public sealed class ServeLifecycleTests(ITestOutputHelper output)
     [Fact]
     public async Task Http2PortStreams_ThenSigtermStopsGracefullyWithExitCodeZero()
     {
-        await using var server = await ServeProcess.StartAsync(ServingTestPaths.Fixture("tiny-maverick"), ["--http2-port", "0"], output);
+        await using var server = await ServeProcess.StartAsync(TestPaths.Fixture("tiny-maverick"), ["--http2-port", "0"], output);
         string h2Line = server.Lines.Single(l => l.StartsWith("http2 prior-knowledge (h2c) port at http://", StringComparison.Ordinal));
         string h2Address = h2Line.Split(' ')[^1];
         Assert.NotEqual(server.BaseAddress, h2Address);
@@ -33,12 +33,12 @@ public sealed class ServeLifecycleTests(ITestOutputHelper output)
         string dir = Directory.CreateTempSubdirectory("serve-no-tokenizer-").FullName;
         try
         {
-            foreach (var f in Directory.GetFiles(ServingTestPaths.Fixture("tiny-maverick")).Where(f => !Path.GetFileName(f).StartsWith("tokenizer", StringComparison.Ordinal)))
+            foreach (var f in Directory.GetFiles(TestPaths.Fixture("tiny-maverick")).Where(f => !Path.GetFileName(f).StartsWith("tokenizer", StringComparison.Ordinal)))
             {
                 File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
             }
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-            foreach (var a in new[] { ServingTestPaths.CoordinatorDll, "serve", "--model", dir, "--port", "0" })
+            foreach (var a in new[] { TestPaths.CoordinatorDll, "serve", "--model", dir, "--port", "0" })
             {
                 psi.ArgumentList.Add(a);
             }

@@ -47,7 +47,7 @@ internal sealed partial class ServeProcess : IAsyncDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in new[] { ServingTestPaths.CoordinatorDll, "serve", "--model", modelDir, "--port", "0" }.Concat(extraArgs))
+        foreach (var a in new[] { TestPaths.CoordinatorDll, "serve", "--model", modelDir, "--port", "0" }.Concat(extraArgs))
         {
             psi.ArgumentList.Add(a);
         }

@@ -51,29 +51,24 @@ public sealed class Sampler
             _probs = new float[n];
             _order = new int[n];
         }
-        var order = _order.AsSpan(0, n);
-        for (int i = 0; i < n; i++)
+        // Candidates, most likely first: only top-k and top-p need an order, and top-k alone needs only its k best
+        // (a 202,048-entry vocabulary is not sorted per token unless top_p asks for it).
+        int keep = CandidatesDescending(logits, _p.TopK, _p.TopP < 1f, _order);
+        var order = _order.AsSpan(0, keep);
+        float max = float.NegativeInfinity;
+        foreach (int id in order)
         {
-            order[i] = i;
+            max = Math.Max(max, logits[id]);
         }
-        // Sort ids by logit descending (stable on ties by id) so top-k/top-p are prefixes.
-        var keys = logits.ToArray();
-        order.Sort((a, b) =>
-        {
-            int c = keys[b].CompareTo(keys[a]);
-            return c != 0 ? c : a.CompareTo(b);
-        });
-        int keep = _p.TopK > 0 ? Math.Min(_p.TopK, n) : n;
-        float max = keys[order[0]];
         if (!float.IsFinite(max))
         {
-            return order[0];
+            return Argmax(logits);
         }
         double sum = 0;
         var probs = _probs.AsSpan(0, keep);
         for (int i = 0; i < keep; i++)
         {
-            double e = Math.Exp((keys[order[i]] - max) / _p.Temperature);
+            double e = Math.Exp((logits[order[i]] - max) / _p.Temperature);
             probs[i] = (float)e;
             sum += e;
         }
@@ -108,6 +103,48 @@ public sealed class Sampler
             }
         }
         return order[keep - 1];
+    }
+
+    /// <summary>
+    /// Writes candidate ids into <paramref name="ids"/> and returns how many: every id in index order when neither top-k
+    /// nor top-p is on; the k best by logit, descending (ties: lower id first) with top-k; every id descending when
+    /// only top-p is on.
+    /// </summary>
+    private static int CandidatesDescending(ReadOnlySpan<float> logits, int topK, bool ordered, int[] ids)
+    {
+        int n = logits.Length;
+        if (topK <= 0 || topK >= n)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                ids[i] = i;
+            }
+            if (ordered)
+            {
+                var keys = logits.ToArray();
+                ids.AsSpan(0, n).Sort((a, b) => keys[b] != keys[a] ? keys[b].CompareTo(keys[a]) : a.CompareTo(b));
+            }
+            return n;
+        }
+        // Size-k min-heap of (logit, -id): O(n log k).
+        var heap = new PriorityQueue<int, (float Logit, int NegId)>(topK);
+        for (int i = 0; i < n; i++)
+        {
+            var key = (logits[i], -i);
+            if (heap.Count < topK)
+            {
+                heap.Enqueue(i, key);
+            }
+            else if (heap.TryPeek(out _, out var worst) && (key.Item1 > worst.Logit || (key.Item1 == worst.Logit && key.Item2 > worst.NegId)))
+            {
+                heap.DequeueEnqueue(i, key);
+            }
+        }
+        for (int i = topK - 1; i >= 0; i--)
+        {
+            ids[i] = heap.Dequeue();
+        }
+        return topK;
     }
 
     /// <summary>Argmax with the lowest id on ties; NaN never wins.</summary>

@@ -1,16 +1,16 @@
 using System.Text;
 
-namespace Distributed.Coordinator.Tests.Serving.Api;
+namespace Distributed.Tests.Shared;
 
 /// <summary>Reads a server-sent-event stream per the SSE rules: <c>data:</c> lines (one optional space) joined by newlines, an empty line dispatches, <c>:</c> lines are comments.</summary>
 internal static class SseTestReader
 {
-    public static async IAsyncEnumerable<string> ReadEventsAsync(Stream body)
+    public static async IAsyncEnumerable<string> ReadEventsAsync(Stream body, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct = default)
     {
         using var reader = new StreamReader(body, Encoding.UTF8);
         var data = new StringBuilder();
         bool any = false;
-        while (await reader.ReadLineAsync() is { } line)
+        while (await reader.ReadLineAsync(ct) is { } line)
         {
             if (line.Length == 0)
             {

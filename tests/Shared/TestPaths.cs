@@ -1,9 +1,10 @@
-namespace Distributed.Integration.Tests.Serving;
+namespace Distributed.Tests.Shared;
 
-/// <summary>Finds the repository (the folder with Distributed.sln), its fixtures and the built coordinator.</summary>
-internal static class ServingTestPaths
+/// <summary>Finds the repository (the folder holding Distributed.sln), its fixtures and the built coordinator. One copy,
+/// compiled into every test project that needs it.</summary>
+internal static class TestPaths
 {
-    private static readonly Lazy<string> Root = new(() =>
+    private static readonly Lazy<string> LazyRoot = new(() =>
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
@@ -15,9 +16,12 @@ internal static class ServingTestPaths
         throw new InvalidOperationException($"Distributed.sln not found above {AppContext.BaseDirectory}");
     });
 
-    public static string Fixture(string name) => Path.Combine(Root.Value, "tests", "fixtures", name);
+    public static string Root => LazyRoot.Value;
 
-    /// <summary>The coordinator built beside this test assembly (it is a project reference), else the one in its own bin folder.</summary>
+    public static string Fixture(string name) => Path.Combine(Root, "tests", "fixtures", name);
+
+    /// <summary>The coordinator built beside this test assembly (a project reference), else the one in its own bin folder
+    /// of the same configuration.</summary>
     public static string CoordinatorDll
     {
         get
@@ -28,7 +32,7 @@ internal static class ServingTestPaths
                 return local;
             }
             string config = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Debug{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Debug" : "Release";
-            return Path.Combine(Root.Value, "src", "Coordinator", "bin", config, "net10.0", "Distributed.Coordinator.dll");
+            return Path.Combine(Root, "src", "Coordinator", "bin", config, "net10.0", "Distributed.Coordinator.dll");
         }
     }
 }
