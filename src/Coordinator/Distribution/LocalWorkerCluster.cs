@@ -203,6 +203,31 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         var workers = new List<WorkerProcess>();
         ClusterPlacementFollower? follower = null;
         var started = DateTime.UtcNow;
+
+        // A worker that dies before its ready line (typically a silo/gateway port taken between FreePorts and the bind:
+        // the ports are probed, released, then bound by another process) is restarted on fresh ports, twice at most.
+        async Task<WorkerProcess> ReadyOrRestartAsync(WorkerProcess worker, int index, int primarySiloPort)
+        {
+            for (int attempt = 0; ; attempt++)
+            {
+                try
+                {
+                    log($"{worker.Name} ready at {await worker.WaitReadyAsync(Remaining(options, started), cancellationToken).ConfigureAwait(false)}");
+                    return worker;
+                }
+                catch (InvalidOperationException) when (worker.HasExited && attempt < 2 && !cancellationToken.IsCancellationRequested)
+                {
+                    await worker.DisposeAsync().ConfigureAwait(false);
+                    int[] fresh = WorkerProcess.FreePorts(2);
+                    ports[2 * index] = fresh[0];
+                    ports[2 * index + 1] = fresh[1];
+                    log($"{worker.Name} exited before it was ready; restarting it on ports {fresh[0]}/{fresh[1]}");
+                    worker = WorkerProcess.Start(workerPath, WorkerArguments(options, index, fresh[0], fresh[1], index == 0 ? 0 : primarySiloPort), worker.Name, log);
+                    workers[index] = worker;
+                }
+            }
+        }
+
         try
         {
             for (int i = 0; i < options.Workers; i++)
@@ -212,12 +237,12 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
                 if (i == 0)
                 {
                     // The primary must be up before the others join it.
-                    await workers[0].WaitReadyAsync(Remaining(options, started), cancellationToken).ConfigureAwait(false);
+                    workers[0] = await ReadyOrRestartAsync(workers[0], 0, 0).ConfigureAwait(false);
                 }
             }
-            foreach (var w in workers)
+            for (int i = 0; i < workers.Count; i++)
             {
-                log($"{w.Name} ready at {await w.WaitReadyAsync(Remaining(options, started), cancellationToken).ConfigureAwait(false)}");
+                workers[i] = await ReadyOrRestartAsync(workers[i], i, ports[0]).ConfigureAwait(false);
             }
             var cluster = new ExpertClusterOptions
             {
