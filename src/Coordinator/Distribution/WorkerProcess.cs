@@ -14,6 +14,7 @@ public sealed partial class WorkerProcess : IAsyncDisposable
     /// <summary>The marker the worker prints once serving (<c>WorkerHost.ReadyMarker</c>).</summary>
     public const string ReadyMarker = "EXPERT_WORKER_READY";
 
+    private readonly System.Collections.Concurrent.ConcurrentQueue<string> _lastErrors = new();
     private readonly Process _process;
     private readonly TaskCompletionSource<string> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Action<string> _log;
@@ -65,7 +66,7 @@ public sealed partial class WorkerProcess : IAsyncDisposable
         process.OutputDataReceived += (_, e) => worker.OnLine(e.Data, "out");
         process.ErrorDataReceived += (_, e) => worker.OnLine(e.Data, "err");
         process.Exited += (_, _) => worker._ready.TrySetException(new InvalidOperationException(
-            $"worker {name} exited with code {SafeExitCode(process)} before it was ready"));
+            $"worker {name} exited with code {SafeExitCode(process)} before it was ready; last stderr: {string.Join(" | ", worker._lastErrors)}"));
         process.Start();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
@@ -89,6 +90,14 @@ public sealed partial class WorkerProcess : IAsyncDisposable
         if (line is null)
         {
             return;
+        }
+        if (stream == "err")
+        {
+            // The reason a worker died before its ready line (e.g. an unhandled exception) goes into the error.
+            _lastErrors.Enqueue(line);
+            while (_lastErrors.Count > 3 && _lastErrors.TryDequeue(out _))
+            {
+            }
         }
         try
         {
