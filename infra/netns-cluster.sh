@@ -67,7 +67,8 @@ CLUSTER_ID="netns-$$"
 PIDS=()
 CREATED=()
 
-log() { echo "netns-cluster: $*" >&2; }
+LAST_LOG=""
+log() { LAST_LOG="$*"; echo "netns-cluster: $*" >&2; }
 
 cleanup() {
   local rc=$?
@@ -80,6 +81,8 @@ cleanup() {
   for ns in "${CREATED[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   if [[ $rc -ne 0 && $rc -ne 77 ]]; then
     for f in "$LOG_DIR"/*.log; do [[ -f "$f" ]] && { echo "----- $(basename "$f") (last 40 lines)" >&2; tail -40 "$f" >&2; }; done
+    # Repeated after the logs, so that a caller showing only the tail sees why it failed.
+    echo "netns-cluster: FAILED (exit $rc) after: ${LAST_LOG:-<no step logged>}" >&2
   fi
   if [[ $KEEP_LOGS -eq 1 ]]; then log "logs kept in $LOG_DIR"; else rm -rf "$LOG_DIR"; fi
   exit $rc
@@ -214,10 +217,14 @@ http_get "$NS_B" "$IP_C" "$SERVE_PORT" /metrics > "$LOG_DIR/coordinator.metrics"
 grep -q '^moe_requests_total{.*outcome="length"} 1' "$LOG_DIR/coordinator.metrics" \
   && grep -Eq "^moe_worker_rows_total\{.*worker=\"(worker-a|$IP_A:$GRPC_PORT)\"\}" "$LOG_DIR/coordinator.metrics" \
   && grep -Eq "^moe_worker_rows_total\{.*worker=\"(worker-b|$IP_B:$GRPC_PORT)\"\}" "$LOG_DIR/coordinator.metrics" \
-  || { log "coordinator /metrics lacks the request or per-worker series"; exit 1; }
+  || { log "coordinator /metrics lacks the request or per-worker series; it has: $(grep -E '^moe_(requests|worker_rows)_total' "$LOG_DIR/coordinator.metrics" | tr '\n' ' ')"; exit 1; }
+# Each response goes to a file before it is read: with pipefail, `http_get | grep -q` fails whenever grep stops reading
+# early and cat gets SIGPIPE, whatever the response said.
 for target in "$IP_A" "$IP_B"; do
-  http_get "$NS_C" "$target" "$OPS_PORT" /healthz/ready | head -1 | grep -q ' 200 ' || { log "worker $target:$OPS_PORT is not ready"; exit 1; }
-  http_get "$NS_C" "$target" "$OPS_PORT" /metrics | grep -q '^moe_shard_ready{.*} 1' || { log "worker $target /metrics lacks moe_shard_ready 1"; exit 1; }
+  http_get "$NS_C" "$target" "$OPS_PORT" /healthz/ready > "$LOG_DIR/ready-$target.http" || { log "asking worker $target:$OPS_PORT for readiness failed"; exit 1; }
+  head -1 "$LOG_DIR/ready-$target.http" | grep -q ' 200 ' || { log "worker $target:$OPS_PORT is not ready: $(tr '\r\n' '  ' < "$LOG_DIR/ready-$target.http")"; exit 1; }
+  http_get "$NS_C" "$target" "$OPS_PORT" /metrics > "$LOG_DIR/worker-$target.metrics" || { log "scraping worker $target:$OPS_PORT failed"; exit 1; }
+  grep -q '^moe_shard_ready{.*} 1' "$LOG_DIR/worker-$target.metrics" || { log "worker $target /metrics lacks moe_shard_ready 1: $(grep '^moe_shard_ready' "$LOG_DIR/worker-$target.metrics" | tr '\n' ' ')"; exit 1; }
 done
 log "MATCH: coordinator and worker /metrics and readiness answer across hosts"
 echo "NETNS_CLUSTER_OK plan=$VERSION workers=$WORKERS $TOKENS served=yes"

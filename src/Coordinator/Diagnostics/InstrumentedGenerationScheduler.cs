@@ -35,6 +35,7 @@ public sealed class InstrumentedGenerationScheduler(IGenerationScheduler inner, 
         long start = Stopwatch.GetTimestamp(), last = start;
         int count = 0;
         RequestOutcome outcome = RequestOutcome.Cancelled;
+        bool counted = false;
         IAsyncEnumerator<GeneratedToken> tokens;
         try
         {
@@ -97,6 +98,10 @@ public sealed class InstrumentedGenerationScheduler(IGenerationScheduler inner, 
                         FinishReason.Length => RequestOutcome.Length,
                         _ => RequestOutcome.ContextLength,
                     };
+                    // Counted before the consumer sees the last token: a client that reads its response and then
+                    // scrapes /metrics must find its request there (the consumer disposes us only after responding).
+                    instruments.RequestFinished(outcome);
+                    counted = true;
                 }
                 yield return token;
                 if (token.Finish is null)
@@ -113,7 +118,10 @@ public sealed class InstrumentedGenerationScheduler(IGenerationScheduler inner, 
                 step.Dispose();
             }
             await tokens.DisposeAsync().ConfigureAwait(false);
-            instruments.RequestFinished(outcome);
+            if (!counted)
+            {
+                instruments.RequestFinished(outcome);
+            }
             generate?.SetTag("moe.completion_tokens", count);
             generate?.SetTag("moe.outcome", outcome.ToString());
             if (outcome == RequestOutcome.Error)

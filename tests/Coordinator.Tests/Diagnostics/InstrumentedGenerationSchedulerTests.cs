@@ -89,6 +89,32 @@ public sealed class InstrumentedGenerationSchedulerTests
     }
 
     [Fact]
+    public async Task Outcome_IsCountedWhenTheLastTokenIsHandedOut_NotWhenTheConsumerDisposes()
+    {
+        // The HTTP layer writes its response on seeing the finishing token and disposes the stream afterwards; a client
+        // that scrapes /metrics right after its response must already find the request counted.
+        using var recorder = new Recorder();
+        using var instruments = new CoordinatorInstruments();
+        var scheduler = new InstrumentedGenerationScheduler(new FakeGenerationScheduler(), instruments);
+        var tokens = scheduler.GenerateAsync(Request("r-last", 3), CancellationToken.None).GetAsyncEnumerator();
+        try
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                Assert.True(await tokens.MoveNextAsync());
+            }
+            Assert.NotNull(tokens.Current.Finish);
+            Assert.Single(recorder.Measurements, m => m.Name == "moe.requests" && m.Tags == "outcome=length");
+        }
+        finally
+        {
+            await tokens.DisposeAsync();
+        }
+        // Disposal does not count it a second time.
+        Assert.Single(recorder.Measurements, m => m.Name == "moe.requests" && m.Tags == "outcome=length");
+    }
+
+    [Fact]
     public async Task QueueFull_CountsRejected_AndFailure_CountsError()
     {
         using var recorder = new Recorder();
