@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Net.Sockets;
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Kernels.Checkpoint;
@@ -19,107 +17,60 @@ namespace Distributed.Integration.Tests;
 [Trait("Category", "Integration")]
 public sealed class RedisMembershipTests(ITestOutputHelper output)
 {
-    private static string? RedisServer() => new[] { "/usr/bin/redis-server", "/usr/local/bin/redis-server" }.FirstOrDefault(File.Exists);
-
-    [SkippableFactWhenNoRedis]
+    [RedisFact]
     public async Task TwoWorkers_RedisClustering_ServeBitwiseIdenticalFp32Inference()
     {
         var log = new TestLog { Output = output };
         using var loggerFactory = log.CreateLoggerFactory();
-        int redisPort = WorkerProcess.FreePorts(1)[0];
-        using var redis = Process.Start(new ProcessStartInfo(RedisServer()!,
-            ["--port", redisPort.ToString(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        {
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-        })!;
+        await using var redis = await RedisServer.StartAsync();
+        string connection = redis.Connection;
+        string clusterId = $"redis-{Guid.NewGuid():N}";
+        string fixture = TestPaths.Fixture("tiny-maverick");
+        int[] ports = WorkerProcess.FreePorts(4);
+        var workers = new List<WorkerProcess>();
         try
         {
-            await WaitForPortAsync(redisPort);
-            string connection = $"127.0.0.1:{redisPort}";
-            string clusterId = $"redis-{Guid.NewGuid():N}";
-            string fixture = TestPaths.Fixture("tiny-maverick");
-            int[] ports = WorkerProcess.FreePorts(4);
-            var workers = new List<WorkerProcess>();
-            try
+            for (int i = 0; i < 2; i++)
             {
-                for (int i = 0; i < 2; i++)
-                {
-                    workers.Add(WorkerProcess.Start(WorkerProcess.LocateWorker(),
-                        ["--model", fixture, "--worker-id", $"r{i}", "--threads", "1", "--clustering", "Redis", "--redis", connection,
-                         "--cluster-id", clusterId, "--silo-port", ports[2 * i].ToString(), "--gateway-port", ports[2 * i + 1].ToString(),
-                         "--Placement:SettleDelay", "00:00:00.2"],
-                        $"r{i}", log.Write));
-                }
-                foreach (var w in workers)
-                {
-                    await w.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
-                }
-                var cluster = new ExpertClusterOptions { Clustering = ClusteringMode.Redis, RedisConnectionString = connection, ClusterId = clusterId };
-                await using var follower = await ClusterPlacementFollower.StartAsync(cluster, loggerFactory);
-                var table = await follower.WaitForServingAsync(2, TimeSpan.FromSeconds(60), CancellationToken.None);
-                Assert.Equal(2, table.Workers.Count);
-
-                ModelDescriptor model;
-                using (var checkpoint = CheckpointReader.Open(fixture))
-                {
-                    model = ModelDescriptor.FromCheckpoint(checkpoint);
-                }
-                await using var pool = new WorkerChannelPool(model, new DistributionOptions { WireDType = WireDType.Fp32 }, loggerFactory.CreateLogger<WorkerChannelPool>());
-                using var engine = Llama4Engine.Load(fixture, new CpuKernelBackend(1), new GrpcExpertDispatcher(follower, pool));
-                var golden = Golden.Load("tiny-maverick");
-                var reference = await Reference.ForAsync("tiny-maverick");
-                var r = await engine.InferAsync(golden.Prompts[0].InputIds, golden.Prompts[0].NewTokens.Length, CancellationToken.None);
-                Assert.True(Reference.BitwiseEqual(reference[0].LastLogits, r.LastLogits));
-                Assert.Equal(golden.Prompts[0].NewTokens, r.NewTokens);
-
-                // Multi-host configuration: the placement plan is persisted in the same Redis, not in a silo's memory.
-                using var mux = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync(connection);
-                var keys = mux.GetServer(connection).Keys(pattern: "*").Select(k => k.ToString()).ToList();
-                output.WriteLine($"redis keys: {string.Join(", ", keys)}");
-                Assert.Contains(keys, k => k.Contains("placement", StringComparison.OrdinalIgnoreCase));
+                workers.Add(WorkerProcess.Start(WorkerProcess.LocateWorker(),
+                    ["--model", fixture, "--worker-id", $"r{i}", "--threads", "1", "--clustering", "Redis", "--redis", connection,
+                     "--cluster-id", clusterId, "--silo-port", ports[2 * i].ToString(), "--gateway-port", ports[2 * i + 1].ToString(),
+                     "--Placement:SettleDelay", "00:00:00.2"],
+                    $"r{i}", log.Write));
             }
-            finally
+            foreach (var w in workers)
             {
-                foreach (var w in workers)
-                {
-                    await w.DisposeAsync();
-                }
+                await w.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
             }
+            var cluster = new ExpertClusterOptions { Clustering = ClusteringMode.Redis, RedisConnectionString = connection, ClusterId = clusterId };
+            await using var follower = await ClusterPlacementFollower.StartAsync(cluster, loggerFactory);
+            var table = await follower.WaitForServingAsync(2, TimeSpan.FromSeconds(60), CancellationToken.None);
+            Assert.Equal(2, table.Workers.Count);
+
+            ModelDescriptor model;
+            using (var checkpoint = CheckpointReader.Open(fixture))
+            {
+                model = ModelDescriptor.FromCheckpoint(checkpoint);
+            }
+            await using var pool = new WorkerChannelPool(model, new DistributionOptions { WireDType = WireDType.Fp32 }, loggerFactory.CreateLogger<WorkerChannelPool>());
+            using var engine = Llama4Engine.Load(fixture, new CpuKernelBackend(1), new GrpcExpertDispatcher(follower, pool));
+            var golden = Golden.Load("tiny-maverick");
+            var reference = await Reference.ForAsync("tiny-maverick");
+            var r = await engine.InferAsync(golden.Prompts[0].InputIds, golden.Prompts[0].NewTokens.Length, CancellationToken.None);
+            Assert.True(Reference.BitwiseEqual(reference[0].LastLogits, r.LastLogits));
+            Assert.Equal(golden.Prompts[0].NewTokens, r.NewTokens);
+
+            // Multi-host configuration: the placement plan is persisted in the same Redis, not in a silo's memory.
+            using var mux = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync(connection);
+            var keys = mux.GetServer(connection).Keys(pattern: "*").Select(k => k.ToString()).ToList();
+            output.WriteLine($"redis keys: {string.Join(", ", keys)}");
+            Assert.Contains(keys, k => k.Contains("placement", StringComparison.OrdinalIgnoreCase));
         }
         finally
         {
-            redis.Kill(entireProcessTree: true);
-            await redis.WaitForExitAsync();
-        }
-    }
-
-    private static async Task WaitForPortAsync(int port)
-    {
-        for (int i = 0; i < 100; i++)
-        {
-            try
+            foreach (var w in workers)
             {
-                using var client = new TcpClient();
-                await client.ConnectAsync("127.0.0.1", port);
-                return;
-            }
-            catch (SocketException)
-            {
-                await Task.Delay(50);
-            }
-        }
-        throw new TimeoutException($"redis-server did not listen on {port}");
-    }
-
-    /// <summary>A fact that xunit v2 reports as skipped (with the reason) when redis-server is not installed.</summary>
-    private sealed class SkippableFactWhenNoRedisAttribute : FactAttribute
-    {
-        public SkippableFactWhenNoRedisAttribute()
-        {
-            if (RedisServer() is null)
-            {
-                Skip = "redis-server is not installed (apt-get install redis-server)";
+                await w.DisposeAsync();
             }
         }
     }

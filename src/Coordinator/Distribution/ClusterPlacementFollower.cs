@@ -14,6 +14,12 @@ namespace Distributed.Coordinator.Distribution;
 public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncDisposable
 {
     private static readonly TimeSpan PollWait = TimeSpan.FromSeconds(5);
+    // How much longer than PollWait a long poll may stay unanswered before it is abandoned: a poll sent through a gateway
+    // that died, or to the placement grain's activation on a silo that died, is otherwise lost until the client's
+    // response timeout (30 s), and the follower would not see the repair plan in the meantime.
+    private static readonly TimeSpan PollGrace = TimeSpan.FromSeconds(2);
+    // While a recovery waits for a plan without the lost workers, the follower asks for the snapshot at least this often.
+    private static readonly TimeSpan RecoveryRepoll = TimeSpan.FromSeconds(1);
     private readonly IHost _client;
     private readonly IPlacementGrain _grain;
     private readonly CancellationTokenSource _stop = new();
@@ -24,6 +30,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     private ExpertPlacementTable? _table;
     private DateTime _confirmedUtc;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource _repoll = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private ClusterPlacementFollower(IHost client, ILogger logger, TimeSpan maxPlanAge)
     {
@@ -138,7 +145,27 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
         UnreachableVerdict[] verdicts;
         try
         {
-            verdicts = await Task.WhenAll(workers.Select(w => Report(w, failedVersion, reason))).WaitAsync(RecoveryTimeout, cancellationToken).ConfigureAwait(false);
+            var reports = Task.WhenAll(workers.Select(w => Report(w, failedVersion, reason)));
+            // Membership may declare the workers dead and the authority re-place their experts before the report is
+            // answered (a report sent through the dead worker's gateway waits out its attempt timeout): a serving plan
+            // newer than the failed one that holds none of them is the recovery, whatever the report says later.
+            while (!reports.IsCompleted)
+            {
+                if (ServingPlanWithout(workers, failedVersion) is { } repaired)
+                {
+                    _ = reports.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    return new PlacementRecovery(repaired, []);
+                }
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero)
+                {
+                    throw new TimeoutException($"no answer within {RecoveryTimeout.TotalSeconds:F0} s");
+                }
+                var changed = Volatile.Read(ref _changed).Task;
+                await Task.WhenAny(reports, WaitForChangeOrRepollAsync(changed, left, cancellationToken)).ConfigureAwait(false);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
+            verdicts = await reports.ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
@@ -175,9 +202,34 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
                     $"worker(s) {string.Join(", ", workers)} lost ({reason}); no placement plan re-placing their experts was serving within {RecoveryTimeout.TotalSeconds:F0} s (last: plan {s?.Plan.Version}, staged {s?.Staged?.Version.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "none"}{(s?.Problem is null ? "" : "; " + s.Problem)})",
                     workers[0]);
             }
-            await Task.WhenAny(changed, Task.Delay(left, cancellationToken)).ConfigureAwait(false);
-            cancellationToken.ThrowIfCancellationRequested();
+            await WaitForChangeOrRepollAsync(changed, left, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The serving table when a plan newer than <paramref name="failedVersion"/> serves without any of <paramref name="workers"/>.</summary>
+    private ExpertPlacementTable? ServingPlanWithout(List<string> workers, ulong failedVersion)
+    {
+        var s = Snapshot;
+        var table = Volatile.Read(ref _table);
+        if (s is { IsServing: true } && table is not null && table.Version > failedVersion && s.Plan.Workers.All(w => !workers.Contains(w.WorkerId, StringComparer.Ordinal)))
+        {
+            return GetServingTable();
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Waits for the next snapshot, at most <paramref name="left"/>; when none came within <see cref="RecoveryRepoll"/>,
+    /// makes the follow loop ask again at once instead of waiting on a long poll that may be lost with a dead silo.
+    /// </summary>
+    private async Task WaitForChangeOrRepollAsync(Task changed, TimeSpan left, CancellationToken cancellationToken)
+    {
+        var step = left < RecoveryRepoll ? left : RecoveryRepoll;
+        if (await Task.WhenAny(changed, Task.Delay(step, cancellationToken)).ConfigureAwait(false) != changed && step == RecoveryRepoll)
+        {
+            Volatile.Read(ref _repoll).TrySetResult();
+        }
+        cancellationToken.ThrowIfCancellationRequested();
     }
 
     /// <inheritdoc />
@@ -200,8 +252,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
             {
                 return GetServingTable();
             }
-            await Task.WhenAny(changed, Task.Delay(left, cancellationToken)).ConfigureAwait(false);
-            cancellationToken.ThrowIfCancellationRequested();
+            await WaitForChangeOrRepollAsync(changed, left, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -291,13 +342,40 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     private async Task FollowAsync()
     {
         long generation = long.MinValue;
+        bool askNow = true;
         while (!_stop.IsCancellationRequested)
         {
             try
             {
-                var snapshot = generation == long.MinValue
-                    ? await _grain.GetSnapshotAsync().WaitAsync(_stop.Token).ConfigureAwait(false)
-                    : await _grain.WaitForChangeAsync(generation, PollWait).WaitAsync(_stop.Token).ConfigureAwait(false);
+                var repollSource = Volatile.Read(ref _repoll);
+                var repoll = repollSource.Task;
+                var call = askNow ? _grain.GetSnapshotAsync() : _grain.WaitForChangeAsync(generation, PollWait);
+                var limit = askNow ? ReportAttemptTimeout : PollWait + PollGrace;
+                Task first;
+                using (var attempt = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token))
+                {
+                    first = await Task.WhenAny(call, repoll, Task.Delay(limit, attempt.Token)).ConfigureAwait(false);
+                    attempt.Cancel();
+                }
+                _stop.Token.ThrowIfCancellationRequested();
+                if (first != call)
+                {
+                    // Abandoned (its late answer or failure is dropped); ask for the snapshot at once, through whichever
+                    // gateway the client picks now.
+                    _ = call.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    if (first == repoll)
+                    {
+                        Interlocked.CompareExchange(ref _repoll, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), repollSource);
+                    }
+                    else
+                    {
+                        LogRetry($"placement poll unanswered after {limit.TotalSeconds:F0} s");
+                    }
+                    askNow = true;
+                    continue;
+                }
+                var snapshot = await call.ConfigureAwait(false);
+                askNow = false;
                 _confirmedUtc = DateTime.UtcNow;
                 if (snapshot.Generation != generation)
                 {
@@ -318,6 +396,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
             }
             catch (Exception ex)
             {
+                askNow = true;
                 LogRetry(ex.Message);
                 try
                 {

@@ -73,7 +73,11 @@ internal sealed class ChaosCluster : IAsyncDisposable
     /// Runs every request concurrently through the scheduler; <paramref name="onToken"/> sees the running count of
     /// generated tokens (over all requests). Returns each request's tokens, or its exception.
     /// </summary>
-    public async Task<RequestOutcome[]> RunAsync(IReadOnlyList<int[]> prompts, int maxTokens, Action<int>? onToken = null)
+    public Task<RequestOutcome[]> RunAsync(IReadOnlyList<int[]> prompts, int maxTokens, Action<int>? onToken = null)
+        => RunAsync(Scheduler, prompts, maxTokens, onToken);
+
+    /// <summary>As <see cref="RunAsync(IReadOnlyList{int[]}, int, Action{int}?)"/>, through any scheduler.</summary>
+    public static async Task<RequestOutcome[]> RunAsync(IGenerationScheduler scheduler, IReadOnlyList<int[]> prompts, int maxTokens, Action<int>? onToken = null)
     {
         int generated = 0;
         var tasks = prompts.Select(async (p, i) =>
@@ -82,7 +86,7 @@ internal sealed class ChaosCluster : IAsyncDisposable
             var tokens = new List<int>();
             try
             {
-                await foreach (var t in Scheduler.GenerateAsync(new GenerationRequest($"r{i}", p, maxTokens, SamplingParams.Greedy), CancellationToken.None))
+                await foreach (var t in scheduler.GenerateAsync(new GenerationRequest($"r{i}", p, maxTokens, SamplingParams.Greedy), CancellationToken.None))
                 {
                     tokens.Add(t.TokenId);
                     onToken?.Invoke(Interlocked.Increment(ref generated));
