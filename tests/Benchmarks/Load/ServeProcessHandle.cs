@@ -13,6 +13,59 @@ internal sealed partial class ServeProcessHandle : IAsyncDisposable
 
     public string BaseAddress { get; private set; } = string.Empty;
 
+    /// <summary>
+    /// CPU seconds (user + system) used so far by the server and every process below it (its local workers), from
+    /// /proc; null where /proc is not available. A process that exited in between is no longer counted, so compare
+    /// readings taken while the tree is stable.
+    /// </summary>
+    public double? TreeCpuSeconds()
+    {
+        if (!Directory.Exists("/proc/self"))
+        {
+            return null;
+        }
+        var parents = new Dictionary<int, int>();
+        var ticks = new Dictionary<int, long>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid))
+            {
+                continue;
+            }
+            string stat;
+            try
+            {
+                stat = File.ReadAllText(Path.Combine(dir, "stat"));
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+            catch (UnauthorizedAccessException)
+            {
+                continue;
+            }
+            // Fields after the command name (which may hold spaces, inside parentheses): state ppid ... utime(14) stime(15).
+            var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            parents[pid] = int.Parse(f[1], System.Globalization.CultureInfo.InvariantCulture);
+            ticks[pid] = long.Parse(f[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(f[12], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        long total = 0;
+        foreach (var (pid, t) in ticks)
+        {
+            for (int p = pid, hops = 0; p > 1 && hops < 64; p = parents.GetValueOrDefault(p), hops++)
+            {
+                if (p == _process.Id)
+                {
+                    total += t;
+                    break;
+                }
+            }
+        }
+        // USER_HZ is 100 on every Linux the benchmark runs on.
+        return total / 100.0;
+    }
+
     /// <summary>Everything the server wrote (stdout and stderr).</summary>
     public IReadOnlyList<string> Log
     {

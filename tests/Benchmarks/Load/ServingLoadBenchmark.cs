@@ -16,9 +16,13 @@ internal static class ServingLoadBenchmark
 {
     private const string UsageText = """
         usage: Distributed.Benchmarks serving-load [--model DIR] [--clients 1,8,32] [--requests N] [--prompt-tokens 32] [--max-tokens 64]
-                                                  [--config NAME=SERVE_ARGS]... [--warmup 64] [--repeat 3]
+                                                  [--config NAME=SERVE_ARGS]... [--warmup 64] [--repeat 3] [--interleave ROUNDS]
           --requests N   requests per concurrency level and run (default max(32, 4 x clients))
           --repeat N     runs per level; the run with the median output tokens/s is reported
+          --interleave R all configurations' servers run at once and take turns: R rounds per level, each round one run
+                         per configuration (order reversed every other round); reports each configuration's median
+                         per-round ratio to the baseline (and its quartiles), which cancels the machine's drift. For
+                         differences of a few percent (e.g. --config "off=--telemetry off" --config "on=").
           --config       a server configuration; repeatable; the first is the baseline. Default: inproc= (in-process experts).
                          Example: --config "inproc=" --config "workers2=--local-workers 2"
         """;
@@ -41,6 +45,11 @@ internal static class ServingLoadBenchmark
         string coordinator = Path.Combine(AppContext.BaseDirectory, "Distributed.Coordinator.dll");
         Console.Error.WriteLine($"serving-load: model {settings.Model}, clients {string.Join(",", settings.Clients)}, prompt {settings.PromptTokens} tokens, max_tokens {settings.MaxTokens}, {Environment.ProcessorCount} CPUs (client and server share them)");
 
+        if (settings.Interleave > 0)
+        {
+            await RunInterleavedAsync(coordinator, settings).ConfigureAwait(false);
+            return 0;
+        }
         var results = new List<(string Config, LevelResult Level)>();
         foreach (var (name, serveArgs) in settings.Configs)
         {
@@ -74,6 +83,74 @@ internal static class ServingLoadBenchmark
         }
         Print(results, settings);
         return 0;
+    }
+
+    private static async Task RunInterleavedAsync(string coordinator, Settings settings)
+    {
+        var servers = new List<(string Name, ServeProcessHandle Server, HttpClient Client, string ModelId)>();
+        try
+        {
+            foreach (var (name, serveArgs) in settings.Configs)
+            {
+                var allArgs = new List<string> { "--model", settings.Model, "--max-queue", "4096" };
+                allArgs.AddRange(serveArgs);
+                Console.Error.WriteLine($"[{name}] starting serve {string.Join(' ', allArgs)}");
+                var server = await ServeProcessHandle.StartAsync(coordinator, allArgs, TimeSpan.FromMinutes(5)).ConfigureAwait(false);
+                var client = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 1024, PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5) })
+                {
+                    BaseAddress = new Uri(server.BaseAddress),
+                    Timeout = TimeSpan.FromMinutes(10),
+                };
+                servers.Add((name, server, client, await ModelIdAsync(client).ConfigureAwait(false)));
+            }
+            var inv = CultureInfo.InvariantCulture;
+            foreach (var (name, _, client, modelId) in servers)
+            {
+                await RunLevelAsync(client, modelId, settings, Math.Min(8, settings.Clients.Max()), settings.Warmup, new Random(2024)).ConfigureAwait(false);
+                Console.Error.WriteLine($"[{name}] warmed up");
+            }
+            Console.WriteLine($"interleaved: {settings.Interleave} rounds per level, each round one run per configuration (order reversed every other round); prompt {settings.PromptTokens} tokens, max_tokens {settings.MaxTokens}, {Environment.ProcessorCount} CPUs shared by client and servers");
+            Console.WriteLine();
+            Console.WriteLine("| config | clients | runs | median tok/s | tok/s ratio to baseline, median of rounds (quartiles) | server CPU ms per 1000 tokens, median | CPU per token ratio to baseline, median of rounds (quartiles) |");
+            Console.WriteLine("|---|---|---|---|---|---|---|");
+            foreach (int clients in settings.Clients)
+            {
+                int requests = settings.Requests ?? Math.Max(32, 4 * clients);
+                var tokS = servers.Select(_ => new List<double>()).ToArray();
+                var cpuPerToken = servers.Select(_ => new List<double>()).ToArray();
+                for (int round = 0; round < settings.Interleave; round++)
+                {
+                    // Same prompts for every configuration within a round.
+                    int seed = 7919 * (round + 1) + clients;
+                    var order = Enumerable.Range(0, servers.Count);
+                    foreach (int k in round % 2 == 0 ? order : order.Reverse())
+                    {
+                        double? cpu0 = servers[k].Server.TreeCpuSeconds();
+                        var r = await RunLevelAsync(servers[k].Client, servers[k].ModelId, settings, clients, requests, new Random(seed)).ConfigureAwait(false);
+                        double? cpu1 = servers[k].Server.TreeCpuSeconds();
+                        tokS[k].Add(r.TokensPerSecond);
+                        cpuPerToken[k].Add(cpu0 is { } a && cpu1 is { } b ? (b - a) / (r.TokensPerSecond * r.WallSeconds) : double.NaN);
+                    }
+                    Console.Error.WriteLine($"{clients} clients, round {round + 1}: " + string.Join(", ", servers.Select((x, k) => $"{x.Name} {tokS[k][round].ToString("F0", inv)}")));
+                }
+                for (int k = 0; k < servers.Count; k++)
+                {
+                    var ratios = tokS[k].Select((v, round) => v / tokS[0][round]).ToList();
+                    var cpuRatios = cpuPerToken[k].Select((v, round) => v / cpuPerToken[0][round]).ToList();
+                    string Quartiles(List<double> x) => string.Format(inv, "{0:F3} ({1:F3} – {2:F3})", Percentile([.. x], 0.5), Percentile([.. x], 0.25), Percentile([.. x], 0.75));
+                    Console.WriteLine(string.Format(inv, "| {0}{1} | {2} | {3} | {4:F0} | {5} | {6:F1} | {7} |", servers[k].Name, k == 0 ? " (baseline)" : "", clients, settings.Interleave,
+                        Percentile([.. tokS[k]], 0.5), k == 0 ? "1" : Quartiles(ratios), 1e6 * Percentile([.. cpuPerToken[k]], 0.5), k == 0 ? "1" : Quartiles(cpuRatios)));
+                }
+            }
+        }
+        finally
+        {
+            foreach (var (_, server, client, _) in servers)
+            {
+                client.Dispose();
+                await server.DisposeAsync().ConfigureAwait(false);
+            }
+        }
     }
 
     private static async Task<string> ModelIdAsync(HttpClient client)
@@ -219,6 +296,8 @@ internal static class ServingLoadBenchmark
 
         public int Repeat { get; private set; } = 3;
 
+        public int Interleave { get; private set; }
+
         public List<(string Name, string[] Args)> Configs { get; } = [];
 
         public static Settings Parse(string[] args)
@@ -236,6 +315,7 @@ internal static class ServingLoadBenchmark
                     case "--max-tokens": s.MaxTokens = PositiveInt(Value(), "--max-tokens"); break;
                     case "--warmup": s.Warmup = PositiveInt(Value(), "--warmup"); break;
                     case "--repeat": s.Repeat = PositiveInt(Value(), "--repeat"); break;
+                    case "--interleave": s.Interleave = PositiveInt(Value(), "--interleave"); break;
                     case "--config":
                         string c = Value();
                         int eq = c.IndexOf('=');
