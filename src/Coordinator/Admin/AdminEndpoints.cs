@@ -43,6 +43,9 @@ public static partial class AdminEndpoints
         group.MapGet("/experts/load", (HttpContext http, CancellationToken ct) => RunAsync(() => Task.FromResult(Results.Json(Admin(http).GetExpertLoad(), Json))))
             .WithName("GetExpertLoad").WithSummary("Per layer and expert: tokens routed over the recent window and in total; per worker: rows, bytes, dispatch latency.")
             .Produces<ExpertLoadInfo>().ProducesAdminErrors();
+        group.MapGet("/serving", (HttpContext http, CancellationToken ct) => RunAsync(() => Task.FromResult(Results.Json(Admin(http).GetServing(), Json))))
+            .WithName("GetServing").WithSummary("The scheduler now (queue, running batch, KV blocks) and its counters since start (tokens, finished requests, time to first token and between tokens).")
+            .Produces<ServingInfo>().ProducesAdminErrors();
         group.MapGet("/operations/{id}", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Results.Json(await Admin(http).GetOperationAsync(id, ct), Json)))
             .WithName("GetOperation").WithSummary("Progress and outcome of a plan change.")
             .Produces<OperationInfo>().ProducesAdminErrors();

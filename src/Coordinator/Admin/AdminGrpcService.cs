@@ -78,6 +78,29 @@ public sealed class AdminGrpcService(ClusterAdmin admin, AdminAuthenticator auth
         });
 
     /// <inheritdoc />
+    public override Task<ServingReply> GetServing(GetServingRequest request, ServerCallContext context)
+        => RunAsync(context, ct =>
+        {
+            var s = admin.GetServing();
+            return Task.FromResult(new ServingReply
+            {
+                UptimeSeconds = s.UptimeSeconds,
+                Queued = s.Queued,
+                Running = s.Running,
+                KvBlocksUsed = s.KvBlocksUsed,
+                KvBlocksReserved = s.KvBlocksReserved,
+                KvBlocksTotal = s.KvBlocksTotal,
+                Steps = s.Steps,
+                TokensGenerated = s.TokensGenerated,
+                RequestsFinished = s.RequestsFinished,
+                FirstTokens = s.FirstTokens,
+                TimeToFirstTokenSecondsSum = s.TimeToFirstTokenSecondsSum,
+                LaterTokens = s.LaterTokens,
+                InterTokenSecondsSum = s.InterTokenSecondsSum,
+            });
+        });
+
+    /// <inheritdoc />
     public override Task<OperationReply> DrainWorker(DrainWorkerRequest request, ServerCallContext context)
         => RunAsync(context, async ct => new OperationReply { Operation = ToProto(await admin.DrainAsync(request.WorkerId, ct)) });
 

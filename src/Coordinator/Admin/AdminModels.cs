@@ -29,6 +29,27 @@ public sealed record ClusterInfo(string ModelFingerprint, long PlanVersion, long
 public sealed record WorkerInfo(string Id, string GrpcEndpoint, string SiloAddress, string HostId, string State, string SiloStatus, string Health,
     long MemoryCapacityBytes, long ResidentBytes, int ExpertsAssigned, int ExpertsHeld, string ShardState, long? LastReportUnixMs, string? Error);
 
+/// <summary>
+/// <c>GET /admin/v1/serving</c>: this coordinator's scheduler, now and since it started. Counters only grow; a reader
+/// takes two snapshots and divides the differences by the time between them (tokens/s) or by each other (mean time to
+/// first token, mean time between tokens over the interval), as the dashboard does.
+/// </summary>
+/// <param name="UptimeSeconds">Seconds since the scheduler started (the denominator of since-start rates).</param>
+/// <param name="Queued">Requests waiting for admission.</param>
+/// <param name="Running">Sequences in the running batch.</param>
+/// <param name="KvBlocksUsed">KV cache blocks holding keys and values.</param>
+/// <param name="KvBlocksReserved">KV blocks reserved by admitted sequences (their worst case).</param>
+/// <param name="KvBlocksTotal">KV blocks in the memory budget.</param>
+/// <param name="Steps">Forward steps run.</param>
+/// <param name="TokensGenerated">Output tokens generated.</param>
+/// <param name="RequestsFinished">Requests that ended with a finish reason.</param>
+/// <param name="FirstTokens">Requests that got their first token.</param>
+/// <param name="TimeToFirstTokenSecondsSum">Sum of submission → first token over <paramref name="FirstTokens"/>.</param>
+/// <param name="LaterTokens">Tokens after each request's first.</param>
+/// <param name="InterTokenSecondsSum">Sum of the gaps before each of <paramref name="LaterTokens"/>.</param>
+public sealed record ServingInfo(double UptimeSeconds, int Queued, int Running, int KvBlocksUsed, int KvBlocksReserved, int KvBlocksTotal, long Steps,
+    long TokensGenerated, long RequestsFinished, long FirstTokens, double TimeToFirstTokenSecondsSum, long LaterTokens, double InterTokenSecondsSum);
+
 /// <summary><c>GET /admin/v1/placement</c>: per MoE layer, which workers hold each expert.</summary>
 /// <param name="PlanVersion">Plan version.</param>
 /// <param name="StagedVersion">Version of a change staging, or null.</param>

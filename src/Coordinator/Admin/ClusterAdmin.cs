@@ -10,9 +10,13 @@ namespace Distributed.Coordinator.Admin;
 /// data-plane figures). Changes are staged by the placement grain and return an operation to follow. Every refusal is
 /// an <see cref="AdminException"/> and changes nothing.
 /// </summary>
-public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertDispatcher dispatcher)
+/// <param name="placement">The placement follower (Orleans client).</param>
+/// <param name="dispatcher">The dispatcher whose statistics the load view reports.</param>
+/// <param name="serving">This coordinator's scheduler counters, or null while it has none (not serving, or not started yet).</param>
+public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertDispatcher dispatcher, Func<Serving.Scheduling.SchedulerStats?>? serving = null)
 {
     private static readonly TimeSpan ShardProbe = TimeSpan.FromSeconds(1);
+    private readonly long _started = System.Diagnostics.Stopwatch.GetTimestamp();
 
     /// <summary>The placement follower (Orleans client).</summary>
     public ClusterPlacementFollower Placement => placement;
@@ -68,6 +72,17 @@ public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertD
         var workers = load.Workers.Select(w => new WorkerLoadInfo(w.WorkerId, w.Requests, w.Rows, w.BytesSent, w.BytesReceived,
             Math.Round(w.MeanLatencyMs, 3), Math.Round(w.MaxLatencyMs, 3), w.Failures, w.OutstandingRows)).ToList();
         return new ExpertLoadInfo(load.Window.TotalSeconds, layers, workers);
+    }
+
+    /// <summary>The scheduler's queue, batch, KV blocks and token/latency counters.</summary>
+    /// <exception cref="AdminException">503 when this coordinator runs no scheduler (yet).</exception>
+    public ServingInfo GetServing()
+    {
+        var s = serving?.Invoke()
+            ?? throw new AdminException(503, "unavailable", "this coordinator has no serving scheduler (it is not serving requests, or has not started yet)");
+        return new ServingInfo(Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(_started).TotalSeconds, 3), s.Queued, s.Running, s.KvBlocksUsed,
+            s.KvBlocksReserved, s.KvBlocksTotal, s.Steps, s.TokensGenerated, s.RequestsFinished, s.FirstTokens, s.TimeToFirstTokenSeconds, s.LaterTokens,
+            s.InterTokenSeconds);
     }
 
     /// <summary>Starts draining <paramref name="workerId"/>.</summary>

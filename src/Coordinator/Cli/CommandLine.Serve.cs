@@ -91,10 +91,17 @@ public static partial class CommandLine
         {
             throw new UsageException("the admin API needs the experts on a cluster (--local-workers N)");
         }
-        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster.Placement, cluster.GrpcDispatcher);
+        // The admin API (on either listener) reads the serving scheduler's counters once the serving host has made it.
+        ContinuousBatchScheduler? servingScheduler = null;
+        Func<SchedulerStats?> servingStats = () => Volatile.Read(ref servingScheduler)?.Stats;
+        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster.Placement, cluster.GrpcDispatcher, servingStats);
         bool adminOnServe = admin is not null && admin.Host is null;
-        var app = ServeHost.Build(serve, tokenizer, sp => new ContinuousBatchScheduler(
-            engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>()), operations: operations,
+        var app = ServeHost.Build(serve, tokenizer, sp =>
+        {
+            var scheduler = new ContinuousBatchScheduler(engine, scheduling, sp.GetRequiredService<ILogger<ContinuousBatchScheduler>>());
+            Volatile.Write(ref servingScheduler, scheduler);
+            return scheduler;
+        }, operations: operations,
             configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
             configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;

@@ -242,7 +242,7 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
         using var json = JsonDocument.Parse(doc);
         var paths = json.RootElement.GetProperty("paths").EnumerateObject().Select(p => p.Name).ToList();
         output.WriteLine(string.Join(", ", paths));
-        foreach (var p in new[] { "/admin/v1/cluster", "/admin/v1/placement", "/admin/v1/experts/load", "/admin/v1/operations/{id}",
+        foreach (var p in new[] { "/admin/v1/cluster", "/admin/v1/placement", "/admin/v1/experts/load", "/admin/v1/serving", "/admin/v1/operations/{id}",
             "/admin/v1/workers/{id}/drain", "/admin/v1/experts/replicas", "/admin/v1/rebalance" })
         {
             Assert.Contains(p, paths);
@@ -251,6 +251,53 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
         Assert.Contains("\"plan_version\"", doc);
         Assert.Contains("\"extra_replicas_per_layer\"", doc);
         Assert.DoesNotContain("\"planVersion\"", doc);
+    }
+
+    [Fact]
+    public async Task Serving_CountsTheSchedulersTokensAndLatency_RestAndGrpcAgree()
+    {
+        using var client = fixture.Client();
+        var before = (await client.GetFromJsonAsync<ServingInfo>("/admin/v1/serving", Json))!;
+        var prompts = new[] { new[] { 500, 17, 33 }, new[] { 500, 2 } };
+        int generated = 0;
+        foreach (var tokens in await Task.WhenAll(prompts.Select(async (p, i) =>
+        {
+            int n = 0;
+            await foreach (var _ in fixture.Scheduler.GenerateAsync(new Coordinator.Serving.GenerationRequest($"serving-{i}", p, 4, Coordinator.Serving.SamplingParams.Greedy), CancellationToken.None))
+            {
+                n++;
+            }
+            return n;
+        })))
+        {
+            generated += tokens;
+        }
+        string raw = await client.GetStringAsync("/admin/v1/serving");
+        output.WriteLine(raw);
+        Assert.Contains("\"tokens_generated\"", raw);
+        var after = JsonSerializer.Deserialize<ServingInfo>(raw, Json)!;
+        Assert.Equal(generated, after.TokensGenerated - before.TokensGenerated);
+        Assert.Equal(2, after.RequestsFinished - before.RequestsFinished);
+        Assert.Equal(2, after.FirstTokens - before.FirstTokens);
+        Assert.Equal(generated - 2, after.LaterTokens - before.LaterTokens);
+        Assert.True(after.TimeToFirstTokenSecondsSum > before.TimeToFirstTokenSecondsSum);
+        Assert.True(after.Steps > before.Steps);
+        Assert.Equal(0, after.Running);
+        Assert.Equal(0, after.KvBlocksReserved);
+        Assert.True(after.KvBlocksTotal > 0);
+        Assert.True(after.UptimeSeconds > 0);
+
+        using var channel = GrpcChannel.ForAddress(fixture.GrpcAddress, new GrpcChannelOptions { HttpHandler = new SocketsHttpHandler() });
+        var grpc = new Protocol.Admin.ClusterAdmin.ClusterAdminClient(channel);
+        var reply = await grpc.GetServingAsync(new Protocol.Admin.GetServingRequest(), new Metadata { { "authorization", "Bearer " + AdminClusterFixture.Token } });
+        Assert.Equal(after.TokensGenerated, reply.TokensGenerated);
+        Assert.Equal(after.RequestsFinished, reply.RequestsFinished);
+        Assert.Equal(after.KvBlocksTotal, reply.KvBlocksTotal);
+
+        // A coordinator without a serving scheduler says so (503 unavailable) instead of inventing zeros.
+        var bare = new ClusterAdmin(fixture.Cluster.Placement, fixture.Cluster.GrpcDispatcher);
+        var ex = Assert.Throws<AdminException>(bare.GetServing);
+        Assert.Equal((503, "unavailable"), (ex.HttpStatus, ex.Code));
     }
 
     [Fact]

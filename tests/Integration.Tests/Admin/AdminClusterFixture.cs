@@ -36,6 +36,9 @@ public sealed class AdminClusterFixture : IAsyncLifetime
 
     public Llama4Engine Engine { get; private set; } = null!;
 
+    /// <summary>A continuous-batching scheduler over <see cref="Engine"/>, whose counters <c>/admin/v1/serving</c> reports.</summary>
+    public Coordinator.Serving.Scheduling.ContinuousBatchScheduler Scheduler { get; private set; } = null!;
+
     public ModelDescriptor Model { get; private set; } = null!;
 
     public long CapacityExperts { get; private set; }
@@ -66,8 +69,9 @@ public sealed class AdminClusterFixture : IAsyncLifetime
         options.WorkerSettings["ExpertWorker:MemoryCapacityBytes"] = (CapacityExperts * Model.ExpertBytes).ToString(CultureInfo.InvariantCulture);
         Cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = WireDType.Fp32 }, _log.Write, _loggerFactory, CancellationToken.None);
         Engine = Llama4Engine.Load(TestPaths.Fixture("tiny-maverick"), new CpuKernelBackend(1), Cluster.Dispatcher);
+        Scheduler = new Coordinator.Serving.Scheduling.ContinuousBatchScheduler(Engine, new Coordinator.Serving.Scheduling.SchedulerOptions());
         Host = ClusterAdminHosting.BuildHost(new ClusterAdminOptions { Token = Token, Host = "127.0.0.1", Port = 0, GrpcPort = 0 },
-            _ => new ClusterAdmin(Cluster.Placement, Cluster.GrpcDispatcher),
+            _ => new ClusterAdmin(Cluster.Placement, Cluster.GrpcDispatcher, () => Scheduler.Stats),
             l => l.AddProvider(new ForwardingProvider(_loggerFactory)).SetMinimumLevel(LogLevel.Warning));
         await Host.StartAsync();
         BaseAddress = ClusterAdminHosting.BoundAddress(Host);
@@ -80,6 +84,10 @@ public sealed class AdminClusterFixture : IAsyncLifetime
         {
             await Host.StopAsync();
             await Host.DisposeAsync();
+        }
+        if (Scheduler is not null)
+        {
+            await Scheduler.DisposeAsync();
         }
         Engine?.Dispose();
         if (Cluster is not null)

@@ -46,7 +46,7 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
         Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync("/admin/dashboard/other.js")).StatusCode);
 
         // The page's own data calls, made without the token, are refused.
-        foreach (var path in new[] { "/admin/v1/cluster", "/admin/v1/placement", "/admin/v1/experts/load" })
+        foreach (var path in new[] { "/admin/v1/cluster", "/admin/v1/placement", "/admin/v1/experts/load", "/admin/v1/serving" })
         {
             Assert.Equal(HttpStatusCode.Unauthorized, (await http.GetAsync(path)).StatusCode);
         }

@@ -19,6 +19,7 @@
     workerOrder: [],
     samples: [],
     previousLoad: null,
+    previousServing: null,
     operation: null,
     operationTimer: null,
     placementVersion: -1,
@@ -159,14 +160,27 @@
       return;
     }
     try {
-      const [cluster, placement, load] = await Promise.all([api('GET', '/cluster'), api('GET', '/placement'), api('GET', '/experts/load')]);
+      // Every call settles before the page decides: a refused token is reported once, after all of them.
+      const settled = await Promise.allSettled([api('GET', '/cluster'), api('GET', '/placement'), api('GET', '/experts/load'), api('GET', '/serving')]);
+      const refused = settled.find((r) => r.status === 'rejected' && r.reason instanceof ApiError && r.reason.status === 401);
+      if (refused) {
+        throw refused.reason;
+      }
+      const failed = settled.slice(0, 3).find((r) => r.status === 'rejected');
+      if (failed) {
+        throw failed.reason;
+      }
+      const [cluster, placement, load] = settled.slice(0, 3).map((r) => r.value);
+      // The serving counters are optional: a coordinator that is not serving (yet) answers 503.
+      const serving = settled[3].status === 'fulfilled' ? settled[3].value : null;
       $('main').hidden = false;
       renderSummary(cluster);
       renderWorkers(cluster);
       renderPlacement(placement);
-      recordSample(load);
+      recordSample(load, serving);
       renderLoad(load, placement);
       renderTraffic(load);
+      renderServing(serving, settled[3].status === 'rejected' ? settled[3].reason : null);
       renderCharts();
       setStatus('Live · updated ' + new Date().toLocaleTimeString());
     } catch (e) {
@@ -316,9 +330,20 @@
 
   // ---- traffic and history -----------------------------------------------------------------------------------------
 
-  function recordSample(load) {
+  function recordSample(load, serving) {
     const now = performance.now();
-    const sample = { t: now, rate: {}, latency: {} };
+    const sample = { t: now, rate: {}, latency: {}, tokens: {}, requestLatency: {} };
+    const ps = state.previousServing;
+    if (serving && ps && now > ps.t && serving.tokens_generated >= ps.value.tokens_generated) {
+      // Counters since start: the rate and the interval means come from the differences of two polls.
+      const seconds = (now - ps.t) / 1000;
+      sample.tokens['output tokens/s'] = (serving.tokens_generated - ps.value.tokens_generated) / seconds;
+      const first = serving.first_tokens - ps.value.first_tokens;
+      const later = serving.later_tokens - ps.value.later_tokens;
+      sample.requestLatency['time to first token'] = first > 0 ? (1000 * (serving.time_to_first_token_seconds_sum - ps.value.time_to_first_token_seconds_sum)) / first : null;
+      sample.requestLatency['between tokens'] = later > 0 ? (1000 * (serving.inter_token_seconds_sum - ps.value.inter_token_seconds_sum)) / later : null;
+    }
+    state.previousServing = serving ? { t: now, value: serving } : null;
     const prev = state.previousLoad;
     for (const w of load.workers) {
       const p = prev && prev.workers.get(w.worker_id);
@@ -359,6 +384,29 @@
     });
     $('traffic').tBodies[0].replaceChildren(...rows);
   }
+
+  function renderServing(s, error) {
+    if (!s) {
+      $('serving-stats').replaceChildren(el('span', { class: 'muted' }, 'No serving statistics' + (error ? ': ' + (error.message || error) : '')));
+      return;
+    }
+    const kv = s.kv_blocks_total > 0 ? ` (${fmt((100 * s.kv_blocks_used) / s.kv_blocks_total, 1)} %)` : '';
+    const parts = [
+      ['Running', fmt(s.running)],
+      ['Queued', fmt(s.queued)],
+      ['KV blocks used', `${fmt(s.kv_blocks_used)} of ${fmt(s.kv_blocks_total)}${kv}`],
+      ['Tokens generated', fmt(s.tokens_generated)],
+      ['Requests finished', fmt(s.requests_finished)],
+      ['Mean time to first token', s.first_tokens > 0 ? fmt((1000 * s.time_to_first_token_seconds_sum) / s.first_tokens, 1) + ' ms' : '–'],
+    ];
+    $('serving-stats').replaceChildren(...parts.map(([k, v]) => el('span', { class: 'stat' }, el('b', {}, k + ' '), v)));
+  }
+
+  const SERVING_COLOURS = {
+    'output tokens/s': '#2f6fdb',
+    'time to first token': '#d9822b',
+    'between tokens': '#2f9e6e',
+  };
 
   function chart(id, key, unit) {
     const W = 600;
@@ -408,7 +456,7 @@
       }
       const line = svg('polyline', {
         points: pts.map(([i, v]) => `${x(i + span - state.samples.length).toFixed(1)},${y(v).toFixed(1)}`).join(' '),
-        stroke: w === 'total' ? '#1d2330' : workerColour(w),
+        stroke: w === 'total' ? '#1d2330' : SERVING_COLOURS[w] || workerColour(w),
         'data-series': w,
       });
       if (w === 'total') {
@@ -423,6 +471,8 @@
   }
 
   function renderCharts() {
+    chart('tokens-chart', 'tokens', 'tok/s');
+    chart('request-latency-chart', 'requestLatency', 'ms');
     chart('throughput-chart', 'rate', 'rows/s');
     chart('latency-chart', 'latency', 'ms');
   }

@@ -6,8 +6,25 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Distributed.Coordinator.Serving.Scheduling;
 
-/// <summary>Counters of the scheduler's state (cheap snapshot for metrics and admin views).</summary>
-public readonly record struct SchedulerStats(int Queued, int Running, int KvBlocksUsed, int KvBlocksReserved, int KvBlocksTotal, long Steps, long TokensGenerated);
+/// <summary>
+/// Counters of the scheduler's state (cheap snapshot for metrics and admin views). The latency sums are since start, as
+/// the scheduler sees them (submission to first token, token to token), so a reader computes interval means from two
+/// snapshots: (sum₂ − sum₁) / (count₂ − count₁).
+/// </summary>
+/// <param name="Queued">Requests waiting for admission.</param>
+/// <param name="Running">Sequences in the running batch.</param>
+/// <param name="KvBlocksUsed">KV blocks holding keys and values.</param>
+/// <param name="KvBlocksReserved">KV blocks reserved by admitted sequences (worst case).</param>
+/// <param name="KvBlocksTotal">KV blocks in the budget.</param>
+/// <param name="Steps">Forward steps run.</param>
+/// <param name="TokensGenerated">Tokens generated.</param>
+/// <param name="RequestsFinished">Requests that ended with a finish reason (stop, length, context length).</param>
+/// <param name="FirstTokens">Requests that got their first token.</param>
+/// <param name="TimeToFirstTokenSeconds">Sum over <paramref name="FirstTokens"/> of submission → first token.</param>
+/// <param name="LaterTokens">Tokens after a request's first.</param>
+/// <param name="InterTokenSeconds">Sum over <paramref name="LaterTokens"/> of the time since the request's previous token.</param>
+public readonly record struct SchedulerStats(int Queued, int Running, int KvBlocksUsed, int KvBlocksReserved, int KvBlocksTotal, long Steps, long TokensGenerated,
+    long RequestsFinished = 0, long FirstTokens = 0, double TimeToFirstTokenSeconds = 0, long LaterTokens = 0, double InterTokenSeconds = 0);
 
 /// <summary>
 /// Iteration-level (continuous) batching over one <see cref="Llama4Engine"/>: every step, finished and cancelled
@@ -29,6 +46,11 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
     private readonly Task _loop;
     private long _steps;
     private long _tokens;
+    private long _finished;
+    private long _firstTokens;
+    private long _ttftTicks;
+    private long _laterTokens;
+    private long _interTokenTicks;
 
     /// <summary>Creates the scheduler and starts its loop.</summary>
     /// <exception cref="ArgumentException">Invalid options.</exception>
@@ -68,7 +90,9 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
                 running = _running.Count;
             }
             return new SchedulerStats(_pending.Reader.Count, running, _pool.UsedBlocks, _pool.ReservedBlocks, _pool.TotalBlocks,
-                Interlocked.Read(ref _steps), Interlocked.Read(ref _tokens));
+                Interlocked.Read(ref _steps), Interlocked.Read(ref _tokens), Interlocked.Read(ref _finished),
+                Interlocked.Read(ref _firstTokens), Interlocked.Read(ref _ttftTicks) / (double)Stopwatch.Frequency,
+                Interlocked.Read(ref _laterTokens), Interlocked.Read(ref _interTokenTicks) / (double)Stopwatch.Frequency);
         }
     }
 
@@ -279,6 +303,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         Interlocked.Increment(ref _steps);
 
         int vocab = result.Vocab, row = 0;
+        long now = Stopwatch.GetTimestamp();
         var finished = new List<Sequence>();
         for (int i = 0; i < members.Count; i++)
         {
@@ -297,6 +322,17 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             s.Generated++;
             s.LastToken = token;
             Interlocked.Increment(ref _tokens);
+            if (s.Generated == 1)
+            {
+                Interlocked.Add(ref _ttftTicks, now - s.SubmittedTicks);
+                Interlocked.Increment(ref _firstTokens);
+            }
+            else
+            {
+                Interlocked.Add(ref _interTokenTicks, now - s.LastTokenTicks);
+                Interlocked.Increment(ref _laterTokens);
+            }
+            s.LastTokenTicks = now;
             FinishReason? finish = null;
             if (_eos.Contains(token) || (s.Request.StopTokenIds?.Contains(token) ?? false))
             {
@@ -324,6 +360,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
                 {
                     Release(s, null);
                     _running.Remove(s);
+                    Interlocked.Increment(ref _finished);
                     LogFinished(s.Request.Id, s.Generated);
                 }
             }
@@ -398,6 +435,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         public int PendingPrefill { get; set; }
         public int Generated { get; set; }
         public int LastToken { get; set; }
+        public long SubmittedTicks { get; } = Stopwatch.GetTimestamp();
+        public long LastTokenTicks { get; set; }
         // The request's span when it was submitted (issue #6 tracing); default when not traced.
         public ActivityContext TraceContext { get; } = Activity.Current?.Context ?? default;
         public bool IsCancelled => _cancelled || cancellationToken.IsCancellationRequested;

@@ -46,6 +46,28 @@ public sealed class ContinuousBatchSchedulerTests(ITestOutputHelper output) : ID
     }
 
     [Fact]
+    public async Task Stats_CountFinishedRequests_FirstAndLaterTokens_WithTheirLatencySums()
+    {
+        using var engine = Llama4Engine.Load(TestPaths.Fixture("tiny-maverick"), _backend);
+        await using var s = new ContinuousBatchScheduler(engine, new SchedulerOptions());
+        var before = s.Stats;
+        Assert.Equal((0L, 0L, 0L, 0L), (before.RequestsFinished, before.FirstTokens, before.LaterTokens, before.TokensGenerated));
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        var results = await Task.WhenAll(CollectAsync(s, [500, 12, 7], 5), CollectAsync(s, [500, 40], 3), CollectAsync(s, [500], 1));
+        double wall = started.Elapsed.TotalSeconds;
+        var after = s.Stats;
+        int tokens = results.Sum(r => r.Length);
+        Assert.Equal(9, tokens);
+        Assert.Equal(3, after.RequestsFinished);
+        Assert.Equal(3, after.FirstTokens);
+        Assert.Equal(tokens - 3, after.LaterTokens);
+        Assert.Equal(tokens, after.TokensGenerated);
+        // Each request's first token came after it was submitted and no later than the wall time of the whole call.
+        Assert.InRange(after.TimeToFirstTokenSeconds, 1e-9, 3 * wall);
+        Assert.InRange(after.InterTokenSeconds, 1e-9, 3 * wall);
+    }
+
+    [Fact]
     public async Task GreedyAmongSixteenOthers_SameTokensAsAlone()
     {
         using var engine = Llama4Engine.Load(TestPaths.Fixture("tiny-scout"), _backend);

@@ -116,6 +116,23 @@ try {
   });
   check(true, 'throughput and latency charts draw lines over several polls');
 
+  // The serving panel: the scheduler's counters from /admin/v1/serving, output tokens/s and request latency over time.
+  const serving = await api('/serving');
+  check(serving.tokens_generated > 0 && serving.kv_blocks_total > 0, `the serving API counts ${serving.tokens_generated} tokens generated`);
+  await page.waitForFunction(() => {
+    const tokens = document.querySelector('#tokens-chart polyline[data-series="output tokens/s"]');
+    const ttft = document.querySelector('#request-latency-chart polyline[data-series="time to first token"]');
+    return tokens && ttft && tokens.getAttribute('points').split(' ').length >= 2 && /Tokens generated/.test(document.getElementById('serving-stats').textContent);
+  });
+  const tokenRates = await page.$eval('#tokens-chart polyline[data-series="output tokens/s"]', (l) => l.getAttribute('points').split(' ').map((p) => Number(p.split(',')[1])));
+  check(tokenRates.length >= 2 && tokenRates.every(Number.isFinite), `output tokens/s and request latency charts draw lines (${tokenRates.length} points)`);
+  // Completions keep flowing: the panel catches up with the count read from the API at its next poll.
+  await page.waitForFunction((n) => {
+    const m = /Tokens generated ([\d,]+)/.exec(document.getElementById('serving-stats').textContent);
+    return m && Number(m[1].replace(/,/g, '')) >= n;
+  }, serving.tokens_generated);
+  check(true, `the serving panel shows the live counters: ${(await page.textContent('#serving-stats')).trim()}`);
+
   await page.click('#rebalance-dry');
   await page.waitForSelector('#rebalance-plan:not([hidden])');
   const figures = await page.textContent('#rebalance-figures');
