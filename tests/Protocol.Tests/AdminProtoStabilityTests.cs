@@ -68,6 +68,19 @@ public class AdminProtoStabilityTests
         "ReplicaTarget.layer=1",
         "ReplicaTarget.expert=2",
         "ReplicaTarget.worker=3",
+        "ServingReply.first_tokens=10",
+        "ServingReply.inter_token_seconds_sum=13",
+        "ServingReply.kv_blocks_reserved=5",
+        "ServingReply.kv_blocks_total=6",
+        "ServingReply.kv_blocks_used=4",
+        "ServingReply.later_tokens=12",
+        "ServingReply.queued=2",
+        "ServingReply.requests_finished=9",
+        "ServingReply.running=3",
+        "ServingReply.steps=7",
+        "ServingReply.time_to_first_token_seconds_sum=11",
+        "ServingReply.tokens_generated=8",
+        "ServingReply.uptime_seconds=1",
         "ChangeReplicasRequest.add=1",
         "ChangeReplicasRequest.remove=2",
         "RebalanceRequest.dry_run=1",
@@ -99,6 +112,6 @@ public class AdminProtoStabilityTests
     [Fact]
     [Trait("Category", "Unit")]
     public void Service_HasTheAdminOperations()
-        => Assert.Equal(["GetCluster", "GetPlacement", "GetExpertLoad", "DrainWorker", "ChangeReplicas", "Rebalance", "GetOperation"],
+        => Assert.Equal(["GetCluster", "GetPlacement", "GetExpertLoad", "DrainWorker", "ChangeReplicas", "Rebalance", "GetOperation", "GetServing"],
             AdminReflection.Descriptor.Services.Single().Methods.Select(m => m.Name));
 }
