@@ -8,7 +8,7 @@ namespace Distributed.Coordinator.Cli;
 public static partial class CommandLine
 {
     private const string AdminUsage =
-        "admin           cluster | placement | load | operation OP | drain WORKER | rebalance [--dry-run] [--extra-replicas N] [--load-window recent|total]\n"
+        "admin           cluster | placement | load | serving | operation OP | drain WORKER | rebalance [--dry-run] [--extra-replicas N] [--load-window recent|total]\n"
         + "                  | replicas add|remove LAYER:EXPERT[@WORKER] ...   [--url http://127.0.0.1:8000] [--token-env NAME | --token T] [--wait]";
 
     /// <summary>
@@ -25,7 +25,7 @@ public static partial class CommandLine
         var a = new CliArgs(list.Skip(positional.Count), ["url", "token", "token-env", "extra-replicas", "load-window"], ["dry-run", "wait"]);
         if (positional.Count == 0)
         {
-            throw new UsageException("admin needs an action: cluster, placement, load, operation, drain, replicas or rebalance");
+            throw new UsageException("admin needs an action: cluster, placement, load, serving, operation, drain, replicas or rebalance");
         }
         string url = (a.Get("url") ?? "http://127.0.0.1:8000").TrimEnd('/');
         if (!Uri.TryCreate(url, UriKind.Absolute, out var baseUri) || (baseUri.Scheme != "http" && baseUri.Scheme != "https"))
@@ -55,6 +55,7 @@ public static partial class CommandLine
         {
             case "cluster":
             case "placement":
+            case "serving":
                 Arity(0, action);
                 request = new HttpRequestMessage(HttpMethod.Get, $"admin/v1/{action}");
                 break;
@@ -88,7 +89,7 @@ public static partial class CommandLine
                 change = !a.Has("dry-run");
                 break;
             default:
-                throw new UsageException($"unknown admin action '{action}' (expected cluster, placement, load, operation, drain, replicas or rebalance)");
+                throw new UsageException($"unknown admin action '{action}' (expected cluster, placement, load, serving, operation, drain, replicas or rebalance)");
         }
         var (ok, json) = await SendAsync(http, request, stderr, ct).ConfigureAwait(false);
         if (!ok)

@@ -76,6 +76,15 @@ public sealed class AdminCliTests(ITestOutputHelper output)
             var completion = await http.PostAsync("/v1/completions",
                 new StringContent("""{"model":"tiny-maverick","prompt":"hello","max_tokens":4,"temperature":0}""", Encoding.UTF8, "application/json"));
             Assert.True(completion.IsSuccessStatusCode, await completion.Content.ReadAsStringAsync());
+            // The admin listener (its own port) reads the serving host's scheduler.
+            (code, stdout, stderr) = await AdminAsync(["serving", .. common]);
+            Assert.True(code == 0, stderr);
+            using (var doc = JsonDocument.Parse(stdout))
+            {
+                Assert.True(doc.RootElement.GetProperty("tokens_generated").GetInt64() >= 1, stdout);
+                Assert.True(doc.RootElement.GetProperty("requests_finished").GetInt64() >= 1, stdout);
+                Assert.True(doc.RootElement.GetProperty("kv_blocks_total").GetInt32() > 0, stdout);
+            }
 
             (code, _, stderr) = await AdminAsync(["drain", "worker-0", .. common]);
             Assert.Equal(1, code);
