@@ -1,3 +1,4 @@
+using Distributed.Kernels;
 using Distributed.Kernels.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
@@ -7,39 +8,44 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> fp32).
 /// Capacity comes from a memory budget. Admission is by reservation: a sequence reserves its worst case up front
 /// (<see cref="BlocksNeeded"/>), so a running sequence never runs out of blocks mid-step and nothing is ever preempted.
-/// Block memory is allocated on first use and recycled through a free list.
-/// Not thread-safe: one scheduler loop owns it (reservations are synchronized).
+/// The data lives in an <see cref="IKvBlockStore"/> from the kernel backend (device memory on CUDA, so attention reads
+/// the keys where they are; host memory, allocated per block on first use, on the CPU); the pool keeps the free list.
+/// Not thread-safe: one scheduler loop owns it (reservations are synchronized). Dispose frees the store.
 /// </summary>
-public sealed class KvBlockPool
+public sealed class KvBlockPool : IDisposable
 {
     private readonly Llama4TextConfig _config;
-    private readonly float[]?[] _blocks;
     private readonly Stack<int> _free = new();
     private readonly Lock _reserveLock = new();
     private int _nextFresh;
     private int _reserved;
-    private float[] _scratchK = [];
-    private float[] _scratchV = [];
 
-    /// <summary>Creates a pool of <c>memoryBytes / BlockBytes</c> blocks.</summary>
+    /// <summary>
+    /// Creates a pool of <c>memoryBytes / BlockBytes</c> blocks whose data <paramref name="backend"/> keeps (its own store
+    /// when it has one and <paramref name="backendStore"/>; else host memory with its contiguous attention).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Block size not positive, or the budget holds no block.</exception>
-    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes)
+    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes, IKernelBackend backend, bool backendStore = true)
     {
         ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(backend);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
         _config = config;
         BlockSize = blockSize;
         RowWidth = config.NumKvHeads * config.HeadDim;
         BlockBytes = 2L * blockSize * RowWidth * sizeof(float);
         long blocks = memoryBytes / BlockBytes;
-        if (blocks < 1 || blocks > int.MaxValue / 2)
+        if (blocks < 1 || blocks > int.MaxValue / 2 || blocks * blockSize > int.MaxValue)
         {
             throw new ArgumentOutOfRangeException(nameof(memoryBytes), memoryBytes,
-                $"KV budget must hold between 1 and {int.MaxValue / 2} blocks of {BlockBytes} bytes");
+                $"KV budget must hold between 1 and {Math.Min(int.MaxValue / 2, int.MaxValue / blockSize)} blocks of {BlockBytes} bytes");
         }
         TotalBlocks = (int)blocks;
-        _blocks = new float[TotalBlocks][];
+        Store = KvBlockStores.Create(backend, TotalBlocks, blockSize, RowWidth, backendStore);
     }
+
+    /// <summary>Where the keys and values are kept.</summary>
+    public IKvBlockStore Store { get; }
 
     /// <summary>Positions per block.</summary>
     public int BlockSize { get; }
@@ -127,7 +133,6 @@ public sealed class KvBlockPool
         {
             throw new InvalidOperationException("KV block pool exhausted: a sequence exceeded its reservation");
         }
-        _blocks[id] ??= new float[2 * BlockSize * RowWidth];
         UsedBlocks++;
         return id;
     }
@@ -138,22 +143,6 @@ public sealed class KvBlockPool
         UsedBlocks--;
     }
 
-    /// <summary>Keys of block <paramref name="id"/>: <c>[BlockSize, kv_heads, head_dim]</c>.</summary>
-    internal Span<float> K(int id) => _blocks[id].AsSpan(0, BlockSize * RowWidth);
-
-    /// <summary>Values of block <paramref name="id"/>.</summary>
-    internal Span<float> V(int id) => _blocks[id].AsSpan(BlockSize * RowWidth, BlockSize * RowWidth);
-
-    /// <summary>Gather buffers for one attention call (valid until the next call).</summary>
-    internal (float[] K, float[] V) Scratch(int positions)
-    {
-        int need = positions * RowWidth;
-        if (_scratchK.Length < need)
-        {
-            int cap = Math.Max(need, _scratchK.Length * 2);
-            _scratchK = new float[cap];
-            _scratchV = new float[cap];
-        }
-        return (_scratchK, _scratchV);
-    }
+    /// <inheritdoc />
+    public void Dispose() => Store.Dispose();
 }

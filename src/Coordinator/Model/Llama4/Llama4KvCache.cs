@@ -41,7 +41,7 @@ public sealed class Llama4KvCache : IKvCache
     /// </summary>
     /// <param name="k"><c>[rows, kv_heads, head_dim]</c>.</param>
     /// <param name="v"><c>[rows, kv_heads, head_dim]</c>.</param>
-    public (ReadOnlyMemory<float> K, ReadOnlyMemory<float> V, int Keys, int KeyPositionStart) Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
+    public KvView Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
     {
         var l = _layers[layer];
         int first = NextPosition;
@@ -76,7 +76,7 @@ public sealed class Llama4KvCache : IKvCache
         k[..(rows * _rowWidth)].CopyTo(l.K.AsSpan(l.Count * _rowWidth));
         v[..(rows * _rowWidth)].CopyTo(l.V.AsSpan(l.Count * _rowWidth));
         l.Count += rows;
-        return (l.K.AsMemory(0, l.Count * _rowWidth), l.V.AsMemory(0, l.Count * _rowWidth), l.Count, l.Start);
+        return new KvView(l.K.AsMemory(0, l.Count * _rowWidth), l.V.AsMemory(0, l.Count * _rowWidth), l.Count, l.Start);
     }
 
     /// <summary>Marks <paramref name="rows"/> positions as appended on every layer (called once per forward).</summary>

@@ -191,9 +191,18 @@ public sealed class Llama4Model
                 foreach (var item in items)
                 {
                     int n = item.Tokens.Length;
-                    var (kc, vc, keys, keyStart) = item.Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
-                    _backend.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), kc.Span, vc.Span, keys, keyStart, ap,
-                        attn.AsSpan(row * qW, n * qW));
+                    var view = item.Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
+                    if (view.Store is { } store)
+                    {
+                        // Paged: the keys stay where the store keeps them (device memory on CUDA).
+                        store.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.BlockTable.Span, view.FirstSlot, view.Keys,
+                            view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
+                    }
+                    else
+                    {
+                        _backend.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.K.Span, view.V.Span, view.Keys,
+                            view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
+                    }
                     row += n;
                 }
                 _backend.MatMul(attn.AsSpan(0, t * qW), t, lw.O, tmp.AsSpan(0, t * h));

@@ -5,7 +5,8 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// <summary>
 /// A sequence's KV cache in <see cref="KvBlockPool"/> blocks with a block table per layer. Chunked (RoPE) layers free
 /// whole blocks that fall before the chunk of the next query — they keep at most one chunk (plus a step); NoPE layers
-/// keep the whole context. For an attention call the visible blocks are gathered into the pool's scratch buffer.
+/// keep the whole context. Keys and values go to the pool's block store; an attention call reads them there through the
+/// layer's block table (the CUDA store keeps them in device memory; the host store gathers the visible rows).
 /// Dispose returns every block to the pool (the reservation is the scheduler's to return).
 /// </summary>
 public sealed class PagedKvCache : IKvCache, IDisposable
@@ -14,6 +15,7 @@ public sealed class PagedKvCache : IKvCache, IDisposable
     private readonly Llama4TextConfig _config;
     private readonly List<int>[] _tables;
     private readonly int[] _firstPosition;
+    private readonly int[]?[] _tableArrays;
     private bool _disposed;
 
     /// <summary>Creates an empty cache drawing from <paramref name="pool"/>.</summary>
@@ -23,6 +25,7 @@ public sealed class PagedKvCache : IKvCache, IDisposable
         _config = config ?? throw new ArgumentNullException(nameof(config));
         _tables = new List<int>[config.NumLayers];
         _firstPosition = new int[config.NumLayers];
+        _tableArrays = new int[config.NumLayers][];
         for (int il = 0; il < _tables.Length; il++)
         {
             _tables[il] = [];
@@ -36,7 +39,7 @@ public sealed class PagedKvCache : IKvCache, IDisposable
     public int Blocks => _tables.Sum(t => t.Count);
 
     /// <inheritdoc />
-    public (ReadOnlyMemory<float> K, ReadOnlyMemory<float> V, int Keys, int KeyPositionStart) Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
+    public KvView Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         int b = _pool.BlockSize, w = _pool.RowWidth;
@@ -52,10 +55,12 @@ public sealed class PagedKvCache : IKvCache, IDisposable
             {
                 _pool.Free(table[0]);
                 table.RemoveAt(0);
+                _tableArrays[layer] = null;
                 _firstPosition[layer] += b;
             }
             visibleStart = Math.Max(_firstPosition[layer], chunkStart);
         }
+        Span<int> slots = rows <= 256 ? stackalloc int[rows] : new int[rows];
         for (int r = 0; r < rows; r++)
         {
             int slot = first + r - _firstPosition[layer];
@@ -63,24 +68,24 @@ public sealed class PagedKvCache : IKvCache, IDisposable
             while (table.Count <= bi)
             {
                 table.Add(_pool.Allocate());
+                _tableArrays[layer] = null;
             }
-            k.Slice(r * w, w).CopyTo(_pool.K(table[bi]).Slice(off * w, w));
-            v.Slice(r * w, w).CopyTo(_pool.V(table[bi]).Slice(off * w, w));
+            slots[r] = table[bi] * b + off;
         }
+        _pool.Store.Write(slots, k[..(rows * w)], v[..(rows * w)]);
 
         int keys = first + rows - visibleStart;
-        var (sk, sv) = _pool.Scratch(keys);
-        for (int p = visibleStart; p < first + rows;)
+        int firstSlot = visibleStart - _firstPosition[layer];
+        return new KvView(ReadOnlyMemory<float>.Empty, ReadOnlyMemory<float>.Empty, keys, visibleStart)
         {
-            int slot = p - _firstPosition[layer];
-            int bi = slot / b, off = slot % b;
-            int n = Math.Min(b - off, first + rows - p);
-            _pool.K(table[bi]).Slice(off * w, n * w).CopyTo(sk.AsSpan((p - visibleStart) * w));
-            _pool.V(table[bi]).Slice(off * w, n * w).CopyTo(sv.AsSpan((p - visibleStart) * w));
-            p += n;
-        }
-        return (sk.AsMemory(0, keys * w), sv.AsMemory(0, keys * w), keys, visibleStart);
+            Store = _pool.Store,
+            BlockTable = TableOf(layer),
+            FirstSlot = firstSlot,
+        };
     }
+
+    // The layer's block table as an array the attention call can read (rebuilt only after the table changed).
+    private int[] TableOf(int layer) => _tableArrays[layer] ??= [.. _tables[layer]];
 
     /// <inheritdoc />
     public void Advance(int rows) => NextPosition += rows;
@@ -100,6 +105,10 @@ public sealed class PagedKvCache : IKvCache, IDisposable
                 _pool.Free(id);
             }
             table.Clear();
+        }
+        for (int il = 0; il < _tableArrays.Length; il++)
+        {
+            _tableArrays[il] = null;
         }
     }
 }

@@ -60,7 +60,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         _options = options ?? throw new ArgumentNullException(nameof(options));
         options.Validate();
         _logger = (ILogger?)logger ?? NullLogger.Instance;
-        _pool = new KvBlockPool(engine.Config, options.KvBlockSize, options.KvMemoryBytes);
+        _pool = new KvBlockPool(engine.Config, options.KvBlockSize, options.KvMemoryBytes, engine.Backend, options.BackendKvStore);
         _pending = Channel.CreateBounded<Sequence>(new BoundedChannelOptions(options.MaxQueuedRequests)
         {
             SingleReader = true,
@@ -420,6 +420,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             s.Output.Writer.TryComplete(new OperationCanceledException("the scheduler stopped"));
         }
         _stop.Dispose();
+        // Every sequence released its blocks above; the store's memory (device memory on CUDA) goes back now.
+        _pool.Dispose();
     }
 
     private sealed class Sequence(GenerationRequest request, int reservedBlocks, Sampler sampler, CancellationToken cancellationToken)

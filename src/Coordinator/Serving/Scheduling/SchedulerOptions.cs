@@ -24,6 +24,13 @@ public sealed class SchedulerOptions
     /// <summary>Positions per KV block. Default: 16.</summary>
     public int KvBlockSize { get; set; } = 16;
 
+    /// <summary>
+    /// Keep the KV blocks where the kernel backend computes (device memory on CUDA: attention reads the keys there and
+    /// only queries and outputs cross PCIe). False keeps them in host memory, gathered and uploaded per attention call
+    /// (the baseline the GPU check compares against). The CPU backend keeps host memory either way.
+    /// </summary>
+    public bool BackendKvStore { get; set; } = true;
+
     /// <summary>Retry-After suggested when the queue is full. Default: 1 s.</summary>
     public TimeSpan RetryAfter { get; set; } = TimeSpan.FromSeconds(1);
 

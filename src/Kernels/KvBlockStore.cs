@@ -1,0 +1,210 @@
+namespace Distributed.Kernels;
+
+/// <summary>
+/// The keys and values of a paged KV cache where the kernels that read them live: <see cref="Blocks"/> blocks of
+/// <see cref="BlockSize"/> rows of <see cref="RowWidth"/> floats (<c>kv_heads · head_dim</c>) for K and again for V. Row
+/// <c>slot = block · BlockSize + offset</c>. The caller (the cache) owns the block bookkeeping; the store only holds the
+/// data and runs attention over a block table. A CUDA backend keeps it in device memory, so an attention call moves
+/// only the queries, the table and the output across PCIe, never the context. Not thread-safe: one scheduler owns it.
+/// </summary>
+public interface IKvBlockStore : IDisposable
+{
+    /// <summary>Blocks the store holds.</summary>
+    int Blocks { get; }
+
+    /// <summary>Rows per block.</summary>
+    int BlockSize { get; }
+
+    /// <summary>Floats per row of K (and of V).</summary>
+    int RowWidth { get; }
+
+    /// <summary>Where the data lives, for logs (<c>host</c>, <c>cuda:0</c>).</summary>
+    string Location { get; }
+
+    /// <summary>Writes row r of <paramref name="k"/> and <paramref name="v"/> (<c>[rows, RowWidth]</c>) to <c>slots[r]</c>.</summary>
+    /// <exception cref="ArgumentException">A slot outside the store, or lengths that do not match.</exception>
+    void Write(ReadOnlySpan<int> slots, ReadOnlySpan<float> k, ReadOnlySpan<float> v);
+
+    /// <summary>
+    /// <see cref="IKernelBackend.Attention"/> over keys held in the store: key j (position
+    /// <paramref name="keyPositionStart"/> + j) is in row <c>s % BlockSize</c> of block <c>blockTable[s / BlockSize]</c>
+    /// with <c>s = firstSlot + j</c>. Same mask, GQA and results as the contiguous call on the same keys.
+    /// </summary>
+    /// <exception cref="ArgumentException">Shapes that do not match, or a table entry outside the store.</exception>
+    void Attention(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable, int firstSlot, int keys,
+        int keyPositionStart, in AttentionParams p, Span<float> output);
+}
+
+/// <summary>A backend that keeps KV blocks in its own memory (see <see cref="KvBlockStores.Create"/>).</summary>
+public interface IKvBlockStoreFactory
+{
+    /// <summary>Allocates a store of <paramref name="blocks"/> blocks.</summary>
+    /// <exception cref="ArgumentException">Non-positive sizes.</exception>
+    IKvBlockStore CreateKvBlockStore(int blocks, int blockSize, int rowWidth);
+}
+
+/// <summary>Picks the store for a backend.</summary>
+public static class KvBlockStores
+{
+    /// <summary>
+    /// The backend's own store when it has one (<see cref="IKvBlockStoreFactory"/>) and <paramref name="preferBackend"/>,
+    /// else host memory (<see cref="HostKvBlockStore"/>), whose attention gathers the visible rows and calls the
+    /// backend's contiguous <see cref="IKernelBackend.Attention"/>.
+    /// </summary>
+    public static IKvBlockStore Create(IKernelBackend backend, int blocks, int blockSize, int rowWidth, bool preferBackend = true)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        return preferBackend && backend is IKvBlockStoreFactory factory
+            ? factory.CreateKvBlockStore(blocks, blockSize, rowWidth)
+            : new HostKvBlockStore(backend, blocks, blockSize, rowWidth);
+    }
+
+    /// <summary>Shape checks shared by every store; throws <see cref="ArgumentException"/> naming the problem.</summary>
+    public static void ValidateWrite(IKvBlockStore store, ReadOnlySpan<int> slots, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        long expected = (long)slots.Length * store.RowWidth;
+        if (k.Length != expected || v.Length != expected)
+        {
+            throw new ArgumentException($"k and v must hold slots × RowWidth = {slots.Length} × {store.RowWidth} floats, got {k.Length} and {v.Length}");
+        }
+        long rows = (long)store.Blocks * store.BlockSize;
+        for (int i = 0; i < slots.Length; i++)
+        {
+            if ((uint)slots[i] >= rows)
+            {
+                throw new ArgumentException($"slot {slots[i]} (entry {i}) is outside the store's {rows} rows", nameof(slots));
+            }
+        }
+    }
+
+    /// <summary>Shape checks of <see cref="IKvBlockStore.Attention"/>.</summary>
+    public static void ValidateAttention(IKvBlockStore store, ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions,
+        ReadOnlySpan<int> blockTable, int firstSlot, int keys, int keyPositionStart, in AttentionParams p, ReadOnlySpan<float> output)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        p.Validate();
+        if (p.KvHeads * p.HeadDim != store.RowWidth)
+        {
+            throw new ArgumentException($"kv_heads × head_dim = {p.KvHeads * p.HeadDim} does not match the store's RowWidth {store.RowWidth}");
+        }
+        long qElements = (long)rows * p.Heads * p.HeadDim;
+        if (rows < 0 || q.Length != qElements || output.Length != qElements || queryPositions.Length != rows)
+        {
+            throw new ArgumentException($"q/output must hold rows × heads × head_dim = {qElements} floats and queryPositions {rows} entries; got {q.Length}, {output.Length}, {queryPositions.Length}");
+        }
+        if (keys < 0 || firstSlot < 0 || keyPositionStart < 0)
+        {
+            throw new ArgumentException($"keys ({keys}), firstSlot ({firstSlot}) and keyPositionStart ({keyPositionStart}) must be ≥ 0");
+        }
+        long lastSlot = (long)firstSlot + keys - 1;
+        if (keys > 0 && lastSlot / store.BlockSize >= blockTable.Length)
+        {
+            throw new ArgumentException($"keys up to slot {lastSlot} need {lastSlot / store.BlockSize + 1} table entries, the table has {blockTable.Length}", nameof(blockTable));
+        }
+        for (int i = 0; i < blockTable.Length; i++)
+        {
+            if ((uint)blockTable[i] >= (uint)store.Blocks)
+            {
+                throw new ArgumentException($"block table entry {i} = {blockTable[i]} is outside the store's {store.Blocks} blocks", nameof(blockTable));
+            }
+        }
+        for (int i = 0; i < queryPositions.Length; i++)
+        {
+            if (queryPositions[i] < 0)
+            {
+                throw new ArgumentException($"queryPositions[{i}] = {queryPositions[i]} is negative", nameof(queryPositions));
+            }
+        }
+    }
+}
+
+/// <summary>
+/// KV blocks in host memory, each allocated on first write and kept for reuse. Attention gathers the visible rows into a
+/// scratch buffer and runs the backend's contiguous attention on it (the CPU path; the result is the contiguous call's).
+/// </summary>
+public sealed class HostKvBlockStore : IKvBlockStore
+{
+    private readonly IKernelBackend _backend;
+    private readonly float[]?[] _k;
+    private readonly float[]?[] _v;
+    private float[] _scratchK = [];
+    private float[] _scratchV = [];
+
+    /// <summary>Creates an empty store; block memory is allocated when a block is first written.</summary>
+    public HostKvBlockStore(IKernelBackend backend, int blocks, int blockSize, int rowWidth)
+    {
+        _backend = backend ?? throw new ArgumentNullException(nameof(backend));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocks);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rowWidth);
+        if ((long)blocks * blockSize > int.MaxValue)
+        {
+            throw new ArgumentOutOfRangeException(nameof(blocks), $"blocks × blockSize = {(long)blocks * blockSize} rows exceeds {int.MaxValue}");
+        }
+        Blocks = blocks;
+        BlockSize = blockSize;
+        RowWidth = rowWidth;
+        _k = new float[blocks][];
+        _v = new float[blocks][];
+    }
+
+    /// <inheritdoc />
+    public int Blocks { get; }
+
+    /// <inheritdoc />
+    public int BlockSize { get; }
+
+    /// <inheritdoc />
+    public int RowWidth { get; }
+
+    /// <inheritdoc />
+    public string Location => "host";
+
+    /// <inheritdoc />
+    public void Write(ReadOnlySpan<int> slots, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        KvBlockStores.ValidateWrite(this, slots, k, v);
+        int w = RowWidth;
+        for (int r = 0; r < slots.Length; r++)
+        {
+            int block = slots[r] / BlockSize, off = slots[r] % BlockSize;
+            var kb = _k[block] ??= new float[BlockSize * w];
+            var vb = _v[block] ??= new float[BlockSize * w];
+            k.Slice(r * w, w).CopyTo(kb.AsSpan(off * w, w));
+            v.Slice(r * w, w).CopyTo(vb.AsSpan(off * w, w));
+        }
+    }
+
+    /// <inheritdoc />
+    public void Attention(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable, int firstSlot, int keys,
+        int keyPositionStart, in AttentionParams p, Span<float> output)
+    {
+        KvBlockStores.ValidateAttention(this, q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
+        int w = RowWidth;
+        int need = keys * w;
+        if (_scratchK.Length < need)
+        {
+            int cap = Math.Max(need, _scratchK.Length * 2);
+            _scratchK = new float[cap];
+            _scratchV = new float[cap];
+        }
+        for (int j = 0; j < keys;)
+        {
+            int s = firstSlot + j;
+            int block = blockTable[s / BlockSize], off = s % BlockSize;
+            int n = Math.Min(BlockSize - off, keys - j);
+            var kb = _k[block] ?? throw new ArgumentException($"block {block} of the table was never written", nameof(blockTable));
+            var vb = _v[block]!;
+            kb.AsSpan(off * w, n * w).CopyTo(_scratchK.AsSpan(j * w));
+            vb.AsSpan(off * w, n * w).CopyTo(_scratchV.AsSpan(j * w));
+            j += n;
+        }
+        _backend.Attention(q, rows, queryPositions, _scratchK.AsSpan(0, need), _scratchV.AsSpan(0, need), keys, keyPositionStart, p, output);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+    }
+}
