@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels;
 
 namespace Distributed.GpuCheck;
@@ -38,6 +40,111 @@ internal static class GoldenRuns
             string dir = Path.Combine(fixturesRoot, fixture);
             report.Check(section, fixture, () => RunFixture(backend, dir));
         }
+    }
+
+    /// <summary>
+    /// Every prompt of each fixture (the long-context one included: chunked prefill across 8192-position chunks) through
+    /// the continuous-batching scheduler, whose paged KV cache lives in the backend's block store (device memory on
+    /// CUDA): the greedy tokens must be the golden ones. All prompts of a fixture run concurrently in one batch.
+    /// </summary>
+    public static void RunScheduled(CheckReport report, string section, IKernelBackend backend, string fixturesRoot)
+    {
+        foreach (string fixture in new[] { "tiny-maverick", "tiny-scout", "tiny-maverick-long" })
+        {
+            string dir = Path.Combine(fixturesRoot, fixture);
+            if (!Directory.Exists(dir))
+            {
+                continue;
+            }
+            report.Check(section, fixture, () => RunScheduledFixture(backend, dir));
+        }
+    }
+
+    private static (bool, string) RunScheduledFixture(IKernelBackend backend, string dir)
+    {
+        using JsonDocument golden = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "golden.json")));
+        var prompts = golden.RootElement.GetProperty("prompts").EnumerateArray()
+            .Select(p => (Name: p.GetProperty("name").GetString() ?? "?", Ids: Ints(p.GetProperty("input_ids")), New: Ints(p.GetProperty("greedy").GetProperty("new_tokens"))))
+            .ToList();
+        using Llama4Engine engine = Llama4Engine.Load(dir, backend);
+        var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions { PrefillChunkTokens = 512, MaxBatchTokens = 1024, KvMemoryBytes = 512L << 20 });
+        try
+        {
+            string store = scheduler.KvPool.Store.Location;
+            var results = Task.WhenAll(prompts.Select(async (p, i) =>
+            {
+                var tokens = new List<int>();
+                await foreach (var t in scheduler.GenerateAsync(new GenerationRequest($"golden-{i}", p.Ids, p.New.Length, SamplingParams.Greedy), CancellationToken.None))
+                {
+                    tokens.Add(t.TokenId);
+                }
+                return tokens.ToArray();
+            })).GetAwaiter().GetResult();
+            var problems = prompts.Select((p, i) => results[i].SequenceEqual(p.New) ? null
+                : $"{p.Name}: greedy tokens [{string.Join(',', results[i])}] vs golden [{string.Join(',', p.New)}]").OfType<string>().ToList();
+            string summary = $"{prompts.Count} prompts of {string.Join('/', prompts.Select(p => p.Ids.Length))} tokens concurrently, KV blocks in {store}";
+            return (problems.Count == 0 && store != "host", problems.Count == 0 ? $"{summary}; greedy tokens exact" : $"{summary}; {string.Join("; ", problems)}");
+        }
+        finally
+        {
+            scheduler.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    /// <summary>
+    /// Decode at long context through the scheduler on the maverick-h2048 synthetic model: one sequence, a
+    /// <paramref name="promptTokens"/>-token prompt, then 32 greedy tokens, with the KV blocks in device memory (attention
+    /// reads them in place) and in host memory (the previous path: visible keys gathered and uploaded per call), same run.
+    /// </summary>
+    public static void LongContextDecodeBench(CheckReport report, IKernelBackend cuda, int promptTokens)
+    {
+        string dir = SyntheticDir();
+        var values = new Dictionary<string, double>();
+        using Llama4Engine engine = Llama4Engine.Load(dir, cuda);
+        var rng = new Random(11);
+        int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(engine.Config.VocabSize)).ToArray();
+        foreach (var (label, device) in new[] { ("device KV", true), ("host KV", false), ("device KV again", true) })
+        {
+            var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions
+            {
+                PrefillChunkTokens = 1024, MaxBatchTokens = 1024, KvMemoryBytes = 2L << 30, BackendKvStore = device,
+            });
+            try
+            {
+                var arrivals = new List<long>();
+                var sw = Stopwatch.StartNew();
+                Task.Run(async () =>
+                {
+                    await foreach (var _ in scheduler.GenerateAsync(new GenerationRequest(label, prompt, 33, SamplingParams.Greedy), CancellationToken.None))
+                    {
+                        arrivals.Add(sw.ElapsedTicks);
+                    }
+                }).GetAwaiter().GetResult();
+                double prefill = arrivals[0] / (double)Stopwatch.Frequency;
+                double decode = (arrivals[^1] - arrivals[0]) / (double)Stopwatch.Frequency / (arrivals.Count - 1);
+                values[$"{label} prefill tok/s"] = promptTokens / prefill;
+                values[$"{label} decode tok/s"] = 1 / decode;
+            }
+            finally
+            {
+                scheduler.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+        }
+        values["decode device/host"] = values["device KV again decode tok/s"] / values["host KV decode tok/s"];
+        report.Bench("Long-context decode through the scheduler, synthetic maverick-h2048", $"{promptTokens}-token prompt, 32 decode steps, 1 sequence", values,
+            "host KV = the visible keys gathered on the host and uploaded for every attention call");
+    }
+
+    private static string SyntheticDir()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "gpucheck-maverick-h2048");
+        if (!File.Exists(Path.Combine(dir, "config.json")))
+        {
+            var sw = Stopwatch.StartNew();
+            Distributed.Coordinator.Tools.SyntheticCheckpoint.Write(dir, Distributed.Coordinator.Tools.SyntheticCheckpointOptions.Preset("maverick-h2048"), TextWriter.Null);
+            Console.WriteLine($"wrote {dir} in {sw.Elapsed.TotalSeconds:F1} s");
+        }
+        return dir;
     }
 
     private static InferenceResult Infer(Llama4Engine engine, int[] promptIds, int maxNewTokens) =>
@@ -144,13 +251,7 @@ internal static class GoldenRuns
     /// </summary>
     public static void SyntheticEngineBench(CheckReport report, IKernelBackend cuda, IKernelBackend cpu)
     {
-        string dir = Path.Combine(Path.GetTempPath(), "gpucheck-maverick-h2048");
-        if (!File.Exists(Path.Combine(dir, "config.json")))
-        {
-            var sw = Stopwatch.StartNew();
-            Distributed.Coordinator.Tools.SyntheticCheckpoint.Write(dir, Distributed.Coordinator.Tools.SyntheticCheckpointOptions.Preset("maverick-h2048"), TextWriter.Null);
-            Console.WriteLine($"wrote {dir} in {sw.Elapsed.TotalSeconds:F1} s");
-        }
+        string dir = SyntheticDir();
         var values = new Dictionary<string, double>();
         foreach (var (label, backend) in new[] { ("CUDA", cuda), ("CPU", cpu) })
         {

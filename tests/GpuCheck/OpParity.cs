@@ -179,6 +179,12 @@ internal static class OpParity
             () => Attention(cpu, split, rng, 10, 12, 10, 4, 2, 32, 8, i => 5 + i));
         report.Check(Section, "Attention 3000 keys full causal rows=4 H=2 KV=1 D=64",
             () => Attention(cpu, split, rng, 4, 3000, 0, 2, 1, 64, 0, i => 2996 + i));
+        report.Check(Section, "Paged attention, KV in device blocks: decode rows=1 keys=300 block 16 first slot 7 H=8 KV=1 D=128 chunk=128",
+            () => PagedAttention(cpu, split, rng, 1, 300, 7, 16, 8, 1, 128, 128));
+        report.Check(Section, "Paged attention, KV in device blocks: prefill rows=40 keys=40 block 16 H=8 KV=2 D=64 chunk=16",
+            () => PagedAttention(cpu, split, rng, 40, 40, 0, 16, 8, 2, 64, 16));
+        report.Check(Section, "Paged attention, KV in device blocks: rows=4 keys=3000 block 16 first slot 9 H=2 KV=1 D=64",
+            () => PagedAttention(cpu, split, rng, 4, 3000, 9, 16, 2, 1, 64, 0));
         report.Check(Section, "SoftmaxStable rows=7 cols=1000 incl. logits ±1000", () => Softmax(cpu, split, rng));
         report.Check(Section, "TopK k=1 and k=4 rows=50 cols=128 with ties and NaN (ids exact)", () => TopK(cpu, split, rng));
         report.Check(Section, "Argmax rows=50 cols=512 with ties, NaN, -Inf (exact)", () => Argmax(cpu, split, rng));
@@ -339,6 +345,37 @@ internal static class OpParity
         var a = new float[q.Length];
         cpu.Attention(q, rows, pos, k, v, keys, keyStart, p, e);
         gpu.Attention(q, rows, pos, k, v, keys, keyStart, p, a);
+        return Verdict(ErrorStats.Of(a, e), Fp32Tol, true);
+    }
+
+    /// <summary>
+    /// Keys written to a device store through a shuffled block table (first key <paramref name="firstSlot"/> rows into its
+    /// block), attention read through the table; against the CPU's contiguous attention on the same keys. Queries are the
+    /// last <paramref name="rows"/> positions.
+    /// </summary>
+    private static (bool, string) PagedAttention(IKernelBackend cpu, IKernelBackend gpu, Rng rng, int rows, int keys, int firstSlot, int blockSize,
+        int heads, int kvHeads, int headDim, int chunk)
+    {
+        var p = new AttentionParams(heads, kvHeads, headDim, 1f / MathF.Sqrt(headDim), chunk);
+        int w = kvHeads * headDim;
+        int blocks = (firstSlot + keys + blockSize - 1) / blockSize;
+        using IKvBlockStore store = KvBlockStores.Create(gpu, blocks * 2, blockSize, w);
+        if (store is HostKvBlockStore)
+        {
+            return (false, "the CUDA backend gave a host store");
+        }
+        // Blocks in reverse, every other one: position neighbours are far apart in the store.
+        int[] table = Enumerable.Range(0, blocks).Select(i => 2 * (blocks - 1 - i) + 1).ToArray();
+        float[] k = rng.Floats((long)keys * w, 2f);
+        float[] v = rng.Floats((long)keys * w, 2f);
+        int[] slots = Enumerable.Range(0, keys).Select(j => table[(firstSlot + j) / blockSize] * blockSize + (firstSlot + j) % blockSize).ToArray();
+        store.Write(slots, k, v);
+        float[] q = rng.Floats((long)rows * heads * headDim, 2f);
+        int[] pos = Enumerable.Range(keys - rows, rows).ToArray();
+        var e = new float[q.Length];
+        var a = new float[q.Length];
+        cpu.Attention(q, rows, pos, k, v, keys, 0, p, e);
+        store.Attention(q, rows, pos, table, firstSlot, keys, 0, p, a);
         return Verdict(ErrorStats.Of(a, e), Fp32Tol, true);
     }
 

@@ -121,6 +121,7 @@ internal static class Program
                 else
                 {
                     GoldenRuns.Run(report, goldenSection, split, fixtures);
+                    GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
                     if (fast is not null)
                     {
                         report.BenchSection("Golden fixtures, Fast precision", () =>
@@ -176,6 +177,11 @@ internal static class Program
                 if (!quick && started.Elapsed.TotalSeconds < deadline - 120)
                 {
                     report.BenchSection("Engine on synthetic maverick-h2048", () => GoldenRuns.SyntheticEngineBench(report, split, cpu));
+                    report.Write(outDir);
+                }
+                if (!quick && started.Elapsed.TotalSeconds < deadline - 90)
+                {
+                    report.BenchSection("Long-context decode", () => GoldenRuns.LongContextDecodeBench(report, split, 4096));
                 }
             }
             finally

@@ -29,7 +29,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     public static readonly IReadOnlyList<string> EntryPoints =
     [
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
-        "softmax_rows", "argmax_rows", "topk_rows",
+        "paged_attention", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows",
     ];
 
     private readonly CudaModuleHandle _module;
@@ -304,6 +304,50 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         a[12] = &chunk;
         a[13] = &rowBase;
         Launch("attention", (long)sliceRows * heads, ReduceThreads, stream, a);
+    }
+
+    /// <summary>Attention over keys in a paged store for query rows [rowBase, rowBase + sliceRows); see <see cref="Attention"/>.</summary>
+    public void PagedAttention(nint stream, ulong q, ulong qpos, ulong storeK, ulong storeV, ulong table, int firstSlot, int blockSize,
+        ulong output, ulong scratch, int sliceRows, int rowBase, int keys, int keyStart, in AttentionParams p)
+    {
+        int heads = p.Heads;
+        int kvHeads = p.KvHeads;
+        int headDim = p.HeadDim;
+        float scale = p.Scale;
+        int chunk = p.ChunkSize;
+        void** a = stackalloc void*[17];
+        a[0] = &q;
+        a[1] = &qpos;
+        a[2] = &storeK;
+        a[3] = &storeV;
+        a[4] = &table;
+        a[5] = &firstSlot;
+        a[6] = &blockSize;
+        a[7] = &output;
+        a[8] = &scratch;
+        a[9] = &keys;
+        a[10] = &keyStart;
+        a[11] = &heads;
+        a[12] = &kvHeads;
+        a[13] = &headDim;
+        a[14] = &scale;
+        a[15] = &chunk;
+        a[16] = &rowBase;
+        Launch("paged_attention", (long)sliceRows * heads, ReduceThreads, stream, a);
+    }
+
+    /// <summary>Row r of k/v [rows, width] to row slots[r] of the store.</summary>
+    public void KvScatter(nint stream, ulong k, ulong v, ulong slots, ulong storeK, ulong storeV, long rows, int width)
+    {
+        void** a = stackalloc void*[7];
+        a[0] = &k;
+        a[1] = &v;
+        a[2] = &slots;
+        a[3] = &storeK;
+        a[4] = &storeV;
+        a[5] = &rows;
+        a[6] = &width;
+        Launch("kv_scatter", ElementwiseBlocks(rows * width), ElementwiseThreads, stream, a);
     }
 
     public void SoftmaxRows(nint stream, ulong x, long rows, int cols)

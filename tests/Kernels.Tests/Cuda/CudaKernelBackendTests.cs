@@ -164,6 +164,29 @@ public sealed class CudaKernelBackendTests : IDisposable
     }
 
     [GpuFact]
+    public void PagedKvStore_InDeviceMemory_AttentionMatchesCpuContiguous_AndRefusesBadInput()
+    {
+        foreach (var (blockSize, keys, firstSlot, chunk) in new[] { (16, 40, 5, 0), (16, 1, 0, 0), (4, 97, 3, 8), (1, 23, 0, 4), (16, 300, 7, 128) })
+        {
+            var p = new AttentionParams(8, 2, 16, 0.25f, chunk);
+            using var store = KvBlockStores.Create(Gpu, 64, blockSize, p.KvHeads * p.HeadDim);
+            Assert.IsNotType<HostKvBlockStore>(store);
+            Assert.StartsWith("cuda:", store.Location);
+            var (paged, contiguous) = KvBlockStoreScenario.Run(store, _cpu, Math.Min(keys, 6), keys, firstSlot, p, seed: blockSize * 31 + keys);
+            AssertScaled(contiguous, paged, 1e-5, $"paged attention on the device, block {blockSize}, keys {keys}, first slot {firstSlot}, chunk {chunk}");
+        }
+        using var small = KvBlockStores.Create(Gpu, 2, 4, 4);
+        var row = new float[4];
+        Assert.Contains("outside the store", Assert.Throws<ArgumentException>(() => small.Write([8], row, row)).Message);
+        var q = new float[8];
+        var o = new float[8];
+        Assert.Contains("outside the store's 2 blocks", Assert.Throws<ArgumentException>(() => small.Attention(q, 1, [10], [5], 0, 3, 0, new AttentionParams(2, 1, 4, 0.5f, 0), o)).Message);
+        // A host-memory store of the same backend (the baseline) gives the contiguous CUDA result.
+        using var host = KvBlockStores.Create(Gpu, 64, 16, 32, preferBackend: false);
+        Assert.IsType<HostKvBlockStore>(host);
+    }
+
+    [GpuFact]
     public void Attention_ChunkedGqaDecodeAndEmptyVisibility_MatchCpu()
     {
         var cases = new[]

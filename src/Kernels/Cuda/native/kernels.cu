@@ -251,11 +251,24 @@ KERNEL void rope(float* x, const int* pos, const float* inv_freq, long long rows
     }
 }
 
+// Row of key j in k/v: j itself (contiguous), or through a paged block table: slot s = first_slot + j lives in row
+// s % block_size of block table[s / block_size] of the store.
+__device__ __forceinline__ long long key_row(long long j, const int* table, int first_slot, int block_size)
+{
+    if (table == 0)
+    {
+        return j;
+    }
+    long long s = (long long)first_slot + j;
+    return (long long)table[s / block_size] * block_size + s % block_size;
+}
+
 // One block of REDUCE_THREADS per (query row, head) of the slice [row_base, row_base + gridDim.x / heads).
-// q/out [rows, heads, head_dim]; k/v [keys, kv_heads, head_dim], key j at absolute position key_start + j;
+// q/out [rows, heads, head_dim]; key j (absolute position key_start + j) is row key_row(j) of k/v [*, kv_heads, head_dim];
 // scratch [gridDim.x, keys] holds the probabilities of each block's row.
-KERNEL void attention(const float* q, const int* qpos, const float* k, const float* v, float* out, float* scratch,
-    int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk, int row_base)
+__device__ void attention_rows(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
+    int block_size, float* out, float* scratch, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk,
+    int row_base)
 {
     __shared__ float sh[REDUCE_THREADS];
     int bh = blockIdx.x;
@@ -292,7 +305,7 @@ KERNEL void attention(const float* q, const int* qpos, const float* k, const flo
     float m = neg_inf();
     for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
     {
-        const float* kr = k + (j * kv_heads + kvh) * head_dim;
+        const float* kr = k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim;
         float acc = 0.0f;
         for (int d = 0; d < head_dim; d++)
         {
@@ -322,9 +335,40 @@ KERNEL void attention(const float* q, const int* qpos, const float* k, const flo
         float acc = 0.0f;
         for (long long j = lo; j <= hi; j++)
         {
-            acc += s[j] * v[(j * kv_heads + kvh) * head_dim + d];
+            acc += s[j] * v[(key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim + d];
         }
         o[d] = acc;
+    }
+}
+
+// Contiguous keys: k/v [keys, kv_heads, head_dim], key j at absolute position key_start + j.
+KERNEL void attention(const float* q, const int* qpos, const float* k, const float* v, float* out, float* scratch,
+    int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk, int row_base)
+{
+    attention_rows(q, qpos, k, v, 0, 0, 1, out, scratch, keys, key_start, heads, kv_heads, head_dim, scale, chunk, row_base);
+}
+
+// Keys in a paged store (k/v [blocks * block_size, kv_heads, head_dim] in device memory), reached through table.
+KERNEL void paged_attention(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
+    int block_size, float* out, float* scratch, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk,
+    int row_base)
+{
+    attention_rows(q, qpos, k, v, table, first_slot, block_size, out, scratch, keys, key_start, heads, kv_heads, head_dim, scale, chunk,
+        row_base);
+}
+
+// Row r of k/v [rows, width] goes to row slots[r] of the store's store_k/store_v [*, width].
+KERNEL void kv_scatter(const float* k, const float* v, const int* slots, float* store_k, float* store_v, long long rows, int width)
+{
+    long long n = rows * width;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / width;
+        long long c = i - r * width;
+        long long dst = (long long)slots[r] * width + c;
+        store_k[dst] = k[i];
+        store_v[dst] = v[i];
     }
 }
 

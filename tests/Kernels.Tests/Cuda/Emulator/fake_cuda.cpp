@@ -161,6 +161,8 @@ static std::vector<KernelEntry>& kernels()
         {"add_inplace", invoker(add_inplace)},
         {"rope", invoker(rope)},
         {"attention", invoker(attention)},
+        {"paged_attention", invoker(paged_attention)},
+        {"kv_scatter", invoker(kv_scatter)},
         {"softmax_rows", invoker(softmax_rows)},
         {"argmax_rows", invoker(argmax_rows)},
         {"topk_rows", invoker(topk_rows)},

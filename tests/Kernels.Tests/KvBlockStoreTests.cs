@@ -1,0 +1,83 @@
+namespace Distributed.Kernels.Tests;
+
+/// <summary>
+/// A paged KV scenario any <see cref="IKvBlockStore"/> must pass: rows written to scattered slots of shuffled blocks,
+/// attention through a block table that starts mid-block, compared with the backend's contiguous attention on the same
+/// keys. Also used by the CUDA tests against the device store.
+/// </summary>
+public static class KvBlockStoreScenario
+{
+    /// <summary>
+    /// Writes <paramref name="keys"/> rows (after <paramref name="firstSlot"/> unused slots) through a shuffled block
+    /// table and returns (paged output, contiguous output on <paramref name="contiguous"/>).
+    /// </summary>
+    public static (float[] Paged, float[] Contiguous) Run(IKvBlockStore store, IKernelBackend contiguous, int rows, int keys, int firstSlot,
+        AttentionParams p, int seed)
+    {
+        int w = store.RowWidth, b = store.BlockSize;
+        int blocksNeeded = (firstSlot + keys + b - 1) / b;
+        var rng = new Random(seed);
+        // A table of distinct blocks in shuffled order: neighbours in position are not neighbours in the store.
+        var table = Enumerable.Range(0, store.Blocks).OrderBy(_ => rng.Next()).Take(blocksNeeded).ToArray();
+        var k = TestData.Floats(keys * w, seed + 1);
+        var v = TestData.Floats(keys * w, seed + 2);
+        // Written in two calls, the second one out of order, as a cache appending a prompt then a step would.
+        var slots = Enumerable.Range(0, keys).Select(j => table[(firstSlot + j) / b] * b + (firstSlot + j) % b).ToArray();
+        int split = keys / 2;
+        store.Write(slots.AsSpan(0, split), k.AsSpan(0, split * w), v.AsSpan(0, split * w));
+        var rest = Enumerable.Range(split, keys - split).Reverse().ToArray();
+        store.Write(rest.Select(j => slots[j]).ToArray(), rest.SelectMany(j => k.AsSpan(j * w, w).ToArray()).ToArray(),
+            rest.SelectMany(j => v.AsSpan(j * w, w).ToArray()).ToArray());
+
+        int keyStart = 100;
+        // Queries at the last positions (a prefill chunk ending at the newest key), plus one that sees nothing.
+        var positions = Enumerable.Range(0, rows).Select(r => r == 0 ? keyStart - 1 : keyStart + keys - rows + r).ToArray();
+        var q = TestData.Floats(rows * p.Heads * p.HeadDim, seed + 3);
+        var paged = new float[q.Length];
+        store.Attention(q, rows, positions, table, firstSlot, keys, keyStart, p, paged);
+        var expected = new float[q.Length];
+        contiguous.Attention(q, rows, positions, k, v, keys, keyStart, p, expected);
+        return (paged, expected);
+    }
+}
+
+[Trait("Category", "Unit")]
+public sealed class KvBlockStoreTests
+{
+    [Theory]
+    [InlineData(16, 40, 5, 0)]
+    [InlineData(16, 1, 0, 0)]
+    [InlineData(4, 97, 3, 8)]
+    [InlineData(1, 23, 0, 4)]
+    public void HostStore_PagedAttention_IsTheContiguousResult(int blockSize, int keys, int firstSlot, int chunk)
+    {
+        var backend = TestBackends.Default;
+        var p = new AttentionParams(8, 2, 16, 0.25f, chunk);
+        using var store = KvBlockStores.Create(backend, 64, blockSize, p.KvHeads * p.HeadDim);
+        Assert.IsType<HostKvBlockStore>(store);
+        Assert.Equal("host", store.Location);
+        var (paged, contiguous) = KvBlockStoreScenario.Run(store, backend, Math.Min(keys, 6), keys, firstSlot, p, seed: blockSize * 31 + keys);
+        TestData.AssertBitwiseEqual(contiguous, paged, $"block {blockSize}, keys {keys}, first slot {firstSlot}, chunk {chunk}");
+    }
+
+    [Fact]
+    public void BadSlotsTablesAndShapes_AreArgumentErrors_NamingTheProblem()
+    {
+        var backend = TestBackends.Default;
+        var p = new AttentionParams(2, 1, 4, 0.5f, 0);
+        using var store = new HostKvBlockStore(backend, 2, 4, 4);
+        var row = new float[4];
+        Assert.Contains("outside the store", Assert.Throws<ArgumentException>(() => store.Write([8], row, row)).Message);
+        Assert.Contains("outside the store", Assert.Throws<ArgumentException>(() => store.Write([-1], row, row)).Message);
+        Assert.Contains("RowWidth", Assert.Throws<ArgumentException>(() => store.Write([0, 1], row, row)).Message);
+        store.Write([0, 1, 2], new float[12], new float[12]);
+        var q = new float[8];
+        var o = new float[8];
+        Assert.Contains("table entries", Assert.Throws<ArgumentException>(() => store.Attention(q, 1, [10], [0], 2, 3, 0, p, o)).Message);
+        Assert.Contains("outside the store's 2 blocks", Assert.Throws<ArgumentException>(() => store.Attention(q, 1, [10], [5], 0, 3, 0, p, o)).Message);
+        Assert.Contains("never written", Assert.Throws<ArgumentException>(() => store.Attention(q, 1, [10], [1], 0, 3, 0, p, o)).Message);
+        Assert.Contains("RowWidth", Assert.Throws<ArgumentException>(() => store.Attention(q, 1, [10], [0], 0, 3, 0, new AttentionParams(2, 2, 4, 0.5f, 0), o)).Message);
+        Assert.Contains("negative", Assert.Throws<ArgumentException>(() => store.Attention(q, 1, [-1], [0], 0, 3, 0, p, o)).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new HostKvBlockStore(backend, 0, 4, 4));
+    }
+}
