@@ -68,15 +68,7 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
             ulong dp = Upload(ctx, queryPositions);
             ulong dt = Upload(ctx, blockTable);
             ulong dout = ctx.Device.Alloc(qElements * 4);
-            long perRow = Math.Max(1L, (long)p.Heads * keys * 4);
-            int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
-            ulong scratch = ctx.Device.Alloc(slice * perRow);
-            for (int rowBase = 0; rowBase < rows; rowBase += slice)
-            {
-                int n = Math.Min(slice, rows - rowBase);
-                _module.PagedAttention(ctx.Stream.Value, dq, dp, store.K.Pointer, store.V.Pointer, dt, firstSlot, store.BlockSize, dout, scratch, n,
-                    rowBase, keys, keyPositionStart, p);
-            }
+            LaunchAttention(ctx, dq, dp, store.K.Pointer, store.V.Pointer, dt, firstSlot, store.BlockSize, dout, rows, keys, keyPositionStart, p);
             Download(ctx, dout, output);
             ok = true;
         }

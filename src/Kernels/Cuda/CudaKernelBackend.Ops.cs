@@ -117,20 +117,45 @@ public sealed unsafe partial class CudaKernelBackend
             ulong dk = Upload(ctx, k);
             ulong dv = Upload(ctx, v);
             ulong dout = ctx.Device.Alloc(qElements * 4);
-            long perRow = Math.Max(1L, (long)p.Heads * keys * 4);
-            int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
-            ulong scratch = ctx.Device.Alloc(slice * perRow);
-            for (int rowBase = 0; rowBase < rows; rowBase += slice)
-            {
-                int n = Math.Min(slice, rows - rowBase);
-                _module.Attention(ctx.Stream.Value, dq, dp, dk, dv, dout, scratch, n, rowBase, keys, keyPositionStart, p);
-            }
+            LaunchAttention(ctx, dq, dp, dk, dv, table: 0, firstSlot: 0, blockSize: 1, dout, rows, keys, keyPositionStart, p);
             Download(ctx, dout, output);
             ok = true;
         }
         finally
         {
             Return(ctx, ok);
+        }
+    }
+
+    /// <summary>
+    /// Queues attention for all rows: keys beyond one split (<see cref="CudaKernelModule.SplitKeys"/>) go through the
+    /// split-key kernels (one block per row, head and split, then a merge), so a decode over a long context keeps the
+    /// device busy; shorter ranges use one block per (row, head). Rows are processed in slices that fit
+    /// <see cref="CudaBackendOptions.AttentionScratchBytes"/>. <paramref name="table"/> 0 means contiguous keys.
+    /// </summary>
+    private void LaunchAttention(CudaCallContext ctx, ulong dq, ulong dp, ulong dk, ulong dv, ulong table, int firstSlot, int blockSize, ulong dout,
+        int rows, int keys, int keyPositionStart, in AttentionParams p)
+    {
+        bool split = keys > CudaKernelModule.SplitKeys;
+        long splits = (keys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
+        long perRow = split ? (long)p.Heads * splits * (p.HeadDim + 2) * 4 : Math.Max(1L, (long)p.Heads * keys * 4);
+        int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
+        ulong scratch = ctx.Device.Alloc(slice * perRow);
+        for (int rowBase = 0; rowBase < rows; rowBase += slice)
+        {
+            int n = Math.Min(slice, rows - rowBase);
+            if (split)
+            {
+                _module.AttentionSplit(ctx.Stream.Value, dq, dp, dk, dv, table, firstSlot, blockSize, scratch, dout, n, rowBase, keys, keyPositionStart, p);
+            }
+            else if (table == 0)
+            {
+                _module.Attention(ctx.Stream.Value, dq, dp, dk, dv, dout, scratch, n, rowBase, keys, keyPositionStart, p);
+            }
+            else
+            {
+                _module.PagedAttention(ctx.Stream.Value, dq, dp, dk, dv, table, firstSlot, blockSize, dout, scratch, n, rowBase, keys, keyPositionStart, p);
+            }
         }
     }
 

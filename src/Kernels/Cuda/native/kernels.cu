@@ -357,6 +357,151 @@ KERNEL void paged_attention(const float* q, const int* qpos, const float* k, con
         row_base);
 }
 
+// Long key ranges (decode over a long context) are split so that the GPU is not left with one block per (row, head):
+// key index space is cut at fixed multiples of SPLIT_KEYS (the same cuts for every row of the call, so a row's result
+// depends only on its own visible keys), one block per (row, head, split) computes its split's max, exp-sum and
+// unnormalized output into partial, and attention_combine merges the splits in split order.
+#define SPLIT_KEYS 256
+
+// Block b = ((row - row_base) * heads + h) * splits + split; partial [gridDim.x, head_dim + 2] = (max, sum, out...).
+KERNEL void attention_split(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
+    int block_size, float* partial, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk,
+    int row_base, int splits)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    __shared__ float ps[SPLIT_KEYS];
+    int b = blockIdx.x;
+    int bh = b / splits;
+    int split = b - bh * splits;
+    int lr = bh / heads;
+    int h = bh - lr * heads;
+    long long row = (long long)row_base + lr;
+    int kvh = h / (heads / kv_heads);
+    const float* qr = q + (row * heads + h) * head_dim;
+    float* part = partial + (long long)b * (head_dim + 2);
+    long long p = qpos[row];
+    long long hi = p - key_start;
+    if (hi > keys - 1)
+    {
+        hi = keys - 1;
+    }
+    long long lo = 0;
+    if (chunk > 0)
+    {
+        long long cs = (p / chunk) * chunk - key_start;
+        if (cs > lo)
+        {
+            lo = cs;
+        }
+    }
+    long long base = (long long)split * SPLIT_KEYS;
+    if (base > lo)
+    {
+        lo = base;
+    }
+    if (base + SPLIT_KEYS - 1 < hi)
+    {
+        hi = base + SPLIT_KEYS - 1;
+    }
+    if (hi < lo)
+    {
+        for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
+        {
+            part[2 + d] = 0.0f;
+        }
+        if (threadIdx.x == 0)
+        {
+            part[0] = neg_inf();
+            part[1] = 0.0f;
+        }
+        return;
+    }
+    float m = neg_inf();
+    for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
+    {
+        const float* kr = k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim;
+        float acc = 0.0f;
+        for (int d = 0; d < head_dim; d++)
+        {
+            acc += qr[d] * kr[d];
+        }
+        acc *= scale;
+        ps[j - base] = acc;
+        m = fmaxf(m, acc);
+    }
+    m = block_max(m, sh);
+    float sum = 0.0f;
+    for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
+    {
+        float e = expf(ps[j - base] - m);
+        ps[j - base] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, sh);
+    __syncthreads();
+    for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
+    {
+        float acc = 0.0f;
+        for (long long j = lo; j <= hi; j++)
+        {
+            acc += ps[j - base] * v[(key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim + d];
+        }
+        part[2 + d] = acc;
+    }
+    if (threadIdx.x == 0)
+    {
+        part[0] = m;
+        part[1] = sum;
+    }
+}
+
+// One block per (row, head) of the slice: out = sum_s exp(m_s - M) * o_s / sum_s exp(m_s - M) * l_s, splits in order.
+KERNEL void attention_combine(const float* partial, float* out, int splits, int heads, int head_dim, int row_base)
+{
+    int bh = blockIdx.x;
+    int lr = bh / heads;
+    int h = bh - lr * heads;
+    long long row = (long long)row_base + lr;
+    float* o = out + (row * heads + h) * head_dim;
+    const float* parts = partial + (long long)bh * splits * (head_dim + 2);
+    float mx = neg_inf();
+    for (int s = 0; s < splits; s++)
+    {
+        mx = fmaxf(mx, parts[(long long)s * (head_dim + 2)]);
+    }
+    if (mx == neg_inf())
+    {
+        for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
+        {
+            o[d] = 0.0f;
+        }
+        return;
+    }
+    float total = 0.0f;
+    for (int s = 0; s < splits; s++)
+    {
+        float ms = parts[(long long)s * (head_dim + 2)];
+        if (ms != neg_inf())
+        {
+            total += parts[(long long)s * (head_dim + 2) + 1] * expf(ms - mx);
+        }
+    }
+    float inv = 1.0f / total;
+    for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
+    {
+        float acc = 0.0f;
+        for (int s = 0; s < splits; s++)
+        {
+            float ms = parts[(long long)s * (head_dim + 2)];
+            if (ms != neg_inf())
+            {
+                acc += parts[(long long)s * (head_dim + 2) + 2 + d] * expf(ms - mx);
+            }
+        }
+        o[d] = acc * inv;
+    }
+}
+
 // Row r of k/v [rows, width] goes to row slots[r] of the store's store_k/store_v [*, width].
 KERNEL void kv_scatter(const float* k, const float* v, const int* slots, float* store_k, float* store_v, long long rows, int width)
 {

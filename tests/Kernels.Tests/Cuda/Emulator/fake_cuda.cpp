@@ -162,6 +162,8 @@ static std::vector<KernelEntry>& kernels()
         {"rope", invoker(rope)},
         {"attention", invoker(attention)},
         {"paged_attention", invoker(paged_attention)},
+        {"attention_split", invoker(attention_split)},
+        {"attention_combine", invoker(attention_combine)},
         {"kv_scatter", invoker(kv_scatter)},
         {"softmax_rows", invoker(softmax_rows)},
         {"argmax_rows", invoker(argmax_rows)},
