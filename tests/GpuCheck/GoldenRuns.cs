@@ -264,7 +264,7 @@ internal static class GoldenRuns
             values[$"{label} decode tok/s"] = 32 / bestDecode;
         }
         report.Bench("Engine on synthetic maverick-h2048", "128-token prefill, 32 decode steps", values,
-            $"CPU backend {cpu.Name}; activations cross PCIe on every op (host-memory kernel interface)");
+            $"CPU backend {cpu.Name}; KV cache in device memory on CUDA; activations cross PCIe on every op (host-memory kernel interface)");
     }
 
     private static int FirstDifference(int[] a, int[] b)

@@ -25,7 +25,8 @@ public static class EngineBenchmark
         double bestPrefill = double.MaxValue, bestDecode = double.MaxValue;
         for (int run = 0; run <= repeats; run++)
         {
-            var cache = engine.CreateCache();
+            var cache = engine.CreateRequestCache(prompt.Length + decodeSteps + 1);
+            using var owned = cache as IDisposable;
             var sw = Stopwatch.StartNew();
             StepResult step = null!;
             for (int start = 0; start < prompt.Length; start += engine.PrefillChunkTokens)

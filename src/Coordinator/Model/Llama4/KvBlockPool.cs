@@ -7,7 +7,7 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// Fixed-size KV blocks shared by every sequence of a scheduler: one block holds the keys and values of
 /// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> fp32).
 /// Capacity comes from a memory budget. Admission is by reservation: a sequence reserves its worst case up front
-/// (<see cref="BlocksNeeded"/>), so a running sequence never runs out of blocks mid-step and nothing is ever preempted.
+/// (<see cref="BlocksNeeded(int, int)"/>), so a running sequence never runs out of blocks mid-step and nothing is ever preempted.
 /// The data lives in an <see cref="IKvBlockStore"/> from the kernel backend (device memory on CUDA, so attention reads
 /// the keys where they are; host memory, allocated per block on first use, on the CPU); the pool keeps the free list.
 /// Not thread-safe: one scheduler loop owns it (reservations are synchronized). Dispose frees the store.
@@ -79,14 +79,19 @@ public sealed class KvBlockPool : IDisposable
     /// <paramref name="maxStepTokens"/> positions per step: NoPE layers keep every position; chunked (RoPE) layers keep
     /// at most the current chunk plus one step plus a partial block.
     /// </summary>
-    public int BlocksNeeded(int totalTokens, int maxStepTokens)
+    public int BlocksNeeded(int totalTokens, int maxStepTokens) => BlocksNeeded(_config, BlockSize, totalTokens, maxStepTokens);
+
+    /// <summary><see cref="BlocksNeeded(int, int)"/> for a pool of <paramref name="blockSize"/>-position blocks of <paramref name="config"/>.</summary>
+    public static int BlocksNeeded(Llama4TextConfig config, int blockSize, int totalTokens, int maxStepTokens)
     {
-        int full = (totalTokens + BlockSize - 1) / BlockSize;
-        int chunkedCap = (_config.AttentionChunkSize + maxStepTokens + BlockSize - 1) / BlockSize + 1;
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
+        int full = (totalTokens + blockSize - 1) / blockSize;
+        int chunkedCap = (config.AttentionChunkSize + maxStepTokens + blockSize - 1) / blockSize + 1;
         long sum = 0;
-        for (int il = 0; il < _config.NumLayers; il++)
+        for (int il = 0; il < config.NumLayers; il++)
         {
-            sum += _config.UsesRope(il) && _config.AttentionChunkSize > 0 ? Math.Min(full, chunkedCap) : full;
+            sum += config.UsesRope(il) && config.AttentionChunkSize > 0 ? Math.Min(full, chunkedCap) : full;
         }
         return (int)Math.Min(int.MaxValue, sum);
     }

@@ -85,6 +85,41 @@ public sealed class Llama4Engine : IDisposable
     public Llama4KvCache CreateCache() => new(Config);
 
     /// <summary>
+    /// The KV cache for one request of at most <paramref name="totalTokens"/> positions: on a backend that keeps KV blocks
+    /// in its own memory (CUDA: device memory, so attention never moves the context) a paged cache over a pool sized for
+    /// this request alone; otherwise <see cref="CreateCache"/>. Dispose it after the request.
+    /// </summary>
+    public IKvCache CreateRequestCache(int totalTokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(totalTokens);
+        if (Backend is not IKvBlockStoreFactory)
+        {
+            return CreateCache();
+        }
+        const int blockSize = 16;
+        long blockBytes = 2L * blockSize * Config.NumKvHeads * Config.HeadDim * sizeof(float);
+        int blocks = KvBlockPool.BlocksNeeded(Config, blockSize, totalTokens, PrefillChunkTokens);
+        var pool = new KvBlockPool(Config, blockSize, blocks * blockBytes, Backend);
+        return new RequestKvCache(pool, new PagedKvCache(pool, Config));
+    }
+
+    /// <summary>A paged cache that owns its pool (one request).</summary>
+    private sealed class RequestKvCache(KvBlockPool pool, PagedKvCache cache) : IKvCache, IDisposable
+    {
+        public int NextPosition => cache.NextPosition;
+
+        public KvView Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows) => cache.Append(layer, k, v, rows);
+
+        public void Advance(int rows) => cache.Advance(rows);
+
+        public void Dispose()
+        {
+            cache.Dispose();
+            pool.Dispose();
+        }
+    }
+
+    /// <summary>
     /// Runs <paramref name="promptIds"/> (chunked prefill, logits and routing at every position), then up to
     /// <paramref name="maxNewTokens"/> greedy tokens through the KV cache.
     /// </summary>
@@ -116,7 +151,20 @@ public sealed class Llama4Engine : IDisposable
         }
 
         var prompt = promptIds.ToArray();
-        var cache = CreateCache();
+        var cache = CreateRequestCache(prompt.Length + maxNewTokens);
+        try
+        {
+            return await InferCoreAsync(prompt, maxNewTokens, cache, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            (cache as IDisposable)?.Dispose();
+        }
+    }
+
+    private async Task<InferenceResult> InferCoreAsync(int[] prompt, int maxNewTokens, IKvCache cache, CancellationToken cancellationToken)
+    {
+        var c = Config;
         var argmax = new int[prompt.Length];
         var routing = new Dictionary<int, int[][]>();
         foreach (int il in c.MoeLayerIndices)
