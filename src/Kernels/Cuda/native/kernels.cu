@@ -263,6 +263,35 @@ __device__ __forceinline__ long long key_row(long long j, const int* table, int 
     return (long long)table[s / block_size] * block_size + s % block_size;
 }
 
+// Key indices [lo, hi] a query at absolute position p may see: causal, and on chunked layers not before its chunk.
+__device__ __forceinline__ void visible_keys(long long p, int keys, int key_start, int chunk, long long* lo, long long* hi)
+{
+    *hi = p - key_start;
+    if (*hi > keys - 1)
+    {
+        *hi = keys - 1;
+    }
+    *lo = 0;
+    if (chunk > 0)
+    {
+        long long cs = (p / chunk) * chunk - key_start;
+        if (cs > *lo)
+        {
+            *lo = cs;
+        }
+    }
+}
+
+__device__ __forceinline__ float dot(const float* a, const float* b, int n)
+{
+    float acc = 0.0f;
+    for (int d = 0; d < n; d++)
+    {
+        acc += a[d] * b[d];
+    }
+    return acc;
+}
+
 // One block of REDUCE_THREADS per (query row, head) of the slice [row_base, row_base + gridDim.x / heads).
 // q/out [rows, heads, head_dim]; key j (absolute position key_start + j) is row key_row(j) of k/v [*, kv_heads, head_dim];
 // scratch [gridDim.x, keys] holds the probabilities of each block's row.
@@ -279,21 +308,9 @@ __device__ void attention_rows(const float* q, const int* qpos, const float* k, 
     const float* qr = q + (row * heads + h) * head_dim;
     float* o = out + (row * heads + h) * head_dim;
     float* s = scratch + (long long)bh * keys;
-    long long p = qpos[row];
-    long long hi = p - key_start;
-    if (hi > keys - 1)
-    {
-        hi = keys - 1;
-    }
-    long long lo = 0;
-    if (chunk > 0)
-    {
-        long long cs = (p / chunk) * chunk - key_start;
-        if (cs > lo)
-        {
-            lo = cs;
-        }
-    }
+    long long lo;
+    long long hi;
+    visible_keys(qpos[row], keys, key_start, chunk, &lo, &hi);
     if (hi < lo)
     {
         for (int d = threadIdx.x; d < head_dim; d += REDUCE_THREADS)
@@ -305,13 +322,7 @@ __device__ void attention_rows(const float* q, const int* qpos, const float* k, 
     float m = neg_inf();
     for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
     {
-        const float* kr = k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim;
-        float acc = 0.0f;
-        for (int d = 0; d < head_dim; d++)
-        {
-            acc += qr[d] * kr[d];
-        }
-        acc *= scale;
+        float acc = dot(qr, k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim, head_dim) * scale;
         s[j] = acc;
         m = fmaxf(m, acc);
     }
@@ -379,21 +390,9 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
     int kvh = h / (heads / kv_heads);
     const float* qr = q + (row * heads + h) * head_dim;
     float* part = partial + (long long)b * (head_dim + 2);
-    long long p = qpos[row];
-    long long hi = p - key_start;
-    if (hi > keys - 1)
-    {
-        hi = keys - 1;
-    }
-    long long lo = 0;
-    if (chunk > 0)
-    {
-        long long cs = (p / chunk) * chunk - key_start;
-        if (cs > lo)
-        {
-            lo = cs;
-        }
-    }
+    long long lo;
+    long long hi;
+    visible_keys(qpos[row], keys, key_start, chunk, &lo, &hi);
     long long base = (long long)split * SPLIT_KEYS;
     if (base > lo)
     {
@@ -419,13 +418,7 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
     float m = neg_inf();
     for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
     {
-        const float* kr = k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim;
-        float acc = 0.0f;
-        for (int d = 0; d < head_dim; d++)
-        {
-            acc += qr[d] * kr[d];
-        }
-        acc *= scale;
+        float acc = dot(qr, k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim, head_dim) * scale;
         ps[j - base] = acc;
         m = fmaxf(m, acc);
     }
