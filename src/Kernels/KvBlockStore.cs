@@ -33,7 +33,24 @@ public interface IKvBlockStore : IDisposable
     /// <exception cref="ArgumentException">Shapes that do not match, or a table entry outside the store.</exception>
     void Attention(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable, int firstSlot, int keys,
         int keyPositionStart, in AttentionParams p, Span<float> output);
+
+    /// <summary>
+    /// <see cref="Attention"/> for several sequences in one call (one batched step: the CUDA store uploads and launches
+    /// once for all of them). Sequence i owns the next <see cref="KvSequenceView.Rows"/> rows of <paramref name="q"/>,
+    /// <paramref name="queryPositions"/> and <paramref name="output"/>. Each row's result depends only on its own sequence.
+    /// </summary>
+    /// <exception cref="ArgumentException">Shapes that do not match, or a table entry outside the store.</exception>
+    void AttentionBatch(ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences, in AttentionParams p,
+        Span<float> output);
 }
+
+/// <summary>One sequence of a batched <see cref="IKvBlockStore.AttentionBatch"/> call.</summary>
+/// <param name="Rows">Its query rows (consecutive in the call's q, positions and output, in sequence order).</param>
+/// <param name="BlockTable">Its layer's block table.</param>
+/// <param name="FirstSlot">Slot of key 0 within the table.</param>
+/// <param name="Keys">Keys it may see.</param>
+/// <param name="KeyPositionStart">Absolute position of key 0.</param>
+public readonly record struct KvSequenceView(int Rows, ReadOnlyMemory<int> BlockTable, int FirstSlot, int Keys, int KeyPositionStart);
 
 /// <summary>A backend that keeps KV blocks in its own memory (see <see cref="KvBlockStores.Create"/>).</summary>
 public interface IKvBlockStoreFactory
@@ -75,6 +92,35 @@ public static class KvBlockStores
             {
                 throw new ArgumentException($"slot {slots[i]} (entry {i}) is outside the store's {rows} rows", nameof(slots));
             }
+        }
+    }
+
+    /// <summary>Checks of <see cref="IKvBlockStore.AttentionBatch"/>: the rows add up, and every sequence passes <see cref="ValidateAttention"/>.</summary>
+    public static void ValidateAttentionBatch(IKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
+        in AttentionParams p, ReadOnlySpan<float> output)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        p.Validate();
+        long rows = 0;
+        foreach (var s in sequences)
+        {
+            if (s.Rows < 0)
+            {
+                throw new ArgumentException($"a sequence has {s.Rows} rows", nameof(sequences));
+            }
+            rows += s.Rows;
+        }
+        int width = p.Heads * p.HeadDim;
+        if (queryPositions.Length != rows || q.Length != rows * width || output.Length != rows * width)
+        {
+            throw new ArgumentException($"the sequences have {rows} rows: q/output need {rows * width} floats and queryPositions {rows} entries, got {q.Length}, {output.Length}, {queryPositions.Length}");
+        }
+        int r = 0;
+        foreach (var s in sequences)
+        {
+            ValidateAttention(store, q.Slice(r * width, s.Rows * width), s.Rows, queryPositions.Slice(r, s.Rows), s.BlockTable.Span, s.FirstSlot, s.Keys,
+                s.KeyPositionStart, p, output.Slice(r * width, s.Rows * width));
+            r += s.Rows;
         }
     }
 
@@ -201,6 +247,20 @@ public sealed class HostKvBlockStore : IKvBlockStore
             j += n;
         }
         _backend.Attention(q, rows, queryPositions, _scratchK.AsSpan(0, need), _scratchV.AsSpan(0, need), keys, keyPositionStart, p, output);
+    }
+
+    /// <inheritdoc />
+    public void AttentionBatch(ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences, in AttentionParams p,
+        Span<float> output)
+    {
+        KvBlockStores.ValidateAttentionBatch(this, q, queryPositions, sequences, p, output);
+        int width = p.Heads * p.HeadDim, r = 0;
+        foreach (var s in sequences)
+        {
+            Attention(q.Slice(r * width, s.Rows * width), s.Rows, queryPositions.Slice(r, s.Rows), s.BlockTable.Span, s.FirstSlot, s.Keys,
+                s.KeyPositionStart, p, output.Slice(r * width, s.Rows * width));
+            r += s.Rows;
+        }
     }
 
     /// <inheritdoc />

@@ -135,6 +135,53 @@ internal static class GoldenRuns
             "host KV = the visible keys gathered on the host and uploaded for every attention call");
     }
 
+    /// <summary>
+    /// Many sequences decoding together through the scheduler on maverick-h2048: <paramref name="sequences"/> prompts of
+    /// <paramref name="promptTokens"/> tokens, 32 greedy tokens each. Decode rate = tokens after the last sequence's first
+    /// token over the time from then to the end. Device KV with one attention call per layer for all sequences, the same
+    /// with one call per sequence, and host KV, in one run.
+    /// </summary>
+    public static void ConcurrentDecodeBench(CheckReport report, IKernelBackend cuda, int sequences, int promptTokens)
+    {
+        using Llama4Engine engine = Llama4Engine.Load(SyntheticDir(), cuda);
+        var rng = new Random(13);
+        int[][] prompts = Enumerable.Range(0, sequences).Select(_ => Enumerable.Range(0, promptTokens).Select(_ => rng.Next(engine.Config.VocabSize)).ToArray()).ToArray();
+        var values = new Dictionary<string, double>();
+        foreach (var (label, device, batch) in new[] { ("batched device KV", true, true), ("per-sequence device KV", true, false), ("host KV", false, true), ("batched device KV again", true, true) })
+        {
+            engine.Model.BatchAttention = batch;
+            var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions
+            {
+                MaxRunningSequences = sequences, PrefillChunkTokens = 512, MaxBatchTokens = 2048, KvMemoryBytes = 2L << 30, BackendKvStore = device,
+            });
+            try
+            {
+                var sw = Stopwatch.StartNew();
+                var arrivals = Task.WhenAll(prompts.Select(async (p, i) =>
+                {
+                    var times = new List<long>();
+                    await foreach (var _ in scheduler.GenerateAsync(new GenerationRequest($"{label}-{i}", p, 32, SamplingParams.Greedy), CancellationToken.None))
+                    {
+                        times.Add(sw.ElapsedTicks);
+                    }
+                    return times;
+                })).GetAwaiter().GetResult();
+                long allStarted = arrivals.Max(a => a[0]);
+                long end = arrivals.Max(a => a[^1]);
+                int after = arrivals.Sum(a => a.Count(t => t > allStarted));
+                values[$"{label} decode tok/s"] = after / ((end - allStarted) / (double)Stopwatch.Frequency);
+            }
+            finally
+            {
+                scheduler.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+        }
+        engine.Model.BatchAttention = true;
+        values["batched/per-sequence"] = values["batched device KV again decode tok/s"] / values["per-sequence device KV decode tok/s"];
+        report.Bench("Concurrent decode through the scheduler, synthetic maverick-h2048", $"{sequences} sequences, {promptTokens}-token prompts, 32 tokens each", values,
+            "decode tok/s over all sequences once every one has its first token");
+    }
+
     private static string SyntheticDir()
     {
         string dir = Path.Combine(Path.GetTempPath(), "gpucheck-maverick-h2048");

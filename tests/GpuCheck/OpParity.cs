@@ -185,6 +185,8 @@ internal static class OpParity
             () => PagedAttention(cpu, split, rng, 40, 40, 0, 16, 8, 2, 64, 16));
         report.Check(Section, "Paged attention, KV in device blocks: rows=4 keys=3000 block 16 first slot 9 H=2 KV=1 D=64",
             () => PagedAttention(cpu, split, rng, 4, 3000, 9, 16, 2, 1, 64, 0));
+        report.Check(Section, "Paged attention, KV in device blocks: 3 sequences in one call (decode over 2000 keys, chunked prefill of 40, 5 rows over 17) H=8 KV=2 D=128 chunk=256",
+            () => PagedAttentionBatch(cpu, split, rng));
         report.Check(Section, "SoftmaxStable rows=7 cols=1000 incl. logits ±1000", () => Softmax(cpu, split, rng));
         report.Check(Section, "TopK k=1 and k=4 rows=50 cols=128 with ties and NaN (ids exact)", () => TopK(cpu, split, rng));
         report.Check(Section, "Argmax rows=50 cols=512 with ties, NaN, -Inf (exact)", () => Argmax(cpu, split, rng));
@@ -377,6 +379,40 @@ internal static class OpParity
         cpu.Attention(q, rows, pos, k, v, keys, 0, p, e);
         store.Attention(q, rows, pos, table, firstSlot, keys, 0, p, a);
         return Verdict(ErrorStats.Of(a, e), Fp32Tol, true);
+    }
+
+    /// <summary>Three sequences of one step in one batched device call, each against its own contiguous CPU attention.</summary>
+    private static (bool, string) PagedAttentionBatch(IKernelBackend cpu, IKernelBackend gpu, Rng rng)
+    {
+        var p = new AttentionParams(8, 2, 128, 1f / MathF.Sqrt(128), 256);
+        const int blockSize = 16;
+        int w = p.KvHeads * p.HeadDim;
+        using IKvBlockStore store = KvBlockStores.Create(gpu, 256, blockSize, w);
+        var shapes = new[] { (Rows: 1, Keys: 2000, FirstSlot: 5), (Rows: 40, Keys: 40, FirstSlot: 0), (Rows: 5, Keys: 17, FirstSlot: 11) };
+        int nextBlock = 255;
+        var sequences = new List<KvSequenceView>();
+        var q = new List<float>();
+        var positions = new List<int>();
+        var expected = new List<float>();
+        foreach (var (rows, keys, firstSlot) in shapes)
+        {
+            int blocks = (firstSlot + keys + blockSize - 1) / blockSize;
+            int[] table = Enumerable.Range(0, blocks).Select(_ => nextBlock--).ToArray();
+            float[] k = rng.Floats((long)keys * w, 2f);
+            float[] v = rng.Floats((long)keys * w, 2f);
+            store.Write(Enumerable.Range(0, keys).Select(j => table[(firstSlot + j) / blockSize] * blockSize + (firstSlot + j) % blockSize).ToArray(), k, v);
+            float[] qs = rng.Floats((long)rows * p.Heads * p.HeadDim, 2f);
+            int[] pos = Enumerable.Range(keys - rows, rows).ToArray();
+            var e = new float[qs.Length];
+            cpu.Attention(qs, rows, pos, k, v, keys, 0, p, e);
+            sequences.Add(new KvSequenceView(rows, table, firstSlot, keys, 0));
+            q.AddRange(qs);
+            positions.AddRange(pos);
+            expected.AddRange(e);
+        }
+        var a = new float[q.Count];
+        store.AttentionBatch(q.ToArray(), positions.ToArray(), sequences.ToArray(), p, a);
+        return Verdict(ErrorStats.Of(a, expected.ToArray()), Fp32Tol, true);
     }
 
     private static (bool, string) Softmax(IKernelBackend cpu, IKernelBackend gpu, Rng rng)

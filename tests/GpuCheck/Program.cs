@@ -182,6 +182,11 @@ internal static class Program
                 if (!quick && started.Elapsed.TotalSeconds < deadline - 90)
                 {
                     report.BenchSection("Long-context decode", () => GoldenRuns.LongContextDecodeBench(report, split, 4096));
+                    report.Write(outDir);
+                }
+                if (!quick && started.Elapsed.TotalSeconds < deadline - 60)
+                {
+                    report.BenchSection("Concurrent decode", () => GoldenRuns.ConcurrentDecodeBench(report, split, 32, 512));
                 }
             }
             finally

@@ -41,9 +41,56 @@ public static class KvBlockStoreScenario
     }
 }
 
+/// <summary>Several sequences in one <see cref="IKvBlockStore.AttentionBatch"/> call against each one's contiguous attention.</summary>
+public static class KvBlockStoreBatchScenario
+{
+    /// <summary>Three sequences (a decode over many keys, a chunked prefill, a short one) in one store; returns (batched, per sequence contiguous).</summary>
+    public static (float[] Batched, float[] Contiguous) Run(IKvBlockStore store, IKernelBackend contiguous, AttentionParams p, int seed)
+    {
+        int w = store.RowWidth, b = store.BlockSize;
+        var rng = new Random(seed);
+        var free = new Queue<int>(Enumerable.Range(0, store.Blocks).OrderBy(_ => rng.Next()));
+        var shapes = new[] { (Rows: 1, Keys: 300, FirstSlot: 3, KeyStart: 40), (Rows: 9, Keys: 9, FirstSlot: 0, KeyStart: 0), (Rows: 2, Keys: 20, FirstSlot: 7, KeyStart: 5) };
+        var sequences = new List<KvSequenceView>();
+        var q = new List<float>();
+        var positions = new List<int>();
+        var expected = new List<float>();
+        foreach (var (rows, keys, firstSlot, keyStart) in shapes)
+        {
+            var table = Enumerable.Range(0, (firstSlot + keys + b - 1) / b).Select(_ => free.Dequeue()).ToArray();
+            var k = TestData.Floats(keys * w, rng.Next());
+            var v = TestData.Floats(keys * w, rng.Next());
+            store.Write(Enumerable.Range(0, keys).Select(j => table[(firstSlot + j) / b] * b + (firstSlot + j) % b).ToArray(), k, v);
+            var pos = Enumerable.Range(keyStart + keys - rows, rows).ToArray();
+            var qs = TestData.Floats(rows * p.Heads * p.HeadDim, rng.Next());
+            var e = new float[qs.Length];
+            contiguous.Attention(qs, rows, pos, k, v, keys, keyStart, p, e);
+            sequences.Add(new KvSequenceView(rows, table, firstSlot, keys, keyStart));
+            q.AddRange(qs);
+            positions.AddRange(pos);
+            expected.AddRange(e);
+        }
+        var batched = new float[q.Count];
+        store.AttentionBatch(q.ToArray(), positions.ToArray(), sequences.ToArray(), p, batched);
+        return (batched, expected.ToArray());
+    }
+}
+
 [Trait("Category", "Unit")]
 public sealed class KvBlockStoreTests
 {
+    [Fact]
+    public void HostStore_Batch_IsEachSequencesContiguousResult()
+    {
+        var backend = TestBackends.Default;
+        var p = new AttentionParams(8, 2, 16, 0.25f, 8);
+        using var store = KvBlockStores.Create(backend, 64, 16, p.KvHeads * p.HeadDim);
+        var (batched, contiguous) = KvBlockStoreBatchScenario.Run(store, backend, p, seed: 5);
+        TestData.AssertBitwiseEqual(contiguous, batched, "three sequences in one call");
+        var bad = new KvSequenceView[] { new(2, new[] { 0 }, 0, 1, 0) };
+        Assert.Contains("2 rows", Assert.Throws<ArgumentException>(() => store.AttentionBatch(new float[128], new int[1], bad, p, new float[128])).Message);
+    }
+
     [Theory]
     [InlineData(16, 40, 5, 0)]
     [InlineData(16, 1, 0, 0)]

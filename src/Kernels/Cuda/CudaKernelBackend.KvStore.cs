@@ -51,13 +51,36 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         }
     }
 
-    internal void KvAttention(CudaKvBlockStore store, ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable,
-        int firstSlot, int keys, int keyPositionStart, in AttentionParams p, Span<float> output)
+    internal void KvAttentionBatch(CudaKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
+        in AttentionParams p, Span<float> output)
     {
-        KvBlockStores.ValidateAttention(store, q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
+        KvBlockStores.ValidateAttentionBatch(store, q, queryPositions, sequences, p, output);
+        int rows = queryPositions.Length;
         if (rows == 0)
         {
             return;
+        }
+        // Per query row: (keys, key start, first slot, offset of its sequence's table in the concatenated tables).
+        var meta = new int[4 * rows];
+        int tableLength = 0, maxKeys = 1;
+        foreach (var s in sequences)
+        {
+            tableLength += s.BlockTable.Length;
+        }
+        var tables = new int[Math.Max(1, tableLength)];
+        int r = 0, offset = 0;
+        foreach (var s in sequences)
+        {
+            s.BlockTable.Span.CopyTo(tables.AsSpan(offset));
+            for (int i = 0; i < s.Rows; i++, r++)
+            {
+                meta[4 * r] = s.Keys;
+                meta[4 * r + 1] = s.KeyPositionStart;
+                meta[4 * r + 2] = s.FirstSlot;
+                meta[4 * r + 3] = offset;
+            }
+            offset += s.BlockTable.Length;
+            maxKeys = Math.Max(maxKeys, s.Keys);
         }
         long qElements = (long)rows * p.Heads * p.HeadDim;
         CudaCallContext ctx = Rent();
@@ -66,9 +89,20 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         {
             ulong dq = Upload(ctx, q);
             ulong dp = Upload(ctx, queryPositions);
-            ulong dt = Upload(ctx, blockTable);
+            ulong dt = Upload<int>(ctx, tables);
+            ulong dm = Upload<int>(ctx, meta);
             ulong dout = ctx.Device.Alloc(qElements * 4);
-            LaunchAttention(ctx, dq, dp, store.K.Pointer, store.V.Pointer, dt, firstSlot, store.BlockSize, dout, rows, keys, keyPositionStart, p);
+            // Always the split kernels: one launch for every sequence, each row over its own keys (empty splits merge as nothing).
+            long splits = (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
+            long perRow = (long)p.Heads * splits * (p.HeadDim + 2) * 4;
+            int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
+            ulong scratch = ctx.Device.Alloc(slice * perRow);
+            for (int rowBase = 0; rowBase < rows; rowBase += slice)
+            {
+                int n = Math.Min(slice, rows - rowBase);
+                _module.AttentionSplit(ctx.Stream.Value, dq, dp, store.K.Pointer, store.V.Pointer, dt, 0, store.BlockSize, dm, scratch, dout, n, rowBase,
+                    maxKeys, 0, p);
+            }
             Download(ctx, dout, output);
             ok = true;
         }
@@ -81,8 +115,9 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
 
 /// <summary>
 /// KV blocks in device memory: K and V each <c>[blocks · blockSize, rowWidth]</c> fp32, allocated up front (the KV budget
-/// is the allocation). A write uploads only the new rows and scatters them; attention uploads queries, positions and the
-/// block table and reads the keys in place.
+/// is the allocation). A write uploads only the new rows and scatters them; attention uploads queries, positions, the
+/// block tables and per-row sequence data, reads the keys in place, and always runs the split-key kernels, so a row's
+/// result does not depend on whether its sequence ran alone or in a batch.
 /// </summary>
 internal sealed class CudaKvBlockStore : IKvBlockStore
 {
@@ -120,7 +155,16 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
         int keyPositionStart, in AttentionParams p, Span<float> output)
     {
         ObjectDisposedException.ThrowIf(K.IsClosed, this);
-        _owner.KvAttention(this, q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
+        KvBlockStores.ValidateAttention(this, q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
+        // One sequence through the batched path: the same kernels (and rounding) whether a sequence runs alone or not.
+        _owner.KvAttentionBatch(this, q, queryPositions, [new KvSequenceView(rows, blockTable.ToArray(), firstSlot, keys, keyPositionStart)], p, output);
+    }
+
+    public void AttentionBatch(ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences, in AttentionParams p,
+        Span<float> output)
+    {
+        ObjectDisposedException.ThrowIf(K.IsClosed, this);
+        _owner.KvAttentionBatch(this, q, queryPositions, sequences, p, output);
     }
 
     public void Dispose()

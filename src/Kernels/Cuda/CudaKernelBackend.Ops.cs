@@ -117,7 +117,7 @@ public sealed unsafe partial class CudaKernelBackend
             ulong dk = Upload(ctx, k);
             ulong dv = Upload(ctx, v);
             ulong dout = ctx.Device.Alloc(qElements * 4);
-            LaunchAttention(ctx, dq, dp, dk, dv, table: 0, firstSlot: 0, blockSize: 1, dout, rows, keys, keyPositionStart, p);
+            LaunchAttention(ctx, dq, dp, dk, dv, dout, rows, keys, keyPositionStart, p);
             Download(ctx, dout, output);
             ok = true;
         }
@@ -128,13 +128,13 @@ public sealed unsafe partial class CudaKernelBackend
     }
 
     /// <summary>
-    /// Queues attention for all rows: keys beyond one split (<see cref="CudaKernelModule.SplitKeys"/>) go through the
-    /// split-key kernels (one block per row, head and split, then a merge), so a decode over a long context keeps the
-    /// device busy; shorter ranges use one block per (row, head). Rows are processed in slices that fit
-    /// <see cref="CudaBackendOptions.AttentionScratchBytes"/>. <paramref name="table"/> 0 means contiguous keys.
+    /// Queues attention over contiguous keys for all rows: keys beyond one split (<see cref="CudaKernelModule.SplitKeys"/>)
+    /// go through the split-key kernels (one block per row, head and split, then a merge), so a decode over a long context
+    /// keeps the device busy; shorter ranges use one block per (row, head). Rows are processed in slices that fit
+    /// <see cref="CudaBackendOptions.AttentionScratchBytes"/>.
     /// </summary>
-    private void LaunchAttention(CudaCallContext ctx, ulong dq, ulong dp, ulong dk, ulong dv, ulong table, int firstSlot, int blockSize, ulong dout,
-        int rows, int keys, int keyPositionStart, in AttentionParams p)
+    private void LaunchAttention(CudaCallContext ctx, ulong dq, ulong dp, ulong dk, ulong dv, ulong dout, int rows, int keys, int keyPositionStart,
+        in AttentionParams p)
     {
         bool split = keys > CudaKernelModule.SplitKeys;
         long splits = (keys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
@@ -146,15 +146,12 @@ public sealed unsafe partial class CudaKernelBackend
             int n = Math.Min(slice, rows - rowBase);
             if (split)
             {
-                _module.AttentionSplit(ctx.Stream.Value, dq, dp, dk, dv, table, firstSlot, blockSize, scratch, dout, n, rowBase, keys, keyPositionStart, p);
-            }
-            else if (table == 0)
-            {
-                _module.Attention(ctx.Stream.Value, dq, dp, dk, dv, dout, scratch, n, rowBase, keys, keyPositionStart, p);
+                _module.AttentionSplit(ctx.Stream.Value, dq, dp, dk, dv, table: 0, firstSlot: 0, blockSize: 1, meta: 0, scratch, dout, n, rowBase, keys,
+                    keyPositionStart, p);
             }
             else
             {
-                _module.PagedAttention(ctx.Stream.Value, dq, dp, dk, dv, table, firstSlot, blockSize, dout, scratch, n, rowBase, keys, keyPositionStart, p);
+                _module.Attention(ctx.Stream.Value, dq, dp, dk, dv, dout, scratch, n, rowBase, keys, keyPositionStart, p);
             }
         }
     }

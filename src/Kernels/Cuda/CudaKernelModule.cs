@@ -29,7 +29,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     public static readonly IReadOnlyList<string> EntryPoints =
     [
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
-        "paged_attention", "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows",
+        "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows",
     ];
 
     private readonly CudaModuleHandle _module;
@@ -306,45 +306,17 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         Launch("attention", (long)sliceRows * heads, ReduceThreads, stream, a);
     }
 
-    /// <summary>Attention over keys in a paged store for query rows [rowBase, rowBase + sliceRows); see <see cref="Attention"/>.</summary>
-    public void PagedAttention(nint stream, ulong q, ulong qpos, ulong storeK, ulong storeV, ulong table, int firstSlot, int blockSize,
-        ulong output, ulong scratch, int sliceRows, int rowBase, int keys, int keyStart, in AttentionParams p)
-    {
-        int heads = p.Heads;
-        int kvHeads = p.KvHeads;
-        int headDim = p.HeadDim;
-        float scale = p.Scale;
-        int chunk = p.ChunkSize;
-        void** a = stackalloc void*[17];
-        a[0] = &q;
-        a[1] = &qpos;
-        a[2] = &storeK;
-        a[3] = &storeV;
-        a[4] = &table;
-        a[5] = &firstSlot;
-        a[6] = &blockSize;
-        a[7] = &output;
-        a[8] = &scratch;
-        a[9] = &keys;
-        a[10] = &keyStart;
-        a[11] = &heads;
-        a[12] = &kvHeads;
-        a[13] = &headDim;
-        a[14] = &scale;
-        a[15] = &chunk;
-        a[16] = &rowBase;
-        Launch("paged_attention", (long)sliceRows * heads, ReduceThreads, stream, a);
-    }
-
     /// <summary>Keys per split of <see cref="AttentionSplit"/> (SPLIT_KEYS in kernels.cu).</summary>
     public const int SplitKeys = 256;
 
     /// <summary>
     /// Split-key attention for query rows [rowBase, rowBase + sliceRows): partial results per (row, head, split) into
     /// <paramref name="partial"/> (sliceRows·heads·splits·(headDim + 2) floats), then merged into
-    /// <paramref name="output"/>. <paramref name="table"/> 0 = contiguous keys.
+    /// <paramref name="output"/>. <paramref name="table"/> 0 = contiguous keys. <paramref name="meta"/> (when not 0): per
+    /// query row (keys, keyStart, firstSlot, table offset), several sequences in one launch; <paramref name="keys"/> is then
+    /// their maximum.
     /// </summary>
-    public void AttentionSplit(nint stream, ulong q, ulong qpos, ulong k, ulong v, ulong table, int firstSlot, int blockSize, ulong partial,
+    public void AttentionSplit(nint stream, ulong q, ulong qpos, ulong k, ulong v, ulong table, int firstSlot, int blockSize, ulong meta, ulong partial,
         ulong output, int sliceRows, int rowBase, int keys, int keyStart, in AttentionParams p)
     {
         int heads = p.Heads;
@@ -353,7 +325,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         float scale = p.Scale;
         int chunk = p.ChunkSize;
         int splits = (keys + SplitKeys - 1) / SplitKeys;
-        void** a = stackalloc void*[17];
+        void** a = stackalloc void*[18];
         a[0] = &q;
         a[1] = &qpos;
         a[2] = &k;
@@ -361,16 +333,17 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         a[4] = &table;
         a[5] = &firstSlot;
         a[6] = &blockSize;
-        a[7] = &partial;
-        a[8] = &keys;
-        a[9] = &keyStart;
-        a[10] = &heads;
-        a[11] = &kvHeads;
-        a[12] = &headDim;
-        a[13] = &scale;
-        a[14] = &chunk;
-        a[15] = &rowBase;
-        a[16] = &splits;
+        a[7] = &meta;
+        a[8] = &partial;
+        a[9] = &keys;
+        a[10] = &keyStart;
+        a[11] = &heads;
+        a[12] = &kvHeads;
+        a[13] = &headDim;
+        a[14] = &scale;
+        a[15] = &chunk;
+        a[16] = &rowBase;
+        a[17] = &splits;
         Launch("attention_split", (long)sliceRows * heads * splits, ReduceThreads, stream, a);
         void** c = stackalloc void*[6];
         c[0] = &partial;

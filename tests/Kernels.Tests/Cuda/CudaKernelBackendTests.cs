@@ -181,6 +181,11 @@ public sealed class CudaKernelBackendTests : IDisposable
         var q = new float[8];
         var o = new float[8];
         Assert.Contains("outside the store's 2 blocks", Assert.Throws<ArgumentException>(() => small.Attention(q, 1, [10], [5], 0, 3, 0, new AttentionParams(2, 1, 4, 0.5f, 0), o)).Message);
+        using (var batchStore = KvBlockStores.Create(Gpu, 64, 16, 32))
+        {
+            var (batched, expected) = KvBlockStoreBatchScenario.Run(batchStore, _cpu, new AttentionParams(8, 2, 16, 0.25f, 8), seed: 5);
+            AssertScaled(expected, batched, 1e-5, "three sequences in one device call");
+        }
         // A host-memory store of the same backend (the baseline) gives the contiguous CUDA result.
         using var host = KvBlockStores.Create(Gpu, 64, 16, 32, preferBackend: false);
         Assert.IsType<HostKvBlockStore>(host);

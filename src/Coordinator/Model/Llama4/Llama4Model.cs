@@ -88,6 +88,13 @@ public sealed class Llama4Model
     /// <summary>The model's config.</summary>
     public Llama4TextConfig Config => _c;
 
+    /// <summary>
+    /// When every sequence of a step keeps its keys in the same block store (the scheduler's pool), run attention for all
+    /// of them in one <see cref="IKvBlockStore.AttentionBatch"/> call (one upload and launch on CUDA) instead of one call
+    /// per sequence. Default true; false exists to measure the difference (GPU check). Results are the same either way.
+    /// </summary>
+    public bool BatchAttention { get; set; } = true;
+
     /// <summary>Debug hook; null (the default) costs nothing.</summary>
     public IActivationObserver? Observer { get; set; }
 
@@ -129,6 +136,7 @@ public sealed class Llama4Model
         float[] hidden = pool.Rent(t * h), x = pool.Rent(t * h), qkv = pool.Rent(t * qkvW), q = pool.Rent(t * qW),
             k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h), routed = pool.Rent(t * h);
         int[] positions = new int[t];
+        var views = new KvView[items.Count];
         try
         {
             int row = 0;
@@ -188,22 +196,43 @@ public sealed class Llama4Model
 
                 var ap = new AttentionParams(nh, nkv, hd, _attnScaling, rope ? _c.AttentionChunkSize : 0);
                 row = 0;
-                foreach (var item in items)
+                for (int i = 0; i < items.Count; i++)
                 {
-                    int n = item.Tokens.Length;
-                    var view = item.Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
-                    if (view.Store is { } store)
-                    {
-                        // Paged: the keys stay where the store keeps them (device memory on CUDA).
-                        store.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.BlockTable.Span, view.FirstSlot, view.Keys,
-                            view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
-                    }
-                    else
-                    {
-                        _backend.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.K.Span, view.V.Span, view.Keys,
-                            view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
-                    }
+                    int n = items[i].Tokens.Length;
+                    views[i] = items[i].Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
                     row += n;
+                }
+                if (BatchAttention && SharedStore(views, items.Count) is { } shared)
+                {
+                    // Paged, one store for the whole step (the scheduler's pool): one call for every sequence, the keys
+                    // staying where the store keeps them (device memory on CUDA).
+                    var sequences = new KvSequenceView[items.Count];
+                    for (int i = 0; i < items.Count; i++)
+                    {
+                        var view = views[i];
+                        sequences[i] = new KvSequenceView(items[i].Tokens.Length, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
+                    }
+                    shared.AttentionBatch(q.AsSpan(0, t * qW), positions, sequences, ap, attn.AsSpan(0, t * qW));
+                }
+                else
+                {
+                    row = 0;
+                    for (int i = 0; i < items.Count; i++)
+                    {
+                        int n = items[i].Tokens.Length;
+                        var view = views[i];
+                        if (view.Store is { } store)
+                        {
+                            store.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.BlockTable.Span, view.FirstSlot, view.Keys,
+                                view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
+                        }
+                        else
+                        {
+                            _backend.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.K.Span, view.V.Span, view.Keys,
+                                view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
+                        }
+                        row += n;
+                    }
                 }
                 _backend.MatMul(attn.AsSpan(0, t * qW), t, lw.O, tmp.AsSpan(0, t * h));
                 _backend.Add(hidden.AsSpan(0, t * h), tmp.AsSpan(0, t * h));
@@ -309,6 +338,20 @@ public sealed class Llama4Model
         await _experts.CombineAsync(handle, routed.AsMemory(0, t * h), cancellationToken).ConfigureAwait(false);
         _backend.Add(output.AsSpan(0, t * h), routed.AsSpan(0, t * h));
         return ids;
+    }
+
+    /// <summary>The block store every view of the step is held in, or null when any is contiguous or they differ.</summary>
+    private static IKvBlockStore? SharedStore(KvView[] views, int count)
+    {
+        var store = count > 0 ? views[0].Store : null;
+        for (int i = 1; i < count && store is not null; i++)
+        {
+            if (!ReferenceEquals(views[i].Store, store))
+            {
+                return null;
+            }
+        }
+        return store;
     }
 
     /// <summary>The NoPE-layer query factor at absolute position <paramref name="position"/>, float32 at every step as HF computes it.</summary>

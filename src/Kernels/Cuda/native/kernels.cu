@@ -359,15 +359,6 @@ KERNEL void attention(const float* q, const int* qpos, const float* k, const flo
     attention_rows(q, qpos, k, v, 0, 0, 1, out, scratch, keys, key_start, heads, kv_heads, head_dim, scale, chunk, row_base);
 }
 
-// Keys in a paged store (k/v [blocks * block_size, kv_heads, head_dim] in device memory), reached through table.
-KERNEL void paged_attention(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
-    int block_size, float* out, float* scratch, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk,
-    int row_base)
-{
-    attention_rows(q, qpos, k, v, table, first_slot, block_size, out, scratch, keys, key_start, heads, kv_heads, head_dim, scale, chunk,
-        row_base);
-}
-
 // Long key ranges (decode over a long context) are split so that the GPU is not left with one block per (row, head):
 // key index space is cut at fixed multiples of SPLIT_KEYS (the same cuts for every row of the call, so a row's result
 // depends only on its own visible keys), one block per (row, head, split) computes its split's max, exp-sum and
@@ -375,9 +366,11 @@ KERNEL void paged_attention(const float* q, const int* qpos, const float* k, con
 #define SPLIT_KEYS 256
 
 // Block b = ((row - row_base) * heads + h) * splits + split; partial [gridDim.x, head_dim + 2] = (max, sum, out...).
+// meta, when not 0, gives each query row its own sequence (several sequences in one launch): meta[4 row ..] = keys,
+// key_start, first_slot and the offset of its block table in table; keys is then the largest of them.
 KERNEL void attention_split(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
-    int block_size, float* partial, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk,
-    int row_base, int splits)
+    int block_size, const int* meta, float* partial, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale,
+    int chunk, int row_base, int splits)
 {
     __shared__ float sh[REDUCE_THREADS];
     __shared__ float ps[SPLIT_KEYS];
@@ -390,6 +383,14 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
     int kvh = h / (heads / kv_heads);
     const float* qr = q + (row * heads + h) * head_dim;
     float* part = partial + (long long)b * (head_dim + 2);
+    if (meta != 0)
+    {
+        const int* m = meta + 4 * row;
+        keys = m[0];
+        key_start = m[1];
+        first_slot = m[2];
+        table = table + m[3];
+    }
     long long lo;
     long long hi;
     visible_keys(qpos[row], keys, key_start, chunk, &lo, &hi);

@@ -161,7 +161,6 @@ static std::vector<KernelEntry>& kernels()
         {"add_inplace", invoker(add_inplace)},
         {"rope", invoker(rope)},
         {"attention", invoker(attention)},
-        {"paged_attention", invoker(paged_attention)},
         {"attention_split", invoker(attention_split)},
         {"attention_combine", invoker(attention_combine)},
         {"kv_scatter", invoker(kv_scatter)},
