@@ -293,11 +293,10 @@ __device__ __forceinline__ float dot(const float* a, const float* b, int n)
 }
 
 // One block of REDUCE_THREADS per (query row, head) of the slice [row_base, row_base + gridDim.x / heads).
-// q/out [rows, heads, head_dim]; key j (absolute position key_start + j) is row key_row(j) of k/v [*, kv_heads, head_dim];
-// scratch [gridDim.x, keys] holds the probabilities of each block's row.
-__device__ void attention_rows(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
-    int block_size, float* out, float* scratch, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk,
-    int row_base)
+// q/out [rows, heads, head_dim]; k/v [keys, kv_heads, head_dim], key j at absolute position key_start + j;
+// scratch [gridDim.x, keys] holds the probabilities of each block's row. (Ranges beyond SPLIT_KEYS use attention_split.)
+KERNEL void attention(const float* q, const int* qpos, const float* k, const float* v, float* out, float* scratch,
+    int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk, int row_base)
 {
     __shared__ float sh[REDUCE_THREADS];
     int bh = blockIdx.x;
@@ -322,7 +321,7 @@ __device__ void attention_rows(const float* q, const int* qpos, const float* k, 
     float m = neg_inf();
     for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
     {
-        float acc = dot(qr, k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim, head_dim) * scale;
+        float acc = dot(qr, k + (j * kv_heads + kvh) * head_dim, head_dim) * scale;
         s[j] = acc;
         m = fmaxf(m, acc);
     }
@@ -346,17 +345,10 @@ __device__ void attention_rows(const float* q, const int* qpos, const float* k, 
         float acc = 0.0f;
         for (long long j = lo; j <= hi; j++)
         {
-            acc += s[j] * v[(key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim + d];
+            acc += s[j] * v[(j * kv_heads + kvh) * head_dim + d];
         }
         o[d] = acc;
     }
-}
-
-// Contiguous keys: k/v [keys, kv_heads, head_dim], key j at absolute position key_start + j.
-KERNEL void attention(const float* q, const int* qpos, const float* k, const float* v, float* out, float* scratch,
-    int keys, int key_start, int heads, int kv_heads, int head_dim, float scale, int chunk, int row_base)
-{
-    attention_rows(q, qpos, k, v, 0, 0, 1, out, scratch, keys, key_start, heads, kv_heads, head_dim, scale, chunk, row_base);
 }
 
 // Long key ranges (decode over a long context) are split so that the GPU is not left with one block per (row, head):
