@@ -30,24 +30,17 @@ internal static unsafe class GpuBenchmarks
     {
         const string section = "Device-to-device copy (memory ceiling)";
         long bytes = quick ? 256L << 20 : 1L << 30;
-        CudaCallContext ctx = gpu.Rent();
-        bool ok = false;
-        try
-        {
-            using DeviceBuffer a = DeviceBuffer.Allocate(gpu.ContextHandle, bytes);
-            using DeviceBuffer b = DeviceBuffer.Allocate(gpu.ContextHandle, bytes);
-            CuDriver.Check(CuDriver.cuMemsetD32Async(a.Pointer, 0x3F803F80u, (nuint)(bytes / 4), ctx.Stream.Value), "cuMemsetD32Async");
-            double ms = TimeMs(ctx, 2, quick ? 5 : 20, () =>
-                CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(b.Pointer, a.Pointer, (nuint)bytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2"));
-            double gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
-            report.Bench(section, $"{bytes >> 20} MiB copy", new Dictionary<string, double> { ["ms"] = ms, ["GB/s (read+write)"] = gbps });
-            ok = true;
-            return gbps;
-        }
-        finally
-        {
-            gpu.Return(ctx, ok);
-        }
+        using var call = gpu.BeginCall();
+        CudaCallContext ctx = call.Context;
+        using DeviceBuffer a = DeviceBuffer.Allocate(gpu.ContextHandle, bytes);
+        using DeviceBuffer b = DeviceBuffer.Allocate(gpu.ContextHandle, bytes);
+        CuDriver.Check(CuDriver.cuMemsetD32Async(a.Pointer, 0x3F803F80u, (nuint)(bytes / 4), ctx.Stream.Value), "cuMemsetD32Async");
+        double ms = TimeMs(ctx, 2, quick ? 5 : 20, () =>
+            CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(b.Pointer, a.Pointer, (nuint)bytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2"));
+        double gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
+        report.Bench(section, $"{bytes >> 20} MiB copy", new Dictionary<string, double> { ["ms"] = ms, ["GB/s (read+write)"] = gbps });
+        call.Complete();
+        return gbps;
     }
 
     public static void ExpertGemm(CheckReport report, CudaKernelBackend gpu, double copyGbps, bool quick)
@@ -59,8 +52,8 @@ internal static unsafe class GpuBenchmarks
         int maxRows = rowCounts.Max();
         int iterations = quick ? 3 : 10;
         ushort[] random = new Rng(777).Bf16(guElems, 0.05f);
-        CudaCallContext ctx = gpu.Rent();
-        bool ok = false;
+        using var call = gpu.BeginCall();
+        CudaCallContext ctx = call.Context;
         var buffers = new List<DeviceBuffer>();
         try
         {
@@ -193,7 +186,7 @@ internal static unsafe class GpuBenchmarks
                     }
                 }
             }
-            ok = true;
+            call.Complete();
         }
         finally
         {
@@ -201,7 +194,6 @@ internal static unsafe class GpuBenchmarks
             {
                 b.Dispose();
             }
-            gpu.Return(ctx, ok);
         }
     }
 

@@ -20,6 +20,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
     [RedisFact]
     public async Task TwoWorkers_RedisClustering_ServeBitwiseIdenticalFp32Inference()
     {
+        ToolFactAttribute.Require(RedisServer.Missing);
         var log = new TestLog { Output = output };
         using var loggerFactory = log.CreateLoggerFactory();
         await using var redis = await RedisServer.StartAsync();

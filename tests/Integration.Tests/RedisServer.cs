@@ -78,14 +78,5 @@ internal sealed class RedisServer : IAsyncDisposable
     }
 }
 
-/// <summary>A fact that xunit v2 reports as skipped (with the reason) when redis-server is not installed.</summary>
-internal sealed class RedisFactAttribute : FactAttribute
-{
-    public RedisFactAttribute()
-    {
-        if (RedisServer.Missing is { } reason)
-        {
-            Skip = reason;
-        }
-    }
-}
+/// <summary>A fact that needs redis-server (see <see cref="ToolFactAttribute"/>).</summary>
+internal sealed class RedisFactAttribute() : ToolFactAttribute(RedisServer.Missing);

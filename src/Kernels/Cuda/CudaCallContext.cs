@@ -50,10 +50,14 @@ internal sealed class CudaCallContext : IDisposable
     public EventHandle Stop { get; } = null!;
 
     /// <summary>Starts a new call: scratch from the previous call is reused (the stream was synchronized at its end).</summary>
+    /// <summary>Set by <see cref="CudaCall.Complete"/>: the call's work finished, the context may serve the next call.</summary>
+    public bool Completed { get; set; }
+
     public void Reset()
     {
         Device.Reset();
         Host.Reset();
+        Completed = false;
     }
 
     public void Dispose()

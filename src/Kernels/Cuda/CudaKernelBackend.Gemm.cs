@@ -17,27 +17,20 @@ public sealed unsafe partial class CudaKernelBackend
         DeviceBuffer data = DeviceBuffer.Allocate(_context.DangerousGetHandle(), elements * 2);
         try
         {
-            CudaCallContext ctx = Rent();
-            bool ok = false;
-            try
+            using var call = BeginCall();
+            CudaCallContext ctx = call.Context;
+            int chunkElements = (int)(WeightUploadChunkBytes / 2);
+            ulong staging = ctx.Host.Alloc(WeightUploadChunkBytes);
+            for (long offset = 0; offset < elements; offset += chunkElements)
             {
-                int chunkElements = (int)(WeightUploadChunkBytes / 2);
-                ulong staging = ctx.Host.Alloc(WeightUploadChunkBytes);
-                for (long offset = 0; offset < elements; offset += chunkElements)
-                {
-                    int count = (int)Math.Min(chunkElements, elements - offset);
-                    bf16.Slice((int)offset, count).CopyTo(new Span<ushort>((void*)staging, count));
-                    CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(data.Pointer + (ulong)(offset * 2), (void*)staging, (nuint)(count * 2L),
-                        ctx.Stream.Value), "cuMemcpyHtoDAsync_v2(weight)");
-                    // The staging buffer is reused by the next chunk.
-                    ctx.Stream.Synchronize();
-                }
-                ok = true;
+                int count = (int)Math.Min(chunkElements, elements - offset);
+                bf16.Slice((int)offset, count).CopyTo(new Span<ushort>((void*)staging, count));
+                CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(data.Pointer + (ulong)(offset * 2), (void*)staging, (nuint)(count * 2L),
+                    ctx.Stream.Value), "cuMemcpyHtoDAsync_v2(weight)");
+                // The staging buffer is reused by the next chunk.
+                ctx.Stream.Synchronize();
             }
-            finally
-            {
-                Return(ctx, ok);
-            }
+            call.Complete();
         }
         catch
         {
@@ -60,27 +53,20 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dx = Upload(ctx, x);
+        ulong xb = ctx.Device.Alloc((long)RowFactor * rows * k * 2);
+        _module.SplitBf16(ctx.Stream.Value, dx, xb, rows, k, Split);
+        ulong dy = ctx.Device.Alloc((long)rows * n * 4);
+        ulong t = Split ? ctx.Device.Alloc((long)RowFactor * rows * n * 4) : dy;
+        Gemm(ctx, cw, xb, RowFactor * rows, t);
+        if (Split)
         {
-            ulong dx = Upload(ctx, x);
-            ulong xb = ctx.Device.Alloc((long)RowFactor * rows * k * 2);
-            _module.SplitBf16(ctx.Stream.Value, dx, xb, rows, k, Split);
-            ulong dy = ctx.Device.Alloc((long)rows * n * 4);
-            ulong t = Split ? ctx.Device.Alloc((long)RowFactor * rows * n * 4) : dy;
-            Gemm(ctx, cw, xb, RowFactor * rows, t);
-            if (Split)
-            {
-                _module.CombineSplit(ctx.Stream.Value, t, dy, rows, n, split: true);
-            }
-            Download(ctx, dy, y);
-            ok = true;
+            _module.CombineSplit(ctx.Stream.Value, t, dy, rows, n, split: true);
         }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        Download(ctx, dy, y);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -206,52 +192,45 @@ public sealed unsafe partial class CudaKernelBackend
             StageMode.Padded => "padded-batched",
             _ => groups.Count == 1 ? "single" : "per-group",
         };
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        nint stream = ctx.Stream.Value;
+        ulong dx = Upload(ctx, x);
+        ulong map = 0;
+        long layoutRows = rows;
+        long stride = 0;
+        if (mode == StageMode.Padded)
         {
-            nint stream = ctx.Stream.Value;
-            ulong dx = Upload(ctx, x);
-            ulong map = 0;
-            long layoutRows = rows;
-            long stride = 0;
-            if (mode == StageMode.Padded)
+            // Group g occupies rows [g·maxRows, g·maxRows + rows_g) of the padded layout; the padding rows hold
+            // garbage that only ever reaches their own (discarded) GEMM output columns.
+            stride = groups.Max(g => g.Rows);
+            layoutRows = groups.Count * stride;
+            int[] rowMap = new int[rows];
+            for (int g = 0; g < groups.Count; g++)
             {
-                // Group g occupies rows [g·maxRows, g·maxRows + rows_g) of the padded layout; the padding rows hold
-                // garbage that only ever reaches their own (discarded) GEMM output columns.
-                stride = groups.Max(g => g.Rows);
-                layoutRows = groups.Count * stride;
-                int[] rowMap = new int[rows];
-                for (int g = 0; g < groups.Count; g++)
+                for (long i = 0; i < groups[g].Rows; i++)
                 {
-                    for (long i = 0; i < groups[g].Rows; i++)
-                    {
-                        rowMap[groups[g].Offset + i] = checked((int)(g * stride + i));
-                    }
+                    rowMap[groups[g].Offset + i] = checked((int)(g * stride + i));
                 }
-                map = Upload<int>(ctx, rowMap);
             }
-            ulong xb = ctx.Device.Alloc(f * layoutRows * hidden * 2);
-            _module.SplitBf16(stream, dx, xb, rows, hidden, Split, map);
-            ulong t1 = ctx.Device.Alloc(f * layoutRows * 2L * inter * 4);
-            Stage(ctx, mode, groups, up: true, xb, hidden, t1, 2 * inter, stride);
-            ulong h = ctx.Device.Alloc(f * layoutRows * inter * 2L);
-            _module.SwiGluSplit(stream, t1, h, layoutRows, inter, Split);
-            ulong dy = ctx.Device.Alloc(rows * hidden * 4);
-            bool direct = mode != StageMode.Padded && !Split;
-            ulong t2 = direct ? dy : ctx.Device.Alloc(f * layoutRows * hidden * 4);
-            Stage(ctx, mode, groups, up: false, h, inter, t2, hidden, stride);
-            if (!direct)
-            {
-                _module.CombineSplit(stream, t2, dy, rows, hidden, Split, map);
-            }
-            Download(ctx, dy, y);
-            ok = true;
+            map = Upload<int>(ctx, rowMap);
         }
-        finally
+        ulong xb = ctx.Device.Alloc(f * layoutRows * hidden * 2);
+        _module.SplitBf16(stream, dx, xb, rows, hidden, Split, map);
+        ulong t1 = ctx.Device.Alloc(f * layoutRows * 2L * inter * 4);
+        Stage(ctx, mode, groups, up: true, xb, hidden, t1, 2 * inter, stride);
+        ulong h = ctx.Device.Alloc(f * layoutRows * inter * 2L);
+        _module.SwiGluSplit(stream, t1, h, layoutRows, inter, Split);
+        ulong dy = ctx.Device.Alloc(rows * hidden * 4);
+        bool direct = mode != StageMode.Padded && !Split;
+        ulong t2 = direct ? dy : ctx.Device.Alloc(f * layoutRows * hidden * 4);
+        Stage(ctx, mode, groups, up: false, h, inter, t2, hidden, stride);
+        if (!direct)
         {
-            Return(ctx, ok);
+            _module.CombineSplit(stream, t2, dy, rows, hidden, Split, map);
         }
+        Download(ctx, dy, y);
+        call.Complete();
     }
 
     /// <summary>
@@ -434,8 +413,8 @@ public sealed unsafe partial class CudaKernelBackend
             }
             var expected = new float[count * stride * n];
             var actual = new float[count * stride * n];
-            CudaCallContext ctx = Rent();
-            bool ok = false;
+            using var call = BeginCall();
+            CudaCallContext ctx = call.Context;
             try
             {
                 ulong b = Upload<ushort>(ctx, x);
@@ -453,15 +432,11 @@ public sealed unsafe partial class CudaKernelBackend
                 BatchedGemm(ctx, weights[0].OpA, n, stride, k, weights[0].Lda, count, devicePointers);
                 Download(ctx, c1, expected.AsSpan());
                 Download(ctx, c2, actual.AsSpan());
-                ok = true;
+                call.Complete();
             }
             catch (CudaException e)
             {
                 return e.Call == "cublasGemmBatchedEx" ? CuBlas.Describe(e.Status) : $"probe failed: {e.Message}";
-            }
-            finally
-            {
-                Return(ctx, ok);
             }
             return ProbeMismatch(expected, actual, "batched");
         }
@@ -504,8 +479,8 @@ public sealed unsafe partial class CudaKernelBackend
             }
             var expected = new float[offset * n];
             var actual = new float[offset * n];
-            CudaCallContext ctx = Rent();
-            bool ok = false;
+            using var call = BeginCall();
+            CudaCallContext ctx = call.Context;
             try
             {
                 ulong b = Upload<ushort>(ctx, x);
@@ -540,15 +515,11 @@ public sealed unsafe partial class CudaKernelBackend
                 GroupedGemm(ctx, address, ints, scalars, count, devicePointers);
                 Download(ctx, c1, expected.AsSpan());
                 Download(ctx, c2, actual.AsSpan());
-                ok = true;
+                call.Complete();
             }
             catch (CudaException e)
             {
                 return e.Call == "cublasGemmGroupedBatchedEx" ? CuBlas.Describe(e.Status) : $"probe failed: {e.Message}";
-            }
-            finally
-            {
-                Return(ctx, ok);
             }
             return ProbeMismatch(expected, actual, "grouped");
         }

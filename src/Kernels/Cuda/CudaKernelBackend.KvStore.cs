@@ -33,22 +33,15 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dk = Upload(ctx, k);
-            ulong dv = Upload(ctx, v);
-            ulong ds = Upload(ctx, slots);
-            _module.KvScatter(ctx.Stream.Value, dk, dv, ds, store.K.Pointer, store.V.Pointer, slots.Length, store.RowWidth);
-            // The pinned staging of this call is reused by the next one: the copies must have left it.
-            ctx.Stream.Synchronize();
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dk = Upload(ctx, k);
+        ulong dv = Upload(ctx, v);
+        ulong ds = Upload(ctx, slots);
+        _module.KvScatter(ctx.Stream.Value, dk, dv, ds, store.K.Pointer, store.V.Pointer, slots.Length, store.RowWidth);
+        // The pinned staging of this call is reused by the next one: the copies must have left it.
+        ctx.Stream.Synchronize();
+        call.Complete();
     }
 
     internal void KvAttentionBatch(CudaKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
@@ -83,33 +76,26 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
             maxKeys = Math.Max(maxKeys, s.Keys);
         }
         long qElements = (long)rows * p.Heads * p.HeadDim;
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dq = Upload(ctx, q);
+        ulong dp = Upload(ctx, queryPositions);
+        ulong dt = Upload<int>(ctx, tables);
+        ulong dm = Upload<int>(ctx, meta);
+        ulong dout = ctx.Device.Alloc(qElements * 4);
+        // Always the split kernels: one launch for every sequence, each row over its own keys (empty splits merge as nothing).
+        long splits = (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
+        long perRow = (long)p.Heads * splits * (p.HeadDim + 2) * 4;
+        int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
+        ulong scratch = ctx.Device.Alloc(slice * perRow);
+        for (int rowBase = 0; rowBase < rows; rowBase += slice)
         {
-            ulong dq = Upload(ctx, q);
-            ulong dp = Upload(ctx, queryPositions);
-            ulong dt = Upload<int>(ctx, tables);
-            ulong dm = Upload<int>(ctx, meta);
-            ulong dout = ctx.Device.Alloc(qElements * 4);
-            // Always the split kernels: one launch for every sequence, each row over its own keys (empty splits merge as nothing).
-            long splits = (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
-            long perRow = (long)p.Heads * splits * (p.HeadDim + 2) * 4;
-            int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
-            ulong scratch = ctx.Device.Alloc(slice * perRow);
-            for (int rowBase = 0; rowBase < rows; rowBase += slice)
-            {
-                int n = Math.Min(slice, rows - rowBase);
-                _module.AttentionSplit(ctx.Stream.Value, dq, dp, store.K.Pointer, store.V.Pointer, dt, 0, store.BlockSize, dm, scratch, dout, n, rowBase,
-                    maxKeys, 0, p);
-            }
-            Download(ctx, dout, output);
-            ok = true;
+            int n = Math.Min(slice, rows - rowBase);
+            _module.AttentionSplit(ctx.Stream.Value, dq, dp, store.K.Pointer, store.V.Pointer, dt, 0, store.BlockSize, dm, scratch, dout, n, rowBase,
+                maxKeys, 0, p);
         }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        Download(ctx, dout, output);
+        call.Complete();
     }
 }
 

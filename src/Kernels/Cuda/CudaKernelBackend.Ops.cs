@@ -14,20 +14,13 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dx = Upload(ctx, x);
-            ulong dw = weight.Length == 0 ? 0 : Upload(ctx, weight);
-            _module.RmsNorm(ctx.Stream.Value, dx, dw, dx, rows, cols, eps, weight.Length != 0);
-            Download(ctx, dx, y);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dx = Upload(ctx, x);
+        ulong dw = weight.Length == 0 ? 0 : Upload(ctx, weight);
+        _module.RmsNorm(ctx.Stream.Value, dx, dw, dx, rows, cols, eps, weight.Length != 0);
+        Download(ctx, dx, y);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -39,20 +32,13 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong g = Upload(ctx, gate);
-            ulong u = Upload(ctx, up);
-            _module.SiluMul(ctx.Stream.Value, g, u, g, gate.Length);
-            Download(ctx, g, dst);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong g = Upload(ctx, gate);
+        ulong u = Upload(ctx, up);
+        _module.SiluMul(ctx.Stream.Value, g, u, g, gate.Length);
+        Download(ctx, g, dst);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -67,21 +53,14 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dx = Upload<float>(ctx, x);
-            ulong dp = Upload(ctx, positions);
-            ulong df = Upload<float>(ctx, table.InvFreq);
-            _module.Rope(ctx.Stream.Value, dx, dp, df, rows, heads, table.InvFreq.Length);
-            Download(ctx, dx, x);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dx = Upload<float>(ctx, x);
+        ulong dp = Upload(ctx, positions);
+        ulong df = Upload<float>(ctx, table.InvFreq);
+        _module.Rope(ctx.Stream.Value, dx, dp, df, rows, heads, table.InvFreq.Length);
+        Download(ctx, dx, x);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -108,23 +87,16 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dq = Upload(ctx, q);
-            ulong dp = Upload(ctx, queryPositions);
-            ulong dk = Upload(ctx, k);
-            ulong dv = Upload(ctx, v);
-            ulong dout = ctx.Device.Alloc(qElements * 4);
-            LaunchAttention(ctx, dq, dp, dk, dv, dout, rows, keys, keyPositionStart, p);
-            Download(ctx, dout, output);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dq = Upload(ctx, q);
+        ulong dp = Upload(ctx, queryPositions);
+        ulong dk = Upload(ctx, k);
+        ulong dv = Upload(ctx, v);
+        ulong dout = ctx.Device.Alloc(qElements * 4);
+        LaunchAttention(ctx, dq, dp, dk, dv, dout, rows, keys, keyPositionStart, p);
+        Download(ctx, dout, output);
+        call.Complete();
     }
 
     /// <summary>
@@ -165,19 +137,12 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dx = Upload<float>(ctx, x);
-            _module.SoftmaxRows(ctx.Stream.Value, dx, rows, cols);
-            Download(ctx, dx, x);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dx = Upload<float>(ctx, x);
+        _module.SoftmaxRows(ctx.Stream.Value, dx, rows, cols);
+        Download(ctx, dx, x);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -192,25 +157,18 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong ds = Upload(ctx, scores);
-            ulong di = ctx.Device.Alloc(ids.Length * 4L);
-            ulong dv = ctx.Device.Alloc(values.Length * 4L);
-            _module.TopKRows(ctx.Stream.Value, ds, di, dv, rows, cols, k);
-            nint hi = EnqueueDownload(ctx, di, ids.Length * 4L);
-            nint hv = EnqueueDownload(ctx, dv, values.Length * 4L);
-            ctx.Stream.Synchronize();
-            new ReadOnlySpan<int>((void*)hi, ids.Length).CopyTo(ids);
-            new ReadOnlySpan<float>((void*)hv, values.Length).CopyTo(values);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong ds = Upload(ctx, scores);
+        ulong di = ctx.Device.Alloc(ids.Length * 4L);
+        ulong dv = ctx.Device.Alloc(values.Length * 4L);
+        _module.TopKRows(ctx.Stream.Value, ds, di, dv, rows, cols, k);
+        nint hi = EnqueueDownload(ctx, di, ids.Length * 4L);
+        nint hv = EnqueueDownload(ctx, dv, values.Length * 4L);
+        ctx.Stream.Synchronize();
+        new ReadOnlySpan<int>((void*)hi, ids.Length).CopyTo(ids);
+        new ReadOnlySpan<float>((void*)hv, values.Length).CopyTo(values);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -223,20 +181,13 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dx = Upload(ctx, x);
-            ulong di = ctx.Device.Alloc(rows * 4L);
-            _module.ArgmaxRows(ctx.Stream.Value, dx, di, rows, cols);
-            Download(ctx, di, ids);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dx = Upload(ctx, x);
+        ulong di = ctx.Device.Alloc(rows * 4L);
+        _module.ArgmaxRows(ctx.Stream.Value, dx, di, rows, cols);
+        Download(ctx, di, ids);
+        call.Complete();
     }
 
     /// <inheritdoc />
@@ -247,19 +198,12 @@ public sealed unsafe partial class CudaKernelBackend
         {
             return;
         }
-        CudaCallContext ctx = Rent();
-        bool ok = false;
-        try
-        {
-            ulong dd = Upload<float>(ctx, dst);
-            ulong ds = Upload(ctx, src);
-            _module.AddInPlace(ctx.Stream.Value, dd, ds, dst.Length);
-            Download(ctx, dd, dst);
-            ok = true;
-        }
-        finally
-        {
-            Return(ctx, ok);
-        }
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dd = Upload<float>(ctx, dst);
+        ulong ds = Upload(ctx, src);
+        _module.AddInPlace(ctx.Stream.Value, dd, ds, dst.Length);
+        Download(ctx, dd, dst);
+        call.Complete();
     }
 }

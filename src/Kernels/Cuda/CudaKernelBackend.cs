@@ -237,7 +237,14 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
 
     // ---- call context plumbing ----
 
-    internal CudaCallContext Rent()
+    /// <summary>
+    /// A pooled call context for one op: <c>using var call = BeginCall();</c>, work on <see cref="CudaCall.Context"/>, then
+    /// <see cref="CudaCall.Complete"/>. Disposing returns a completed context to the pool and drops one whose call failed
+    /// (its stream may hold half-finished work).
+    /// </summary>
+    internal CudaCall BeginCall() => new(this, Rent());
+
+    private CudaCallContext Rent()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         _context.SetCurrent();
@@ -311,4 +318,15 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
             throw new ArgumentException(message, parameter);
         }
     }
+}
+
+/// <summary>One op's lease on a pooled <see cref="CudaCallContext"/> (see <see cref="CudaKernelBackend.BeginCall"/>).</summary>
+internal readonly ref struct CudaCall(CudaKernelBackend owner, CudaCallContext context)
+{
+    public CudaCallContext Context { get; } = context;
+
+    /// <summary>Marks the op's work as finished; call last, after the results were read.</summary>
+    public void Complete() => Context.Completed = true;
+
+    public void Dispose() => owner.Return(Context, Context.Completed);
 }

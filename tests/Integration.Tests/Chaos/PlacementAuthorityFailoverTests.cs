@@ -27,6 +27,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
     [RedisFact]
     public async Task KilledPlacementAuthoritySilo_Redis_GrainRestoredOnSurvivor_RequestsCompleteIdentically()
     {
+        ToolFactAttribute.Require(RedisServer.Missing);
         var log = new TestLog { Output = output };
         using var loggerFactory = log.CreateLoggerFactory();
         var (prompts, reference) = await ChaosCluster.ReferenceAsync(8, MaxTokens);

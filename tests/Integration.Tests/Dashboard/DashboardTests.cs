@@ -58,6 +58,7 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
     [BrowserFact]
     public async Task Browser_ShowsLiveClusterAndDrainsAWorker()
     {
+        ToolFactAttribute.Require(BrowserFactAttribute.Missing());
         cluster.Serve.Output = output;
         string outDir = Path.Combine(AppContext.BaseDirectory, "TestResults", "dashboard");
         Directory.CreateDirectory(outDir);
@@ -135,12 +136,18 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
     }
 
     /// <summary>Runs only where the browser test can: Debian's chromium, node on PATH and playwright-core installed.</summary>
-    public sealed class BrowserFactAttribute : FactAttribute
+    public sealed class BrowserFactAttribute : ToolFactAttribute
     {
         /// <summary>The chromium binary (<c>DISTRIBUTED_CHROMIUM</c>, else Debian's).</summary>
         public static string Chromium { get; } = Environment.GetEnvironmentVariable("DISTRIBUTED_CHROMIUM") is { Length: > 0 } c ? c : "/usr/bin/chromium";
 
         public BrowserFactAttribute()
+            : base(Missing())
+        {
+        }
+
+        /// <summary>What the browser test lacks here, or null.</summary>
+        public static string? Missing()
         {
             var missing = new List<string>();
             if (!File.Exists(Chromium))
@@ -155,10 +162,7 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
             {
                 missing.Add($"playwright-core (npm ci --prefix {Path.GetRelativePath(TestPaths.Root, BrowserDirectory)})");
             }
-            if (missing.Count > 0)
-            {
-                Skip = "the dashboard browser test needs " + string.Join(", ", missing);
-            }
+            return missing.Count > 0 ? "the dashboard browser test needs " + string.Join(", ", missing) : null;
         }
 
         private static bool OnPath(string name)

@@ -17,6 +17,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
     [NetnsFact]
     public async Task ThreeHosts_RedisMembership_GenerationMatchesInProcessAndGolden()
     {
+        ToolFactAttribute.Require(Missing);
         var golden = Golden.Load("tiny-maverick").Prompts[0];
         string prompt = string.Join(",", golden.InputIds);
         var (exitCode, stdout, stderr) = await RunScriptAsync(
@@ -39,6 +40,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
     [NetnsFact]
     public async Task BadSubnet_ExitsWithUsageErrorAndCreatesNothing()
     {
+        ToolFactAttribute.Require(Missing);
         var (exitCode, _, stderr) = await RunScriptAsync(["--model", TestPaths.Fixture("tiny-maverick"), "--subnet", "192.168.1"], TimeSpan.FromSeconds(30));
         Assert.Equal(2, exitCode);
         Assert.Contains("--subnet must be", stderr, StringComparison.Ordinal);
@@ -118,14 +120,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
 
     private static string Tail(string text) => string.Join('\n', text.Split('\n').TakeLast(60));
 
-    private sealed class NetnsFactAttribute : FactAttribute
-    {
-        public NetnsFactAttribute()
-        {
-            if (MachineCapabilities.NetworkNamespacesMissing is { } reason)
-            {
-                Skip = "multi-host namespaces unavailable: " + reason;
-            }
-        }
-    }
+    private static string? Missing => MachineCapabilities.NetworkNamespacesMissing is { } reason ? "multi-host namespaces unavailable: " + reason : null;
+
+    private sealed class NetnsFactAttribute() : ToolFactAttribute(Missing);
 }
