@@ -227,6 +227,12 @@ public sealed class HostKvBlockStore : IKvBlockStore
         int keyPositionStart, in AttentionParams p, Span<float> output)
     {
         KvBlockStores.ValidateAttention(this, q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
+        AttentionCore(q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
+    }
+
+    private void AttentionCore(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable, int firstSlot, int keys,
+        int keyPositionStart, in AttentionParams p, Span<float> output)
+    {
         int w = RowWidth;
         int need = keys * w;
         if (_scratchK.Length < need)
@@ -257,7 +263,7 @@ public sealed class HostKvBlockStore : IKvBlockStore
         int width = p.Heads * p.HeadDim, r = 0;
         foreach (var s in sequences)
         {
-            Attention(q.Slice(r * width, s.Rows * width), s.Rows, queryPositions.Slice(r, s.Rows), s.BlockTable.Span, s.FirstSlot, s.Keys,
+            AttentionCore(q.Slice(r * width, s.Rows * width), s.Rows, queryPositions.Slice(r, s.Rows), s.BlockTable.Span, s.FirstSlot, s.Keys,
                 s.KeyPositionStart, p, output.Slice(r * width, s.Rows * width));
             r += s.Rows;
         }

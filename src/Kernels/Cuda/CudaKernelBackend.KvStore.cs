@@ -45,22 +45,25 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
     }
 
     internal void KvAttentionBatch(CudaKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
-        in AttentionParams p, Span<float> output)
+        in AttentionParams p, Span<float> output, bool validated = false)
     {
-        KvBlockStores.ValidateAttentionBatch(store, q, queryPositions, sequences, p, output);
+        if (!validated)
+        {
+            KvBlockStores.ValidateAttentionBatch(store, q, queryPositions, sequences, p, output);
+        }
         int rows = queryPositions.Length;
         if (rows == 0)
         {
             return;
         }
         // Per query row: (keys, key start, first slot, offset of its sequence's table in the concatenated tables).
-        var meta = new int[4 * rows];
         int tableLength = 0, maxKeys = 1;
         foreach (var s in sequences)
         {
             tableLength += s.BlockTable.Length;
         }
-        var tables = new int[Math.Max(1, tableLength)];
+        int[] meta = System.Buffers.ArrayPool<int>.Shared.Rent(4 * rows);
+        int[] tables = System.Buffers.ArrayPool<int>.Shared.Rent(Math.Max(1, tableLength));
         int r = 0, offset = 0;
         foreach (var s in sequences)
         {
@@ -80,8 +83,11 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         CudaCallContext ctx = call.Context;
         ulong dq = Upload(ctx, q);
         ulong dp = Upload(ctx, queryPositions);
-        ulong dt = Upload<int>(ctx, tables);
-        ulong dm = Upload<int>(ctx, meta);
+        // Upload copies into pinned staging at once, so the pooled arrays go back right away.
+        ulong dt = Upload<int>(ctx, tables.AsSpan(0, Math.Max(1, tableLength)));
+        ulong dm = Upload<int>(ctx, meta.AsSpan(0, 4 * rows));
+        System.Buffers.ArrayPool<int>.Shared.Return(tables);
+        System.Buffers.ArrayPool<int>.Shared.Return(meta);
         ulong dout = ctx.Device.Alloc(qElements * 4);
         // Always the split kernels: one launch for every sequence, each row over its own keys (empty splits merge as nothing).
         long splits = (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
@@ -143,7 +149,8 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
         ObjectDisposedException.ThrowIf(K.IsClosed, this);
         KvBlockStores.ValidateAttention(this, q, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output);
         // One sequence through the batched path: the same kernels (and rounding) whether a sequence runs alone or not.
-        _owner.KvAttentionBatch(this, q, queryPositions, [new KvSequenceView(rows, blockTable.ToArray(), firstSlot, keys, keyPositionStart)], p, output);
+        _owner.KvAttentionBatch(this, q, queryPositions, [new KvSequenceView(rows, blockTable.ToArray(), firstSlot, keys, keyPositionStart)], p, output,
+            validated: true);
     }
 
     public void AttentionBatch(ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences, in AttentionParams p,

@@ -33,7 +33,7 @@ public sealed class KvBlockPool : IDisposable
         _config = config;
         BlockSize = blockSize;
         RowWidth = config.NumKvHeads * config.HeadDim;
-        BlockBytes = 2L * blockSize * RowWidth * sizeof(float);
+        BlockBytes = BytesPerBlock(config, blockSize);
         long blocks = memoryBytes / BlockBytes;
         if (blocks < 1 || blocks > int.MaxValue / 2 || blocks * blockSize > int.MaxValue)
         {
@@ -52,6 +52,13 @@ public sealed class KvBlockPool : IDisposable
 
     /// <summary>Floats per position per layer for K (and again for V): <c>kv_heads · head_dim</c>.</summary>
     public int RowWidth { get; }
+
+    /// <summary>Bytes of one block (K and V) of <paramref name="blockSize"/> positions of <paramref name="config"/>.</summary>
+    public static long BytesPerBlock(Llama4TextConfig config, int blockSize)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return 2L * blockSize * config.NumKvHeads * config.HeadDim * sizeof(float);
+    }
 
     /// <summary>Bytes of one block (K and V).</summary>
     public long BlockBytes { get; }

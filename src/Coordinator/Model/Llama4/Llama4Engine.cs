@@ -97,9 +97,8 @@ public sealed class Llama4Engine : IDisposable
             return CreateCache();
         }
         const int blockSize = 16;
-        long blockBytes = 2L * blockSize * Config.NumKvHeads * Config.HeadDim * sizeof(float);
         int blocks = KvBlockPool.BlocksNeeded(Config, blockSize, totalTokens, PrefillChunkTokens);
-        var pool = new KvBlockPool(Config, blockSize, blocks * blockBytes, Backend);
+        var pool = new KvBlockPool(Config, blockSize, blocks * KvBlockPool.BytesPerBlock(Config, blockSize), Backend);
         return new RequestKvCache(pool, new PagedKvCache(pool, Config));
     }
 

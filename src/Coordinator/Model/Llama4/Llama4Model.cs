@@ -137,6 +137,7 @@ public sealed class Llama4Model
             k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h), routed = pool.Rent(t * h);
         int[] positions = new int[t];
         var views = new KvView[items.Count];
+        var sequences = new KvSequenceView[items.Count];
         try
         {
             int row = 0;
@@ -206,7 +207,6 @@ public sealed class Llama4Model
                 {
                     // Paged, one store for the whole step (the scheduler's pool): one call for every sequence, the keys
                     // staying where the store keeps them (device memory on CUDA).
-                    var sequences = new KvSequenceView[items.Count];
                     for (int i = 0; i < items.Count; i++)
                     {
                         var view = views[i];
