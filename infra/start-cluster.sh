@@ -32,7 +32,38 @@ COORD_DLL="$ROOT/src/Coordinator/bin/$CONFIG/net10.0/Distributed.Coordinator.dll
 LOG_DIR="${LOG_DIR:-$(mktemp -d -t expert-cluster-XXXXXX)}"
 CLUSTER_ID="manual-$$"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# A silo must be told its port before it binds, so ports are probed from below the kernel's ephemeral range, where no
+# outgoing connection or port-0 listener can take them between the probe and the bind; none handed out twice.
+TAKEN=" "
+PORT=0
+free_port() {   # sets PORT (not in a subshell, so TAKEN keeps what was handed out)
+  local p
+  p=$(python3 - "$TAKEN" <<'PY'
+import random, socket, sys
+taken = set(map(int, sys.argv[1].split()))
+try:
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except OSError:
+    lo = 0
+for _ in range(256):
+    port = random.randrange(20000, lo) if lo - 20000 >= 1024 else 0
+    if port in taken:
+        continue
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        port = s.getsockname()[1]
+    if port not in taken:
+        print(port)
+        sys.exit(0)
+sys.exit("no free port found")
+PY
+) || { echo "no free loopback port" >&2; exit 1; }
+  TAKEN+="$p "
+  PORT=$p
+}
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -41,7 +72,7 @@ trap cleanup EXIT INT TERM
 PRIMARY=0
 ADDRESSES=()
 for ((i = 0; i < WORKERS; i++)); do
-  SILO=$(free_port); GATEWAY=$(free_port)
+  free_port; SILO=$PORT; free_port; GATEWAY=$PORT
   [[ $i -eq 0 ]] && PRIMARY=$SILO
   ARGS=(--model "$MODEL" --worker-id "worker-$i" --threads "$THREADS" --cluster-id "$CLUSTER_ID"
         --silo-port "$SILO" --gateway-port "$GATEWAY")

@@ -167,13 +167,41 @@ public sealed partial class WorkerProcess : IAsyncDisposable
         }
     }
 
-    /// <summary>Picks <paramref name="count"/> distinct free loopback TCP ports (bind-and-release; a small race remains).</summary>
+    /// <summary>
+    /// Picks <paramref name="count"/> distinct free loopback TCP ports for listeners that must be told their port
+    /// before they bind (an Orleans silo advertises its endpoint). The ports come from below the kernel's ephemeral
+    /// range (Linux <c>ip_local_port_range</c>), so no outgoing connection and no port-0 listener of any process can take
+    /// one between this probe and the bind; each is verified by binding it. Where that range is unknown or leaves no
+    /// room, falls back to ports the kernel hands out for port 0 (bind-and-release; a small race remains).
+    /// </summary>
     public static int[] FreePorts(int count)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
         var listeners = new List<TcpListener>();
         try
         {
-            for (int i = 0; i < count; i++)
+            if (EphemeralRangeStart() is int ephemeralStart && ephemeralStart - LowestProbedPort >= 1024)
+            {
+                for (int attempt = 0; listeners.Count < count && attempt < 64 * count; attempt++)
+                {
+                    int port = Random.Shared.Next(LowestProbedPort, ephemeralStart);
+                    if (listeners.Any(l => ((IPEndPoint)l.LocalEndpoint).Port == port))
+                    {
+                        continue;
+                    }
+                    var l = new TcpListener(IPAddress.Loopback, port);
+                    try
+                    {
+                        l.Start();
+                        listeners.Add(l);
+                    }
+                    catch (SocketException)
+                    {
+                        l.Stop();
+                    }
+                }
+            }
+            while (listeners.Count < count)
             {
                 var l = new TcpListener(IPAddress.Loopback, 0);
                 l.Start();
@@ -187,6 +215,33 @@ public sealed partial class WorkerProcess : IAsyncDisposable
             {
                 l.Stop();
             }
+        }
+    }
+
+    // Below the IANA registered-port mass (and Orleans' 11111 default), above what services usually claim.
+    private const int LowestProbedPort = 20000;
+
+    // The first port of the kernel's ephemeral range, or null off Linux or when it cannot be read.
+    private static int? EphemeralRangeStart()
+    {
+        try
+        {
+            if (!OperatingSystem.IsLinux())
+            {
+                return null;
+            }
+            string[] parts = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range")
+                .Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            return parts.Length == 2 && int.TryParse(parts[0], System.Globalization.CultureInfo.InvariantCulture, out int start) && start is > 0 and <= 65535
+                ? start : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
         }
     }
 
