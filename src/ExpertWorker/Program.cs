@@ -19,6 +19,7 @@ public static class Program
         ["--otlp-endpoint"] = "Telemetry:OtlpEndpoint",
         ["--threads"] = "ExpertWorker:KernelThreads",
         ["--backend"] = "ExpertWorker:KernelBackend",
+        ["--cpu-precision"] = "ExpertWorker:KernelCpuPrecision",
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
         ["--experts"] = "ExpertWorker:StaticExperts",
         ["--memory"] = "ExpertWorker:MemoryCapacityBytes",
@@ -62,6 +63,12 @@ public static class Program
         }
         catch (FormatException ex)
         {
+            Console.Error.WriteLine($"expert worker: {ex.Message}");
+            return 2;
+        }
+        catch (PlatformNotSupportedException ex)
+        {
+            // A kernel setting this machine cannot run (bf16 matmul without AVX512-BF16).
             Console.Error.WriteLine($"expert worker: {ex.Message}");
             return 2;
         }

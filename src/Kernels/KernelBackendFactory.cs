@@ -18,6 +18,7 @@ public static class KernelBackendFactory
     /// <param name="log">Receives one line naming the chosen backend and its capabilities (and the fallback reason); may be null.</param>
     /// <exception cref="ArgumentException">Unknown backend kind, negative thread count or device ordinal.</exception>
     /// <exception cref="CudaUnavailableException">CUDA was requested explicitly and is not usable.</exception>
+    /// <exception cref="PlatformNotSupportedException">The CPU backend was chosen with <see cref="CpuMatMulPrecision.Bf16"/> on a CPU without AVX512-BF16.</exception>
     public static IKernelBackend Create(KernelOptions options, TextWriter? log)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -29,11 +30,15 @@ public static class KernelBackendFactory
         {
             throw new ArgumentException($"Kernels:DeviceOrdinal must be ≥ 0, got {options.DeviceOrdinal}", nameof(options));
         }
+        if (!Enum.IsDefined(options.CpuPrecision))
+        {
+            throw new ArgumentException($"Kernels:CpuPrecision has unknown value {(int)options.CpuPrecision} (fp32 or bf16)", nameof(options));
+        }
         IKernelBackend backend;
         switch (options.Backend)
         {
             case KernelBackendKind.Cpu:
-                backend = new CpuKernelBackend(options.Threads);
+                backend = new CpuKernelBackend(options.Threads, options.CpuPrecision);
                 Log(log, backend, "requested");
                 return backend;
             case KernelBackendKind.Cuda:
@@ -48,7 +53,7 @@ public static class KernelBackendFactory
                     log?.WriteLine($"kernels: {gpu.Describe()}");
                     return gpu;
                 }
-                backend = new CpuKernelBackend(options.Threads);
+                backend = new CpuKernelBackend(options.Threads, options.CpuPrecision);
                 Log(log, backend, $"auto: CUDA unavailable, falling back to CPU: {reason}");
                 return backend;
             default:

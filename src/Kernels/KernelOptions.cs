@@ -23,6 +23,27 @@ public sealed class KernelOptions
     /// <summary>CPU worker threads for one kernel call; 0 = <see cref="Environment.ProcessorCount"/>. Default: 0.</summary>
     public int Threads { get; set; }
 
+    /// <summary>Arithmetic of the CPU backend's matmuls. Default: <see cref="CpuMatMulPrecision.Fp32"/>.</summary>
+    public CpuMatMulPrecision CpuPrecision { get; set; }
+
     /// <summary>CUDA device ordinal. Default: 0.</summary>
     public int DeviceOrdinal { get; set; }
+}
+
+/// <summary>The arithmetic of the CPU backend's matmuls and FFNs (weights are bf16 either way).</summary>
+public enum CpuMatMulPrecision
+{
+    /// <summary>
+    /// fp32 activations times bf16 weights widened to fp32, fp32 FMA in order over k: the precision the golden
+    /// fixtures are checked at. Runs on every x86-64 and Arm64 CPU.
+    /// </summary>
+    Fp32 = 0,
+
+    /// <summary>
+    /// Activations rounded to bf16 at each matmul input, bf16 × bf16 products accumulated in fp32 with AVX512-BF16
+    /// (<c>VDPBF16PS</c>), about 1.6× the multiply-adds per cycle of <see cref="Fp32"/> (what llama.cpp's BF16 path
+    /// computes). Still batch invariant; logits differ from <see cref="Fp32"/> by the bf16 rounding of activations.
+    /// Needs Linux on x86-64 with AVX512-BF16 (Zen 4 and later, Sapphire Rapids and later); refused elsewhere.
+    /// </summary>
+    Bf16 = 1,
 }

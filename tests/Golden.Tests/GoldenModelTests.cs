@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Kernels;
 using Distributed.Kernels.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Xunit.Abstractions;
@@ -17,7 +18,7 @@ namespace Distributed.Golden.Tests;
 [Trait("Category", "Golden")]
 public sealed class GoldenModelTests(ITestOutputHelper output)
 {
-    private static readonly ConcurrentDictionary<string, Lazy<(Llama4Engine Engine, GoldenFixture Golden)>> Engines = new();
+    private static readonly ConcurrentDictionary<(string, CpuMatMulPrecision), Lazy<(Llama4Engine Engine, GoldenFixture Golden)>> Engines = new();
 
     public static TheoryData<string, int> ShortPrompts()
     {
@@ -54,10 +55,59 @@ public sealed class GoldenModelTests(ITestOutputHelper output)
     [MemberData(nameof(LongPrompts))]
     public Task LongContextPrompt_ChunkedPrefill_MatchesGolden(string fixture, int prompt) => CheckAsync(fixture, prompt, prefillChunk: 1000);
 
-    private async Task CheckAsync(string fixture, int promptIndex, int prefillChunk)
+    /// <summary>
+    /// The bf16 matmul precision (opt-in speed mode: activations rounded to bf16 at every matmul input) is not held to
+    /// the fp32 golden tolerances. On these tiny random models a bf16 rounding can flip a near-tied router choice or
+    /// argmax, after which the greedy continuation differs, as it would between HF in bf16 and in fp32. What must
+    /// hold: prefill argmax and routing agree with the fixtures at nearly every position (a wrong kernel agrees at
+    /// chance level), and the figures are printed.
+    /// </summary>
+    [Fact]
+    public async Task Bf16Precision_AgreesWithGoldenArgmaxAndRoutingAtNearlyEveryPosition()
     {
-        var (engine, golden) = Engines.GetOrAdd(fixture, f => new Lazy<(Llama4Engine, GoldenFixture)>(() =>
-            (Llama4Engine.Load(TestPaths.Fixture(f), new CpuKernelBackend()), GoldenFixture.Load(f)))).Value;
+        if (CpuKernelBackend.Bf16Unavailable is { } why)
+        {
+            output.WriteLine($"SKIPPED: {why}");
+            return;
+        }
+        foreach (var fixture in new[] { "tiny-maverick", "tiny-scout" })
+        {
+            using var engine = Llama4Engine.Load(TestPaths.Fixture(fixture), new CpuKernelBackend(0, CpuMatMulPrecision.Bf16));
+            var golden = GoldenFixture.Load(fixture);
+            int argmaxSame = 0, argmaxAll = 0, routeSame = 0, routeAll = 0, tokensSame = 0;
+            var logitErrors = new List<double>();
+            foreach (var p in golden.Prompts)
+            {
+                var r = await engine.InferAsync(p.InputIds, p.NewTokens.Length, CancellationToken.None);
+                logitErrors.Add(p.LastLogits.Select((v, j) => Math.Abs(r.LastLogits[j] - v)).Max());
+                int[] argmaxPositions = p.ArgmaxPositions ?? Enumerable.Range(0, p.InputIds.Length).ToArray();
+                for (int j = 0; j < argmaxPositions.Length; j++, argmaxAll++)
+                {
+                    argmaxSame += r.Argmax[argmaxPositions[j]] == p.Argmax[j] ? 1 : 0;
+                }
+                int[] expertPositions = p.ExpertsPositions ?? Enumerable.Range(0, p.InputIds.Length).ToArray();
+                foreach (var (layer, expected) in p.ExpertsTop1)
+                {
+                    for (int j = 0; j < expertPositions.Length; j++, routeAll++)
+                    {
+                        routeSame += r.Experts[layer][expertPositions[j]][0] == expected[j] ? 1 : 0;
+                    }
+                }
+                tokensSame += r.NewTokens.Zip(p.NewTokens).TakeWhile(t => t.First == t.Second).Count();
+            }
+            logitErrors.Sort();
+            double argmaxRate = (double)argmaxSame / argmaxAll, routeRate = (double)routeSame / routeAll;
+            output.WriteLine($"{fixture} bf16: prefill argmax {argmaxSame}/{argmaxAll} ({argmaxRate:P1}), routing {routeSame}/{routeAll} ({routeRate:P1}), " +
+                $"greedy prefix {tokensSame}/{golden.Prompts.Sum(p => p.NewTokens.Length)} tokens, last-logit max |diff| median {logitErrors[logitErrors.Count / 2]:E2}, worst {logitErrors[^1]:E2}");
+            Assert.True(argmaxRate >= 0.9, $"{fixture}: bf16 prefill argmax agrees at only {argmaxRate:P1} of positions");
+            Assert.True(routeRate >= 0.9, $"{fixture}: bf16 routing agrees at only {routeRate:P1} of positions");
+        }
+    }
+
+    private async Task CheckAsync(string fixture, int promptIndex, int prefillChunk, CpuMatMulPrecision precision = CpuMatMulPrecision.Fp32)
+    {
+        var (engine, golden) = Engines.GetOrAdd((fixture, precision), f => new Lazy<(Llama4Engine, GoldenFixture)>(() =>
+            (Llama4Engine.Load(TestPaths.Fixture(f.Item1), new CpuKernelBackend(0, f.Item2)), GoldenFixture.Load(f.Item1)))).Value;
         var p = golden.Prompts[promptIndex];
         var recorder = new HiddenStateRecorder(p.InputIds.Length);
         engine.Model.Observer = recorder;
@@ -78,8 +128,8 @@ public sealed class GoldenModelTests(ITestOutputHelper output)
         {
             maxDiff = Math.Max(maxDiff, Math.Abs(r.LastLogits[j] - p.LastLogits[j]));
         }
-        output.WriteLine($"{fixture} {p.Name}: {p.InputIds.Length} tokens, last-logit max |diff| {maxDiff:E3} (tolerance {golden.LogitTolerance})");
-        if (!(maxDiff <= golden.LogitTolerance))
+        output.WriteLine($"{fixture} {p.Name} ({precision}): {p.InputIds.Length} tokens, last-logit max |diff| {maxDiff:E3} (tolerance {golden.LogitTolerance})");
+        if (!(maxDiff <= golden.LogitTolerance) && precision == CpuMatMulPrecision.Fp32)
         {
             failures.Add($"last_logits max |diff| {maxDiff:E3} > {golden.LogitTolerance}");
         }

@@ -12,7 +12,7 @@ public static partial class CommandLine
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
 
@@ -26,7 +26,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
+             "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
              "admin-grpc-port", "admin-token-env"],
             []);
         var serve = new ServeOptions

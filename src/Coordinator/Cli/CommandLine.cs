@@ -12,9 +12,9 @@ public static partial class CommandLine
     private const string Usage = """
         usage: Distributed.Coordinator <command> [options]
           infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
-                          [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
+                          [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
-          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--json]
+          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--json]
         """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
@@ -81,6 +81,7 @@ public static partial class CommandLine
         {
             Backend = a.Enum("backend", KernelBackendKind.Auto),
             Threads = a.Int("threads", 0, 0, 1024),
+            CpuPrecision = a.Enum("cpu-precision", CpuMatMulPrecision.Fp32),
         };
         return KernelBackendFactory.Create(options, stderr);
     }
@@ -97,7 +98,7 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "prefill-chunk", "local-workers", "workers", "wire"], ["json"]);
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "local-workers", "workers", "wire"], ["json"]);
         string dir = ModelDirectory(a);
         int[] prompt = a.IntList("prompt-ids");
         int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
@@ -181,7 +182,7 @@ public static partial class CommandLine
 
     private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "repeat"], ["json"]);
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat"], ["json"]);
         string dir = ModelDirectory(a);
         int promptLen = a.Int("prompt", 128, 1, 1 << 20);
         int gen = a.Int("gen", 64, 1, 1 << 20);

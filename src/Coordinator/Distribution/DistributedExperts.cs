@@ -30,12 +30,18 @@ public sealed class DistributedExperts : IAsyncDisposable
     public LocalWorkerCluster? Cluster => _cluster;
 
     /// <summary>Starts <paramref name="localWorkers"/> workers on loopback and waits until the plan serves every expert.</summary>
-    public static async Task<DistributedExperts> StartLocalAsync(string modelDirectory, int localWorkers, WireDType wire, TextWriter log, CancellationToken cancellationToken)
+    /// <param name="workerSettings">Extra worker options (<c>--name value</c>), such as <c>cpu-precision</c>.</param>
+    public static async Task<DistributedExperts> StartLocalAsync(string modelDirectory, int localWorkers, WireDType wire, TextWriter log, CancellationToken cancellationToken,
+        IReadOnlyDictionary<string, string>? workerSettings = null)
     {
         var loggerFactory = CreateLoggerFactory(log);
         try
         {
             var options = new LocalClusterOptions { Workers = localWorkers, ModelDirectory = modelDirectory };
+            foreach (var (k, v) in workerSettings ?? new Dictionary<string, string>())
+            {
+                options.WorkerSettings[k] = v;
+            }
             var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = wire },
                 line => WorkerLine(log, line), loggerFactory, cancellationToken).ConfigureAwait(false);
             return new DistributedExperts(cluster.GrpcDispatcher, cluster, null, loggerFactory);

@@ -7,7 +7,8 @@ public static class DistributedExpertsCli
 {
     /// <summary>
     /// Reads <c>--local-workers N</c>, <c>--workers host:port,...</c> and <c>--wire bf16|fp32</c> (default bf16) from
-    /// <paramref name="args"/>; returns null (experts in-process) when neither worker option is given.
+    /// <paramref name="args"/>; returns null (experts in-process) when neither worker option is given. Local workers get
+    /// the coordinator's <c>--cpu-precision</c>, so the experts compute with the same arithmetic wherever they run.
     /// </summary>
     /// <exception cref="UsageException">Both worker options, N out of range, an unknown wire dtype, a malformed address.</exception>
     public static async Task<DistributedExperts?> StartAsync(CliArgs args, string modelDirectory, TextWriter log, CancellationToken cancellationToken)
@@ -39,7 +40,12 @@ public static class DistributedExpertsCli
         if (local)
         {
             int n = args.Int("local-workers", 0, 1, 64);
-            return await DistributedExperts.StartLocalAsync(modelDirectory, n, wire, log, cancellationToken).ConfigureAwait(false);
+            var settings = new Dictionary<string, string>();
+            if (args.Get("cpu-precision") is { } precision)
+            {
+                settings["cpu-precision"] = precision;
+            }
+            return await DistributedExperts.StartLocalAsync(modelDirectory, n, wire, log, cancellationToken, settings).ConfigureAwait(false);
         }
         try
         {

@@ -41,6 +41,12 @@ public sealed class ExpertWorkerOptions
     /// <summary>Kernel backend for the experts: Auto = CUDA when a device is usable, else CPU. Default: Auto.</summary>
     public Distributed.Kernels.KernelBackendKind KernelBackend { get; set; } = Distributed.Kernels.KernelBackendKind.Auto;
 
+    /// <summary>
+    /// Arithmetic of the CPU backend's expert FFNs: Fp32 (default) or Bf16 (AVX512-BF16 only). Give every process of a
+    /// cluster the same value: outputs are independent of placement only when all experts compute alike.
+    /// </summary>
+    public Distributed.Kernels.CpuMatMulPrecision KernelCpuPrecision { get; set; }
+
     /// <summary>Threads of the CPU kernel backend; 0 = all cores. Default: 0.</summary>
     [Range(0, 1024)]
     public int KernelThreads { get; set; }

@@ -72,14 +72,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
         CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(configuration);
-        var options = new ExpertWorkerOptions();
-        configuration.GetSection(ExpertWorkerOptions.SectionName).Bind(options);
-        var cluster = new ExpertClusterOptions();
-        configuration.GetSection(ExpertClusterOptions.SectionName).Bind(cluster);
-        var placement = new PlacementOptions();
-        configuration.GetSection(PlacementOptions.SectionName).Bind(placement);
-        var telemetry = new TelemetryOptions();
-        configuration.GetSection(TelemetryOptions.SectionName).Bind(telemetry);
+        var options = Bind<ExpertWorkerOptions>(configuration, ExpertWorkerOptions.SectionName);
+        var cluster = Bind<ExpertClusterOptions>(configuration, ExpertClusterOptions.SectionName);
+        var placement = Bind<PlacementOptions>(configuration, PlacementOptions.SectionName);
+        var telemetry = Bind<TelemetryOptions>(configuration, TelemetryOptions.SectionName);
         Validate(options, cluster, placement, telemetry);
 
         var checkpoint = CheckpointReader.Open(options.ModelDirectory);
@@ -87,7 +83,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
         try
         {
             backend = backendFactory is null
-                ? KernelBackendFactory.Create(new KernelOptions { Backend = options.KernelBackend, Threads = options.KernelThreads }, Console.Error)
+                ? KernelBackendFactory.Create(new KernelOptions { Backend = options.KernelBackend, Threads = options.KernelThreads, CpuPrecision = options.KernelCpuPrecision }, Console.Error)
                 : backendFactory(options);
             var model = ModelDescriptor.FromCheckpoint(checkpoint);
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
@@ -274,6 +270,24 @@ public sealed partial class WorkerHost : IAsyncDisposable
             throw;
         }
         return host;
+    }
+
+    // A value the binder cannot convert (an unknown enum name, text for a number) is a configuration error like any
+    // other: reported by name with exit code 2, not an unhandled exception.
+    private static T Bind<T>(IConfiguration configuration, string section)
+        where T : class, new()
+    {
+        var options = new T();
+        try
+        {
+            configuration.GetSection(section).Bind(options);
+        }
+        catch (InvalidOperationException ex)
+        {
+            string detail = ex.InnerException is { } inner ? $"{ex.Message} ({inner.Message})" : ex.Message;
+            throw new OptionsValidationException(section, typeof(T), [detail]);
+        }
+        return options;
     }
 
     // Kestrel writes the bound endpoint (the real port when 0 was asked for) back into the ListenOptions.

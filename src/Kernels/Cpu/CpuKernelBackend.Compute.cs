@@ -25,7 +25,7 @@ public sealed unsafe partial class CpuKernelBackend
         }
         KernelThrowHelper.CheckLength(bf16.Length, (long)inFeatures * outFeatures, Op, nameof(bf16),
             layout == WeightLayout.OutIn ? "[outFeatures, inFeatures]" : "[inFeatures, outFeatures]");
-        var w = new PackedWeight(inFeatures, outFeatures);
+        var w = new PackedWeight(inFeatures, outFeatures, _panelLayout);
         try
         {
             fixed (ushort* src = bf16)
@@ -70,7 +70,9 @@ public sealed unsafe partial class CpuKernelBackend
         {
             if (IsSmall(rows, pw))
             {
-                MatMulKernels.Compute(_simd, px, pw.InFeatures, rows, pw, 0, pw.Panels, py, pw.OutFeatures);
+                nint ldx = pw.InFeatures;
+                float* xs = pw.Layout == PanelLayout.Bf16Pairs ? SmallPairs(px, rows, pw.InFeatures, out ldx) : px;
+                MatMulKernels.Compute(_simd, xs, ldx, rows, pw, 0, pw.Panels, py, pw.OutFeatures);
                 return;
             }
             lock (_sync)
@@ -216,8 +218,16 @@ public sealed unsafe partial class CpuKernelBackend
     private bool IsSmall(int rows, PackedWeight w) =>
         _team.Threads == 1 || (long)rows * w.InFeatures * w.OutFeatures < ParallelMacThreshold;
 
+    /// <summary>
+    /// Runs <c>y = x · w</c>; caller holds the lock. For <see cref="PanelLayout.Bf16Pairs"/> weights, x (fp32, row
+    /// stride = K) is first rounded into the pair image the bf16 kernels read.
+    /// </summary>
     private void RunMatMulLocked(float* x, nint ldx, int rows, PackedWeight w, float* y, nint ldy)
     {
+        if (w.Layout == PanelLayout.Bf16Pairs)
+        {
+            x = PairsLocked(x, rows, w.InFeatures, out ldx);
+        }
         if (IsSmall(rows, w))
         {
             MatMulKernels.Compute(_simd, x, ldx, rows, w, 0, w.Panels, y, ldy);
@@ -242,7 +252,9 @@ public sealed unsafe partial class CpuKernelBackend
             float* xb = x + ((long)r0 * hidden);
             if (paired && !IsSmall(n, gateUp))
             {
-                _gateUpTask.Set(_simd, xb, hidden, n, gateUp, h, act, _team.Threads);
+                nint ldx = hidden;
+                float* xs = gateUp.Layout == PanelLayout.Bf16Pairs ? PairsLocked(xb, n, hidden, out ldx) : xb;
+                _gateUpTask.Set(_simd, xs, ldx, n, gateUp, h, act, _team.Threads);
                 _team.Run(_gateUpTask);
             }
             else
@@ -260,6 +272,38 @@ public sealed unsafe partial class CpuKernelBackend
             }
             RunMatMulLocked(act, inter, n, down, y + ((long)r0 * hidden), hidden);
         }
+    }
+
+    // The bf16 pair image of x ([rows, k], row stride k) in the backend's buffer, rounded by the team when large;
+    // returned as the x operand MatMulKernels takes for pair panels, with its row stride ⌈k/2⌉ (uints) in ldx.
+    private float* PairsLocked(float* x, int rows, int k, out nint ldx)
+    {
+        int kp = (k + 1) / 2;
+        float* pairs = _pairInput.Get((long)rows * kp);
+        if ((long)rows * k < ParallelElementThreshold || rows == 1 || _team.Threads == 1)
+        {
+            Bf16DotKernels.ToPairs(x, k, 0, rows, k, (uint*)pairs);
+        }
+        else
+        {
+            _rowTask.Set(RowOp.Bf16Pairs, _simd, rows, k, x, pairs, null, 0f, null, 0, null);
+            _team.Run(_rowTask);
+        }
+        ldx = kp;
+        return pairs;
+    }
+
+    // Small matmuls run on the calling thread without the lock, so their pair image goes to a per-thread buffer.
+    [ThreadStatic]
+    private static ScratchBuffer? t_smallPairs;
+
+    private static float* SmallPairs(float* x, int rows, int k, out nint ldx)
+    {
+        int kp = (k + 1) / 2;
+        float* pairs = (t_smallPairs ??= new ScratchBuffer()).Get((long)rows * kp);
+        Bf16DotKernels.ToPairs(x, k, 0, rows, k, (uint*)pairs);
+        ldx = kp;
+        return pairs;
     }
 
     private static PackedWeight AsPacked(IWeightMatrix? w, string op, string name)

@@ -7,6 +7,9 @@ internal enum RowOp
     Rope,
     Softmax,
     SwiGluActivation,
+
+    /// <summary>x rows (width cols) rounded to bf16 pairs into y (row stride ⌈cols/2⌉ uints).</summary>
+    Bf16Pairs,
 }
 
 /// <summary>
@@ -76,6 +79,9 @@ internal sealed unsafe class RowTask : ITeamTask
                     float* h = x + (2L * r * cols);
                     VectorOps.SiluMul(simd, h, h + cols, y + ((long)r * cols), cols);
                 }
+                break;
+            case RowOp.Bf16Pairs:
+                Bf16DotKernels.ToPairs(x, cols, r0, r1, cols, (uint*)y);
                 break;
             case RowOp.Rope:
                 {

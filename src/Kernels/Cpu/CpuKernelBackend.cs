@@ -21,11 +21,13 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     private const long ParallelElementThreshold = 1 << 16;
 
     private readonly SimdLevel _simd;
+    private readonly PanelLayout _panelLayout;
     private readonly WorkerTeam _team;
     private readonly Lock _sync = new();
     private readonly ScratchBuffer[] _threadScratch;
     private readonly ScratchBuffer _ffnHidden = new();
     private readonly ScratchBuffer _ffnActivation = new();
+    private readonly ScratchBuffer _pairInput = new();
     private readonly PackTask _packTask = new();
     private readonly MatMulTask _matMulTask = new();
     private readonly GateUpTask _gateUpTask = new();
@@ -34,20 +36,43 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     private readonly RowTask _rowTask = new();
     private bool _disposed;
 
-    /// <summary>Creates a backend with its own worker team.</summary>
+    /// <summary>Creates a backend with its own worker team, computing at <see cref="CpuMatMulPrecision.Fp32"/>.</summary>
     /// <param name="threads">Threads one call uses, the caller included; 0 = <see cref="Environment.ProcessorCount"/>.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is negative.</exception>
     public CpuKernelBackend(int threads = 0)
-        : this(threads, SimdLevels.Detect())
+        : this(threads, SimdLevels.Detect(), CpuMatMulPrecision.Fp32)
     {
     }
 
+    /// <summary>Creates a backend with its own worker team and the given matmul arithmetic.</summary>
+    /// <param name="threads">Threads one call uses, the caller included; 0 = <see cref="Environment.ProcessorCount"/>.</param>
+    /// <param name="precision">The matmul arithmetic; <see cref="CpuMatMulPrecision.Bf16"/> needs AVX512-BF16.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is negative or <paramref name="precision"/> unknown.</exception>
+    /// <exception cref="PlatformNotSupportedException"><see cref="CpuMatMulPrecision.Bf16"/> on a machine that cannot run it (the message says why).</exception>
+    public CpuKernelBackend(int threads, CpuMatMulPrecision precision)
+        : this(threads, SimdLevels.Detect(), precision)
+    {
+    }
+
+    /// <summary>Why <see cref="CpuMatMulPrecision.Bf16"/> cannot run on this machine, or null when it can.</summary>
+    public static string? Bf16Unavailable => Bf16DotKernels.Availability;
+
     /// <summary>Test hook: forces a narrower SIMD level than the machine supports.</summary>
-    internal CpuKernelBackend(int threads, SimdLevel simd)
+    internal CpuKernelBackend(int threads, SimdLevel simd, CpuMatMulPrecision precision = CpuMatMulPrecision.Fp32)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(threads);
+        if (!Enum.IsDefined(precision))
+        {
+            throw new ArgumentOutOfRangeException(nameof(precision), precision, "unknown CPU matmul precision (fp32 or bf16)");
+        }
+        if (precision == CpuMatMulPrecision.Bf16 && Bf16DotKernels.Availability is { } why)
+        {
+            throw new PlatformNotSupportedException($"Kernels:CpuPrecision bf16 is not available: {why}; use fp32");
+        }
         int n = threads == 0 ? Environment.ProcessorCount : threads;
         _simd = simd;
+        Precision = precision;
+        _panelLayout = precision == CpuMatMulPrecision.Bf16 ? PanelLayout.Bf16Pairs : PanelLayout.Widened;
         _team = new WorkerTeam(n);
         _threadScratch = new ScratchBuffer[n];
         for (int i = 0; i < n; i++)
@@ -56,10 +81,15 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
         }
         _attentionTask = new AttentionTask(_threadScratch);
         _decodeAttentionTask = new DecodeAttentionTask(_threadScratch);
-        Name = $"cpu-{SimdLevels.ShortName(simd)}x{n}";
+        string suffix = precision == CpuMatMulPrecision.Bf16 ? "-bf16" : "";
+        Name = $"cpu-{SimdLevels.ShortName(simd)}x{n}{suffix}";
         Capabilities = new KernelCapabilities(
-            $"{CpuModelName()} ({SimdLevels.ShortName(simd)}, {n} threads)", SimdLevels.TypeName(simd), n, 0, BatchInvariant: true);
+            $"{CpuModelName()} ({SimdLevels.ShortName(simd)}{(precision == CpuMatMulPrecision.Bf16 ? ", bf16 matmul (VDPBF16PS)" : "")}, {n} threads)",
+            SimdLevels.TypeName(simd), n, 0, BatchInvariant: true);
     }
+
+    /// <summary>The matmul arithmetic of this backend.</summary>
+    public CpuMatMulPrecision Precision { get; }
 
     /// <inheritdoc />
     public string Name { get; }
@@ -216,6 +246,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
             }
             _ffnHidden.Dispose();
             _ffnActivation.Dispose();
+            _pairInput.Dispose();
             _decodeAttentionTask.Dispose();
         }
     }

@@ -32,8 +32,15 @@ internal static unsafe class MatMulKernels
     /// stride <paramref name="ldx"/>, <c>y</c> is the full output (column 0 of panel 0 at <paramref name="y"/>) with row
     /// stride <paramref name="ldy"/>.
     /// </summary>
+    /// <remarks>For <see cref="PanelLayout.Bf16Pairs"/> weights, x is the bf16 pair image of the input
+    /// (<see cref="Bf16DotKernels.ToPairs"/>) and <paramref name="ldx"/> its row stride in uints.</remarks>
     public static void Compute(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
     {
+        if (w.Layout == PanelLayout.Bf16Pairs)
+        {
+            Bf16DotKernels.Compute((uint*)x, ldx, rows, w, p0, p1, y, ldy);
+            return;
+        }
         switch (simd)
         {
             case SimdLevel.Vector512:

@@ -2,29 +2,50 @@ using System.Runtime.Intrinsics;
 
 namespace Distributed.Kernels.Cpu;
 
+/// <summary>How a <see cref="PackedWeight"/> lays out a panel's k lines.</summary>
+internal enum PanelLayout
+{
+    /// <summary>
+    /// One 64-byte line per k: lane <c>j</c> carries column <c>32p + j</c> in its low half and column <c>32p + 16 + j</c>
+    /// in its high half, so one load widens to two fp32 vectors with one shift and one mask (the fp32 FMA path).
+    /// </summary>
+    Widened,
+
+    /// <summary>
+    /// One 128-byte pair line per two k (<see cref="CpuMatMulPrecision.Bf16"/>): dword <c>j</c> (0–31) carries column
+    /// <c>32p + j</c> at rows <c>2q</c> (low half) and <c>2q + 1</c> (high half), the operand order of <c>VDPBF16PS</c>.
+    /// Odd K is padded with a zero row.
+    /// </summary>
+    Bf16Pairs,
+}
+
 /// <summary>
-/// A bf16 matrix <c>W[K, N]</c> packed into column panels of <see cref="PanelWidth"/> columns. Panel <c>p</c> holds
-/// columns <c>[32p, 32p + 32)</c> as <c>K</c> consecutive 64-byte lines; line <c>k</c> is 16 <c>uint</c>s where lane
-/// <c>j</c> carries column <c>32p + j</c> in its low half and column <c>32p + 16 + j</c> in its high half. One
-/// <c>Vector512&lt;uint&gt;</c> load therefore widens to two fp32 vectors with one shift and one mask. Columns past
-/// <c>N</c> in the last panel are zero.
+/// A bf16 matrix <c>W[K, N]</c> packed into column panels of <see cref="PanelWidth"/> columns in one of the
+/// <see cref="PanelLayout"/>s; columns past <c>N</c> in the last panel are zero.
 /// </summary>
 internal sealed unsafe class PackedWeight : IWeightMatrix
 {
     /// <summary>Columns per panel.</summary>
     public const int PanelWidth = 32;
 
-    /// <summary><c>uint</c>s per k line of a panel (64 bytes).</summary>
+    /// <summary><c>uint</c>s per k line of a <see cref="PanelLayout.Widened"/> panel (64 bytes).</summary>
     public const int LineUints = 16;
 
+    /// <summary><c>uint</c>s per pair line of a <see cref="PanelLayout.Bf16Pairs"/> panel (128 bytes).</summary>
+    public const int PairLineUints = 32;
+
+    private readonly long _panelUints;
     private uint* _data;
 
-    public PackedWeight(int inFeatures, int outFeatures)
+    public PackedWeight(int inFeatures, int outFeatures, PanelLayout layout = PanelLayout.Widened)
     {
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
+        Layout = layout;
         Panels = (outFeatures + PanelWidth - 1) / PanelWidth;
-        ResidentBytes = (long)Panels * inFeatures * LineUints * sizeof(uint);
+        PairLines = (inFeatures + 1) / 2;
+        _panelUints = layout == PanelLayout.Widened ? (long)inFeatures * LineUints : (long)PairLines * PairLineUints;
+        ResidentBytes = Panels * _panelUints * sizeof(uint);
         _data = (uint*)NativeMemoryBlock.Allocate((nuint)ResidentBytes);
     }
 
@@ -32,6 +53,12 @@ internal sealed unsafe class PackedWeight : IWeightMatrix
     {
         Release();
     }
+
+    /// <summary>The panel layout, which decides the kernel family that reads it.</summary>
+    public PanelLayout Layout { get; }
+
+    /// <summary><c>⌈K / 2⌉</c>: pair lines per panel in <see cref="PanelLayout.Bf16Pairs"/>.</summary>
+    public int PairLines { get; }
 
     public int InFeatures { get; }
 
@@ -46,12 +73,16 @@ internal sealed unsafe class PackedWeight : IWeightMatrix
     public bool IsDisposed => _data == null;
 
     /// <summary>First line of panel <paramref name="panel"/>.</summary>
-    public uint* Panel(int panel) => _data + (long)panel * InFeatures * LineUints;
+    public uint* Panel(int panel) => _data + (panel * _panelUints);
 
     /// <summary>Packs panels <c>[p0, p1)</c> from <paramref name="src"/> (<c>K × N</c> bf16 bits in <paramref name="layout"/>).</summary>
     public void PackPanels(ushort* src, WeightLayout layout, int p0, int p1)
     {
-        if (layout == WeightLayout.InOut)
+        if (Layout == PanelLayout.Bf16Pairs)
+        {
+            PackPairs(src, layout, p0, p1);
+        }
+        else if (layout == WeightLayout.InOut)
         {
             PackInOut(src, p0, p1);
         }
@@ -123,6 +154,66 @@ internal sealed unsafe class PackedWeight : IWeightMatrix
                         for (int kk = 0; kk < kb; kk++)
                         {
                             d[kk * PanelWidth] = 0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Pair line q of panel p: dword j = W[2q, 32p + j] | W[2q + 1, 32p + j] << 16, zero past K and N.
+    private void PackPairs(ushort* src, WeightLayout layout, int p0, int p1)
+    {
+        int k = InFeatures;
+        int n = OutFeatures;
+        for (int p = p0; p < p1; p++)
+        {
+            uint* dst = Panel(p);
+            int n0 = p * PanelWidth;
+            int width = Math.Min(PanelWidth, n - n0);
+            if (layout == WeightLayout.InOut)
+            {
+                for (int q = 0; q < PairLines; q++)
+                {
+                    ushort* even = src + ((long)(2 * q) * n) + n0;
+                    ushort* odd = (2 * q) + 1 < k ? even + n : null;
+                    uint* d = dst + ((long)q * PairLineUints);
+                    if (width == PanelWidth && odd != null)
+                    {
+                        for (int h = 0; h < PanelWidth; h += 16)
+                        {
+                            var (e0, e1) = Vector256.Widen(Vector256.Load(even + h));
+                            var (o0, o1) = Vector256.Widen(Vector256.Load(odd + h));
+                            (e0 | (o0 << 16)).Store(d + h);
+                            (e1 | (o1 << 16)).Store(d + h + 8);
+                        }
+                    }
+                    else
+                    {
+                        for (int j = 0; j < PanelWidth; j++)
+                        {
+                            uint lo = j < width ? even[j] : 0u;
+                            uint hi = j < width && odd != null ? odd[j] : 0u;
+                            d[j] = lo | (hi << 16);
+                        }
+                    }
+                }
+            }
+            else
+            {
+                // Row c of the source is column c of W: its k values are contiguous, so a pair is two adjacent ushorts.
+                const int QBlock = 64;
+                for (int q0 = 0; q0 < PairLines; q0 += QBlock)
+                {
+                    int qn = Math.Min(QBlock, PairLines - q0);
+                    for (int j = 0; j < PanelWidth; j++)
+                    {
+                        uint* d = dst + ((long)q0 * PairLineUints) + j;
+                        ushort* s = j < width ? src + ((long)(n0 + j) * k) : null;
+                        for (int q = q0; q < q0 + qn; q++, d += PairLineUints)
+                        {
+                            int kk = 2 * q;
+                            *d = s == null ? 0u : s[kk] | (kk + 1 < k ? (uint)s[kk + 1] << 16 : 0u);
                         }
                     }
                 }

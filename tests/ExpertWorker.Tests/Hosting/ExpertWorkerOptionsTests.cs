@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration;
 using Distributed.ExpertWorker.Hosting;
 using Distributed.ExpertWorker.Placement;
 using Distributed.Protocol.Contracts;
@@ -63,5 +64,23 @@ public class ExpertWorkerOptionsTests
     {
         Assert.Contains(new PlacementOptions { ReplicationFactor = 0 }.Validate(), e => e.Contains("ReplicationFactor"));
         Assert.Contains(new PlacementOptions { CheckInterval = TimeSpan.Zero }.Validate(), e => e.Contains("CheckInterval"));
+    }
+}
+
+public class WorkerConfigurationBindingTests
+{
+    [Theory]
+    [Trait("Category", "Unit")]
+    [InlineData("ExpertWorker:KernelCpuPrecision", "bogus")]
+    [InlineData("ExpertWorker:KernelBackend", "gpu9")]
+    [InlineData("Cluster:SiloPort", "eleven")]
+    public async Task UnconvertibleValue_IsAnOptionsValidationErrorNamingTheKey(string key, string value)
+    {
+        var configuration = new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ExpertWorker:ModelDirectory"] = "/nonexistent", [key] = value })
+            .Build();
+        var e = await Assert.ThrowsAsync<Microsoft.Extensions.Options.OptionsValidationException>(() => WorkerHost.StartAsync(configuration));
+        Assert.Contains(key, e.Message, StringComparison.Ordinal);
+        Assert.Contains(value, e.Message, StringComparison.Ordinal);
     }
 }
