@@ -43,10 +43,11 @@ internal static unsafe class CpuFfnBenchmark
         }
         return impl switch
         {
-            "ours" => RunOurs(threads[0]),
+            "ours" => RunOurs(threads[0], CpuMatMulPrecision.Fp32),
+            "ours-bf16" => RunOurs(threads[0], CpuMatMulPrecision.Bf16),
             "openblas" => RunOpenBlas(threads[0]),
             "both" => RunWrapper(threads, int.Parse(Option(args, "--rounds") ?? "2", CultureInfo.InvariantCulture)),
-            _ => Usage($"unknown --impl '{impl}' (ours | openblas | both)"),
+            _ => Usage($"unknown --impl '{impl}' (ours | ours-bf16 | openblas | both)"),
         };
     }
 
@@ -91,11 +92,14 @@ internal static unsafe class CpuFfnBenchmark
     private static void Emit(string key, double ms, double flops, long weightBytes) =>
         Console.WriteLine(FormattableString.Invariant($"RESULT {key} {ms:F4} {flops / ms / 1e6:F2} {weightBytes / ms / 1e6:F2}"));
 
-    private static int RunOurs(int threads)
+    private static int RunOurs(int threads, CpuMatMulPrecision precision)
     {
-        var (copy, read) = MemoryProbe.Measure(threads);
-        Console.WriteLine(FormattableString.Invariant($"PROBE {copy:F2} {read:F2}"));
-        using var backend = new CpuKernelBackend(threads);
+        if (precision == CpuMatMulPrecision.Fp32)
+        {
+            var (copy, read) = MemoryProbe.Measure(threads);
+            Console.WriteLine(FormattableString.Invariant($"PROBE {copy:F2} {read:F2}"));
+        }
+        using var backend = new CpuKernelBackend(threads, precision);
         Console.WriteLine($"BACKEND {backend.Name} | {backend.Capabilities.Device}");
         foreach (var c in s_cases)
         {
@@ -296,17 +300,22 @@ internal static unsafe class CpuFfnBenchmark
 
     private static int RunWrapper(int[] threadCounts, int rounds)
     {
-        Console.WriteLine($"cpu-ffn: {Environment.ProcessorCount} logical CPUs; ours = bf16 weights packed, fp32 FMA; OpenBLAS = fp32 weights (same values).");
+        Console.WriteLine($"cpu-ffn: {Environment.ProcessorCount} logical CPUs; ours = bf16 weights packed, fp32 FMA; bf16 = ours at --cpu-precision bf16; OpenBLAS = fp32 weights (same values).");
         Console.WriteLine($"Each implementation runs in its own process, {rounds} rounds interleaved; a figure is the best round's median over >= 1 s of repetitions.");
         foreach (int t in threadCounts)
         {
             string loadBefore = Timing.LoadAverage();
             var oursRuns = new List<ChildResult>();
+            var bf16Runs = new List<ChildResult>();
             var defaultRuns = new List<ChildResult>();
             var skxRuns = new List<ChildResult>();
             for (int round = 0; round < Math.Max(1, rounds); round++)
             {
                 oursRuns.Add(RunChild("ours", t, null));
+                if (CpuKernelBackend.Bf16Unavailable is null)
+                {
+                    bf16Runs.Add(RunChild("ours-bf16", t, null));
+                }
                 defaultRuns.Add(RunChild("openblas", t, null));
                 if (defaultRuns[^1].Skipped is null)
                 {
@@ -314,12 +323,13 @@ internal static unsafe class CpuFfnBenchmark
                 }
             }
             var ours = Best(oursRuns);
+            var bf16 = bf16Runs.Count > 0 ? Best(bf16Runs) : null;
             var obDefault = Best(defaultRuns);
             var obSkx = skxRuns.Count > 0 ? Best(skxRuns) : obDefault;
             Console.WriteLine();
             Console.WriteLine($"== load average before/after: {loadBefore}/{Timing.LoadAverage()}");
             Console.WriteLine($"== threads = {t} | ours: {ours.Backend} | OpenBLAS: {obDefault.Skipped ?? obDefault.Backend} / OPENBLAS_CORETYPE=SKYLAKEX: {obSkx.Skipped ?? obSkx.Backend}");
-            Console.WriteLine($"{"case",-24} {"ours ms",10} {"ours GF/s",10} {"OB dflt GF/s",13} {"OB SKX GF/s",12} {"ours/best OB",13}");
+            Console.WriteLine($"{"case",-24} {"ours ms",10} {"ours GF/s",10} {"OB dflt GF/s",13} {"OB SKX GF/s",12} {"ours/best OB",13} {"bf16 GF/s",10} {"bf16/best OB",13}");
             foreach (var c in s_cases)
             {
                 var o = ours.Results[c.Key];
@@ -327,7 +337,9 @@ internal static unsafe class CpuFfnBenchmark
                 string s = obSkx.Results.TryGetValue(c.Key, out var os) ? os.Gflops.ToString("F1", CultureInfo.InvariantCulture) : "skipped";
                 double best = Math.Max(od.Gflops, os.Gflops);
                 string ratio = best > 0 ? (o.Gflops / best).ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a";
-                Console.WriteLine(FormattableString.Invariant($"{c.Label,-24} {o.Ms,10:F3} {o.Gflops,10:F1} {d,13} {s,12} {ratio,13}"));
+                string bfGf = bf16 is null ? "n/a" : bf16.Results[c.Key].Gflops.ToString("F1", CultureInfo.InvariantCulture);
+                string bfRatio = bf16 is not null && best > 0 ? (bf16.Results[c.Key].Gflops / best).ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a";
+                Console.WriteLine(FormattableString.Invariant($"{c.Label,-24} {o.Ms,10:F3} {o.Gflops,10:F1} {d,13} {s,12} {ratio,13} {bfGf,10} {bfRatio,13}"));
             }
             if (obDefault.Skipped is null)
             {
@@ -339,6 +351,9 @@ internal static unsafe class CpuFfnBenchmark
             {
                 Console.WriteLine($"  OpenBLAS {obDefault.Skipped}");
             }
+            Console.WriteLine(bf16 is null
+                ? $"  bf16 precision not measured: {CpuKernelBackend.Bf16Unavailable}"
+                : $"  bf16 = {bf16.Backend}: activations rounded to bf16, VDPBF16PS (the --cpu-precision bf16 mode)");
             if (ours.Probe is { } probe)
             {
                 Console.WriteLine(FormattableString.Invariant(
