@@ -62,14 +62,9 @@ public sealed class GoldenModelTests(ITestOutputHelper output)
     /// hold: prefill argmax and routing agree with the fixtures at nearly every position (a wrong kernel agrees at
     /// chance level), and the figures are printed.
     /// </summary>
-    [Fact]
+    [Bf16Fact]
     public async Task Bf16Precision_AgreesWithGoldenArgmaxAndRoutingAtNearlyEveryPosition()
     {
-        if (CpuKernelBackend.Bf16Unavailable is { } why)
-        {
-            output.WriteLine($"SKIPPED: {why}");
-            return;
-        }
         foreach (var fixture in new[] { "tiny-maverick", "tiny-scout" })
         {
             using var engine = Llama4Engine.Load(TestPaths.Fixture(fixture), new CpuKernelBackend(0, CpuMatMulPrecision.Bf16));

@@ -43,7 +43,21 @@ public sealed class InferCliTests(ITestOutputHelper output)
         Assert.Equal(inProcess, distributed);
     }
 
+    /// <summary>
+    /// Placement independence holds in the bf16 precision too: the local workers inherit <c>--cpu-precision bf16</c>,
+    /// and with fp32 on the wire the distributed run prints exactly the in-process JSON (and differs from fp32's).
+    /// </summary>
+    [Bf16Fact]
+    public async Task LocalWorkers_Bf16Precision_Fp32Wire_PrintsTheInProcessJson()
+    {
+        string inProcess = await RunAsync("--cpu-precision", "bf16");
+        string distributed = await RunAsync("--cpu-precision", "bf16", "--local-workers", "2", "--wire", "fp32");
+        Assert.Equal(inProcess, distributed);
+        Assert.NotEqual(await RunAsync(), inProcess);
+    }
+
     [Theory]
+    [InlineData("--cpu-precision", "fp16")]
     [InlineData("--local-workers", "2", "--workers", "127.0.0.1:1")]
     [InlineData("--local-workers", "0", "--wire", "fp32")]
     [InlineData("--workers", "127.0.0.1:5000", "--wire", "fp16")]

@@ -1,19 +1,8 @@
 using Distributed.Kernels.Cpu;
+using Distributed.Tests.Shared;
 using Distributed.Kernels.Reference;
 
 namespace Distributed.Kernels.Tests.Cpu;
-
-/// <summary>Skips, naming the reason, on a machine that cannot run the bf16 matmul (no AVX512-BF16, not Linux x86-64).</summary>
-public sealed class Bf16FactAttribute : FactAttribute
-{
-    public Bf16FactAttribute()
-    {
-        if (CpuKernelBackend.Bf16Unavailable is { } why)
-        {
-            Skip = why;
-        }
-    }
-}
 
 /// <summary>
 /// <see cref="CpuMatMulPrecision.Bf16"/>: the emitted VDPBF16PS microkernels against a reference that rounds the input
