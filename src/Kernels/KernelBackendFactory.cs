@@ -65,6 +65,6 @@ public static class KernelBackendFactory
     {
         KernelCapabilities c = backend.Capabilities;
         log?.WriteLine($"kernels: backend {backend.Name} ({why}); device {c.Device}, simd {c.Simd}, threads {c.Threads}, " +
-            $"device memory {c.DeviceMemoryBytes} bytes, batch invariant {(c.BatchInvariant ? "yes" : "no")}");
+            $"device memory {c.DeviceMemoryBytes} bytes, batch invariant {(c.BatchInvariant ? "yes" : "no")}, numerics {c.Numerics}");
     }
 }

@@ -6,4 +6,8 @@ namespace Distributed.Kernels;
 /// <param name="Threads">Worker threads the backend uses for one call.</param>
 /// <param name="DeviceMemoryBytes">Total device memory (GPU), or 0 for the CPU backend.</param>
 /// <param name="BatchInvariant">True when a row's result never depends on the other rows of the call.</param>
-public sealed record KernelCapabilities(string Device, string Simd, int Threads, long DeviceMemoryBytes, bool BatchInvariant);
+/// <param name="Numerics">
+/// The arithmetic the backend computes in (<c>cpu-fp32</c>, <c>cpu-bf16</c>, <c>cuda-split</c>, <c>cuda-fast</c>): two
+/// backends give the same results only when this matches (and, on CPU, bitwise so). Workers report it in their handshake.
+/// </param>
+public sealed record KernelCapabilities(string Device, string Simd, int Threads, long DeviceMemoryBytes, bool BatchInvariant, string Numerics = "unspecified");

@@ -56,6 +56,31 @@ public sealed class InferCliTests(ITestOutputHelper output)
         Assert.NotEqual(await RunAsync(), inProcess);
     }
 
+    /// <summary>
+    /// Workers report their kernel arithmetic in the handshake; a fleet that mixes them still serves, and the coordinator
+    /// warns, naming both workers, because outputs then depend on placement.
+    /// </summary>
+    [Bf16Fact]
+    public async Task RunningWorkers_MixedPrecisions_AreServedWithAWarningNamingBoth()
+    {
+        var log = new TestLog { Output = output };
+        await using var a = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "1:0-127,3:0-63", "--threads", "1", "--worker-id", "fp32-worker"], "a", log.Write);
+        await using var b = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "3:64-127,5:0-127", "--threads", "1", "--worker-id", "bf16-worker",
+             "--cpu-precision", "bf16"], "b", log.Write);
+        string addrA = await a.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        string addrB = await b.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        var stderr = new StringWriter();
+        int rc = await CommandLine.RunAsync([.. Common, "--workers", $"{addrA},{addrB}", "--wire", "fp32"], new StringWriter(), stderr);
+        output.WriteLine(stderr.ToString());
+        Assert.Equal(0, rc);
+        string text = stderr.ToString();
+        Assert.Contains("computes experts in cpu-", text, StringComparison.Ordinal);
+        Assert.Contains("fp32-worker", text, StringComparison.Ordinal);
+        Assert.Contains("bf16-worker", text, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("--cpu-precision", "fp16")]
     [InlineData("--local-workers", "2", "--workers", "127.0.0.1:1")]

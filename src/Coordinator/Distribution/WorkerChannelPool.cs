@@ -7,7 +7,7 @@ namespace Distributed.Coordinator.Distribution;
 /// One <see cref="WorkerConnection"/> per worker endpoint, created on first use (concurrent callers share the
 /// handshake) and replaced when its stream broke.
 /// </summary>
-public sealed class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger) : IAsyncDisposable
+public sealed partial class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger) : IAsyncDisposable
 {
     private readonly ConcurrentDictionary<string, Lazy<Task<WorkerConnection>>> _connections = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _disposed = new();
@@ -25,7 +25,7 @@ public sealed class WorkerChannelPool(ModelDescriptor model, DistributionOptions
         for (int attempt = 0; ; attempt++)
         {
             var lazy = _connections.GetOrAdd(worker.Endpoint, _ => new Lazy<Task<WorkerConnection>>(
-                () => WorkerConnection.ConnectAsync(worker, model, options, logger, _disposed.Token)));
+                () => ConnectAsync(worker)));
             WorkerConnection connection;
             try
             {
@@ -46,6 +46,35 @@ public sealed class WorkerChannelPool(ModelDescriptor model, DistributionOptions
             }
         }
     }
+
+    private async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker)
+    {
+        var connection = await WorkerConnection.ConnectAsync(worker, model, options, logger, _disposed.Token).ConfigureAwait(false);
+        WarnOnMixedNumerics(connection);
+        return connection;
+    }
+
+    // Placement independence needs every expert to compute alike: a worker whose kernels use other arithmetic (CPU bf16
+    // beside CPU fp32, a GPU beside a CPU) makes outputs depend on which worker serves an expert. It still serves (a
+    // mixed fleet can be deliberate), but the operator is told once per connection, naming both workers.
+    private void WarnOnMixedNumerics(WorkerConnection connection)
+    {
+        string mine = connection.Hello.KernelNumerics;
+        if (mine.Length == 0)
+        {
+            return;
+        }
+        var other = Connections.FirstOrDefault(c => !ReferenceEquals(c, connection) && c.Hello.KernelNumerics.Length > 0
+            && !string.Equals(c.Hello.KernelNumerics, mine, StringComparison.Ordinal));
+        if (other is not null)
+        {
+            LogMixedNumerics(connection.Worker.WorkerId, mine, other.Worker.WorkerId, other.Hello.KernelNumerics);
+        }
+    }
+
+    [LoggerMessage(EventId = 2150, Level = LogLevel.Warning,
+        Message = "Worker {WorkerId} computes experts in {Numerics} but worker {OtherWorkerId} in {OtherNumerics}: outputs now depend on which worker serves an expert. Give every worker the same kernel backend and --cpu-precision")]
+    private partial void LogMixedNumerics(string workerId, string numerics, string otherWorkerId, string otherNumerics);
 
     /// <summary>Live connections (for diagnostics and tests).</summary>
     public IReadOnlyList<WorkerConnection> Connections

@@ -15,6 +15,9 @@ namespace Distributed.ExpertWorker.Compute;
 /// </summary>
 public sealed class ExpertExecutor(IKernelBackend backend)
 {
+    /// <summary>The arithmetic the experts compute in (<see cref="KernelCapabilities.Numerics"/>), for the handshake.</summary>
+    public string Numerics => backend.Capabilities.Numerics;
+
     /// <summary>
     /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (already
     /// validated for length and finiteness). Writes the output rows to <paramref name="output"/> (same length).

@@ -66,6 +66,7 @@ public sealed partial class ExpertComputeService(
             MaxMessageBytes = (ulong)options.Value.MaxMessageBytes(model.HiddenSize),
             Transport = transport,
             SessionId = session.Id,
+            KernelNumerics = executor.Numerics,
         };
         foreach (var (layer, experts) in store.Manifest.Layers)
         {

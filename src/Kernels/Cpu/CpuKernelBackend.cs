@@ -85,7 +85,7 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
         Name = $"cpu-{SimdLevels.ShortName(simd)}x{n}{suffix}";
         Capabilities = new KernelCapabilities(
             $"{CpuModelName()} ({SimdLevels.ShortName(simd)}{(precision == CpuMatMulPrecision.Bf16 ? ", bf16 matmul (VDPBF16PS)" : "")}, {n} threads)",
-            SimdLevels.TypeName(simd), n, 0, BatchInvariant: true);
+            SimdLevels.TypeName(simd), n, 0, BatchInvariant: true, Numerics: precision == CpuMatMulPrecision.Bf16 ? "cpu-bf16" : "cpu-fp32");
     }
 
     /// <summary>The matmul arithmetic of this backend.</summary>

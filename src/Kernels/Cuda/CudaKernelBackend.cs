@@ -101,7 +101,8 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
             Simd: "n/a",
             Threads: 1,
             DeviceMemoryBytes: Info.TotalMemoryBytes,
-            BatchInvariant: false);
+            BatchInvariant: false,
+            Numerics: $"cuda-{Options.Precision.ToString().ToLowerInvariant()}");
     }
 
     /// <summary>
