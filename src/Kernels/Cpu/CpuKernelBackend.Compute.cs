@@ -1,3 +1,5 @@
+using System.Buffers;
+
 namespace Distributed.Kernels.Cpu;
 
 public sealed unsafe partial class CpuKernelBackend
@@ -70,9 +72,14 @@ public sealed unsafe partial class CpuKernelBackend
         {
             if (IsSmall(rows, pw))
             {
-                nint ldx = pw.InFeatures;
-                float* xs = pw.Layout == PanelLayout.Bf16Pairs ? SmallPairs(px, rows, pw.InFeatures, out ldx) : px;
-                MatMulKernels.Compute(_simd, xs, ldx, rows, pw, 0, pw.Panels, py, pw.OutFeatures);
+                if (pw.Layout == PanelLayout.Bf16Pairs)
+                {
+                    ComputeSmallBf16(px, rows, pw, py);
+                }
+                else
+                {
+                    MatMulKernels.Compute(_simd, px, pw.InFeatures, rows, pw, 0, pw.Panels, py, pw.OutFeatures);
+                }
                 return;
             }
             lock (_sync)
@@ -293,17 +300,24 @@ public sealed unsafe partial class CpuKernelBackend
         return pairs;
     }
 
-    // Small matmuls run on the calling thread without the lock, so their pair image goes to a per-thread buffer.
-    [ThreadStatic]
-    private static ScratchBuffer? t_smallPairs;
-
-    private static float* SmallPairs(float* x, int rows, int k, out nint ldx)
+    // Small matmuls run on the calling thread without the lock (concurrent callers), so their pair image comes from
+    // the shared array pool rather than the backend's buffer.
+    private void ComputeSmallBf16(float* x, int rows, PackedWeight w, float* y)
     {
-        int kp = (k + 1) / 2;
-        float* pairs = (t_smallPairs ??= new ScratchBuffer()).Get((long)rows * kp);
-        Bf16DotKernels.ToPairs(x, k, 0, rows, k, (uint*)pairs);
-        ldx = kp;
-        return pairs;
+        int kp = w.PairLines;
+        uint[] rented = ArrayPool<uint>.Shared.Rent(checked(rows * kp));
+        try
+        {
+            fixed (uint* pairs = rented)
+            {
+                Bf16DotKernels.ToPairs(x, w.InFeatures, 0, rows, w.InFeatures, pairs);
+                MatMulKernels.Compute(_simd, (float*)pairs, kp, rows, w, 0, w.Panels, y, w.OutFeatures);
+            }
+        }
+        finally
+        {
+            ArrayPool<uint>.Shared.Return(rented);
+        }
     }
 
     private static PackedWeight AsPacked(IWeightMatrix? w, string op, string name)
