@@ -81,6 +81,47 @@ public sealed class InferCliTests(ITestOutputHelper output)
         Assert.Contains("bf16-worker", text, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// Where the bf16 precision cannot run (here: the runtime told to use no AVX-512), asking for it is refused at startup
+    /// with the reason and exit code 1, not by a crash and not by quietly computing in fp32.
+    /// </summary>
+    [Fact]
+    public async Task Bf16Precision_WithoutAvx512_IsRefusedAtStartupWithTheReason()
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        string[] args = [TestPaths.CoordinatorDll, .. Common[..^2], "--cpu-precision", "bf16", "--backend", "cpu"];
+        foreach (var arg in args)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        psi.Environment["DOTNET_EnableAVX512"] = "0";
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        string stderr = await p.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        try
+        {
+            await p.WaitForExitAsync(timeout.Token);
+        }
+        finally
+        {
+            if (!p.HasExited)
+            {
+                p.Kill(entireProcessTree: true);
+            }
+        }
+        output.WriteLine(stderr);
+        Assert.Equal(1, p.ExitCode);
+        Assert.Equal("", await stdout);
+        Assert.Contains("bf16 is not available", stderr, StringComparison.Ordinal);
+        Assert.Contains("AVX-512", stderr, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("--cpu-precision", "fp16")]
     [InlineData("--local-workers", "2", "--workers", "127.0.0.1:1")]

@@ -62,7 +62,8 @@ public static partial class CommandLine
             return 130;
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException
-            or Distribution.ExpertDispatchException or TimeoutException or FormatException or Kernels.Cuda.CudaException)
+            or Distribution.ExpertDispatchException or TimeoutException or FormatException or Kernels.Cuda.CudaException
+            or PlatformNotSupportedException)
         {
             stderr.WriteLine($"error: {OneLine(ex.Message)}");
             return 1;

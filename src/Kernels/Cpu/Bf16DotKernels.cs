@@ -39,6 +39,13 @@ internal static unsafe partial class Bf16DotKernels
     public static string? Availability { get; } = Probe();
 
     /// <summary>
+    /// Emits the microkernels now (once per process), so that a machine or policy that refuses executable memory fails
+    /// when the backend is created rather than in the middle of a request.
+    /// </summary>
+    /// <exception cref="PlatformNotSupportedException">They cannot run here; the message says why.</exception>
+    public static void Prepare() => _ = Code.Value;
+
+    /// <summary>
     /// Rounds rows of <paramref name="x"/> (<c>[rows, k]</c>, row stride <paramref name="ldx"/> floats) to bf16 and packs
     /// them as pairs along k into <paramref name="pairs"/> (<c>[rows, ⌈k/2⌉]</c> uints, row stride <c>⌈k/2⌉</c>).
     /// </summary>

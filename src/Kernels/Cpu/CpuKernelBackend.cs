@@ -69,6 +69,17 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
         {
             throw new PlatformNotSupportedException($"Kernels:CpuPrecision bf16 is not available: {why}; use fp32");
         }
+        if (precision == CpuMatMulPrecision.Bf16)
+        {
+            try
+            {
+                Bf16DotKernels.Prepare();
+            }
+            catch (PlatformNotSupportedException ex)
+            {
+                throw new PlatformNotSupportedException($"Kernels:CpuPrecision bf16 is not available: {ex.Message}; use fp32", ex);
+            }
+        }
         int n = threads == 0 ? Environment.ProcessorCount : threads;
         _simd = simd;
         Precision = precision;
