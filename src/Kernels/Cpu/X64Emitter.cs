@@ -45,16 +45,7 @@ internal static class X64Emitter
         }
         if (accumulate)
         {
-            MovReg(c, Rax, R8);
-            for (int r = 0; r < rows; r++)
-            {
-                Evex(c, map: 1, pp: 0, opcode: 0x10, reg: 2 * r, vvvv: -1, new Mem(Rax, -1, 1, 0), broadcast: false);
-                Evex(c, map: 1, pp: 0, opcode: 0x10, reg: (2 * r) + 1, vvvv: -1, new Mem(Rax, -1, 1, 64), broadcast: false);
-                if (r < rows - 1)
-                {
-                    AddReg(c, Rax, R9);
-                }
-            }
+            MoveAccumulators(c, rows, 0x10); // vmovups zmm, [y row]
         }
         else
         {
@@ -91,18 +82,25 @@ internal static class X64Emitter
         int back = JumpRel32(c, 0x85); // jnz loop
         Patch(c, back, loop);
         Patch(c, skip, c.Count);
+        MoveAccumulators(c, rows, 0x11); // vmovups [y row], zmm
+        c.AddRange([0xC5, 0xF8, 0x77]); // vzeroupper
+        c.Add(0xC3); // ret
+    }
+
+    // Row r's accumulators zmm(2r), zmm(2r+1) from or to y + r·ldy (rax walks the rows from r8 by r9):
+    // EVEX.512.0F.W0 10 /r (load) or 11 /r (store).
+    private static void MoveAccumulators(List<byte> c, int rows, byte opcode)
+    {
         MovReg(c, Rax, R8);
         for (int r = 0; r < rows; r++)
         {
-            Evex(c, map: 1, pp: 0, opcode: 0x11, reg: 2 * r, vvvv: -1, new Mem(Rax, -1, 1, 0), broadcast: false);
-            Evex(c, map: 1, pp: 0, opcode: 0x11, reg: (2 * r) + 1, vvvv: -1, new Mem(Rax, -1, 1, 64), broadcast: false);
+            Evex(c, map: 1, pp: 0, opcode: opcode, reg: 2 * r, vvvv: -1, new Mem(Rax, -1, 1, 0), broadcast: false);
+            Evex(c, map: 1, pp: 0, opcode: opcode, reg: (2 * r) + 1, vvvv: -1, new Mem(Rax, -1, 1, 64), broadcast: false);
             if (r < rows - 1)
             {
                 AddReg(c, Rax, R9);
             }
         }
-        c.AddRange([0xC5, 0xF8, 0x77]); // vzeroupper
-        c.Add(0xC3); // ret
     }
 
     private static Mem RowOperand(int row) => row switch
