@@ -34,7 +34,7 @@ public static class Program
         ["--probe-timeout"] = "Cluster:ProbeTimeout",
     };
 
-    /// <summary>Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model.</summary>
+    /// <summary>Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model, 4 a listener or the silo did not start.</summary>
     public static async Task<int> Main(string[] args)
     {
         var configuration = new ConfigurationBuilder()
@@ -65,6 +65,11 @@ public static class Program
         {
             Console.Error.WriteLine($"expert worker: {ex.Message}");
             return 2;
+        }
+        catch (WorkerStartupException ex)
+        {
+            Console.Error.WriteLine($"expert worker: {ex.Message}");
+            return 4;
         }
         catch (PlatformNotSupportedException ex)
         {

@@ -36,6 +36,9 @@ public sealed partial class WorkerProcess : IAsyncDisposable
     /// <summary>True once the process exited.</summary>
     public bool HasExited => _process.HasExited;
 
+    /// <summary>The exit code once <see cref="HasExited"/> (the worker's: 2 bad configuration, 3 unusable model, 4 a listener or the silo did not start).</summary>
+    public int? ExitCode => _process.HasExited ? _process.ExitCode : null;
+
     /// <summary>The bound data-plane address from the ready line (after <see cref="WaitReadyAsync"/>).</summary>
     public string? GrpcAddress => _ready.Task.IsCompletedSuccessfully ? _ready.Task.Result : null;
 

@@ -190,7 +190,17 @@ public sealed partial class WorkerHost : IAsyncDisposable
         var web = builder.Build();
         web.MapGrpcService<ExpertComputeService>();
         WorkerOperations.Map(web);
-        await web.StartAsync(ct);
+        try
+        {
+            await web.StartAsync(ct);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            await web.DisposeAsync();
+            store.Dispose();
+            throw new WorkerStartupException(
+                $"the data-plane listeners did not start (gRPC {options.GrpcHost}:{options.GrpcPort}, ops port {options.OpsPort}): {WorkerStartupException.Describe(ex)}", ex);
+        }
 
         string grpcAddress = BoundAddress(grpcListen);
         string? opsAddress = opsListen is null ? null : BoundAddress(opsListen);
@@ -263,6 +273,12 @@ public sealed partial class WorkerHost : IAsyncDisposable
         try
         {
             await host.StartAsync(ct);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            host.Dispose();
+            throw new WorkerStartupException(
+                $"the Orleans silo did not start ({cluster.Clustering} membership, silo port {cluster.SiloPort}, gateway port {cluster.GatewayPort}): {WorkerStartupException.Describe(ex)}", ex);
         }
         catch
         {
