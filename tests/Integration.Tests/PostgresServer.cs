@@ -90,16 +90,7 @@ internal sealed class PostgresServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        try
-        {
-            _process.Kill(entireProcessTree: true);
-            await _process.WaitForExitAsync();
-        }
-        catch (InvalidOperationException)
-        {
-            // Already gone.
-        }
-        _process.Dispose();
+        await TestProcesses.KillAndDisposeAsync(_process);
         try
         {
             Directory.Delete(_directory, recursive: true);

@@ -65,16 +65,7 @@ internal sealed class RedisServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        try
-        {
-            _process.Kill(entireProcessTree: true);
-            await _process.WaitForExitAsync();
-        }
-        catch (InvalidOperationException)
-        {
-            // Already gone.
-        }
-        _process.Dispose();
+        await TestProcesses.KillAndDisposeAsync(_process);
     }
 }
 
