@@ -61,21 +61,12 @@ public static class Program
             Console.Error.WriteLine($"expert worker: cannot use the model: {ex.Message}");
             return 3;
         }
-        catch (FormatException ex)
+        catch (Exception ex) when (ex is FormatException or PlatformNotSupportedException or WorkerStartupException)
         {
+            // A malformed value, a kernel setting this machine cannot run (bf16 matmul without AVX512-BF16): 2.
+            // A listener or the silo that did not start: 4.
             Console.Error.WriteLine($"expert worker: {ex.Message}");
-            return 2;
-        }
-        catch (WorkerStartupException ex)
-        {
-            Console.Error.WriteLine($"expert worker: {ex.Message}");
-            return 4;
-        }
-        catch (PlatformNotSupportedException ex)
-        {
-            // A kernel setting this machine cannot run (bf16 matmul without AVX512-BF16).
-            Console.Error.WriteLine($"expert worker: {ex.Message}");
-            return 2;
+            return ex is WorkerStartupException ? 4 : 2;
         }
     }
 }

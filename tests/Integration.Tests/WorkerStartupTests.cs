@@ -44,6 +44,26 @@ public sealed class WorkerStartupTests(ITestOutputHelper output)
         Assert.Contains(lines, l => l.Contains($"expert worker: {expected}", StringComparison.Ordinal) && l.Contains(ports[0].ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal));
         Assert.DoesNotContain(lines, l => l.Contains("Unhandled exception", StringComparison.Ordinal));
     }
+
+    /// <summary>A kernel setting the machine cannot run (bf16 with AVX-512 disabled) is a configuration error: exit 2, the reason named.</summary>
+    [Fact]
+    public async Task Bf16PrecisionWithoutAvx512_ExitsWithCode2NamingTheReason()
+    {
+        var lines = new ConcurrentQueue<string>();
+        var log = new TestLog { Output = output };
+        await using var worker = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--threads", "1", "--worker-id", "nobf16", "--backend", "cpu", "--cpu-precision", "bf16",
+             "--experts", "1:0-127"],
+            "nobf16", line =>
+            {
+                lines.Enqueue(line);
+                log.Write(line);
+            }, new Dictionary<string, string> { ["DOTNET_EnableAVX512"] = "0" });
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await worker.WaitForExitAsync(timeout.Token);
+        Assert.Equal(2, worker.ExitCode);
+        Assert.Contains(lines, l => l.Contains("expert worker: Kernels:CpuPrecision bf16 is not available", StringComparison.Ordinal));
+    }
 }
 
 /// <summary>

@@ -43,9 +43,11 @@ public sealed partial class WorkerProcess : IAsyncDisposable
     public string? GrpcAddress => _ready.Task.IsCompletedSuccessfully ? _ready.Task.Result : null;
 
     /// <summary>
-    /// Starts <paramref name="workerPath"/> (a <c>.dll</c> is run with <c>dotnet</c>) with <paramref name="arguments"/>.
+    /// Starts <paramref name="workerPath"/> (a <c>.dll</c> is run with <c>dotnet</c>) with <paramref name="arguments"/>
+    /// and, when given, extra <paramref name="environment"/> variables.
     /// </summary>
-    public static WorkerProcess Start(string workerPath, IEnumerable<string> arguments, string name, Action<string> log)
+    public static WorkerProcess Start(string workerPath, IEnumerable<string> arguments, string name, Action<string> log,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo
         {
@@ -64,6 +66,10 @@ public sealed partial class WorkerProcess : IAsyncDisposable
             psi.ArgumentList.Add(a);
         }
         psi.Environment["DOTNET_gcServer"] = "0";
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[key] = value;
+        }
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
         var worker = new WorkerProcess(process, name, log);
         process.OutputDataReceived += (_, e) => worker.OnLine(e.Data, "out");
