@@ -7,7 +7,8 @@ namespace Distributed.Coordinator.Tools;
 
 /// <summary>
 /// Writes a random-weight Llama 4 text checkpoint in the Hugging Face layout (<c>config.json</c> with
-/// <c>model_type: llama4_text</c>, <c>generation_config.json</c>, bf16 safetensors: one <c>model.safetensors</c>, or
+/// <c>model_type: llama4_text</c>, <c>generation_config.json</c>, a <see cref="SyntheticTokenizer"/> <c>tokenizer.json</c>
+/// when the vocabulary holds one, bf16 safetensors: one <c>model.safetensors</c>, or
 /// shards plus <c>model.safetensors.index.json</c> when the data exceeds <see cref="SyntheticCheckpointOptions.MaxShardBytes"/>).
 /// It exists to benchmark and test shapes no real checkpoint here has; the numbers mean nothing, but they are
 /// deterministic and well scaled so activations stay finite through the whole model.
@@ -70,6 +71,15 @@ public static class SyntheticCheckpoint
 
         File.WriteAllText(Path.Combine(dir, CheckpointReader.ConfigFileName), Llama4ConfigParser.ToJson(config));
         File.WriteAllText(Path.Combine(dir, "generation_config.json"), GenerationConfigJson(config));
+        if (SyntheticTokenizer.Json(config) is { } tokenizer)
+        {
+            File.WriteAllText(Path.Combine(dir, "tokenizer.json"), tokenizer);
+        }
+        else
+        {
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"make-synthetic: no tokenizer.json (vocab {config.VocabSize} < {SyntheticTokenizer.MinVocabSize} holds no byte-level tokenizer): infer and bench work, serve does not"));
+        }
 
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal) { ["format"] = "pt" };
         using (var writer = ShardedSafetensorsWriter.Create(dir, specs.Select(s => s.Spec).ToArray(), options.MaxShardBytes, metadata))

@@ -53,6 +53,40 @@ public sealed class SyntheticCheckpointTests : IDisposable
     }
 
     [Fact]
+    public void Tokenizer_IsWrittenWhenTheVocabularyHoldsOne_AndServesTheLlama4Contract()
+    {
+        // The tiny preset's 256-entry vocabulary cannot hold 256 byte tokens plus the specials: no tokenizer, said so.
+        var log = new StringWriter();
+        string small = Write(SyntheticCheckpointOptions.Preset("tiny"), "small", log);
+        Assert.False(File.Exists(Path.Combine(small, "tokenizer.json")));
+        Assert.Contains("no tokenizer.json", log.ToString(), StringComparison.Ordinal);
+
+        foreach (int vocab in new[] { SyntheticTokenizer.MinVocabSize, 512, 8192 })
+        {
+            string dir = Write(SyntheticCheckpointOptions.Preset("tiny") with { VocabSize = vocab }, $"v{vocab}");
+            var t = Distributed.Coordinator.Serving.Tokenization.Llama4Tokenizer.Load(dir);
+            Assert.Equal(vocab, t.VocabSize);
+            Assert.Equal(1, t.BosTokenId);
+            Assert.True(t.IsEos(2));
+            Assert.Equal(vocab - 1, t.PadTokenId);
+            foreach (string text in new[] { "hello world, the cat", "Ünïcödé ✓ 123\n\ttabs", "" })
+            {
+                int[] ids = t.Encode(text);
+                Assert.All(ids, id => Assert.InRange(id, 5, vocab - 2));
+                Assert.Equal(text, t.Decode(ids));
+            }
+            // Merges join letter pairs once the vocabulary has room for them.
+            Assert.Equal(vocab > SyntheticTokenizer.MinVocabSize ? 1 : 2, t.Encode("ab").Length);
+            Assert.Equal(vocab == 8192 ? 1 : 3, t.Encode(" he").Length);
+            // The chat format renders: <|begin_of_text|> <|header_start|> user <|header_end|> … <|eot|>.
+            int[] chat = t.EncodeChat([new(Distributed.Coordinator.Serving.Tokenization.ChatRole.User, "hi")], addGenerationPrompt: false);
+            Assert.Equal([1, 0], chat[..2]);
+            Assert.Contains(3, chat);
+            Assert.Equal(2, chat[^1]);
+        }
+    }
+
+    [Fact]
     public void Weights_AreDeterministicIndependentOfShardingAndSeedSensitive()
     {
         var tiny = SyntheticCheckpointOptions.Preset("tiny");
