@@ -84,15 +84,7 @@ public static class SyntheticTokenizer
                 (vocabSize - 1, "<|finetune_right_pad|>"),
             })
             {
-                w.WriteStartObject();
-                w.WriteNumber("id", id);
-                w.WriteString("content", content);
-                w.WriteBoolean("single_word", false);
-                w.WriteBoolean("lstrip", false);
-                w.WriteBoolean("rstrip", false);
-                w.WriteBoolean("normalized", false);
-                w.WriteBoolean("special", true);
-                w.WriteEndObject();
+                TokenizerJsonWriter.WriteAddedToken(w, id, content);
             }
             w.WriteEndArray();
             w.WriteNull("normalizer");
@@ -103,37 +95,8 @@ public static class SyntheticTokenizer
             w.WriteBoolean("use_regex", true);
             w.WriteEndObject();
             w.WriteNull("post_processor");
-            w.WriteStartObject("decoder");
-            w.WriteString("type", "ByteLevel");
-            w.WriteBoolean("add_prefix_space", true);
-            w.WriteBoolean("trim_offsets", true);
-            w.WriteBoolean("use_regex", true);
-            w.WriteEndObject();
-            w.WriteStartObject("model");
-            w.WriteString("type", "BPE");
-            w.WriteNull("dropout");
-            w.WriteNull("unk_token");
-            w.WriteNull("continuing_subword_prefix");
-            w.WriteNull("end_of_word_suffix");
-            w.WriteBoolean("fuse_unk", false);
-            w.WriteBoolean("byte_fallback", false);
-            w.WriteBoolean("ignore_merges", false);
-            w.WriteStartObject("vocab");
-            foreach (var (token, id) in vocab)
-            {
-                w.WriteNumber(token, id);
-            }
-            w.WriteEndObject();
-            w.WriteStartArray("merges");
-            foreach (var (left, right) in merges)
-            {
-                w.WriteStartArray();
-                w.WriteStringValue(left);
-                w.WriteStringValue(right);
-                w.WriteEndArray();
-            }
-            w.WriteEndArray();
-            w.WriteEndObject();
+            TokenizerJsonWriter.WriteByteLevelDecoder(w);
+            TokenizerJsonWriter.WriteBpeModel(w, vocab, merges, ignoreMerges: false);
             w.WriteEndObject();
         }
         return System.Text.Encoding.UTF8.GetString(stream.ToArray());

@@ -302,39 +302,8 @@ internal static class TinyTokenizerGenerator
             w.WriteEndArray();
             w.WriteEndObject();
             WritePostProcessor(w, specials.First(s => s.Value == Llama4Tokenizer.BeginOfTextToken).Key);
-            w.WriteStartObject("decoder");
-            w.WriteString("type", "ByteLevel");
-            w.WriteBoolean("add_prefix_space", true);
-            w.WriteBoolean("trim_offsets", true);
-            w.WriteBoolean("use_regex", true);
-            w.WriteEndObject();
-            w.WriteStartObject("model");
-            w.WriteString("type", "BPE");
-            w.WriteNull("dropout");
-            w.WriteNull("unk_token");
-            w.WriteNull("continuing_subword_prefix");
-            w.WriteNull("end_of_word_suffix");
-            w.WriteBoolean("fuse_unk", false);
-            w.WriteBoolean("byte_fallback", false);
-            w.WriteBoolean("ignore_merges", true);
-            w.WriteStartObject("vocab");
-            for (int id = 0; id < vocab.Count; id++)
-            {
-                w.WriteNumber(vocab[id], id);
-            }
-
-            w.WriteEndObject();
-            w.WriteStartArray("merges");
-            foreach ((string left, string right) in merges)
-            {
-                w.WriteStartArray();
-                w.WriteStringValue(left);
-                w.WriteStringValue(right);
-                w.WriteEndArray();
-            }
-
-            w.WriteEndArray();
-            w.WriteEndObject();
+            TokenizerJsonWriter.WriteByteLevelDecoder(w);
+            TokenizerJsonWriter.WriteBpeModel(w, vocab.Select((token, id) => (token, id)), merges, ignoreMerges: true);
             w.WriteEndObject();
         });
     }
@@ -378,22 +347,7 @@ internal static class TinyTokenizerGenerator
         w.WriteEndObject();
     }
 
-    private static void WriteAddedToken(Utf8JsonWriter w, int? id, string token)
-    {
-        w.WriteStartObject();
-        if (id is int value)
-        {
-            w.WriteNumber("id", value);
-        }
-
-        w.WriteString("content", token);
-        w.WriteBoolean("single_word", false);
-        w.WriteBoolean("lstrip", false);
-        w.WriteBoolean("rstrip", false);
-        w.WriteBoolean("normalized", false);
-        w.WriteBoolean("special", true);
-        w.WriteEndObject();
-    }
+    private static void WriteAddedToken(Utf8JsonWriter w, int? id, string token) => TokenizerJsonWriter.WriteAddedToken(w, id, token);
 
     private static string WriteTokenizerConfig(SortedDictionary<int, string> specials, int modelMaxLength)
     {
