@@ -518,101 +518,29 @@ internal static unsafe class AttentionKernel
         int e = 0;
         if (simd == SimdLevel.Vector512)
         {
-            // 8 accumulators (128 floats) per pass: 8 independent FMA chains keep both FMA pipes busy.
+            // 8 accumulators (128 floats) per pass: 8 independent FMA chains keep both FMA pipes busy; then 4, then 1.
             for (; e + 128 <= d; e += 128)
             {
-                var a0 = Vector512.Load(o + e);
-                var a1 = Vector512.Load(o + e + 16);
-                var a2 = Vector512.Load(o + e + 32);
-                var a3 = Vector512.Load(o + e + 48);
-                var a4 = Vector512.Load(o + e + 64);
-                var a5 = Vector512.Load(o + e + 80);
-                var a6 = Vector512.Load(o + e + 96);
-                var a7 = Vector512.Load(o + e + 112);
-                float* vj = v + e;
-                for (int j = 0; j < count; j++, vj += vStride)
-                {
-                    var pj = Vector512.Create(p[j]);
-                    a0 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj), a0);
-                    a1 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 16), a1);
-                    a2 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 32), a2);
-                    a3 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 48), a3);
-                    a4 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 64), a4);
-                    a5 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 80), a5);
-                    a6 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 96), a6);
-                    a7 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 112), a7);
-                }
-                a0.Store(o + e);
-                a1.Store(o + e + 16);
-                a2.Store(o + e + 32);
-                a3.Store(o + e + 48);
-                a4.Store(o + e + 64);
-                a5.Store(o + e + 80);
-                a6.Store(o + e + 96);
-                a7.Store(o + e + 112);
+                WeightedValues512<Rows8>(o + e, p, v + e, vStride, count);
             }
             for (; e + 64 <= d; e += 64)
             {
-                var a0 = Vector512.Load(o + e);
-                var a1 = Vector512.Load(o + e + 16);
-                var a2 = Vector512.Load(o + e + 32);
-                var a3 = Vector512.Load(o + e + 48);
-                float* vj = v + e;
-                for (int j = 0; j < count; j++, vj += vStride)
-                {
-                    var pj = Vector512.Create(p[j]);
-                    a0 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj), a0);
-                    a1 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 16), a1);
-                    a2 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 32), a2);
-                    a3 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 48), a3);
-                }
-                a0.Store(o + e);
-                a1.Store(o + e + 16);
-                a2.Store(o + e + 32);
-                a3.Store(o + e + 48);
+                WeightedValues512<Rows4>(o + e, p, v + e, vStride, count);
             }
             for (; e + 16 <= d; e += 16)
             {
-                var a0 = Vector512.Load(o + e);
-                float* vj = v + e;
-                for (int j = 0; j < count; j++, vj += vStride)
-                {
-                    a0 = Vector512.FusedMultiplyAdd(Vector512.Create(p[j]), Vector512.Load(vj), a0);
-                }
-                a0.Store(o + e);
+                WeightedValues512<Rows1>(o + e, p, v + e, vStride, count);
             }
         }
         else if (simd == SimdLevel.Vector256)
         {
             for (; e + 32 <= d; e += 32)
             {
-                var a0 = Vector256.Load(o + e);
-                var a1 = Vector256.Load(o + e + 8);
-                var a2 = Vector256.Load(o + e + 16);
-                var a3 = Vector256.Load(o + e + 24);
-                float* vj = v + e;
-                for (int j = 0; j < count; j++, vj += vStride)
-                {
-                    var pj = Vector256.Create(p[j]);
-                    a0 = Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj), a0);
-                    a1 = Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj + 8), a1);
-                    a2 = Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj + 16), a2);
-                    a3 = Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj + 24), a3);
-                }
-                a0.Store(o + e);
-                a1.Store(o + e + 8);
-                a2.Store(o + e + 16);
-                a3.Store(o + e + 24);
+                WeightedValues256<Rows4>(o + e, p, v + e, vStride, count);
             }
             for (; e + 8 <= d; e += 8)
             {
-                var a0 = Vector256.Load(o + e);
-                float* vj = v + e;
-                for (int j = 0; j < count; j++, vj += vStride)
-                {
-                    a0 = Vector256.FusedMultiplyAdd(Vector256.Create(p[j]), Vector256.Load(vj), a0);
-                }
-                a0.Store(o + e);
+                WeightedValues256<Rows1>(o + e, p, v + e, vStride, count);
             }
         }
         for (; e < d; e++)
@@ -624,6 +552,79 @@ internal static unsafe class AttentionKernel
                 acc = MathF.FusedMultiplyAdd(p[j], *vj, acc);
             }
             o[e] = acc;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AccumulateWeightedValues"/> over <c>TN.Rows</c> (1, 4 or 8) consecutive vectors of 16 floats from
+    /// <paramref name="o"/>: one accumulator per vector (the JIT drops the unused ones), each element's FMA chain over j
+    /// in order, so the vector count changes registers only, never results.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedValues512<TN>(float* o, float* p, float* v, nint vStride, int count)
+        where TN : struct, IRowCount
+    {
+        var a0 = Vector512.Load(o);
+        var a1 = TN.Rows > 1 ? Vector512.Load(o + 16) : default;
+        var a2 = TN.Rows > 1 ? Vector512.Load(o + 32) : default;
+        var a3 = TN.Rows > 1 ? Vector512.Load(o + 48) : default;
+        var a4 = TN.Rows > 4 ? Vector512.Load(o + 64) : default;
+        var a5 = TN.Rows > 4 ? Vector512.Load(o + 80) : default;
+        var a6 = TN.Rows > 4 ? Vector512.Load(o + 96) : default;
+        var a7 = TN.Rows > 4 ? Vector512.Load(o + 112) : default;
+        float* vj = v;
+        for (int j = 0; j < count; j++, vj += vStride)
+        {
+            var pj = Vector512.Create(p[j]);
+            a0 = Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj), a0);
+            a1 = TN.Rows > 1 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 16), a1) : a1;
+            a2 = TN.Rows > 1 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 32), a2) : a2;
+            a3 = TN.Rows > 1 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 48), a3) : a3;
+            a4 = TN.Rows > 4 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 64), a4) : a4;
+            a5 = TN.Rows > 4 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 80), a5) : a5;
+            a6 = TN.Rows > 4 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 96), a6) : a6;
+            a7 = TN.Rows > 4 ? Vector512.FusedMultiplyAdd(pj, Vector512.Load(vj + 112), a7) : a7;
+        }
+        a0.Store(o);
+        if (TN.Rows > 1)
+        {
+            a1.Store(o + 16);
+            a2.Store(o + 32);
+            a3.Store(o + 48);
+        }
+        if (TN.Rows > 4)
+        {
+            a4.Store(o + 64);
+            a5.Store(o + 80);
+            a6.Store(o + 96);
+            a7.Store(o + 112);
+        }
+    }
+
+    /// <summary>The same over <c>TN.Rows</c> (1 or 4) vectors of 8 floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedValues256<TN>(float* o, float* p, float* v, nint vStride, int count)
+        where TN : struct, IRowCount
+    {
+        var a0 = Vector256.Load(o);
+        var a1 = TN.Rows > 1 ? Vector256.Load(o + 8) : default;
+        var a2 = TN.Rows > 1 ? Vector256.Load(o + 16) : default;
+        var a3 = TN.Rows > 1 ? Vector256.Load(o + 24) : default;
+        float* vj = v;
+        for (int j = 0; j < count; j++, vj += vStride)
+        {
+            var pj = Vector256.Create(p[j]);
+            a0 = Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj), a0);
+            a1 = TN.Rows > 1 ? Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj + 8), a1) : a1;
+            a2 = TN.Rows > 1 ? Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj + 16), a2) : a2;
+            a3 = TN.Rows > 1 ? Vector256.FusedMultiplyAdd(pj, Vector256.Load(vj + 24), a3) : a3;
+        }
+        a0.Store(o);
+        if (TN.Rows > 1)
+        {
+            a1.Store(o + 8);
+            a2.Store(o + 16);
+            a3.Store(o + 24);
         }
     }
 }
