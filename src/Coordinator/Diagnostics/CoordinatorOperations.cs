@@ -2,32 +2,18 @@ using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Serving;
 using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Protocol.Contracts;
-using Microsoft.AspNetCore.Diagnostics.HealthChecks;
-using Microsoft.Extensions.Diagnostics.HealthChecks;
-using OpenTelemetry.Metrics;
-using OpenTelemetry.Resources;
-using OpenTelemetry.Trace;
+using Distributed.Protocol.Hosting;
 
 namespace Distributed.Coordinator.Diagnostics;
 
 /// <summary>
-/// The coordinator's operations surface on the serving host: Prometheus text at <c>/metrics</c>, liveness at
-/// <c>/healthz/live</c> (the process answers), readiness at <c>/healthz/ready</c> (the model is loaded and, with
-/// distributed experts, the placement plan covers every expert of every MoE layer), and traces exported by OTLP when
-/// <see cref="TelemetryOptions.OtlpEndpoint"/> is set. Create one per host; <see cref="Serving.Hosting.ServeHost"/> calls
+/// The coordinator's operations surface on the serving host (<see cref="OperationsEndpoints"/>: metrics, liveness,
+/// readiness, OTLP traces); ready means the model is loaded and, with distributed experts, the placement plan covers
+/// every expert of every MoE layer. Create one per host; <see cref="Serving.Hosting.ServeHost"/> calls
 /// <see cref="AddTo"/>, <see cref="WrapScheduler"/> and <see cref="MapEndpoints"/>.
 /// </summary>
 public sealed class CoordinatorOperations : IDisposable
 {
-    /// <summary>Prometheus scrape path.</summary>
-    public const string MetricsPath = "/metrics";
-
-    /// <summary>Liveness probe path.</summary>
-    public const string LivenessPath = "/healthz/live";
-
-    /// <summary>Readiness probe path.</summary>
-    public const string ReadinessPath = "/healthz/ready";
-
     /// <summary>OpenTelemetry service name of the coordinator.</summary>
     public const string ServiceName = "moe-coordinator";
 
@@ -106,19 +92,8 @@ public sealed class CoordinatorOperations : IDisposable
     {
         ArgumentNullException.ThrowIfNull(builder);
         builder.Services.AddSingleton(Instruments);
-        builder.Services.AddHealthChecks()
-            .AddCheck("live", () => HealthCheckResult.Healthy(), tags: ["live"])
-            .AddCheck("ready", () => NotReadyReason() is { } reason ? HealthCheckResult.Unhealthy(reason) : HealthCheckResult.Healthy(), tags: ["ready"]);
-        var otel = builder.Services.AddOpenTelemetry()
-            .ConfigureResource(r => r.AddService(ServiceName))
-            .WithMetrics(m => m.AddMeter(CoordinatorInstruments.MeterName).AddPrometheusExporter());
-        if (!string.IsNullOrWhiteSpace(Telemetry.OtlpEndpoint))
-        {
-            otel.WithTracing(t => t
-                .AddSource(CoordinatorInstruments.ActivitySourceName)
-                .SetSampler(new ParentBasedSampler(new TraceIdRatioBasedSampler(Telemetry.TraceSampleRatio)))
-                .AddOtlpExporter(o => o.Endpoint = new Uri(Telemetry.OtlpEndpoint)));
-        }
+        OperationsEndpoints.Add(builder.Services, Telemetry, ServiceName, serviceInstanceId: null,
+            CoordinatorInstruments.MeterName, CoordinatorInstruments.ActivitySourceName, NotReadyReason);
     }
 
     /// <summary>Wraps the host's scheduler to measure requests; publishes its queue, batch and KV gauges.</summary>
@@ -132,26 +107,8 @@ public sealed class CoordinatorOperations : IDisposable
         return new InstrumentedGenerationScheduler(scheduler, Instruments);
     }
 
-    /// <summary>Maps <see cref="MetricsPath"/>, <see cref="LivenessPath"/> and <see cref="ReadinessPath"/>.</summary>
-    public void MapEndpoints(WebApplication app)
-    {
-        ArgumentNullException.ThrowIfNull(app);
-        app.MapPrometheusScrapingEndpoint(MetricsPath);
-        app.MapHealthChecks(LivenessPath, new HealthCheckOptions { Predicate = c => c.Tags.Contains("live") });
-        app.MapHealthChecks(ReadinessPath, new HealthCheckOptions
-        {
-            Predicate = c => c.Tags.Contains("ready"),
-            ResponseWriter = WriteReasonAsync,
-        });
-    }
-
-    // "Healthy" or "Unhealthy: <reason>" as text/plain: a probe needs only the status code, an operator the reason.
-    private static Task WriteReasonAsync(HttpContext context, HealthReport report)
-    {
-        context.Response.ContentType = "text/plain; charset=utf-8";
-        string reason = string.Join("; ", report.Entries.Values.Where(e => e.Status != HealthStatus.Healthy).Select(e => e.Description));
-        return context.Response.WriteAsync(report.Status == HealthStatus.Healthy ? "Healthy" : $"{report.Status}: {reason}");
-    }
+    /// <summary>Maps the <see cref="OperationsEndpoints"/> paths.</summary>
+    public void MapEndpoints(WebApplication app) => OperationsEndpoints.Map(app);
 
     /// <inheritdoc />
     public void Dispose() => Instruments.Dispose();

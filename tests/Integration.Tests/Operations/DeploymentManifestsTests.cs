@@ -5,6 +5,7 @@ using Distributed.Coordinator.Diagnostics;
 using Distributed.Coordinator.Serving.Hosting;
 using Distributed.ExpertWorker.Hosting;
 using Distributed.Protocol.Contracts;
+using Distributed.Protocol.Hosting;
 using YamlDotNet.RepresentationModel;
 
 namespace Distributed.Integration.Tests.Operations;
@@ -126,7 +127,7 @@ public sealed partial class DeploymentManifestsTests
         Assert.Equal(defaults.GatewayPort, ports["gateway"]);
         Assert.Equal(ports.Values.Order(), Exposed("expert-worker.Dockerfile").Order());
 
-        foreach (var (probe, path) in new[] { ("startupProbe", WorkerOperations.LivenessPath), ("livenessProbe", WorkerOperations.LivenessPath), ("readinessProbe", WorkerOperations.ReadinessPath) })
+        foreach (var (probe, path) in new[] { ("startupProbe", OperationsEndpoints.LivenessPath), ("livenessProbe", OperationsEndpoints.LivenessPath), ("readinessProbe", OperationsEndpoints.ReadinessPath) })
         {
             var get = M(M(container, probe), "httpGet");
             Assert.Equal(path, S(get, "path"));
@@ -134,7 +135,7 @@ public sealed partial class DeploymentManifestsTests
         }
         var annotations = M(M(M(M(set, "spec"), "template"), "metadata"), "annotations");
         Assert.Equal(ports["ops"].ToString(System.Globalization.CultureInfo.InvariantCulture), S(annotations, "prometheus.io/port"));
-        Assert.Equal(WorkerOperations.MetricsPath, S(annotations, "prometheus.io/path"));
+        Assert.Equal(OperationsEndpoints.MetricsPath, S(annotations, "prometheus.io/path"));
 
         var service = Find("Service", S(M(set, "spec"), "serviceName"));
         Assert.Equal("None", S(M(service, "spec"), "clusterIP"));
@@ -165,11 +166,11 @@ public sealed partial class DeploymentManifestsTests
         Assert.Equal(ports["http"], port);
         Assert.Equal(new ServeOptions().Port, port);
         Assert.Equal([port], Exposed("coordinator.Dockerfile"));
-        foreach (var (probe, path) in new[] { ("livenessProbe", CoordinatorOperations.LivenessPath), ("readinessProbe", CoordinatorOperations.ReadinessPath) })
+        foreach (var (probe, path) in new[] { ("livenessProbe", OperationsEndpoints.LivenessPath), ("readinessProbe", OperationsEndpoints.ReadinessPath) })
         {
             Assert.Equal(path, S(M(M(container, probe), "httpGet"), "path"));
         }
-        Assert.Equal(CoordinatorOperations.MetricsPath, S(M(M(M(M(deployment, "spec"), "template"), "metadata"), "annotations"), "prometheus.io/path"));
+        Assert.Equal(OperationsEndpoints.MetricsPath, S(M(M(M(M(deployment, "spec"), "template"), "metadata"), "annotations"), "prometheus.io/path"));
         var service = Find("Service", "moe-coordinator");
         Assert.Equal("http", S((YamlMappingNode)Q(M(service, "spec"), "ports").Single(), "targetPort"));
 
