@@ -105,6 +105,7 @@ internal static unsafe partial class Bf16DotKernels
         // As on the fp32 path: with more than one row block, k is blocked so that a panel's 16 KiB slice is reused
         // from L1 by every row block; partial sums go through y as fp32 and come back bit-exact.
         int kBlock = rows > MaxRows ? KBlockPairs : kp;
+        int blocks = (rows + MaxRows - 1) / MaxRows;
         for (int k0 = 0; k0 < kp; k0 += kBlock)
         {
             int kn = Math.Min(kBlock, kp - k0);
@@ -114,7 +115,6 @@ internal static unsafe partial class Bf16DotKernels
                 uint* nextSlice = p + 1 < fullEnd ? w.Panel(p + 1) + ((nint)k0 * PackedWeight.PairLineUints)
                     : k0 + kBlock < kp ? w.Panel(p0) + ((nint)(k0 + kBlock) * PackedWeight.PairLineUints) : null;
                 int nextLines = p + 1 < fullEnd ? kn : Math.Min(kBlock, kp - k0 - kBlock);
-                int blocks = (rows + MaxRows - 1) / MaxRows;
                 int linesPerBlock = (nextLines + blocks - 1) / blocks;
                 for (int r = 0, block = 0; r < rows; r += MaxRows, block++)
                 {

@@ -27,7 +27,7 @@ public sealed unsafe partial class CpuKernelBackend
         }
         KernelThrowHelper.CheckLength(bf16.Length, (long)inFeatures * outFeatures, Op, nameof(bf16),
             layout == WeightLayout.OutIn ? "[outFeatures, inFeatures]" : "[inFeatures, outFeatures]");
-        var w = new PackedWeight(inFeatures, outFeatures, _panelLayout);
+        var w = new PackedWeight(inFeatures, outFeatures, WeightPanelLayout);
         try
         {
             fixed (ushort* src = bf16)
@@ -233,7 +233,7 @@ public sealed unsafe partial class CpuKernelBackend
     {
         if (w.Layout == PanelLayout.Bf16Pairs)
         {
-            x = PairsLocked(x, rows, w.InFeatures, out ldx);
+            x = PairsLocked(x, rows, w, out ldx);
         }
         if (IsSmall(rows, w))
         {
@@ -260,7 +260,7 @@ public sealed unsafe partial class CpuKernelBackend
             if (paired && !IsSmall(n, gateUp))
             {
                 nint ldx = hidden;
-                float* xs = gateUp.Layout == PanelLayout.Bf16Pairs ? PairsLocked(xb, n, hidden, out ldx) : xb;
+                float* xs = gateUp.Layout == PanelLayout.Bf16Pairs ? PairsLocked(xb, n, gateUp, out ldx) : xb;
                 _gateUpTask.Set(_simd, xs, ldx, n, gateUp, h, act, _team.Threads);
                 _team.Run(_gateUpTask);
             }
@@ -281,11 +281,12 @@ public sealed unsafe partial class CpuKernelBackend
         }
     }
 
-    // The bf16 pair image of x ([rows, k], row stride k) in the backend's buffer, rounded by the team when large;
-    // returned as the x operand MatMulKernels takes for pair panels, with its row stride ⌈k/2⌉ (uints) in ldx.
-    private float* PairsLocked(float* x, int rows, int k, out nint ldx)
+    // The bf16 pair image of x ([rows, K of w], row stride K) in the backend's buffer, rounded by the team when large;
+    // returned as the x operand MatMulKernels takes for pair panels, with its row stride ⌈K/2⌉ (uints) in ldx.
+    private float* PairsLocked(float* x, int rows, PackedWeight w, out nint ldx)
     {
-        int kp = (k + 1) / 2;
+        int k = w.InFeatures;
+        int kp = w.PairLines;
         float* pairs = _pairInput.Get((long)rows * kp);
         if ((long)rows * k < ParallelElementThreshold || rows == 1 || _team.Threads == 1)
         {

@@ -21,7 +21,6 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     private const long ParallelElementThreshold = 1 << 16;
 
     private readonly SimdLevel _simd;
-    private readonly PanelLayout _panelLayout;
     private readonly WorkerTeam _team;
     private readonly Lock _sync = new();
     private readonly ScratchBuffer[] _threadScratch;
@@ -83,7 +82,6 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
         int n = threads == 0 ? Environment.ProcessorCount : threads;
         _simd = simd;
         Precision = precision;
-        _panelLayout = precision == CpuMatMulPrecision.Bf16 ? PanelLayout.Bf16Pairs : PanelLayout.Widened;
         _team = new WorkerTeam(n);
         _threadScratch = new ScratchBuffer[n];
         for (int i = 0; i < n; i++)
@@ -101,6 +99,9 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
 
     /// <summary>The matmul arithmetic of this backend.</summary>
     public CpuMatMulPrecision Precision { get; }
+
+    // The panel layout the kernels of Precision read.
+    private PanelLayout WeightPanelLayout => Precision == CpuMatMulPrecision.Bf16 ? PanelLayout.Bf16Pairs : PanelLayout.Widened;
 
     /// <inheritdoc />
     public string Name { get; }

@@ -78,144 +78,133 @@ internal sealed unsafe class PackedWeight : IWeightMatrix
     /// <summary>Packs panels <c>[p0, p1)</c> from <paramref name="src"/> (<c>K × N</c> bf16 bits in <paramref name="layout"/>).</summary>
     public void PackPanels(ushort* src, WeightLayout layout, int p0, int p1)
     {
-        if (Layout == PanelLayout.Bf16Pairs)
-        {
-            PackPairs(src, layout, p0, p1);
-        }
-        else if (layout == WeightLayout.InOut)
-        {
-            PackInOut(src, p0, p1);
-        }
-        else
-        {
-            PackOutIn(src, p0, p1);
-        }
-    }
-
-    private void PackInOut(ushort* src, int p0, int p1)
-    {
-        int k = InFeatures;
-        int n = OutFeatures;
         for (int p = p0; p < p1; p++)
         {
-            uint* dst = Panel(p);
             int n0 = p * PanelWidth;
-            int width = Math.Min(PanelWidth, n - n0);
-            for (int kk = 0; kk < k; kk++)
+            int width = Math.Min(PanelWidth, OutFeatures - n0);
+            switch ((Layout, layout))
             {
-                ushort* s = src + (long)kk * n + n0;
-                uint* d = dst + (long)kk * LineUints;
-                if (width == PanelWidth)
-                {
-                    var (loA, loB) = Vector256.Widen(Vector256.Load(s));
-                    var (hiA, hiB) = Vector256.Widen(Vector256.Load(s + 16));
-                    (loA | (hiA << 16)).Store(d);
-                    (loB | (hiB << 16)).Store(d + 8);
-                }
-                else
-                {
-                    for (int j = 0; j < LineUints; j++)
-                    {
-                        uint lo = j < width ? s[j] : 0u;
-                        uint hi = j + 16 < width ? s[j + 16] : 0u;
-                        d[j] = lo | (hi << 16);
-                    }
-                }
+                case (PanelLayout.Widened, WeightLayout.InOut):
+                    PackWidenedInOut(src, Panel(p), n0, width);
+                    break;
+                case (PanelLayout.Widened, _):
+                    PackWidenedOutIn(src, (ushort*)Panel(p), n0);
+                    break;
+                case (_, WeightLayout.InOut):
+                    PackPairsInOut(src, Panel(p), n0, width);
+                    break;
+                default:
+                    PackPairsOutIn(src, Panel(p), n0, width);
+                    break;
             }
         }
     }
 
-    private void PackOutIn(ushort* src, int p0, int p1)
+    // 16 dwords d[j] = lo[j] | hi[j] << 16: the shape of both layouts' lines (column halves, or row pairs).
+    private static void Interleave16(ushort* lo, ushort* hi, uint* d)
     {
-        const int KBlock = 64;
-        int k = InFeatures;
-        int n = OutFeatures;
-        for (int p = p0; p < p1; p++)
-        {
-            // Line k of the panel as 32 ushorts: column j sits at 2·(j mod 16) + j / 16 (little-endian halves).
-            ushort* dst = (ushort*)Panel(p);
-            int n0 = p * PanelWidth;
-            for (int k0 = 0; k0 < k; k0 += KBlock)
-            {
-                int kb = Math.Min(KBlock, k - k0);
-                for (int j = 0; j < PanelWidth; j++)
-                {
-                    ushort* d = dst + (long)k0 * PanelWidth + (2 * (j & 15)) + (j >> 4);
-                    if (n0 + j < n)
-                    {
-                        ushort* s = src + ((long)(n0 + j) * k) + k0;
-                        for (int kk = 0; kk < kb; kk++)
-                        {
-                            d[kk * PanelWidth] = s[kk];
-                        }
-                    }
-                    else
-                    {
-                        for (int kk = 0; kk < kb; kk++)
-                        {
-                            d[kk * PanelWidth] = 0;
-                        }
-                    }
-                }
-            }
-        }
+        var (lo0, lo1) = Vector256.Widen(Vector256.Load(lo));
+        var (hi0, hi1) = Vector256.Widen(Vector256.Load(hi));
+        (lo0 | (hi0 << 16)).Store(d);
+        (lo1 | (hi1 << 16)).Store(d + 8);
     }
 
-    // Pair line q of panel p: dword j = W[2q, 32p + j] | W[2q + 1, 32p + j] << 16, zero past K and N.
-    private void PackPairs(ushort* src, WeightLayout layout, int p0, int p1)
+    // Widened line k: dword j = W[k, n0 + j] | W[k, n0 + 16 + j] << 16.
+    private void PackWidenedInOut(ushort* src, uint* dst, int n0, int width)
     {
-        int k = InFeatures;
         int n = OutFeatures;
-        for (int p = p0; p < p1; p++)
+        for (int kk = 0; kk < InFeatures; kk++)
         {
-            uint* dst = Panel(p);
-            int n0 = p * PanelWidth;
-            int width = Math.Min(PanelWidth, n - n0);
-            if (layout == WeightLayout.InOut)
+            ushort* s = src + (long)kk * n + n0;
+            uint* d = dst + (long)kk * LineUints;
+            if (width == PanelWidth)
             {
-                for (int q = 0; q < PairLines; q++)
-                {
-                    ushort* even = src + ((long)(2 * q) * n) + n0;
-                    ushort* odd = (2 * q) + 1 < k ? even + n : null;
-                    uint* d = dst + ((long)q * PairLineUints);
-                    if (width == PanelWidth && odd != null)
-                    {
-                        for (int h = 0; h < PanelWidth; h += 16)
-                        {
-                            var (e0, e1) = Vector256.Widen(Vector256.Load(even + h));
-                            var (o0, o1) = Vector256.Widen(Vector256.Load(odd + h));
-                            (e0 | (o0 << 16)).Store(d + h);
-                            (e1 | (o1 << 16)).Store(d + h + 8);
-                        }
-                    }
-                    else
-                    {
-                        for (int j = 0; j < PanelWidth; j++)
-                        {
-                            uint lo = j < width ? even[j] : 0u;
-                            uint hi = j < width && odd != null ? odd[j] : 0u;
-                            d[j] = lo | (hi << 16);
-                        }
-                    }
-                }
+                Interleave16(s, s + 16, d);
             }
             else
             {
-                // Row c of the source is column c of W: its k values are contiguous, so a pair is two adjacent ushorts.
-                const int QBlock = 64;
-                for (int q0 = 0; q0 < PairLines; q0 += QBlock)
+                for (int j = 0; j < LineUints; j++)
                 {
-                    int qn = Math.Min(QBlock, PairLines - q0);
-                    for (int j = 0; j < PanelWidth; j++)
+                    uint lo = j < width ? s[j] : 0u;
+                    uint hi = j + 16 < width ? s[j + 16] : 0u;
+                    d[j] = lo | (hi << 16);
+                }
+            }
+        }
+    }
+
+    // Line k of the panel as 32 ushorts: column j sits at 2·(j mod 16) + j / 16 (little-endian halves).
+    private void PackWidenedOutIn(ushort* src, ushort* dst, int n0)
+    {
+        const int KBlock = 64;
+        int k = InFeatures;
+        for (int k0 = 0; k0 < k; k0 += KBlock)
+        {
+            int kb = Math.Min(KBlock, k - k0);
+            for (int j = 0; j < PanelWidth; j++)
+            {
+                ushort* d = dst + (long)k0 * PanelWidth + (2 * (j & 15)) + (j >> 4);
+                if (n0 + j < OutFeatures)
+                {
+                    ushort* s = src + ((long)(n0 + j) * k) + k0;
+                    for (int kk = 0; kk < kb; kk++)
                     {
-                        uint* d = dst + ((long)q0 * PairLineUints) + j;
-                        ushort* s = j < width ? src + ((long)(n0 + j) * k) : null;
-                        for (int q = q0; q < q0 + qn; q++, d += PairLineUints)
-                        {
-                            int kk = 2 * q;
-                            *d = s == null ? 0u : s[kk] | (kk + 1 < k ? (uint)s[kk + 1] << 16 : 0u);
-                        }
+                        d[kk * PanelWidth] = s[kk];
                     }
+                }
+                else
+                {
+                    for (int kk = 0; kk < kb; kk++)
+                    {
+                        d[kk * PanelWidth] = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    // Pair line q: dword j = W[2q, n0 + j] | W[2q + 1, n0 + j] << 16, zero past K and N.
+    private void PackPairsInOut(ushort* src, uint* dst, int n0, int width)
+    {
+        int n = OutFeatures;
+        for (int q = 0; q < PairLines; q++)
+        {
+            ushort* even = src + ((long)(2 * q) * n) + n0;
+            ushort* odd = (2 * q) + 1 < InFeatures ? even + n : null;
+            uint* d = dst + ((long)q * PairLineUints);
+            if (width == PanelWidth && odd != null)
+            {
+                Interleave16(even, odd, d);
+                Interleave16(even + 16, odd + 16, d + 16);
+            }
+            else
+            {
+                for (int j = 0; j < PanelWidth; j++)
+                {
+                    uint lo = j < width ? even[j] : 0u;
+                    uint hi = j < width && odd != null ? odd[j] : 0u;
+                    d[j] = lo | (hi << 16);
+                }
+            }
+        }
+    }
+
+    // Row c of the source is column c of W: its k values are contiguous, so a pair is two adjacent ushorts.
+    private void PackPairsOutIn(ushort* src, uint* dst, int n0, int width)
+    {
+        const int QBlock = 64;
+        int k = InFeatures;
+        for (int q0 = 0; q0 < PairLines; q0 += QBlock)
+        {
+            int qn = Math.Min(QBlock, PairLines - q0);
+            for (int j = 0; j < PanelWidth; j++)
+            {
+                uint* d = dst + ((long)q0 * PairLineUints) + j;
+                ushort* s = j < width ? src + ((long)(n0 + j) * k) : null;
+                for (int q = q0; q < q0 + qn; q++, d += PairLineUints)
+                {
+                    int kk = 2 * q;
+                    *d = s == null ? 0u : s[kk] | (kk + 1 < k ? (uint)s[kk + 1] << 16 : 0u);
                 }
             }
         }
