@@ -28,16 +28,34 @@ public sealed class InferCliTests(ITestOutputHelper output)
         Assert.Equal(inProcess, distributed);
     }
 
+    // Two running workers splitting tiny-maverick's experts (static shards), each with its own id and extra options.
+    private async Task<(WorkerProcess A, WorkerProcess B, string AddressA, string AddressB)> StartTwoWorkersAsync(
+        string idA, string[] extraA, string idB, string[] extraB)
+    {
+        var log = new TestLog { Output = output };
+        var a = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "1:0-127,3:0-63", "--threads", "1", "--worker-id", idA, .. extraA], "a", log.Write);
+        var b = WorkerProcess.Start(WorkerProcess.LocateWorker(),
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "3:64-127,5:0-127", "--threads", "1", "--worker-id", idB, .. extraB], "b", log.Write);
+        try
+        {
+            return (a, b, await a.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None),
+                await b.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None));
+        }
+        catch
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+            throw;
+        }
+    }
+
     [Fact]
     public async Task RunningWorkers_Fp32_PrintsTheInProcessJson()
     {
-        var log = new TestLog { Output = output };
-        await using var a = WorkerProcess.Start(WorkerProcess.LocateWorker(),
-            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "1:0-127,3:0-63", "--threads", "1", "--worker-id", "a"], "a", log.Write);
-        await using var b = WorkerProcess.Start(WorkerProcess.LocateWorker(),
-            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "3:64-127,5:0-127", "--threads", "1", "--worker-id", "b"], "b", log.Write);
-        string addrA = await a.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
-        string addrB = await b.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        var (a, b, addrA, addrB) = await StartTwoWorkersAsync("a", [], "b", []);
+        await using var disposeA = a;
+        await using var disposeB = b;
         string inProcess = await RunAsync();
         string distributed = await RunAsync("--workers", $"{addrA},{addrB["http://".Length..]}", "--wire", "fp32");
         Assert.Equal(inProcess, distributed);
@@ -63,14 +81,9 @@ public sealed class InferCliTests(ITestOutputHelper output)
     [Bf16Fact]
     public async Task RunningWorkers_MixedPrecisions_AreServedWithAWarningNamingBoth()
     {
-        var log = new TestLog { Output = output };
-        await using var a = WorkerProcess.Start(WorkerProcess.LocateWorker(),
-            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "1:0-127,3:0-63", "--threads", "1", "--worker-id", "fp32-worker"], "a", log.Write);
-        await using var b = WorkerProcess.Start(WorkerProcess.LocateWorker(),
-            ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "3:64-127,5:0-127", "--threads", "1", "--worker-id", "bf16-worker",
-             "--cpu-precision", "bf16"], "b", log.Write);
-        string addrA = await a.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
-        string addrB = await b.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+        var (a, b, addrA, addrB) = await StartTwoWorkersAsync("fp32-worker", [], "bf16-worker", ["--cpu-precision", "bf16"]);
+        await using var disposeA = a;
+        await using var disposeB = b;
         var stderr = new StringWriter();
         int rc = await CommandLine.RunAsync([.. Common, "--workers", $"{addrA},{addrB}", "--wire", "fp32"], new StringWriter(), stderr);
         output.WriteLine(stderr.ToString());

@@ -36,6 +36,23 @@ public sealed class CpuSwiGluFfnTests
         }
     }
 
+    /// <summary>The FFN built from the public ops: <c>MatMul(x, gateUp)</c>, <c>SiluMul</c> per row, <c>MatMul(act, down)</c>.</summary>
+    internal static float[] ComposedFfn(IKernelBackend b, float[] x, int rows, IWeightMatrix gateUp, IWeightMatrix down)
+    {
+        int h = gateUp.InFeatures;
+        int inter = down.InFeatures;
+        var hidden = new float[rows * 2 * inter];
+        b.MatMul(x, rows, gateUp, hidden);
+        var act = new float[rows * inter];
+        for (int r = 0; r < rows; r++)
+        {
+            b.SiluMul(hidden.AsSpan(r * 2 * inter, inter), hidden.AsSpan((r * 2 * inter) + inter, inter), act.AsSpan(r * inter, inter));
+        }
+        var y = new float[rows * h];
+        b.MatMul(act, rows, down, y);
+        return y;
+    }
+
     [Theory]
     [MemberData(nameof(Backends))]
     public void SwiGluFfn_EqualsMatMulThenSiluMulThenMatMulBitwise(string backend)
@@ -47,15 +64,7 @@ public sealed class CpuSwiGluFfnTests
             var x = TestData.Floats(rows * h, 5);
             using var wgu = b.CreateWeight(TestData.Bf16(h * 2 * inter, 6), h, 2 * inter, WeightLayout.InOut);
             using var wdn = b.CreateWeight(TestData.Bf16(inter * h, 7), inter, h, WeightLayout.InOut);
-            var hidden = new float[rows * 2 * inter];
-            b.MatMul(x, rows, wgu, hidden);
-            var act = new float[rows * inter];
-            for (int r = 0; r < rows; r++)
-            {
-                b.SiluMul(hidden.AsSpan(r * 2 * inter, inter), hidden.AsSpan((r * 2 * inter) + inter, inter), act.AsSpan(r * inter, inter));
-            }
-            var expected = new float[rows * h];
-            b.MatMul(act, rows, wdn, expected);
+            var expected = ComposedFfn(b, x, rows, wgu, wdn);
             var actual = new float[rows * h];
             b.SwiGluFfn(x, rows, wgu, wdn, actual);
             TestData.AssertBitwiseEqual(expected, actual, $"{backend} rows={rows} H={h} I={inter}");
