@@ -1,5 +1,5 @@
 using Distributed.ExpertWorker.Hosting;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Microsoft.Extensions.Options;
 
 namespace Distributed.ExpertWorker;
@@ -38,7 +38,7 @@ public static class Program
     public static async Task<int> Main(string[] args)
     {
         var configuration = new ConfigurationBuilder()
-            .AddEnvironmentVariables(Distributed.Protocol.Contracts.TelemetryOptions.EnvironmentPrefix)
+            .AddEnvironmentVariables(Distributed.Hosting.TelemetryOptions.EnvironmentPrefix)
             .AddCommandLine(args, Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
             .Build();
         try

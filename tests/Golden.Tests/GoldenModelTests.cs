@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Text;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Xunit.Abstractions;
 

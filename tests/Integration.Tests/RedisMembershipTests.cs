@@ -1,6 +1,6 @@
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
@@ -51,7 +51,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
             ModelDescriptor model;
             using (var checkpoint = CheckpointReader.Open(fixture))
             {
-                model = ModelDescriptor.FromCheckpoint(checkpoint);
+                model = ModelDescriptors.FromCheckpoint(checkpoint);
             }
             await using var pool = new WorkerChannelPool(model, new DistributionOptions { WireDType = WireDType.Fp32 }, loggerFactory.CreateLogger<WorkerChannelPool>());
             using var engine = Llama4Engine.Load(fixture, new CpuKernelBackend(1), new GrpcExpertDispatcher(follower, pool));

@@ -1,5 +1,5 @@
 using Distributed.Coordinator.Distribution;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 using Distributed.Protocol.Wire;
@@ -37,7 +37,7 @@ public sealed class StaticWorker : IAsyncLifetime
     {
         using (var checkpoint = CheckpointReader.Open(TestPaths.Fixture("tiny-maverick")))
         {
-            Model = ModelDescriptor.FromCheckpoint(checkpoint);
+            Model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         _process = WorkerProcess.Start(WorkerProcess.LocateWorker(),
             ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", Shard, "--plan-version", PlanVersion.ToString(),

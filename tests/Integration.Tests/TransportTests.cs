@@ -1,6 +1,6 @@
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
@@ -33,7 +33,7 @@ public sealed class TransportTests(ITestOutputHelper output)
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(fixture))
         {
-            model = ModelDescriptor.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         var options = new DistributionOptions { WireDType = WireDType.Fp32, PreferSharedMemory = sharedMemory, SharedRingBytes = 4 << 20 };
         await using var pool = new WorkerChannelPool(model, options, loggerFactory.CreateLogger<WorkerChannelPool>());

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Moe;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 using Grpc.Core;
@@ -22,7 +22,7 @@ public sealed class UnresponsiveWorkerTests(ITestOutputHelper output)
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(TestPaths.Fixture("tiny-maverick")))
         {
-            model = ModelDescriptor.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         await using var worker = WorkerProcess.Start(WorkerProcess.LocateWorker(),
             ["--model", TestPaths.Fixture("tiny-maverick"), "--experts", "all", "--threads", "1", "--worker-id", "sleepy"], "sleepy", log.Write);

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Cli;
 

@@ -1,8 +1,7 @@
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Serving;
 using Distributed.Coordinator.Serving.Scheduling;
-using Distributed.Protocol.Contracts;
-using Distributed.Protocol.Hosting;
+using Distributed.Hosting;
 
 namespace Distributed.Coordinator.Diagnostics;
 

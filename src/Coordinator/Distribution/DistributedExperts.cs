@@ -1,4 +1,4 @@
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 
@@ -61,7 +61,7 @@ public sealed class DistributedExperts : IAsyncDisposable
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(modelDirectory))
         {
-            model = ModelDescriptor.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         var endpoints = ParseWorkers(workers);
         var loggerFactory = CreateLoggerFactory(log);

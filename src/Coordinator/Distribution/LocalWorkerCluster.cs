@@ -1,6 +1,6 @@
 using System.Globalization;
 using Distributed.Coordinator.Moe;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 
 namespace Distributed.Coordinator.Distribution;
@@ -196,7 +196,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(options.ModelDirectory))
         {
-            model = ModelDescriptor.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         string workerPath = options.WorkerPath ?? WorkerProcess.LocateWorker();
         int[] ports = WorkerProcess.FreePorts(2 * options.Workers);

@@ -1,6 +1,5 @@
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
-using Distributed.Kernels.Experts;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Moe;
 

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Tools;
 

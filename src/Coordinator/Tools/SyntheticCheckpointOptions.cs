@@ -1,5 +1,5 @@
 using System.Globalization;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Tools;
 

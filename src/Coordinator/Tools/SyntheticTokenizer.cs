@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Coordinator.Serving.Tokenization;
 
 namespace Distributed.Coordinator.Tools;

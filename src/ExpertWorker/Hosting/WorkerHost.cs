@@ -7,7 +7,7 @@ using Distributed.ExpertWorker.Services;
 using Distributed.ExpertWorker.Weights;
 using Distributed.Hosting;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Distributed.Protocol.Wire;
@@ -85,7 +85,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             backend = backendFactory is null
                 ? KernelBackendFactory.Create(new KernelOptions { Backend = options.KernelBackend, Threads = options.KernelThreads, CpuPrecision = options.KernelCpuPrecision }, Console.Error)
                 : backendFactory(options);
-            var model = ModelDescriptor.FromCheckpoint(checkpoint);
+            var model = ModelDescriptors.FromCheckpoint(checkpoint);
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;

@@ -1,7 +1,6 @@
 using Distributed.ExpertWorker.Diagnostics;
 using Distributed.ExpertWorker.Weights;
-using Distributed.Protocol.Contracts;
-using Distributed.Protocol.Hosting;
+using Distributed.Hosting;
 
 namespace Distributed.ExpertWorker.Hosting;
 

@@ -1,5 +1,5 @@
 using Distributed.Kernels;
-using Distributed.Kernels.Experts;
+using Distributed.Checkpoint;
 
 namespace Distributed.ExpertWorker.Weights;
 
@@ -14,7 +14,7 @@ public interface IExpertLoader
 }
 
 /// <summary>Loads experts from an opened checkpoint by memory map (<see cref="ExpertWeights.Load"/>).</summary>
-public sealed class CheckpointExpertLoader(Kernels.Checkpoint.CheckpointReader checkpoint, IKernelBackend backend) : IExpertLoader
+public sealed class CheckpointExpertLoader(Checkpoint.CheckpointReader checkpoint, IKernelBackend backend) : IExpertLoader
 {
     /// <inheritdoc />
     public IKernelBackend Backend => backend;

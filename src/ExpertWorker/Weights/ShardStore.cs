@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Distributed.Kernels.Experts;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Distributed.Protocol.Wire;
@@ -97,7 +97,7 @@ public sealed partial class ShardStore : IShardView, IDisposable
     /// with <paramref name="version"/>, while the committed version keeps serving. Nothing is released.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="version"/> is not newer than the committed version.</exception>
-    /// <exception cref="Kernels.Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed, the committed version keeps serving).</exception>
+    /// <exception cref="Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed, the committed version keeps serving).</exception>
     public async Task<ShardStatus> StageAsync(ulong version, ShardManifest target, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(target);
@@ -149,7 +149,7 @@ public sealed partial class ShardStore : IShardView, IDisposable
     /// delay; after that every expert outside <paramref name="target"/> is released (freed once in-flight requests end).
     /// Re-applying the committed version drops anything staged for an abandoned version.
     /// </summary>
-    /// <exception cref="Kernels.Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed).</exception>
+    /// <exception cref="Checkpoint.CheckpointException">A slice could not be loaded (state becomes Failed).</exception>
     public async Task<ShardStatus> ApplyAsync(ulong version, ShardManifest target, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(target);

@@ -1,4 +1,3 @@
-using Distributed.Kernels.Checkpoint;
 using MessagePack;
 
 namespace Distributed.Protocol.Contracts;
@@ -26,14 +25,6 @@ public sealed record ModelDescriptor(
     /// <summary>Bytes of one routed expert's bf16 weights (<c>gate_up</c> <c>[H, 2I]</c> + <c>down</c> <c>[I, H]</c>).</summary>
     [IgnoreMember]
     public long ExpertBytes => 3L * HiddenSize * IntermediateSize * sizeof(ushort);
-
-    /// <summary>The descriptor of an opened checkpoint.</summary>
-    public static ModelDescriptor FromCheckpoint(CheckpointReader checkpoint)
-    {
-        ArgumentNullException.ThrowIfNull(checkpoint);
-        var c = checkpoint.Config;
-        return new ModelDescriptor(checkpoint.Fingerprint, c.HiddenSize, c.IntermediateSize, c.NumLayers, c.NumExperts, [.. c.MoeLayerIndices]);
-    }
 
     /// <summary>True when <paramref name="layer"/> is a MoE layer of this model.</summary>
     public bool IsMoeLayer(int layer) => Array.IndexOf(MoeLayers, layer) >= 0;

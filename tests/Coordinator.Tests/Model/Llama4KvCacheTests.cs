@@ -1,5 +1,5 @@
 using Distributed.Coordinator.Model.Llama4;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Tests.Model;
 

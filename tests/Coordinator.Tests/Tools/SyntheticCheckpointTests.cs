@@ -1,7 +1,7 @@
 using System.Text.Json;
 using Distributed.Coordinator.Tools;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Tests.Tools;
 

@@ -1,7 +1,7 @@
 using Distributed.ExpertWorker.Weights;
 using Distributed.Kernels;
 using Distributed.Kernels.Cpu;
-using Distributed.Kernels.Experts;
+using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Microsoft.Extensions.Logging.Abstractions;

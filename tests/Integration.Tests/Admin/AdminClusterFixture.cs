@@ -3,7 +3,7 @@ using System.Net.Http.Headers;
 using Distributed.Coordinator.Admin;
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
@@ -59,7 +59,7 @@ public sealed class AdminClusterFixture : IAsyncLifetime
         _loggerFactory = _log.CreateLoggerFactory();
         using (var checkpoint = CheckpointReader.Open(TestPaths.Fixture("tiny-maverick")))
         {
-            Model = ModelDescriptor.FromCheckpoint(checkpoint);
+            Model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         long total = (long)Model.MoeLayers.Length * Model.NumExperts;
         CapacityExperts = (total + 2) / 3 + SlackExperts;

@@ -3,7 +3,7 @@ using System.Globalization;
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving.Scheduling;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
@@ -74,7 +74,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
             ModelDescriptor model;
             using (var checkpoint = CheckpointReader.Open(fixture))
             {
-                model = ModelDescriptor.FromCheckpoint(checkpoint);
+                model = ModelDescriptors.FromCheckpoint(checkpoint);
             }
             var distribution = new DistributionOptions { WireDType = WireDType.Fp32, DispatchTimeout = TimeSpan.FromSeconds(20), RecoveryTimeout = TimeSpan.FromSeconds(90) };
             await using var pool = new WorkerChannelPool(model, distribution, loggerFactory.CreateLogger<WorkerChannelPool>());

@@ -106,9 +106,9 @@ public sealed class WorkerFailureTests(ITestOutputHelper output)
     {
         var log = new TestLog { Output = output };
         Protocol.Contracts.ModelDescriptor model;
-        using (var checkpoint = Kernels.Checkpoint.CheckpointReader.Open(TestPaths.Fixture("tiny-maverick")))
+        using (var checkpoint = Checkpoint.CheckpointReader.Open(TestPaths.Fixture("tiny-maverick")))
         {
-            model = Protocol.Contracts.ModelDescriptor.FromCheckpoint(checkpoint);
+            model = Checkpoint.ModelDescriptors.FromCheckpoint(checkpoint);
         }
         long half = (long)model.MoeLayers.Length * model.NumExperts / 2 * model.ExpertBytes;
         await using var chaos = await ChaosCluster.StartAsync(log, workers: 2, settings: new Dictionary<string, string> { ["ExpertWorker:MemoryCapacityBytes"] = half.ToString(System.Globalization.CultureInfo.InvariantCulture) });

@@ -5,7 +5,7 @@ using Distributed.Coordinator.Diagnostics;
 using Distributed.Coordinator.Serving.Hosting;
 using Distributed.ExpertWorker.Hosting;
 using Distributed.Protocol.Contracts;
-using Distributed.Protocol.Hosting;
+using Distributed.Hosting;
 using YamlDotNet.RepresentationModel;
 
 namespace Distributed.Integration.Tests.Operations;
@@ -75,7 +75,7 @@ public sealed partial class DeploymentManifestsTests
     [Fact]
     public void WorkerEnvironment_NamesRealOptions()
     {
-        var sections = OptionTypes(typeof(ExpertWorkerOptions).Assembly, typeof(ExpertClusterOptions).Assembly);
+        var sections = OptionTypes(typeof(ExpertWorkerOptions).Assembly, typeof(ExpertClusterOptions).Assembly, typeof(TelemetryOptions).Assembly);
         var env = Env(Container(Find("StatefulSet", "moe-expert-worker")));
         var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal)).ToList();
         Assert.True(names.Count >= 10);
@@ -96,7 +96,7 @@ public sealed partial class DeploymentManifestsTests
     [Fact]
     public void CoordinatorEnvironment_NamesRealOptions()
     {
-        var sections = OptionTypes(typeof(CoordinatorOperations).Assembly, typeof(TelemetryOptions).Assembly);
+        var sections = OptionTypes(typeof(CoordinatorOperations).Assembly, typeof(ExpertClusterOptions).Assembly, typeof(TelemetryOptions).Assembly);
         var env = Env(Container(Find("Deployment", "moe-coordinator")));
         // The admin token is not a configuration key: serve reads it from the variable ClusterAdminOptions names.
         string tokenVariable = new Distributed.Coordinator.Admin.ClusterAdminOptions().TokenEnvironmentVariable;

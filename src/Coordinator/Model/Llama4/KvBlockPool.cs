@@ -1,5 +1,5 @@
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
 

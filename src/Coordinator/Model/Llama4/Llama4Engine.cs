@@ -1,6 +1,6 @@
 using Distributed.Coordinator.Moe;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
 

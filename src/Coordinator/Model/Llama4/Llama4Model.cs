@@ -1,7 +1,7 @@
 using System.Buffers;
 using Distributed.Coordinator.Moe;
 using Distributed.Kernels;
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
 

@@ -1,4 +1,4 @@
-using Distributed.Kernels.Checkpoint;
+using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
 

@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.Json;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// Reads a Hugging Face Llama 4 <c>config.json</c> into a validated <see cref="Llama4TextConfig"/> and writes one back.

@@ -1,4 +1,4 @@
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// A Hugging Face Llama 4 model directory opened for reading: <c>config.json</c> (text config or the multimodal

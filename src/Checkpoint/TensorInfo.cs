@@ -1,4 +1,4 @@
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>One tensor of a safetensors file: name, dtype, shape and where its bytes are.</summary>
 /// <param name="Name">Full name in the file (with any <c>language_model.</c> prefix).</param>

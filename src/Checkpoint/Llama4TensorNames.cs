@@ -1,4 +1,4 @@
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>Hugging Face tensor names of the Llama 4 text model (without the multimodal <c>language_model.</c> prefix).</summary>
 public static class Llama4TensorNames

@@ -1,7 +1,7 @@
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// One <c>.safetensors</c> file, memory-mapped read-only with a single view. The header is parsed and validated

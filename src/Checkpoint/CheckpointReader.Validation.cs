@@ -1,7 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 public sealed partial class CheckpointReader
 {

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using System.Text.Json;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// Writes a checkpoint's tensors as a Hugging Face sharded set by streaming: tensors are packed in declaration order

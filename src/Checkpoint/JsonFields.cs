@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// Typed, validated access to the fields of one JSON object; every error is a <see cref="CheckpointException"/>

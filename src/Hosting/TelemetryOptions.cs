@@ -1,4 +1,4 @@
-namespace Distributed.Protocol.Contracts;
+namespace Distributed.Hosting;
 
 /// <summary>
 /// Metrics and traces of a coordinator or worker process. Section <c>Telemetry</c>; from the environment as

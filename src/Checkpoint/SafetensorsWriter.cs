@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>A tensor to be written: name, dtype and shape (its byte length follows).</summary>
 /// <param name="Name">Full tensor name (non-empty, not <c>__metadata__</c>).</param>

@@ -1,4 +1,4 @@
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// A model directory that cannot be used: missing or malformed <c>config.json</c>, a missing tensor, a wrong shape or

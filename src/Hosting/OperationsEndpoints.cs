@@ -1,4 +1,3 @@
-using Distributed.Protocol.Contracts;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Http;
@@ -9,7 +8,7 @@ using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
 
-namespace Distributed.Protocol.Hosting;
+namespace Distributed.Hosting;
 
 /// <summary>
 /// The operations surface both executables serve: Prometheus text at <see cref="MetricsPath"/>, liveness at

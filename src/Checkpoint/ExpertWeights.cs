@@ -1,6 +1,4 @@
-using Distributed.Kernels.Checkpoint;
-
-namespace Distributed.Kernels.Experts;
+namespace Distributed.Checkpoint;
 
 /// <summary>One routed expert's weights prepared on a backend: <c>gate_up</c> <c>[H, 2I]</c> and <c>down</c> <c>[I, H]</c>.</summary>
 public sealed class ExpertWeights : IDisposable

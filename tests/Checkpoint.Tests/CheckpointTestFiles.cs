@@ -1,9 +1,8 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json.Nodes;
-using Distributed.Kernels.Checkpoint;
 
-namespace Distributed.Kernels.Tests.Checkpoint;
+namespace Distributed.Checkpoint.Tests;
 
 /// <summary>Fixture lookup, temporary copies and raw safetensors surgery for the checkpoint tests.</summary>
 internal static class CheckpointTestFiles

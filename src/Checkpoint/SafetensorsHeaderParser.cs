@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Text.Json;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>A validated safetensors header.</summary>
 /// <param name="DataStart">Absolute file offset of the data section.</param>

@@ -1,7 +1,6 @@
 using System.Text.Json;
-using Distributed.Kernels.Checkpoint;
 
-namespace Distributed.Kernels.Tests.Checkpoint;
+namespace Distributed.Checkpoint.Tests;
 
 [Trait("Category", "Unit")]
 public sealed class SafetensorsFileTests

@@ -1,4 +1,4 @@
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>Mapping between safetensors dtype strings and <see cref="DType"/>.</summary>
 public static class SafetensorsDTypes

@@ -1,4 +1,4 @@
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 /// <summary>
 /// The fields of a Hugging Face <c>Llama4TextConfig</c> (<c>model_type: llama4_text</c>, or the <c>text_config</c> of a

@@ -1,9 +1,8 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Json;
-using Distributed.Kernels.Checkpoint;
 
-namespace Distributed.Kernels.Tests.Checkpoint;
+namespace Distributed.Checkpoint.Tests;
 
 [Trait("Category", "Unit")]
 public sealed class SafetensorsWriterTests

@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace Distributed.Kernels.Checkpoint;
+namespace Distributed.Checkpoint;
 
 public sealed partial class CheckpointReader
 {
