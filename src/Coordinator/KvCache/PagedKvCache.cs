@@ -283,6 +283,9 @@ public sealed class PagedKvCache : IKvCache, IDisposable
         return new KvView(_pool.Store, TableOf(layer), visibleStart - tableStart, first + rows - visibleStart, visibleStart);
     }
 
+    /// <summary>The block ids of <paramref name="layer"/>'s table and the logical block index of its first entry (tests, diagnostics).</summary>
+    internal (int[] Blocks, int FirstBlock) TableSnapshot(int layer) => ([.. _tables[layer]], _firstBlock[layer]);
+
     // The layer's block table as an array the attention call can read (rebuilt only after the table changed).
     private int[] TableOf(int layer) => _tableArrays[layer] ??= [.. _tables[layer]];
 

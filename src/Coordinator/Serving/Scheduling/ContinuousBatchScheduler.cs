@@ -418,10 +418,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             if (next.Computed == 0 && next.Owner.Capture is null)
             {
                 // The last token must be computed (its logits give the next token), so at most TokenCount - 1 are reused.
-                int hit = next.Cache.AttachPrefix(next.TokenSpan, next.TokenCount - 1);
-                next.Computed = hit;
-                Interlocked.Add(ref _prefixQueried, next.TokenCount);
-                Interlocked.Add(ref _prefixHits, hit);
+                next.Computed = next.Cache.AttachPrefix(next.TokenSpan, next.TokenCount - 1);
             }
             int n = Math.Min(Math.Min(ChunkLimit(next), next.Remaining), budget);
             // Leave one block per layer free for the running decodes' next step, so admission does not preempt at once.
@@ -433,6 +430,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
                 break;
             }
             TakeWaiting(next);
+            Interlocked.Add(ref _prefixQueried, next.TokenCount);
+            Interlocked.Add(ref _prefixHits, next.Computed);
             _running.Add(next);
             plan.Add((next, n));
             planned.Add(next);
