@@ -11,7 +11,8 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--prefix-caching on|off] [--default-max-tokens N]\n"
+        + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
@@ -26,7 +27,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
+             "prefix-caching", "default-max-tokens", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
              "admin-grpc-port", "admin-token-env"],
             []);
         var serve = new ServeOptions
@@ -38,6 +39,7 @@ public static partial class CommandLine
             Http2Port = a.Has("http2-port") ? a.Int("http2-port", 0, 0, 65535) : null,
             MaxRequestBodyBytes = a.Int("max-request-bytes", 4 << 20, (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
             QueueFullStatusCode = a.Int("queue-full-status", 429, 429, 503),
+            DefaultMaxTokens = a.Int("default-max-tokens", ServeOptions.DefaultDefaultMaxTokens, 1, int.MaxValue),
         };
         var validation = new ServeOptionsValidator().Validate(null, serve);
         if (validation.Failed)
@@ -112,7 +114,8 @@ public static partial class CommandLine
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
                 + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
-                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
+                + $"default-max-tokens {serve.DefaultMaxTokens}, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}"));
             try
             {
@@ -200,6 +203,14 @@ public static partial class CommandLine
         return options;
     }
 
+    private static bool OnOff(CliArgs a, string name, bool fallback) => a.Get(name) switch
+    {
+        null => fallback,
+        "on" => true,
+        "off" => false,
+        string other => throw new UsageException($"--{name} '{other}' must be on or off"),
+    };
+
     private static SchedulerOptions SchedulerOptionsFrom(CliArgs a)
     {
         var defaults = new SchedulerOptions();
@@ -214,6 +225,7 @@ public static partial class CommandLine
             PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
             KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
             KvBlockSize = defaults.KvBlockSize,
+            PrefixCaching = OnOff(a, "prefix-caching", defaults.PrefixCaching),
             RetryAfter = defaults.RetryAfter,
         };
         try

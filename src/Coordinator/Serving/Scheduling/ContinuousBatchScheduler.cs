@@ -103,14 +103,18 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             FullMode = BoundedChannelFullMode.Wait,
         });
         _eos = [.. engine.Config.EosTokenIds];
+        MaxContextTokens = LongestFitting(engine.Config.MaxPositionEmbeddings);
         _loop = Task.Factory.StartNew(RunAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }
 
     /// <inheritdoc />
     public int VocabSize => _engine.Config.VocabSize;
 
-    /// <inheritdoc />
-    public int MaxContextTokens => _engine.Config.MaxPositionEmbeddings;
+    /// <summary>
+    /// The longest sequence (prompt + generated) one request may have: <c>max_position_embeddings</c>, or less when one
+    /// sequence of that length would not fit the KV budget alone (<see cref="KvBlockPool.BlocksNeeded(int, int)"/>).
+    /// </summary>
+    public int MaxContextTokens { get; }
 
     /// <summary>The KV pool (for reporting).</summary>
     public KvBlockPool KvPool => _pool;
@@ -216,6 +220,25 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         }
         LogQueued(request.Id, request.PromptIds.Length, request.MaxTokens);
         return first;
+    }
+
+    // Largest T <= limit whose worst case fits the whole pool (BlocksNeeded grows with T).
+    private int LongestFitting(int limit)
+    {
+        int lo = 0, hi = limit;
+        while (lo < hi)
+        {
+            int mid = lo + (hi - lo + 1) / 2;
+            if (_pool.BlocksNeeded(mid, _options.PrefillChunkTokens) <= _pool.TotalBlocks)
+            {
+                lo = mid;
+            }
+            else
+            {
+                hi = mid - 1;
+            }
+        }
+        return lo;
     }
 
     private Sampler NewSampler(GenerationRequest request, int choice)
