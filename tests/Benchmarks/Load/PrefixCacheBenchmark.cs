@@ -85,7 +85,7 @@ internal static partial class PrefixCacheBenchmark
                 double ttftRatio = results[0].TtftMean / results[1].TtftMean, tputRatio = results[1].TokensPerSecond / results[0].TokensPerSecond;
                 ttftRatios.Add(ttftRatio);
                 throughputRatios.Add(tputRatio);
-                Console.WriteLine(string.Format(inv, "| {0} | {1:F2} | {2:F2} | {3:F2} | {4:F2} | {5:F2}x | {6:F0} | {7:F0} | {8:F2}x | {9:P1} | {10} |", round + 1,
+                Console.WriteLine(string.Format(inv, "| {0} | {1:F2} | {2:F2} | {3:F2} | {4:F2} | {5:F2}x | {6:F1} | {7:F1} | {8:F2}x | {9:P1} | {10} |", round + 1,
                     results[0].TtftMean, results[1].TtftMean, results[0].TtftP50, results[1].TtftP50, ttftRatio, results[0].TokensPerSecond, results[1].TokensPerSecond,
                     tputRatio, query1 > query0 ? (double)(hit1 - hit0) / (query1 - query0) : 0, identical ? "yes" : "NO"));
             }
