@@ -4,7 +4,6 @@ using System.Text.RegularExpressions;
 using Distributed.Coordinator.Diagnostics;
 using Distributed.Coordinator.Serving.Hosting;
 using Distributed.ExpertWorker.Hosting;
-using Distributed.Protocol.Contracts;
 using Distributed.Hosting;
 using YamlDotNet.RepresentationModel;
 
