@@ -59,9 +59,6 @@ public sealed class PagedKvCache : IKvCache, IDisposable
     /// <summary>Blocks this sequence holds now, over all layers (shared ones included).</summary>
     public int Blocks => _tables.Sum(t => t.Count);
 
-    /// <summary>The token ids of positions <c>[0, NextPosition)</c>.</summary>
-    public IReadOnlyList<int> Tokens => _tokens;
-
     /// <summary>
     /// Starts this empty cache on the longest cached prefix of <paramref name="tokens"/> that is a whole number of blocks,
     /// at most <paramref name="maxTokens"/> long, and whose blocks every layer needs are in the pool: NoPE layers need

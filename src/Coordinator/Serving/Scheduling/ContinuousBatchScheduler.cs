@@ -119,9 +119,6 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
     /// <summary>The KV pool (for reporting).</summary>
     public KvBlockPool KvPool => _pool;
 
-    /// <summary>The options it runs with.</summary>
-    public SchedulerOptions Options => _options;
-
     /// <summary>A snapshot of the scheduler's counters.</summary>
     public SchedulerStats Stats => new(_pending.Reader.Count + Volatile.Read(ref _resumeCount), Volatile.Read(ref _runningCount), _pool.UsedBlocks,
         _pool.CachedBlocks, _pool.TotalBlocks, Interlocked.Read(ref _steps), Interlocked.Read(ref _tokens), Interlocked.Read(ref _finished),
