@@ -10,7 +10,8 @@ public static class DistributedExpertsCli
     /// <paramref name="args"/>; returns null (experts in-process) when neither worker option is given. Local workers get
     /// the coordinator's <c>--cpu-precision</c>, so the experts compute with the same arithmetic wherever they run.
     /// </summary>
-    /// <exception cref="UsageException">Both worker options, N out of range, an unknown wire dtype, a malformed address.</exception>
+    /// <exception cref="UsageException">Both worker options, N out of range, an unknown wire dtype, a malformed address, a
+    /// <c>DISTRIBUTED_CLUSTER_TOKEN</c> too weak to be the cluster credential.</exception>
     public static async Task<DistributedExperts?> StartAsync(CliArgs args, string modelDirectory, TextWriter log, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(args);
@@ -27,6 +28,11 @@ public static class DistributedExpertsCli
                 throw new UsageException("--wire needs --local-workers or --workers");
             }
             return null;
+        }
+        if (Protocol.Contracts.ClusterCredential.Resolve().Token is { } token
+            && Protocol.Contracts.ClusterCredential.Validate(token, Protocol.Contracts.ClusterCredential.EnvironmentVariable) is { Count: > 0 } weak)
+        {
+            throw new UsageException(string.Join("; ", weak));
         }
         Protocol.Grpc.WireDType wire;
         try

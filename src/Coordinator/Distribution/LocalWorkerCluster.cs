@@ -70,6 +70,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     private readonly int _primarySiloPort;
     private readonly Action<string> _log;
     private readonly ILoggerFactory _loggerFactory;
+    private readonly IReadOnlyDictionary<string, string> _workerEnvironment;
 
     private LocalWorkerCluster(List<WorkerProcess> workers, ClusterPlacementFollower follower, LocalClusterOptions options, ModelDescriptor model,
         string workerPath, int primarySiloPort, DistributionOptions distribution, Action<string> log, ILoggerFactory loggerFactory)
@@ -82,6 +83,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         _primarySiloPort = primarySiloPort;
         _log = log;
         _loggerFactory = loggerFactory;
+        _workerEnvironment = CredentialEnvironment(distribution);
         GrpcDispatcher = CreateDispatcher(distribution);
     }
 
@@ -91,9 +93,12 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>The model the workers serve.</summary>
     public ModelDescriptor Model => _model;
 
-    /// <summary>Another dispatcher over the same workers (e.g. another wire dtype); disposed with the cluster.</summary>
+    /// <summary>Another dispatcher over the same workers (e.g. another wire dtype); disposed with the cluster. Without a
+    /// <see cref="DistributionOptions.ClusterToken"/>, <paramref name="distribution"/> gets the cluster's.</summary>
     public GrpcExpertDispatcher CreateDispatcher(DistributionOptions distribution)
     {
+        ArgumentNullException.ThrowIfNull(distribution);
+        distribution.ClusterToken ??= _workerEnvironment[ClusterCredential.EnvironmentVariable];
         var errors = distribution.Validate();
         if (errors.Count > 0)
         {
@@ -128,7 +133,8 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(index), index, "not a new worker or a worker that exited");
         }
         int[] ports = WorkerProcess.FreePorts(2);
-        var worker = WorkerProcess.Start(_workerPath, WorkerArguments(_options, index, ports[0], ports[1], _primarySiloPort), $"worker-{index}", _log);
+        var worker = WorkerProcess.Start(_workerPath, WorkerArguments(_options, index, ports[0], ports[1], _primarySiloPort), $"worker-{index}", _log,
+            _workerEnvironment);
         if (index == _workers.Count)
         {
             _workers.Add(worker);
@@ -146,6 +152,17 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>Kills worker <paramref name="index"/> with SIGKILL (no shutdown, no unregistration). Index 0 is the
     /// localhost-clustering primary, whose loss ends the cluster.</summary>
     public void KillWorker(int index) => _workers[index].Kill();
+
+    /// <summary>
+    /// The environment that gives the workers this launcher starts the cluster credential: the token of
+    /// <paramref name="distribution"/> (<c>DISTRIBUTED_CLUSTER_TOKEN</c>) or, when it has none, a freshly generated one
+    /// (32 random bytes), which is then set on <paramref name="distribution"/> so the coordinator's calls carry it.
+    /// </summary>
+    internal static IReadOnlyDictionary<string, string> CredentialEnvironment(DistributionOptions distribution)
+    {
+        distribution.ClusterToken ??= ClusterCredential.Generate();
+        return new Dictionary<string, string> { [ClusterCredential.EnvironmentVariable] = distribution.ClusterToken };
+    }
 
     private static List<string> WorkerArguments(LocalClusterOptions options, int index, int siloPort, int gatewayPort, int primarySiloPort)
     {
@@ -179,7 +196,8 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>The worker processes.</summary>
     public IReadOnlyList<WorkerProcess> Workers => _workers;
 
-    /// <summary>Starts the cluster and waits until it serves every expert.</summary>
+    /// <summary>Starts the cluster and waits until it serves every expert. The workers get the cluster credential of
+    /// <paramref name="distribution"/>, generated when it has none (see <see cref="CredentialEnvironment"/>).</summary>
     /// <param name="log">Receives the workers' output lines and progress.</param>
     /// <exception cref="ArgumentException">Invalid options (every problem listed).</exception>
     /// <exception cref="TimeoutException">The workers or the plan were not ready within <see cref="LocalClusterOptions.StartTimeout"/>.</exception>
@@ -199,6 +217,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
         string workerPath = options.WorkerPath ?? WorkerProcess.LocateWorker();
+        var environment = CredentialEnvironment(distribution);
         int[] ports = WorkerProcess.FreePorts(2 * options.Workers);
         var workers = new List<WorkerProcess>();
         ClusterPlacementFollower? follower = null;
@@ -222,7 +241,8 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
                     ports[2 * index] = fresh[0];
                     ports[2 * index + 1] = fresh[1];
                     log($"{worker.Name} exited before it was ready; restarting it on ports {fresh[0]}/{fresh[1]}");
-                    worker = WorkerProcess.Start(workerPath, WorkerArguments(options, index, fresh[0], fresh[1], index == 0 ? 0 : primarySiloPort), worker.Name, log);
+                    worker = WorkerProcess.Start(workerPath, WorkerArguments(options, index, fresh[0], fresh[1], index == 0 ? 0 : primarySiloPort), worker.Name, log,
+                        environment);
                     workers[index] = worker;
                 }
             }
@@ -233,7 +253,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             for (int i = 0; i < options.Workers; i++)
             {
                 var args = WorkerArguments(options, i, ports[2 * i], ports[2 * i + 1], i == 0 ? 0 : ports[0]);
-                workers.Add(WorkerProcess.Start(workerPath, args, $"worker-{i}", log));
+                workers.Add(WorkerProcess.Start(workerPath, args, $"worker-{i}", log, environment));
                 if (i == 0)
                 {
                     // The primary must be up before the others join it.

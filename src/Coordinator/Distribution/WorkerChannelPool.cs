@@ -7,16 +7,35 @@ namespace Distributed.Coordinator.Distribution;
 /// One <see cref="WorkerConnection"/> per worker endpoint, created on first use (concurrent callers share the
 /// handshake) and replaced when its stream broke.
 /// </summary>
-public sealed partial class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger) : IAsyncDisposable
+public sealed partial class WorkerChannelPool : IAsyncDisposable
 {
+    private readonly ModelDescriptor _model;
+    private readonly DistributionOptions _options;
+    private readonly ILogger<WorkerChannelPool> _logger;
     private readonly ConcurrentDictionary<string, Lazy<Task<WorkerConnection>>> _connections = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _disposed = new();
 
+    /// <summary>Creates the pool.</summary>
+    /// <exception cref="ArgumentException"><paramref name="options"/> are invalid (every problem listed; a weak
+    /// <see cref="DistributionOptions.ClusterToken"/> is named, never shown).</exception>
+    public WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var errors = options.Validate();
+        if (errors.Count > 0)
+        {
+            throw new ArgumentException(string.Join("; ", errors), nameof(options));
+        }
+        _model = model;
+        _options = options;
+        _logger = logger;
+    }
+
     /// <summary>The model every worker must serve.</summary>
-    public ModelDescriptor Model => model;
+    public ModelDescriptor Model => _model;
 
     /// <summary>The options connections use.</summary>
-    public DistributionOptions Options => options;
+    public DistributionOptions Options => _options;
 
     /// <summary>The live connection to <paramref name="worker"/>, connecting (or reconnecting) if needed.</summary>
     /// <exception cref="ExpertDispatchException">The worker cannot be reached or refuses the handshake.</exception>
@@ -49,7 +68,7 @@ public sealed partial class WorkerChannelPool(ModelDescriptor model, Distributio
 
     private async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker)
     {
-        var connection = await WorkerConnection.ConnectAsync(worker, model, options, logger, _disposed.Token).ConfigureAwait(false);
+        var connection = await WorkerConnection.ConnectAsync(worker, _model, _options, _logger, _disposed.Token).ConfigureAwait(false);
         WarnOnMixedNumerics(connection);
         return connection;
     }

@@ -17,7 +17,7 @@ using Microsoft.Extensions.Options;
 namespace Distributed.ExpertWorker.Hosting;
 
 /// <summary>
-/// One expert worker process: Kestrel serving the gRPC data plane (h2c) and, unless a static shard is configured, an
+/// One expert worker process: Kestrel serving the gRPC data plane (h2c, guarded by <see cref="DataPlaneSecurity"/>) and, unless a static shard is configured, an
 /// Orleans silo in the same process. Kestrel starts first so the silo can advertise the bound endpoint in its metadata
 /// (the data-plane port may be 0). Both share one <see cref="ShardStore"/>; only assigned experts are ever loaded.
 /// </summary>
@@ -77,6 +77,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
         var placement = Bind<PlacementOptions>(configuration, PlacementOptions.SectionName);
         var telemetry = Bind<TelemetryOptions>(configuration, TelemetryOptions.SectionName);
         Validate(options, cluster, placement, telemetry);
+        var credential = DataPlaneSecurity.ResolveCredential(configuration, options);
 
         var checkpoint = CheckpointReader.Open(options.ModelDirectory);
         IKernelBackend? backend = null;
@@ -89,7 +90,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;
-            return await StartCoreAsync(configuration, options, cluster, telemetry, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
+            return await StartCoreAsync(configuration, options, cluster, telemetry, credential, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
         }
         catch
         {
@@ -127,7 +128,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
     }
 
     private static async Task<WorkerHost> StartCoreAsync(
-        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, CheckpointReader checkpoint,
+        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, ClusterCredential? credential, CheckpointReader checkpoint,
         IKernelBackend backend, ModelDescriptor model, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
@@ -182,12 +183,13 @@ public sealed partial class WorkerHost : IAsyncDisposable
             loggerFactory.CreateLogger<ShardStore>(), options.RetireDelay);
         builder.Services.AddSingleton(store);
         builder.Services.AddSingleton(new ExpertExecutor(backend));
-        builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(Options.Create(options));
+        DataPlaneSecurity.Add(builder, options, credential, maxMessage, ctx => opsListen?.IPEndPoint is { } ops && ctx.Connection.LocalPort == ops.Port);
         var instruments = new ExpertWorkerInstruments(store);
         builder.Services.AddSingleton(instruments);
         WorkerOperations.Add(builder, store, telemetry, workerId);
         var web = builder.Build();
+        DataPlaneSecurity.Use(web);
         web.MapGrpcService<ExpertComputeService>();
         WorkerOperations.Map(web);
         try
