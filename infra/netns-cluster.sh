@@ -58,6 +58,10 @@ for dll in "$WORKER_DLL" "$COORD_DLL"; do
   [[ -f "$dll" ]] || { echo "netns-cluster: build first: $dll missing (dotnet build -c $CONFIG)" >&2; exit 2; }
 done
 
+# The cluster credential every worker requires and the coordinator sends on the data plane (docs/OPERATIONS.md,
+# "Security"): the caller's, else a fresh one for this run. Exported, so `ip netns exec` children inherit it.
+export DISTRIBUTED_CLUSTER_TOKEN="${DISTRIBUTED_CLUSTER_TOKEN:-$(head -c 32 /dev/urandom | base64 -w0)}"
+
 PREFIX="moe$$"            # namespace and interface names stay unique per run and within IFNAMSIZ (15)
 NS_C="$PREFIX-c" NS_A="$PREFIX-a" NS_B="$PREFIX-b"
 IP_C="$SUBNET.1" IP_A="$SUBNET.2" IP_B="$SUBNET.3"

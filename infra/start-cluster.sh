@@ -7,7 +7,8 @@
 #   infra/start-cluster.sh --model DIR --workers 2 --redis 127.0.0.1:6379     # Redis membership instead of localhost
 #
 # Workers log to $LOG_DIR/worker-<i>.log (default: a temp dir). Requires a built solution
-# (dotnet build -c Release) or set CONFIG=Debug.
+# (dotnet build -c Release) or set CONFIG=Debug. The workers require DISTRIBUTED_CLUSTER_TOKEN (generated and printed
+# when unset).
 set -euo pipefail
 
 MODEL="" WORKERS=2 INFER="" REDIS="" THREADS=1 CONFIG="${CONFIG:-Release}"
@@ -18,7 +19,7 @@ while [[ $# -gt 0 ]]; do
     --infer) INFER="$2"; shift 2 ;;
     --redis) REDIS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +32,13 @@ COORD_DLL="$ROOT/src/Coordinator/bin/$CONFIG/net10.0/Distributed.Coordinator.dll
 [[ -f "$WORKER_DLL" ]] || { echo "build first: $WORKER_DLL missing (dotnet build -c $CONFIG)" >&2; exit 2; }
 LOG_DIR="${LOG_DIR:-$(mktemp -d -t expert-cluster-XXXXXX)}"
 CLUSTER_ID="manual-$$"
+# The cluster credential the workers require on their data plane: the caller's DISTRIBUTED_CLUSTER_TOKEN, else a fresh
+# one, exported so the workers and --infer get it. Give the same value to a coordinator started elsewhere.
+if [[ -z "${DISTRIBUTED_CLUSTER_TOKEN:-}" ]]; then
+  DISTRIBUTED_CLUSTER_TOKEN="$(head -c 32 /dev/urandom | base64 -w0)"
+  echo "generated DISTRIBUTED_CLUSTER_TOKEN (export it for coordinators you start yourself): $DISTRIBUTED_CLUSTER_TOKEN"
+fi
+export DISTRIBUTED_CLUSTER_TOKEN
 
 # A silo must be told its port before it binds, so ports are probed from below the kernel's ephemeral range, where no
 # outgoing connection or port-0 listener can take them between the probe and the bind; none handed out twice.

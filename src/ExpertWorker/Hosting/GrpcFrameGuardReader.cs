@@ -27,6 +27,7 @@ internal sealed class GrpcFrameGuardReader(PipeReader inner, long maxMessageByte
     private ReadOnlySequence<byte> _last;
     private long _consumed;     // absolute body offset of _last's first byte
     private long _scanned;      // absolute body offset up to which bytes were scanned
+    private SequencePosition _scanFrom; // where the previous buffer ended (= _scanned), while bytes before it are unconsumed
     private long _frameStart;   // absolute offset of the current frame's header
     private long _frameLength;
     private int _headerFill;
@@ -36,9 +37,21 @@ internal sealed class GrpcFrameGuardReader(PipeReader inner, long maxMessageByte
     /// <summary>Messages completed so far.</summary>
     public int Messages => _messages;
 
-    public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+    public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
     {
-        var result = await inner.ReadAsync(cancellationToken).ConfigureAwait(false);
+        var pending = inner.ReadAsync(cancellationToken);
+        if (pending.IsCompletedSuccessfully)
+        {
+            var result = pending.Result;
+            Scan(result);
+            return new ValueTask<ReadResult>(result);
+        }
+        return AwaitedAsync(pending);
+    }
+
+    private async ValueTask<ReadResult> AwaitedAsync(ValueTask<ReadResult> pending)
+    {
+        var result = await pending.ConfigureAwait(false);
         Scan(result);
         return result;
     }
@@ -68,53 +81,50 @@ internal sealed class GrpcFrameGuardReader(PipeReader inner, long maxMessageByte
 
     public override ValueTask CompleteAsync(Exception? exception = null) => inner.CompleteAsync(exception);
 
+    // Scans only the bytes not seen yet. They start where the previous buffer ended (a position that stays valid while
+    // bytes before it are unconsumed); seeking by offset instead would walk every segment of a 40 MiB message on each
+    // read, quadratic in its size.
     private void Scan(ReadResult result)
     {
         _last = result.Buffer;
-        if (result.IsCanceled)
+        var fresh = _scanned > _consumed ? _last.Slice(_scanFrom) : _last;
+        long position = _scanned;
+        foreach (var segment in fresh)
         {
-            return;
-        }
-        long from = _scanned - _consumed;
-        if (from < _last.Length)
-        {
-            long position = _scanned;
-            foreach (var segment in _last.Slice(from))
+            var span = segment.Span;
+            int i = 0;
+            while (i < span.Length)
             {
-                var span = segment.Span;
-                int i = 0;
-                while (i < span.Length)
+                if (_bodyLeft > 0)
                 {
-                    if (_bodyLeft > 0)
+                    int take = (int)Math.Min(_bodyLeft, span.Length - i);
+                    _bodyLeft -= take;
+                    i += take;
+                    if (_bodyLeft == 0)
                     {
-                        int take = (int)Math.Min(_bodyLeft, span.Length - i);
-                        _bodyLeft -= take;
-                        i += take;
-                        if (_bodyLeft == 0)
-                        {
-                            CompleteFrame(result);
-                        }
-                        continue;
+                        CompleteFrame(result);
                     }
-                    if (_headerFill == 0)
+                    continue;
+                }
+                if (_headerFill == 0)
+                {
+                    _frameStart = position + i;
+                    if (singleMessage && _messages >= 1)
                     {
-                        _frameStart = position + i;
-                        if (singleMessage && _messages >= 1)
-                        {
-                            Refuse(result, StatusCode.InvalidArgument, "a unary call carries more than one message");
-                        }
-                    }
-                    _header[_headerFill++] = span[i++];
-                    if (_headerFill == HeaderSize)
-                    {
-                        _headerFill = 0;
-                        CheckHeader(result);
+                        Refuse(result, StatusCode.InvalidArgument, "a unary call carries more than one message");
                     }
                 }
-                position += span.Length;
+                _header[_headerFill++] = span[i++];
+                if (_headerFill == HeaderSize)
+                {
+                    _headerFill = 0;
+                    CheckHeader(result);
+                }
             }
-            _scanned = position;
+            position += span.Length;
         }
+        _scanned = position;
+        _scanFrom = _last.End;
         if (result.IsCompleted)
         {
             if (_headerFill > 0 || _bodyLeft > 0)

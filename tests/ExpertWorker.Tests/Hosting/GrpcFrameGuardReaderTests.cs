@@ -93,6 +93,22 @@ public sealed class GrpcFrameGuardReaderTests
         Assert.Equal(0, _rejections.Total);
     }
 
+    [Fact]
+    public async Task LargeMessages_SpanningManySegments_PassUntouched()
+    {
+        byte[] body = [.. Frame(50_000, fill: 5), .. Frame(3), .. Frame(70_000, fill: 6), .. Frame(1, fill: 7)];
+        foreach (int chunk in new[] { 1000, 4095, 16384 })
+        {
+            var messages = await ReadAllAsync(body, chunk, limit: 100_000);
+            Assert.Equal([50_000, 3, 70_000, 1], messages.Select(m => m.Length));
+            Assert.All(messages[2], b => Assert.Equal(6, b));
+        }
+        // A lying prefix after large messages is still found where it is.
+        byte[] lying = [.. Frame(50_000), .. Header(60_000), .. new byte[100]];
+        var ex = await Assert.ThrowsAsync<RpcException>(() => ReadAllAsync(lying, 4000, limit: 100_000));
+        Assert.Contains("declares 60000 bytes, the request ended after 100", ex.Status.Detail);
+    }
+
     public static TheoryData<string, StatusCode, string> Broken => new()
     {
         { "compressed", StatusCode.InvalidArgument, "compressed" },

@@ -77,7 +77,9 @@ public sealed partial class DeploymentManifestsTests
     {
         var sections = OptionTypes(typeof(ExpertWorkerOptions).Assembly, typeof(ExpertClusterOptions).Assembly, typeof(TelemetryOptions).Assembly);
         var env = Env(Container(Find("StatefulSet", "moe-expert-worker")));
-        var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal)).ToList();
+        // The cluster credential is not a section key in the manifests: it comes from its Secret (AssertFromSecret).
+        AssertFromSecret(env, ClusterCredential.EnvironmentVariable);
+        var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != ClusterCredential.EnvironmentVariable).ToList();
         Assert.True(names.Count >= 10);
         foreach (string name in names)
         {
@@ -100,14 +102,25 @@ public sealed partial class DeploymentManifestsTests
         var env = Env(Container(Find("Deployment", "moe-coordinator")));
         // The admin token is not a configuration key: serve reads it from the variable ClusterAdminOptions names.
         string tokenVariable = new Distributed.Coordinator.Admin.ClusterAdminOptions().TokenEnvironmentVariable;
-        foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != tokenVariable))
+        foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != tokenVariable
+            && k != ClusterCredential.EnvironmentVariable))
         {
             AssertNamesOption(sections, name);
         }
-        Assert.True(env.ContainsKey(tokenVariable), $"the coordinator Deployment must set {tokenVariable} (the admin API's token) from a Secret");
-        var token = M(M(env[tokenVariable], "valueFrom"), "secretKeyRef");
-        var secret = Find("Secret", S(token, "name"));
-        Assert.True(Has(M(secret, "stringData"), S(token, "key")));
+        AssertFromSecret(env, tokenVariable);
+        // The coordinator sends the same cluster credential the workers require: one Secret for both.
+        AssertFromSecret(env, ClusterCredential.EnvironmentVariable);
+        var worker = Env(Container(Find("StatefulSet", "moe-expert-worker")));
+        Assert.Equal(S(M(M(worker[ClusterCredential.EnvironmentVariable], "valueFrom"), "secretKeyRef"), "name"),
+            S(M(M(env[ClusterCredential.EnvironmentVariable], "valueFrom"), "secretKeyRef"), "name"));
+    }
+
+    private static void AssertFromSecret(Dictionary<string, YamlMappingNode> env, string variable)
+    {
+        Assert.True(env.ContainsKey(variable), $"{variable} must be set from a Secret");
+        var reference = M(M(env[variable], "valueFrom"), "secretKeyRef");
+        var secret = Find("Secret", S(reference, "name"));
+        Assert.True(Has(M(secret, "stringData"), S(reference, "key")));
     }
 
     [Fact]
