@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Starts N expert workers (one Orleans localhost cluster, gRPC data plane on loopback) for a model, prints their
-# addresses, and optionally runs one coordinator `infer` against them. Ctrl+C (or the end of --infer) stops them all.
+# Starts N expert workers (one Orleans localhost cluster, gRPC data plane on loopback) for a model, prints the options
+# a coordinator joins their cluster with (serve/infer --clustering ... ; the coordinator then follows the placement
+# plan, as with any cluster), and optionally runs one `infer` that joins it. Ctrl+C (or the end of --infer) stops them.
+# The workers and the coordinator share the cluster token DISTRIBUTED_CLUSTER_TOKEN (made here unless already set;
+# export the printed value in the shell that runs serve).
 #
 #   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 2
 #   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 3 --infer "--prompt-ids 500,17,300 --wire fp32"
 #   infra/start-cluster.sh --model DIR --workers 2 --redis 127.0.0.1:6379     # Redis membership instead of localhost
 #
 # Workers log to $LOG_DIR/worker-<i>.log (default: a temp dir). Requires a built solution
-# (dotnet build -c Release) or set CONFIG=Debug. The workers require DISTRIBUTED_CLUSTER_TOKEN (generated and printed
-# when unset).
+# (dotnet build -c Release) or set CONFIG=Debug.
 set -euo pipefail
 
 MODEL="" WORKERS=2 INFER="" REDIS="" THREADS=1 CONFIG="${CONFIG:-Release}"
@@ -19,7 +21,7 @@ while [[ $# -gt 0 ]]; do
     --infer) INFER="$2"; shift 2 ;;
     --redis) REDIS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -32,13 +34,6 @@ COORD_DLL="$ROOT/src/Coordinator/bin/$CONFIG/net10.0/Distributed.Coordinator.dll
 [[ -f "$WORKER_DLL" ]] || { echo "build first: $WORKER_DLL missing (dotnet build -c $CONFIG)" >&2; exit 2; }
 LOG_DIR="${LOG_DIR:-$(mktemp -d -t expert-cluster-XXXXXX)}"
 CLUSTER_ID="manual-$$"
-# The cluster credential the workers require on their data plane: the caller's DISTRIBUTED_CLUSTER_TOKEN, else a fresh
-# one, exported so the workers and --infer get it. Give the same value to a coordinator started elsewhere.
-if [[ -z "${DISTRIBUTED_CLUSTER_TOKEN:-}" ]]; then
-  DISTRIBUTED_CLUSTER_TOKEN="$(head -c 32 /dev/urandom | base64 -w0)"
-  echo "generated DISTRIBUTED_CLUSTER_TOKEN (export it for coordinators you start yourself): $DISTRIBUTED_CLUSTER_TOKEN"
-fi
-export DISTRIBUTED_CLUSTER_TOKEN
 
 # A silo must be told its port before it binds, so ports are probed from below the kernel's ephemeral range, where no
 # outgoing connection or port-0 listener can take them between the probe and the bind; none handed out twice.
@@ -77,8 +72,13 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+if [[ -z "${DISTRIBUTED_CLUSTER_TOKEN:-}" ]]; then
+  DISTRIBUTED_CLUSTER_TOKEN="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+fi
+export DISTRIBUTED_CLUSTER_TOKEN
 PRIMARY=0
 ADDRESSES=()
+GATEWAYS=()
 for ((i = 0; i < WORKERS; i++)); do
   free_port; SILO=$PORT; free_port; GATEWAY=$PORT
   [[ $i -eq 0 ]] && PRIMARY=$SILO
@@ -100,6 +100,7 @@ for ((i = 0; i < WORKERS; i++)); do
   [[ -n "$LINE" ]] || { echo "worker-$i not ready after 60 s (log: $LOG_DIR/worker-$i.log)" >&2; exit 1; }
   ADDR=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$LINE")
   ADDRESSES+=("$ADDR")
+  GATEWAYS+=("$GATEWAY")
   echo "worker-$i: grpc $ADDR silo $SILO gateway $GATEWAY (log $LOG_DIR/worker-$i.log)"
 done
 
@@ -110,11 +111,17 @@ for _ in $(seq 1 300); do
   [[ "$COUNT" -eq "$WORKERS" ]] && break
   sleep 0.1
 done
-echo "cluster $CLUSTER_ID serving: --workers $(IFS=,; echo "${ADDRESSES[*]}")"
+if [[ -n "$REDIS" ]]; then
+  JOIN=(--clustering Redis --redis "$REDIS" --cluster-id "$CLUSTER_ID")
+else
+  JOIN=(--clustering Localhost --gateways "$(IFS=,; echo "${GATEWAYS[*]}")" --cluster-id "$CLUSTER_ID")
+fi
+echo "cluster $CLUSTER_ID serving; join it with: ${JOIN[*]}"
+echo "export DISTRIBUTED_CLUSTER_TOKEN=$DISTRIBUTED_CLUSTER_TOKEN"
 
 if [[ -n "$INFER" ]]; then
   # shellcheck disable=SC2086
-  dotnet "$COORD_DLL" infer --model "$MODEL" --workers "$(IFS=,; echo "${ADDRESSES[*]}")" $INFER
+  dotnet "$COORD_DLL" infer --model "$MODEL" "${JOIN[@]}" $INFER
 else
   echo "Ctrl+C stops the cluster."
   wait

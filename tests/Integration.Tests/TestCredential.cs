@@ -14,10 +14,10 @@ namespace Distributed.Integration.Tests;
 internal static class TestCredential
 {
     /// <summary>The token.</summary>
-    public static string Token => Environment.GetEnvironmentVariable(ClusterCredential.EnvironmentVariable)!;
+    public static string Token => Environment.GetEnvironmentVariable(ClusterToken.EnvironmentVariable)!;
 
     /// <summary>The <c>authorization</c> metadata entry a data-plane call carries.</summary>
-    public static Metadata.Entry Authorization => new(ClusterCredential.MetadataKey, "Bearer " + Token);
+    public static Metadata.Entry Authorization => new(ClusterToken.MetadataKey, "Bearer " + Token);
 
     /// <summary>Call metadata holding only <see cref="Authorization"/>.</summary>
     public static Metadata Headers() => [Authorization];
@@ -27,9 +27,9 @@ internal static class TestCredential
         Justification = "A test assembly: the credential must be in the process environment before any test starts a process.")]
     internal static void SetForThisRun()
     {
-        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable(ClusterCredential.EnvironmentVariable)))
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable(ClusterToken.EnvironmentVariable)))
         {
-            Environment.SetEnvironmentVariable(ClusterCredential.EnvironmentVariable, ClusterCredential.Generate());
+            Environment.SetEnvironmentVariable(ClusterToken.EnvironmentVariable, ClusterToken.Generate());
         }
     }
 }

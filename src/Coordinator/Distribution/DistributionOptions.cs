@@ -1,4 +1,3 @@
-using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 
 namespace Distributed.Coordinator.Distribution;
@@ -35,9 +34,10 @@ public sealed class DistributionOptions
     /// The cluster credential's token, sent as <c>authorization: Bearer &lt;token&gt;</c> on every data-plane call.
     /// Secret: never logged. Default: the <c>DISTRIBUTED_CLUSTER_TOKEN</c> environment variable, read when the options
     /// are created (null when unset: calls carry no credential and a worker that requires one refuses them with
-    /// UNAUTHENTICATED). <see cref="LocalWorkerCluster"/> generates one for the workers it starts when this is null.
+    /// UNAUTHENTICATED). <c>serve</c> and <c>infer</c> take the configuration key <c>Cluster:Token</c> instead when it
+    /// is set, as a worker does. <see cref="LocalWorkerCluster"/> generates one for the workers it starts when this is null.
     /// </summary>
-    public string? ClusterToken { get; set; } = ClusterCredential.Resolve().Token;
+    public string? ClusterToken { get; set; } = Protocol.Contracts.ClusterToken.Resolve().Token;
 
     /// <summary>An expert with at least this many rows in one dispatch is split into contiguous slices over its least
     /// loaded healthy replicas (one slice per replica, at least half this many rows each). Default: 32.</summary>
@@ -53,6 +53,15 @@ public sealed class DistributionOptions
     /// <summary>Longest wait for a plan that re-places the experts of unreachable workers before the dispatch fails
     /// with Unavailable. Default: 60 s.</summary>
     public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// Fixed workers with static shards, comma-separated (<c>host:port</c>, <c>http(s)://host:port</c>, <c>unix:/path</c>):
+    /// placement from their handshakes, never changed, no admin API. Null = experts in-process or on a cluster. Default: null.
+    /// </summary>
+    public string? Workers { get; set; }
+
+    /// <summary>How long <c>infer</c> waits for the cluster to serve every expert before it gives up. Default: 120 s.</summary>
+    public TimeSpan ReadyTimeout { get; set; } = TimeSpan.FromSeconds(120);
 
     /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
     public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
@@ -93,9 +102,13 @@ public sealed class DistributionOptions
         {
             errors.Add($"Distribution:RecoveryTimeout {RecoveryTimeout} must be within (0, 1 h]");
         }
+        if (ReadyTimeout <= TimeSpan.Zero || ReadyTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:ReadyTimeout {ReadyTimeout} must be within (0, 1 h]");
+        }
         if (ClusterToken is not null)
         {
-            errors.AddRange(ClusterCredential.Validate(ClusterToken, $"Distribution:ClusterToken ({ClusterCredential.EnvironmentVariable})"));
+            errors.AddRange(Protocol.Contracts.ClusterToken.Validate(ClusterToken, $"Distribution:ClusterToken ({Protocol.Contracts.ClusterToken.EnvironmentVariable})"));
         }
         if (string.IsNullOrWhiteSpace(CoordinatorId))
         {

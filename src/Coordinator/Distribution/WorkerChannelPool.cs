@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Distributed.Hosting;
 using Distributed.Protocol.Contracts;
 
 namespace Distributed.Coordinator.Distribution;
@@ -7,35 +8,21 @@ namespace Distributed.Coordinator.Distribution;
 /// One <see cref="WorkerConnection"/> per worker endpoint, created on first use (concurrent callers share the
 /// handshake) and replaced when its stream broke.
 /// </summary>
-public sealed partial class WorkerChannelPool : IAsyncDisposable
+/// <param name="model">The model every worker must serve.</param>
+/// <param name="options">Timeouts and transports.</param>
+/// <param name="logger">Log sink.</param>
+/// <param name="tls">The cluster credentials for workers that serve TLS; null when the data plane is cleartext.</param>
+public sealed partial class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger, ClusterCredentials? tls = null)
+    : IAsyncDisposable
 {
-    private readonly ModelDescriptor _model;
-    private readonly DistributionOptions _options;
-    private readonly ILogger<WorkerChannelPool> _logger;
     private readonly ConcurrentDictionary<string, Lazy<Task<WorkerConnection>>> _connections = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _disposed = new();
 
-    /// <summary>Creates the pool.</summary>
-    /// <exception cref="ArgumentException"><paramref name="options"/> are invalid (every problem listed; a weak
-    /// <see cref="DistributionOptions.ClusterToken"/> is named, never shown).</exception>
-    public WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger)
-    {
-        ArgumentNullException.ThrowIfNull(options);
-        var errors = options.Validate();
-        if (errors.Count > 0)
-        {
-            throw new ArgumentException(string.Join("; ", errors), nameof(options));
-        }
-        _model = model;
-        _options = options;
-        _logger = logger;
-    }
-
     /// <summary>The model every worker must serve.</summary>
-    public ModelDescriptor Model => _model;
+    public ModelDescriptor Model => model;
 
     /// <summary>The options connections use.</summary>
-    public DistributionOptions Options => _options;
+    public DistributionOptions Options => options;
 
     /// <summary>The live connection to <paramref name="worker"/>, connecting (or reconnecting) if needed.</summary>
     /// <exception cref="ExpertDispatchException">The worker cannot be reached or refuses the handshake.</exception>
@@ -68,7 +55,7 @@ public sealed partial class WorkerChannelPool : IAsyncDisposable
 
     private async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker)
     {
-        var connection = await WorkerConnection.ConnectAsync(worker, _model, _options, _logger, _disposed.Token).ConfigureAwait(false);
+        var connection = await WorkerConnection.ConnectAsync(worker, model, options, logger, _disposed.Token, tls).ConfigureAwait(false);
         WarnOnMixedNumerics(connection);
         return connection;
     }

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using Distributed.ExpertWorker.Diagnostics;
 using Distributed.ExpertWorker.Services;
+using Distributed.Hosting;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 using Distributed.Protocol.Wire;
@@ -32,47 +33,47 @@ public static partial class DataPlaneSecurity
     public static readonly TimeSpan RendezvousLifetime = TimeSpan.FromSeconds(30);
 
     /// <summary>
-    /// The credential this worker requires (<see cref="ClusterCredential.Resolve"/>), or null when it runs without one
+    /// The credential this worker requires (<see cref="ClusterToken.Resolve"/>), or null when it runs without one
     /// (<see cref="ExpertWorkerOptions.AllowUnauthenticated"/> on loopback).
     /// </summary>
     /// <exception cref="OptionsValidationException">No token and no permission to run without one, a weak token, or
     /// <see cref="ExpertWorkerOptions.AllowUnauthenticated"/> off loopback (every reason listed; the token never is).</exception>
-    public static ClusterCredential? ResolveCredential(IConfiguration configuration, ExpertWorkerOptions options)
+    public static ClusterToken? ResolveCredential(IConfiguration configuration, ExpertWorkerOptions options)
     {
         ArgumentNullException.ThrowIfNull(configuration);
         ArgumentNullException.ThrowIfNull(options);
-        var (token, previous) = ClusterCredential.Resolve(key => configuration[key]);
+        var (token, previous) = ClusterToken.Resolve(key => configuration[key]);
         var failures = new List<string>();
         if (token is null)
         {
             if (previous is not null)
             {
-                failures.Add($"{ClusterCredential.PreviousConfigurationKey} is set but {ClusterCredential.ConfigurationKey} is not");
+                failures.Add($"{ClusterToken.PreviousConfigurationKey} is set but {ClusterToken.ConfigurationKey} is not");
             }
             else if (!options.AllowUnauthenticated)
             {
-                failures.Add($"the data plane needs the cluster credential: set {ClusterCredential.EnvironmentVariable} (or {ClusterCredential.ConfigurationKey}) "
-                    + $"to at least {ClusterCredential.MinLength} random characters, e.g. `openssl rand -base64 32`; "
+                failures.Add($"the data plane needs the cluster credential: set {ClusterToken.EnvironmentVariable} (or {ClusterToken.ConfigurationKey}) "
+                    + $"to at least {ClusterToken.MinLength} random characters, e.g. `openssl rand -base64 32`; "
                     + "ExpertWorker:AllowUnauthenticated=true runs without one, on loopback only, for development");
             }
             else if (!IPAddress.TryParse(options.GrpcHost, out var address) || !IPAddress.IsLoopback(address))
             {
-                failures.Add($"ExpertWorker:AllowUnauthenticated is for loopback only, but ExpertWorker:GrpcHost is '{options.GrpcHost}': set {ClusterCredential.EnvironmentVariable}");
+                failures.Add($"ExpertWorker:AllowUnauthenticated is for loopback only, but ExpertWorker:GrpcHost is '{options.GrpcHost}': set {ClusterToken.EnvironmentVariable}");
             }
         }
         else
         {
-            failures.AddRange(ClusterCredential.Validate(token, ClusterCredential.ConfigurationKey));
+            failures.AddRange(ClusterToken.Validate(token, ClusterToken.ConfigurationKey));
             if (previous is not null)
             {
-                failures.AddRange(ClusterCredential.Validate(previous, ClusterCredential.PreviousConfigurationKey));
+                failures.AddRange(ClusterToken.Validate(previous, ClusterToken.PreviousConfigurationKey));
             }
         }
         if (failures.Count > 0)
         {
-            throw new OptionsValidationException(ExpertClusterOptions.SectionName, typeof(ClusterCredential), failures);
+            throw new OptionsValidationException(ExpertClusterOptions.SectionName, typeof(ClusterToken), failures);
         }
-        return token is null ? null : ClusterCredential.Create(token, previous);
+        return token is null ? null : ClusterToken.Create(token, previous);
     }
 
     /// <summary>Registers the guard, the sessions, the rendezvous and the refusal log.</summary>
@@ -81,7 +82,7 @@ public static partial class DataPlaneSecurity
     /// <param name="credential">Required on every data-plane call; null = none (development).</param>
     /// <param name="maxMessageBytes">Largest data-plane message (the <c>Dispatch</c>/<c>DispatchOnce</c> frames).</param>
     /// <param name="isOperations">True for a request on the operations listener, which the guard leaves alone.</param>
-    public static void Add(WebApplicationBuilder builder, ExpertWorkerOptions options, ClusterCredential? credential, int maxMessageBytes,
+    public static void Add(WebApplicationBuilder builder, ExpertWorkerOptions options, ClusterToken? credential, int maxMessageBytes,
         Func<HttpContext, bool> isOperations)
     {
         ArgumentNullException.ThrowIfNull(builder);
@@ -123,7 +124,7 @@ public static partial class DataPlaneSecurity
 }
 
 /// <summary>The guard's settings (a singleton).</summary>
-public sealed class DataPlaneGuard(ClusterCredential? credential, int maxMessageBytes, Func<HttpContext, bool> isOperations)
+public sealed class DataPlaneGuard(ClusterToken? credential, int maxMessageBytes, Func<HttpContext, bool> isOperations)
 {
     private static readonly Dictionary<string, Func<ReadOnlySequence<byte>, string?>> Checks = new(StringComparer.Ordinal)
     {
@@ -133,7 +134,7 @@ public sealed class DataPlaneGuard(ClusterCredential? credential, int maxMessage
     };
 
     /// <summary>Required on every call; null = none.</summary>
-    public ClusterCredential? Credential { get; } = credential;
+    public ClusterToken? Credential { get; } = credential;
 
     /// <summary>Largest <c>Dispatch</c>/<c>DispatchOnce</c> message.</summary>
     public int MaxMessageBytes { get; } = maxMessageBytes;

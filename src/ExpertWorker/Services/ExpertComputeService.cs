@@ -88,6 +88,7 @@ public sealed partial class ExpertComputeService(
             SessionId = session.Id,
             KernelNumerics = executor.Numerics,
             SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
+            ClusterManaged = string.IsNullOrWhiteSpace(options.Value.StaticExperts),
         };
         foreach (var (layer, experts) in store.Manifest.Layers)
         {

@@ -28,14 +28,14 @@ internal static class DataPlaneBenchmark
             ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server"]
             : ["dataplane-server"];
         // The echo server requires the cluster credential, as a worker does; both ends get a fresh one.
-        string token = ClusterCredential.Generate();
+        string token = ClusterToken.Generate();
         var start = new ProcessStartInfo(host, serverArgs)
         {
             RedirectStandardOutput = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
-        start.Environment[ClusterCredential.EnvironmentVariable] = token;
+        start.Environment[ClusterToken.EnvironmentVariable] = token;
         using var server = Process.Start(start)!;
         string ready = (await server.StandardOutput.ReadLineAsync())!;
         int tcpPort = int.Parse(ready.Split(' ')[1]["tcp=".Length..]);
@@ -143,7 +143,7 @@ internal static class DataPlaneBenchmark
             Content = new ByteArrayContent(payload),
         };
         // The echo listener is guarded like a worker's data plane: without the credential this would measure a 401.
-        request.Headers.TryAddWithoutValidation(ClusterCredential.MetadataKey, "Bearer " + token);
+        request.Headers.TryAddWithoutValidation(ClusterToken.MetadataKey, "Bearer " + token);
         using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
         response.EnsureSuccessStatusCode();
         await using var body = await response.Content.ReadAsStreamAsync();

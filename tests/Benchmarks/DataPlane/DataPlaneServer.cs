@@ -63,8 +63,8 @@ internal static class DataPlaneServer
         // environment the benchmark sets), the frame guard, the sessions and the shared-ring rendezvous.
         var worker = new ExpertWorkerOptions { ModelDirectory = "(echo)", MaxSharedRingBytes = 1L << 30 };
         builder.Services.AddSingleton(Options.Create(worker));
-        var credential = ClusterCredential.Create(ClusterCredential.Resolve().Token
-            ?? throw new InvalidOperationException($"{ClusterCredential.EnvironmentVariable} is not set"));
+        var credential = ClusterToken.Create(ClusterToken.Resolve().Token
+            ?? throw new InvalidOperationException($"{ClusterToken.EnvironmentVariable} is not set"));
         DataPlaneSecurity.Add(builder, worker, credential, MaxMessage, ctx => ctx.Connection.LocalPort == unguarded!.IPEndPoint!.Port);
         builder.Services.AddSingleton<EchoService>();
         var app = builder.Build();

@@ -12,7 +12,7 @@ public sealed class DataPlaneSecurityTests
     private static IConfiguration Config(params (string Key, string Value)[] pairs)
         => new ConfigurationBuilder().AddInMemoryCollection(pairs.Select(p => new KeyValuePair<string, string?>(p.Key, p.Value))).Build();
 
-    private static bool EnvironmentHasToken => !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(ClusterCredential.EnvironmentVariable));
+    private static bool EnvironmentHasToken => !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(ClusterToken.EnvironmentVariable));
 
     [Fact]
     public void Token_IsRequired_UnlessAllowedOnLoopback()
@@ -22,7 +22,7 @@ public sealed class DataPlaneSecurityTests
             return; // The environment supplies one; the "no token" decisions cannot be observed here.
         }
         var none = Assert.Throws<OptionsValidationException>(() => DataPlaneSecurity.ResolveCredential(Config(), new ExpertWorkerOptions()));
-        Assert.Contains(none.Failures, f => f.Contains(ClusterCredential.EnvironmentVariable, StringComparison.Ordinal)
+        Assert.Contains(none.Failures, f => f.Contains(ClusterToken.EnvironmentVariable, StringComparison.Ordinal)
             && f.Contains("AllowUnauthenticated", StringComparison.Ordinal));
         Assert.Null(DataPlaneSecurity.ResolveCredential(Config(), new ExpertWorkerOptions { AllowUnauthenticated = true }));
         Assert.Null(DataPlaneSecurity.ResolveCredential(Config(), new ExpertWorkerOptions { AllowUnauthenticated = true, GrpcHost = "::1" }));
@@ -34,10 +34,10 @@ public sealed class DataPlaneSecurityTests
     [Fact]
     public void ConfiguredToken_IsRequiredEvenWhenUnauthenticatedIsAllowed_AndAPreviousOneIsAccepted()
     {
-        string token = ClusterCredential.Generate();
-        string previous = ClusterCredential.Generate();
+        string token = ClusterToken.Generate();
+        string previous = ClusterToken.Generate();
         var credential = DataPlaneSecurity.ResolveCredential(
-            Config((ClusterCredential.ConfigurationKey, token), (ClusterCredential.PreviousConfigurationKey, previous)),
+            Config((ClusterToken.ConfigurationKey, token), (ClusterToken.PreviousConfigurationKey, previous)),
             new ExpertWorkerOptions { AllowUnauthenticated = true });
         Assert.NotNull(credential);
         Assert.True(credential!.Verify("Bearer " + token));
@@ -50,7 +50,7 @@ public sealed class DataPlaneSecurityTests
     {
         const string Weak = "changeme-changeme-changeme-changeme";
         var ex = Assert.Throws<OptionsValidationException>(() =>
-            DataPlaneSecurity.ResolveCredential(Config((ClusterCredential.ConfigurationKey, Weak)), new ExpertWorkerOptions()));
+            DataPlaneSecurity.ResolveCredential(Config((ClusterToken.ConfigurationKey, Weak)), new ExpertWorkerOptions()));
         Assert.Contains(ex.Failures, f => f.Contains("predictable", StringComparison.Ordinal));
         Assert.DoesNotContain(ex.Failures, f => f.Contains(Weak, StringComparison.Ordinal));
     }

@@ -99,7 +99,7 @@ public partial class HostileWorker : IAsyncLifetime
         };
         if (credential is not null)
         {
-            headers.Add(ClusterCredential.MetadataKey, "Bearer " + (credential.Length == 0 ? TestCredential.Token : credential));
+            headers.Add(ClusterToken.MetadataKey, "Bearer " + (credential.Length == 0 ? TestCredential.Token : credential));
         }
         if (session is not null)
         {

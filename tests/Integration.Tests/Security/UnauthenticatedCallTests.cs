@@ -33,7 +33,7 @@ public sealed class UnauthenticatedCallTests : IClassFixture<HostileWorker>
     private static string? Credential(string kind) => kind switch
     {
         "none" => null,
-        "wrong" => ClusterCredential.Generate(),
+        "wrong" => ClusterToken.Generate(),
         "truncated" => TestCredential.Token[..^1],
         "otherCase" => TestCredential.Token.ToUpperInvariant() == TestCredential.Token ? TestCredential.Token.ToLowerInvariant() : TestCredential.Token.ToUpperInvariant(),
         _ => " ",

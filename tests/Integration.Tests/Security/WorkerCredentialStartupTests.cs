@@ -26,7 +26,7 @@ public sealed class WorkerCredentialStartupTests(ITestOutputHelper output)
             {
                 lines.Enqueue(line);
                 log.Write(line);
-            }, new Dictionary<string, string> { [ClusterCredential.EnvironmentVariable] = token ?? "" });
+            }, new Dictionary<string, string> { [ClusterToken.EnvironmentVariable] = token ?? "" });
         await Task.Yield();
         return (worker, lines);
     }
@@ -45,7 +45,7 @@ public sealed class WorkerCredentialStartupTests(ITestOutputHelper output)
         await using (worker)
         {
             Assert.Equal(2, await ExitCodeAsync(worker));
-            Assert.Contains(lines, l => l.Contains(ClusterCredential.EnvironmentVariable, StringComparison.Ordinal) && l.Contains("AllowUnauthenticated", StringComparison.Ordinal));
+            Assert.Contains(lines, l => l.Contains(ClusterToken.EnvironmentVariable, StringComparison.Ordinal) && l.Contains("AllowUnauthenticated", StringComparison.Ordinal));
             Assert.DoesNotContain(lines, l => l.Contains("Unhandled exception", StringComparison.Ordinal));
         }
     }

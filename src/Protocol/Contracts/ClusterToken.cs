@@ -5,7 +5,8 @@ using System.Text;
 namespace Distributed.Protocol.Contracts;
 
 /// <summary>
-/// The cluster's shared secret on the data plane: every call to a worker's gRPC port carries
+/// The cluster token: the cluster's shared secret on the data plane (TLS identities are
+/// <c>Distributed.Hosting.ClusterCredentials</c>, a separate thing): every call to a worker's gRPC port carries
 /// <c>authorization: Bearer &lt;token&gt;</c>, and the worker compares it in constant time (SHA-256 of both sides, then
 /// <see cref="CryptographicOperations.FixedTimeEquals"/>, so neither the length nor a prefix leaks through timing).
 /// Holds the token itself only to send it (<see cref="AuthorizationValue"/>); <see cref="ToString"/> never shows it.
@@ -17,7 +18,7 @@ namespace Distributed.Protocol.Contracts;
 /// (character frequencies × length), which a 32-byte random token in base64 or hex passes by a wide margin and a
 /// repeated or dictionary-like phrase does not.</para>
 /// </summary>
-public sealed class ClusterCredential
+public sealed class ClusterToken
 {
     /// <summary>Environment variable holding the token.</summary>
     public const string EnvironmentVariable = "DISTRIBUTED_CLUSTER_TOKEN";
@@ -49,7 +50,7 @@ public sealed class ClusterCredential
     private readonly byte[] _previousHash;
     private readonly bool _hasPrevious;
 
-    private ClusterCredential(string token, string? previous)
+    private ClusterToken(string token, string? previous)
     {
         AuthorizationValue = Scheme + token;
         _hash = SHA256.HashData(Encoding.UTF8.GetBytes(token));
@@ -62,14 +63,14 @@ public sealed class ClusterCredential
 
     /// <summary>The credential of <paramref name="token"/> (and a <paramref name="previous"/> one still accepted).</summary>
     /// <exception cref="ArgumentException">A token fails <see cref="Validate"/> (every problem listed).</exception>
-    public static ClusterCredential Create(string token, string? previous = null)
+    public static ClusterToken Create(string token, string? previous = null)
     {
         var problems = Validate(token, ConfigurationKey).Concat(previous is null ? [] : Validate(previous, PreviousConfigurationKey)).ToList();
         if (problems.Count > 0)
         {
             throw new ArgumentException(string.Join("; ", problems));
         }
-        return new ClusterCredential(token, previous);
+        return new ClusterToken(token, previous);
     }
 
     /// <summary>
@@ -151,5 +152,5 @@ public sealed class ClusterCredential
     }
 
     /// <summary>A fingerprint for logs (first 8 hex digits of the token's SHA-256), never the token.</summary>
-    public override string ToString() => $"cluster credential sha256:{Convert.ToHexStringLower(_hash, 0, 4)}{(_hasPrevious ? " (+ previous)" : "")}";
+    public override string ToString() => $"cluster token sha256:{Convert.ToHexStringLower(_hash, 0, 4)}{(_hasPrevious ? " (+ previous)" : "")}";
 }
