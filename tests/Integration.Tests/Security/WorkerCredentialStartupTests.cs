@@ -66,7 +66,8 @@ public sealed class WorkerCredentialStartupTests(ITestOutputHelper output)
     [Fact]
     public async Task AllowUnauthenticated_OffLoopback_ExitsWithCode2_BeforeListening()
     {
-        var (worker, lines) = await StartAsync(null, "--allow-unauthenticated", "true", "--grpc-host", "0.0.0.0");
+        // --insecure gets past the refusal of cleartext off loopback; a worker without a token is still refused there.
+        var (worker, lines) = await StartAsync(null, "--allow-unauthenticated", "true", "--grpc-host", "0.0.0.0", "--insecure");
         await using (worker)
         {
             Assert.Equal(2, await ExitCodeAsync(worker));
