@@ -189,12 +189,13 @@ public sealed class RingAttachRequest
 
 /// <summary>
 /// The worker's end of <see cref="RingRendezvous"/>: a <c>SOCK_SEQPACKET</c> Unix socket in a fresh private directory
-/// (mode 0700, random name), accepting peers of this process's user (or root) only, each for at most
+/// (mode 0700, random name; directories that killed workers left behind are removed first, see
+/// <see cref="RemoveStale"/>), accepting peers of this process's user (or root) only, each for at most
 /// <see cref="HandshakeTimeout"/>, at most <see cref="MaxConcurrent"/> at once (more are closed unanswered). Every
 /// received descriptor is closed after the owner's callback ran; a message carrying anything but exactly one
 /// descriptor, or of the wrong size or magic, is refused without calling back.
 /// </summary>
-public sealed class RingRendezvousListener : IAsyncDisposable
+public sealed partial class RingRendezvousListener : IAsyncDisposable
 {
     /// <summary>Rendezvous handled at once.</summary>
     public const int MaxConcurrent = 8;
@@ -245,8 +246,9 @@ public sealed class RingRendezvousListener : IAsyncDisposable
         {
             throw new PlatformNotSupportedException("the shared-memory transport needs Linux (memfd, file seals, SCM_RIGHTS)");
         }
+        RemoveStale(baseDirectory, TimeSpan.FromMinutes(1));
         string directory = Path.Combine(Path.GetFullPath(baseDirectory),
-            $"distributed-worker-{Environment.ProcessId}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}");
+            $"{DirectoryPrefix}{Environment.ProcessId}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}");
         string socketPath = Path.Combine(directory, "ring.sock");
         if (socketPath.Length > MaxSocketPathLength)
         {
@@ -272,6 +274,67 @@ public sealed class RingRendezvousListener : IAsyncDisposable
         }
         return new RingRendezvousListener(directory, socketPath, socket, attach, refused);
     }
+
+    /// <summary>
+    /// Removes the rendezvous directories that workers killed without a shutdown (SIGKILL, a crash) left under
+    /// <paramref name="baseDirectory"/>: a directory named like this listener's, not a link, last changed more than
+    /// <paramref name="minimumAge"/> ago, whose process id is not running here, and whose socket nobody listens on
+    /// (connecting is refused, or the socket is gone). Best effort: what it cannot inspect or remove stays.
+    /// </summary>
+    /// <returns>How many directories were removed.</returns>
+    internal static int RemoveStale(string baseDirectory, TimeSpan minimumAge)
+    {
+        string[] candidates;
+        try
+        {
+            candidates = Directory.GetDirectories(baseDirectory, DirectoryPrefix + "*");
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return 0;
+        }
+        int removed = 0;
+        foreach (string directory in candidates)
+        {
+            try
+            {
+                var match = StaleName().Match(Path.GetFileName(directory));
+                var info = new DirectoryInfo(directory);
+                if (!match.Success || info.LinkTarget is not null || DateTime.UtcNow - info.LastWriteTimeUtc < minimumAge
+                    || Directory.Exists($"/proc/{match.Groups[1].Value}"))
+                {
+                    continue;
+                }
+                string socketPath = Path.Combine(directory, "ring.sock");
+                if (File.Exists(socketPath))
+                {
+                    // A worker of another pid namespace sharing this directory would still be listening: keep it.
+                    using var probe = new Socket(AddressFamily.Unix, SocketType.Seqpacket, ProtocolType.Unspecified);
+                    try
+                    {
+                        probe.Connect(new UnixDomainSocketEndPoint(socketPath));
+                        continue;
+                    }
+                    catch (SocketException ex) when (ex.SocketErrorCode == SocketError.ConnectionRefused)
+                    {
+                    }
+                    File.Delete(socketPath);
+                }
+                Directory.Delete(directory);
+                removed++;
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or SocketException)
+            {
+                // Not ours to judge or not removable: leave it.
+            }
+        }
+        return removed;
+    }
+
+    private const string DirectoryPrefix = "distributed-worker-";
+
+    [System.Text.RegularExpressions.GeneratedRegex("^distributed-worker-([0-9]+)-[0-9a-f]{16}$")]
+    private static partial System.Text.RegularExpressions.Regex StaleName();
 
     private async Task AcceptLoopAsync()
     {

@@ -52,6 +52,39 @@ public sealed class RingRendezvousTests
         Assert.False(Directory.Exists(listener.DirectoryPath));
     }
 
+    /// <summary>Directories of killed workers are removed; a live listener's and anything not named like ours stay.</summary>
+    [LinuxFact]
+    public async Task StaleDirectories_OfKilledWorkers_AreRemoved_LiveOnesKept()
+    {
+        string root = Directory.CreateTempSubdirectory("rendezvous-stale-").FullName;
+        try
+        {
+            // A killed worker: its socket file remains, nobody listens; its pid is not running.
+            string dead = Path.Combine(root, $"distributed-worker-{int.MaxValue}-0123456789abcdef");
+            Directory.CreateDirectory(dead);
+            using (var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Seqpacket, System.Net.Sockets.ProtocolType.Unspecified))
+            {
+                s.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(Path.Combine(dead, "ring.sock")));
+            }
+            string empty = Path.Combine(root, $"distributed-worker-{int.MaxValue - 1}-fedcba9876543210");
+            Directory.CreateDirectory(empty);
+            string foreign = Path.Combine(root, "distributed-worker-notours");
+            Directory.CreateDirectory(foreign);
+            await using var live = RingRendezvousListener.Start(root, _ => null, _ => { });
+
+            Assert.Equal(0, RingRendezvousListener.RemoveStale(root, TimeSpan.FromHours(1)));
+            Assert.Equal(2, RingRendezvousListener.RemoveStale(root, TimeSpan.Zero));
+            Assert.False(Directory.Exists(dead));
+            Assert.False(Directory.Exists(empty));
+            Assert.True(Directory.Exists(foreign));
+            Assert.True(File.Exists(live.SocketPath));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
     [LinuxFact]
     public async Task OwnersRefusal_ReachesTheClient()
     {
