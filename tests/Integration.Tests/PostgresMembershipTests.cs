@@ -108,6 +108,61 @@ public sealed class PostgresMembershipTests(ITestOutputHelper output)
         Assert.Null(await PostgresClusterSchema.ReadInstalledVersionAsync(connection, CancellationToken.None));
     }
 
+    [PostgresFact]
+    public async Task SchemaCommands_PrintTheScript_AndApplyItIdempotently()
+    {
+        ToolFactAttribute.Require(PostgresServer.Missing);
+        var log = new TestLog { Output = output };
+        await using var pg = await PostgresServer.StartAsync(log.Write);
+        string db = await pg.CreateDatabaseAsync("operator");
+
+        var (printed, printedLines, _) = await RunWorkerAsync(log, "--print-schema");
+        Assert.Equal(0, printed);
+        Assert.Equal(PostgresClusterSchema.StandaloneScript.TrimEnd('\n').Split('\n'), printedLines);
+        var (noConnection, _, why) = await RunWorkerAsync(log, "--apply-schema");
+        Assert.Equal(2, noConnection);
+        Assert.Contains("--apply-schema needs Cluster:AdoNetConnectionString", why, StringComparison.Ordinal);
+        string done = $"{PostgresClusterSchema.Component} schema version {PostgresClusterSchema.Version}";
+        var (applied, appliedLines, _) = await RunWorkerAsync(log, "--apply-schema", "--Cluster:AdoNetConnectionString", db);
+        Assert.Equal((0, done + " applied"), (applied, Assert.Single(appliedLines)));
+        var (again, againLines, _) = await RunWorkerAsync(log, "--apply-schema", "--Cluster:AdoNetConnectionString", db);
+        Assert.Equal((0, done + " already in place"), (again, Assert.Single(againLines)));
+    }
+
+    // Runs the worker executable to completion: its exit code, standard output lines and standard error.
+    private static async Task<(int ExitCode, string[] Lines, string Errors)> RunWorkerAsync(TestLog log, params string[] args)
+    {
+        string worker = WorkerProcess.LocateWorker();
+        var psi = new System.Diagnostics.ProcessStartInfo(worker.EndsWith(".dll", StringComparison.OrdinalIgnoreCase) ? "dotnet" : worker)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        if (psi.FileName == "dotnet")
+        {
+            psi.ArgumentList.Add(worker);
+        }
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        var process = System.Diagnostics.Process.Start(psi) ?? throw new InvalidOperationException("could not start the worker");
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            var stdout = process.StandardOutput.ReadToEndAsync(timeout.Token);
+            string stderr = await process.StandardError.ReadToEndAsync(timeout.Token);
+            await process.WaitForExitAsync(timeout.Token);
+            log.Write($"[schema {string.Join(' ', args.Where(a => !a.Contains("Host=", StringComparison.Ordinal)))}] exit {process.ExitCode} {stderr}");
+            return (process.ExitCode, (await stdout).TrimEnd('\n').Split('\n'), stderr);
+        }
+        finally
+        {
+            await TestProcesses.KillAndDisposeAsync(process);
+        }
+    }
+
     private async Task<string> RunAsync(params string[] extra)
     {
         var stdout = new StringWriter();
