@@ -118,7 +118,17 @@ public static partial class CommandLine
             return scheduler;
         }, operations: operations,
             configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
-            configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null);
+            configureApp: web =>
+            {
+                if (experts?.Follower is { } follower)
+                {
+                    Hosting.ClusterReadinessGate.Use(web, follower);
+                }
+                if (adminOnServe)
+                {
+                    Admin.ClusterAdminHosting.MapClusterAdmin(web);
+                }
+            });
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))

@@ -100,6 +100,9 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>What an Orleans client (another coordinator) needs to join this cluster.</summary>
     public ExpertClusterOptions ClientOptions => _launcher.ClientOptions;
 
+    /// <summary>The credentials a client of this cluster needs (its Orleans links are mutual TLS), or null without TLS.</summary>
+    public ClusterCredentials? Credentials => _credentials?.Credentials;
+
     /// <summary>The TLS options of this cluster's links (throw-away credentials), or null without TLS.</summary>
     public ClusterTlsOptions? Tls => _credentials?.Options;
 

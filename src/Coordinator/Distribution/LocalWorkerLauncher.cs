@@ -163,7 +163,7 @@ public sealed class LocalWorkerLauncher : IAsyncDisposable
             try
             {
                 string address = await worker.WaitReadyAsync(Left(deadline), cancellationToken).ConfigureAwait(false);
-                _log($"{worker.Name} ready at {address}");
+                _log($"{worker.Name} ready at {address} (pid {worker.ProcessId})");
                 return worker;
             }
             catch (InvalidOperationException) when (worker.HasExited && attempt < 2 && !cancellationToken.IsCancellationRequested)

@@ -100,6 +100,14 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                 reply = await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null,
                     new CallOptions(deadline: DateTime.UtcNow + options.ConnectTimeout, cancellationToken: cancellationToken), hello);
             }
+            catch (RpcException ex) when (FindInner<System.Security.Authentication.AuthenticationException>(ex) is { } tlsFailure)
+            {
+                // A refused TLS handshake is a credential problem (another cluster's CA, no client certificate), not a
+                // transient loss: retrying the same worker cannot help.
+                throw new ExpertDispatchException(StatusCode.Unauthenticated,
+                    $"TLS handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {tlsFailure.Message} (both sides need certificates signed by the same cluster CA, Tls:CaPath)",
+                    worker.WorkerId, inner: ex);
+            }
             catch (RpcException ex)
             {
                 throw new ExpertDispatchException(ex.StatusCode,
@@ -139,6 +147,19 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             channel.Dispose();
             throw;
         }
+    }
+
+    private static T? FindInner<T>(Exception ex)
+        where T : Exception
+    {
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            if (e is T found)
+            {
+                return found;
+            }
+        }
+        return null;
     }
 
     private static GrpcChannel CreateChannel(string endpoint, ModelDescriptor model, DistributionOptions options, Distributed.Hosting.ClusterCredentials? tls)

@@ -362,6 +362,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
         // An unready shard (waiting for its plan, loading) is the readiness probe's answer, not an error: the health
         // service would otherwise log "fail: Health check ready ... Unhealthy" on every normal start.
         logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.Critical);
+        // A client without the cluster's certificate is refused by the TLS handshake; Orleans would log a warning with a
+        // stack trace per attempt, which lets anyone who can reach the port fill the log.
+        logging.AddFilter("Orleans.Connections.Security", LogLevel.Error);
     }
 
     /// <summary>Waits until the process is asked to stop (SIGTERM / Ctrl+C) or <paramref name="cancellationToken"/> fires.</summary>
