@@ -122,6 +122,20 @@ public sealed class PostgresGrainStorage : IGrainStorage, IAsyncDisposable, IDis
         grainState.RecordExists = false;
     }
 
+    /// <summary>
+    /// Opens a pooled connection and runs a read of an absent row, so the first real read (the placement grain
+    /// re-activating on this silo after a failure) neither waits for a new connection nor stalls the grain's thread on
+    /// first-use work (a ~1 s synchronous stall was measured on a loaded 2-vCPU machine without this).
+    /// </summary>
+    public async Task WarmUpAsync(CancellationToken cancellationToken)
+    {
+        await using var command = Command($"SELECT etag, payload FROM {Table} WHERE {Key}", "warm-up", GrainId.Create("warm-up", "0"));
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+        }
+    }
+
     /// <inheritdoc />
     public ValueTask DisposeAsync() => _dataSource.DisposeAsync();
 

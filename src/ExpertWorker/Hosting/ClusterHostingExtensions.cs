@@ -41,7 +41,7 @@ public static class ExpertWorkerSiloBuilderExtensions
             silo.ConfigureServices(services =>
             {
                 services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp =>
-                    new PostgresSchemaStep(cluster, sp.GetRequiredService<ILogger<PostgresSchemaStep>>()));
+                    new PostgresSchemaStep(cluster, sp, sp.GetRequiredService<ILogger<PostgresSchemaStep>>()));
                 services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName, (sp, _) => new PostgresGrainStorage(
                     PlacementGrain.StorageName, cluster.AdoNetConnectionString!, sp.GetRequiredService<IOptions<ClusterOptions>>().Value.ServiceId,
                     sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
