@@ -166,8 +166,8 @@ SERVE_PORT=8000
 admin_cluster() { http "$NS_A" "$IP_C" "$SERVE_PORT" GET /admin/v1/cluster; }
 # worker_field JSON WORKER FIELD -> the field of that worker's object in /admin/v1/cluster
 worker_field() { grep -o "\"id\":\"$2\"[^}]*" <<< "$1" | grep -o "\"$3\":[^,}]*" | head -1 | cut -d: -f2 | tr -d '"'; }
-complete() { # complete NS -> greedy token ids of the prompt through serve, or FAIL
-  local body="{\"model\":\"netns-model\",\"prompt\":[$PROMPT],\"max_tokens\":$MAX_NEW,\"temperature\":0,\"return_token_ids\":true}"
+complete() { # complete NS [MAX_TOKENS] -> greedy token ids of the prompt through serve, or FAIL
+  local body="{\"model\":\"netns-model\",\"prompt\":[$PROMPT],\"max_tokens\":${2:-$MAX_NEW},\"temperature\":0,\"return_token_ids\":true}"
   local r; r=$(http "$1" "$IP_C" "$SERVE_PORT" POST /v1/completions "$body" 2>&1 || true)
   if [[ "$(status_of <<< "$r")" == 200 ]]; then grep -o '"token_ids":\[[0-9,]*\]' <<< "$r" | tail -1 | sed 's/"token_ids"/"new_tokens"/'; else echo "FAIL $(head -1 <<< "$r") $(tail -c 300 <<< "$r")"; fi
 }
@@ -260,18 +260,31 @@ JOIN_S=$(secs "$T0" "$(now)")
 log "JOIN: worker c on $IP_D Active with $(worker_field "$C" worker-c experts_held) experts ${JOIN_S} s after it was started; tokens unchanged"
 
 # --- 4. SIGKILL of worker b while completions are in flight ---------------------------------------------------------
-for i in 1 2 3 4; do (complete "$NS_A" > "$LOG_DIR/inflight-$i.txt") & done
-sleep 0.3
+# Long completions (LONG_TOKENS) so that they are still generating when the worker dies; their baseline comes first.
+LONG_TOKENS=96
+LONG=$(complete "$NS_A" "$LONG_TOKENS")
+[[ "$LONG" == '"new_tokens":['* ]] || { log "long baseline completion failed: $LONG"; exit 1; }
+for i in 1 2 3 4; do (complete "$NS_A" "$LONG_TOKENS" > "$LOG_DIR/inflight-$i.txt") & done
+for _ in $(seq 1 300); do
+  http "$NS_A" "$IP_C" "$SERVE_PORT" GET /admin/v1/serving | grep -q '"running":[1-9]' && break
+  sleep 0.05
+done
+http "$NS_A" "$IP_C" "$SERVE_PORT" GET /admin/v1/serving | grep -q '"running":[1-9]' || { log "the long completions never ran"; exit 1; }
 T0=$(now)
 kill -9 "${WORKER_PIDS[worker-b]}"
-wait_inflight() { for i in 1 2 3 4; do for _ in $(seq 1 1200); do [[ -s "$LOG_DIR/inflight-$i.txt" ]] && break; sleep 0.1; done; done; }
-wait_inflight
+for i in 1 2 3 4; do for _ in $(seq 1 1200); do [[ -s "$LOG_DIR/inflight-$i.txt" ]] && break; sleep 0.1; done; done
 KILL_S=$(secs "$T0" "$(now)")
 for i in 1 2 3 4; do
-  [[ "$(cat "$LOG_DIR/inflight-$i.txt")" == "$TOKENS" ]] || { log "in-flight completion $i after the kill: $(cat "$LOG_DIR/inflight-$i.txt")"; exit 1; }
+  [[ "$(cat "$LOG_DIR/inflight-$i.txt")" == "$LONG" ]] || { log "in-flight completion $i after the kill: $(cat "$LOG_DIR/inflight-$i.txt")"; exit 1; }
 done
+for _ in $(seq 1 600); do
+  C=$(admin_cluster)
+  grep -q '"serving":true' <<< "$C" && [[ -z "$(worker_field "$C" worker-b state)" || "$(worker_field "$C" worker-b experts_assigned)" == 0 ]] && break
+  sleep 0.1
+done
+REPAIR_S=$(secs "$T0" "$(now)")
 [[ "$(complete "$NS_A")" == "$TOKENS" ]] || { log "tokens changed after worker b was killed"; exit 1; }
-log "KILL: worker b SIGKILLed with 4 completions in flight; all 4 completed with the same tokens ${KILL_S} s after the kill"
+log "KILL: worker b SIGKILLed with 4 completions in flight; all 4 completed with the same tokens ${KILL_S} s after the kill; its experts re-placed (plan serving without it) after ${REPAIR_S} s"
 
 # --- 5. drain worker c through the admin API, then stop it ---------------------------------------------------------
 T0=$(now)
@@ -326,4 +339,4 @@ head -1 "$LOG_DIR/ready-a.http" | grep -q ' 200 ' || { log "worker a is not read
 http_get "$NS_C" "$IP_A" "$OPS_PORT" /metrics > "$LOG_DIR/worker-a.metrics" || { log "scraping worker a failed"; exit 1; }
 grep -q '^moe_shard_ready{.*} 1' "$LOG_DIR/worker-a.metrics" || { log "worker a /metrics lacks moe_shard_ready 1"; exit 1; }
 log "MATCH: coordinator and worker /metrics and readiness answer across hosts"
-echo "NETNS_CLUSTER_OK plan=$VERSION $TOKENS served=yes join_s=$JOIN_S kill_s=$KILL_S drain_s=$DRAIN_S stop_s=$STOP_S restart_s=$RESTART_S"
+echo "NETNS_CLUSTER_OK plan=$VERSION $TOKENS served=yes join_s=$JOIN_S kill_s=$KILL_S repair_s=$REPAIR_S drain_s=$DRAIN_S stop_s=$STOP_S restart_s=$RESTART_S"

@@ -39,7 +39,12 @@ internal sealed partial class ServeProcess : IAsyncDisposable
     }
 
     /// <summary>Starts <c>serve --model <paramref name="modelDir"/> --port 0</c> plus <paramref name="extraArgs"/> and waits until it listens.</summary>
-    public static async Task<ServeProcess> StartAsync(string modelDir, IEnumerable<string> extraArgs, ITestOutputHelper? output = null,
+    public static Task<ServeProcess> StartAsync(string modelDir, IEnumerable<string> extraArgs, ITestOutputHelper? output = null,
+        IReadOnlyDictionary<string, string>? environment = null)
+        => StartCommandAsync(["serve", "--model", modelDir, "--port", "0", .. extraArgs], output, environment);
+
+    /// <summary>Starts the coordinator with exactly <paramref name="arguments"/> (the command first) and waits until it listens.</summary>
+    public static async Task<ServeProcess> StartCommandAsync(IEnumerable<string> arguments, ITestOutputHelper? output = null,
         IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo("dotnet")
@@ -52,7 +57,7 @@ internal sealed partial class ServeProcess : IAsyncDisposable
         {
             psi.Environment[k] = v;
         }
-        foreach (var a in new[] { TestPaths.CoordinatorDll, "serve", "--model", modelDir, "--port", "0" }.Concat(extraArgs))
+        foreach (var a in new[] { TestPaths.CoordinatorDll }.Concat(arguments))
         {
             psi.ArgumentList.Add(a);
         }
