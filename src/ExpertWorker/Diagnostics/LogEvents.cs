@@ -44,4 +44,6 @@ public static class LogEvents
     public const int WorkerUnreachable = 3033;
     /// <summary>The worker agent could not reach the placement grain.</summary>
     public const int AgentRetry = 3040;
+    /// <summary>The PostgreSQL cluster schema was found current or applied (AdoNet clustering).</summary>
+    public const int ClusterSchema = 3050;
 }

@@ -387,23 +387,31 @@ public sealed partial class WorkerHost : IAsyncDisposable
         {
             return;
         }
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        // Bounded whatever the cluster's state: a silo leaves membership gracefully when it can, but with the membership
+        // store gone Orleans would retry for much longer than a supervisor's grace period (SIGTERM, then SIGKILL).
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(4));
         if (Silo is not null)
         {
+            bool stopped = false;
             try
             {
-                await Silo.StopAsync(timeout.Token);
+                await Silo.StopAsync(timeout.Token).WaitAsync(TimeSpan.FromSeconds(5));
+                stopped = true;
             }
-            catch (OperationCanceledException)
+            catch (Exception ex) when (ex is OperationCanceledException or TimeoutException)
             {
             }
-            Silo.Dispose();
+            if (stopped)
+            {
+                Silo.Dispose();
+            }
         }
+        using var webTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
         try
         {
-            await Web.StopAsync(timeout.Token);
+            await Web.StopAsync(webTimeout.Token).WaitAsync(TimeSpan.FromSeconds(3));
         }
-        catch (OperationCanceledException)
+        catch (Exception ex) when (ex is OperationCanceledException or TimeoutException)
         {
         }
         await Web.DisposeAsync();

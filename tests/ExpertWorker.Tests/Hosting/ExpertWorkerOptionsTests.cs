@@ -22,6 +22,7 @@ public class ExpertWorkerOptionsTests
         var c = new ExpertClusterOptions();
         Assert.Equal((ClusteringMode.Localhost, "distributed-moe", "dev", 11111, 30000, 0, "127.0.0.1"),
             (c.Clustering, c.ServiceId, c.ClusterId, c.SiloPort, c.GatewayPort, c.PrimarySiloPort, c.AdvertisedAddress));
+        Assert.Equal(("Npgsql", true), (c.AdoNetInvariant, c.AdoNetApplySchema));
         var p = new PlacementOptions();
         Assert.Equal((1, TimeSpan.FromMilliseconds(300), TimeSpan.FromMilliseconds(100)), (p.ReplicationFactor, p.SettleDelay, p.CheckInterval));
     }
@@ -45,6 +46,7 @@ public class ExpertWorkerOptionsTests
     [InlineData("badPort", "SiloPort")]
     [InlineData("badAddress", "AdvertisedAddress")]
     [InlineData("adoMissing", "AdoNetConnectionString")]
+    [InlineData("adoNotPostgres", "AdoNetInvariant 'Microsoft.Data.SqlClient' is not supported")]
     public void InvalidClusterOptions_AreNamed(string scenario, string expected)
     {
         var c = new ExpertClusterOptions();
@@ -55,6 +57,11 @@ public class ExpertWorkerOptionsTests
             case "badPort": c.SiloPort = 70000; break;
             case "badAddress": c.AdvertisedAddress = "not-an-ip"; break;
             case "adoMissing": c.Clustering = ClusteringMode.AdoNet; break;
+            case "adoNotPostgres":
+                c.Clustering = ClusteringMode.AdoNet;
+                c.AdoNetConnectionString = "Server=db";
+                c.AdoNetInvariant = "Microsoft.Data.SqlClient";
+                break;
         }
         Assert.Contains(c.Validate(isSilo: true), e => e.Contains(expected, StringComparison.Ordinal));
         Assert.Empty(new ExpertClusterOptions().Validate(isSilo: true));
