@@ -17,7 +17,8 @@ public static class LogEvents
     public const int ShardStaged = 3012;
     /// <summary>A shard released the experts of a version it left.</summary>
     public const int ShardRetired = 3013;
-    /// <summary>A request was rejected by validation.</summary>
+    /// <summary>A request was rejected by validation (until protocol 1.2; since then such refusals are
+    /// <see cref="DataPlaneRefused"/>, rate limited).</summary>
     public const int RequestRejected = 3020;
     /// <summary>A request failed inside the worker.</summary>
     public const int RequestFailed = 3021;
