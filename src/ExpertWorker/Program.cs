@@ -15,6 +15,8 @@ public static class Program
         ["--grpc-host"] = "ExpertWorker:GrpcHost",
         ["--grpc-port"] = "ExpertWorker:GrpcPort",
         ["--unix-socket"] = "ExpertWorker:UnixSocketPath",
+        ["--allow-unauthenticated"] = "ExpertWorker:AllowUnauthenticated",
+        ["--shared-memory"] = "ExpertWorker:SharedMemory",
         ["--ops-port"] = "ExpertWorker:OpsPort",
         ["--otlp-endpoint"] = "Telemetry:OtlpEndpoint",
         ["--threads"] = "ExpertWorker:KernelThreads",

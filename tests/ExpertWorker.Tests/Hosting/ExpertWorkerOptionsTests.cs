@@ -15,6 +15,9 @@ public class ExpertWorkerOptionsTests
         Assert.Equal(("", "", "127.0.0.1", 0, 4096, 0, 0L, 2, true, 0L), (o.ModelDirectory, o.WorkerId, o.GrpcHost, o.GrpcPort, o.MaxRowsPerDispatch,
             o.KernelThreads, o.MemoryCapacityBytes, o.MaxConcurrentRequestsPerStream, o.WarmUp, o.StaticPlanVersion));
         Assert.Null(o.StaticExperts);
+        Assert.Equal((false, true, 1L << 30, 256, TimeSpan.FromSeconds(30)),
+            (o.AllowUnauthenticated, o.SharedMemory, o.MaxSharedRingBytes, o.MaxSessions, o.SessionIdleGrace));
+        Assert.Null(o.SharedMemoryDirectory);
         Assert.Equal(4096 * 5120 * 4 + 65536, o.MaxMessageBytes(5120));
         var c = new ExpertClusterOptions();
         Assert.Equal((ClusteringMode.Localhost, "distributed-moe", "dev", 11111, 30000, 0, "127.0.0.1"),
