@@ -1,11 +1,12 @@
+using Distributed.Coordinator.Model.Llama4.Vision;
 using Distributed.Coordinator.Moe;
 using Distributed.Kernels;
 using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
 
-/// <summary>The outputs of <see cref="Llama4Engine.InferAsync"/> (the <c>infer --json</c> contract).</summary>
-/// <param name="PromptIds">The prompt.</param>
+/// <summary>The outputs of <see cref="Llama4Engine.InferAsync(IReadOnlyList{int}, int, CancellationToken)"/> (the <c>infer --json</c> contract).</summary>
+/// <param name="PromptIds">The prompt (with images: the expanded prompt the model ran).</param>
 /// <param name="LastLogits">All vocabulary logits at the last prompt position.</param>
 /// <param name="Argmax">Argmax of the logits at every prompt position.</param>
 /// <param name="Experts">MoE layer → per prompt token, its top-k expert ids.</param>
@@ -26,17 +27,22 @@ public sealed class Llama4Engine : IDisposable
     private readonly Llama4Weights _weights;
     private readonly IDisposable? _ownedDispatcher;
 
-    private Llama4Engine(CheckpointReader checkpoint, Llama4Weights weights, IKernelBackend backend, IExpertDispatcher dispatcher, IDisposable? owned)
+    private Llama4Engine(CheckpointReader checkpoint, Llama4Weights weights, IKernelBackend backend, IExpertDispatcher dispatcher, IDisposable? owned,
+        Llama4VisionModel? vision)
     {
         _checkpoint = checkpoint;
         _weights = weights;
         _ownedDispatcher = owned;
         Backend = backend;
         Model = new Llama4Model(weights, backend, dispatcher);
+        Vision = vision;
     }
 
     /// <summary>The model.</summary>
     public Llama4Model Model { get; }
+
+    /// <summary>The vision tower and projector of a multimodal checkpoint, or null for a text-only one.</summary>
+    public Llama4VisionModel? Vision { get; }
 
     /// <summary>The validated config.</summary>
     public Llama4TextConfig Config => _weights.Config;
@@ -71,8 +77,18 @@ public sealed class Llama4Engine : IDisposable
         try
         {
             var weights = Llama4Weights.Load(checkpoint, backend);
+            Llama4VisionWeights? vision;
+            try
+            {
+                vision = Llama4VisionWeights.Load(checkpoint, backend);
+            }
+            catch
+            {
+                weights.Dispose();
+                throw;
+            }
             LocalExpertDispatcher? local = dispatcher is null ? new LocalExpertDispatcher(checkpoint, backend) : null;
-            return new Llama4Engine(checkpoint, weights, backend, dispatcher ?? local!, local);
+            return new Llama4Engine(checkpoint, weights, backend, dispatcher ?? local!, local, vision is null ? null : new Llama4VisionModel(vision, backend));
         }
         catch
         {
@@ -124,7 +140,17 @@ public sealed class Llama4Engine : IDisposable
     /// </summary>
     /// <exception cref="ArgumentException">Empty prompt, a token outside the vocabulary, a negative limit, or prompt +
     /// new tokens beyond <c>max_position_embeddings</c>.</exception>
-    public async Task<InferenceResult> InferAsync(IReadOnlyList<int> promptIds, int maxNewTokens, CancellationToken cancellationToken)
+    public Task<InferenceResult> InferAsync(IReadOnlyList<int> promptIds, int maxNewTokens, CancellationToken cancellationToken) =>
+        InferAsync(promptIds, maxNewTokens, null, cancellationToken);
+
+    /// <summary>
+    /// <see cref="InferAsync(IReadOnlyList{int}, int, CancellationToken)"/> for a prompt with images: the vision tower
+    /// encodes every image once and its projected rows replace the embeddings at the <c>&lt;|patch|&gt;</c> positions of
+    /// <paramref name="promptIds"/> (already expanded), whichever prefill chunk they fall in.
+    /// </summary>
+    /// <exception cref="ArgumentException">As above; or images for a model without a vision tower, or patch positions that
+    /// do not match the prompt's <c>&lt;|patch|&gt;</c> tokens.</exception>
+    public async Task<InferenceResult> InferAsync(IReadOnlyList<int> promptIds, int maxNewTokens, Llama4ImagePrompt? images, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(promptIds);
         var c = Config;
@@ -150,10 +176,17 @@ public sealed class Llama4Engine : IDisposable
         }
 
         var prompt = promptIds.ToArray();
+        Llama4ImageEmbeddings? embeddings = null;
+        if (images is not null)
+        {
+            var vision = Vision ?? throw new ArgumentException("this model has no vision tower (its config.json has no vision_config); it cannot take images", nameof(images));
+            images.Validate(prompt, vision.Config.ImageTokenId);
+            embeddings = vision.EncodePrompt(images, cancellationToken);
+        }
         var cache = CreateRequestCache(prompt.Length + maxNewTokens);
         try
         {
-            return await InferCoreAsync(prompt, maxNewTokens, cache, cancellationToken).ConfigureAwait(false);
+            return await InferCoreAsync(prompt, maxNewTokens, cache, embeddings, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -161,7 +194,8 @@ public sealed class Llama4Engine : IDisposable
         }
     }
 
-    private async Task<InferenceResult> InferCoreAsync(int[] prompt, int maxNewTokens, IKvCache cache, CancellationToken cancellationToken)
+    private async Task<InferenceResult> InferCoreAsync(int[] prompt, int maxNewTokens, IKvCache cache, Llama4ImageEmbeddings? embeddings,
+        CancellationToken cancellationToken)
     {
         var c = Config;
         var argmax = new int[prompt.Length];
@@ -176,8 +210,8 @@ public sealed class Llama4Engine : IDisposable
         for (int start = 0; start < prompt.Length; start += piece)
         {
             int n = Math.Min(piece, prompt.Length - start);
-            var step = await Model.ForwardAsync([new SequenceStep(cache, prompt.AsMemory(start, n), LogitsRequest.All)], captureRouting: true, cancellationToken)
-                .ConfigureAwait(false);
+            var item = new SequenceStep(cache, prompt.AsMemory(start, n), LogitsRequest.All) { Embeddings = embeddings?.ForRange(start, n) };
+            var step = await Model.ForwardAsync([item], captureRouting: true, cancellationToken).ConfigureAwait(false);
             var ids = new int[n];
             Backend.Argmax(step.Logits, n, c.VocabSize, ids);
             ids.CopyTo(argmax, start);
@@ -228,6 +262,7 @@ public sealed class Llama4Engine : IDisposable
     public void Dispose()
     {
         _ownedDispatcher?.Dispose();
+        Vision?.Dispose();
         _weights.Dispose();
         _checkpoint.Dispose();
     }
