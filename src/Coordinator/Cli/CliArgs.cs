@@ -12,10 +12,15 @@ public sealed class UsageException(string message) : Exception(message);
 public sealed class CliArgs
 {
     private readonly Dictionary<string, string?> _values = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, List<string>> _repeated = new(StringComparer.Ordinal);
     private readonly HashSet<string> _read = new(StringComparer.Ordinal);
 
-    /// <summary>Parses <paramref name="args"/>; <paramref name="options"/> take a value, <paramref name="flags"/> do not.</summary>
-    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags)
+    /// <summary>
+    /// Parses <paramref name="args"/>; <paramref name="options"/> take a value, <paramref name="flags"/> do not, and
+    /// <paramref name="repeatable"/> options take a value and may be given more than once (read with <see cref="GetAll"/>).
+    /// </summary>
+    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags,
+        IReadOnlyCollection<string>? repeatable = null)
     {
         var list = args.ToList();
         for (int i = 0; i < list.Count; i++)
@@ -32,6 +37,23 @@ public sealed class CliArgs
             {
                 inline = name[(eq + 1)..];
                 name = name[..eq];
+            }
+            if (repeatable?.Contains(name) == true)
+            {
+                if (inline is null)
+                {
+                    if (i + 1 >= list.Count)
+                    {
+                        throw new UsageException($"option --{name} needs a value");
+                    }
+                    inline = list[++i];
+                }
+                if (!_repeated.TryGetValue(name, out var all))
+                {
+                    _repeated[name] = all = [];
+                }
+                all.Add(inline);
+                continue;
             }
             if (_values.ContainsKey(name))
             {
@@ -76,6 +98,13 @@ public sealed class CliArgs
     {
         _read.Add(name);
         return _values.TryGetValue(name, out var v) ? v : null;
+    }
+
+    /// <summary>Every value of a repeatable option, in command-line order (empty when not given).</summary>
+    public IReadOnlyList<string> GetAll(string name)
+    {
+        _read.Add(name);
+        return _repeated.TryGetValue(name, out var all) ? all : [];
     }
 
     /// <summary>The option's value; missing → usage error.</summary>
