@@ -14,6 +14,8 @@ public static partial class CommandLine
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
+        + "                  [--max-images N] [--max-image-bytes N] [--max-image-pixels N] [--max-image-tiles N] [--image-url-allow HOST|URL-PREFIX,...]\n"
+        + "                  [--image-fetch-timeout SECONDS]   (image_url chat parts, multimodal models)\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
 
     /// <summary>
@@ -27,7 +29,7 @@ public static partial class CommandLine
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
              "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env"],
+             "admin-grpc-port", "admin-token-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout"],
             []);
         var serve = new ServeOptions
         {
@@ -46,6 +48,7 @@ public static partial class CommandLine
         }
         var scheduling = SchedulerOptionsFrom(a);
         var admin = AdminOptionsFrom(a, serve.Host);
+        var imageOptions = ImageOptionsFrom(a);
 
         Llama4Tokenizer tokenizer;
         try
@@ -66,6 +69,10 @@ public static partial class CommandLine
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
             return 1;
         }
+        // Images (issue #13): chat image_url parts, when the checkpoint has a vision tower and --max-images is not 0.
+        using var images = engine.Vision is { } vision && imageOptions.MaxImagesPerRequest > 0
+            ? new Serving.Images.Llama4ImageInputs(vision.Config, tokenizer, imageOptions)
+            : null;
         // Metrics, health probes and traces (issue #6); configured by DISTRIBUTED_Telemetry__* environment variables.
         // --telemetry off exists to measure the instrumentation's cost (tests/Benchmarks serving-load).
         Diagnostics.CoordinatorOperations? operations = null;
@@ -103,7 +110,7 @@ public static partial class CommandLine
             return scheduler;
         }, operations: operations,
             configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
-            configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null);
+            configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null, images: images);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))
@@ -113,7 +120,7 @@ public static partial class CommandLine
                 + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
                 + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
-                + $"queue-full-status {serve.QueueFullStatusCode}"));
+                + $"queue-full-status {serve.QueueFullStatusCode}; images {DescribeImages(images, engine)}"));
             try
             {
                 await app.StartAsync(ct).ConfigureAwait(false);
@@ -196,6 +203,41 @@ public static partial class CommandLine
         if (errors.Count > 0)
         {
             throw new UsageException(string.Join("; ", errors));
+        }
+        return options;
+    }
+
+    private static string DescribeImages(Serving.Images.Llama4ImageInputs? images, Llama4Engine engine)
+    {
+        if (images is null)
+        {
+            return engine.Vision is null ? "off (no vision tower)" : "off (--max-images 0)";
+        }
+        var o = images.Options;
+        string sources = o.UrlAllowList.Count == 0
+            ? "data: URLs only"
+            : string.Create(CultureInfo.InvariantCulture, $"remote URLs from {string.Join(",", o.UrlAllowList)} within {o.FetchTimeout.TotalSeconds:0.###} s");
+        return string.Create(CultureInfo.InvariantCulture,
+            $"max {o.MaxImagesPerRequest}/request, {o.MaxImageBytes} bytes, {o.MaxImagePixels} pixels, {o.MaxImageTiles} tiles, {sources}");
+    }
+
+    /// <summary>The image limits and sources (<see cref="Serving.Images.ImageOptions"/>), validated: a bad value is a usage error naming the flag.</summary>
+    private static Serving.Images.ImageOptions ImageOptionsFrom(CliArgs a)
+    {
+        var defaults = new Serving.Images.ImageOptions();
+        var options = new Serving.Images.ImageOptions
+        {
+            MaxImagesPerRequest = a.Int("max-images", defaults.MaxImagesPerRequest, 0, 256),
+            MaxImageBytes = a.Int("max-image-bytes", (int)defaults.MaxImageBytes, 1024, 1 << 30),
+            MaxImagePixels = a.Int("max-image-pixels", (int)defaults.MaxImagePixels, 1, 1 << 30),
+            MaxImageTiles = a.Int("max-image-tiles", defaults.MaxImageTiles, 1, 64),
+            FetchTimeout = TimeSpan.FromSeconds(a.Double("image-fetch-timeout", defaults.FetchTimeout.TotalSeconds)),
+            UrlAllowList = a.Get("image-url-allow") is { } allow ? [.. allow.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)] : [],
+        };
+        var validation = new Serving.Images.ImageOptionsValidator().Validate(null, options);
+        if (validation.Failed)
+        {
+            throw new UsageException(string.Join(" ", validation.Failures));
         }
         return options;
     }

@@ -28,7 +28,15 @@ public sealed record SamplingParams(float Temperature = 1.0f, float TopP = 1.0f,
 /// <param name="MaxTokens">Most tokens to generate (≥ 1).</param>
 /// <param name="Sampling">Sampling settings.</param>
 /// <param name="StopTokenIds">Token ids that end the sequence (in addition to the model's EOS ids); the stop token is reported and counted.</param>
-public sealed record GenerationRequest(string Id, int[] PromptIds, int MaxTokens, SamplingParams Sampling, IReadOnlyCollection<int>? StopTokenIds = null);
+public sealed record GenerationRequest(string Id, int[] PromptIds, int MaxTokens, SamplingParams Sampling, IReadOnlyCollection<int>? StopTokenIds = null)
+{
+    /// <summary>
+    /// The prompt's images (already expanded into <see cref="PromptIds"/>): the scheduler encodes them once, when the
+    /// sequence's prefill starts, and places the projected rows at their <c>&lt;|patch|&gt;</c> positions in whichever
+    /// prefill chunk holds them. Null for a text-only prompt.
+    /// </summary>
+    public Model.Llama4.Vision.Llama4ImagePrompt? Images { get; init; }
+}
 
 /// <summary>One generated token; the last one of a sequence carries its <see cref="Finish"/> reason.</summary>
 /// <param name="TokenId">The token.</param>

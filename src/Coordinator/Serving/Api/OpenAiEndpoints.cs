@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Distributed.Coordinator.Serving.Tokenization;
 
 namespace Distributed.Coordinator.Serving.Api;
 
@@ -88,17 +89,72 @@ public sealed partial class OpenAiEndpoints
         using var document = await ReadBodyAsync(context).ConfigureAwait(false);
         var body = OpenAiRequestParser.ParseChat(document.RootElement);
         CheckModel(body.Model);
+        var images = await LoadImagesAsync(body.Messages, context.RequestAborted).ConfigureAwait(false);
         // Message text stays text: "<|eot|>" typed by a user must not end the user's turn.
-        int[] promptIds = _model.Tokenizer.EncodeChat(body.Messages, addGenerationPrompt: true, parseSpecialTokensInContent: false);
+        int[] promptIds;
+        try
+        {
+            promptIds = _model.Tokenizer.EncodeChat(body.Messages, addGenerationPrompt: true, parseSpecialTokensInContent: false);
+        }
+        catch (ChatTemplateException ex)
+        {
+            throw ApiErrorException.BadRequest($"'{ex.Field}' {ex.Message[(ex.Field.Length + 2)..]}", ex.Field);
+        }
+        Model.Llama4.Vision.Llama4ImagePrompt? imagePrompt = null;
+        if (images.Count > 0)
+        {
+            // The image blocks (<|image_start|> ... <|image_end|>) count as prompt tokens: usage and the context limit see them.
+            var expanded = _model.Images!.Expand(promptIds, images);
+            (promptIds, imagePrompt) = (expanded.Ids, expanded.Images);
+        }
         var ctx = new ResponseContext($"chatcmpl-{Guid.NewGuid():N}", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _model.Id, ApiKind.Chat);
         int maxTokens = ResolveMaxTokens(promptIds.Length, body.Options.MaxTokens, "messages", _model.Scheduler.MaxContextTokens - promptIds.Length);
         var stopIds = new HashSet<int>(_model.Tokenizer.EosTokenIds) { _model.Tokenizer.EndOfTurnTokenId };
-        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. stopIds]).ConfigureAwait(false);
+        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. stopIds], imagePrompt).ConfigureAwait(false);
     }
 
-    private async Task RunAsync(HttpContext context, ResponseContext ctx, int[] promptIds, int maxTokens, GenerationOptions options, int[] stopTokenIds)
+    /// <summary>
+    /// Loads, decodes and preprocesses every image part, in order. Any problem is a 400 naming the part
+    /// (<c>messages[i].content[j]</c>): images on a model without a vision tower, more than
+    /// <see cref="Images.ImageOptions.MaxImagesPerRequest"/>, a URL that is malformed, not allowed, too slow or too large, or
+    /// data that does not decode within the pixel limit.
+    /// </summary>
+    private async Task<List<Images.PreprocessedImage>> LoadImagesAsync(IReadOnlyList<ChatMessage> messages, CancellationToken cancellationToken)
     {
-        var request = new GenerationRequest(ctx.Id, promptIds, maxTokens, options.Sampling, stopTokenIds);
+        var parts = messages.SelectMany(m => m.Images).ToList();
+        var result = new List<Images.PreprocessedImage>(parts.Count);
+        if (parts.Count == 0)
+        {
+            return result;
+        }
+        var inputs = _model.Images ?? throw ApiErrorException.BadRequest(
+            $"'{parts[0].Field}' this model does not accept images (it has no vision tower, or images are disabled).", parts[0].Field, "images_not_supported");
+        if (parts.Count > inputs.Options.MaxImagesPerRequest)
+        {
+            var over = parts[inputs.Options.MaxImagesPerRequest];
+            throw ApiErrorException.BadRequest(
+                $"'{over.Field}' is image {inputs.Options.MaxImagesPerRequest + 1} of this request; the limit is {inputs.Options.MaxImagesPerRequest} (--max-images).",
+                over.Field, "too_many_images");
+        }
+        foreach (var part in parts)
+        {
+            try
+            {
+                result.Add(await inputs.LoadAsync(part.Url, cancellationToken).ConfigureAwait(false));
+            }
+            catch (Images.ImageInputException ex)
+            {
+                LogImageRejected(part.Field, ex.Message);
+                throw ApiErrorException.BadRequest($"'{part.Field}' cannot be used: {ex.Message}.", part.Field, "invalid_image");
+            }
+        }
+        return result;
+    }
+
+    private async Task RunAsync(HttpContext context, ResponseContext ctx, int[] promptIds, int maxTokens, GenerationOptions options, int[] stopTokenIds,
+        Model.Llama4.Vision.Llama4ImagePrompt? images = null)
+    {
+        var request = new GenerationRequest(ctx.Id, promptIds, maxTokens, options.Sampling, stopTokenIds) { Images = images };
         var started = Stopwatch.GetTimestamp();
         CancellationToken aborted = context.RequestAborted;
         GenerationStream stream;

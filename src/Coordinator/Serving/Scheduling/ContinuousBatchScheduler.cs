@@ -144,6 +144,11 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             }
         }
         Sampler.Validate(request.Sampling);
+        if (request.Images is { } images)
+        {
+            var vision = _engine.Vision ?? throw new ArgumentException("this model has no vision tower; it cannot take images");
+            images.Validate(request.PromptIds, vision.Config.ImageTokenId);
+        }
         long total = (long)request.PromptIds.Length + request.MaxTokens;
         if (total > c.MaxPositionEmbeddings)
         {
@@ -267,9 +272,17 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             {
                 break;
             }
+            if (s.Request.Images is { } images && s.ImageEmbeddings is null && !EncodeImages(s, images, ct))
+            {
+                continue;
+            }
             int n = Math.Min(Math.Min(_options.PrefillChunkTokens, budget), s.Request.PromptIds.Length - s.PrefillDone);
             bool last = s.PrefillDone + n == s.Request.PromptIds.Length;
-            items.Add(new SequenceStep(s.Cache!, s.Request.PromptIds.AsMemory(s.PrefillDone, n), last ? LogitsRequest.Last : LogitsRequest.None));
+            // The image rows whose <|patch|> positions fall in this chunk replace those token embeddings.
+            items.Add(new SequenceStep(s.Cache!, s.Request.PromptIds.AsMemory(s.PrefillDone, n), last ? LogitsRequest.Last : LogitsRequest.None)
+            {
+                Embeddings = s.ImageEmbeddings?.ForRange(s.PrefillDone, n),
+            });
             members.Add(s);
             s.PendingPrefill = n;
             budget -= n;
@@ -312,6 +325,10 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             {
                 s.PrefillDone += s.PendingPrefill;
                 s.PendingPrefill = 0;
+                if (s.PrefillDone == s.Request.PromptIds.Length)
+                {
+                    s.ImageEmbeddings = null; // in the KV cache now; the rows are not needed again
+                }
             }
             if (result.LogitRowsPerItem[i] == 0)
             {
@@ -364,6 +381,29 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
                     LogFinished(s.Request.Id, s.Generated);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// Runs the vision tower once for a sequence about to start its prefill; the rows are kept until the prefill is done.
+    /// A failure fails that sequence alone (false); the step goes on without it.
+    /// </summary>
+    private bool EncodeImages(Sequence s, Model.Llama4.Vision.Llama4ImagePrompt images, CancellationToken ct)
+    {
+        try
+        {
+            s.ImageEmbeddings = _engine.Vision!.EncodePrompt(images, ct);
+            return true;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            LogImageEncodeFailed(ex, s.Request.Id);
+            lock (_running)
+            {
+                Release(s, ex);
+                _running.Remove(s);
+            }
+            return false;
         }
     }
 
@@ -433,6 +473,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         public Sampler Sampler { get; } = sampler;
         public Channel<GeneratedToken> Output { get; } = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
         public PagedKvCache? Cache { get; set; }
+        public Model.Llama4.Vision.Llama4ImageEmbeddings? ImageEmbeddings { get; set; }
         public int PrefillDone { get; set; }
         public int PendingPrefill { get; set; }
         public int Generated { get; set; }
@@ -457,4 +498,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
 
     [LoggerMessage(EventId = 1004, Level = LogLevel.Error, Message = "Forward step failed; the sequences in it were failed")]
     private partial void LogStepFailed(Exception exception);
+
+    [LoggerMessage(EventId = 1005, Level = LogLevel.Error, Message = "Request {RequestId}: encoding its images failed; the request was failed")]
+    private partial void LogImageEncodeFailed(Exception exception, string requestId);
 }

@@ -18,6 +18,12 @@ public enum ChatRole
 /// <param name="Content">The text, exactly as rendered (the Llama 4 format trims only a leading system message).</param>
 public sealed record ChatMessage(ChatRole Role, string Content)
 {
+    /// <summary>
+    /// The message's image parts, in order: each renders as one <c>&lt;|image|&gt;</c> token at its
+    /// <see cref="ChatImagePart.Offset"/> of <see cref="Content"/> (user messages only). Empty for text-only messages.
+    /// </summary>
+    public IReadOnlyList<ChatImagePart> Images { get; init; } = [];
+
     /// <summary>A <see cref="ChatRole.System"/> message.</summary>
     public static ChatMessage System(string content) => new(ChatRole.System, content);
 
@@ -44,3 +50,10 @@ public sealed class ChatTemplateException : Exception
     /// <summary>The offending field, such as <c>messages</c> or <c>messages[1].content[0].type</c>.</summary>
     public string Field { get; }
 }
+
+/// <summary>An image content part of a chat message (OpenAI <c>{"type": "image_url", "image_url": {"url": ...}}</c>).</summary>
+/// <param name="Offset">Where in the message's text the image sits (UTF-16 offset into <see cref="ChatMessage.Content"/>).</param>
+/// <param name="Url">A <c>data:image/...;base64,...</c> URL or an http(s) URL.</param>
+/// <param name="Detail">OpenAI's <c>detail</c> (<c>auto</c>, <c>low</c> or <c>high</c>), accepted and ignored: Llama 4 tiles every image the same way.</param>
+/// <param name="Field">The part's JSON path for error messages, e.g. <c>messages[0].content[1]</c>.</param>
+public sealed record ChatImagePart(int Offset, string Url, string? Detail, string Field);

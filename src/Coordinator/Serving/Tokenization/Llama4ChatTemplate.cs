@@ -21,6 +21,9 @@ public static class Llama4ChatTemplate
     /// <summary>What follows <c>&lt;|header_end|&gt;</c> before a message's content.</summary>
     internal const string HeaderSeparator = "\n\n";
 
+    /// <summary>What an image part renders as (the release template's <c>{{ '&lt;|image|&gt;' }}</c>).</summary>
+    public const string ImageToken = "<|image|>";
+
     /// <summary>
     /// Checks a conversation: at least one message, none null, each a defined <see cref="ChatRole"/> with non-null
     /// content.
@@ -51,7 +54,48 @@ public static class Llama4ChatTemplate
             {
                 throw new ChatTemplateException($"messages[{i}].content", "is required.");
             }
+
+            int previous = 0;
+            foreach (ChatImagePart image in message.Images ?? [])
+            {
+                if (message.Role != ChatRole.User)
+                {
+                    throw new ChatTemplateException(image.Field, "image parts are only allowed in user messages.");
+                }
+
+                if (image.Offset < previous || image.Offset > message.Content.Length)
+                {
+                    throw new ChatTemplateException(image.Field, $"image offset {image.Offset} is outside the message text or out of order.");
+                }
+
+                previous = image.Offset;
+            }
         }
+    }
+
+    /// <summary>
+    /// The content segments of message <paramref name="index"/> as rendered: the text between image parts (possibly
+    /// empty), one more segment than there are images; an image renders as <c>&lt;|image|&gt;</c> between two segments.
+    /// </summary>
+    internal static IReadOnlyList<string> RenderedSegments(IReadOnlyList<ChatMessage> messages, int index)
+    {
+        ChatMessage message = messages[index];
+        string text = RenderedContent(messages, index);
+        if (message.Images.Count == 0)
+        {
+            return [text];
+        }
+
+        var segments = new List<string>(message.Images.Count + 1);
+        int start = 0;
+        foreach (ChatImagePart image in message.Images)
+        {
+            segments.Add(text[start..image.Offset]);
+            start = image.Offset;
+        }
+
+        segments.Add(text[start..]);
+        return segments;
     }
 
     /// <summary>
@@ -69,7 +113,7 @@ public static class Llama4ChatTemplate
         for (int i = 0; i < messages.Count; i++)
         {
             AppendHeader(prompt, RoleName(messages[i].Role));
-            prompt.Append(RenderedContent(messages, i)).Append(Llama4Tokenizer.EndOfTurnToken);
+            prompt.AppendJoin(ImageToken, RenderedSegments(messages, i)).Append(Llama4Tokenizer.EndOfTurnToken);
         }
 
         if (addGenerationPrompt)
@@ -83,7 +127,9 @@ public static class Llama4ChatTemplate
     /// <summary>
     /// Reads the <c>messages</c> array of an OpenAI chat-completions request: each element an object with
     /// <c>role</c> (<c>system</c>, <c>user</c> or <c>assistant</c>) and <c>content</c>, either a string or an array of
-    /// <c>{"type": "text", "text": "..."}</c> parts (joined with nothing between them). <c>name</c> is accepted and
+    /// <c>{"type": "text", "text": "..."}</c> parts (joined with nothing between them) and, in user messages,
+    /// <c>{"type": "image_url", "image_url": {"url": "...", "detail": "auto|low|high"}}</c> parts (rendered as
+    /// <c>&lt;|image|&gt;</c> where they stand; the image itself is loaded by the caller). <c>name</c> is accepted and
     /// ignored, as the Llama 4 template ignores it; tool calls, other part types and other roles are rejected.
     /// </summary>
     /// <exception cref="ChatTemplateException">The first invalid field, named by its JSON path.</exception>
@@ -185,10 +231,12 @@ public static class Llama4ChatTemplate
             throw new ChatTemplateException($"{path}.content", "is required.");
         }
 
-        return new ChatMessage(role, ParseContent(content, $"{path}.content"));
+        var images = new List<ChatImagePart>();
+        string text = ParseContent(content, $"{path}.content", role == ChatRole.User ? images : null);
+        return new ChatMessage(role, text) { Images = images };
     }
 
-    private static string ParseContent(JsonElement content, string path)
+    private static string ParseContent(JsonElement content, string path, List<ChatImagePart>? images)
     {
         if (content.ValueKind == JsonValueKind.String)
         {
@@ -197,7 +245,7 @@ public static class Llama4ChatTemplate
 
         if (content.ValueKind != JsonValueKind.Array)
         {
-            throw new ChatTemplateException(path, $"must be a string or an array of text parts, not {Describe(content)}.");
+            throw new ChatTemplateException(path, $"must be a string or an array of content parts, not {Describe(content)}.");
         }
 
         if (content.GetArrayLength() == 0)
@@ -220,10 +268,22 @@ public static class Llama4ChatTemplate
                 throw new ChatTemplateException($"{partPath}.type", "is required and must be a string.");
             }
 
+            if (type.GetString() == "image_url")
+            {
+                if (images is null)
+                {
+                    throw new ChatTemplateException($"{partPath}.type", "'image_url' parts are only allowed in user messages.");
+                }
+
+                images.Add(ParseImagePart(part, partPath, text.Length));
+                index++;
+                continue;
+            }
+
             if (type.GetString() != "text")
             {
                 throw new ChatTemplateException(
-                    $"{partPath}.type", $"'{type.GetString()}' is not supported; only 'text' parts are.");
+                    $"{partPath}.type", $"'{type.GetString()}' is not supported; only 'text' and 'image_url' parts are.");
             }
 
             if (!part.TryGetProperty("text", out JsonElement partText) || partText.ValueKind != JsonValueKind.String)
@@ -236,6 +296,50 @@ public static class Llama4ChatTemplate
         }
 
         return text.ToString();
+    }
+
+    /// <summary><c>{"type": "image_url", "image_url": {"url": "...", "detail": "auto|low|high"}}</c>, nothing else.</summary>
+    private static ChatImagePart ParseImagePart(JsonElement part, string partPath, int offset)
+    {
+        foreach (JsonProperty p in part.EnumerateObject())
+        {
+            if (p.Name is not ("type" or "image_url"))
+            {
+                throw new ChatTemplateException($"{partPath}.{p.Name}", "is not a field of an image_url part.");
+            }
+        }
+
+        if (!part.TryGetProperty("image_url", out JsonElement imageUrl) || imageUrl.ValueKind != JsonValueKind.Object)
+        {
+            throw new ChatTemplateException($"{partPath}.image_url", "is required and must be an object with a 'url'.");
+        }
+
+        string? url = null;
+        string? detail = null;
+        foreach (JsonProperty p in imageUrl.EnumerateObject())
+        {
+            switch (p.Name)
+            {
+                case "url" when p.Value.ValueKind == JsonValueKind.String && p.Value.GetString()!.Length > 0:
+                    url = p.Value.GetString();
+                    break;
+                case "url":
+                    throw new ChatTemplateException($"{partPath}.image_url.url", "must be a non-empty string (a data:image/...;base64 URL or an http(s) URL).");
+                case "detail" when p.Value.ValueKind == JsonValueKind.Null:
+                    break;
+                case "detail" when p.Value.ValueKind == JsonValueKind.String && p.Value.GetString() is "auto" or "low" or "high":
+                    detail = p.Value.GetString();
+                    break;
+                case "detail":
+                    throw new ChatTemplateException($"{partPath}.image_url.detail", "must be 'auto', 'low' or 'high'.");
+                default:
+                    throw new ChatTemplateException($"{partPath}.image_url.{p.Name}", "is not a field of image_url.");
+            }
+        }
+
+        return url is null
+            ? throw new ChatTemplateException($"{partPath}.image_url.url", "is required.")
+            : new ChatImagePart(offset, url, detail, partPath);
     }
 
     private static string Describe(JsonElement element) => element.ValueKind switch

@@ -241,8 +241,19 @@ public sealed partial class Llama4Tokenizer
         for (int i = 0; i < messages.Count; i++)
         {
             AppendHeader(Llama4ChatTemplate.RoleName(messages[i].Role), ids);
-            AppendEncoded(Llama4ChatTemplate.HeaderSeparator + Llama4ChatTemplate.RenderedContent(messages, i),
-                parseSpecialTokensInContent, ids);
+            var segments = Llama4ChatTemplate.RenderedSegments(messages, i);
+            for (int k = 0; k < segments.Count; k++)
+            {
+                if (k > 0)
+                {
+                    // An image part: the <|image|> special token, however the text around it reads (the text on each side
+                    // is encoded on its own, as HF splits the rendered prompt at special tokens before BPE).
+                    ids.Add(TryGetSpecialTokenId(Llama4ChatTemplate.ImageToken, out int image)
+                        ? image
+                        : throw new ChatTemplateException(messages[i].Images[k - 1].Field, "this tokenizer has no <|image|> token, so the model cannot take images."));
+                }
+                AppendEncoded(k == 0 ? Llama4ChatTemplate.HeaderSeparator + segments[0] : segments[k], parseSpecialTokensInContent, ids);
+            }
             ids.Add(EndOfTurnTokenId);
         }
 
