@@ -184,8 +184,15 @@ public sealed class Llama4ImageProcessor
         // canvas divides in float32 below, an unlimited one in double (Python floats).
         bool tensorH = canvasH < Math.Max(h, s);
         bool tensorW = canvasW < Math.Max(w, s);
-        int th = tensorH ? canvasH : Math.Max(h, s);
-        int tw = tensorW ? canvasW : Math.Max(w, s);
+        return MaxResolutionWithoutDistortion(h, w, tensorH ? canvasH : Math.Max(h, s), tensorW ? canvasW : Math.Max(w, s), tensorH, tensorW);
+    }
+
+    /// <summary>
+    /// HF <c>get_max_res_without_distortion</c>: the largest (height, width) of the image's aspect ratio inside
+    /// <paramref name="th"/> × <paramref name="tw"/> (floored, at least 1 × 1); a side flagged f32 divides in float32.
+    /// </summary>
+    internal static (int Height, int Width) MaxResolutionWithoutDistortion(int h, int w, int th, int tw, bool tensorH, bool tensorW)
+    {
         double scaleW = tensorW ? (float)tw / w : (double)tw / w;
         double scaleH = tensorH ? (float)th / h : (double)th / h;
         bool f32 = tensorW || tensorH;

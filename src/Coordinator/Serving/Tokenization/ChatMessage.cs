@@ -24,6 +24,13 @@ public sealed record ChatMessage(ChatRole Role, string Content)
     /// </summary>
     public IReadOnlyList<ChatImagePart> Images { get; init; } = [];
 
+    /// <summary>Value equality, the image parts compared element by element.</summary>
+    public bool Equals(ChatMessage? other) =>
+        other is not null && Role == other.Role && Content == other.Content && Images.SequenceEqual(other.Images);
+
+    /// <inheritdoc />
+    public override int GetHashCode() => HashCode.Combine(Role, Content, Images.Count);
+
     /// <summary>A <see cref="ChatRole.System"/> message.</summary>
     public static ChatMessage System(string content) => new(ChatRole.System, content);
 
