@@ -215,6 +215,62 @@ public sealed class VisionGoldenTests(ITestOutputHelper output)
         Assert.True(failures.Count == 0, $"{c.Name} (prefill chunk {prefillChunk}):\n  " + string.Join("\n  ", failures));
     }
 
+    /// <summary>
+    /// Continuous batching: every case at once, beside two text-only requests, with 3-token prefill chunks (so image
+    /// blocks straddle chunks and share steps with other sequences): each gets its golden greedy tokens.
+    /// </summary>
+    [Fact]
+    public async Task Scheduler_AllCasesTogetherWithTextRequests_ChunkedPrefill_GiveTheGoldenTokens()
+    {
+        var engine = Engine.Value;
+        var ids = Golden.Value.SpecialIds;
+        var tokens = new Llama4VisionTokenIds(ids["image_start"], ids["image_end"], ids["tile_x_separator"], ids["tile_y_separator"], ids["image"], ids["patch"]);
+        await using var scheduler = new Coordinator.Serving.Scheduling.ContinuousBatchScheduler(engine,
+            new Coordinator.Serving.Scheduling.SchedulerOptions { PrefillChunkTokens = 3, MaxBatchTokens = 8, MaxRunningSequences = 6 });
+        async Task<int[]> RunAsync(Coordinator.Serving.GenerationRequest request)
+        {
+            var got = new List<int>();
+            await foreach (var t in scheduler.GenerateAsync(request, CancellationToken.None))
+            {
+                got.Add(t.TokenId);
+            }
+            return [.. got];
+        }
+        var runs = Golden.Value.Cases.Select(c =>
+        {
+            var expanded = Llama4PromptExpander.Expand(c.PromptIds, Preprocess(c, out _), tokens, engine.Vision!.Config.OutputTokensPerTile);
+            return RunAsync(new Coordinator.Serving.GenerationRequest(c.Name, expanded.Ids, c.NewTokens.Length, Coordinator.Serving.SamplingParams.Greedy)
+            {
+                Images = expanded.Images,
+            });
+        }).ToList();
+        var text = new[] { RunAsync(new Coordinator.Serving.GenerationRequest("text-a", [500, 17, 300, 42, 9, 81], 6, Coordinator.Serving.SamplingParams.Greedy)),
+            RunAsync(new Coordinator.Serving.GenerationRequest("text-b", [500, 1, 2, 3], 5, Coordinator.Serving.SamplingParams.Greedy)) };
+        var results = await Task.WhenAll(runs);
+        await Task.WhenAll(text);
+        for (int i = 0; i < results.Length; i++)
+        {
+            Assert.True(results[i].SequenceEqual(Golden.Value.Cases[i].NewTokens),
+                $"{Golden.Value.Cases[i].Name}: got [{string.Join(",", results[i])}], expected [{string.Join(",", Golden.Value.Cases[i].NewTokens)}]");
+        }
+    }
+
+    [Fact]
+    public async Task Scheduler_ImagesThatDoNotMatchThePrompt_AreRefusedAtAdmission()
+    {
+        await using var scheduler = new Coordinator.Serving.Scheduling.ContinuousBatchScheduler(Engine.Value, new Coordinator.Serving.Scheduling.SchedulerOptions());
+        var c = Golden.Value.Cases[0];
+        var prompt = new Llama4ImagePrompt([new Llama4ImageTiles(new float[3 * 56 * 56], 1, "")], [.. c.PatchPositions.Select(p => p + 1)]);
+        var e = await Assert.ThrowsAsync<ArgumentException>(async () =>
+        {
+            await foreach (var _ in scheduler.GenerateAsync(new Coordinator.Serving.GenerationRequest("bad", c.InputIds, 2, Coordinator.Serving.SamplingParams.Greedy) { Images = prompt },
+                CancellationToken.None))
+            {
+            }
+        });
+        Assert.Contains("image patch token", e.Message);
+    }
+
     /// <summary>Logits at every prompt position (c{i}.logits) and the merged input embeddings (c{i}.inputs_embeds), in one forward.</summary>
     [Theory]
     [MemberData(nameof(Cases))]
