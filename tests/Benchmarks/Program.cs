@@ -27,7 +27,7 @@ internal static class Program
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane-e2e [--model DIR] [--workers 2] [--tokens 64]");
         Console.Error.WriteLine("       Distributed.Benchmarks serving-load [--model DIR] [--clients 1,8,32] [--config NAME=SERVE_ARGS]...");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll admin-events [--model DIR] [--workers 3] [--clients 8] [--max-tokens 24] [--wire bf16|fp32] [--warmup-seconds 15] [--settle-seconds 3]");
-        Console.Error.WriteLine("       Distributed.Benchmarks vision [--threads N] [--layers 4] [--repeat 5]");
+        Console.Error.WriteLine("       Distributed.Benchmarks vision [--threads N] [--layers 3] [--repeat 5]");
         return 2;
     }
 }
