@@ -32,6 +32,16 @@ public static class Program
         ["--primary-silo-port"] = "Cluster:PrimarySiloPort",
         ["--redis"] = "Cluster:RedisConnectionString",
         ["--probe-timeout"] = "Cluster:ProbeTimeout",
+        ["--advertised-address"] = "Cluster:AdvertisedAddress",
+        ["--tls-cert"] = "Tls:CertificatePath",
+        ["--tls-key"] = "Tls:KeyPath",
+        ["--tls-ca"] = "Tls:CaPath",
+    };
+
+    /// <summary>Command-line flags without a value, and the configuration key each sets to <c>true</c>.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
+    {
+        ["--insecure"] = "Tls:AllowInsecure",
     };
 
     /// <summary>Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model, 4 a listener or the silo did not start.</summary>
@@ -39,7 +49,7 @@ public static class Program
     {
         var configuration = new ConfigurationBuilder()
             .AddEnvironmentVariables(Distributed.Hosting.TelemetryOptions.EnvironmentPrefix)
-            .AddCommandLine(args, Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
+            .AddCommandLine(ExpandFlags(args), Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
             .Build();
         try
         {
@@ -69,4 +79,8 @@ public static class Program
             return ex is WorkerStartupException ? 4 : 2;
         }
     }
+
+    // "--insecure" takes no value; the configuration parser needs one.
+    private static string[] ExpandFlags(string[] args)
+        => [.. args.SelectMany(a => Flags.TryGetValue(a, out var key) ? new[] { "--" + key, "true" } : [a])];
 }

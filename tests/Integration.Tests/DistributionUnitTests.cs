@@ -15,11 +15,11 @@ public sealed class DistributionUnitTests
     [Fact]
     public void ParseWorkers_AcceptsHostPortUrlAndUnix_RejectsTheRest()
     {
-        var list = DistributedExperts.ParseWorkers("127.0.0.1:5000, http://localhost:6000,unix:/tmp/w.sock");
-        Assert.Equal(["http://127.0.0.1:5000", "http://localhost:6000", "unix:/tmp/w.sock"], list.Select(w => w.Endpoint));
+        var list = DistributedExperts.ParseWorkers("127.0.0.1:5000, http://localhost:6000,unix:/tmp/w.sock,https://10.0.0.2:50051");
+        Assert.Equal(["http://127.0.0.1:5000", "http://localhost:6000", "unix:/tmp/w.sock", "https://10.0.0.2:50051"], list.Select(w => w.Endpoint));
         Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers(""));
         Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("127.0.0.1"));
-        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("https://h:1"));
+        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("ftp://h:1"));
         Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("h:1/path"));
     }
 

@@ -1,3 +1,4 @@
+using Distributed.Hosting;
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Checkpoint;

@@ -14,12 +14,19 @@ public sealed class CliArgs
     private readonly Dictionary<string, string?> _values = new(StringComparer.Ordinal);
     private readonly Dictionary<string, List<string>> _repeated = new(StringComparer.Ordinal);
     private readonly HashSet<string> _read = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _settings = new(StringComparer.OrdinalIgnoreCase);
 
-    /// <summary>
-    /// Parses <paramref name="args"/>; <paramref name="options"/> take a value, <paramref name="flags"/> do not, and
-    /// <paramref name="repeatable"/> options take a value and may be given more than once (read with <see cref="GetAll"/>).
-    /// </summary>
-    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags,
+    /// <summary>The <c>--Section:Key value</c> settings given (configuration keys, case-insensitive).</summary>
+    public IReadOnlyDictionary<string, string> ConfigurationSettings => _settings;
+
+    /// <summary>Parses <paramref name="args"/>; <paramref name="options"/> take a value, <paramref name="flags"/> do not.</summary>
+    /// <param name="args">The arguments after the command name.</param>
+    /// <param name="options">Options that take a value.</param>
+    /// <param name="flags">Switches without a value.</param>
+    /// <param name="configurationKeys">When true, any <c>--Section:Key value</c> is accepted as a configuration setting
+    /// (<see cref="ConfigurationSettings"/>; the caller checks the key names).</param>
+    /// <param name="repeatable">Options that take a value and may be given more than once (read with <see cref="GetAll"/>).</param>
+    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags, bool configurationKeys = false,
         IReadOnlyCollection<string>? repeatable = null)
     {
         var list = args.ToList();
@@ -58,6 +65,22 @@ public sealed class CliArgs
             if (_values.ContainsKey(name))
             {
                 throw new UsageException($"option --{name} given twice");
+            }
+            if (configurationKeys && name.Contains(':', StringComparison.Ordinal))
+            {
+                if (inline is null)
+                {
+                    if (i + 1 >= list.Count)
+                    {
+                        throw new UsageException($"option --{name} needs a value");
+                    }
+                    inline = list[++i];
+                }
+                if (!_settings.TryAdd(name, inline))
+                {
+                    throw new UsageException($"option --{name} given twice");
+                }
+                continue;
             }
             if (flags.Contains(name))
             {

@@ -12,11 +12,13 @@ public static partial class CommandLine
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
+        + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--max-images N] [--max-image-bytes N] [--max-image-pixels N] [--max-image-tiles N] [--image-url-allow HOST|URL-PREFIX,...]\n"
         + "                  [--image-fetch-timeout SECONDS]   (image_url chat parts, multimodal models)\n"
-        + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
+        + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)\n"
+        + "                  Every option is also a configuration key, read first from DISTRIBUTED_Section__Key environment variables (docs/OPERATIONS.md).";
 
     /// <summary>
     /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler (routed experts in-process, on
@@ -28,27 +30,38 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout"],
-            []);
+             "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "admin-grpc-port", "admin-token-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
+             .. Distribution.DistributedExpertsCli.Options],
+            [.. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
+        // Environment (DISTRIBUTED_Section__Key) and --Section:Key settings first; the options below override them.
+        var configuration = Configuration(a);
+        var bound = BindOrUsage<ServeOptions>(configuration, ServeOptions.SectionName);
         var serve = new ServeOptions
         {
-            ModelDirectory = ModelDirectory(a),
-            ModelName = a.Get("model-name"),
-            Host = a.Get("host") ?? "127.0.0.1",
-            Port = a.Int("port", 8000, 0, 65535),
-            Http2Port = a.Has("http2-port") ? a.Int("http2-port", 0, 0, 65535) : null,
-            MaxRequestBodyBytes = a.Int("max-request-bytes", 4 << 20, (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
-            QueueFullStatusCode = a.Int("queue-full-status", 429, 429, 503),
+            ModelDirectory = a.Get("model") ?? (string.IsNullOrEmpty(bound.ModelDirectory) ? ModelDirectory(a) : bound.ModelDirectory),
+            ModelName = a.Get("model-name") ?? bound.ModelName,
+            Host = a.Get("host") ?? bound.Host,
+            Port = a.Int("port", bound.Port, 0, 65535),
+            Http2Port = a.Has("http2-port") ? a.Int("http2-port", 0, 0, 65535) : bound.Http2Port,
+            MaxRequestBodyBytes = a.Int("max-request-bytes", (int)Math.Clamp(bound.MaxRequestBodyBytes, 0, int.MaxValue),
+                (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
+            QueueFullStatusCode = a.Int("queue-full-status", bound.QueueFullStatusCode, 429, 503),
+            ShutdownTimeout = bound.ShutdownTimeout,
         };
+        if (!Directory.Exists(serve.ModelDirectory))
+        {
+            throw new UsageException($"--model: directory '{serve.ModelDirectory}' does not exist");
+        }
         var validation = new ServeOptionsValidator().Validate(null, serve);
         if (validation.Failed)
         {
             throw new UsageException(string.Join(" ", validation.Failures));
         }
-        var scheduling = SchedulerOptionsFrom(a);
-        var admin = AdminOptionsFrom(a, serve.Host);
-        var imageOptions = ImageOptionsFrom(a);
+        var scheduling = SchedulerOptionsFrom(a, BindOrUsage<SchedulerOptions>(configuration, SchedulerOptions.SectionName));
+        var admin = AdminOptionsFrom(a, serve.Host, BindOrUsage<Admin.ClusterAdminOptions>(configuration, Admin.ClusterAdminOptions.SectionName));
+        var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, serve.ModelDirectory, a.Get("cpu-precision"));
+        var imageOptions = ImageOptionsFrom(a, BindOrUsage<Serving.Images.ImageOptions>(configuration, Serving.Images.ImageOptions.SectionName));
 
         Llama4Tokenizer tokenizer;
         try
@@ -60,9 +73,10 @@ public static partial class CommandLine
             stderr.WriteLine($"error: bad tokenizer: {OneLine(ex.Message)}");
             return 1;
         }
-        using var backend = CreateBackend(a, stderr);
+        using var backend = CreateBackend(a, stderr, configuration);
         // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
-        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct).ConfigureAwait(false);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, serve.ModelDirectory, stderr, waitServing: false, ct)
+            .ConfigureAwait(false);
         using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
@@ -92,16 +106,18 @@ public static partial class CommandLine
             throw new UsageException(ex.Message);
         }
         using var operationsScope = operations;
-        // Cluster admin API (issue #5): on the serving listener, or on its own with --admin-port.
-        var cluster = experts?.Cluster;
+        // Cluster admin API (issue #5): on the serving listener, or on its own with --admin-port; in every cluster mode.
+        var cluster = experts?.Follower;
         if (admin is not null && cluster is null)
         {
-            throw new UsageException("the admin API needs the experts on a cluster (--local-workers N)");
+            throw new UsageException(experts is null
+                ? "the admin API needs the experts on a cluster (--clustering ..., or --local-workers N); they run in-process here"
+                : "the admin API needs the experts on a cluster (--clustering ..., or --local-workers N): --workers is a fixed placement that nothing can change");
         }
         // The admin API (on either listener) reads the serving scheduler's counters once the serving host has made it.
         ContinuousBatchScheduler? servingScheduler = null;
         Func<SchedulerStats?> servingStats = () => Volatile.Read(ref servingScheduler)?.Stats;
-        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster.Placement, cluster.GrpcDispatcher, servingStats);
+        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster, experts!.Dispatcher, servingStats);
         bool adminOnServe = admin is not null && admin.Host is null;
         var app = ServeHost.Build(serve, tokenizer, sp =>
         {
@@ -110,14 +126,24 @@ public static partial class CommandLine
             return scheduler;
         }, operations: operations,
             configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
-            configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null, images: images);
+            configureApp: web =>
+            {
+                if (experts?.Follower is { } follower)
+                {
+                    Hosting.ClusterReadinessGate.Use(web, follower);
+                }
+                if (adminOnServe)
+                {
+                    Admin.ClusterAdminHosting.MapClusterAdmin(web);
+                }
+            }, images: images);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))
         {
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
-                + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
+                + $"experts {experts?.Description ?? "in-process"}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
                 + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}; images {DescribeImages(images, engine)}"));
@@ -177,14 +203,13 @@ public static partial class CommandLine
     /// the one named by <c>--admin-token-env</c>); <c>--admin-port</c> puts it on its own listener (on
     /// <c>--admin-host</c>, default the serving host), else it shares the serving listener. Null when disabled.
     /// </summary>
-    private static Admin.ClusterAdminOptions? AdminOptionsFrom(CliArgs a, string serveHost)
+    private static Admin.ClusterAdminOptions? AdminOptionsFrom(CliArgs a, string serveHost, Admin.ClusterAdminOptions options)
     {
-        var options = new Admin.ClusterAdminOptions();
         if (a.Get("admin-token-env") is { } env)
         {
             options.TokenEnvironmentVariable = env;
         }
-        bool separate = a.Has("admin-port") || a.Has("admin-host") || a.Has("admin-grpc-port");
+        bool separate = a.Has("admin-port") || a.Has("admin-host") || a.Has("admin-grpc-port") || options.Host is not null;
         if (options.ResolveToken() is null)
         {
             if (separate || a.Has("admin-token-env"))
@@ -195,9 +220,9 @@ public static partial class CommandLine
         }
         if (separate)
         {
-            options.Host = a.Get("admin-host") ?? serveHost;
-            options.Port = a.Int("admin-port", 0, 0, 65535);
-            options.GrpcPort = a.Has("admin-grpc-port") ? a.Int("admin-grpc-port", 0, 0, 65535) : null;
+            options.Host = a.Get("admin-host") ?? options.Host ?? serveHost;
+            options.Port = a.Int("admin-port", options.Port, 0, 65535);
+            options.GrpcPort = a.Has("admin-grpc-port") ? a.Int("admin-grpc-port", 0, 0, 65535) : options.GrpcPort;
         }
         var errors = options.Validate();
         if (errors.Count > 0)
@@ -222,17 +247,16 @@ public static partial class CommandLine
     }
 
     /// <summary>The image limits and sources (<see cref="Serving.Images.ImageOptions"/>), validated: a bad value is a usage error naming the flag.</summary>
-    private static Serving.Images.ImageOptions ImageOptionsFrom(CliArgs a)
+    private static Serving.Images.ImageOptions ImageOptionsFrom(CliArgs a, Serving.Images.ImageOptions defaults)
     {
-        var defaults = new Serving.Images.ImageOptions();
         var options = new Serving.Images.ImageOptions
         {
             MaxImagesPerRequest = a.Int("max-images", defaults.MaxImagesPerRequest, 0, 256),
-            MaxImageBytes = a.Int("max-image-bytes", (int)defaults.MaxImageBytes, 1024, 1 << 30),
-            MaxImagePixels = a.Int("max-image-pixels", (int)defaults.MaxImagePixels, 1, 1 << 30),
+            MaxImageBytes = a.Has("max-image-bytes") ? a.Int("max-image-bytes", 0, 1024, 1 << 30) : defaults.MaxImageBytes,
+            MaxImagePixels = a.Has("max-image-pixels") ? a.Int("max-image-pixels", 0, 1, 1 << 30) : defaults.MaxImagePixels,
             MaxImageTiles = a.Int("max-image-tiles", defaults.MaxImageTiles, 1, 64),
             FetchTimeout = TimeSpan.FromSeconds(a.Double("image-fetch-timeout", defaults.FetchTimeout.TotalSeconds)),
-            UrlAllowList = a.Get("image-url-allow") is { } allow ? [.. allow.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)] : [],
+            UrlAllowList = a.Get("image-url-allow") is { } allow ? [.. allow.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)] : defaults.UrlAllowList,
         };
         var validation = new Serving.Images.ImageOptionsValidator().Validate(null, options);
         if (validation.Failed)
@@ -242,9 +266,8 @@ public static partial class CommandLine
         return options;
     }
 
-    private static SchedulerOptions SchedulerOptionsFrom(CliArgs a)
+    private static SchedulerOptions SchedulerOptionsFrom(CliArgs a, SchedulerOptions defaults)
     {
-        var defaults = new SchedulerOptions();
         int maxBatchTokens = a.Int("max-batch-tokens", defaults.MaxBatchTokens, 1, 1 << 20);
         // Unless given, the running-sequence and prefill-chunk limits shrink with a small token budget so that
         // "--max-batch-tokens 16" alone is a valid configuration.
@@ -256,6 +279,7 @@ public static partial class CommandLine
             PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
             KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
             KvBlockSize = defaults.KvBlockSize,
+            BackendKvStore = defaults.BackendKvStore,
             RetryAfter = defaults.RetryAfter,
         };
         try
@@ -267,5 +291,18 @@ public static partial class CommandLine
             throw new UsageException(ex.Message);
         }
         return options;
+    }
+
+    private static T BindOrUsage<T>(Hosting.CoordinatorConfiguration configuration, string section)
+        where T : class, new()
+    {
+        try
+        {
+            return configuration.Bind<T>(section);
+        }
+        catch (OptionsValidationException ex)
+        {
+            throw new UsageException(string.Join("; ", ex.Failures));
+        }
     }
 }

@@ -9,14 +9,15 @@ namespace Distributed.Coordinator.Cli;
 /// <summary>Subcommand dispatch for the coordinator executable. Results go to stdout, logs and errors to stderr.</summary>
 public static partial class CommandLine
 {
-    private const string Usage = """
-        usage: Distributed.Coordinator <command> [options]
-          infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
-                          [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
-                          [--image FILE [--image FILE ...]] [--max-image-tiles N]   (each <|image|> id of --prompt-ids marks one image, in order)
-          make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
-          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--json]
-        """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
+    private const string Usage =
+        "usage: Distributed.Coordinator <command> [options]\n"
+        + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]\n"
+        + "                  [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
+        + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
+        + "                  [--image FILE [--image FILE ...]] [--max-image-tiles N]   (each <|image|> id of --prompt-ids marks one image, in order)\n"
+        + "  make-synthetic  --out DIR [--preset NAME] [--<field> value ...]\n"
+        + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--json]\n"
+        + "  " + ServeUsage + "\n  " + AdminUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
@@ -77,13 +78,40 @@ public static partial class CommandLine
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
-    private static IKernelBackend CreateBackend(CliArgs a, TextWriter stderr)
+    /// <summary>
+    /// The command's configuration: <c>DISTRIBUTED_*</c> environment, <c>--Section:Key</c> settings, and the cluster
+    /// options of <see cref="Distribution.DistributedExpertsCli"/>, plus <paramref name="commandKeys"/> (the command's own options mapped to keys).
+    /// </summary>
+    /// <exception cref="UsageException">An unknown key or a malformed value.</exception>
+    private static Hosting.CoordinatorConfiguration Configuration(CliArgs a, IDictionary<string, string?>? commandKeys = null)
     {
+        var keys = commandKeys ?? new Dictionary<string, string?>();
+        Distribution.DistributedExpertsCli.MapOptions(a, keys);
+        try
+        {
+            return Hosting.CoordinatorConfiguration.Build(a.ConfigurationSettings, new Dictionary<string, string?>(keys));
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+    }
+
+    private static IKernelBackend CreateBackend(CliArgs a, TextWriter stderr, Hosting.CoordinatorConfiguration? configuration = null)
+    {
+        // Defaults from Kernels:* (environment, --Kernels:Key) where the command reads configuration; Auto otherwise.
+        var defaults = configuration is null ? new KernelOptions() : BindOrUsage<KernelOptions>(configuration, KernelOptions.SectionName);
+        if (configuration?.Has("Kernels:Backend") != true)
+        {
+            // KernelOptions defaults to Cpu for tests; the commands default to Auto.
+            defaults.Backend = KernelBackendKind.Auto;
+        }
         var options = new KernelOptions
         {
-            Backend = a.Enum("backend", KernelBackendKind.Auto),
-            Threads = a.Int("threads", 0, 0, 1024),
-            CpuPrecision = a.Enum("cpu-precision", CpuMatMulPrecision.Fp32),
+            Backend = a.Enum("backend", defaults.Backend),
+            Threads = a.Int("threads", defaults.Threads, 0, 1024),
+            CpuPrecision = a.Enum("cpu-precision", defaults.CpuPrecision),
+            DeviceOrdinal = defaults.DeviceOrdinal,
         };
         return KernelBackendFactory.Create(options, stderr);
     }
@@ -100,8 +128,9 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "local-workers", "workers", "wire",
-            "max-image-tiles"], ["json"], ["image"]);
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "max-image-tiles",
+                .. Distribution.DistributedExpertsCli.Options],
+            ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true, repeatable: ["image"]);
         string dir = ModelDirectory(a);
         int[] prompt = a.IntList("prompt-ids");
         int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
@@ -110,9 +139,11 @@ public static partial class CommandLine
         var imageOptions = new Serving.Images.ImageOptions();
         imageOptions.MaxImageTiles = a.Int("max-image-tiles", imageOptions.MaxImageTiles, 1, 64);
         bool json = a.Has("json");
-        using var backend = CreateBackend(a, stderr);
+        var configuration = Configuration(a);
+        var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, dir, a.Get("cpu-precision"));
+        using var backend = CreateBackend(a, stderr, configuration);
         var sw = Stopwatch.StartNew();
-        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct).ConfigureAwait(false);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, dir, stderr, waitServing: true, ct).ConfigureAwait(false);
         using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher);
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();

@@ -1,60 +1,220 @@
+using System.Globalization;
 using Distributed.Coordinator.Cli;
+using Distributed.Coordinator.Hosting;
+using Distributed.Hosting;
 
 namespace Distributed.Coordinator.Distribution;
 
-/// <summary>The <c>infer</c> options that move routed experts into worker processes.</summary>
+/// <summary>
+/// The options <c>serve</c> and <c>infer</c> share to move routed experts out of process: join an expert cluster
+/// (<c>--clustering Localhost|Redis|AdoNet</c> with its membership options, the same keys and
+/// <c>DISTRIBUTED_Cluster__*</c> variables the workers read), start N local workers first (<c>--local-workers N</c>),
+/// or use fixed static-shard workers (<c>--workers host:port,...</c>).
+/// </summary>
 public static class DistributedExpertsCli
 {
+    /// <summary>Options that take a value.</summary>
+    public static readonly IReadOnlyList<string> Options =
+        ["local-workers", "workers", "wire", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
+
+    /// <summary>Switches.</summary>
+    public static readonly IReadOnlyList<string> Flags = ["insecure"];
+
+    /// <summary>Usage text of these options.</summary>
+    public const string Usage =
+        "[--local-workers N | --workers host:port,... | --clustering Localhost|Redis|AdoNet [--redis HOST:PORT] [--cluster-id ID] [--service-id ID]\n"
+        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]";
+
     /// <summary>
-    /// Reads <c>--local-workers N</c>, <c>--workers host:port,...</c> and <c>--wire bf16|fp32</c> (default bf16) from
-    /// <paramref name="args"/>; returns null (experts in-process) when neither worker option is given. Local workers get
-    /// the coordinator's <c>--cpu-precision</c>, so the experts compute with the same arithmetic wherever they run.
+    /// Maps the options given in <paramref name="args"/> to configuration keys in <paramref name="keys"/>, checking
+    /// each value (a usage error names the option).
     /// </summary>
-    /// <exception cref="UsageException">Both worker options, N out of range, an unknown wire dtype, a malformed address.</exception>
-    public static async Task<DistributedExperts?> StartAsync(CliArgs args, string modelDirectory, TextWriter log, CancellationToken cancellationToken)
+    /// <exception cref="UsageException">A malformed value.</exception>
+    public static void MapOptions(CliArgs args, IDictionary<string, string?> keys)
     {
         ArgumentNullException.ThrowIfNull(args);
-        bool local = args.Has("local-workers");
-        bool remote = args.Has("workers");
-        if (local && remote)
+        ArgumentNullException.ThrowIfNull(keys);
+        if (args.Has("local-workers"))
+        {
+            keys["LocalCluster:Workers"] = args.Int("local-workers", 0, 1, 64).ToString(CultureInfo.InvariantCulture);
+        }
+        if (args.Get("workers") is { } workers)
+        {
+            try
+            {
+                DistributedExperts.ParseWorkers(workers);
+            }
+            catch (FormatException ex)
+            {
+                throw new UsageException(ex.Message);
+            }
+            keys["Distribution:Workers"] = workers;
+        }
+        if (args.Get("wire") is { } wire)
+        {
+            try
+            {
+                keys["Distribution:WireDType"] = DistributionOptions.ParseWire(wire).ToString();
+            }
+            catch (FormatException ex)
+            {
+                throw new UsageException(ex.Message);
+            }
+        }
+        if (args.Has("clustering"))
+        {
+            keys["Cluster:Clustering"] = args.Enum("clustering", ClusteringMode.Localhost).ToString();
+        }
+        Put(args, keys, "redis", "Cluster:RedisConnectionString");
+        Put(args, keys, "cluster-id", "Cluster:ClusterId");
+        Put(args, keys, "service-id", "Cluster:ServiceId");
+        if (args.Get("gateways") is { } gateways)
+        {
+            var ports = gateways.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+            if (ports.Length == 0 || ports.Any(p => !int.TryParse(p, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) || n is <= 0 or > 65535))
+            {
+                throw new UsageException($"--gateways must list TCP ports separated by commas, got '{gateways}'");
+            }
+            for (int i = 0; i < ports.Length; i++)
+            {
+                keys[$"Cluster:GatewayPorts:{i}"] = ports[i];
+            }
+        }
+        Put(args, keys, "tls-cert", "Tls:CertificatePath");
+        Put(args, keys, "tls-key", "Tls:KeyPath");
+        Put(args, keys, "tls-ca", "Tls:CaPath");
+        if (args.Has("insecure"))
+        {
+            keys["Tls:AllowInsecure"] = "true";
+        }
+    }
+
+    private static void Put(CliArgs args, IDictionary<string, string?> keys, string option, string key)
+    {
+        if (args.Get(option) is { } value)
+        {
+            keys[key] = value;
+        }
+    }
+
+    /// <summary>
+    /// Where the experts run according to <paramref name="configuration"/>: null in-process (no cluster, local or fixed
+    /// workers configured), else the settings for <see cref="DistributedExperts.StartAsync"/>.
+    /// </summary>
+    /// <param name="configuration">The merged configuration.</param>
+    /// <param name="modelDirectory">The model local workers open.</param>
+    /// <param name="cpuPrecision">The coordinator's CPU precision, given to local workers so experts compute alike.</param>
+    /// <exception cref="UsageException">Contradictory settings, or an invalid one (every problem named).</exception>
+    public static ExpertsSettings? Settings(CoordinatorConfiguration configuration, string modelDirectory, string? cpuPrecision)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        bool local = configuration.Has("LocalCluster:Workers");
+        bool fixedWorkers = configuration.Has("Distribution:Workers");
+        bool cluster = configuration.Has("Cluster:Clustering");
+        if (local && fixedWorkers)
         {
             throw new UsageException("--local-workers and --workers are mutually exclusive");
         }
-        if (!local && !remote)
+        if (fixedWorkers && cluster)
         {
-            if (args.Has("wire"))
+            throw new UsageException("--workers (fixed static-shard workers) and --clustering (an expert cluster) are mutually exclusive");
+        }
+        if (!local && !fixedWorkers && !cluster)
+        {
+            foreach (var key in new[] { "Distribution:WireDType", "Cluster:RedisConnectionString", "Cluster:GatewayPorts", "Cluster:AdoNetConnectionString" })
             {
-                throw new UsageException("--wire needs --local-workers or --workers");
+                if (configuration.Has(key))
+                {
+                    throw new UsageException($"{key} (--{(key.EndsWith("WireDType", StringComparison.Ordinal) ? "wire" : key.Split(':')[1])}) needs --local-workers, --workers or --clustering");
+                }
             }
             return null;
         }
-        Protocol.Grpc.WireDType wire;
         try
         {
-            wire = DistributionOptions.ParseWire(args.Get("wire") ?? "bf16");
-        }
-        catch (FormatException ex)
-        {
-            throw new UsageException(ex.Message);
-        }
-        if (local)
-        {
-            int n = args.Int("local-workers", 0, 1, 64);
-            var settings = new Dictionary<string, string>();
-            if (args.Get("cpu-precision") is { } precision)
+            var distribution = configuration.Bind<DistributionOptions>(DistributionOptions.SectionName);
+            var membership = configuration.Bind<ExpertClusterOptions>(ExpertClusterOptions.SectionName);
+            if (configuration.Has("Cluster:GatewayPorts"))
             {
-                settings["cpu-precision"] = precision;
+                // The binder appends to the default list; the configured ports replace it.
+                membership.GatewayPorts = [.. configuration.Configuration.GetSection("Cluster:GatewayPorts").GetChildren()
+                    .Select(c => int.TryParse(c.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int p) ? p : -1)];
             }
-            return await DistributedExperts.StartLocalAsync(modelDirectory, n, wire, log, cancellationToken, settings).ConfigureAwait(false);
+            var tls = configuration.Bind<ClusterTlsOptions>(ClusterTlsOptions.SectionName);
+            if (configuration.Has("Cluster:RedisConnectionString") && membership.Clustering != ClusteringMode.Redis)
+            {
+                throw new UsageException("--redis (Cluster:RedisConnectionString) needs --clustering Redis");
+            }
+            LocalClusterOptions? localOptions = null;
+            if (local)
+            {
+                localOptions = configuration.Bind<LocalClusterOptions>(LocalClusterOptions.SectionName);
+                localOptions.ModelDirectory = modelDirectory;
+                if (cpuPrecision is not null)
+                {
+                    localOptions.WorkerSettings["cpu-precision"] = cpuPrecision;
+                }
+            }
+            var mode = fixedWorkers ? ExpertsMode.FixedWorkers : ExpertsMode.Cluster;
+            var errors = distribution.Validate().Concat(tls.Validate()).ToList();
+            if (mode == ExpertsMode.Cluster)
+            {
+                errors.AddRange(membership.Validate(isSilo: false).Where(e => !local || !e.StartsWith("Cluster:GatewayPorts", StringComparison.Ordinal)));
+                errors.AddRange(localOptions?.Validate() ?? []);
+            }
+            if (errors.Count > 0)
+            {
+                throw new UsageException(string.Join("; ", errors));
+            }
+            return new ExpertsSettings(mode, membership, tls, distribution, localOptions, distribution.Workers);
         }
-        try
+        catch (Microsoft.Extensions.Options.OptionsValidationException ex)
         {
-            DistributedExperts.ParseWorkers(args.Get("workers") ?? "");
+            throw new UsageException(string.Join("; ", ex.Failures));
         }
-        catch (FormatException ex)
+    }
+
+    /// <summary>
+    /// Starts the experts' side for <paramref name="settings"/> (null: in-process, returns null). Progress and the local
+    /// workers' problems go to <paramref name="log"/>. With <paramref name="waitServing"/> (infer) it waits until the
+    /// cluster serves every expert.
+    /// </summary>
+    public static async Task<DistributedExperts?> StartAsync(ExpertsSettings? settings, string modelDirectory, TextWriter log, bool waitServing,
+        CancellationToken cancellationToken, ILoggerFactory? loggerFactory = null)
+    {
+        ArgumentNullException.ThrowIfNull(log);
+        if (settings is null)
         {
-            throw new UsageException(ex.Message);
+            return null;
         }
-        return await DistributedExperts.ConnectAsync(modelDirectory, args.Get("workers")!, wire, log, cancellationToken).ConfigureAwait(false);
+        var experts = await DistributedExperts.StartAsync(settings, modelDirectory, line => WorkerLine(log, line), loggerFactory, cancellationToken).ConfigureAwait(false);
+        if (waitServing && experts.Follower is { } follower && settings.LocalWorkers is null)
+        {
+            try
+            {
+                await follower.WaitConnectedAsync(settings.Distribution.ReadyTimeout, cancellationToken).ConfigureAwait(false);
+                await follower.WaitForServingAsync(1, settings.Distribution.ReadyTimeout, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                await experts.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+        }
+        return experts;
+    }
+
+    // Workers log at Information; a CLI user needs only their problems and the launcher's progress lines.
+    private static void WorkerLine(TextWriter log, string line)
+    {
+        bool fromWorker = line.StartsWith('[');
+        if (!fromWorker || line.Contains(" fail: ", StringComparison.Ordinal) || line.Contains(" crit: ", StringComparison.Ordinal)
+            || line.Contains("Unhandled exception", StringComparison.Ordinal))
+        {
+            lock (log)
+            {
+                log.WriteLine(line);
+            }
+        }
     }
 }

@@ -39,6 +39,15 @@ public sealed class DistributionOptions
     /// with Unavailable. Default: 60 s.</summary>
     public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// Fixed workers with static shards, comma-separated (<c>host:port</c>, <c>http(s)://host:port</c>, <c>unix:/path</c>):
+    /// placement from their handshakes, never changed, no admin API. Null = experts in-process or on a cluster. Default: null.
+    /// </summary>
+    public string? Workers { get; set; }
+
+    /// <summary>How long <c>infer</c> waits for the cluster to serve every expert before it gives up. Default: 120 s.</summary>
+    public TimeSpan ReadyTimeout { get; set; } = TimeSpan.FromSeconds(120);
+
     /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
     public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
 
@@ -77,6 +86,10 @@ public sealed class DistributionOptions
         if (RecoveryTimeout <= TimeSpan.Zero || RecoveryTimeout > TimeSpan.FromHours(1))
         {
             errors.Add($"Distribution:RecoveryTimeout {RecoveryTimeout} must be within (0, 1 h]");
+        }
+        if (ReadyTimeout <= TimeSpan.Zero || ReadyTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:ReadyTimeout {ReadyTimeout} must be within (0, 1 h]");
         }
         if (string.IsNullOrWhiteSpace(CoordinatorId))
         {

@@ -80,7 +80,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         // Null unless a trace exporter listens; its W3C id rides in every request so the worker's span joins the trace.
         using var dispatchSpan = Diagnostics.CoordinatorInstruments.Tracing.StartActivity("moe.dispatch", ActivityKind.Client);
         dispatchSpan?.SetTag("moe.layer", layer);
-        var table = _placement.GetServingTable();
+        var table = await _placement.GetServingTableAsync(_options.RecoveryTimeout, cancellationToken).ConfigureAwait(false);
         var model = table.Model;
         if ((uint)layer >= (uint)model.NumLayers || !model.IsMoeLayer(layer))
         {
@@ -313,47 +313,101 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 Lose(dispatch, table, worker, workerSlices, ex);
                 continue;
             }
-            // Segments must name each expert once, ascending: one worker never gets two slices of one expert.
+            // Segments must name each expert once, ascending; a request carries at most the worker's
+            // max_rows_per_dispatch rows (and fits its message limit), so a larger share is split into several requests
+            // on the same stream (combine places rows by their grouped position, whichever request carried them).
             workerSlices.Sort((x, y) => x.Expert.CompareTo(y.Expert));
-            int workerRows = workerSlices.Sum(s => s.Rows);
-            int length = checked(workerRows * h * elementSize);
-            var lease = connection.RentRows(length);
-            var header = new ExpertRequest
+            var chunks = Chunk(workerSlices, RowsPerRequest(connection.Hello, h * elementSize));
+            for (int c = 0; c < chunks.Count; c++)
             {
-                Layer = (uint)layer,
-                PlanVersion = table.Version,
-                Dtype = _options.WireDType,
-                HiddenSize = (uint)h,
-                Rows = (uint)workerRows,
-                Traceparent = dispatch.Traceparent,
-            };
-            EncodeRows(dispatch, workerSlices, lease.Span, row);
-            foreach (var s in workerSlices)
-            {
-                header.Segments.Add(new ExpertSegment { Expert = (uint)s.Expert, Rows = (uint)s.Rows });
+                var chunk = chunks[c];
+                int workerRows = chunk.Sum(s => s.Rows);
+                int length = checked(workerRows * h * elementSize);
+                var lease = connection.RentRows(length);
+                var header = new ExpertRequest
+                {
+                    Layer = (uint)layer,
+                    PlanVersion = table.Version,
+                    Dtype = _options.WireDType,
+                    HiddenSize = (uint)h,
+                    Rows = (uint)workerRows,
+                    Traceparent = dispatch.Traceparent,
+                };
+                EncodeRows(dispatch, chunk, lease.Span, row);
+                foreach (var s in chunk)
+                {
+                    header.Segments.Add(new ExpertSegment { Expert = (uint)s.Expert, Rows = (uint)s.Rows });
+                }
+                Task<TensorFrame<ExpertReply>> reply;
+                try
+                {
+                    reply = await connection.SendAsync(header, lease, cancellationToken).ConfigureAwait(false);
+                }
+                catch (ExpertDispatchException ex) when (IsWorkerLoss(ex.Status))
+                {
+                    lease.Dispose();
+                    Lose(dispatch, table, worker, [.. chunks.Skip(c).SelectMany(x => x)], ex);
+                    break;
+                }
+                catch
+                {
+                    lease.Dispose();
+                    throw;
+                }
+                Load.Worker(worker.WorkerId).Sent(workerRows, length);
+                Instruments?.WorkerSent(worker.WorkerId, workerRows, length);
+                var part = new Part(connection, header, lease, [.. chunk], reply, Stopwatch.GetTimestamp(), table);
+                dispatch.Parts.Add(part);
+                dispatch.AllParts.Add(part);
             }
-            Task<TensorFrame<ExpertReply>> reply;
-            try
-            {
-                reply = await connection.SendAsync(header, lease, cancellationToken).ConfigureAwait(false);
-            }
-            catch (ExpertDispatchException ex) when (IsWorkerLoss(ex.Status))
-            {
-                lease.Dispose();
-                Lose(dispatch, table, worker, workerSlices, ex);
-                continue;
-            }
-            catch
-            {
-                lease.Dispose();
-                throw;
-            }
-            Load.Worker(worker.WorkerId).Sent(workerRows, length);
-            Instruments?.WorkerSent(worker.WorkerId, workerRows, length);
-            var part = new Part(connection, header, lease, [.. workerSlices], reply, Stopwatch.GetTimestamp(), table);
-            dispatch.Parts.Add(part);
-            dispatch.AllParts.Add(part);
         }
+    }
+
+    // Rows one request may carry: the worker's max_rows_per_dispatch (0 = no limit) and what fits its largest accepted
+    // message, less 64 KiB for the header and framing.
+    private static int RowsPerRequest(HelloReply hello, int rowBytes)
+    {
+        long rows = hello.MaxRowsPerDispatch == 0 ? int.MaxValue : hello.MaxRowsPerDispatch;
+        if (hello.MaxMessageBytes > 0)
+        {
+            rows = Math.Min(rows, Math.Max(1, ((long)hello.MaxMessageBytes - (64 << 10)) / Math.Max(1, rowBytes)));
+        }
+        return (int)Math.Clamp(rows, 1, int.MaxValue);
+    }
+
+    /// <summary>
+    /// Cuts expert-ordered <paramref name="slices"/> into requests of at most <paramref name="maxRows"/> rows each, every
+    /// expert at most once per request (a slice may be cut across requests; two slices of one expert go to different requests).
+    /// </summary>
+    internal static List<List<Slice>> Chunk(List<Slice> slices, int maxRows)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxRows, 1);
+        var chunks = new List<List<Slice>>();
+        var current = new List<Slice>();
+        int rows = 0;
+        foreach (var slice in slices)
+        {
+            int first = slice.FirstRow, left = slice.Rows;
+            while (left > 0)
+            {
+                if (rows == maxRows || (current.Count > 0 && current[^1].Expert == slice.Expert))
+                {
+                    chunks.Add(current);
+                    current = [];
+                    rows = 0;
+                }
+                int n = Math.Min(left, maxRows - rows);
+                current.Add(new Slice(slice.Expert, first, n));
+                first += n;
+                left -= n;
+                rows += n;
+            }
+        }
+        if (current.Count > 0)
+        {
+            chunks.Add(current);
+        }
+        return chunks;
     }
 
     // Row r of the grouped order is score(token, slot) × hidden[token], encoded in the wire dtype.
@@ -479,7 +533,8 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         }
     }
 
-    private readonly record struct Slice(int Expert, int FirstRow, int Rows);
+    /// <summary>Rows [<paramref name="FirstRow"/>, +<paramref name="Rows"/>) of the grouped order, all routed to <paramref name="Expert"/>.</summary>
+    internal readonly record struct Slice(int Expert, int FirstRow, int Rows);
 
     private readonly record struct Suspicion(ulong Version, long UntilTicks);
 

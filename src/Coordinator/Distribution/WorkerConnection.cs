@@ -58,10 +58,23 @@ public sealed partial class WorkerConnection : IAsyncDisposable
     /// Connects: channel, <c>Hello</c> (checks the worker's protocol major, fingerprint and hidden size), then the stream.
     /// </summary>
     /// <exception cref="ExpertDispatchException">The worker is unreachable, refuses the handshake, or disagrees on the model.</exception>
+    /// <param name="worker">The worker and its advertised endpoint (<c>https://</c> when it serves TLS).</param>
+    /// <param name="model">The model both sides must serve.</param>
+    /// <param name="options">Timeouts, transports.</param>
+    /// <param name="logger">Where stream failures are logged.</param>
+    /// <param name="cancellationToken">Cancels the handshake.</param>
+    /// <param name="tls">This coordinator's cluster credentials; required for an <c>https://</c> endpoint.</param>
     public static async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker, ModelDescriptor model, DistributionOptions options,
-        ILogger logger, CancellationToken cancellationToken)
+        ILogger logger, CancellationToken cancellationToken, Distributed.Hosting.ClusterCredentials? tls = null)
     {
-        var channel = CreateChannel(worker.Endpoint, model, options);
+        ArgumentNullException.ThrowIfNull(worker);
+        if (worker.Endpoint.StartsWith("https://", StringComparison.OrdinalIgnoreCase) && tls is null)
+        {
+            throw new ExpertDispatchException(StatusCode.FailedPrecondition,
+                $"worker {worker.WorkerId} serves its data plane over TLS ({worker.Endpoint}) but this coordinator has no cluster certificate (set Tls:CertificatePath, Tls:KeyPath and Tls:CaPath)",
+                worker.WorkerId);
+        }
+        var channel = CreateChannel(worker.Endpoint, model, options, tls);
         SharedRing? ring = null;
         try
         {
@@ -86,6 +99,14 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             {
                 reply = await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null,
                     new CallOptions(deadline: DateTime.UtcNow + options.ConnectTimeout, cancellationToken: cancellationToken), hello);
+            }
+            catch (RpcException ex) when (FindInner<System.Security.Authentication.AuthenticationException>(ex) is { } tlsFailure)
+            {
+                // A refused TLS handshake is a credential problem (another cluster's CA, no client certificate), not a
+                // transient loss: retrying the same worker cannot help.
+                throw new ExpertDispatchException(StatusCode.Unauthenticated,
+                    $"TLS handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {tlsFailure.Message} (both sides need certificates signed by the same cluster CA, Tls:CaPath)",
+                    worker.WorkerId, inner: ex);
             }
             catch (RpcException ex)
             {
@@ -128,7 +149,20 @@ public sealed partial class WorkerConnection : IAsyncDisposable
         }
     }
 
-    private static GrpcChannel CreateChannel(string endpoint, ModelDescriptor model, DistributionOptions options)
+    private static T? FindInner<T>(Exception ex)
+        where T : Exception
+    {
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            if (e is T found)
+            {
+                return found;
+            }
+        }
+        return null;
+    }
+
+    private static GrpcChannel CreateChannel(string endpoint, ModelDescriptor model, DistributionOptions options, Distributed.Hosting.ClusterCredentials? tls)
     {
         var handler = new SocketsHttpHandler
         {
@@ -140,6 +174,16 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             InitialHttp2StreamWindowSize = 16 << 20,
             ConnectTimeout = options.ConnectTimeout,
         };
+        if (tls is not null && endpoint.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
+        {
+            // Mutual TLS: this coordinator proves itself with the cluster certificate and accepts only a worker whose
+            // certificate the cluster CA signed.
+            handler.SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+                ClientCertificates = [tls.Certificate],
+                RemoteCertificateValidationCallback = (_, certificate, chain, errors) => tls.ValidatePeer(certificate, chain, errors),
+            };
+        }
         string address = endpoint;
         if (endpoint.StartsWith("unix:", StringComparison.Ordinal))
         {

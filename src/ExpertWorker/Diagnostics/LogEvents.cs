@@ -7,6 +7,8 @@ public static class LogEvents
     public const int WorkerReady = 3000;
     /// <summary>Effective options at startup.</summary>
     public const int EffectiveOptions = 3001;
+    /// <summary>A listener on a non-loopback address runs without TLS (<c>--insecure</c>).</summary>
+    public const int InsecureListener = 3002;
     /// <summary>A shard applied a plan.</summary>
     public const int ShardApplied = 3010;
     /// <summary>A shard failed to apply a plan.</summary>

@@ -9,8 +9,8 @@ public static class ProtocolVersion
     /// <summary>Incompatible changes bump this.</summary>
     public const uint Major = 1;
 
-    /// <summary>Backward-compatible additions bump this (1: <c>HelloReply.kernel_numerics</c>).</summary>
-    public const uint Minor = 1;
+    /// <summary>Backward-compatible additions bump this (1: <c>HelloReply.kernel_numerics</c>; 2: <c>HelloReply.cluster_managed</c>).</summary>
+    public const uint Minor = 2;
 
     /// <summary>Call-metadata key carrying the caller's protocol major version on <c>Dispatch</c>.</summary>
     public const string MajorHeader = "x-protocol-major";

@@ -1,7 +1,7 @@
+using Distributed.Hosting;
 using Microsoft.Extensions.Configuration;
 using Distributed.ExpertWorker.Hosting;
 using Distributed.ExpertWorker.Placement;
-using Distributed.Protocol.Contracts;
 
 namespace Distributed.ExpertWorker.Tests.Hosting;
 

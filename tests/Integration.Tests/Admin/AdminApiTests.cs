@@ -333,7 +333,8 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
         var before = fixture.Cluster.Placement.Snapshot!;
         // A second coordinator process would do exactly this: join as an Orleans client and follow the plan.
         using var loggerFactory = fixture.Log.CreateLoggerFactory();
-        await using var restarted = await Distributed.Coordinator.Distribution.ClusterPlacementFollower.StartAsync(fixture.Cluster.ClientOptions, loggerFactory);
+        await using var restarted = await Distributed.Coordinator.Distribution.ClusterPlacementFollower.StartAsync(fixture.Cluster.ClientOptions, loggerFactory,
+            tls: fixture.Cluster.Credentials);
         var table = await restarted.WaitForServingAsync(3, TimeSpan.FromSeconds(30), CancellationToken.None);
         Assert.Equal((ulong)before.Plan.Version, table.Version);
         Assert.Equal(Protocol.Grains.PlacementPlanCodec.Serialize(before.Plan), Protocol.Grains.PlacementPlanCodec.Serialize(restarted.Snapshot!.Plan));

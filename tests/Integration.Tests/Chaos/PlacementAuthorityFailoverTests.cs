@@ -1,3 +1,4 @@
+using Distributed.Hosting;
 using System.Collections.Concurrent;
 using System.Globalization;
 using Distributed.Coordinator.Distribution;

@@ -1,4 +1,4 @@
-namespace Distributed.Protocol.Contracts;
+namespace Distributed.Hosting;
 
 /// <summary>How silos find each other.</summary>
 public enum ClusteringMode
