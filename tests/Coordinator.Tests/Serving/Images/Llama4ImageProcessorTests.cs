@@ -53,6 +53,43 @@ public sealed class Llama4ImageProcessorTests
         Assert.All(Llama4ImageProcessor.Resize(flat, 40, 30, 13, 57), v => Assert.Equal(77, v));
     }
 
+    /// <summary>
+    /// The vertical-first order (taken when it leaves the smaller intermediate) computes, on a transposed image, exactly
+    /// what the horizontal-first order computes on the original: the transposed fixture image c.png (41 wide, 73 tall)
+    /// resized to 56 x 56 is the transpose of c.png's golden-checked global tile.
+    /// </summary>
+    [Fact]
+    public void Resize_VerticalFirst_IsTheTransposeOfHorizontalFirst()
+    {
+        var c = ImageDecoder.Decode(File.ReadAllBytes(Path.Combine(TestPaths.Fixture("tiny-maverick-mm"), "images", "c.png")), 1 << 20);
+        byte[] planar = new byte[3 * 41 * 73];
+        byte[] transposed = new byte[3 * 41 * 73];
+        for (int ch = 0; ch < 3; ch++)
+        {
+            for (int y = 0; y < 41; y++)
+            {
+                for (int x = 0; x < 73; x++)
+                {
+                    byte v = c.Rgb[(((y * 73) + x) * 3) + ch];
+                    planar[(ch * 41 * 73) + (y * 73) + x] = v;
+                    transposed[(ch * 41 * 73) + (x * 41) + y] = v;
+                }
+            }
+        }
+        byte[] a = Llama4ImageProcessor.Resize(planar, 41, 73, 56, 56);
+        byte[] b = Llama4ImageProcessor.Resize(transposed, 73, 41, 56, 56);
+        for (int ch = 0; ch < 3; ch++)
+        {
+            for (int y = 0; y < 56; y++)
+            {
+                for (int x = 0; x < 56; x++)
+                {
+                    Assert.Equal(a[(ch * 56 * 56) + (y * 56) + x], b[(ch * 56 * 56) + (x * 56) + y]);
+                }
+            }
+        }
+    }
+
     [Fact]
     public void Process_SmallImage_PadsWithBlackAndHashesItsTiles()
     {
