@@ -2,6 +2,7 @@ using System.Globalization;
 using Distributed.Coordinator.Cli;
 using Distributed.Coordinator.Hosting;
 using Distributed.Hosting;
+using Distributed.Protocol.Contracts;
 
 namespace Distributed.Coordinator.Distribution;
 
@@ -133,6 +134,12 @@ public static class DistributedExpertsCli
         try
         {
             var distribution = configuration.Bind<DistributionOptions>(DistributionOptions.SectionName);
+            // The cluster credential: Cluster:Token as on a worker, else Distribution:ClusterToken, else the options'
+            // default, DISTRIBUTED_CLUSTER_TOKEN. A weak one fails Validate below (named, never shown).
+            if (configuration.Configuration[ClusterToken.ConfigurationKey] is { Length: > 0 } token)
+            {
+                distribution.ClusterToken = token;
+            }
             var membership = configuration.Bind<ExpertClusterOptions>(ExpertClusterOptions.SectionName);
             if (configuration.Has("Cluster:GatewayPorts"))
             {

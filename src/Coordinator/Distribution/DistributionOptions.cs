@@ -18,11 +18,26 @@ public sealed class DistributionOptions
     /// <summary>Longest a handshake with a worker may take. Default: 10 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>Use the shared-memory row transport with workers on this host when they accept it. Default: false.</summary>
-    public bool PreferSharedMemory { get; set; }
+    /// <summary>
+    /// Use the shared-memory row transport with workers on this host when they accept it: after the handshake the
+    /// coordinator passes a sealed memfd of <see cref="SharedRingBytes"/> to the worker as a file descriptor over the
+    /// worker's rendezvous socket, and rows travel through it (the gRPC message carries only their offset). Workers on
+    /// other hosts, workers that decline, and a failed rendezvous give inline rows. Linux only (elsewhere always
+    /// inline). Default: true.
+    /// </summary>
+    public bool PreferSharedMemory { get; set; } = true;
 
-    /// <summary>Size of each shared ring (one per worker connection). Default: 64 MiB.</summary>
+    /// <summary>Size of each shared ring (one per worker connection; pages are only used as rows are written). Default: 64 MiB.</summary>
     public long SharedRingBytes { get; set; } = 64L << 20;
+
+    /// <summary>
+    /// The cluster credential's token, sent as <c>authorization: Bearer &lt;token&gt;</c> on every data-plane call.
+    /// Secret: never logged. Default: the <c>DISTRIBUTED_CLUSTER_TOKEN</c> environment variable, read when the options
+    /// are created (null when unset: calls carry no credential and a worker that requires one refuses them with
+    /// UNAUTHENTICATED). <c>serve</c> and <c>infer</c> take the configuration key <c>Cluster:Token</c> instead when it
+    /// is set, as a worker does. <see cref="LocalWorkerCluster"/> generates one for the workers it starts when this is null.
+    /// </summary>
+    public string? ClusterToken { get; set; } = Protocol.Contracts.ClusterToken.Resolve().Token;
 
     /// <summary>An expert with at least this many rows in one dispatch is split into contiguous slices over its least
     /// loaded healthy replicas (one slice per replica, at least half this many rows each). Default: 32.</summary>
@@ -90,6 +105,10 @@ public sealed class DistributionOptions
         if (ReadyTimeout <= TimeSpan.Zero || ReadyTimeout > TimeSpan.FromHours(1))
         {
             errors.Add($"Distribution:ReadyTimeout {ReadyTimeout} must be within (0, 1 h]");
+        }
+        if (ClusterToken is not null)
+        {
+            errors.AddRange(Protocol.Contracts.ClusterToken.Validate(ClusterToken, $"Distribution:ClusterToken ({Protocol.Contracts.ClusterToken.EnvironmentVariable})"));
         }
         if (string.IsNullOrWhiteSpace(CoordinatorId))
         {

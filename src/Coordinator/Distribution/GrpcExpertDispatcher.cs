@@ -562,8 +562,8 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
             }
         }
 
-        // A shared-ring region may still be written by a worker that never answered: it is then leaked (bounded by the
-        // ring size) rather than handed to another request.
+        // A shared-ring region may still be written by a worker that never answered: it is then abandoned (kept
+        // allocated, bounded by the ring size) rather than handed to another request.
         public void ReleaseWhenAnswered()
         {
             if (Volatile.Read(ref _released) != 0)
@@ -577,9 +577,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                     t.Result.Dispose();
                     Release();
                 }
-                else if (Lease.Descriptor is null)
+                else if (Interlocked.Exchange(ref _released, 1) == 0)
                 {
-                    Release();
+                    Lease.Abandon();
                 }
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }

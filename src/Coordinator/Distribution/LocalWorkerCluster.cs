@@ -83,6 +83,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     private readonly Action<string> _log;
     private readonly ILoggerFactory _loggerFactory;
     private readonly LocalClusterCredentials? _credentials;
+    private readonly string _clusterToken;
 
     private LocalWorkerCluster(LocalWorkerLauncher launcher, ClusterPlacementFollower follower, LocalClusterOptions options, ModelDescriptor model,
         DistributionOptions distribution, Action<string> log, ILoggerFactory loggerFactory, LocalClusterCredentials? credentials)
@@ -94,6 +95,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         _log = log;
         _loggerFactory = loggerFactory;
         _credentials = credentials;
+        _clusterToken = distribution.ClusterToken!;
         GrpcDispatcher = CreateDispatcher(distribution);
     }
 
@@ -112,6 +114,9 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>Another dispatcher over the same workers (e.g. another wire dtype); disposed with the cluster.</summary>
     public GrpcExpertDispatcher CreateDispatcher(DistributionOptions distribution)
     {
+        ArgumentNullException.ThrowIfNull(distribution);
+        // The workers require the cluster token they were started with.
+        distribution.ClusterToken ??= _clusterToken;
         var errors = distribution.Validate();
         if (errors.Count > 0)
         {
@@ -157,7 +162,9 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>The worker processes.</summary>
     public IReadOnlyList<WorkerProcess> Workers => _launcher.Workers;
 
-    /// <summary>Starts the cluster (localhost membership, private cluster id) and waits until it serves every expert.</summary>
+    /// <summary>Starts the cluster (localhost membership, private cluster id) and waits until it serves every expert. The
+    /// workers get the cluster credential of <paramref name="distribution"/>, generated when it has none
+    /// (<see cref="AddClusterToken"/>).</summary>
     /// <param name="log">Receives the workers' output lines and progress.</param>
     /// <exception cref="ArgumentException">Invalid options (every problem listed).</exception>
     /// <exception cref="TimeoutException">The workers or the plan were not ready within <see cref="LocalClusterOptions.StartTimeout"/>.</exception>
@@ -192,6 +199,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         {
             var environment = new Dictionary<string, string>(options.Environment);
             credentials?.AddTo(environment);
+            AddClusterToken(environment, distribution);
             launcher = await LocalWorkerLauncher.StartAsync(options, membership, environment, log, cancellationToken).ConfigureAwait(false);
             var client = launcher.ClientOptions;
             client.ConnectTimeout = Remaining(options, started);
@@ -213,6 +221,17 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             credentials?.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Gives the workers this launcher starts the cluster credential: the token of <paramref name="distribution"/>
+    /// (<c>DISTRIBUTED_CLUSTER_TOKEN</c>) or, when it has none, a freshly generated one (32 random bytes), which is then
+    /// set on <paramref name="distribution"/> so the coordinator's calls carry it.
+    /// </summary>
+    internal static void AddClusterToken(IDictionary<string, string> environment, DistributionOptions distribution)
+    {
+        distribution.ClusterToken ??= ClusterToken.Generate();
+        environment[ClusterToken.EnvironmentVariable] = distribution.ClusterToken;
     }
 
     private static TimeSpan Remaining(LocalClusterOptions options, DateTime started)

@@ -45,8 +45,9 @@ public sealed partial class WorkerConnection : IAsyncDisposable
     /// <summary>The worker's handshake reply.</summary>
     public HelloReply Hello { get; }
 
-    /// <summary>The negotiated row transport.</summary>
-    public RowTransport Transport => Hello.Transport;
+    /// <summary>The row transport in use: <see cref="RowTransport.SharedMemoryFd"/> once the worker attached this
+    /// connection's ring, else <see cref="RowTransport.Inline"/>.</summary>
+    public RowTransport Transport => _ring is null ? RowTransport.Inline : RowTransport.SharedMemoryFd;
 
     /// <summary>Why the stream ended, or null while it is usable.</summary>
     public Exception? Broken => _broken;
@@ -55,9 +56,11 @@ public sealed partial class WorkerConnection : IAsyncDisposable
     public int PendingCount => _pending.Count;
 
     /// <summary>
-    /// Connects: channel, <c>Hello</c> (checks the worker's protocol major, fingerprint and hidden size), then the stream.
+    /// Connects: channel, <c>Hello</c> (checks the worker's protocol major, fingerprint and hidden size), on the same
+    /// host the shared ring (a sealed memfd passed over the worker's rendezvous socket; any failure there only means
+    /// inline rows, said once in the log), then the stream. Every call carries <see cref="DistributionOptions.ClusterToken"/>.
     /// </summary>
-    /// <exception cref="ExpertDispatchException">The worker is unreachable, refuses the handshake, or disagrees on the model.</exception>
+    /// <exception cref="ExpertDispatchException">The worker is unreachable, refuses the handshake or the credential, or disagrees on the model.</exception>
     /// <param name="worker">The worker and its advertised endpoint (<c>https://</c> when it serves TLS).</param>
     /// <param name="model">The model both sides must serve.</param>
     /// <param name="options">Timeouts, transports.</param>
@@ -86,19 +89,23 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                 ModelFingerprint = model.Fingerprint,
                 CoordinatorId = options.CoordinatorId,
             };
-            if (options.PreferSharedMemory)
+            bool offered = options.PreferSharedMemory && SharedRing.IsSupported;
+            if (offered)
             {
-                string path = Path.Combine(SharedRing.DefaultDirectory, $"distributed-ring-{Environment.ProcessId}-{Guid.NewGuid():N}");
-                ring = SharedRing.Create(path, options.SharedRingBytes);
-                hello.Transports.Add(RowTransport.SharedMemory);
-                hello.SharedRing = new SharedRingOffer { Path = path, SizeBytes = (ulong)ring.Size, HostId = SharedRing.LocalHostId };
+                hello.Transports.Add(RowTransport.SharedMemoryFd);
+                hello.SharedRing = new SharedRingOffer { SizeBytes = (ulong)options.SharedRingBytes, HostId = SharedRing.LocalHostId };
             }
             hello.Transports.Add(RowTransport.Inline);
+            var credential = new Metadata();
+            if (options.ClusterToken is { } token)
+            {
+                credential.Add(ClusterToken.MetadataKey, "Bearer " + token);
+            }
             HelloReply reply;
             try
             {
                 reply = await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null,
-                    new CallOptions(deadline: DateTime.UtcNow + options.ConnectTimeout, cancellationToken: cancellationToken), hello);
+                    new CallOptions(credential, DateTime.UtcNow + options.ConnectTimeout, cancellationToken), hello);
             }
             catch (RpcException ex) when (FindInner<System.Security.Authentication.AuthenticationException>(ex) is { } tlsFailure)
             {
@@ -110,13 +117,16 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             }
             catch (RpcException ex)
             {
+                string hint = ex.StatusCode == StatusCode.Unauthenticated
+                    ? $" (set {ClusterToken.EnvironmentVariable} to the cluster's token{(options.ClusterToken is null ? "; none is set" : "")})"
+                    : "";
                 throw new ExpertDispatchException(ex.StatusCode,
-                    $"handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {ex.StatusCode} {ex.Status.Detail}", worker.WorkerId, inner: ex);
+                    $"handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {ex.StatusCode} {ex.Status.Detail}{hint}", worker.WorkerId, inner: ex);
             }
             Check(reply.ProtocolMajor == ProtocolVersion.Major, $"speaks protocol {reply.ProtocolMajor}.{reply.ProtocolMinor}");
             Check(reply.ModelFingerprint == model.Fingerprint, $"serves model {reply.ModelFingerprint}");
             Check(reply.HiddenSize == (uint)model.HiddenSize, $"reports hidden size {reply.HiddenSize}");
-            Check(reply.Transport is RowTransport.Inline || (reply.Transport is RowTransport.SharedMemory && ring is not null),
+            Check(reply.Transport is RowTransport.Inline || (reply.Transport is RowTransport.SharedMemoryFd && offered && reply.SharedRing is not null),
                 $"chose transport {reply.Transport} that was not offered");
             void Check(bool ok, string what)
             {
@@ -127,10 +137,9 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                         worker.WorkerId);
                 }
             }
-            if (reply.Transport != RowTransport.SharedMemory)
+            if (reply.Transport == RowTransport.SharedMemoryFd)
             {
-                ring?.Dispose();
-                ring = null;
+                ring = await AttachRingAsync(worker, reply, options, logger, cancellationToken).ConfigureAwait(false);
             }
             var headers = new Metadata
             {
@@ -138,6 +147,10 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                 { ProtocolVersion.FingerprintHeader, model.Fingerprint },
                 { ProtocolVersion.SessionHeader, reply.SessionId },
             };
+            foreach (var entry in credential)
+            {
+                headers.Add(entry);
+            }
             var call = invoker.AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null, new CallOptions(headers));
             return new WorkerConnection(worker, channel, reply, ring is null ? null : new SharedRingAllocator(ring), call, logger);
         }
@@ -146,6 +159,26 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             ring?.Dispose();
             channel.Dispose();
             throw;
+        }
+    }
+
+    // Creates this connection's sealed ring and passes it to the worker; null (rows go inline) when that fails.
+    private static async Task<SharedRing?> AttachRingAsync(WorkerEndpoint worker, HelloReply reply, DistributionOptions options, ILogger logger,
+        CancellationToken cancellationToken)
+    {
+        SharedRing? ring = null;
+        try
+        {
+            ring = SharedRing.CreateSealed(options.SharedRingBytes);
+            await RingRendezvous.AttachAsync(reply.SharedRing.SocketPath, reply.SessionId, reply.SharedRing.Nonce.Memory, ring, options.ConnectTimeout,
+                cancellationToken).ConfigureAwait(false);
+            return ring;
+        }
+        catch (Exception ex) when (ex is SharedRingException or ArgumentException or PlatformNotSupportedException)
+        {
+            ring?.Dispose();
+            LogRingUnavailable(logger, worker.WorkerId, worker.Endpoint, ex.Message);
+            return null;
         }
     }
 
@@ -348,4 +381,8 @@ public sealed partial class WorkerConnection : IAsyncDisposable
 
     [LoggerMessage(EventId = 3100, Level = LogLevel.Warning, Message = "Stream to worker {WorkerId} at {Endpoint} ended: {Reason}")]
     private partial void LogBroken(string workerId, string endpoint, string reason);
+
+    [LoggerMessage(EventId = 3101, Level = LogLevel.Warning,
+        Message = "Worker {WorkerId} at {Endpoint} is on this host but the shared ring could not be passed ({Reason}); rows travel inline")]
+    private static partial void LogRingUnavailable(ILogger logger, string workerId, string endpoint, string reason);
 }

@@ -1,5 +1,7 @@
 using Distributed.ExpertWorker.Grains;
+using Distributed.ExpertWorker.Hosting;
 using Distributed.ExpertWorker.Placement;
+using Microsoft.Extensions.Options;
 using Orleans.Configuration;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -11,7 +13,8 @@ public static class ExpertWorkerSiloBuilderExtensions
     /// <summary>
     /// Configures membership and link security from <paramref name="cluster"/> and <paramref name="tls"/> (the setup the
     /// coordinator's client shares, <see cref="ExpertClustering"/>), advertises <paramref name="metadata"/> (worker id,
-    /// gRPC endpoint, capacity), registers the shard placement director and the placement grain's storage.
+    /// gRPC endpoint, capacity), registers the shard placement director and the placement grain's storage (Redis with Redis membership, the
+    /// cluster's PostgreSQL database with ADO.NET membership, after its schema step; silo-local memory otherwise).
     /// </summary>
     public static ISiloBuilder AddExpertShards(this ISiloBuilder silo, ExpertClusterOptions cluster, ClusterCredentials? tls, Dictionary<string, string> metadata)
     {
@@ -30,6 +33,19 @@ public static class ExpertWorkerSiloBuilderExtensions
             // survive the loss of whichever silo hosts the placement grain, and coordinator restarts.
             silo.AddRedisGrainStorage(PlacementGrain.StorageName,
                 o => o.ConfigurationOptions = ExpertClustering.RedisOptions(cluster));
+        }
+        else if (cluster.Clustering == ClusteringMode.AdoNet)
+        {
+            // Multi-host on PostgreSQL: the project's schema is checked (and applied, Cluster:AdoNetApplySchema) before
+            // membership starts, and the plan and its operation log live in the same database as the membership.
+            silo.ConfigureServices(services =>
+            {
+                services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp =>
+                    new PostgresSchemaStep(cluster, sp, sp.GetRequiredService<ILogger<PostgresSchemaStep>>()));
+                services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName, (sp, _) => new PostgresGrainStorage(
+                    PlacementGrain.StorageName, cluster.AdoNetConnectionString!, sp.GetRequiredService<IOptions<ClusterOptions>>().Value.ServiceId,
+                    sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
+            });
         }
         else
         {

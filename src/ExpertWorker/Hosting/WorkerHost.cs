@@ -17,7 +17,7 @@ using Microsoft.Extensions.Options;
 namespace Distributed.ExpertWorker.Hosting;
 
 /// <summary>
-/// One expert worker process: Kestrel serving the gRPC data plane (h2c) and, unless a static shard is configured, an
+/// One expert worker process: Kestrel serving the gRPC data plane (h2c, guarded by <see cref="DataPlaneSecurity"/>) and, unless a static shard is configured, an
 /// Orleans silo in the same process. Kestrel starts first so the silo can advertise the bound endpoint in its metadata
 /// (the data-plane port may be 0). Both share one <see cref="ShardStore"/>; only assigned experts are ever loaded.
 /// </summary>
@@ -78,6 +78,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
         var telemetry = Bind<TelemetryOptions>(configuration, TelemetryOptions.SectionName);
         var tlsOptions = Bind<ClusterTlsOptions>(configuration, ClusterTlsOptions.SectionName);
         Validate(options, cluster, placement, telemetry, tlsOptions);
+        var credential = DataPlaneSecurity.ResolveCredential(configuration, options);
         ClusterCredentials? tls;
         try
         {
@@ -99,7 +100,8 @@ public sealed partial class WorkerHost : IAsyncDisposable
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;
-            return await StartCoreAsync(configuration, options, cluster, telemetry, tls, tlsOptions, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
+            return await StartCoreAsync(configuration, options, cluster, telemetry, tls, tlsOptions, credential, checkpoint, backend, model, workerId, configureLogging,
+                cancellationToken);
         }
         catch
         {
@@ -150,7 +152,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
 
     private static async Task<WorkerHost> StartCoreAsync(
         IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, ClusterCredentials? tls,
-        ClusterTlsOptions tlsOptions, CheckpointReader checkpoint,
+        ClusterTlsOptions tlsOptions, ClusterToken? credential, CheckpointReader checkpoint,
         IKernelBackend backend, ModelDescriptor model, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
@@ -217,12 +219,13 @@ public sealed partial class WorkerHost : IAsyncDisposable
             loggerFactory.CreateLogger<ShardStore>(), options.RetireDelay);
         builder.Services.AddSingleton(store);
         builder.Services.AddSingleton(new ExpertExecutor(backend));
-        builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(Options.Create(options));
+        DataPlaneSecurity.Add(builder, options, credential, maxMessage, ctx => opsListen?.IPEndPoint is { } ops && ctx.Connection.LocalPort == ops.Port);
         var instruments = new ExpertWorkerInstruments(store);
         builder.Services.AddSingleton(instruments);
         WorkerOperations.Add(builder, store, telemetry, workerId);
         var web = builder.Build();
+        DataPlaneSecurity.Use(web);
         web.MapGrpcService<ExpertComputeService>();
         WorkerOperations.Map(web);
         try
@@ -384,23 +387,31 @@ public sealed partial class WorkerHost : IAsyncDisposable
         {
             return;
         }
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        // Bounded whatever the cluster's state: a silo leaves membership gracefully when it can, but with the membership
+        // store gone Orleans would retry for much longer than a supervisor's grace period (SIGTERM, then SIGKILL).
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(4));
         if (Silo is not null)
         {
+            bool stopped = false;
             try
             {
-                await Silo.StopAsync(timeout.Token);
+                await Silo.StopAsync(timeout.Token).WaitAsync(TimeSpan.FromSeconds(5));
+                stopped = true;
             }
-            catch (OperationCanceledException)
+            catch (Exception ex) when (ex is OperationCanceledException or TimeoutException)
             {
             }
-            Silo.Dispose();
+            if (stopped)
+            {
+                Silo.Dispose();
+            }
         }
+        using var webTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
         try
         {
-            await Web.StopAsync(timeout.Token);
+            await Web.StopAsync(webTimeout.Token).WaitAsync(TimeSpan.FromSeconds(3));
         }
-        catch (OperationCanceledException)
+        catch (Exception ex) when (ex is OperationCanceledException or TimeoutException)
         {
         }
         await Web.DisposeAsync();

@@ -9,9 +9,10 @@ using Xunit.Abstractions;
 namespace Distributed.Integration.Tests.Cluster;
 
 /// <summary>
-/// An expert cluster of independent processes, as an operator runs one: a real redis-server (membership, plan and
-/// operation log), worker processes started one by one with <c>--clustering Redis</c>, and <c>serve</c> joining the same
-/// cluster by its membership options (never told where the workers are). Kills everything on dispose.
+/// An expert cluster of independent processes, as an operator runs one: a real cluster store (membership, plan and
+/// operation log: a redis-server, or a PostgreSQL database that the first worker gives the project's schema), worker
+/// processes started one by one with <c>--clustering Redis|AdoNet</c>, and <c>serve</c> joining the same cluster by its
+/// membership options (never told where the workers are). Kills everything on dispose.
 /// </summary>
 internal sealed class IndependentCluster : IAsyncDisposable
 {
@@ -21,14 +22,18 @@ internal sealed class IndependentCluster : IAsyncDisposable
     private readonly TestLog _log;
     private readonly List<WorkerProcess> _workers = [];
 
-    private IndependentCluster(RedisServer redis, TestLog log, string clusterId)
+    private readonly IAsyncDisposable _store;
+
+    private IndependentCluster(IAsyncDisposable store, string[] membership, TestLog log)
     {
-        Redis = redis;
+        _store = store;
+        Membership = membership;
         _log = log;
-        ClusterId = clusterId;
+        ClusterId = $"it-{Guid.NewGuid():N}"[..16];
     }
 
-    public RedisServer Redis { get; }
+    /// <summary>The membership options workers and serve share (<c>--clustering</c> and the store's address).</summary>
+    public string[] Membership { get; }
 
     public string ClusterId { get; }
 
@@ -41,20 +46,37 @@ internal sealed class IndependentCluster : IAsyncDisposable
     /// <summary>Environment every process of the cluster gets (credentials shared by the cluster).</summary>
     public Dictionary<string, string> Environment { get; } = new() { [AdminTokenVariable] = AdminToken };
 
+    /// <summary>A cluster on a fresh redis-server.</summary>
     public static async Task<IndependentCluster> StartAsync(TestLog log)
     {
         var redis = await RedisServer.StartAsync();
-        return new IndependentCluster(redis, log, $"it-{Guid.NewGuid():N}"[..16]);
+        return new IndependentCluster(redis, ["--clustering", "Redis", "--redis", redis.Connection], log);
     }
 
-    /// <summary>Starts worker <c>w{index}</c> joined to the Redis cluster (fast failure detection) and waits for its ready line.</summary>
+    /// <summary>A cluster on an empty database of a fresh PostgreSQL (the workers apply the schema).</summary>
+    public static async Task<IndependentCluster> StartPostgresAsync(TestLog log)
+    {
+        var pg = await PostgresServer.StartAsync(log.Write);
+        try
+        {
+            string db = await pg.CreateDatabaseAsync("cluster");
+            return new IndependentCluster(pg, ["--clustering", "AdoNet", "--Cluster:AdoNetConnectionString", db], log);
+        }
+        catch
+        {
+            await pg.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>Starts worker <c>w{index}</c> joined to the cluster (fast failure detection) and waits for its ready line.</summary>
     public async Task<WorkerProcess> StartWorkerAsync(int index)
     {
         int[] ports = WorkerProcess.FreePorts(2);
-        var args = new List<string>
+        var args = new List<string>(Membership)
         {
             "--model", TestPaths.Fixture("tiny-maverick"), "--worker-id", $"w{index}", "--threads", "1",
-            "--clustering", "Redis", "--redis", Redis.Connection, "--cluster-id", ClusterId, "--advertised-address", "127.0.0.1",
+            "--cluster-id", ClusterId, "--advertised-address", "127.0.0.1",
             "--silo-port", ports[0].ToString(CultureInfo.InvariantCulture), "--gateway-port", ports[1].ToString(CultureInfo.InvariantCulture),
             "--ops-port", "-1", "--Placement:SettleDelay", "00:00:00.2", "--ExpertWorker:RetireDelay", "00:00:01",
             "--probe-timeout", "00:00:01", "--Cluster:NumMissedProbesLimit", "2", "--Placement:ProbeTimeout", "00:00:01",
@@ -67,12 +89,12 @@ internal sealed class IndependentCluster : IAsyncDisposable
 
     private static string WorkerPath => WorkerProcess.LocateWorker();
 
-    /// <summary>Starts <c>serve --clustering Redis ...</c> (fp32 wire: tokens are exact) and waits for its listening line.</summary>
+    /// <summary>Starts <c>serve</c> with <see cref="Membership"/> (fp32 wire: tokens are exact) and waits for its listening line.</summary>
     public async Task<ServeProcess> StartServeAsync(ITestOutputHelper output, params string[] extra)
     {
-        var args = new List<string>
+        var args = new List<string>(Membership)
         {
-            "--clustering", "Redis", "--redis", Redis.Connection, "--cluster-id", ClusterId, "--admin-token-env", AdminTokenVariable,
+            "--cluster-id", ClusterId, "--admin-token-env", AdminTokenVariable,
             "--wire", "fp32", "--threads", "1", "--max-running", "8", "--max-batch-tokens", "64", "--prefill-chunk", "32",
             "--Distribution:DispatchTimeout", "00:00:20",
         };
@@ -151,6 +173,6 @@ internal sealed class IndependentCluster : IAsyncDisposable
         await StopServeAsync();
         await Task.WhenAll(_workers.Select(w => w.DisposeAsync().AsTask()));
         Http.Dispose();
-        await Redis.DisposeAsync();
+        await _store.DisposeAsync();
     }
 }

@@ -4,8 +4,8 @@ using Xunit.Abstractions;
 namespace Distributed.Integration.Tests.Cluster;
 
 /// <summary>
-/// Issue #10's loopback acceptance: independent processes joined through a real Redis, serve following the cluster
-/// by its membership options alone. Workers join, are drained and stopped, die, and serve restarts, while greedy
+/// Issue #10's loopback acceptance: independent processes joined through a real Redis, and the same through a real
+/// PostgreSQL on the project's own schema, serve following the cluster by its membership options alone. Workers join, are drained and stopped, die, and serve restarts, while greedy
 /// requests keep their exact tokens (fp32 wire).
 /// </summary>
 [Trait("Category", "Integration")]
@@ -24,10 +24,24 @@ public sealed class IndependentClusterTests(ITestOutputHelper output)
         ToolFactAttribute.Require(RedisServer.Missing);
         var log = new TestLog { Output = output };
         await using var cluster = await IndependentCluster.StartAsync(log);
+        await JoinKillDrainRestartAsync(cluster);
+    }
+
+    [PostgresFact]
+    public async Task PostgresCluster_JoinKillDrainRestart_ServeKeepsEveryRequestAndToken()
+    {
+        ToolFactAttribute.Require(PostgresServer.Missing);
+        var log = new TestLog { Output = output };
+        await using var cluster = await IndependentCluster.StartPostgresAsync(log);
+        await JoinKillDrainRestartAsync(cluster);
+    }
+
+    private async Task JoinKillDrainRestartAsync(IndependentCluster cluster)
+    {
         await cluster.StartWorkerAsync(0);
         await cluster.StartWorkerAsync(1);
         var serve = await cluster.StartServeAsync(output);
-        await IndependentCluster.WaitUntilAsync(cluster.ReadyAsync, TimeSpan.FromMinutes(2), "serve ready on the Redis cluster");
+        await IndependentCluster.WaitUntilAsync(cluster.ReadyAsync, TimeSpan.FromMinutes(2), "serve ready on the cluster");
 
         // The admin API lists both workers Active.
         var info = await cluster.AdminGetAsync("cluster");

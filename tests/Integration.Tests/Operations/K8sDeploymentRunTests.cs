@@ -22,7 +22,7 @@ namespace Distributed.Integration.Tests.Operations;
 /// them), the Secrets hold fresh test tokens, and Orleans' Kubernetes hosting is off (it needs the Kubernetes API).
 /// </summary>
 [Trait("Category", "Integration")]
-public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IAsyncDisposable
+public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("k8s-run-").FullName;
     private readonly List<WorkerProcess> _workers = [];
@@ -223,7 +223,10 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
         private static partial Regex LabelReference();
     }
 
-    public async ValueTask DisposeAsync()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    // IAsyncLifetime: xunit 2 calls this after the test, pass or fail (it does not call IAsyncDisposable on test classes).
+    public async Task DisposeAsync()
     {
         if (_coordinator is not null)
         {

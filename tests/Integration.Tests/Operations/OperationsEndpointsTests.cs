@@ -2,6 +2,7 @@ using System.Net;
 using System.Text;
 using Distributed.Coordinator.Distribution;
 using Distributed.Integration.Tests.Serving;
+using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Net.Client;
 using Xunit.Abstractions;
@@ -87,9 +88,12 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
 
         using var channel = GrpcChannel.ForAddress(grpc);
         var health = new Health.HealthClient(channel);
-        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, (await health.CheckAsync(new HealthCheckRequest())).Status);
+        // The health service is on the data-plane port, so it needs the cluster credential like everything there.
+        var unauthenticated = await Assert.ThrowsAsync<RpcException>(async () => await health.CheckAsync(new HealthCheckRequest()));
+        Assert.Equal(StatusCode.Unauthenticated, unauthenticated.StatusCode);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, (await health.CheckAsync(new HealthCheckRequest(), TestCredential.Headers())).Status);
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving,
-            (await health.CheckAsync(new HealthCheckRequest { Service = "distributed.expertworker.v1.ExpertWorker" })).Status);
+            (await health.CheckAsync(new HealthCheckRequest { Service = "distributed.expertworker.v1.ExpertWorker" }, TestCredential.Headers())).Status);
     }
 
     /// <summary>Prometheus text → "name{labels}" (labels without otel_scope_name, sorted as written) → value.</summary>
