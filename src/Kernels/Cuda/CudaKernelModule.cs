@@ -30,6 +30,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     [
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
         "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows",
+        "fp8_gemm", "fp8_quant_rows", "swiglu_f32",
     ];
 
     private readonly CudaModuleHandle _module;
@@ -367,6 +368,53 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         a[5] = &rows;
         a[6] = &width;
         Launch("kv_scatter", ElementwiseBlocks(rows * width), ElementwiseThreads, stream, a);
+    }
+
+    /// <summary>Rows per block of <see cref="Fp8Gemm"/> (F8_TM in kernels.cu).</summary>
+    public const int Fp8TileRows = 32;
+
+    /// <summary>Columns per block of <see cref="Fp8Gemm"/> (F8_TN in kernels.cu).</summary>
+    public const int Fp8TileColumns = 64;
+
+    /// <summary>
+    /// y [rows, n] = (x [rows, k] · decode(w [n, k])) · scales[c] (· rowScales[r] when not 0): one fmaf chain per element
+    /// in k order, as the CPU backend computes it.
+    /// </summary>
+    public void Fp8Gemm(nint stream, ulong x, ulong w, ulong scales, ulong rowScales, ulong y, int rows, int k, int n)
+    {
+        void** a = stackalloc void*[8];
+        a[0] = &x;
+        a[1] = &w;
+        a[2] = &scales;
+        a[3] = &rowScales;
+        a[4] = &y;
+        a[5] = &rows;
+        a[6] = &k;
+        a[7] = &n;
+        long blocks = (long)((rows + Fp8TileRows - 1) / Fp8TileRows) * ((n + Fp8TileColumns - 1) / Fp8TileColumns);
+        Launch("fp8_gemm", blocks, 256, stream, a);
+    }
+
+    /// <summary>W8A8 input pass: q [rows, cols] = E4M3 values of x quantized per row, rowScales [rows] = each row's scale.</summary>
+    public void Fp8QuantRows(nint stream, ulong x, ulong q, ulong rowScales, long rows, int cols)
+    {
+        void** a = stackalloc void*[4];
+        a[0] = &x;
+        a[1] = &q;
+        a[2] = &rowScales;
+        a[3] = &cols;
+        Launch("fp8_quant_rows", rows, ReduceThreads, stream, a);
+    }
+
+    /// <summary>h [rows, inter] = silu(t[:, :inter]) · t[:, inter:], fp32 in and out.</summary>
+    public void SwiGluF32(nint stream, ulong t, ulong h, long rows, int inter)
+    {
+        void** a = stackalloc void*[4];
+        a[0] = &t;
+        a[1] = &h;
+        a[2] = &rows;
+        a[3] = &inter;
+        Launch("swiglu_f32", ElementwiseBlocks(rows * inter), ElementwiseThreads, stream, a);
     }
 
     public void SoftmaxRows(nint stream, ulong x, long rows, int cols)

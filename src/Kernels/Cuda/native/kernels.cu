@@ -592,3 +592,159 @@ KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
         __syncthreads();
     }
 }
+
+// ---------------------------------------------------------------- FP8 E4M3 weights (compressed-tensors per channel)
+// A code is 1 sign, 4 exponent (bias 7) and 3 mantissa bits; exponent 0 is subnormal (m/8 * 2^-6); 0x7F/0xFF are NaN
+// (refused when a weight is created, so never decoded here).
+
+__device__ __forceinline__ float e4m3_to_f32(unsigned char c)
+{
+    int e = (c >> 3) & 15;
+    int m = c & 7;
+    float v = e == 0 ? (float)m * 0.001953125f : __uint_as_float(((unsigned int)(e + 120) << 23) | ((unsigned int)m << 20));
+    return (c & 0x80) ? -v : v;
+}
+
+// Round to nearest E4M3, ties to even, saturating at 448 (callers clamp first); the same integer steps as the host
+// encoder (Fp8E4M3.FromFloat), so a quantized row is bit for bit the one the CPU backend makes.
+__device__ __forceinline__ unsigned char f32_to_e4m3(float v)
+{
+    unsigned int bits = __float_as_uint(v);
+    unsigned char sign = (unsigned char)((bits >> 24) & 0x80u);
+    float a = __uint_as_float(bits & 0x7fffffffu);
+    if (a < 0.015625f)
+    {
+        // Multiples of 2^-9; a * 512 is exact and rintf rounds ties to even.
+        return (unsigned char)(sign | (unsigned char)rintf(a * 512.0f));
+    }
+    if (a >= 448.0f)
+    {
+        return (unsigned char)(sign | 0x7e);
+    }
+    unsigned int ab = bits & 0x7fffffffu;
+    unsigned int rounded = (ab + 0x7ffffu + ((ab >> 20) & 1u)) >> 20;
+    unsigned int code = rounded - (120u << 3);
+    return (unsigned char)(sign | (code > 0x7eu ? 0x7eu : code));
+}
+
+#define F8_TM 32
+#define F8_TN 64
+#define F8_TK 32
+
+// y [rows, n] = (x [rows, k] . W) * scales[c] (* row_scales[r] when not null), W given as codes w [n, k] (row c = output
+// column c, its k codes contiguous). Block b covers rows [32 tm, +32) and columns [64 tn, +64) with b = tm * tiles_n + tn;
+// 256 threads, 2 rows x 4 columns each. Every output element is ONE fmaf chain over k = 0..k-1 in order from +0, then
+// the scale(s): the CPU backend's arithmetic exactly, so a row's result does not depend on the batch (batch invariant)
+// and matches the CPU bit for bit.
+KERNEL void fp8_gemm(const float* x, const unsigned char* w, const float* scales, const float* row_scales, float* y, int rows, int k, int n)
+{
+    __shared__ float xs[F8_TM][F8_TK + 1];
+    __shared__ float ws[F8_TK][F8_TN + 1];
+    int tiles_n = (n + F8_TN - 1) / F8_TN;
+    int tm = blockIdx.x / tiles_n;
+    int tn = blockIdx.x - tm * tiles_n;
+    int r0 = tm * F8_TM;
+    int c0 = tn * F8_TN;
+    int t = threadIdx.x;
+    int tr = t / 16;
+    int tc = t - tr * 16;
+    float acc[2][4];
+    for (int i = 0; i < 2; i++)
+    {
+        for (int j = 0; j < 4; j++)
+        {
+            acc[i][j] = 0.0f;
+        }
+    }
+    for (int k0 = 0; k0 < k; k0 += F8_TK)
+    {
+        for (int i = t; i < F8_TM * F8_TK; i += 256)
+        {
+            int rr = i / F8_TK;
+            int kk = i - rr * F8_TK;
+            int gr = r0 + rr;
+            int gk = k0 + kk;
+            xs[rr][kk] = (gr < rows && gk < k) ? x[(long long)gr * k + gk] : 0.0f;
+        }
+        for (int i = t; i < F8_TN * F8_TK; i += 256)
+        {
+            int cc = i / F8_TK;
+            int kk = i - cc * F8_TK;
+            int gc = c0 + cc;
+            int gk = k0 + kk;
+            ws[kk][cc] = (gc < n && gk < k) ? e4m3_to_f32(w[(long long)gc * k + gk]) : 0.0f;
+        }
+        __syncthreads();
+        int kn = k - k0 < F8_TK ? k - k0 : F8_TK;
+        for (int kk = 0; kk < kn; kk++)
+        {
+            for (int i = 0; i < 2; i++)
+            {
+                float xv = xs[tr * 2 + i][kk];
+                for (int j = 0; j < 4; j++)
+                {
+                    acc[i][j] = fmaf(xv, ws[kk][tc * 4 + j], acc[i][j]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 2; i++)
+    {
+        int gr = r0 + tr * 2 + i;
+        if (gr >= rows)
+        {
+            continue;
+        }
+        for (int j = 0; j < 4; j++)
+        {
+            int gc = c0 + tc * 4 + j;
+            if (gc < n)
+            {
+                float v = acc[i][j] * scales[gc];
+                y[(long long)gr * n + gc] = row_scales ? v * row_scales[gr] : v;
+            }
+        }
+    }
+}
+
+// W8A8 input: one block of REDUCE_THREADS per row of x [rows, cols]; s = max(max|x| / 448, 1/(448*512)),
+// q[r, i] = value of e4m3_rne(clamp(x / s, -448, 448)) (the code's value, not times s), row_scales[r] = s.
+KERNEL void fp8_quant_rows(const float* x, float* q, float* row_scales, int cols)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    long long row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float* qr = q + row * cols;
+    float m = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        m = fmaxf(m, fabsf(xr[c]));
+    }
+    m = block_max(m, sh);
+    float s = fmaxf(m / 448.0f, 1.0f / (448.0f * 512.0f));
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float v = xr[c] / s;
+        v = fminf(fmaxf(v, -448.0f), 448.0f);
+        qr[c] = e4m3_to_f32(f32_to_e4m3(v));
+    }
+    if (threadIdx.x == 0)
+    {
+        row_scales[row] = s;
+    }
+}
+
+// t [rows, 2 * inter] fp32 (gate columns first) -> h [rows, inter] = silu(gate) * up, fp32.
+KERNEL void swiglu_f32(const float* t, float* h, long long rows, int inter)
+{
+    long long n = rows * inter;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / inter;
+        int c = (int)(i - r * inter);
+        float g = t[r * 2LL * inter + c];
+        h[i] = g / (1.0f + expf(-g)) * t[r * 2LL * inter + inter + c];
+    }
+}

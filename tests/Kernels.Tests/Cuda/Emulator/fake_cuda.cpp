@@ -167,6 +167,9 @@ static std::vector<KernelEntry>& kernels()
         {"softmax_rows", invoker(softmax_rows)},
         {"argmax_rows", invoker(argmax_rows)},
         {"topk_rows", invoker(topk_rows)},
+        {"fp8_gemm", invoker(fp8_gemm)},
+        {"fp8_quant_rows", invoker(fp8_quant_rows)},
+        {"swiglu_f32", invoker(swiglu_f32)},
     };
     return k;
 }
