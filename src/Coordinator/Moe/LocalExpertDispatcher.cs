@@ -15,12 +15,22 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
     private readonly Llama4TextConfig _c;
     private readonly ExpertWeights?[][] _experts;
     private readonly Lock _loadLock = new();
+    private readonly ExpertLoadOptions _options;
 
-    /// <summary>Creates the dispatcher; <paramref name="checkpoint"/> must outlive it.</summary>
-    public LocalExpertDispatcher(CheckpointReader checkpoint, IKernelBackend backend)
+    /// <summary>
+    /// Creates the dispatcher; <paramref name="checkpoint"/> must outlive it. Experts are loaded with
+    /// <paramref name="options"/> (default: as stored, weight-only).
+    /// </summary>
+    /// <exception cref="CheckpointException"><paramref name="options"/> does not apply to this checkpoint.</exception>
+    public LocalExpertDispatcher(CheckpointReader checkpoint, IKernelBackend backend, ExpertLoadOptions? options = null)
     {
         _checkpoint = checkpoint ?? throw new ArgumentNullException(nameof(checkpoint));
         _backend = backend ?? throw new ArgumentNullException(nameof(backend));
+        _options = options ?? ExpertLoadOptions.Default;
+        if (_options.Problem(checkpoint.ExpertFormat) is { } problem)
+        {
+            throw new CheckpointException($"{checkpoint.Directory}: {problem}");
+        }
         _c = checkpoint.Config;
         _experts = new ExpertWeights?[_c.NumLayers][];
         foreach (int il in _c.MoeLayers)
@@ -110,7 +120,7 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
         }
         lock (_loadLock)
         {
-            return slot[expert] ??= ExpertWeights.Load(_checkpoint, _backend, layer, expert);
+            return slot[expert] ??= ExpertWeights.Load(_checkpoint, _backend, layer, expert, _options);
         }
     }
 

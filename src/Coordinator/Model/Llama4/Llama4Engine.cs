@@ -61,17 +61,19 @@ public sealed class Llama4Engine : IDisposable
 
     /// <summary>
     /// Opens <paramref name="modelDirectory"/> and loads the coordinator weights. With no <paramref name="dispatcher"/>,
-    /// routed experts run in-process (<see cref="LocalExpertDispatcher"/>, owned by the engine).
+    /// routed experts run in-process (<see cref="LocalExpertDispatcher"/>, owned by the engine, loading them with
+    /// <paramref name="experts"/>: as stored by default, or quantized to FP8, W8A8).
     /// </summary>
-    /// <exception cref="CheckpointException">The directory is not a usable Llama 4 checkpoint.</exception>
-    public static Llama4Engine Load(string modelDirectory, IKernelBackend backend, IExpertDispatcher? dispatcher = null)
+    /// <exception cref="CheckpointException">The directory is not a usable Llama 4 checkpoint, or <paramref name="experts"/>
+    /// does not apply to it.</exception>
+    public static Llama4Engine Load(string modelDirectory, IKernelBackend backend, IExpertDispatcher? dispatcher = null, ExpertLoadOptions? experts = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
         var checkpoint = CheckpointReader.Open(modelDirectory);
         try
         {
             var weights = Llama4Weights.Load(checkpoint, backend);
-            LocalExpertDispatcher? local = dispatcher is null ? new LocalExpertDispatcher(checkpoint, backend) : null;
+            LocalExpertDispatcher? local = dispatcher is null ? new LocalExpertDispatcher(checkpoint, backend, experts) : null;
             return new Llama4Engine(checkpoint, weights, backend, dispatcher ?? local!, local);
         }
         catch
