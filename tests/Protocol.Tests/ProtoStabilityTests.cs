@@ -16,6 +16,7 @@ public class ProtoStabilityTests
         { "HelloReply", "worker_id", 4 }, { "HelloReply", "shards", 5 }, { "HelloReply", "plan_version", 6 },
         { "HelloReply", "hidden_size", 7 }, { "HelloReply", "max_rows_per_dispatch", 8 }, { "HelloReply", "transport", 9 },
         { "HelloReply", "session_id", 10 }, { "HelloReply", "num_experts", 11 }, { "HelloReply", "max_message_bytes", 12 }, { "HelloReply", "kernel_numerics", 13 },
+        { "HelloReply", "expert_activations", 14 },
         { "ExpertSegment", "expert", 1 }, { "ExpertSegment", "rows", 2 },
         { "SharedRows", "offset", 1 }, { "SharedRows", "length", 2 },
         { "ExpertRequest", "request_id", 1 }, { "ExpertRequest", "layer", 2 }, { "ExpertRequest", "plan_version", 3 },

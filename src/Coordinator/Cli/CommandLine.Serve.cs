@@ -12,7 +12,8 @@ public static partial class CommandLine
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]\n"
+        + "                  [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
 
@@ -27,8 +28,8 @@ public static partial class CommandLine
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
              "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env"],
-            []);
+             "admin-grpc-port", "admin-token-env", .. ExpertOptionNames],
+            [.. ExpertFlagNames]);
         var serve = new ServeOptions
         {
             ModelDirectory = ModelDirectory(a),
@@ -45,6 +46,7 @@ public static partial class CommandLine
             throw new UsageException(string.Join(" ", validation.Failures));
         }
         var scheduling = SchedulerOptionsFrom(a);
+        var expertOptions = ExpertOptionsFrom(a, serve.ModelDirectory);
         var admin = AdminOptionsFrom(a, serve.Host);
 
         Llama4Tokenizer tokenizer;
@@ -59,8 +61,8 @@ public static partial class CommandLine
         }
         using var backend = CreateBackend(a, stderr);
         // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
-        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct).ConfigureAwait(false);
-        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct, expertOptions).ConfigureAwait(false);
+        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher, expertOptions);
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");

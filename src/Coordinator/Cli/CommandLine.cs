@@ -12,9 +12,9 @@ public static partial class CommandLine
     private const string Usage = """
         usage: Distributed.Coordinator <command> [options]
           infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
-                          [--cpu-precision fp32|bf16] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
+                          [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
-          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--json]
+          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--json]
         """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
@@ -99,16 +99,18 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "local-workers", "workers", "wire"], ["json"]);
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "local-workers", "workers", "wire",
+            .. ExpertOptionNames], ["json", .. ExpertFlagNames]);
         string dir = ModelDirectory(a);
+        var expertOptions = ExpertOptionsFrom(a, dir);
         int[] prompt = a.IntList("prompt-ids");
         int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
         int prefillChunk = a.Int("prefill-chunk", 512, 1, 1 << 20);
         bool json = a.Has("json");
         using var backend = CreateBackend(a, stderr);
         var sw = Stopwatch.StartNew();
-        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct).ConfigureAwait(false);
-        using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct, expertOptions).ConfigureAwait(false);
+        using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher, expertOptions);
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);
@@ -126,9 +128,10 @@ public static partial class CommandLine
         return 0;
     }
 
-    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null)
+    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null,
+        ExpertLoadOptions? experts = null)
     {
-        var engine = Llama4Engine.Load(dir, backend, dispatcher);
+        var engine = Llama4Engine.Load(dir, backend, dispatcher, experts);
         engine.PrefillChunkTokens = prefillChunk;
         return engine;
     }
@@ -183,13 +186,14 @@ public static partial class CommandLine
 
     private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat"], ["json"]);
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat", .. ExpertOptionNames], ["json", .. ExpertFlagNames]);
         string dir = ModelDirectory(a);
+        var expertOptions = ExpertOptionsFrom(a, dir);
         int promptLen = a.Int("prompt", 128, 1, 1 << 20);
         int gen = a.Int("gen", 64, 1, 1 << 20);
         int repeat = a.Int("repeat", 3, 1, 100);
         using var backend = CreateBackend(a, stderr);
-        using var engine = Llama4Engine.Load(dir, backend);
+        using var engine = Llama4Engine.Load(dir, backend, experts: expertOptions);
         var c = engine.Config;
         var rng = new Random(1234);
         var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(c.VocabSize)).ToArray();

@@ -31,18 +31,20 @@ public sealed class DistributedExperts : IAsyncDisposable
 
     /// <summary>Starts <paramref name="localWorkers"/> workers on loopback and waits until the plan serves every expert.</summary>
     /// <param name="workerSettings">Extra worker options (<c>--name value</c>), such as <c>cpu-precision</c>.</param>
+    /// <param name="experts">How the workers load their experts (FP8 quantization, W8A8); default as stored.</param>
     public static async Task<DistributedExperts> StartLocalAsync(string modelDirectory, int localWorkers, WireDType wire, TextWriter log, CancellationToken cancellationToken,
-        IReadOnlyDictionary<string, string>? workerSettings = null)
+        IReadOnlyDictionary<string, string>? workerSettings = null, ExpertLoadOptions? experts = null)
     {
         var loggerFactory = CreateLoggerFactory(log);
         try
         {
-            var options = new LocalClusterOptions { Workers = localWorkers, ModelDirectory = modelDirectory };
+            experts ??= ExpertLoadOptions.Default;
+            var options = new LocalClusterOptions { Workers = localWorkers, ModelDirectory = modelDirectory, Experts = experts };
             foreach (var (k, v) in workerSettings ?? new Dictionary<string, string>())
             {
                 options.WorkerSettings[k] = v;
             }
-            var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = wire },
+            var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = wire, ExpertActivations = experts.ActivationsTag },
                 line => WorkerLine(log, line), loggerFactory, cancellationToken).ConfigureAwait(false);
             return new DistributedExperts(cluster.GrpcDispatcher, cluster, null, loggerFactory);
         }
@@ -56,16 +58,20 @@ public sealed class DistributedExperts : IAsyncDisposable
     /// <summary>Connects to running workers (<c>host:port</c> or <c>http://host:port</c> or <c>unix:/path</c>, comma-separated).</summary>
     /// <exception cref="FormatException">An address is malformed.</exception>
     /// <exception cref="ExpertDispatchException">A worker refuses the handshake, or their shards do not cover the model.</exception>
-    public static async Task<DistributedExperts> ConnectAsync(string modelDirectory, string workers, WireDType wire, TextWriter log, CancellationToken cancellationToken)
+    /// <param name="experts">How the workers must have loaded their experts (their fingerprint and handshake are checked against it).</param>
+    public static async Task<DistributedExperts> ConnectAsync(string modelDirectory, string workers, WireDType wire, TextWriter log, CancellationToken cancellationToken,
+        ExpertLoadOptions? experts = null)
     {
+        experts ??= ExpertLoadOptions.Default;
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(modelDirectory))
         {
-            model = ModelDescriptors.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint, experts);
         }
         var endpoints = ParseWorkers(workers);
         var loggerFactory = CreateLoggerFactory(log);
-        var pool = new WorkerChannelPool(model, new DistributionOptions { WireDType = wire }, loggerFactory.CreateLogger<WorkerChannelPool>());
+        var pool = new WorkerChannelPool(model, new DistributionOptions { WireDType = wire, ExpertActivations = experts.ActivationsTag },
+            loggerFactory.CreateLogger<WorkerChannelPool>());
         try
         {
             var hellos = new List<(WorkerEndpoint, HelloReply)>();

@@ -11,7 +11,10 @@ public static class DistributedExpertsCli
     /// the coordinator's <c>--cpu-precision</c>, so the experts compute with the same arithmetic wherever they run.
     /// </summary>
     /// <exception cref="UsageException">Both worker options, N out of range, an unknown wire dtype, a malformed address.</exception>
-    public static async Task<DistributedExperts?> StartAsync(CliArgs args, string modelDirectory, TextWriter log, CancellationToken cancellationToken)
+    /// <param name="experts">How the experts are loaded (<c>--quantize</c>, <c>--fp8-activations</c>): local workers are started with
+    /// it, running workers must match it.</param>
+    public static async Task<DistributedExperts?> StartAsync(CliArgs args, string modelDirectory, TextWriter log, CancellationToken cancellationToken,
+        Checkpoint.ExpertLoadOptions? experts = null)
     {
         ArgumentNullException.ThrowIfNull(args);
         bool local = args.Has("local-workers");
@@ -45,7 +48,7 @@ public static class DistributedExpertsCli
             {
                 settings["cpu-precision"] = precision;
             }
-            return await DistributedExperts.StartLocalAsync(modelDirectory, n, wire, log, cancellationToken, settings).ConfigureAwait(false);
+            return await DistributedExperts.StartLocalAsync(modelDirectory, n, wire, log, cancellationToken, settings, experts).ConfigureAwait(false);
         }
         try
         {
@@ -55,6 +58,6 @@ public static class DistributedExpertsCli
         {
             throw new UsageException(ex.Message);
         }
-        return await DistributedExperts.ConnectAsync(modelDirectory, args.Get("workers")!, wire, log, cancellationToken).ConfigureAwait(false);
+        return await DistributedExperts.ConnectAsync(modelDirectory, args.Get("workers")!, wire, log, cancellationToken, experts).ConfigureAwait(false);
     }
 }

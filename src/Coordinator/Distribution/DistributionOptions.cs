@@ -39,6 +39,13 @@ public sealed class DistributionOptions
     /// with Unavailable. Default: 60 s.</summary>
     public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// What the workers' FP8 experts must multiply, as their handshake reports it (<c>expert_activations</c>):
+    /// <c>weight-only</c> or <c>fp8-per-token</c> (W8A8, <c>--fp8-activations</c>). A worker reporting the other is refused
+    /// (its outputs would differ from the model this coordinator runs). Default: <c>weight-only</c>.
+    /// </summary>
+    public string ExpertActivations { get; set; } = "weight-only";
+
     /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
     public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
 
@@ -77,6 +84,10 @@ public sealed class DistributionOptions
         if (RecoveryTimeout <= TimeSpan.Zero || RecoveryTimeout > TimeSpan.FromHours(1))
         {
             errors.Add($"Distribution:RecoveryTimeout {RecoveryTimeout} must be within (0, 1 h]");
+        }
+        if (ExpertActivations is not ("weight-only" or "fp8-per-token"))
+        {
+            errors.Add($"Distribution:ExpertActivations '{ExpertActivations}' must be weight-only or fp8-per-token");
         }
         if (string.IsNullOrWhiteSpace(CoordinatorId))
         {

@@ -29,6 +29,12 @@ public sealed class LocalClusterOptions
     /// <summary>Extra <c>--Key value</c> settings for every worker (e.g. <c>Placement:SettleDelay</c>).</summary>
     public IDictionary<string, string> WorkerSettings { get; } = new Dictionary<string, string>();
 
+    /// <summary>
+    /// How every worker loads its experts (<c>--quantize</c>, <c>--fp8-activations</c>); the coordinator's
+    /// <see cref="DistributionOptions.ExpertActivations"/> must match. Default: as stored, weight-only.
+    /// </summary>
+    public ExpertLoadOptions Experts { get; set; } = ExpertLoadOptions.Default;
+
     /// <summary>Every problem; each names its field.</summary>
     public IReadOnlyList<string> Validate()
     {
@@ -159,6 +165,14 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             "--gateway-port", gatewayPort.ToString(CultureInfo.InvariantCulture),
             "--primary-silo-port", primarySiloPort.ToString(CultureInfo.InvariantCulture),
         };
+        if (options.Experts.Quantize != ExpertQuantization.None)
+        {
+            args.AddRange(["--quantize", options.Experts.Quantize.ToString().ToLowerInvariant()]);
+        }
+        if (options.Experts.Activations == Kernels.Fp8ActivationMode.PerTokenFp8)
+        {
+            args.AddRange(["--fp8-activations", "true"]);
+        }
         foreach (var (k, v) in options.WorkerSettings)
         {
             args.Add("--" + k);
@@ -189,6 +203,10 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(distribution);
         var errors = options.Validate().Concat(distribution.Validate()).ToList();
+        if (distribution.ExpertActivations != options.Experts.ActivationsTag)
+        {
+            errors.Add($"Distribution:ExpertActivations '{distribution.ExpertActivations}' does not match the workers' {options.Experts.ActivationsTag} experts");
+        }
         if (errors.Count > 0)
         {
             throw new ArgumentException(string.Join("; ", errors));
@@ -196,7 +214,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(options.ModelDirectory))
         {
-            model = ModelDescriptors.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint, options.Experts);
         }
         string workerPath = options.WorkerPath ?? WorkerProcess.LocateWorker();
         int[] ports = WorkerProcess.FreePorts(2 * options.Workers);

@@ -13,10 +13,13 @@ namespace Distributed.ExpertWorker.Compute;
 /// (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the batch), fp32 rows →
 /// payload in the request's dtype, same row order.
 /// </summary>
-public sealed class ExpertExecutor(IKernelBackend backend)
+public sealed class ExpertExecutor(IKernelBackend backend, string expertActivations = "weight-only")
 {
     /// <summary>The arithmetic the experts compute in (<see cref="KernelCapabilities.Numerics"/>), for the handshake.</summary>
     public string Numerics => backend.Capabilities.Numerics;
+
+    /// <summary>What the FP8 experts multiply (<c>weight-only</c> or <c>fp8-per-token</c>), for the handshake.</summary>
+    public string ExpertActivations => expertActivations;
 
     /// <summary>
     /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (already

@@ -67,6 +67,7 @@ public sealed partial class ExpertComputeService(
             Transport = transport,
             SessionId = session.Id,
             KernelNumerics = executor.Numerics,
+            ExpertActivations = executor.ExpertActivations,
         };
         foreach (var (layer, experts) in store.Manifest.Layers)
         {
