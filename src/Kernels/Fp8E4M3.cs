@@ -10,13 +10,13 @@ namespace Distributed.Kernels;
 public static class Fp8E4M3
 {
     /// <summary>Largest finite magnitude (code <c>0x7E</c>).</summary>
-    public const float MaxValue = 448f;
+    public const float MaxValue = Fp8E4M3Codec.MaxValue;
 
     /// <summary>
     /// Smallest per-token activation scale, <c>1 / (448 · 512)</c>: vLLM's <c>scaled_fp8_quant</c> clamps
     /// <c>amax / 448</c> from below so that an all-zero (or nearly zero) row never divides by zero.
     /// </summary>
-    public const float MinActivationScale = 1f / (448f * 512f);
+    public const float MinActivationScale = Fp8E4M3Codec.MinRowScale;
 
     /// <summary>
     /// Smallest per-channel weight scale, <c>float32 eps = 2^-23</c> (compressed-tensors clamps the scale from below;
@@ -25,9 +25,9 @@ public static class Fp8E4M3
     public const float MinWeightScale = 1.1920929E-07f;
 
     /// <summary>The quiet NaN code this encoder writes for NaN input.</summary>
-    public const byte NaNCode = 0x7F;
+    public const byte NaNCode = Fp8E4M3Codec.NaNCode;
 
-    private static readonly float[] Values = BuildValues();
+    private static readonly float[] Values = Fp8E4M3Codec.Values;
 
     /// <summary>The value of every code (index = code); NaN for <c>0x7F</c> and <c>0xFF</c>.</summary>
     public static ReadOnlySpan<float> ValueTable => Values;
@@ -55,31 +55,7 @@ public static class Fp8E4M3
     /// cast). Magnitudes above 448 saturate to ±448 (the quantizers clamp first, so they never get there); NaN gives
     /// <see cref="NaNCode"/>; −0.0 gives <c>0x80</c>.
     /// </summary>
-    public static byte FromFloat(float value)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(value);
-        byte sign = (byte)((bits >> 24) & 0x80);
-        if (float.IsNaN(value))
-        {
-            return NaNCode;
-        }
-        float a = MathF.Abs(value);
-        if (a < 0.015625f)
-        {
-            // Subnormal range (below 2^-6): multiples of 2^-9; a · 512 is exact, and 8 · 2^-9 = 2^-6 is code 0x08.
-            return (byte)(sign | (int)MathF.Round(a * 512f, MidpointRounding.ToEven));
-        }
-        if (a >= MaxValue)
-        {
-            return (byte)(sign | 0x7E);
-        }
-        // Round the fp32 mantissa to 3 bits, ties to even; a carry moves into the exponent as it should.
-        uint ab = bits & 0x7FFF_FFFFu;
-        uint rounded = (ab + 0x7FFFFu + ((ab >> 20) & 1u)) >> 20;
-        // fp32 exponent bias 127 → E4M3 bias 7: subtract 120 << 3 from (exponent << 3 | mantissa).
-        uint code = rounded - (120u << 3);
-        return (byte)(sign | (code > 0x7E ? 0x7Eu : code));
-    }
+    public static byte FromFloat(float value) => Fp8E4M3Codec.FromFloat(value);
 
     /// <summary>
     /// Per-token activation quantization (vLLM <c>scaled_fp8_quant</c>, dynamic per-token, the release's
@@ -96,12 +72,7 @@ public static class Fp8E4M3
         {
             throw new ArgumentException($"codes has {codes.Length} entries, x has {x.Length}", nameof(codes));
         }
-        float s = RowScale(x);
-        for (int i = 0; i < x.Length; i++)
-        {
-            codes[i] = FromFloat(Math.Clamp(x[i] / s, -MaxValue, MaxValue));
-        }
-        return s;
+        return Fp8E4M3Codec.QuantizeRow(x, codes);
     }
 
     /// <summary>
@@ -122,16 +93,8 @@ public static class Fp8E4M3
         return s;
     }
 
-    /// <summary><c>max(max|x| / 448, 1/(448·512))</c> in float32 (NaN-free input assumed).</summary>
-    public static float RowScale(ReadOnlySpan<float> x)
-    {
-        float amax = 0f;
-        foreach (float v in x)
-        {
-            amax = MathF.Max(amax, MathF.Abs(v));
-        }
-        return MathF.Max(amax / MaxValue, MinActivationScale);
-    }
+    /// <summary><c>max(max|x| / 448, 1/(448·512))</c> in float32 (NaN when x holds NaN).</summary>
+    public static float RowScale(ReadOnlySpan<float> x) => Fp8E4M3Codec.RowScale(x);
 
     /// <summary>
     /// Per-output-channel weight quantization (compressed-tensors' FP8 recipe for a BF16 model, the rule the FP8
@@ -201,20 +164,5 @@ public static class Fp8E4M3
         {
             throw new ArgumentException($"{Op}: e4m3[{nan}] is the NaN code 0x{e4m3[nan]:X2}", nameof(e4m3));
         }
-    }
-
-    private static float[] BuildValues()
-    {
-        var v = new float[256];
-        for (int c = 0; c < 256; c++)
-        {
-            int e = (c >> 3) & 0xF;
-            int m = c & 7;
-            float magnitude = (c & 0x7F) == 0x7F ? float.NaN
-                : e == 0 ? m / 8f * (1f / 64f)
-                : MathF.ScaleB(1f + (m / 8f), e - 7);
-            v[c] = (c & 0x80) != 0 ? -magnitude : magnitude;
-        }
-        return v;
     }
 }

@@ -22,7 +22,7 @@ public class ProtoStabilityTests
         { "ExpertRequest", "request_id", 1 }, { "ExpertRequest", "layer", 2 }, { "ExpertRequest", "plan_version", 3 },
         { "ExpertRequest", "segments", 4 }, { "ExpertRequest", "dtype", 5 }, { "ExpertRequest", "hidden_size", 6 },
         { "ExpertRequest", "rows", 7 }, { "ExpertRequest", "shared_rows", 8 }, { "ExpertRequest", "traceparent", 9 },
-        { "ExpertRequest", "payload", 15 },
+        { "ExpertRequest", "reply_dtype", 10 }, { "ExpertRequest", "payload", 15 },
         { "FieldViolation", "field", 1 }, { "FieldViolation", "description", 2 },
         { "ReplyStatus", "code", 1 }, { "ReplyStatus", "message", 2 }, { "ReplyStatus", "violations", 3 },
         { "WorkerTimings", "decode_nanos", 1 }, { "WorkerTimings", "compute_nanos", 2 }, { "WorkerTimings", "encode_nanos", 3 },
@@ -56,7 +56,7 @@ public class ProtoStabilityTests
     {
         EnumDescriptor Enum(string name) => ExpertWorkerReflection.Descriptor.EnumTypes.Single(e => e.Name == name);
         Assert.Equal(
-            ["WIRE_DTYPE_UNSPECIFIED=0", "WIRE_DTYPE_BF16=1", "WIRE_DTYPE_FP32=2"],
+            ["WIRE_DTYPE_UNSPECIFIED=0", "WIRE_DTYPE_BF16=1", "WIRE_DTYPE_FP32=2", "WIRE_DTYPE_FP8_E4M3=3"],
             Enum("WireDType").Values.Select(v => $"{v.Name}={v.Number}"));
         Assert.Equal(
             ["ROW_TRANSPORT_UNSPECIFIED=0", "ROW_TRANSPORT_INLINE=1", "ROW_TRANSPORT_SHARED_MEMORY=2"],

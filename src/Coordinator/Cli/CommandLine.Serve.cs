@@ -13,7 +13,7 @@ public static partial class CommandLine
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]\n"
-        + "                  [--local-workers N | --workers host:port,...] [--wire bf16|fp32]\n"
+        + "                  [--local-workers N | --workers host:port,...] [--wire bf16|fp32|fp8]\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
 
@@ -62,7 +62,9 @@ public static partial class CommandLine
         using var backend = CreateBackend(a, stderr);
         // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct, expertOptions).ConfigureAwait(false);
-        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher, expertOptions);
+        using var wireCheckpoint = experts is null && a.Has("wire") ? Checkpoint.CheckpointReader.Open(serve.ModelDirectory) : null;
+        using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(a, wireCheckpoint, backend, expertOptions);
+        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");

@@ -12,7 +12,8 @@ public static partial class CommandLine
     private const string Usage = """
         usage: Distributed.Coordinator <command> [options]
           infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
-                          [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--local-workers N | --workers host:port,...] [--wire bf16|fp32]
+                          [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--local-workers N | --workers host:port,...]
+                          [--wire bf16|fp32|fp8 (without workers: experts in process, rows rounded as that wire would)]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
           bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--json]
         """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
@@ -110,7 +111,9 @@ public static partial class CommandLine
         using var backend = CreateBackend(a, stderr);
         var sw = Stopwatch.StartNew();
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct, expertOptions).ConfigureAwait(false);
-        using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher, expertOptions);
+        using var wireCheckpoint = experts is null && a.Has("wire") ? CheckpointReader.Open(dir) : null;
+        using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(a, wireCheckpoint, backend, expertOptions);
+        using var engine = LoadEngine(dir, backend, prefillChunk, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);

@@ -6,7 +6,7 @@ namespace Distributed.Coordinator.Distribution;
 public static class DistributedExpertsCli
 {
     /// <summary>
-    /// Reads <c>--local-workers N</c>, <c>--workers host:port,...</c> and <c>--wire bf16|fp32</c> (default bf16) from
+    /// Reads <c>--local-workers N</c>, <c>--workers host:port,...</c> and <c>--wire bf16|fp32|fp8</c> (default bf16) from
     /// <paramref name="args"/>; returns null (experts in-process) when neither worker option is given. Local workers get
     /// the coordinator's <c>--cpu-precision</c>, so the experts compute with the same arithmetic wherever they run.
     /// </summary>
@@ -23,22 +23,10 @@ public static class DistributedExpertsCli
         {
             throw new UsageException("--local-workers and --workers are mutually exclusive");
         }
+        var wire = Wire(args);
         if (!local && !remote)
         {
-            if (args.Has("wire"))
-            {
-                throw new UsageException("--wire needs --local-workers or --workers");
-            }
             return null;
-        }
-        Protocol.Grpc.WireDType wire;
-        try
-        {
-            wire = DistributionOptions.ParseWire(args.Get("wire") ?? "bf16");
-        }
-        catch (FormatException ex)
-        {
-            throw new UsageException(ex.Message);
         }
         if (local)
         {
@@ -59,5 +47,36 @@ public static class DistributedExpertsCli
             throw new UsageException(ex.Message);
         }
         return await DistributedExperts.ConnectAsync(modelDirectory, args.Get("workers")!, wire, log, cancellationToken, experts).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// <c>--wire X</c> without workers: the routed experts run in process with their rows rounded as that wire would
+    /// round them (fp8 dispatch is answered in bf16, as on workers), so the run equals the same run on workers bitwise
+    /// and shows what the wire's precision costs. Null when <c>--wire</c> is absent or workers are used. Dispose it after
+    /// the engine.
+    /// </summary>
+    /// <exception cref="UsageException">An unknown wire dtype.</exception>
+    public static Moe.LocalExpertDispatcher? InProcessWire(CliArgs args, Checkpoint.CheckpointReader checkpoint, Kernels.IKernelBackend backend,
+        Checkpoint.ExpertLoadOptions experts)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        if (!args.Has("wire") || args.Has("local-workers") || args.Has("workers"))
+        {
+            return null;
+        }
+        var options = new DistributionOptions { WireDType = Wire(args) };
+        return new Moe.LocalExpertDispatcher(checkpoint, backend, experts) { WireRounding = (options.WireDType, options.ReplyWireDType) };
+    }
+
+    private static Protocol.Grpc.WireDType Wire(CliArgs args)
+    {
+        try
+        {
+            return DistributionOptions.ParseWire(args.Get("wire") ?? "bf16");
+        }
+        catch (FormatException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
     }
 }

@@ -8,8 +8,18 @@ public sealed class DistributionOptions
     /// <summary>Configuration section name.</summary>
     public const string SectionName = "Distribution";
 
-    /// <summary>Row dtype on the wire: BF16 (half the bytes) or FP32 (bitwise identical to in-process). Default: BF16.</summary>
+    /// <summary>
+    /// Row dtype of dispatch (coordinator → worker): BF16 (half the bytes of fp32), FP32 (bitwise identical to in-process),
+    /// or FP8_E4M3 (per-row scale + 1 byte per element, about half of bf16, as DeepEP dispatches; rows travel inline).
+    /// Replies use the same dtype, except after FP8 dispatch: <see cref="CombineWireDType"/>. Default: BF16.
+    /// </summary>
     public WireDType WireDType { get; set; } = WireDType.Bf16;
+
+    /// <summary>Reply (combine) dtype after FP8 dispatch: BF16 or FP32 (replies are never FP8). Default: BF16.</summary>
+    public WireDType CombineWireDType { get; set; } = WireDType.Bf16;
+
+    /// <summary>The dtype replies come back in: <see cref="WireDType"/>, or <see cref="CombineWireDType"/> after FP8 dispatch.</summary>
+    public WireDType ReplyWireDType => WireDType == WireDType.Fp8E4M3 ? CombineWireDType : WireDType;
 
     /// <summary>Longest a MoE layer's dispatch may take, from send to the last reply, before it fails with
     /// DeadlineExceeded naming the silent worker. Default: 30 s.</summary>
@@ -53,9 +63,13 @@ public sealed class DistributionOptions
     public IReadOnlyList<string> Validate()
     {
         var errors = new List<string>();
-        if (WireDType is not (WireDType.Bf16 or WireDType.Fp32))
+        if (WireDType is not (WireDType.Bf16 or WireDType.Fp32 or WireDType.Fp8E4M3))
         {
-            errors.Add($"Distribution:WireDType {WireDType} must be Bf16 or Fp32");
+            errors.Add($"Distribution:WireDType {WireDType} must be Bf16, Fp32 or Fp8E4M3");
+        }
+        if (CombineWireDType is not (WireDType.Bf16 or WireDType.Fp32))
+        {
+            errors.Add($"Distribution:CombineWireDType {CombineWireDType} must be Bf16 or Fp32");
         }
         if (DispatchTimeout <= TimeSpan.Zero || DispatchTimeout > TimeSpan.FromHours(1))
         {
@@ -96,12 +110,13 @@ public sealed class DistributionOptions
         return errors;
     }
 
-    /// <summary>Parses <c>bf16</c> / <c>fp32</c> (the CLI's <c>--wire</c>).</summary>
+    /// <summary>Parses <c>bf16</c> / <c>fp32</c> / <c>fp8</c> (the CLI's <c>--wire</c>; fp8 dispatch is answered in bf16).</summary>
     /// <exception cref="FormatException">Anything else.</exception>
     public static WireDType ParseWire(string text) => text.Trim().ToLowerInvariant() switch
     {
         "bf16" => WireDType.Bf16,
         "fp32" => WireDType.Fp32,
-        _ => throw new FormatException($"--wire '{text}' must be bf16 or fp32"),
+        "fp8" => WireDType.Fp8E4M3,
+        _ => throw new FormatException($"--wire '{text}' must be bf16, fp32 or fp8"),
     };
 }

@@ -297,7 +297,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         }
 
         int h = _pool.Model.HiddenSize;
-        int elementSize = WireCodec.ElementSize(_options.WireDType);
+        var wire = _options.WireDType;
         float[] row = new float[h];
         var connects = byWorker.Keys.ToDictionary(w => w, w => _pool.GetAsync(table.Workers[w], cancellationToken));
         foreach (var (w, workerSlices) in byWorker)
@@ -316,13 +316,16 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
             // Segments must name each expert once, ascending: one worker never gets two slices of one expert.
             workerSlices.Sort((x, y) => x.Expert.CompareTo(y.Expert));
             int workerRows = workerSlices.Sum(s => s.Rows);
-            int length = checked(workerRows * h * elementSize);
-            var lease = connection.RentRows(length);
+            long bytes = WireCodec.PayloadBytes(workerRows, h, wire);
+            int length = bytes >= 0 ? (int)bytes : throw new OverflowException($"{workerRows} rows of hidden {h} in {wire} exceed one message");
+            // FP8 rows travel inline: their replies (bf16 or fp32) are larger than the request and would not fit a ring region.
+            var lease = wire == WireDType.Fp8E4M3 ? RowLease.Inline(length) : connection.RentRows(length);
             var header = new ExpertRequest
             {
                 Layer = (uint)layer,
                 PlanVersion = table.Version,
-                Dtype = _options.WireDType,
+                Dtype = wire,
+                ReplyDtype = wire == WireDType.Fp8E4M3 ? _options.ReplyWireDType : WireDType.Unspecified,
                 HiddenSize = (uint)h,
                 Rows = (uint)workerRows,
                 Traceparent = dispatch.Traceparent,
@@ -356,14 +359,14 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         }
     }
 
-    // Row r of the grouped order is score(token, slot) × hidden[token], encoded in the wire dtype.
+    // Row r of the grouped order is score(token, slot) × hidden[token], encoded in the wire dtype (FP8: quantized per row).
     private void EncodeRows(GrpcHandle dispatch, List<Slice> slices, Span<byte> destination, float[] row)
     {
         var plan = dispatch.Plan;
         var hidden = dispatch.Hidden.Span;
         var weights = dispatch.Routing.Weights.Span;
         int h = row.Length;
-        int bytesPerRow = h * WireCodec.ElementSize(_options.WireDType);
+        int bytesPerRow = (int)WireCodec.RowBytes(h, _options.WireDType);
         int offset = 0;
         foreach (var s in slices)
         {
@@ -376,7 +379,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 {
                     row[j] = src[j] * score;
                 }
-                WireCodec.Encode(row, _options.WireDType, destination.Slice(offset, bytesPerRow));
+                WireCodec.EncodeRows(row, h, _options.WireDType, destination.Slice(offset, bytesPerRow));
                 offset += bytesPerRow;
             }
         }
@@ -461,13 +464,13 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 throw ex;
             }
             int h = _pool.Model.HiddenSize;
-            int elementSize = WireCodec.ElementSize(part.Header.Dtype);
+            var replyDType = WireCodec.ReplyDType(part.Header);
+            int rowBytes = (int)WireCodec.RowBytes(h, replyDType);
             int offset = 0;
             foreach (var s in part.Slices)
             {
-                int n = s.Rows * h;
-                WireCodec.Decode(payload.Slice(offset, n * elementSize), part.Header.Dtype, expertOut.AsSpan(s.FirstRow * h, n));
-                offset += n * elementSize;
+                WireCodec.DecodeRows(payload.Slice(offset, s.Rows * rowBytes), h, replyDType, expertOut.AsSpan(s.FirstRow * h, s.Rows * h));
+                offset += s.Rows * rowBytes;
             }
             long latency = Stopwatch.GetTimestamp() - part.SentTicks;
             counters.Answered(rows, payload.Length, latency);
