@@ -110,6 +110,7 @@ internal static class Program
                 report.Write(outDir);
 
                 OpParity.Run(report, cpu, split, fast, perGroup, padded);
+                Fp8Checks.Parity(report, cpu, split);
                 report.Write(outDir);
 
                 string? fixtures = GoldenRuns.FindFixturesRoot();
@@ -122,6 +123,7 @@ internal static class Program
                 {
                     GoldenRuns.Run(report, goldenSection, split, fixtures);
                     GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
+                    GoldenRuns.RunFp8(report, "FP8 goldens on CUDA (tiny-maverick-fp8; issue #12)", split, fixtures);
                     if (fast is not null)
                     {
                         report.BenchSection("Golden fixtures, Fast precision", () =>
@@ -139,6 +141,7 @@ internal static class Program
                 double copy = 0;
                 report.BenchSection("Device-to-device copy", () => copy = GpuBenchmarks.CopyBandwidth(report, split, quick));
                 report.BenchSection("Expert GEMM", () => GpuBenchmarks.ExpertGemm(report, split, copy, quick));
+                report.BenchSection("FP8 expert FFN", () => Fp8Checks.ExpertFfnBench(report, split, copy, quick));
                 report.Write(outDir);
                 var precisions = new List<(string, CudaKernelBackend)> { ("split", split) };
                 if (fast is not null)

@@ -11,7 +11,8 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--max-request-bytes N]\n"
+        + "                  [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]\n"
         + "                  [--local-workers N | --workers host:port,...] [--wire bf16|fp32|fp8]\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
@@ -46,6 +47,7 @@ public static partial class CommandLine
             throw new UsageException(string.Join(" ", validation.Failures));
         }
         var scheduling = SchedulerOptionsFrom(a);
+        scheduling.KvDType = KvDTypeFrom(a);
         var expertOptions = ExpertOptionsFrom(a, serve.ModelDirectory);
         var admin = AdminOptionsFrom(a, serve.Host);
 
@@ -116,7 +118,7 @@ public static partial class CommandLine
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
                 + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
-                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB ({(scheduling.KvDType ?? Kernels.KvCacheDTypes.DefaultFor(backend)).ToString().ToLowerInvariant()}), max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}"));
             try
             {

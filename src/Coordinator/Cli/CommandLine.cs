@@ -12,10 +12,12 @@ public static partial class CommandLine
     private const string Usage = """
         usage: Distributed.Coordinator <command> [options]
           infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
-                          [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--local-workers N | --workers host:port,...]
+                          [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8]
+                          [--local-workers N | --workers host:port,...]
                           [--wire bf16|fp32|fp8 (without workers: experts in process, rows rounded as that wire would)]
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
-          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--json]
+          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]
+                          [--kv-dtype fp32|bf16|fp8] [--json]
         """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
@@ -114,6 +116,7 @@ public static partial class CommandLine
         using var wireCheckpoint = experts is null && a.Has("wire") ? CheckpointReader.Open(dir) : null;
         using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(a, wireCheckpoint, backend, expertOptions);
         using var engine = LoadEngine(dir, backend, prefillChunk, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
+        engine.KvDType = KvDTypeFrom(a);
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);
@@ -197,6 +200,7 @@ public static partial class CommandLine
         int repeat = a.Int("repeat", 3, 1, 100);
         using var backend = CreateBackend(a, stderr);
         using var engine = Llama4Engine.Load(dir, backend, experts: expertOptions);
+        engine.KvDType = KvDTypeFrom(a);
         var c = engine.Config;
         var rng = new Random(1234);
         var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(c.VocabSize)).ToArray();

@@ -5,7 +5,8 @@ namespace Distributed.Coordinator.Model.Llama4;
 
 /// <summary>
 /// Fixed-size KV blocks shared by every sequence of a scheduler: one block holds the keys and values of
-/// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> fp32).
+/// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> elements in
+/// <see cref="DType"/>).
 /// Capacity comes from a memory budget. Admission is by reservation: a sequence reserves its worst case up front
 /// (<see cref="BlocksNeeded(int, int)"/>), so a running sequence never runs out of blocks mid-step and nothing is ever preempted.
 /// The data lives in an <see cref="IKvBlockStore"/> from the kernel backend (device memory on CUDA, so attention reads
@@ -22,10 +23,12 @@ public sealed class KvBlockPool : IDisposable
 
     /// <summary>
     /// Creates a pool of <c>memoryBytes / BlockBytes</c> blocks whose data <paramref name="backend"/> keeps (its own store
-    /// when it has one and <paramref name="backendStore"/>; else host memory with its contiguous attention).
+    /// when it has one and <paramref name="backendStore"/>; else host memory with its contiguous attention), in
+    /// <paramref name="dtype"/> (null: <see cref="KvCacheDTypes.DefaultFor"/> the backend).
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Block size not positive, or the budget holds no block.</exception>
-    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes, IKernelBackend backend, bool backendStore = true)
+    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes, IKernelBackend backend, bool backendStore = true,
+        KvCacheDType? dtype = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -33,7 +36,8 @@ public sealed class KvBlockPool : IDisposable
         _config = config;
         BlockSize = blockSize;
         RowWidth = config.NumKvHeads * config.HeadDim;
-        BlockBytes = BytesPerBlock(config, blockSize);
+        DType = dtype ?? KvCacheDTypes.DefaultFor(backend);
+        BlockBytes = BytesPerBlock(config, blockSize, DType);
         long blocks = memoryBytes / BlockBytes;
         if (blocks < 1 || blocks > int.MaxValue / 2 || blocks * blockSize > int.MaxValue)
         {
@@ -41,8 +45,11 @@ public sealed class KvBlockPool : IDisposable
                 $"KV budget must hold between 1 and {Math.Min(int.MaxValue / 2, int.MaxValue / blockSize)} blocks of {BlockBytes} bytes");
         }
         TotalBlocks = (int)blocks;
-        Store = KvBlockStores.Create(backend, TotalBlocks, blockSize, RowWidth, backendStore);
+        Store = KvBlockStores.Create(backend, TotalBlocks, blockSize, RowWidth, backendStore, DType);
     }
+
+    /// <summary>The element type the keys and values are kept in.</summary>
+    public KvCacheDType DType { get; }
 
     /// <summary>Where the keys and values are kept.</summary>
     public IKvBlockStore Store { get; }
@@ -53,11 +60,14 @@ public sealed class KvBlockPool : IDisposable
     /// <summary>Floats per position per layer for K (and again for V): <c>kv_heads · head_dim</c>.</summary>
     public int RowWidth { get; }
 
-    /// <summary>Bytes of one block (K and V) of <paramref name="blockSize"/> positions of <paramref name="config"/>.</summary>
-    public static long BytesPerBlock(Llama4TextConfig config, int blockSize)
+    /// <summary>
+    /// Bytes of one block (K and V) of <paramref name="blockSize"/> positions of <paramref name="config"/> in
+    /// <paramref name="dtype"/>: <c>2 · blockSize · RowBytes</c> (4, 2 or 1 byte per element; FP8 adds a 4-byte scale per row).
+    /// </summary>
+    public static long BytesPerBlock(Llama4TextConfig config, int blockSize, KvCacheDType dtype = KvCacheDType.Fp32)
     {
         ArgumentNullException.ThrowIfNull(config);
-        return 2L * blockSize * config.NumKvHeads * config.HeadDim * sizeof(float);
+        return 2L * blockSize * KvCacheDTypes.RowBytes(dtype, (long)config.NumKvHeads * config.HeadDim);
     }
 
     /// <summary>Bytes of one block (K and V).</summary>

@@ -87,20 +87,28 @@ public sealed class Llama4Engine : IDisposable
     public Llama4KvCache CreateCache() => new(Config);
 
     /// <summary>
+    /// Element type of the request KV caches of <see cref="InferAsync"/> (<c>--kv-dtype</c>); null = the backend's
+    /// default (<see cref="KvCacheDTypes.DefaultFor"/>: bf16 on CUDA, fp32 on the CPU). Default: null.
+    /// </summary>
+    public KvCacheDType? KvDType { get; set; }
+
+    /// <summary>
     /// The KV cache for one request of at most <paramref name="totalTokens"/> positions: on a backend that keeps KV blocks
-    /// in its own memory (CUDA: device memory, so attention never moves the context) a paged cache over a pool sized for
-    /// this request alone; otherwise <see cref="CreateCache"/>. Dispose it after the request.
+    /// in its own memory (CUDA: device memory, so attention never moves the context), or with a KV element type other
+    /// than fp32, a paged cache over a pool sized for this request alone; otherwise <see cref="CreateCache"/>. Dispose it
+    /// after the request.
     /// </summary>
     public IKvCache CreateRequestCache(int totalTokens)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(totalTokens);
-        if (Backend is not IKvBlockStoreFactory)
+        var dtype = KvDType ?? KvCacheDTypes.DefaultFor(Backend);
+        if (Backend is not IKvBlockStoreFactory && dtype == KvCacheDType.Fp32)
         {
             return CreateCache();
         }
         const int blockSize = 16;
         int blocks = KvBlockPool.BlocksNeeded(Config, blockSize, totalTokens, PrefillChunkTokens);
-        var pool = new KvBlockPool(Config, blockSize, blocks * KvBlockPool.BytesPerBlock(Config, blockSize), Backend);
+        var pool = new KvBlockPool(Config, blockSize, blocks * KvBlockPool.BytesPerBlock(Config, blockSize, dtype), Backend, dtype: dtype);
         return new RequestKvCache(pool, new PagedKvCache(pool, Config));
     }
 

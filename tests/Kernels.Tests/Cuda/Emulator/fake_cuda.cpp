@@ -170,6 +170,10 @@ static std::vector<KernelEntry>& kernels()
         {"fp8_gemm", invoker(fp8_gemm)},
         {"fp8_quant_rows", invoker(fp8_quant_rows)},
         {"swiglu_f32", invoker(swiglu_f32)},
+        {"attention_split_bf16", invoker(attention_split_bf16)},
+        {"attention_split_fp8", invoker(attention_split_fp8)},
+        {"kv_scatter_bf16", invoker(kv_scatter_bf16)},
+        {"kv_scatter_fp8", invoker(kv_scatter_fp8)},
     };
     return k;
 }

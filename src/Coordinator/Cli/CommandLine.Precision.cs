@@ -5,8 +5,11 @@ namespace Distributed.Coordinator.Cli;
 
 public static partial class CommandLine
 {
-    /// <summary>The options of <c>infer</c>, <c>serve</c> and <c>bench</c> that choose how routed experts are held and computed.</summary>
-    private static readonly string[] ExpertOptionNames = ["quantize"];
+    /// <summary>
+    /// The options of <c>infer</c>, <c>serve</c> and <c>bench</c> that choose how routed experts are held and computed, and
+    /// the element type of the KV cache.
+    /// </summary>
+    private static readonly string[] ExpertOptionNames = ["quantize", "kv-dtype"];
 
     /// <summary>The switches among them.</summary>
     private static readonly string[] ExpertFlagNames = ["fp8-activations"];
@@ -35,5 +38,26 @@ public static partial class CommandLine
             throw new UsageException(problem);
         }
         return options;
+    }
+
+    /// <summary>
+    /// <c>--kv-dtype fp32|bf16|fp8</c>: the KV cache's element type (attention computes in fp32 on the decoded rows);
+    /// null when absent (the backend's default: bf16 on CUDA, fp32 on the CPU).
+    /// </summary>
+    /// <exception cref="UsageException">An unknown value.</exception>
+    private static KvCacheDType? KvDTypeFrom(CliArgs a)
+    {
+        if (a.Get("kv-dtype") is not { } text)
+        {
+            return null;
+        }
+        try
+        {
+            return KvCacheDTypes.Parse(text);
+        }
+        catch (FormatException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
     }
 }
