@@ -18,7 +18,7 @@ public static partial class CommandLine
           make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
           bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]
                           [--kv-dtype fp32|bf16|fp8] [--json]
-        """ + "\n  " + ServeUsage + "\n  " + AdminUsage;
+        """ + "\n  " + ServeUsage + "\n  " + AdminUsage + "\n  " + PlanUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
@@ -46,7 +46,8 @@ public static partial class CommandLine
                 "make-synthetic" => MakeSynthetic(rest, stdout, stderr),
                 "serve" => await ServeAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
                 "admin" => await AdminAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench, serve or admin)"),
+                "plan" => Plan(rest, stdout),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench, serve, admin or plan)"),
             };
         }
         catch (UsageException ex)
