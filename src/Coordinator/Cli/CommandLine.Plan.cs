@@ -104,7 +104,7 @@ public static partial class CommandLine
             return 0;
         }
         w.WriteLine(FormattableString.Invariant($"fits: yes; largest batch of {plan.SequenceTokens}-token sequences: {plan.MaxBatch}; longest context at batch 1: {plan.MaxContext:N0} tokens"));
-        w.WriteLine(FormattableString.Invariant($"decode step at mean context {input.InputTokens + (input.OutputTokens / 2)} (this build: host round trips per layer + gRPC data plane; floor: same bytes and FLOPs, device-resident):"));
+        w.WriteLine(FormattableString.Invariant($"decode step at mean context {input.InputTokens + (input.OutputTokens / 2)} (this build: host round trips per layer + {(input.SharedMemory ? "shared-memory" : "inline gRPC")} data plane; floor: same bytes and FLOPs, device-resident):"));
         w.WriteLine($"{"batch",6} {"fits",5} {"this build ms",14} {"floor ms",9} {"coordinator",12} {"experts",8} {"data plane",11} {"tok/s this build",17} {"tok/s floor",12}");
         foreach (var s in plan.Steps.Append(plan.AtMaxBatch))
         {
