@@ -37,16 +37,7 @@ public sealed record CheckpointQuantization
     public static CheckpointQuantization Parse(string configJson, string sourceName)
     {
         ArgumentNullException.ThrowIfNull(configJson);
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(configJson, new JsonDocumentOptions { MaxDepth = 32 });
-        }
-        catch (JsonException ex)
-        {
-            throw new CheckpointException($"{sourceName}: not well-formed JSON: {ex.Message}", ex);
-        }
-        using (doc)
+        using (var doc = JsonFields.ParseDocument(configJson, sourceName, 32))
         {
             var top = JsonFields.Of(doc.RootElement, sourceName, "", "the top level");
             if (!top.TryGet("quantization_config", out var qEl))

@@ -619,9 +619,9 @@ KERNEL void kv_scatter_bf16(const float* k, const float* v, const int* slots, un
     }
 }
 
-// One row into an FP8 store: s = max(max|x| / 448, 1/(448*512)), codes e4m3_rne(clamp(x / s, -448, 448)) (the host
-// store's Fp8E4M3.QuantizeRow, bit for bit).
-__device__ void fp8_store_row(const float* x, unsigned char* codes, float* scale, int width, float* sh)
+// The FP8 scale of one row of width elements, computed by a block of REDUCE_THREADS: s = max(max|x| / 448, 1/(448*512))
+// (Fp8E4M3.RowScale on the host, bit for bit).
+__device__ float fp8_row_scale(const float* x, int width, float* sh)
 {
     float m = 0.0f;
     for (int c = threadIdx.x; c < width; c += REDUCE_THREADS)
@@ -629,7 +629,14 @@ __device__ void fp8_store_row(const float* x, unsigned char* codes, float* scale
         m = fmaxf(m, fabsf(x[c]));
     }
     m = block_max(m, sh);
-    float s = fmaxf(m / 448.0f, 1.0f / (448.0f * 512.0f));
+    return fmaxf(m / 448.0f, 1.0f / (448.0f * 512.0f));
+}
+
+// One row into an FP8 store: s = fp8_row_scale, codes e4m3_rne(clamp(x / s, -448, 448)) (the host store's
+// Fp8E4M3.QuantizeRow, bit for bit).
+__device__ void fp8_store_row(const float* x, unsigned char* codes, float* scale, int width, float* sh)
+{
+    float s = fp8_row_scale(x, width, sh);
     for (int c = threadIdx.x; c < width; c += REDUCE_THREADS)
     {
         codes[c] = f32_to_e4m3(fminf(fmaxf(x[c] / s, -448.0f), 448.0f));
@@ -832,13 +839,7 @@ KERNEL void fp8_quant_rows(const float* x, float* q, float* row_scales, int cols
     long long row = blockIdx.x;
     const float* xr = x + row * cols;
     float* qr = q + row * cols;
-    float m = 0.0f;
-    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
-    {
-        m = fmaxf(m, fabsf(xr[c]));
-    }
-    m = block_max(m, sh);
-    float s = fmaxf(m / 448.0f, 1.0f / (448.0f * 512.0f));
+    float s = fp8_row_scale(xr, cols, sh);
     for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
     {
         float v = xr[c] / s;
