@@ -303,6 +303,12 @@ internal static unsafe class MatMulKernels
             return;
         }
         int fullEnd = p1 > p0 && PanelWidthOf(w, p1 - 1) < PackedWeight.PanelWidth ? p1 - 1 : p1;
+        // A compressed format read by more rows than one microkernel takes is decoded once per k-slice into widened
+        // bf16 lines (16 KiB, L1) that every row block and both halves then read as a bf16 panel (6-row blocks): the
+        // decode is paid once, not once per row block and half.
+        bool decodeSlice = typeof(TL) != typeof(Bf16Lines) && rows > maxRows;
+        uint* decoded = stackalloc uint[decodeSlice ? KBlock * PackedWeight.LineUints : 1];
+        int blockRows = decodeSlice ? Bf16Lines.MaxRows : maxRows;
         int kBlock = rows > maxRows ? KBlock : k;
         for (int k0 = 0; k0 < k; k0 += kBlock)
         {
@@ -321,13 +327,17 @@ internal static unsafe class MatMulKernels
                         Sse.Prefetch1(next + off);
                     }
                 }
-                for (int r = 0; r < rows; r += maxRows)
+                if (decodeSlice)
                 {
-                    Rows256<LowHalf, TL>(x + (r * ldx) + k0, ldx, Math.Min(maxRows, rows - r), lines, kn, yp + (r * ldy), ldy, accumulate);
+                    for (int l = 0; l < kn; l++)
+                    {
+                        lines.Widen(l, decoded + ((nint)l * PackedWeight.LineUints));
+                    }
+                    HalfPanels(x + k0, ldx, rows, blockRows, new Bf16Lines(decoded), kn, yp, ldy, accumulate);
                 }
-                for (int r = 0; r < rows; r += maxRows)
+                else
                 {
-                    Rows256<HighHalf, TL>(x + (r * ldx) + k0, ldx, Math.Min(maxRows, rows - r), lines, kn, yp + (r * ldy) + 16, ldy, accumulate);
+                    HalfPanels(x + k0, ldx, rows, blockRows, lines, kn, yp, ldy, accumulate);
                 }
             }
         }
@@ -348,6 +358,20 @@ internal static unsafe class MatMulKernels
                     CopyTile(tile, n, yp + (r * ldy) + 16, ldy, width - 16, 16);
                 }
             }
+        }
+    }
+
+    /// <summary>Both halves of one panel slice for every row block of <paramref name="blockRows"/> rows.</summary>
+    private static void HalfPanels<TL>(float* x, nint ldx, int rows, int blockRows, TL lines, int k, float* y, nint ldy, bool accumulate)
+        where TL : struct, ILines256
+    {
+        for (int r = 0; r < rows; r += blockRows)
+        {
+            Rows256<LowHalf, TL>(x + (r * ldx), ldx, Math.Min(blockRows, rows - r), lines, k, y + (r * ldy), ldy, accumulate);
+        }
+        for (int r = 0; r < rows; r += blockRows)
+        {
+            Rows256<HighHalf, TL>(x + (r * ldx), ldx, Math.Min(blockRows, rows - r), lines, k, y + (r * ldy) + 16, ldy, accumulate);
         }
     }
 
