@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Starts N expert workers (one Orleans localhost cluster, gRPC data plane on loopback) for a model, prints their
-# addresses, and optionally runs one coordinator `infer` against them. Ctrl+C (or the end of --infer) stops them all.
+# Starts N expert workers (one Orleans localhost cluster, gRPC data plane on loopback) for a model, prints the options
+# a coordinator joins their cluster with (serve/infer --clustering ... ; the coordinator then follows the placement
+# plan, as with any cluster), and optionally runs one `infer` that joins it. Ctrl+C (or the end of --infer) stops them.
+# The workers and the coordinator share the cluster token DISTRIBUTED_CLUSTER_TOKEN (made here unless already set;
+# export the printed value in the shell that runs serve).
 #
 #   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 2
 #   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 3 --infer "--prompt-ids 500,17,300 --wire fp32"
@@ -69,8 +72,13 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+if [[ -z "${DISTRIBUTED_CLUSTER_TOKEN:-}" ]]; then
+  DISTRIBUTED_CLUSTER_TOKEN="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+fi
+export DISTRIBUTED_CLUSTER_TOKEN
 PRIMARY=0
 ADDRESSES=()
+GATEWAYS=()
 for ((i = 0; i < WORKERS; i++)); do
   free_port; SILO=$PORT; free_port; GATEWAY=$PORT
   [[ $i -eq 0 ]] && PRIMARY=$SILO
@@ -92,6 +100,7 @@ for ((i = 0; i < WORKERS; i++)); do
   [[ -n "$LINE" ]] || { echo "worker-$i not ready after 60 s (log: $LOG_DIR/worker-$i.log)" >&2; exit 1; }
   ADDR=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$LINE")
   ADDRESSES+=("$ADDR")
+  GATEWAYS+=("$GATEWAY")
   echo "worker-$i: grpc $ADDR silo $SILO gateway $GATEWAY (log $LOG_DIR/worker-$i.log)"
 done
 
@@ -102,11 +111,17 @@ for _ in $(seq 1 300); do
   [[ "$COUNT" -eq "$WORKERS" ]] && break
   sleep 0.1
 done
-echo "cluster $CLUSTER_ID serving: --workers $(IFS=,; echo "${ADDRESSES[*]}")"
+if [[ -n "$REDIS" ]]; then
+  JOIN=(--clustering Redis --redis "$REDIS" --cluster-id "$CLUSTER_ID")
+else
+  JOIN=(--clustering Localhost --gateways "$(IFS=,; echo "${GATEWAYS[*]}")" --cluster-id "$CLUSTER_ID")
+fi
+echo "cluster $CLUSTER_ID serving; join it with: ${JOIN[*]}"
+echo "export DISTRIBUTED_CLUSTER_TOKEN=$DISTRIBUTED_CLUSTER_TOKEN"
 
 if [[ -n "$INFER" ]]; then
   # shellcheck disable=SC2086
-  dotnet "$COORD_DLL" infer --model "$MODEL" --workers "$(IFS=,; echo "${ADDRESSES[*]}")" $INFER
+  dotnet "$COORD_DLL" infer --model "$MODEL" "${JOIN[@]}" $INFER
 else
   echo "Ctrl+C stops the cluster."
   wait

@@ -15,6 +15,8 @@ public static class Program
         ["--grpc-host"] = "ExpertWorker:GrpcHost",
         ["--grpc-port"] = "ExpertWorker:GrpcPort",
         ["--unix-socket"] = "ExpertWorker:UnixSocketPath",
+        ["--allow-unauthenticated"] = "ExpertWorker:AllowUnauthenticated",
+        ["--shared-memory"] = "ExpertWorker:SharedMemory",
         ["--ops-port"] = "ExpertWorker:OpsPort",
         ["--otlp-endpoint"] = "Telemetry:OtlpEndpoint",
         ["--threads"] = "ExpertWorker:KernelThreads",
@@ -34,15 +36,38 @@ public static class Program
         ["--primary-silo-port"] = "Cluster:PrimarySiloPort",
         ["--redis"] = "Cluster:RedisConnectionString",
         ["--probe-timeout"] = "Cluster:ProbeTimeout",
+        ["--advertised-address"] = "Cluster:AdvertisedAddress",
+        ["--tls-cert"] = "Tls:CertificatePath",
+        ["--tls-key"] = "Tls:KeyPath",
+        ["--tls-ca"] = "Tls:CaPath",
     };
 
-    /// <summary>Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model, 4 a listener or the silo did not start.</summary>
+    /// <summary>Command-line flags without a value, and the configuration key each sets to <c>true</c>.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
+    {
+        ["--insecure"] = "Tls:AllowInsecure",
+    };
+
+    /// <summary>
+    /// Runs the worker until SIGTERM/Ctrl+C. Exit codes: 0 stopped, 2 bad configuration, 3 unusable model, 4 a listener or
+    /// the silo did not start. <c>--print-schema</c> and <c>--apply-schema</c> handle the PostgreSQL schema and exit
+    /// (<see cref="SchemaCommand"/>).
+    /// </summary>
     public static async Task<int> Main(string[] args)
     {
+        if (args.Contains(SchemaCommand.PrintFlag, StringComparer.Ordinal))
+        {
+            return SchemaCommand.Print(Console.Out);
+        }
+        bool applySchema = args.Contains(SchemaCommand.ApplyFlag, StringComparer.Ordinal);
         var configuration = new ConfigurationBuilder()
             .AddEnvironmentVariables(Distributed.Hosting.TelemetryOptions.EnvironmentPrefix)
-            .AddCommandLine(args, Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
+            .AddCommandLine(ExpandFlags([.. args.Where(a => a != SchemaCommand.ApplyFlag)]), Switches.ToDictionary(kv => kv.Key, kv => kv.Value))
             .Build();
+        if (applySchema)
+        {
+            return await SchemaCommand.ApplyAsync(configuration, Console.Out, Console.Error, CancellationToken.None);
+        }
         try
         {
             await using var host = await WorkerHost.StartAsync(configuration);
@@ -71,4 +96,8 @@ public static class Program
             return ex is WorkerStartupException ? 4 : 2;
         }
     }
+
+    // "--insecure" takes no value; the configuration parser needs one.
+    private static string[] ExpandFlags(string[] args)
+        => [.. args.SelectMany(a => Flags.TryGetValue(a, out var key) ? new[] { "--" + key, "true" } : [a])];
 }

@@ -30,6 +30,13 @@ public interface IKvBlockStore : IDisposable
     void Write(ReadOnlySpan<int> slots, ReadOnlySpan<float> k, ReadOnlySpan<float> v);
 
     /// <summary>
+    /// Copies every row of block <paramref name="source"/> (K and V, whatever their element format) over block
+    /// <paramref name="destination"/>: the copy of a copy-on-write block shared by several sequences.
+    /// </summary>
+    /// <exception cref="ArgumentException">A block outside the store, or the same block twice.</exception>
+    void CopyBlock(int source, int destination);
+
+    /// <summary>
     /// <see cref="IKernelBackend.Attention"/> over keys held in the store: key j (position
     /// <paramref name="keyPositionStart"/> + j) is in row <c>s % BlockSize</c> of block <c>blockTable[s / BlockSize]</c>
     /// with <c>s = firstSlot + j</c>. Same mask, GQA and results as the contiguous call on the same keys.
@@ -97,6 +104,16 @@ public static class KvBlockStores
             {
                 throw new ArgumentException($"slot {slots[i]} (entry {i}) is outside the store's {rows} rows", nameof(slots));
             }
+        }
+    }
+
+    /// <summary>Checks of <see cref="IKvBlockStore.CopyBlock"/>: both blocks inside the store and distinct.</summary>
+    public static void ValidateCopy(IKvBlockStore store, int source, int destination)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        if ((uint)source >= (uint)store.Blocks || (uint)destination >= (uint)store.Blocks || source == destination)
+        {
+            throw new ArgumentException($"cannot copy block {source} to block {destination}: both must be distinct blocks of the store's {store.Blocks}", nameof(source));
         }
     }
 
@@ -291,6 +308,30 @@ public sealed class HostKvBlockStore : IKvBlockStore
                     }
                 }
                 break;
+        }
+    }
+
+    /// <inheritdoc />
+    public void CopyBlock(int source, int destination)
+    {
+        KvBlockStores.ValidateCopy(this, source, destination);
+        CopyBlock(_k, _kScales, source, destination);
+        CopyBlock(_v, _vScales, source, destination);
+    }
+
+    // One side (K or V) of a block: the element array in the store's dtype and, for FP8, the row scales.
+    private static void CopyBlock(Array?[] data, float[]?[] scales, int source, int destination)
+    {
+        if (data[source] is not { } src)
+        {
+            data[destination] = null;
+            scales[destination] = null;
+            return;
+        }
+        src.CopyTo(data[destination] ??= Array.CreateInstance(src.GetType().GetElementType()!, src.Length), 0);
+        if (scales[source] is { } s)
+        {
+            s.CopyTo(scales[destination] ??= new float[s.Length], 0);
         }
     }
 

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Text;
 using Distributed.Checkpoint;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels;
 using Distributed.Kernels.Cpu;
 using Xunit.Abstractions;

@@ -174,7 +174,7 @@ public sealed class BadInputTests : IClassFixture<StaticWorker>
     {
         var invoker = _worker.Channel.CreateCallInvoker();
         var hello = new HelloRequest { ProtocolMajor = ProtocolVersion.Major, ModelFingerprint = new string('0', 64), CoordinatorId = "test" };
-        var ex = await Assert.ThrowsAsync<RpcException>(async () => await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null, new CallOptions(), hello));
+        var ex = await Assert.ThrowsAsync<RpcException>(async () => await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null, new CallOptions(TestCredential.Headers()), hello));
         Assert.Equal(StatusCode.FailedPrecondition, ex.StatusCode);
         Assert.Contains("model", ex.Status.Detail);
 
@@ -193,7 +193,7 @@ public sealed class BadInputTests : IClassFixture<StaticWorker>
     {
         var invoker = _worker.Channel.CreateCallInvoker();
         var hello = new HelloRequest { ProtocolMajor = 99, ModelFingerprint = _worker.Model.Fingerprint };
-        var ex = await Assert.ThrowsAsync<RpcException>(async () => await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null, new CallOptions(), hello));
+        var ex = await Assert.ThrowsAsync<RpcException>(async () => await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null, new CallOptions(TestCredential.Headers()), hello));
         Assert.Equal(StatusCode.FailedPrecondition, ex.StatusCode);
         var (h, p) = _worker.Valid();
         var callEx = await Assert.ThrowsAsync<RpcException>(() => _worker.CallOnceAsync(h, p, _worker.Headers(major: "2")));
@@ -209,7 +209,7 @@ public sealed class BadInputTests : IClassFixture<StaticWorker>
         var reply = await client.DispatchOnceAsync(h, _worker.Headers());
         Assert.Equal(0, reply.Status.Code);
         Assert.Equal(p.Length, reply.Payload.Length);
-        var hello = await client.HelloAsync(new HelloRequest { ProtocolMajor = 1, ModelFingerprint = _worker.Model.Fingerprint });
+        var hello = await client.HelloAsync(new HelloRequest { ProtocolMajor = 1, ModelFingerprint = _worker.Model.Fingerprint }, TestCredential.Headers());
         Assert.Equal(StaticWorker.PlanVersion, hello.PlanVersion);
         Assert.Equal([1u, 3u, 5u], hello.Shards.Select(s => s.Layer));
         Assert.Equal(64, hello.Shards[0].Experts.Count);

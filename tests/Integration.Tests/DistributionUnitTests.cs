@@ -15,11 +15,11 @@ public sealed class DistributionUnitTests
     [Fact]
     public void ParseWorkers_AcceptsHostPortUrlAndUnix_RejectsTheRest()
     {
-        var list = DistributedExperts.ParseWorkers("127.0.0.1:5000, http://localhost:6000,unix:/tmp/w.sock");
-        Assert.Equal(["http://127.0.0.1:5000", "http://localhost:6000", "unix:/tmp/w.sock"], list.Select(w => w.Endpoint));
+        var list = DistributedExperts.ParseWorkers("127.0.0.1:5000, http://localhost:6000,unix:/tmp/w.sock,https://10.0.0.2:50051");
+        Assert.Equal(["http://127.0.0.1:5000", "http://localhost:6000", "unix:/tmp/w.sock", "https://10.0.0.2:50051"], list.Select(w => w.Endpoint));
         Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers(""));
         Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("127.0.0.1"));
-        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("https://h:1"));
+        Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("ftp://h:1"));
         Assert.Throws<FormatException>(() => DistributedExperts.ParseWorkers("h:1/path"));
     }
 
@@ -27,13 +27,33 @@ public sealed class DistributionUnitTests
     public void Options_DefaultsAndValidation()
     {
         var o = new DistributionOptions();
-        Assert.Equal((WireDType.Bf16, TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(10), false), (o.WireDType, o.DispatchTimeout, o.ConnectTimeout, o.PreferSharedMemory));
+        Assert.Equal((WireDType.Bf16, TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(10), true), (o.WireDType, o.DispatchTimeout, o.ConnectTimeout, o.PreferSharedMemory));
+        Assert.Equal(TestCredential.Token, o.ClusterToken);
         Assert.Empty(o.Validate());
         Assert.Contains(new DistributionOptions { WireDType = WireDType.Unspecified }.Validate(), e => e.Contains("WireDType"));
         Assert.Contains(new DistributionOptions { DispatchTimeout = TimeSpan.Zero }.Validate(), e => e.Contains("DispatchTimeout"));
         Assert.Equal(WireDType.Fp32, DistributionOptions.ParseWire(" FP32 "));
         Assert.Throws<FormatException>(() => DistributionOptions.ParseWire("fp16"));
         Assert.NotEmpty(new LocalClusterOptions { Workers = 0 }.Validate());
+        var weak = new DistributionOptions { ClusterToken = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" }.Validate();
+        Assert.Contains(weak, e => e.Contains("Distribution:ClusterToken", StringComparison.Ordinal) && !e.Contains("aaaaaaaa", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void LocalCluster_GivesItsWorkersTheCredential_GeneratingOneWhenNoneIsSet()
+    {
+        string Token(DistributionOptions d)
+        {
+            var environment = new Dictionary<string, string>();
+            LocalWorkerCluster.AddClusterToken(environment, d);
+            return environment[ClusterToken.EnvironmentVariable];
+        }
+        Assert.Equal(TestCredential.Token, Token(new DistributionOptions()));
+        var none = new DistributionOptions { ClusterToken = null };
+        string generated = Token(none);
+        Assert.Equal(generated, none.ClusterToken);
+        Assert.Empty(ClusterToken.Validate(generated, "generated"));
+        Assert.NotEqual(generated, Token(new DistributionOptions { ClusterToken = null }));
     }
 
     [Fact]
@@ -69,8 +89,7 @@ public sealed class DistributionUnitTests
     [Fact]
     public void SharedRingAllocator_FirstFit_ReusesFreedRegions_AndRefusesWhenFull()
     {
-        string path = Path.Combine(Path.GetTempPath(), $"ring-{Guid.NewGuid():N}");
-        using var ring = SharedRing.Create(path, 4096);
+        using var ring = SharedRing.CreateSealed(4096);
         var allocator = new SharedRingAllocator(ring);
         var a = allocator.TryRent(1000)!;
         var b = allocator.TryRent(1000)!;
@@ -84,5 +103,32 @@ public sealed class DistributionUnitTests
         Assert.True(ring.TryGetSpan(1024, 900, out var span) && span[899] == 7);
         Assert.False(ring.TryGetSpan(4000, 200, out _));
         Assert.False(ring.TryGetSpan(ulong.MaxValue, 2, out _));
+        foreach (var lease in new[] { a, c, d })
+        {
+            lease.Dispose();
+        }
+    }
+
+    [Fact]
+    public void RingLeases_KeepTheRingMapped_AfterItsOwnerLetGo_AndAnAbandonedRegionIsNeverReused()
+    {
+        var ring = SharedRing.CreateSealed(4096);
+        var allocator = new SharedRingAllocator(ring);
+        var kept = allocator.TryRent(1000)!;
+        var abandoned = allocator.TryRent(1000)!;
+        ring.Dispose();
+        kept.Span.Fill(3);
+        Assert.Null(allocator.TryRent(10));
+        abandoned.Abandon();
+        Assert.Equal(3, kept.Span[999]);
+        kept.Dispose();
+        Assert.False(ring.TryGetSpan(0, 1, out _));
+        Assert.Throws<ObjectDisposedException>(() => kept.Span.Length);
+
+        using var live = SharedRing.CreateSealed(4096);
+        var next = new SharedRingAllocator(live);
+        var stuck = next.TryRent(4000)!;
+        stuck.Abandon();
+        Assert.Null(next.TryRent(100));
     }
 }

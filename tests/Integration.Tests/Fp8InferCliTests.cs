@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Text.Json;
 using Distributed.Coordinator.Cli;
 using Distributed.Coordinator.Distribution;
-using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Xunit.Abstractions;
 
 namespace Distributed.Integration.Tests;

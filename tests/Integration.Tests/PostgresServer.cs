@@ -37,6 +37,25 @@ internal sealed class PostgresServer : IAsyncDisposable
     /// <summary>Npgsql connection string for the <c>postgres</c> database.</summary>
     public string Connection => $"Host=127.0.0.1;Port={Port};Username=postgres;Database=postgres;Timeout=5";
 
+    /// <summary>Npgsql connection string for <paramref name="database"/> as <paramref name="user"/> (trust authentication: no password).</summary>
+    public string ConnectionTo(string database, string user = "postgres") => $"Host=127.0.0.1;Port={Port};Username={user};Database={database};Timeout=5";
+
+    /// <summary>Runs <paramref name="sql"/> (no parameters) on <paramref name="database"/> as the superuser.</summary>
+    public async Task ExecuteAsync(string sql, string database = "postgres")
+    {
+        await using var connection = new NpgsqlConnection(ConnectionTo(database));
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    /// <summary>Creates an empty database and returns its connection string (superuser).</summary>
+    public async Task<string> CreateDatabaseAsync(string name)
+    {
+        await ExecuteAsync($"CREATE DATABASE {name}");
+        return ConnectionTo(name);
+    }
+
     public static async Task<PostgresServer> StartAsync(Action<string> log)
     {
         string bin = BinDirectory ?? throw new InvalidOperationException(Missing);

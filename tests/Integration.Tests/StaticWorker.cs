@@ -56,10 +56,12 @@ public sealed class StaticWorker : IAsyncLifetime
         }
     }
 
+    /// <summary>Data-plane call metadata: protocol major, fingerprint and the cluster credential.</summary>
     public Metadata Headers(string? fingerprint = null, string major = "1") => new()
     {
         { ProtocolVersion.MajorHeader, major },
         { ProtocolVersion.FingerprintHeader, fingerprint ?? Model.Fingerprint },
+        TestCredential.Authorization,
     };
 
     /// <summary>A valid request for layer 1 with <paramref name="rows"/> rows of expert 3 and payload of random finite values.</summary>

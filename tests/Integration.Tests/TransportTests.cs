@@ -1,5 +1,6 @@
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Contracts;
@@ -10,8 +11,8 @@ using Xunit.Abstractions;
 namespace Distributed.Integration.Tests;
 
 /// <summary>
-/// The transports negotiated in the handshake: rows inline over TCP, rows in a shared-memory ring (the message carries
-/// a descriptor), and gRPC over a Unix domain socket. Every combination gives the in-process logits bit for bit.
+/// The transports negotiated in the handshake: rows inline over TCP, rows in a shared-memory ring (a sealed memfd passed
+/// to the worker by descriptor; the message carries an offset), and gRPC over a Unix domain socket. Every combination gives the in-process logits bit for bit.
 /// </summary>
 [Trait("Category", "Integration")]
 public sealed class TransportTests(ITestOutputHelper output)
@@ -39,7 +40,7 @@ public sealed class TransportTests(ITestOutputHelper output)
         await using var pool = new WorkerChannelPool(model, options, loggerFactory.CreateLogger<WorkerChannelPool>());
         var endpoint = new WorkerEndpoint("t", unixSocket ? "unix:" + socket : address);
         var connection = await pool.GetAsync(endpoint, CancellationToken.None);
-        Assert.Equal(sharedMemory ? RowTransport.SharedMemory : RowTransport.Inline, connection.Transport);
+        Assert.Equal(sharedMemory ? RowTransport.SharedMemoryFd : RowTransport.Inline, connection.Transport);
         var dispatcher = new GrpcExpertDispatcher(new StaticPlacementSource(ExpertPlacementTable.FromHandshakes(model, [(endpoint, connection.Hello)])), pool);
         using var engine = Llama4Engine.Load(fixture, new CpuKernelBackend(1), dispatcher);
         var golden = Golden.Load("tiny-maverick");

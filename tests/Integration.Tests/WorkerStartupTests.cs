@@ -65,37 +65,3 @@ public sealed class WorkerStartupTests(ITestOutputHelper output)
         Assert.Contains(lines, l => l.Contains("expert worker: Kernels:CpuPrecision bf16 is not available", StringComparison.Ordinal));
     }
 }
-
-/// <summary>
-/// ADO.NET membership against a real PostgreSQL: the bundled Npgsql provider loads and connects, and a database without
-/// the Orleans membership schema (which operators apply from the Orleans release, docs/OPERATIONS.md) stops the worker
-/// with exit code 4 and a line naming the missing table.
-/// </summary>
-[Trait("Category", "Integration")]
-public sealed class AdoNetMembershipTests(ITestOutputHelper output)
-{
-    [PostgresFact]
-    public async Task PostgresWithoutOrleansSchema_WorkerExits4NamingTheMissingTable()
-    {
-        ToolFactAttribute.Require(PostgresServer.Missing);
-        var log = new TestLog { Output = output };
-        await using var pg = await PostgresServer.StartAsync(log.Write);
-        int[] ports = WorkerProcess.FreePorts(2);
-        var lines = new ConcurrentQueue<string>();
-        await using var worker = WorkerProcess.Start(WorkerProcess.LocateWorker(),
-            ["--model", TestPaths.Fixture("tiny-maverick"), "--threads", "1", "--worker-id", "pg", "--clustering", "AdoNet",
-             "--Cluster:AdoNetConnectionString", pg.Connection, "--cluster-id", $"pg-{Guid.NewGuid():N}",
-             "--silo-port", ports[0].ToString(System.Globalization.CultureInfo.InvariantCulture),
-             "--gateway-port", ports[1].ToString(System.Globalization.CultureInfo.InvariantCulture)],
-            "pg", line =>
-            {
-                lines.Enqueue(line);
-                log.Write(line);
-            });
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
-        await worker.WaitForExitAsync(timeout.Token);
-        Assert.Equal(4, worker.ExitCode);
-        Assert.Contains(lines, l => l.Contains("expert worker: the Orleans silo did not start (AdoNet membership", StringComparison.Ordinal)
-            && l.Contains("orleansquery", StringComparison.OrdinalIgnoreCase));
-    }
-}

@@ -8,7 +8,8 @@ public class ProtoStabilityTests
 {
     public static TheoryData<string, string, int> Fields => new()
     {
-        { "SharedRingOffer", "path", 1 }, { "SharedRingOffer", "size_bytes", 2 }, { "SharedRingOffer", "host_id", 3 },
+        { "SharedRingOffer", "size_bytes", 2 }, { "SharedRingOffer", "host_id", 3 },
+        { "SharedRingRendezvous", "socket_path", 1 }, { "SharedRingRendezvous", "nonce", 2 },
         { "HelloRequest", "protocol_major", 1 }, { "HelloRequest", "protocol_minor", 2 }, { "HelloRequest", "model_fingerprint", 3 },
         { "HelloRequest", "coordinator_id", 4 }, { "HelloRequest", "transports", 5 }, { "HelloRequest", "shared_ring", 6 },
         { "ExpertShard", "layer", 1 }, { "ExpertShard", "experts", 2 },
@@ -16,7 +17,8 @@ public class ProtoStabilityTests
         { "HelloReply", "worker_id", 4 }, { "HelloReply", "shards", 5 }, { "HelloReply", "plan_version", 6 },
         { "HelloReply", "hidden_size", 7 }, { "HelloReply", "max_rows_per_dispatch", 8 }, { "HelloReply", "transport", 9 },
         { "HelloReply", "session_id", 10 }, { "HelloReply", "num_experts", 11 }, { "HelloReply", "max_message_bytes", 12 }, { "HelloReply", "kernel_numerics", 13 },
-        { "HelloReply", "expert_activations", 14 },
+        { "HelloReply", "shared_ring", 14 }, { "HelloReply", "cluster_managed", 20 },
+        { "HelloReply", "expert_activations", 21 },
         { "ExpertSegment", "expert", 1 }, { "ExpertSegment", "rows", 2 },
         { "SharedRows", "offset", 1 }, { "SharedRows", "length", 2 },
         { "ExpertRequest", "request_id", 1 }, { "ExpertRequest", "layer", 2 }, { "ExpertRequest", "plan_version", 3 },
@@ -59,8 +61,21 @@ public class ProtoStabilityTests
             ["WIRE_DTYPE_UNSPECIFIED=0", "WIRE_DTYPE_BF16=1", "WIRE_DTYPE_FP32=2", "WIRE_DTYPE_FP8_E4M3=3"],
             Enum("WireDType").Values.Select(v => $"{v.Name}={v.Number}"));
         Assert.Equal(
-            ["ROW_TRANSPORT_UNSPECIFIED=0", "ROW_TRANSPORT_INLINE=1", "ROW_TRANSPORT_SHARED_MEMORY=2"],
+            ["ROW_TRANSPORT_UNSPECIFIED=0", "ROW_TRANSPORT_INLINE=1", "ROW_TRANSPORT_SHARED_MEMORY_FD=3"],
             Enum("RowTransport").Values.Select(v => $"{v.Name}={v.Number}"));
+    }
+
+    /// <summary>Removed numbers and names stay reserved, so nobody gives them a new meaning that old peers would misread.</summary>
+    [Fact]
+    [Trait("Category", "Unit")]
+    public void RemovedNumbers_StayReserved()
+    {
+        var offer = ExpertWorkerReflection.Descriptor.MessageTypes.Single(m => m.Name == "SharedRingOffer").ToProto();
+        Assert.Contains(offer.ReservedRange, r => r.Start == 1 && r.End == 2);
+        Assert.Contains("path", offer.ReservedName);
+        var transport = ExpertWorkerReflection.Descriptor.EnumTypes.Single(e => e.Name == "RowTransport").ToProto();
+        Assert.Contains(transport.ReservedRange, r => r.Start == 2 && r.End == 2);
+        Assert.Contains("ROW_TRANSPORT_SHARED_MEMORY", transport.ReservedName);
     }
 
     [Fact]

@@ -13,9 +13,18 @@ public sealed class CliArgs
 {
     private readonly Dictionary<string, string?> _values = new(StringComparer.Ordinal);
     private readonly HashSet<string> _read = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _settings = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>The <c>--Section:Key value</c> settings given (configuration keys, case-insensitive).</summary>
+    public IReadOnlyDictionary<string, string> ConfigurationSettings => _settings;
 
     /// <summary>Parses <paramref name="args"/>; <paramref name="options"/> take a value, <paramref name="flags"/> do not.</summary>
-    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags)
+    /// <param name="args">The arguments after the command name.</param>
+    /// <param name="options">Options that take a value.</param>
+    /// <param name="flags">Switches without a value.</param>
+    /// <param name="configurationKeys">When true, any <c>--Section:Key value</c> is accepted as a configuration setting
+    /// (<see cref="ConfigurationSettings"/>; the caller checks the key names).</param>
+    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags, bool configurationKeys = false)
     {
         var list = args.ToList();
         for (int i = 0; i < list.Count; i++)
@@ -36,6 +45,22 @@ public sealed class CliArgs
             if (_values.ContainsKey(name))
             {
                 throw new UsageException($"option --{name} given twice");
+            }
+            if (configurationKeys && name.Contains(':', StringComparison.Ordinal))
+            {
+                if (inline is null)
+                {
+                    if (i + 1 >= list.Count)
+                    {
+                        throw new UsageException($"option --{name} needs a value");
+                    }
+                    inline = list[++i];
+                }
+                if (!_settings.TryAdd(name, inline))
+                {
+                    throw new UsageException($"option --{name} given twice");
+                }
+                continue;
             }
             if (flags.Contains(name))
             {

@@ -11,12 +11,14 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--max-request-bytes N]\n"
-        + "                  [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]\n"
-        + "                  [--local-workers N | --workers host:port,...] [--wire bf16|fp32|fp8]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--prefix-caching on|off]\n"
+        + "                  [--default-max-tokens N]\n"
+        + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
+        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
+        + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
-        + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)";
+        + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)\n"
+        + "                  Every option is also a configuration key, read first from DISTRIBUTED_Section__Key environment variables (docs/OPERATIONS.md).";
 
     /// <summary>
     /// <c>serve</c>: loads the model, tokenizer and continuous-batching scheduler (routed experts in-process, on
@@ -28,28 +30,39 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "local-workers", "workers", "wire", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env", .. ExpertOptionNames],
-            [.. ExpertFlagNames]);
+             "prefix-caching", "default-max-tokens", "kv-dtype", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "admin-grpc-port", "admin-token-env", .. Distribution.DistributedExpertsCli.Options],
+            [.. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
+        // Environment (DISTRIBUTED_Section__Key) and --Section:Key settings first; the options below override them.
+        var configuration = Configuration(a);
+        var bound = BindOrUsage<ServeOptions>(configuration, ServeOptions.SectionName);
         var serve = new ServeOptions
         {
-            ModelDirectory = ModelDirectory(a),
-            ModelName = a.Get("model-name"),
-            Host = a.Get("host") ?? "127.0.0.1",
-            Port = a.Int("port", 8000, 0, 65535),
-            Http2Port = a.Has("http2-port") ? a.Int("http2-port", 0, 0, 65535) : null,
-            MaxRequestBodyBytes = a.Int("max-request-bytes", 4 << 20, (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
-            QueueFullStatusCode = a.Int("queue-full-status", 429, 429, 503),
+            ModelDirectory = a.Get("model") ?? (string.IsNullOrEmpty(bound.ModelDirectory) ? ModelDirectory(a) : bound.ModelDirectory),
+            ModelName = a.Get("model-name") ?? bound.ModelName,
+            Host = a.Get("host") ?? bound.Host,
+            Port = a.Int("port", bound.Port, 0, 65535),
+            Http2Port = a.Has("http2-port") ? a.Int("http2-port", 0, 0, 65535) : bound.Http2Port,
+            MaxRequestBodyBytes = a.Int("max-request-bytes", (int)Math.Clamp(bound.MaxRequestBodyBytes, 0, int.MaxValue),
+                (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
+            QueueFullStatusCode = a.Int("queue-full-status", bound.QueueFullStatusCode, 429, 503),
+            ShutdownTimeout = bound.ShutdownTimeout,
+            DefaultMaxTokens = a.Int("default-max-tokens", bound.DefaultMaxTokens, 1, int.MaxValue),
         };
+        if (!Directory.Exists(serve.ModelDirectory))
+        {
+            throw new UsageException($"--model: directory '{serve.ModelDirectory}' does not exist");
+        }
         var validation = new ServeOptionsValidator().Validate(null, serve);
         if (validation.Failed)
         {
             throw new UsageException(string.Join(" ", validation.Failures));
         }
-        var scheduling = SchedulerOptionsFrom(a);
-        scheduling.KvDType = KvDTypeFrom(a);
-        var expertOptions = ExpertOptionsFrom(a, serve.ModelDirectory);
-        var admin = AdminOptionsFrom(a, serve.Host);
+        var scheduling = SchedulerOptionsFrom(a, BindOrUsage<SchedulerOptions>(configuration, SchedulerOptions.SectionName));
+        var admin = AdminOptionsFrom(a, serve.Host, BindOrUsage<Admin.ClusterAdminOptions>(configuration, Admin.ClusterAdminOptions.SectionName));
+        var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, serve.ModelDirectory, a.Get("cpu-precision"));
+        scheduling.KvDType = KvDTypeFrom(a, scheduling.KvDType);
+        var expertOptions = ExpertOptionsFrom(configuration, serve.ModelDirectory);
 
         Llama4Tokenizer tokenizer;
         try
@@ -61,11 +74,13 @@ public static partial class CommandLine
             stderr.WriteLine($"error: bad tokenizer: {OneLine(ex.Message)}");
             return 1;
         }
-        using var backend = CreateBackend(a, stderr);
+        using var backend = CreateBackend(a, stderr, configuration);
         // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
-        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, serve.ModelDirectory, stderr, ct, expertOptions).ConfigureAwait(false);
-        using var wireCheckpoint = experts is null && a.Has("wire") ? Checkpoint.CheckpointReader.Open(serve.ModelDirectory) : null;
-        using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(a, wireCheckpoint, backend, expertOptions);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, serve.ModelDirectory, stderr, waitServing: false, ct)
+            .ConfigureAwait(false);
+        using var wireCheckpoint = expertsSettings is null && configuration.Has("Distribution:WireDType") ? Checkpoint.CheckpointReader.Open(serve.ModelDirectory) : null;
+        using var wireRounded = wireCheckpoint is null ? null
+            : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
         using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
@@ -91,16 +106,18 @@ public static partial class CommandLine
             throw new UsageException(ex.Message);
         }
         using var operationsScope = operations;
-        // Cluster admin API (issue #5): on the serving listener, or on its own with --admin-port.
-        var cluster = experts?.Cluster;
+        // Cluster admin API (issue #5): on the serving listener, or on its own with --admin-port; in every cluster mode.
+        var cluster = experts?.Follower;
         if (admin is not null && cluster is null)
         {
-            throw new UsageException("the admin API needs the experts on a cluster (--local-workers N)");
+            throw new UsageException(experts is null
+                ? "the admin API needs the experts on a cluster (--clustering ..., or --local-workers N); they run in-process here"
+                : "the admin API needs the experts on a cluster (--clustering ..., or --local-workers N): --workers is a fixed placement that nothing can change");
         }
         // The admin API (on either listener) reads the serving scheduler's counters once the serving host has made it.
         ContinuousBatchScheduler? servingScheduler = null;
         Func<SchedulerStats?> servingStats = () => Volatile.Read(ref servingScheduler)?.Stats;
-        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster.Placement, cluster.GrpcDispatcher, servingStats);
+        Func<IServiceProvider, Admin.ClusterAdmin>? createAdmin = cluster is null ? null : _ => new Admin.ClusterAdmin(cluster, experts!.Dispatcher, servingStats);
         bool adminOnServe = admin is not null && admin.Host is null;
         var app = ServeHost.Build(serve, tokenizer, sp =>
         {
@@ -109,16 +126,27 @@ public static partial class CommandLine
             return scheduler;
         }, operations: operations,
             configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
-            configureApp: adminOnServe ? web => Admin.ClusterAdminHosting.MapClusterAdmin(web) : null);
+            configureApp: web =>
+            {
+                if (experts?.Follower is { } follower)
+                {
+                    Hosting.ClusterReadinessGate.Use(web, follower);
+                }
+                if (adminOnServe)
+                {
+                    Admin.ClusterAdminHosting.MapClusterAdmin(web);
+                }
+            });
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))
         {
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
-                + $"experts {(experts is null ? "in-process" : a.Has("local-workers") ? $"on {a.Get("local-workers")} local workers" : $"on workers {a.Get("workers")}")}; "
+                + $"experts {experts?.Description ?? "in-process"}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
-                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB ({(scheduling.KvDType ?? Kernels.KvCacheDTypes.DefaultFor(backend)).ToString().ToLowerInvariant()}), max-request-bytes {serve.MaxRequestBodyBytes}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB ({(scheduling.KvDType ?? Kernels.KvCacheDTypes.DefaultFor(backend)).ToString().ToLowerInvariant()}), prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
+                + $"default-max-tokens {serve.DefaultMaxTokens}, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}"));
             try
             {
@@ -176,14 +204,13 @@ public static partial class CommandLine
     /// the one named by <c>--admin-token-env</c>); <c>--admin-port</c> puts it on its own listener (on
     /// <c>--admin-host</c>, default the serving host), else it shares the serving listener. Null when disabled.
     /// </summary>
-    private static Admin.ClusterAdminOptions? AdminOptionsFrom(CliArgs a, string serveHost)
+    private static Admin.ClusterAdminOptions? AdminOptionsFrom(CliArgs a, string serveHost, Admin.ClusterAdminOptions options)
     {
-        var options = new Admin.ClusterAdminOptions();
         if (a.Get("admin-token-env") is { } env)
         {
             options.TokenEnvironmentVariable = env;
         }
-        bool separate = a.Has("admin-port") || a.Has("admin-host") || a.Has("admin-grpc-port");
+        bool separate = a.Has("admin-port") || a.Has("admin-host") || a.Has("admin-grpc-port") || options.Host is not null;
         if (options.ResolveToken() is null)
         {
             if (separate || a.Has("admin-token-env"))
@@ -194,9 +221,9 @@ public static partial class CommandLine
         }
         if (separate)
         {
-            options.Host = a.Get("admin-host") ?? serveHost;
-            options.Port = a.Int("admin-port", 0, 0, 65535);
-            options.GrpcPort = a.Has("admin-grpc-port") ? a.Int("admin-grpc-port", 0, 0, 65535) : null;
+            options.Host = a.Get("admin-host") ?? options.Host ?? serveHost;
+            options.Port = a.Int("admin-port", options.Port, 0, 65535);
+            options.GrpcPort = a.Has("admin-grpc-port") ? a.Int("admin-grpc-port", 0, 0, 65535) : options.GrpcPort;
         }
         var errors = options.Validate();
         if (errors.Count > 0)
@@ -206,9 +233,16 @@ public static partial class CommandLine
         return options;
     }
 
-    private static SchedulerOptions SchedulerOptionsFrom(CliArgs a)
+    private static bool OnOff(CliArgs a, string name, bool fallback) => a.Get(name) switch
     {
-        var defaults = new SchedulerOptions();
+        null => fallback,
+        "on" => true,
+        "off" => false,
+        string other => throw new UsageException($"--{name} '{other}' must be on or off"),
+    };
+
+    private static SchedulerOptions SchedulerOptionsFrom(CliArgs a, SchedulerOptions defaults)
+    {
         int maxBatchTokens = a.Int("max-batch-tokens", defaults.MaxBatchTokens, 1, 1 << 20);
         // Unless given, the running-sequence and prefill-chunk limits shrink with a small token budget so that
         // "--max-batch-tokens 16" alone is a valid configuration.
@@ -220,6 +254,9 @@ public static partial class CommandLine
             PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
             KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
             KvBlockSize = defaults.KvBlockSize,
+            KvDType = defaults.KvDType,
+            PrefixCaching = OnOff(a, "prefix-caching", defaults.PrefixCaching),
+            BackendKvStore = defaults.BackendKvStore,
             RetryAfter = defaults.RetryAfter,
         };
         try
@@ -231,5 +268,18 @@ public static partial class CommandLine
             throw new UsageException(ex.Message);
         }
         return options;
+    }
+
+    private static T BindOrUsage<T>(Hosting.CoordinatorConfiguration configuration, string section)
+        where T : class, new()
+    {
+        try
+        {
+            return configuration.Bind<T>(section);
+        }
+        catch (OptionsValidationException ex)
+        {
+            throw new UsageException(string.Join("; ", ex.Failures));
+        }
     }
 }

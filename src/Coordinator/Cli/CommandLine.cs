@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels;
 using Distributed.Checkpoint;
 
@@ -9,16 +10,15 @@ namespace Distributed.Coordinator.Cli;
 /// <summary>Subcommand dispatch for the coordinator executable. Results go to stdout, logs and errors to stderr.</summary>
 public static partial class CommandLine
 {
-    private const string Usage = """
-        usage: Distributed.Coordinator <command> [options]
-          infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]
-                          [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8]
-                          [--local-workers N | --workers host:port,...]
-                          [--wire bf16|fp32|fp8 (without workers: experts in process, rows rounded as that wire would)]
-          make-synthetic  --out DIR [--preset NAME] [--<field> value ...]
-          bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--quantize none|fp8] [--fp8-activations]
-                          [--kv-dtype fp32|bf16|fp8] [--json]
-        """ + "\n  " + ServeUsage + "\n  " + AdminUsage + "\n  " + PlanUsage;
+    private const string Usage =
+        "usage: Distributed.Coordinator <command> [options]\n"
+        + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]\n"
+        + "                  [--cpu-precision fp32|bf16] [--kv-dtype fp32|bf16|fp8] [--Section:Key value ...]\n"
+        + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
+        + "  make-synthetic  --out DIR [--preset NAME] [--<field> value ...]\n"
+        + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16]\n"
+        + "                  [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8] [--json]\n"
+        + "  " + ServeUsage + "\n  " + AdminUsage + "\n  " + PlanUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
@@ -80,13 +80,40 @@ public static partial class CommandLine
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
-    private static IKernelBackend CreateBackend(CliArgs a, TextWriter stderr)
+    /// <summary>
+    /// The command's configuration: <c>DISTRIBUTED_*</c> environment, <c>--Section:Key</c> settings, and the cluster
+    /// options of <see cref="Distribution.DistributedExpertsCli"/>, plus <paramref name="commandKeys"/> (the command's own options mapped to keys).
+    /// </summary>
+    /// <exception cref="UsageException">An unknown key or a malformed value.</exception>
+    private static Hosting.CoordinatorConfiguration Configuration(CliArgs a, IDictionary<string, string?>? commandKeys = null)
     {
+        var keys = commandKeys ?? new Dictionary<string, string?>();
+        Distribution.DistributedExpertsCli.MapOptions(a, keys);
+        try
+        {
+            return Hosting.CoordinatorConfiguration.Build(a.ConfigurationSettings, new Dictionary<string, string?>(keys));
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+    }
+
+    private static IKernelBackend CreateBackend(CliArgs a, TextWriter stderr, Hosting.CoordinatorConfiguration? configuration = null)
+    {
+        // Defaults from Kernels:* (environment, --Kernels:Key) where the command reads configuration; Auto otherwise.
+        var defaults = configuration is null ? new KernelOptions() : BindOrUsage<KernelOptions>(configuration, KernelOptions.SectionName);
+        if (configuration?.Has("Kernels:Backend") != true)
+        {
+            // KernelOptions defaults to Cpu for tests; the commands default to Auto.
+            defaults.Backend = KernelBackendKind.Auto;
+        }
         var options = new KernelOptions
         {
-            Backend = a.Enum("backend", KernelBackendKind.Auto),
-            Threads = a.Int("threads", 0, 0, 1024),
-            CpuPrecision = a.Enum("cpu-precision", CpuMatMulPrecision.Fp32),
+            Backend = a.Enum("backend", defaults.Backend),
+            Threads = a.Int("threads", defaults.Threads, 0, 1024),
+            CpuPrecision = a.Enum("cpu-precision", defaults.CpuPrecision),
+            DeviceOrdinal = defaults.DeviceOrdinal,
         };
         return KernelBackendFactory.Create(options, stderr);
     }
@@ -103,21 +130,24 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "local-workers", "workers", "wire",
-            .. ExpertOptionNames], ["json", .. ExpertFlagNames]);
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "kv-dtype", .. Distribution.DistributedExpertsCli.Options],
+            ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
         string dir = ModelDirectory(a);
-        var expertOptions = ExpertOptionsFrom(a, dir);
         int[] prompt = a.IntList("prompt-ids");
         int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
         int prefillChunk = a.Int("prefill-chunk", 512, 1, 1 << 20);
         bool json = a.Has("json");
-        using var backend = CreateBackend(a, stderr);
+        var configuration = Configuration(a);
+        var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, dir, a.Get("cpu-precision"));
+        var expertOptions = ExpertOptionsFrom(configuration, dir);
+        var kvDType = KvDTypeFrom(a, BindOrUsage<Serving.Scheduling.SchedulerOptions>(configuration, Serving.Scheduling.SchedulerOptions.SectionName).KvDType);
+        using var backend = CreateBackend(a, stderr, configuration);
         var sw = Stopwatch.StartNew();
-        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(a, dir, stderr, ct, expertOptions).ConfigureAwait(false);
-        using var wireCheckpoint = experts is null && a.Has("wire") ? CheckpointReader.Open(dir) : null;
-        using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(a, wireCheckpoint, backend, expertOptions);
+        await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, dir, stderr, waitServing: true, ct).ConfigureAwait(false);
+        using var wireCheckpoint = expertsSettings is null && configuration.Has("Distribution:WireDType") ? CheckpointReader.Open(dir) : null;
+        using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
         using var engine = LoadEngine(dir, backend, prefillChunk, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
-        engine.KvDType = KvDTypeFrom(a);
+        engine.KvDType = kvDType;
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);
@@ -193,15 +223,18 @@ public static partial class CommandLine
 
     private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat", .. ExpertOptionNames], ["json", .. ExpertFlagNames]);
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat", "quantize", "kv-dtype"], ["json", "fp8-activations"],
+            configurationKeys: true);
         string dir = ModelDirectory(a);
-        var expertOptions = ExpertOptionsFrom(a, dir);
+        var configuration = Configuration(a);
+        var expertOptions = ExpertOptionsFrom(configuration, dir);
+        var kvDType = KvDTypeFrom(a, BindOrUsage<Serving.Scheduling.SchedulerOptions>(configuration, Serving.Scheduling.SchedulerOptions.SectionName).KvDType);
         int promptLen = a.Int("prompt", 128, 1, 1 << 20);
         int gen = a.Int("gen", 64, 1, 1 << 20);
         int repeat = a.Int("repeat", 3, 1, 100);
-        using var backend = CreateBackend(a, stderr);
+        using var backend = CreateBackend(a, stderr, configuration);
         using var engine = Llama4Engine.Load(dir, backend, experts: expertOptions);
-        engine.KvDType = KvDTypeFrom(a);
+        engine.KvDType = kvDType;
         var c = engine.Config;
         var rng = new Random(1234);
         var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(c.VocabSize)).ToArray();

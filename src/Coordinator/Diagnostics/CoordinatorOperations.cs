@@ -71,19 +71,7 @@ public sealed class CoordinatorOperations : IDisposable
     /// <summary>Null when the coordinator can serve; otherwise why not (the readiness probe's message).</summary>
     public string? NotReadyReason()
     {
-        if (_dispatcher is null)
-        {
-            return null;
-        }
-        try
-        {
-            var table = _dispatcher.Placement.GetServingTable();
-            return table.CoversAllExperts ? null : $"placement plan {table.Version} does not cover every expert";
-        }
-        catch (ExpertDispatchException ex)
-        {
-            return ex.Message;
-        }
+        return _dispatcher?.Placement.NotReadyReason();
     }
 
     /// <summary>Registers metrics (Prometheus exporter), health checks and, with an OTLP endpoint, trace export.</summary>

@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using Distributed.Protocol.Contracts;
+using Distributed.Hosting;
 using Distributed.Protocol.Grains;
 using Grpc.Core;
 
@@ -21,10 +21,16 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     // While a recovery waits for a plan without the lost workers, the follower asks for the snapshot at least this often.
     private static readonly TimeSpan RecoveryRepoll = TimeSpan.FromSeconds(1);
     private readonly IHost _client;
-    private readonly IPlacementGrain _grain;
+    private IPlacementGrain? _grainReference;
     private readonly CancellationTokenSource _stop = new();
     private readonly ILogger _logger;
     private readonly Task _loop;
+    private readonly string _where;
+    private readonly TaskCompletionSource _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ConnectionRetryFilter _retry;
+    private bool _hasServed;
+    private long _lastRetryLogTicks;
+    private long _suppressedRetries;
     private readonly ConcurrentDictionary<(string Worker, ulong Version), Lazy<Task<UnreachableVerdict>>> _reports = new();
     private PlacementSnapshot? _snapshot;
     private ExpertPlacementTable? _table;
@@ -32,13 +38,14 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private TaskCompletionSource _repoll = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private ClusterPlacementFollower(IHost client, ILogger logger, TimeSpan maxPlanAge)
+    private ClusterPlacementFollower(IHost client, ExpertClusterOptions cluster, ConnectionRetryFilter retry, ILogger logger, TimeSpan maxPlanAge)
     {
         _client = client;
+        _retry = retry;
         _logger = logger;
+        _where = Describe(cluster);
         MaxPlanAge = maxPlanAge;
-        _grain = client.Services.GetRequiredService<IClusterClient>().GetGrain<IPlacementGrain>(IPlacementGrain.ClusterKey);
-        _loop = Task.Run(FollowAsync);
+        _loop = Task.Run(RunAsync);
     }
 
     /// <summary>Longest time since the plan was last confirmed by the placement grain before dispatch is refused.</summary>
@@ -48,7 +55,12 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
     /// <summary>The placement grain (admin calls).</summary>
-    public IPlacementGrain PlacementGrain => _grain;
+    /// <exception cref="InvalidOperationException">Not connected to the cluster yet.</exception>
+    public IPlacementGrain PlacementGrain => Grain;
+
+    // A grain reference resolves its implementation from the cluster's manifest, which the client has once connected.
+    private IPlacementGrain Grain => Volatile.Read(ref _grainReference)
+        ?? throw new InvalidOperationException($"not connected to the expert cluster ({_where}) yet");
 
     /// <summary>The latest snapshot, or null before the first answer.</summary>
     public PlacementSnapshot? Snapshot => Volatile.Read(ref _snapshot);
@@ -56,13 +68,22 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
     /// <summary>The Orleans client (admin calls).</summary>
     public IClusterClient ClusterClient => _client.Services.GetRequiredService<IClusterClient>();
 
-    /// <summary>Connects an Orleans client to the cluster and starts following the plan.</summary>
+    /// <summary>True once the client has connected to a gateway of the cluster.</summary>
+    public bool IsConnected => _connected.Task.IsCompletedSuccessfully;
+
+    /// <summary>True once a plan serving every expert has been seen (readiness distinguishes "never ready" from a change in progress).</summary>
+    public bool HasServed => Volatile.Read(ref _hasServed);
+
+    /// <summary>
+    /// Creates an Orleans client of the cluster and starts following the plan in the background: the client keeps
+    /// trying to reach a gateway (the cluster may have no worker yet) until it connects or this object is disposed;
+    /// until then <see cref="GetServingTable"/> refuses with the reason.
+    /// </summary>
     /// <exception cref="ArgumentException">Invalid cluster options (every problem listed).</exception>
-    /// <exception cref="TimeoutException">No gateway answered within <see cref="ExpertClusterOptions.ConnectTimeout"/>.</exception>
-    public static async Task<ClusterPlacementFollower> StartAsync(ExpertClusterOptions cluster, ILoggerFactory loggerFactory,
-        TimeSpan? maxPlanAge = null, CancellationToken cancellationToken = default)
+    public static ClusterPlacementFollower Create(ExpertClusterOptions cluster, ClusterCredentials? tls, ILoggerFactory loggerFactory, TimeSpan? maxPlanAge = null)
     {
         ArgumentNullException.ThrowIfNull(cluster);
+        ArgumentNullException.ThrowIfNull(loggerFactory);
         var errors = cluster.Validate(isSilo: false);
         if (errors.Count > 0)
         {
@@ -71,46 +92,144 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [], DisableDefaults = true });
         builder.Services.AddSingleton(loggerFactory);
         builder.Services.AddSingleton(typeof(ILogger<>), typeof(Logger<>));
-        builder.UseOrleansClient(client =>
-        {
-            switch (cluster.Clustering)
-            {
-                case ClusteringMode.Localhost:
-                    client.UseLocalhostClustering(cluster.GatewayPorts, cluster.ServiceId, cluster.ClusterId);
-                    break;
-                case ClusteringMode.Redis:
-                    client.UseRedisClustering(o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(cluster.RedisConnectionString!));
-                    ConfigureIds(client, cluster);
-                    break;
-                case ClusteringMode.AdoNet:
-                    client.UseAdoNetClustering(o =>
-                    {
-                        o.Invariant = cluster.AdoNetInvariant;
-                        o.ConnectionString = cluster.AdoNetConnectionString;
-                    });
-                    ConfigureIds(client, cluster);
-                    break;
-            }
-        });
+        var retry = new ConnectionRetryFilter(loggerFactory.CreateLogger<ClusterPlacementFollower>(), Describe(cluster));
+        builder.Services.AddSingleton<IClientConnectionRetryFilter>(retry);
+        builder.UseOrleansClient(client => client.UseExpertClustering(cluster, tls));
         var host = builder.Build();
+        return new ClusterPlacementFollower(host, cluster, retry, loggerFactory.CreateLogger<ClusterPlacementFollower>(), maxPlanAge ?? TimeSpan.FromSeconds(30));
+    }
+
+    /// <summary><see cref="Create"/>, then waits until the client has connected.</summary>
+    /// <exception cref="ArgumentException">Invalid cluster options (every problem listed).</exception>
+    /// <exception cref="TimeoutException">No gateway answered within <see cref="ExpertClusterOptions.ConnectTimeout"/>.</exception>
+    public static async Task<ClusterPlacementFollower> StartAsync(ExpertClusterOptions cluster, ILoggerFactory loggerFactory,
+        TimeSpan? maxPlanAge = null, CancellationToken cancellationToken = default, ClusterCredentials? tls = null)
+    {
+        var follower = Create(cluster, tls, loggerFactory, maxPlanAge);
         try
         {
-            await host.StartAsync(cancellationToken).WaitAsync(cluster.ConnectTimeout, cancellationToken).ConfigureAwait(false);
+            await follower.WaitConnectedAsync(cluster.ConnectTimeout, cancellationToken).ConfigureAwait(false);
+            return follower;
         }
         catch
         {
-            host.Dispose();
+            await follower.DisposeAsync().ConfigureAwait(false);
             throw;
         }
-        return new ClusterPlacementFollower(host, loggerFactory.CreateLogger<ClusterPlacementFollower>(), maxPlanAge ?? TimeSpan.FromSeconds(30));
     }
 
-    private static void ConfigureIds(IClientBuilder client, ExpertClusterOptions cluster)
-        => client.Configure<Orleans.Configuration.ClusterOptions>(o =>
+    /// <summary>Waits until the client has connected to the cluster.</summary>
+    /// <exception cref="TimeoutException">Not connected within <paramref name="timeout"/>; the message names the cluster and the last error.</exception>
+    public async Task WaitConnectedAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        try
         {
-            o.ServiceId = cluster.ServiceId;
-            o.ClusterId = cluster.ClusterId;
-        });
+            await _connected.Task.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"could not connect to the expert cluster ({_where}) within {timeout.TotalSeconds:F0} s: {_retry.LastError ?? "no gateway answered"}");
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<ExpertPlacementTable> GetServingTableAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            var changed = Volatile.Read(ref _changed).Task;
+            try
+            {
+                return GetServingTable();
+            }
+            catch (ExpertDispatchException) when (HasServed && DateTime.UtcNow < deadline)
+            {
+                // Served before: a change or repair is under way; wait for its plan rather than fail the request.
+            }
+            var left = deadline - DateTime.UtcNow;
+            await WaitForChangeOrRepollAsync(changed, left > TimeSpan.FromMilliseconds(1) ? left : TimeSpan.FromMilliseconds(1), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Null while the coordinator follows a plan that serves every expert; otherwise why not (readiness).</summary>
+    public string? NotReadyReason()
+    {
+        if (!IsConnected)
+        {
+            return $"not connected to the expert cluster ({_where}){(_retry.LastError is { } e ? ": " + e : "")}";
+        }
+        try
+        {
+            var table = GetServingTable();
+            return table.CoversAllExperts ? null : $"placement plan {table.Version} does not cover every expert";
+        }
+        catch (ExpertDispatchException ex)
+        {
+            return ex.Message;
+        }
+    }
+
+    private static string Describe(ExpertClusterOptions cluster) => cluster.Clustering switch
+    {
+        ClusteringMode.Redis => $"Redis membership, cluster '{cluster.ClusterId}'",
+        ClusteringMode.AdoNet => $"{cluster.AdoNetInvariant} membership, cluster '{cluster.ClusterId}'",
+        _ => $"localhost gateways {string.Join(",", cluster.GatewayPorts ?? [])}, cluster '{cluster.ClusterId}'",
+    };
+
+    private async Task RunAsync()
+    {
+        try
+        {
+            // Returns once a gateway answered; the retry filter keeps it trying while the cluster has none.
+            await _client.StartAsync(_stop.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_stop.IsCancellationRequested || ex is OperationCanceledException)
+        {
+            _connected.TrySetCanceled();
+            return;
+        }
+        catch (Exception ex)
+        {
+            LogRetry($"the Orleans client stopped trying to connect: {ex.Message}");
+            _connected.TrySetException(ex);
+            return;
+        }
+        Volatile.Write(ref _grainReference, ClusterClient.GetGrain<IPlacementGrain>(IPlacementGrain.ClusterKey));
+        _connected.TrySetResult();
+        LogConnected(_where);
+        await FollowAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Keeps a starting client trying to reach a gateway, with a growing pause, and says so in the log at most every 30 s.</summary>
+    private sealed class ConnectionRetryFilter(ILogger logger, string where) : IClientConnectionRetryFilter
+    {
+        private int _attempts;
+        private long _lastLogTicks;
+
+        public string? LastError { get; private set; }
+
+        public async Task<bool> ShouldRetryConnectionAttempt(Exception exception, CancellationToken cancellationToken)
+        {
+            LastError = exception.Message.ReplaceLineEndings(" ");
+            int attempt = Interlocked.Increment(ref _attempts);
+            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (attempt == 1 || System.Diagnostics.Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastLogTicks), now) >= TimeSpan.FromSeconds(30))
+            {
+                Interlocked.Exchange(ref _lastLogTicks, now);
+                LogWaiting(logger, where, attempt, LastError);
+            }
+            try
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(2000, 200 * attempt)), cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return false;
+            }
+            return !cancellationToken.IsCancellationRequested;
+        }
+    }
 
     /// <inheritdoc />
     public ExpertPlacementTable GetServingTable()
@@ -302,7 +421,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
         {
             try
             {
-                return await _grain.ReportUnreachableAsync(workerId, reason).WaitAsync(ReportAttemptTimeout, _stop.Token).ConfigureAwait(false);
+                return await Grain.ReportUnreachableAsync(workerId, reason).WaitAsync(ReportAttemptTimeout, _stop.Token).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is TimeoutException or OrleansException && DateTime.UtcNow < deadline)
             {
@@ -349,7 +468,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
             {
                 var repollSource = Volatile.Read(ref _repoll);
                 var repoll = repollSource.Task;
-                var call = askNow ? _grain.GetSnapshotAsync() : _grain.WaitForChangeAsync(generation, PollWait);
+                var call = askNow ? Grain.GetSnapshotAsync() : Grain.WaitForChangeAsync(generation, PollWait);
                 var limit = askNow ? ReportAttemptTimeout : PollWait + PollGrace;
                 Task first;
                 using (var attempt = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token))
@@ -369,7 +488,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
                     }
                     else
                     {
-                        LogRetry($"placement poll unanswered after {limit.TotalSeconds:F0} s");
+                        LogRetryLimited($"placement poll unanswered after {limit.TotalSeconds:F0} s");
                     }
                     askNow = true;
                     continue;
@@ -386,6 +505,10 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
                         Volatile.Write(ref _table, ExpertPlacementTable.FromPlan(snapshot.Plan));
                     }
                     Volatile.Write(ref _snapshot, snapshot);
+                    if (snapshot.IsServing)
+                    {
+                        Volatile.Write(ref _hasServed, true);
+                    }
                     LogSnapshot(snapshot.Plan.Version, snapshot.Plan.Workers.Length, snapshot.ReadyWorkers.Length, snapshot.IsServing);
                     Interlocked.Exchange(ref _changed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
                 }
@@ -397,7 +520,7 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
             catch (Exception ex)
             {
                 askNow = true;
-                LogRetry(ex.Message);
+                LogRetryLimited(ex.Message);
                 try
                 {
                     await Task.Delay(500, _stop.Token).ConfigureAwait(false);
@@ -410,22 +533,39 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
         }
     }
 
+    // While the cluster is unreachable the loop retries twice a second: one line per 10 s (with the count) keeps the
+    // log readable and its volume bounded whatever the outage's length.
+    private void LogRetryLimited(string reason)
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (System.Diagnostics.Stopwatch.GetElapsedTime(Interlocked.Read(ref _lastRetryLogTicks), now) < TimeSpan.FromSeconds(10))
+        {
+            Interlocked.Increment(ref _suppressedRetries);
+            return;
+        }
+        Interlocked.Exchange(ref _lastRetryLogTicks, now);
+        long suppressed = Interlocked.Exchange(ref _suppressedRetries, 0);
+        LogRetry(suppressed == 0 ? reason.ReplaceLineEndings(" ") : $"{reason.ReplaceLineEndings(" ")} (and {suppressed} more failures in the last 10 s)");
+    }
+
     /// <inheritdoc />
     public async ValueTask DisposeAsync()
     {
+        // Bounded: a coordinator stopping (SIGTERM) must be gone within 10 s even when every gateway is dead.
         _stop.Cancel();
         try
         {
-            await _loop.WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+            await _loop.WaitAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(false);
         }
-        catch (TimeoutException)
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
         {
         }
+        using var stopping = new CancellationTokenSource(TimeSpan.FromSeconds(2));
         try
         {
-            await _client.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+            await _client.StopAsync(stopping.Token).WaitAsync(TimeSpan.FromSeconds(3)).ConfigureAwait(false);
         }
-        catch (TimeoutException)
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException or OrleansException)
         {
         }
         _client.Dispose();
@@ -441,4 +581,11 @@ public sealed partial class ClusterPlacementFollower : IPlacementSource, IAsyncD
 
     [LoggerMessage(EventId = 3111, Level = LogLevel.Warning, Message = "Placement follower: {Reason}; retrying")]
     private partial void LogRetry(string reason);
+
+    [LoggerMessage(EventId = 3113, Level = LogLevel.Information, Message = "Connected to the expert cluster ({Where}); following its placement plan")]
+    private partial void LogConnected(string where);
+
+    [LoggerMessage(EventId = 3114, Level = LogLevel.Warning,
+        Message = "Waiting for the expert cluster ({Where}): no gateway answered yet (attempt {Attempt}: {Error}); retrying")]
+    private static partial void LogWaiting(ILogger logger, string where, int attempt, string error);
 }

@@ -1,3 +1,5 @@
+using Distributed.Checkpoint;
+using Distributed.Kernels;
 using Distributed.Protocol.Grpc;
 
 namespace Distributed.Coordinator.Distribution;
@@ -28,11 +30,26 @@ public sealed class DistributionOptions
     /// <summary>Longest a handshake with a worker may take. Default: 10 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>Use the shared-memory row transport with workers on this host when they accept it. Default: false.</summary>
-    public bool PreferSharedMemory { get; set; }
+    /// <summary>
+    /// Use the shared-memory row transport with workers on this host when they accept it: after the handshake the
+    /// coordinator passes a sealed memfd of <see cref="SharedRingBytes"/> to the worker as a file descriptor over the
+    /// worker's rendezvous socket, and rows travel through it (the gRPC message carries only their offset). Workers on
+    /// other hosts, workers that decline, and a failed rendezvous give inline rows. Linux only (elsewhere always
+    /// inline). Default: true.
+    /// </summary>
+    public bool PreferSharedMemory { get; set; } = true;
 
-    /// <summary>Size of each shared ring (one per worker connection). Default: 64 MiB.</summary>
+    /// <summary>Size of each shared ring (one per worker connection; pages are only used as rows are written). Default: 64 MiB.</summary>
     public long SharedRingBytes { get; set; } = 64L << 20;
+
+    /// <summary>
+    /// The cluster credential's token, sent as <c>authorization: Bearer &lt;token&gt;</c> on every data-plane call.
+    /// Secret: never logged. Default: the <c>DISTRIBUTED_CLUSTER_TOKEN</c> environment variable, read when the options
+    /// are created (null when unset: calls carry no credential and a worker that requires one refuses them with
+    /// UNAUTHENTICATED). <c>serve</c> and <c>infer</c> take the configuration key <c>Cluster:Token</c> instead when it
+    /// is set, as a worker does. <see cref="LocalWorkerCluster"/> generates one for the workers it starts when this is null.
+    /// </summary>
+    public string? ClusterToken { get; set; } = Protocol.Contracts.ClusterToken.Resolve().Token;
 
     /// <summary>An expert with at least this many rows in one dispatch is split into contiguous slices over its least
     /// loaded healthy replicas (one slice per replica, at least half this many rows each). Default: 32.</summary>
@@ -50,11 +67,34 @@ public sealed class DistributionOptions
     public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
     /// <summary>
-    /// What the workers' FP8 experts must multiply, as their handshake reports it (<c>expert_activations</c>):
-    /// <c>weight-only</c> or <c>fp8-per-token</c> (W8A8, <c>--fp8-activations</c>). A worker reporting the other is refused
-    /// (its outputs would differ from the model this coordinator runs). Default: <c>weight-only</c>.
+    /// Quantization applied at load to bf16 routed experts, in process and on every worker (<c>--quantize none|fp8</c>):
+    /// <see cref="ExpertQuantization.Fp8"/> holds each expert in FP8 E4M3 with one scale per output channel, the codes and
+    /// scales of the FP8 release made from these weights. Folded into the model fingerprint, so a worker that loaded its
+    /// experts otherwise is refused. Default: <see cref="ExpertQuantization.None"/>.
     /// </summary>
-    public string ExpertActivations { get; set; } = "weight-only";
+    public ExpertQuantization Quantize { get; set; } = ExpertQuantization.None;
+
+    /// <summary>
+    /// FP8 experts compute W8A8 (<c>--fp8-activations</c>): the expert input and the SwiGLU output quantized per token to
+    /// FP8, as the release's config says. Every worker must report the same rule in its handshake (<c>expert_activations</c>);
+    /// one reporting the other is refused. Default: false (weight-only).
+    /// </summary>
+    public bool Fp8Activations { get; set; }
+
+    /// <summary>How routed experts are loaded: <see cref="Quantize"/> and <see cref="Fp8Activations"/>.</summary>
+    public ExpertLoadOptions ExpertLoad => new(Quantize, Fp8Activations ? Fp8ActivationMode.PerTokenFp8 : Fp8ActivationMode.WeightOnly);
+
+    /// <summary>The handshake tag the workers must report: <c>weight-only</c> or <c>fp8-per-token</c>.</summary>
+    public string ExpertActivations => ExpertLoad.ActivationsTag;
+
+    /// <summary>
+    /// Fixed workers with static shards, comma-separated (<c>host:port</c>, <c>http(s)://host:port</c>, <c>unix:/path</c>):
+    /// placement from their handshakes, never changed, no admin API. Null = experts in-process or on a cluster. Default: null.
+    /// </summary>
+    public string? Workers { get; set; }
+
+    /// <summary>How long <c>infer</c> waits for the cluster to serve every expert before it gives up. Default: 120 s.</summary>
+    public TimeSpan ReadyTimeout { get; set; } = TimeSpan.FromSeconds(120);
 
     /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
     public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
@@ -99,9 +139,17 @@ public sealed class DistributionOptions
         {
             errors.Add($"Distribution:RecoveryTimeout {RecoveryTimeout} must be within (0, 1 h]");
         }
-        if (ExpertActivations is not ("weight-only" or "fp8-per-token"))
+        if (!Enum.IsDefined(Quantize))
         {
-            errors.Add($"Distribution:ExpertActivations '{ExpertActivations}' must be weight-only or fp8-per-token");
+            errors.Add($"Distribution:Quantize '{Quantize}' must be None or Fp8");
+        }
+        if (ReadyTimeout <= TimeSpan.Zero || ReadyTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"Distribution:ReadyTimeout {ReadyTimeout} must be within (0, 1 h]");
+        }
+        if (ClusterToken is not null)
+        {
+            errors.AddRange(Protocol.Contracts.ClusterToken.Validate(ClusterToken, $"Distribution:ClusterToken ({Protocol.Contracts.ClusterToken.EnvironmentVariable})"));
         }
         if (string.IsNullOrWhiteSpace(CoordinatorId))
         {

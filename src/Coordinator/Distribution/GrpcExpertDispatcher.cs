@@ -80,7 +80,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         // Null unless a trace exporter listens; its W3C id rides in every request so the worker's span joins the trace.
         using var dispatchSpan = Diagnostics.CoordinatorInstruments.Tracing.StartActivity("moe.dispatch", ActivityKind.Client);
         dispatchSpan?.SetTag("moe.layer", layer);
-        var table = _placement.GetServingTable();
+        var table = await _placement.GetServingTableAsync(_options.RecoveryTimeout, cancellationToken).ConfigureAwait(false);
         var model = table.Model;
         if ((uint)layer >= (uint)model.NumLayers || !model.IsMoeLayer(layer))
         {
@@ -298,6 +298,8 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
 
         int h = _pool.Model.HiddenSize;
         var wire = _options.WireDType;
+        // The larger of a request row and a reply row (FP8 requests are answered in bf16 or fp32): what a message must fit.
+        int rowBytes = (int)Math.Max(WireCodec.RowBytes(h, wire), WireCodec.RowBytes(h, _options.ReplyWireDType));
         float[] row = new float[h];
         var connects = byWorker.Keys.ToDictionary(w => w, w => _pool.GetAsync(table.Workers[w], cancellationToken));
         foreach (var (w, workerSlices) in byWorker)
@@ -313,50 +315,103 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 Lose(dispatch, table, worker, workerSlices, ex);
                 continue;
             }
-            // Segments must name each expert once, ascending: one worker never gets two slices of one expert.
+            // Segments must name each expert once, ascending; a request carries at most the worker's
+            // max_rows_per_dispatch rows (and fits its message limit), so a larger share is split into several requests
+            // on the same stream (combine places rows by their grouped position, whichever request carried them).
             workerSlices.Sort((x, y) => x.Expert.CompareTo(y.Expert));
-            int workerRows = workerSlices.Sum(s => s.Rows);
-            long bytes = WireCodec.PayloadBytes(workerRows, h, wire);
-            int length = bytes >= 0 ? (int)bytes : throw new OverflowException($"{workerRows} rows of hidden {h} in {wire} exceed one message");
-            // FP8 rows travel inline: their replies (bf16 or fp32) are larger than the request and would not fit a ring region.
-            var lease = wire == WireDType.Fp8E4M3 ? RowLease.Inline(length) : connection.RentRows(length);
-            var header = new ExpertRequest
+            var chunks = Chunk(workerSlices, RowsPerRequest(connection.Hello, rowBytes));
+            for (int c = 0; c < chunks.Count; c++)
             {
-                Layer = (uint)layer,
-                PlanVersion = table.Version,
-                Dtype = wire,
-                ReplyDtype = wire == WireDType.Fp8E4M3 ? _options.ReplyWireDType : WireDType.Unspecified,
-                HiddenSize = (uint)h,
-                Rows = (uint)workerRows,
-                Traceparent = dispatch.Traceparent,
-            };
-            EncodeRows(dispatch, workerSlices, lease.Span, row);
-            foreach (var s in workerSlices)
-            {
-                header.Segments.Add(new ExpertSegment { Expert = (uint)s.Expert, Rows = (uint)s.Rows });
+                var chunk = chunks[c];
+                int workerRows = chunk.Sum(s => s.Rows);
+                int length = checked((int)(workerRows * WireCodec.RowBytes(h, wire)));
+                // FP8 rows travel inline: their replies (bf16 or fp32) are larger than the request and would not fit a ring region.
+                var lease = wire == WireDType.Fp8E4M3 ? RowLease.Inline(length) : connection.RentRows(length);
+                var header = new ExpertRequest
+                {
+                    Layer = (uint)layer,
+                    PlanVersion = table.Version,
+                    Dtype = wire,
+                    ReplyDtype = wire == WireDType.Fp8E4M3 ? _options.ReplyWireDType : WireDType.Unspecified,
+                    HiddenSize = (uint)h,
+                    Rows = (uint)workerRows,
+                    Traceparent = dispatch.Traceparent,
+                };
+                EncodeRows(dispatch, chunk, lease.Span, row);
+                foreach (var s in chunk)
+                {
+                    header.Segments.Add(new ExpertSegment { Expert = (uint)s.Expert, Rows = (uint)s.Rows });
+                }
+                Task<TensorFrame<ExpertReply>> reply;
+                try
+                {
+                    reply = await connection.SendAsync(header, lease, cancellationToken).ConfigureAwait(false);
+                }
+                catch (ExpertDispatchException ex) when (IsWorkerLoss(ex.Status))
+                {
+                    lease.Dispose();
+                    Lose(dispatch, table, worker, [.. chunks.Skip(c).SelectMany(x => x)], ex);
+                    break;
+                }
+                catch
+                {
+                    lease.Dispose();
+                    throw;
+                }
+                Load.Worker(worker.WorkerId).Sent(workerRows, length);
+                Instruments?.WorkerSent(worker.WorkerId, workerRows, length);
+                var part = new Part(connection, header, lease, [.. chunk], reply, Stopwatch.GetTimestamp(), table);
+                dispatch.Parts.Add(part);
+                dispatch.AllParts.Add(part);
             }
-            Task<TensorFrame<ExpertReply>> reply;
-            try
-            {
-                reply = await connection.SendAsync(header, lease, cancellationToken).ConfigureAwait(false);
-            }
-            catch (ExpertDispatchException ex) when (IsWorkerLoss(ex.Status))
-            {
-                lease.Dispose();
-                Lose(dispatch, table, worker, workerSlices, ex);
-                continue;
-            }
-            catch
-            {
-                lease.Dispose();
-                throw;
-            }
-            Load.Worker(worker.WorkerId).Sent(workerRows, length);
-            Instruments?.WorkerSent(worker.WorkerId, workerRows, length);
-            var part = new Part(connection, header, lease, [.. workerSlices], reply, Stopwatch.GetTimestamp(), table);
-            dispatch.Parts.Add(part);
-            dispatch.AllParts.Add(part);
         }
+    }
+
+    // Rows one request may carry: the worker's max_rows_per_dispatch (0 = no limit) and what fits its largest accepted
+    // message, less 64 KiB for the header and framing.
+    private static int RowsPerRequest(HelloReply hello, int rowBytes)
+    {
+        long rows = hello.MaxRowsPerDispatch == 0 ? int.MaxValue : hello.MaxRowsPerDispatch;
+        if (hello.MaxMessageBytes > 0)
+        {
+            rows = Math.Min(rows, Math.Max(1, ((long)hello.MaxMessageBytes - (64 << 10)) / Math.Max(1, rowBytes)));
+        }
+        return (int)Math.Clamp(rows, 1, int.MaxValue);
+    }
+
+    /// <summary>
+    /// Cuts expert-ordered <paramref name="slices"/> into requests of at most <paramref name="maxRows"/> rows each, every
+    /// expert at most once per request (a slice may be cut across requests; two slices of one expert go to different requests).
+    /// </summary>
+    internal static List<List<Slice>> Chunk(List<Slice> slices, int maxRows)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxRows, 1);
+        var chunks = new List<List<Slice>>();
+        var current = new List<Slice>();
+        int rows = 0;
+        foreach (var slice in slices)
+        {
+            int first = slice.FirstRow, left = slice.Rows;
+            while (left > 0)
+            {
+                if (rows == maxRows || (current.Count > 0 && current[^1].Expert == slice.Expert))
+                {
+                    chunks.Add(current);
+                    current = [];
+                    rows = 0;
+                }
+                int n = Math.Min(left, maxRows - rows);
+                current.Add(new Slice(slice.Expert, first, n));
+                first += n;
+                left -= n;
+                rows += n;
+            }
+        }
+        if (current.Count > 0)
+        {
+            chunks.Add(current);
+        }
+        return chunks;
     }
 
     // Row r of the grouped order is score(token, slot) × hidden[token], encoded in the wire dtype (FP8: quantized per row).
@@ -482,7 +537,8 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         }
     }
 
-    private readonly record struct Slice(int Expert, int FirstRow, int Rows);
+    /// <summary>Rows [<paramref name="FirstRow"/>, +<paramref name="Rows"/>) of the grouped order, all routed to <paramref name="Expert"/>.</summary>
+    internal readonly record struct Slice(int Expert, int FirstRow, int Rows);
 
     private readonly record struct Suspicion(ulong Version, long UntilTicks);
 
@@ -510,8 +566,8 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
             }
         }
 
-        // A shared-ring region may still be written by a worker that never answered: it is then leaked (bounded by the
-        // ring size) rather than handed to another request.
+        // A shared-ring region may still be written by a worker that never answered: it is then abandoned (kept
+        // allocated, bounded by the ring size) rather than handed to another request.
         public void ReleaseWhenAnswered()
         {
             if (Volatile.Read(ref _released) != 0)
@@ -525,9 +581,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                     t.Result.Dispose();
                     Release();
                 }
-                else if (Lease.Descriptor is null)
+                else if (Interlocked.Exchange(ref _released, 1) == 0)
                 {
-                    Release();
+                    Lease.Abandon();
                 }
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }

@@ -10,6 +10,27 @@ public interface IPlacementSource
     /// could not be confirmed within the staleness bound (the coordinator refuses to dispatch on a stale version).</exception>
     ExpertPlacementTable GetServingTable();
 
+    /// <summary>Null while a table serving every expert is available; otherwise why not (the readiness probe's message).</summary>
+    string? NotReadyReason()
+    {
+        try
+        {
+            var table = GetServingTable();
+            return table.CoversAllExperts ? null : $"placement plan {table.Version} does not cover every expert";
+        }
+        catch (ExpertDispatchException ex)
+        {
+            return ex.Message;
+        }
+    }
+
+    /// <summary>
+    /// A serving table, waiting up to <paramref name="timeout"/> when none serves right now but one did before (a plan
+    /// change or a repair in progress); refuses at once when none ever served.
+    /// </summary>
+    /// <exception cref="ExpertDispatchException">FailedPrecondition: nothing serves (see <see cref="GetServingTable"/>).</exception>
+    ValueTask<ExpertPlacementTable> GetServingTableAsync(TimeSpan timeout, CancellationToken cancellationToken) => ValueTask.FromResult(GetServingTable());
+
     /// <summary>True when <see cref="RecoverAsync"/> can re-place experts (a placement authority exists).</summary>
     bool CanRecover => false;
 

@@ -1,13 +1,17 @@
-using System.Globalization;
 using Distributed.Coordinator.Moe;
 using Distributed.Checkpoint;
+using Distributed.Hosting;
 using Distributed.Protocol.Contracts;
 
 namespace Distributed.Coordinator.Distribution;
 
-/// <summary>What <see cref="LocalWorkerCluster.StartAsync"/> starts.</summary>
+/// <summary>What <see cref="LocalWorkerCluster.StartAsync(LocalClusterOptions, DistributionOptions, Action{string}, ILoggerFactory, CancellationToken)"/>
+/// and <c>--local-workers N</c> start. Section <c>LocalCluster</c>.</summary>
 public sealed class LocalClusterOptions
 {
+    /// <summary>Configuration section name.</summary>
+    public const string SectionName = "LocalCluster";
+
     /// <summary>Worker processes. Default: 2.</summary>
     public int Workers { get; set; } = 2;
 
@@ -29,11 +33,19 @@ public sealed class LocalClusterOptions
     /// <summary>Extra <c>--Key value</c> settings for every worker (e.g. <c>Placement:SettleDelay</c>).</summary>
     public IDictionary<string, string> WorkerSettings { get; } = new Dictionary<string, string>();
 
+    /// <summary>Extra environment variables for every worker.</summary>
+    public IDictionary<string, string> Environment { get; } = new Dictionary<string, string>();
+
     /// <summary>
     /// How every worker loads its experts (<c>--quantize</c>, <c>--fp8-activations</c>); the coordinator's
-    /// <see cref="DistributionOptions.ExpertActivations"/> must match. Default: as stored, weight-only.
+    /// <see cref="DistributionOptions.ExpertLoad"/> must match. Default: as stored, weight-only.
     /// </summary>
     public ExpertLoadOptions Experts { get; set; } = ExpertLoadOptions.Default;
+
+    /// <summary>Mutual TLS on the cluster's Orleans links with credentials made for this launch (a throw-away CA), so
+    /// the silo and gateway ports accept only this cluster's processes. The data plane on loopback is not encrypted
+    /// (it authenticates callers by the cluster token). Default: true.</summary>
+    public bool ClusterTls { get; set; } = true;
 
     /// <summary>Every problem; each names its field.</summary>
     public IReadOnlyList<string> Validate()
@@ -61,38 +73,46 @@ public sealed class LocalClusterOptions
 
 /// <summary>
 /// N expert workers on loopback plus the coordinator-side pieces to use them, in one call: starts the worker processes
-/// (the first is the localhost-clustering primary), joins the cluster as an Orleans client, waits until the placement
-/// plan covers every expert with every worker serving, and exposes a ready <see cref="Dispatcher"/>.
-/// <see cref="DisposeAsync"/> stops the client and kills every process it started.
+/// (<see cref="LocalWorkerLauncher"/>), joins their cluster as an Orleans client (<see cref="ClusterPlacementFollower"/>,
+/// the same path a coordinator of independently started workers takes), waits until the placement plan covers every
+/// expert with every worker serving, and exposes a ready <see cref="Dispatcher"/>. Unless
+/// <see cref="LocalClusterOptions.ClusterTls"/> is off, the Orleans links use mutual TLS with throw-away credentials
+/// made for this launch. <see cref="DisposeAsync"/> stops the client and every process it started.
 /// </summary>
 public sealed class LocalWorkerCluster : IAsyncDisposable
 {
-    private readonly List<WorkerProcess> _workers;
+    private readonly LocalWorkerLauncher _launcher;
     private readonly ClusterPlacementFollower _follower;
     private readonly List<WorkerChannelPool> _pools = [];
     private readonly LocalClusterOptions _options;
     private readonly ModelDescriptor _model;
-    private readonly string _workerPath;
-    private readonly int _primarySiloPort;
     private readonly Action<string> _log;
     private readonly ILoggerFactory _loggerFactory;
+    private readonly LocalClusterCredentials? _credentials;
+    private readonly string _clusterToken;
 
-    private LocalWorkerCluster(List<WorkerProcess> workers, ClusterPlacementFollower follower, LocalClusterOptions options, ModelDescriptor model,
-        string workerPath, int primarySiloPort, DistributionOptions distribution, Action<string> log, ILoggerFactory loggerFactory)
+    private LocalWorkerCluster(LocalWorkerLauncher launcher, ClusterPlacementFollower follower, LocalClusterOptions options, ModelDescriptor model,
+        DistributionOptions distribution, Action<string> log, ILoggerFactory loggerFactory, LocalClusterCredentials? credentials)
     {
-        _workers = workers;
+        _launcher = launcher;
         _follower = follower;
         _options = options;
         _model = model;
-        _workerPath = workerPath;
-        _primarySiloPort = primarySiloPort;
         _log = log;
         _loggerFactory = loggerFactory;
+        _credentials = credentials;
+        _clusterToken = distribution.ClusterToken!;
         GrpcDispatcher = CreateDispatcher(distribution);
     }
 
-    /// <summary>What an Orleans client (another coordinator) needs to join this cluster (the initial workers' gateways).</summary>
-    public ExpertClusterOptions ClientOptions { get; private init; } = new();
+    /// <summary>What an Orleans client (another coordinator) needs to join this cluster.</summary>
+    public ExpertClusterOptions ClientOptions => _launcher.ClientOptions;
+
+    /// <summary>The credentials a client of this cluster needs (its Orleans links are mutual TLS), or null without TLS.</summary>
+    public ClusterCredentials? Credentials => _credentials?.Credentials;
+
+    /// <summary>The TLS options of this cluster's links (throw-away credentials), or null without TLS.</summary>
+    public ClusterTlsOptions? Tls => _credentials?.Options;
 
     /// <summary>The model the workers serve.</summary>
     public ModelDescriptor Model => _model;
@@ -100,12 +120,15 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>Another dispatcher over the same workers (e.g. another wire dtype); disposed with the cluster.</summary>
     public GrpcExpertDispatcher CreateDispatcher(DistributionOptions distribution)
     {
+        ArgumentNullException.ThrowIfNull(distribution);
+        // The workers require the cluster token they were started with.
+        distribution.ClusterToken ??= _clusterToken;
         var errors = distribution.Validate();
         if (errors.Count > 0)
         {
             throw new ArgumentException(string.Join("; ", errors));
         }
-        var pool = new WorkerChannelPool(_model, distribution, _loggerFactory.CreateLogger<WorkerChannelPool>());
+        var pool = new WorkerChannelPool(_model, distribution, _loggerFactory.CreateLogger<WorkerChannelPool>(), _credentials?.Credentials);
         lock (_pools)
         {
             _pools.Add(pool);
@@ -117,8 +140,8 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// <summary>Starts one more worker and waits until a plan including it serves every expert.</summary>
     public async Task AddWorkerAsync(CancellationToken cancellationToken)
     {
-        await StartWorkerAsync(_workers.Count, cancellationToken).ConfigureAwait(false);
-        var table = await _follower.WaitForServingAsync(_workers.Count(w => !w.HasExited), _options.StartTimeout, cancellationToken).ConfigureAwait(false);
+        await StartWorkerAsync(_launcher.Workers.Count, cancellationToken).ConfigureAwait(false);
+        var table = await _follower.WaitForServingAsync(_launcher.Workers.Count(w => !w.HasExited), _options.StartTimeout, cancellationToken).ConfigureAwait(false);
         _log($"placement plan {table.Version} serves every expert on {table.Workers.Count} workers");
     }
 
@@ -127,59 +150,11 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     /// under the id of a worker that exited, e.g. after <see cref="KillWorker"/>) and waits for its ready line, not for
     /// a plan: joining workers are placed per the cluster's policy.
     /// </summary>
-    public async Task<WorkerProcess> StartWorkerAsync(int index, CancellationToken cancellationToken)
-    {
-        if (index < 0 || index > _workers.Count || (index < _workers.Count && !_workers[index].HasExited))
-        {
-            throw new ArgumentOutOfRangeException(nameof(index), index, "not a new worker or a worker that exited");
-        }
-        int[] ports = WorkerProcess.FreePorts(2);
-        var worker = WorkerProcess.Start(_workerPath, WorkerArguments(_options, index, ports[0], ports[1], _primarySiloPort), $"worker-{index}", _log);
-        if (index == _workers.Count)
-        {
-            _workers.Add(worker);
-        }
-        else
-        {
-            var old = _workers[index];
-            _workers[index] = worker;
-            await old.DisposeAsync().ConfigureAwait(false);
-        }
-        _log($"{worker.Name} ready at {await worker.WaitReadyAsync(_options.StartTimeout, cancellationToken).ConfigureAwait(false)}");
-        return worker;
-    }
+    public Task<WorkerProcess> StartWorkerAsync(int index, CancellationToken cancellationToken) => _launcher.StartWorkerAsync(index, cancellationToken);
 
     /// <summary>Kills worker <paramref name="index"/> with SIGKILL (no shutdown, no unregistration). Index 0 is the
     /// localhost-clustering primary, whose loss ends the cluster.</summary>
-    public void KillWorker(int index) => _workers[index].Kill();
-
-    private static List<string> WorkerArguments(LocalClusterOptions options, int index, int siloPort, int gatewayPort, int primarySiloPort)
-    {
-        var args = new List<string>
-        {
-            "--model", options.ModelDirectory,
-            "--worker-id", $"worker-{index}",
-            "--threads", options.KernelThreadsPerWorker.ToString(CultureInfo.InvariantCulture),
-            "--cluster-id", options.ClusterId,
-            "--silo-port", siloPort.ToString(CultureInfo.InvariantCulture),
-            "--gateway-port", gatewayPort.ToString(CultureInfo.InvariantCulture),
-            "--primary-silo-port", primarySiloPort.ToString(CultureInfo.InvariantCulture),
-        };
-        if (options.Experts.Quantize != ExpertQuantization.None)
-        {
-            args.AddRange(["--quantize", options.Experts.Quantize.ToString().ToLowerInvariant()]);
-        }
-        if (options.Experts.Activations == Kernels.Fp8ActivationMode.PerTokenFp8)
-        {
-            args.AddRange(["--fp8-activations", "true"]);
-        }
-        foreach (var (k, v) in options.WorkerSettings)
-        {
-            args.Add("--" + k);
-            args.Add(v);
-        }
-        return args;
-    }
+    public void KillWorker(int index) => _launcher.KillWorker(index);
 
     /// <summary>The dispatcher to hand to the engine.</summary>
     public IExpertDispatcher Dispatcher => GrpcDispatcher;
@@ -191,21 +166,31 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
     public ClusterPlacementFollower Placement => _follower;
 
     /// <summary>The worker processes.</summary>
-    public IReadOnlyList<WorkerProcess> Workers => _workers;
+    public IReadOnlyList<WorkerProcess> Workers => _launcher.Workers;
 
-    /// <summary>Starts the cluster and waits until it serves every expert.</summary>
+    /// <summary>Starts the cluster (localhost membership, private cluster id) and waits until it serves every expert. The
+    /// workers get the cluster credential of <paramref name="distribution"/>, generated when it has none
+    /// (<see cref="AddClusterToken"/>).</summary>
     /// <param name="log">Receives the workers' output lines and progress.</param>
     /// <exception cref="ArgumentException">Invalid options (every problem listed).</exception>
     /// <exception cref="TimeoutException">The workers or the plan were not ready within <see cref="LocalClusterOptions.StartTimeout"/>.</exception>
-    public static async Task<LocalWorkerCluster> StartAsync(LocalClusterOptions options, DistributionOptions distribution, Action<string> log,
+    public static Task<LocalWorkerCluster> StartAsync(LocalClusterOptions options, DistributionOptions distribution, Action<string> log,
         ILoggerFactory loggerFactory, CancellationToken cancellationToken)
+        => StartAsync(options, new ExpertClusterOptions(), distribution, log, loggerFactory, cancellationToken);
+
+    /// <summary>Starts the cluster on <paramref name="membership"/> (Localhost, Redis or ADO.NET) and waits until it serves every expert.</summary>
+    /// <exception cref="ArgumentException">Invalid options (every problem listed).</exception>
+    /// <exception cref="TimeoutException">The workers or the plan were not ready within <see cref="LocalClusterOptions.StartTimeout"/>.</exception>
+    public static async Task<LocalWorkerCluster> StartAsync(LocalClusterOptions options, ExpertClusterOptions membership, DistributionOptions distribution,
+        Action<string> log, ILoggerFactory loggerFactory, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(membership);
         ArgumentNullException.ThrowIfNull(distribution);
         var errors = options.Validate().Concat(distribution.Validate()).ToList();
-        if (distribution.ExpertActivations != options.Experts.ActivationsTag)
+        if (distribution.ExpertLoad != options.Experts)
         {
-            errors.Add($"Distribution:ExpertActivations '{distribution.ExpertActivations}' does not match the workers' {options.Experts.ActivationsTag} experts");
+            errors.Add($"Distribution:Quantize/Fp8Activations ({distribution.ExpertLoad}) do not match the workers' expert load options ({options.Experts})");
         }
         if (errors.Count > 0)
         {
@@ -216,62 +201,22 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         {
             model = ModelDescriptors.FromCheckpoint(checkpoint, options.Experts);
         }
-        string workerPath = options.WorkerPath ?? WorkerProcess.LocateWorker();
-        int[] ports = WorkerProcess.FreePorts(2 * options.Workers);
-        var workers = new List<WorkerProcess>();
-        ClusterPlacementFollower? follower = null;
         var started = DateTime.UtcNow;
-
-        // A worker that dies before its ready line (typically a silo/gateway port taken between FreePorts and the bind:
-        // the ports are probed, released, then bound by another process) is restarted on fresh ports, twice at most.
-        async Task<WorkerProcess> ReadyOrRestartAsync(WorkerProcess worker, int index, int primarySiloPort)
-        {
-            for (int attempt = 0; ; attempt++)
-            {
-                try
-                {
-                    log($"{worker.Name} ready at {await worker.WaitReadyAsync(Remaining(options, started), cancellationToken).ConfigureAwait(false)}");
-                    return worker;
-                }
-                catch (InvalidOperationException) when (worker.HasExited && attempt < 2 && !cancellationToken.IsCancellationRequested)
-                {
-                    await worker.DisposeAsync().ConfigureAwait(false);
-                    int[] fresh = WorkerProcess.FreePorts(2);
-                    ports[2 * index] = fresh[0];
-                    ports[2 * index + 1] = fresh[1];
-                    log($"{worker.Name} exited before it was ready; restarting it on ports {fresh[0]}/{fresh[1]}");
-                    worker = WorkerProcess.Start(workerPath, WorkerArguments(options, index, fresh[0], fresh[1], index == 0 ? 0 : primarySiloPort), worker.Name, log);
-                    workers[index] = worker;
-                }
-            }
-        }
-
+        var credentials = options.ClusterTls ? LocalClusterCredentials.Create() : null;
+        LocalWorkerLauncher? launcher = null;
+        ClusterPlacementFollower? follower = null;
         try
         {
-            for (int i = 0; i < options.Workers; i++)
-            {
-                var args = WorkerArguments(options, i, ports[2 * i], ports[2 * i + 1], i == 0 ? 0 : ports[0]);
-                workers.Add(WorkerProcess.Start(workerPath, args, $"worker-{i}", log));
-                if (i == 0)
-                {
-                    // The primary must be up before the others join it.
-                    workers[0] = await ReadyOrRestartAsync(workers[0], 0, 0).ConfigureAwait(false);
-                }
-            }
-            for (int i = 0; i < workers.Count; i++)
-            {
-                workers[i] = await ReadyOrRestartAsync(workers[i], i, ports[0]).ConfigureAwait(false);
-            }
-            var cluster = new ExpertClusterOptions
-            {
-                ClusterId = options.ClusterId,
-                GatewayPorts = [.. Enumerable.Range(0, options.Workers).Select(i => ports[2 * i + 1])],
-                ConnectTimeout = Remaining(options, started),
-            };
-            follower = await ClusterPlacementFollower.StartAsync(cluster, loggerFactory, cancellationToken: cancellationToken).ConfigureAwait(false);
+            var environment = new Dictionary<string, string>(options.Environment);
+            credentials?.AddTo(environment);
+            AddClusterToken(environment, distribution);
+            launcher = await LocalWorkerLauncher.StartAsync(options, membership, environment, log, cancellationToken).ConfigureAwait(false);
+            var client = launcher.ClientOptions;
+            client.ConnectTimeout = Remaining(options, started);
+            follower = await ClusterPlacementFollower.StartAsync(client, loggerFactory, cancellationToken: cancellationToken, tls: credentials?.Credentials).ConfigureAwait(false);
             var table = await follower.WaitForServingAsync(options.Workers, Remaining(options, started), cancellationToken).ConfigureAwait(false);
             log($"placement plan {table.Version} serves every expert on {table.Workers.Count} workers");
-            return new LocalWorkerCluster(workers, follower, options, model, workerPath, ports[0], distribution, log, loggerFactory) { ClientOptions = cluster };
+            return new LocalWorkerCluster(launcher, follower, options, model, distribution, log, loggerFactory, credentials);
         }
         catch
         {
@@ -279,12 +224,24 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             {
                 await follower.DisposeAsync().ConfigureAwait(false);
             }
-            foreach (var w in workers)
+            if (launcher is not null)
             {
-                await w.DisposeAsync().ConfigureAwait(false);
+                await launcher.DisposeAsync().ConfigureAwait(false);
             }
+            credentials?.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Gives the workers this launcher starts the cluster credential: the token of <paramref name="distribution"/>
+    /// (<c>DISTRIBUTED_CLUSTER_TOKEN</c>) or, when it has none, a freshly generated one (32 random bytes), which is then
+    /// set on <paramref name="distribution"/> so the coordinator's calls carry it.
+    /// </summary>
+    internal static void AddClusterToken(IDictionary<string, string> environment, DistributionOptions distribution)
+    {
+        distribution.ClusterToken ??= ClusterToken.Generate();
+        environment[ClusterToken.EnvironmentVariable] = distribution.ClusterToken;
     }
 
     private static TimeSpan Remaining(LocalClusterOptions options, DateTime started)
@@ -301,6 +258,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
             await pool.DisposeAsync().ConfigureAwait(false);
         }
         await _follower.DisposeAsync().ConfigureAwait(false);
-        await Task.WhenAll(_workers.Select(w => w.DisposeAsync().AsTask())).ConfigureAwait(false);
+        await _launcher.DisposeAsync().ConfigureAwait(false);
+        _credentials?.Dispose();
     }
 }

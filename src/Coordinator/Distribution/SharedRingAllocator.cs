@@ -14,10 +14,14 @@ internal sealed class SharedRingAllocator(SharedRing ring)
 
     public SharedRing Ring { get; } = ring;
 
-    /// <summary>A region of <paramref name="length"/> bytes, or null when the ring has no gap that large.</summary>
+    /// <summary>A region of <paramref name="length"/> bytes, or null when the ring has no gap that large or is closing.</summary>
     public RowLease? TryRent(int length)
     {
         ulong size = ((ulong)length + Alignment - 1) / Alignment * Alignment;
+        if (!Ring.TryAcquire())
+        {
+            return null;
+        }
         lock (_lock)
         {
             ulong cursor = 0;
@@ -32,11 +36,12 @@ internal sealed class SharedRingAllocator(SharedRing ring)
             }
             if (cursor + size > (ulong)Ring.Size)
             {
+                Ring.Release();
                 return null;
             }
             _live.Insert(index, (cursor, size));
             ulong offset = cursor;
-            return RowLease.Shared(Ring, offset, length, _ => Free(offset));
+            return RowLease.Shared(Ring, offset, length, () => Free(offset));
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Distributed.Hosting;
 using Distributed.Protocol.Contracts;
 
 namespace Distributed.Coordinator.Distribution;
@@ -7,7 +8,12 @@ namespace Distributed.Coordinator.Distribution;
 /// One <see cref="WorkerConnection"/> per worker endpoint, created on first use (concurrent callers share the
 /// handshake) and replaced when its stream broke.
 /// </summary>
-public sealed partial class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger) : IAsyncDisposable
+/// <param name="model">The model every worker must serve.</param>
+/// <param name="options">Timeouts and transports.</param>
+/// <param name="logger">Log sink.</param>
+/// <param name="tls">The cluster credentials for workers that serve TLS; null when the data plane is cleartext.</param>
+public sealed partial class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger, ClusterCredentials? tls = null)
+    : IAsyncDisposable
 {
     private readonly ConcurrentDictionary<string, Lazy<Task<WorkerConnection>>> _connections = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _disposed = new();
@@ -49,7 +55,7 @@ public sealed partial class WorkerChannelPool(ModelDescriptor model, Distributio
 
     private async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker)
     {
-        var connection = await WorkerConnection.ConnectAsync(worker, model, options, logger, _disposed.Token).ConfigureAwait(false);
+        var connection = await WorkerConnection.ConnectAsync(worker, model, options, logger, _disposed.Token, tls).ConfigureAwait(false);
         WarnOnMixedNumerics(connection);
         return connection;
     }

@@ -45,8 +45,9 @@ public sealed partial class WorkerConnection : IAsyncDisposable
     /// <summary>The worker's handshake reply.</summary>
     public HelloReply Hello { get; }
 
-    /// <summary>The negotiated row transport.</summary>
-    public RowTransport Transport => Hello.Transport;
+    /// <summary>The row transport in use: <see cref="RowTransport.SharedMemoryFd"/> once the worker attached this
+    /// connection's ring, else <see cref="RowTransport.Inline"/>.</summary>
+    public RowTransport Transport => _ring is null ? RowTransport.Inline : RowTransport.SharedMemoryFd;
 
     /// <summary>Why the stream ended, or null while it is usable.</summary>
     public Exception? Broken => _broken;
@@ -55,13 +56,28 @@ public sealed partial class WorkerConnection : IAsyncDisposable
     public int PendingCount => _pending.Count;
 
     /// <summary>
-    /// Connects: channel, <c>Hello</c> (checks the worker's protocol major, fingerprint and hidden size), then the stream.
+    /// Connects: channel, <c>Hello</c> (checks the worker's protocol major, fingerprint and hidden size), on the same
+    /// host the shared ring (a sealed memfd passed over the worker's rendezvous socket; any failure there only means
+    /// inline rows, said once in the log), then the stream. Every call carries <see cref="DistributionOptions.ClusterToken"/>.
     /// </summary>
-    /// <exception cref="ExpertDispatchException">The worker is unreachable, refuses the handshake, or disagrees on the model.</exception>
+    /// <exception cref="ExpertDispatchException">The worker is unreachable, refuses the handshake or the credential, or disagrees on the model.</exception>
+    /// <param name="worker">The worker and its advertised endpoint (<c>https://</c> when it serves TLS).</param>
+    /// <param name="model">The model both sides must serve.</param>
+    /// <param name="options">Timeouts, transports.</param>
+    /// <param name="logger">Where stream failures are logged.</param>
+    /// <param name="cancellationToken">Cancels the handshake.</param>
+    /// <param name="tls">This coordinator's cluster credentials; required for an <c>https://</c> endpoint.</param>
     public static async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker, ModelDescriptor model, DistributionOptions options,
-        ILogger logger, CancellationToken cancellationToken)
+        ILogger logger, CancellationToken cancellationToken, Distributed.Hosting.ClusterCredentials? tls = null)
     {
-        var channel = CreateChannel(worker.Endpoint, model, options);
+        ArgumentNullException.ThrowIfNull(worker);
+        if (worker.Endpoint.StartsWith("https://", StringComparison.OrdinalIgnoreCase) && tls is null)
+        {
+            throw new ExpertDispatchException(StatusCode.FailedPrecondition,
+                $"worker {worker.WorkerId} serves its data plane over TLS ({worker.Endpoint}) but this coordinator has no cluster certificate (set Tls:CertificatePath, Tls:KeyPath and Tls:CaPath)",
+                worker.WorkerId);
+        }
+        var channel = CreateChannel(worker.Endpoint, model, options, tls);
         SharedRing? ring = null;
         try
         {
@@ -73,29 +89,44 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                 ModelFingerprint = model.Fingerprint,
                 CoordinatorId = options.CoordinatorId,
             };
-            if (options.PreferSharedMemory)
+            bool offered = options.PreferSharedMemory && SharedRing.IsSupported;
+            if (offered)
             {
-                string path = Path.Combine(SharedRing.DefaultDirectory, $"distributed-ring-{Environment.ProcessId}-{Guid.NewGuid():N}");
-                ring = SharedRing.Create(path, options.SharedRingBytes);
-                hello.Transports.Add(RowTransport.SharedMemory);
-                hello.SharedRing = new SharedRingOffer { Path = path, SizeBytes = (ulong)ring.Size, HostId = SharedRing.LocalHostId };
+                hello.Transports.Add(RowTransport.SharedMemoryFd);
+                hello.SharedRing = new SharedRingOffer { SizeBytes = (ulong)options.SharedRingBytes, HostId = SharedRing.LocalHostId };
             }
             hello.Transports.Add(RowTransport.Inline);
+            var credential = new Metadata();
+            if (options.ClusterToken is { } token)
+            {
+                credential.Add(ClusterToken.MetadataKey, "Bearer " + token);
+            }
             HelloReply reply;
             try
             {
                 reply = await invoker.AsyncUnaryCall(ExpertWorkerMethods.Hello, null,
-                    new CallOptions(deadline: DateTime.UtcNow + options.ConnectTimeout, cancellationToken: cancellationToken), hello);
+                    new CallOptions(credential, DateTime.UtcNow + options.ConnectTimeout, cancellationToken), hello);
+            }
+            catch (RpcException ex) when (FindInner<System.Security.Authentication.AuthenticationException>(ex) is { } tlsFailure)
+            {
+                // A refused TLS handshake is a credential problem (another cluster's CA, no client certificate), not a
+                // transient loss: retrying the same worker cannot help.
+                throw new ExpertDispatchException(StatusCode.Unauthenticated,
+                    $"TLS handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {tlsFailure.Message} (both sides need certificates signed by the same cluster CA, Tls:CaPath)",
+                    worker.WorkerId, inner: ex);
             }
             catch (RpcException ex)
             {
+                string hint = ex.StatusCode == StatusCode.Unauthenticated
+                    ? $" (set {ClusterToken.EnvironmentVariable} to the cluster's token{(options.ClusterToken is null ? "; none is set" : "")})"
+                    : "";
                 throw new ExpertDispatchException(ex.StatusCode,
-                    $"handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {ex.StatusCode} {ex.Status.Detail}", worker.WorkerId, inner: ex);
+                    $"handshake with worker {worker.WorkerId} at {worker.Endpoint} failed: {ex.StatusCode} {ex.Status.Detail}{hint}", worker.WorkerId, inner: ex);
             }
             Check(reply.ProtocolMajor == ProtocolVersion.Major, $"speaks protocol {reply.ProtocolMajor}.{reply.ProtocolMinor}");
             Check(reply.ModelFingerprint == model.Fingerprint, $"serves model {reply.ModelFingerprint}");
             Check(reply.HiddenSize == (uint)model.HiddenSize, $"reports hidden size {reply.HiddenSize}");
-            Check(reply.Transport is RowTransport.Inline || (reply.Transport is RowTransport.SharedMemory && ring is not null),
+            Check(reply.Transport is RowTransport.Inline || (reply.Transport is RowTransport.SharedMemoryFd && offered && reply.SharedRing is not null),
                 $"chose transport {reply.Transport} that was not offered");
             // Workers from before FP8 send nothing: they compute weight-only.
             string activations = reply.ExpertActivations is { Length: > 0 } a ? a : "weight-only";
@@ -110,10 +141,9 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                         worker.WorkerId);
                 }
             }
-            if (reply.Transport != RowTransport.SharedMemory)
+            if (reply.Transport == RowTransport.SharedMemoryFd)
             {
-                ring?.Dispose();
-                ring = null;
+                ring = await AttachRingAsync(worker, reply, options, logger, cancellationToken).ConfigureAwait(false);
             }
             var headers = new Metadata
             {
@@ -121,6 +151,10 @@ public sealed partial class WorkerConnection : IAsyncDisposable
                 { ProtocolVersion.FingerprintHeader, model.Fingerprint },
                 { ProtocolVersion.SessionHeader, reply.SessionId },
             };
+            foreach (var entry in credential)
+            {
+                headers.Add(entry);
+            }
             var call = invoker.AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null, new CallOptions(headers));
             return new WorkerConnection(worker, channel, reply, ring is null ? null : new SharedRingAllocator(ring), call, logger);
         }
@@ -132,7 +166,40 @@ public sealed partial class WorkerConnection : IAsyncDisposable
         }
     }
 
-    private static GrpcChannel CreateChannel(string endpoint, ModelDescriptor model, DistributionOptions options)
+    // Creates this connection's sealed ring and passes it to the worker; null (rows go inline) when that fails.
+    private static async Task<SharedRing?> AttachRingAsync(WorkerEndpoint worker, HelloReply reply, DistributionOptions options, ILogger logger,
+        CancellationToken cancellationToken)
+    {
+        SharedRing? ring = null;
+        try
+        {
+            ring = SharedRing.CreateSealed(options.SharedRingBytes);
+            await RingRendezvous.AttachAsync(reply.SharedRing.SocketPath, reply.SessionId, reply.SharedRing.Nonce.Memory, ring, options.ConnectTimeout,
+                cancellationToken).ConfigureAwait(false);
+            return ring;
+        }
+        catch (Exception ex) when (ex is SharedRingException or ArgumentException or PlatformNotSupportedException)
+        {
+            ring?.Dispose();
+            LogRingUnavailable(logger, worker.WorkerId, worker.Endpoint, ex.Message);
+            return null;
+        }
+    }
+
+    private static T? FindInner<T>(Exception ex)
+        where T : Exception
+    {
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            if (e is T found)
+            {
+                return found;
+            }
+        }
+        return null;
+    }
+
+    private static GrpcChannel CreateChannel(string endpoint, ModelDescriptor model, DistributionOptions options, Distributed.Hosting.ClusterCredentials? tls)
     {
         var handler = new SocketsHttpHandler
         {
@@ -144,6 +211,16 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             InitialHttp2StreamWindowSize = 16 << 20,
             ConnectTimeout = options.ConnectTimeout,
         };
+        if (tls is not null && endpoint.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
+        {
+            // Mutual TLS: this coordinator proves itself with the cluster certificate and accepts only a worker whose
+            // certificate the cluster CA signed.
+            handler.SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+                ClientCertificates = [tls.Certificate],
+                RemoteCertificateValidationCallback = (_, certificate, chain, errors) => tls.ValidatePeer(certificate, chain, errors),
+            };
+        }
         string address = endpoint;
         if (endpoint.StartsWith("unix:", StringComparison.Ordinal))
         {
@@ -308,4 +385,8 @@ public sealed partial class WorkerConnection : IAsyncDisposable
 
     [LoggerMessage(EventId = 3100, Level = LogLevel.Warning, Message = "Stream to worker {WorkerId} at {Endpoint} ended: {Reason}")]
     private partial void LogBroken(string workerId, string endpoint, string reason);
+
+    [LoggerMessage(EventId = 3101, Level = LogLevel.Warning,
+        Message = "Worker {WorkerId} at {Endpoint} is on this host but the shared ring could not be passed ({Reason}); rows travel inline")]
+    private static partial void LogRingUnavailable(ILogger logger, string workerId, string endpoint, string reason);
 }

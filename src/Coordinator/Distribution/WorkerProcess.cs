@@ -39,6 +39,37 @@ public sealed partial class WorkerProcess : IAsyncDisposable
     /// <summary>The exit code once <see cref="HasExited"/> (the worker's: 2 bad configuration, 3 unusable model, 4 a listener or the silo did not start).</summary>
     public int? ExitCode => _process.HasExited ? _process.ExitCode : null;
 
+    /// <summary>The Orleans gateway port it was started with (0 when unknown or a static worker).</summary>
+    public int GatewayPort { get; set; }
+
+    /// <summary>True once <see cref="DisposeAsync"/> started (its exit is then expected).</summary>
+    public bool Disposed => Volatile.Read(ref _disposed) != 0;
+
+    /// <summary>Raised once when the process exits, whatever the cause.</summary>
+    public event Action<WorkerProcess>? Exited;
+
+    /// <summary>The exit as an operator reads it: <c>code 4</c>, or <c>killed by SIGKILL</c> (Unix reports a signal as 128 + its number).</summary>
+    public string DescribeExit()
+    {
+        if (!_process.HasExited)
+        {
+            return "still running";
+        }
+        int code = SafeExitCode(_process);
+        string? signal = code switch
+        {
+            130 => "SIGINT",
+            134 => "SIGABRT",
+            135 => "SIGBUS",
+            137 => "SIGKILL",
+            139 => "SIGSEGV",
+            143 => "SIGTERM",
+            _ => null,
+        };
+        string last = _lastErrors.IsEmpty ? "" : $"; last stderr: {string.Join(" | ", _lastErrors)}";
+        return (signal is null ? $"code {code}" : $"killed by {signal} (code {code})") + last;
+    }
+
     /// <summary>The bound data-plane address from the ready line (after <see cref="WaitReadyAsync"/>).</summary>
     public string? GrpcAddress => _ready.Task.IsCompletedSuccessfully ? _ready.Task.Result : null;
 
@@ -74,8 +105,19 @@ public sealed partial class WorkerProcess : IAsyncDisposable
         var worker = new WorkerProcess(process, name, log);
         process.OutputDataReceived += (_, e) => worker.OnLine(e.Data, "out");
         process.ErrorDataReceived += (_, e) => worker.OnLine(e.Data, "err");
-        process.Exited += (_, _) => worker._ready.TrySetException(new InvalidOperationException(
-            $"worker {name} exited with code {SafeExitCode(process)} before it was ready; last stderr: {string.Join(" | ", worker._lastErrors)}"));
+        process.Exited += (_, _) =>
+        {
+            worker._ready.TrySetException(new InvalidOperationException(
+                $"worker {name} exited with code {SafeExitCode(process)} before it was ready; last stderr: {string.Join(" | ", worker._lastErrors)}"));
+            try
+            {
+                worker.Exited?.Invoke(worker);
+            }
+            catch (InvalidOperationException)
+            {
+                // The log sink is gone (a test finished).
+            }
+        };
         process.Start();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();

@@ -7,6 +7,8 @@ public static class LogEvents
     public const int WorkerReady = 3000;
     /// <summary>Effective options at startup.</summary>
     public const int EffectiveOptions = 3001;
+    /// <summary>A listener on a non-loopback address runs without TLS (<c>--insecure</c>).</summary>
+    public const int InsecureListener = 3002;
     /// <summary>A shard applied a plan.</summary>
     public const int ShardApplied = 3010;
     /// <summary>A shard failed to apply a plan.</summary>
@@ -15,14 +17,24 @@ public static class LogEvents
     public const int ShardStaged = 3012;
     /// <summary>A shard released the experts of a version it left.</summary>
     public const int ShardRetired = 3013;
-    /// <summary>A request was rejected by validation.</summary>
+    /// <summary>A request was rejected by validation (until protocol 1.2; since then such refusals are
+    /// <see cref="DataPlaneRefused"/>, rate limited).</summary>
     public const int RequestRejected = 3020;
     /// <summary>A request failed inside the worker.</summary>
     public const int RequestFailed = 3021;
-    /// <summary>A stream ended because of a protocol violation.</summary>
+    /// <summary>A stream ended because of a protocol violation (until protocol 1.1; since then such refusals are
+    /// <see cref="DataPlaneRefused"/>).</summary>
     public const int StreamRejected = 3022;
     /// <summary>Handshake accepted.</summary>
     public const int HelloAccepted = 3023;
+    /// <summary>A data-plane call was refused (credential, framing, validation); rate limited per kind.</summary>
+    public const int DataPlaneRefused = 3024;
+    /// <summary>A coordinator's shared ring was attached to its session.</summary>
+    public const int RingAttached = 3025;
+    /// <summary>An idle session was evicted to make room for a new one.</summary>
+    public const int SessionEvicted = 3026;
+    /// <summary>The data plane's security settings at startup (credential fingerprint, shared memory).</summary>
+    public const int DataPlaneSecurity = 3027;
     /// <summary>The placement grain rebuilt the plan.</summary>
     public const int PlanRebuilt = 3030;
     /// <summary>A worker registered or left.</summary>
@@ -33,4 +45,6 @@ public static class LogEvents
     public const int WorkerUnreachable = 3033;
     /// <summary>The worker agent could not reach the placement grain.</summary>
     public const int AgentRetry = 3040;
+    /// <summary>The PostgreSQL cluster schema was found current or applied (AdoNet clustering).</summary>
+    public const int ClusterSchema = 3050;
 }

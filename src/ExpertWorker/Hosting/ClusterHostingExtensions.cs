@@ -1,7 +1,7 @@
-using System.Net;
 using Distributed.ExpertWorker.Grains;
+using Distributed.ExpertWorker.Hosting;
 using Distributed.ExpertWorker.Placement;
-using Distributed.Protocol.Contracts;
+using Microsoft.Extensions.Options;
 using Orleans.Configuration;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -11,35 +11,16 @@ namespace Distributed.Hosting;
 public static class ExpertWorkerSiloBuilderExtensions
 {
     /// <summary>
-    /// Configures membership from <paramref name="cluster"/>, advertises <paramref name="metadata"/> (worker id, gRPC
-    /// endpoint, capacity), registers the shard placement director and the placement grain's storage.
+    /// Configures membership and link security from <paramref name="cluster"/> and <paramref name="tls"/> (the setup the
+    /// coordinator's client shares, <see cref="ExpertClustering"/>), advertises <paramref name="metadata"/> (worker id,
+    /// gRPC endpoint, capacity), registers the shard placement director and the placement grain's storage (Redis with Redis membership, the
+    /// cluster's PostgreSQL database with ADO.NET membership, after its schema step; silo-local memory otherwise).
     /// </summary>
-    public static ISiloBuilder AddExpertShards(this ISiloBuilder silo, ExpertClusterOptions cluster, Dictionary<string, string> metadata)
+    public static ISiloBuilder AddExpertShards(this ISiloBuilder silo, ExpertClusterOptions cluster, ClusterCredentials? tls, Dictionary<string, string> metadata)
     {
         ArgumentNullException.ThrowIfNull(silo);
         ArgumentNullException.ThrowIfNull(cluster);
-        switch (cluster.Clustering)
-        {
-            case ClusteringMode.Localhost:
-                silo.UseLocalhostClustering(cluster.SiloPort, cluster.GatewayPort,
-                    cluster.PrimarySiloPort == 0 ? null : new IPEndPoint(IPAddress.Loopback, cluster.PrimarySiloPort),
-                    cluster.ServiceId, cluster.ClusterId);
-                break;
-            case ClusteringMode.Redis:
-                silo.UseRedisClustering(o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(cluster.RedisConnectionString!));
-                ConfigureIds(silo, cluster);
-                break;
-            case ClusteringMode.AdoNet:
-                silo.UseAdoNetClustering(o =>
-                {
-                    o.Invariant = cluster.AdoNetInvariant;
-                    o.ConnectionString = cluster.AdoNetConnectionString;
-                });
-                ConfigureIds(silo, cluster);
-                break;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(cluster), cluster.Clustering, "unknown clustering mode");
-        }
+        silo.UseExpertClustering(cluster, tls);
         if (cluster.KubernetesHosting)
         {
             // Applied after the ids/endpoints above, so the pod's labels and IP win (infra/k8s sets both to the same values).
@@ -51,7 +32,20 @@ public static class ExpertWorkerSiloBuilderExtensions
             // Multi-host: the placement plan and its operation log live in the same Redis as the membership, so they
             // survive the loss of whichever silo hosts the placement grain, and coordinator restarts.
             silo.AddRedisGrainStorage(PlacementGrain.StorageName,
-                o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(cluster.RedisConnectionString!));
+                o => o.ConfigurationOptions = ExpertClustering.RedisOptions(cluster));
+        }
+        else if (cluster.Clustering == ClusteringMode.AdoNet)
+        {
+            // Multi-host on PostgreSQL: the project's schema is checked (and applied, Cluster:AdoNetApplySchema) before
+            // membership starts, and the plan and its operation log live in the same database as the membership.
+            silo.ConfigureServices(services =>
+            {
+                services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp =>
+                    new PostgresSchemaStep(cluster, sp, sp.GetRequiredService<ILogger<PostgresSchemaStep>>()));
+                services.AddKeyedSingleton<Orleans.Storage.IGrainStorage>(PlacementGrain.StorageName, (sp, _) => new PostgresGrainStorage(
+                    PlacementGrain.StorageName, cluster.AdoNetConnectionString!, sp.GetRequiredService<IOptions<ClusterOptions>>().Value.ServiceId,
+                    sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
+            });
         }
         else
         {
@@ -66,28 +60,6 @@ public static class ExpertWorkerSiloBuilderExtensions
             services.AddPlacementDirector<ExpertShardPlacementStrategy, ExpertShardPlacementDirector>();
             services.AddPlacementDirector<PlacementAuthorityStrategy, PlacementAuthorityDirector>();
         });
-        if (cluster.ProbeTimeout is { } probe)
-        {
-            // Faster failure detection than Orleans' defaults (tests, small clusters): a silo missing NumMissedProbesLimit
-            // probes of ProbeTimeout each is suspected, and declared dead once enough silos vote.
-            silo.Configure<ClusterMembershipOptions>(o =>
-            {
-                o.ProbeTimeout = probe;
-                o.NumMissedProbesLimit = cluster.NumMissedProbesLimit;
-                o.TableRefreshTimeout = TimeSpan.FromSeconds(Math.Max(1, probe.TotalSeconds * 2));
-                o.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(Math.Max(1, probe.TotalSeconds * 5));
-            });
-        }
         return silo;
-    }
-
-    private static void ConfigureIds(ISiloBuilder silo, ExpertClusterOptions cluster)
-    {
-        silo.Configure<Orleans.Configuration.ClusterOptions>(o =>
-        {
-            o.ServiceId = cluster.ServiceId;
-            o.ClusterId = cluster.ClusterId;
-        });
-        silo.ConfigureEndpoints(IPAddress.Parse(cluster.AdvertisedAddress), cluster.SiloPort, cluster.GatewayPort, listenOnAnyHostAddress: false);
     }
 }

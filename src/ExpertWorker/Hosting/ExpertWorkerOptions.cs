@@ -95,6 +95,39 @@ public sealed class ExpertWorkerOptions
     [Range(typeof(TimeSpan), "00:00:00", "00:10:00")]
     public TimeSpan RetireDelay { get; set; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// Run WITHOUT the cluster credential when none is configured (no <c>Cluster:Token</c> /
+    /// <c>DISTRIBUTED_CLUSTER_TOKEN</c>): any process that reaches the data-plane port may use it. For development on
+    /// one machine only: refused unless <see cref="GrpcHost"/> is a loopback address, and logged as a warning. A
+    /// configured token is always required, whatever this says. Default: false (a worker without a token exits with
+    /// code 2).
+    /// </summary>
+    public bool AllowUnauthenticated { get; set; }
+
+    /// <summary>
+    /// Accept the same-host shared-memory transport: a coordinator on this host passes a sealed memfd over this worker's
+    /// rendezvous socket (in a private 0700 directory) and rows travel through it instead of the gRPC message. False =
+    /// rows always travel inline. Default: true.
+    /// </summary>
+    public bool SharedMemory { get; set; } = true;
+
+    /// <summary>Where the rendezvous socket's private directory is created. Default: empty = <c>$XDG_RUNTIME_DIR</c>
+    /// when set, else the temp directory.</summary>
+    public string? SharedMemoryDirectory { get; set; }
+
+    /// <summary>Largest shared ring a coordinator may pass (bytes); larger offers get inline rows. Default: 1 GiB.</summary>
+    [Range(1L << 20, 1L << 34)]
+    public long MaxSharedRingBytes { get; set; } = 1L << 30;
+
+    /// <summary>Most handshake sessions kept. When full, an idle session (no open stream, unused for
+    /// <see cref="SessionIdleGrace"/>) is evicted; if there is none, Hello answers RESOURCE_EXHAUSTED. Default: 256.</summary>
+    [Range(1, 65536)]
+    public int MaxSessions { get; set; } = 256;
+
+    /// <summary>How long a session must have been idle before a new one may evict it. Default: 30 s.</summary>
+    [Range(typeof(TimeSpan), "00:00:00", "01:00:00")]
+    public TimeSpan SessionIdleGrace { get; set; } = TimeSpan.FromSeconds(30);
+
     /// <summary>Largest payload this worker accepts or sends: rows × hidden × 4 bytes (fp32) plus headroom.</summary>
     public int MaxMessageBytes(int hiddenSize) => (int)Math.Min(int.MaxValue, (long)MaxRowsPerDispatch * hiddenSize * 4 + (64 << 10));
 }

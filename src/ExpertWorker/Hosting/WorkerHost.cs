@@ -17,7 +17,7 @@ using Microsoft.Extensions.Options;
 namespace Distributed.ExpertWorker.Hosting;
 
 /// <summary>
-/// One expert worker process: Kestrel serving the gRPC data plane (h2c) and, unless a static shard is configured, an
+/// One expert worker process: Kestrel serving the gRPC data plane (h2c, guarded by <see cref="DataPlaneSecurity"/>) and, unless a static shard is configured, an
 /// Orleans silo in the same process. Kestrel starts first so the silo can advertise the bound endpoint in its metadata
 /// (the data-plane port may be 0). Both share one <see cref="ShardStore"/>; only assigned experts are ever loaded.
 /// </summary>
@@ -76,7 +76,18 @@ public sealed partial class WorkerHost : IAsyncDisposable
         var cluster = Bind<ExpertClusterOptions>(configuration, ExpertClusterOptions.SectionName);
         var placement = Bind<PlacementOptions>(configuration, PlacementOptions.SectionName);
         var telemetry = Bind<TelemetryOptions>(configuration, TelemetryOptions.SectionName);
-        Validate(options, cluster, placement, telemetry);
+        var tlsOptions = Bind<ClusterTlsOptions>(configuration, ClusterTlsOptions.SectionName);
+        Validate(options, cluster, placement, telemetry, tlsOptions);
+        var credential = DataPlaneSecurity.ResolveCredential(configuration, options);
+        ClusterCredentials? tls;
+        try
+        {
+            tls = ClusterCredentials.Load(tlsOptions);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new OptionsValidationException(ClusterTlsOptions.SectionName, typeof(ClusterTlsOptions), [ex.Message]);
+        }
 
         var checkpoint = CheckpointReader.Open(options.ModelDirectory);
         IKernelBackend? backend = null;
@@ -94,19 +105,23 @@ public sealed partial class WorkerHost : IAsyncDisposable
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;
-            return await StartCoreAsync(configuration, options, cluster, telemetry, checkpoint, backend, model, workerId, configureLogging, cancellationToken);
+            return await StartCoreAsync(configuration, options, cluster, telemetry, tls, tlsOptions, credential, checkpoint, backend, model, workerId, configureLogging,
+                cancellationToken);
         }
         catch
         {
+            tls?.Dispose();
             backend?.Dispose();
             checkpoint.Dispose();
             throw;
         }
     }
 
-    private static void Validate(ExpertWorkerOptions options, ExpertClusterOptions cluster, PlacementOptions placement, TelemetryOptions telemetry)
+    private static void Validate(ExpertWorkerOptions options, ExpertClusterOptions cluster, PlacementOptions placement, TelemetryOptions telemetry,
+        ClusterTlsOptions tls)
     {
         var failures = new List<string>(telemetry.Validate());
+        failures.AddRange(tls.Validate());
         var attr = new ExpertWorkerOptionsValidator().Validate(ExpertWorkerOptions.SectionName, options);
         if (attr.Failed)
         {
@@ -116,14 +131,23 @@ public sealed partial class WorkerHost : IAsyncDisposable
         {
             failures.Add("ExpertWorker:ModelDirectory is required");
         }
-        if (!IPAddress.TryParse(options.GrpcHost, out _))
+        if (!IPAddress.TryParse(options.GrpcHost, out var grpcHost))
         {
             failures.Add($"ExpertWorker:GrpcHost '{options.GrpcHost}' is not an IP address");
+        }
+        else if (tls.RefuseCleartext(grpcHost, "the data plane (ExpertWorker:GrpcHost)", dataPlane: true) is { } refused)
+        {
+            failures.Add(refused);
         }
         if (string.IsNullOrWhiteSpace(options.StaticExperts))
         {
             failures.AddRange(cluster.Validate(isSilo: true));
             failures.AddRange(placement.Validate());
+            if (cluster.Clustering != ClusteringMode.Localhost && IPAddress.TryParse(cluster.AdvertisedAddress, out var advertised)
+                && tls.RefuseCleartext(advertised, "the Orleans silo and gateway (Cluster:AdvertisedAddress)") is { } refusedSilo)
+            {
+                failures.Add(refusedSilo);
+            }
         }
         if (failures.Count > 0)
         {
@@ -132,7 +156,8 @@ public sealed partial class WorkerHost : IAsyncDisposable
     }
 
     private static async Task<WorkerHost> StartCoreAsync(
-        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, CheckpointReader checkpoint,
+        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, ClusterCredentials? tls,
+        ClusterTlsOptions tlsOptions, ClusterToken? credential, CheckpointReader checkpoint,
         IKernelBackend backend, ModelDescriptor model, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
@@ -148,6 +173,18 @@ public sealed partial class WorkerHost : IAsyncDisposable
             k.Listen(IPAddress.Parse(options.GrpcHost), options.GrpcPort, o =>
             {
                 o.Protocols = HttpProtocols.Http2;
+                if (tls is not null && tlsOptions.DataPlane)
+                {
+                    // Mutual TLS: the coordinator must present a certificate the cluster CA signed (Tls:CaPath).
+                    o.UseHttps(https =>
+                    {
+                        https.ServerCertificate = tls.Certificate;
+                        https.ServerCertificateChain = tls.Intermediates;
+                        https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.RequireCertificate;
+                        https.ClientCertificateValidation = (certificate, chain, errors) => tls.ValidatePeer(certificate, chain, errors);
+                        https.HandshakeTimeout = TimeSpan.FromSeconds(10);
+                    });
+                }
                 grpcListen = o;
             });
             if (options.OpsPort >= 0)
@@ -187,12 +224,13 @@ public sealed partial class WorkerHost : IAsyncDisposable
             loggerFactory.CreateLogger<ShardStore>(), options.RetireDelay);
         builder.Services.AddSingleton(store);
         builder.Services.AddSingleton(new ExpertExecutor(backend, options.ExpertLoad.ActivationsTag));
-        builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(Options.Create(options));
+        DataPlaneSecurity.Add(builder, options, credential, maxMessage, ctx => opsListen?.IPEndPoint is { } ops && ctx.Connection.LocalPort == ops.Port);
         var instruments = new ExpertWorkerInstruments(store);
         builder.Services.AddSingleton(instruments);
         WorkerOperations.Add(builder, store, telemetry, workerId);
         var web = builder.Build();
+        DataPlaneSecurity.Use(web);
         web.MapGrpcService<ExpertComputeService>();
         WorkerOperations.Map(web);
         try
@@ -207,9 +245,14 @@ public sealed partial class WorkerHost : IAsyncDisposable
                 $"the data-plane listeners did not start (gRPC {options.GrpcHost}:{options.GrpcPort}, ops port {options.OpsPort}): {WorkerStartupException.Describe(ex)}", ex);
         }
 
-        string grpcAddress = BoundAddress(grpcListen);
-        string? opsAddress = opsListen is null ? null : BoundAddress(opsListen);
+        bool encrypted = tls is not null && tlsOptions.DataPlane;
+        string grpcAddress = BoundAddress(grpcListen, encrypted);
+        string? opsAddress = opsListen is null ? null : BoundAddress(opsListen, https: false);
         var log = loggerFactory.CreateLogger<WorkerHost>();
+        if (!encrypted && !IPAddress.IsLoopback(IPAddress.Parse(options.GrpcHost)))
+        {
+            LogInsecure(log, options.GrpcHost);
+        }
         LogEffectiveOptions(log, workerId, model.Fingerprint, options.MaxRowsPerDispatch, maxMessage, backend.Name, options.StaticExperts ?? "(cluster plan)");
 
         IHost? silo = null;
@@ -221,7 +264,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             }
             else
             {
-                silo = await StartSiloAsync(configuration, options, cluster, store, model, workerId, grpcAddress, configureLogging, ct);
+                silo = await StartSiloAsync(configuration, options, cluster, tls, store, model, workerId, grpcAddress, configureLogging, ct);
             }
         }
         catch
@@ -244,7 +287,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
     }
 
     private static async Task<IHost> StartSiloAsync(
-        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, ShardStore store, ModelDescriptor model,
+        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, ClusterCredentials? tls, ShardStore store, ModelDescriptor model,
         string workerId, string grpcAddress, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
         long capacity = options.MemoryCapacityBytes > 0 ? options.MemoryCapacityBytes : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
@@ -267,7 +310,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
         builder.Services.AddSingleton(store);
         builder.Services.Configure<PlacementOptions>(configuration.GetSection(PlacementOptions.SectionName));
         builder.Services.AddSingleton(new WorkerDescriptor(workerId, grpcAddress, "", SharedRing.LocalHostId, capacity, model));
-        builder.UseOrleans(silo => silo.AddExpertShards(cluster, metadata));
+        builder.UseOrleans(silo => silo.AddExpertShards(cluster, tls, metadata));
         builder.Services.AddHostedService(sp =>
         {
             var siloAddress = sp.GetRequiredService<ILocalSiloDetails>().SiloAddress.ToParsableString();
@@ -312,8 +355,8 @@ public sealed partial class WorkerHost : IAsyncDisposable
     }
 
     // Kestrel writes the bound endpoint (the real port when 0 was asked for) back into the ListenOptions.
-    private static string BoundAddress(ListenOptions? listen) => listen?.IPEndPoint is { } ep
-        ? $"http://{(ep.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ep.Address}]" : ep.Address.ToString())}:{ep.Port}"
+    private static string BoundAddress(ListenOptions? listen, bool https) => listen?.IPEndPoint is { } ep
+        ? $"{(https ? "https" : "http")}://{(ep.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ep.Address}]" : ep.Address.ToString())}:{ep.Port}"
         : throw new InvalidOperationException("Kestrel did not bind the listener");
 
     // Orleans logs every option and periodic statistics at Information; the worker's own events stay visible.
@@ -324,6 +367,12 @@ public sealed partial class WorkerHost : IAsyncDisposable
         logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Information);
         logging.AddFilter("Polly", LogLevel.Warning);
         logging.AddFilter("Grpc", LogLevel.Warning);
+        // An unready shard (waiting for its plan, loading) is the readiness probe's answer, not an error: the health
+        // service would otherwise log "fail: Health check ready ... Unhealthy" on every normal start.
+        logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.Critical);
+        // A client without the cluster's certificate is refused by the TLS handshake; Orleans would log a warning with a
+        // stack trace per attempt, which lets anyone who can reach the port fill the log.
+        logging.AddFilter("Orleans.Connections.Security", LogLevel.Error);
     }
 
     /// <summary>Waits until the process is asked to stop (SIGTERM / Ctrl+C) or <paramref name="cancellationToken"/> fires.</summary>
@@ -343,23 +392,31 @@ public sealed partial class WorkerHost : IAsyncDisposable
         {
             return;
         }
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        // Bounded whatever the cluster's state: a silo leaves membership gracefully when it can, but with the membership
+        // store gone Orleans would retry for much longer than a supervisor's grace period (SIGTERM, then SIGKILL).
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(4));
         if (Silo is not null)
         {
+            bool stopped = false;
             try
             {
-                await Silo.StopAsync(timeout.Token);
+                await Silo.StopAsync(timeout.Token).WaitAsync(TimeSpan.FromSeconds(5));
+                stopped = true;
             }
-            catch (OperationCanceledException)
+            catch (Exception ex) when (ex is OperationCanceledException or TimeoutException)
             {
             }
-            Silo.Dispose();
+            if (stopped)
+            {
+                Silo.Dispose();
+            }
         }
+        using var webTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
         try
         {
-            await Web.StopAsync(timeout.Token);
+            await Web.StopAsync(webTimeout.Token).WaitAsync(TimeSpan.FromSeconds(3));
         }
-        catch (OperationCanceledException)
+        catch (Exception ex) when (ex is OperationCanceledException or TimeoutException)
         {
         }
         await Web.DisposeAsync();
@@ -371,6 +428,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
     [LoggerMessage(EventId = Diagnostics.LogEvents.EffectiveOptions, Level = LogLevel.Information,
         Message = "Worker {WorkerId}: model {Fingerprint}, MaxRowsPerDispatch {MaxRows}, max message {MaxMessageBytes} bytes, backend {Backend}, shard {Shard}")]
     private static partial void LogEffectiveOptions(ILogger logger, string workerId, string fingerprint, int maxRows, int maxMessageBytes, string backend, string shard);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.InsecureListener, Level = LogLevel.Warning,
+        Message = "The data plane listens on {Address} WITHOUT TLS (--insecure): anyone on this network can read the rows; set Tls:CertificatePath, Tls:KeyPath and Tls:CaPath")]
+    private static partial void LogInsecure(ILogger logger, string address);
 
     [LoggerMessage(EventId = Diagnostics.LogEvents.WorkerReady, Level = LogLevel.Information,
         Message = "Worker {WorkerId} serving the data plane on {Endpoint} ({Experts} experts loaded)")]

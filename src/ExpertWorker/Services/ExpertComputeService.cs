@@ -1,9 +1,12 @@
+using System.Security.Cryptography;
 using Distributed.ExpertWorker.Compute;
+using Distributed.ExpertWorker.Diagnostics;
 using Distributed.ExpertWorker.Hosting;
 using Distributed.ExpertWorker.Weights;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 using Distributed.Protocol.Wire;
+using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 
@@ -18,8 +21,11 @@ public sealed partial class ExpertComputeService(
     ShardStore store,
     ExpertExecutor executor,
     SessionRegistry sessions,
+    SharedRingRendezvousService rendezvous,
     IOptions<ExpertWorkerOptions> options,
     Diagnostics.ExpertWorkerInstruments instruments,
+    DataPlaneRejections rejections,
+    TimeProvider time,
     ILogger<ExpertComputeService> logger) : ExpertWorkerServiceBase
 {
     private readonly int _maxConcurrent = options.Value.MaxConcurrentRequestsPerStream;
@@ -36,23 +42,37 @@ public sealed partial class ExpertComputeService(
         {
             throw Precondition("model_fingerprint", $"coordinator model {Short(request.ModelFingerprint)} != worker model {Short(model.Fingerprint)}");
         }
+        // Shared memory only with a coordinator on this host that offers a ring this worker may map; the ring itself
+        // arrives later as a descriptor over the rendezvous socket (never a path), bound to this session by the nonce.
         var transport = RowTransport.Inline;
-        SharedRing? ring = null;
-        if (request.Transports.Contains(RowTransport.SharedMemory) && request.SharedRing is { } offer
-            && offer.HostId == SharedRing.LocalHostId && Path.IsPathFullyQualified(offer.Path) && offer.SizeBytes <= long.MaxValue)
+        byte[]? nonce = null;
+        long ringBytes = 0;
+        if (rendezvous.SocketPath is not null && request.Transports.Contains(RowTransport.SharedMemoryFd) && request.SharedRing is { } offer
+            && offer.HostId == SharedRing.LocalHostId)
         {
-            try
+            if (offer.SizeBytes >= SharedRing.MinSize && offer.SizeBytes <= (ulong)options.Value.MaxSharedRingBytes)
             {
-                ring = SharedRing.Open(offer.Path, (long)offer.SizeBytes);
-                transport = RowTransport.SharedMemory;
+                transport = RowTransport.SharedMemoryFd;
+                nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
+                ringBytes = (long)offer.SizeBytes;
             }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+            else
             {
-                LogSharedRingRefused(offer.Path, ex.Message);
+                LogRingDeclined(offer.SizeBytes, options.Value.MaxSharedRingBytes);
             }
         }
-        var session = new WorkerSession(Guid.NewGuid().ToString("N"), request.CoordinatorId, transport, ring);
-        sessions.Add(session);
+        string coordinatorId = DataPlaneRejections.Printable(request.CoordinatorId);
+        var session = new WorkerSession(Guid.NewGuid().ToString("N"), coordinatorId, transport, time, nonce, ringBytes, DataPlaneSecurity.RendezvousLifetime);
+        if (!sessions.TryAdd(session, out var evicted))
+        {
+            string message = $"all {sessions.Capacity} handshake sessions are in use or were used within the last {sessions.IdleGrace.TotalSeconds:F0} s; retry later";
+            rejections.Report(RejectionKind.SessionsExhausted, StatusCode.ResourceExhausted, $"Hello from {coordinatorId}: {message}");
+            throw new RpcException(new Status(StatusCode.ResourceExhausted, message));
+        }
+        if (evicted is not null)
+        {
+            LogEvicted(evicted.Id[..8], evicted.CoordinatorId);
+        }
         var reply = new HelloReply
         {
             ProtocolMajor = ProtocolVersion.Major,
@@ -68,6 +88,8 @@ public sealed partial class ExpertComputeService(
             SessionId = session.Id,
             KernelNumerics = executor.Numerics,
             ExpertActivations = executor.ExpertActivations,
+            SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
+            ClusterManaged = string.IsNullOrWhiteSpace(options.Value.StaticExperts),
         };
         foreach (var (layer, experts) in store.Manifest.Layers)
         {
@@ -75,7 +97,7 @@ public sealed partial class ExpertComputeService(
             shard.Experts.AddRange(experts.Select(e => (uint)e));
             reply.Shards.Add(shard);
         }
-        LogHello(request.CoordinatorId, transport, store.PlanVersion);
+        LogHello(coordinatorId, transport, store.PlanVersion);
         return Task.FromResult(reply);
     }
 
@@ -85,11 +107,13 @@ public sealed partial class ExpertComputeService(
         IServerStreamWriter<TensorFrame<ExpertReply>> responseStream,
         ServerCallContext context)
     {
-        var session = CheckCall(context);
+        var session = EnterSession(context);
         var ct = context.CancellationToken;
         using var writeLock = new SemaphoreSlim(1, 1);
         using var slots = new SemaphoreSlim(_maxConcurrent, _maxConcurrent);
         var pending = new List<Task>();
+        // Request ids not yet answered: a second request with one of them would make the replies ambiguous.
+        var inFlight = new HashSet<ulong>();
         try
         {
             while (await requestStream.MoveNext(ct).ConfigureAwait(false))
@@ -97,8 +121,21 @@ public sealed partial class ExpertComputeService(
                 var frame = requestStream.Current;
                 if (frame.Malformed is { } reason)
                 {
-                    LogStreamRejected(reason);
+                    rejections.Report(RejectionKind.MalformedFrame, StatusCode.InvalidArgument, $"Dispatch stream ended: malformed ExpertRequest frame ({reason})");
                     throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed ExpertRequest frame: {reason}"));
+                }
+                ulong requestId = frame.Header.RequestId;
+                bool fresh;
+                lock (inFlight)
+                {
+                    fresh = inFlight.Add(requestId);
+                }
+                if (!fresh)
+                {
+                    frame.Dispose();
+                    string message = $"request_id {requestId} is already in flight on this stream";
+                    rejections.Report(RejectionKind.DuplicateRequestId, StatusCode.InvalidArgument, $"Dispatch stream ended: {message}");
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, message));
                 }
                 await slots.WaitAsync(ct).ConfigureAwait(false);
                 pending.RemoveAll(t => t.IsCompleted);
@@ -110,6 +147,11 @@ public sealed partial class ExpertComputeService(
                         await writeLock.WaitAsync(ct).ConfigureAwait(false);
                         try
                         {
+                            // No longer in flight from here: the peer may reuse the id once it has this reply.
+                            lock (inFlight)
+                            {
+                                inFlight.Remove(requestId);
+                            }
                             await responseStream.WriteAsync(reply, ct).ConfigureAwait(false);
                         }
                         finally
@@ -135,33 +177,43 @@ public sealed partial class ExpertComputeService(
             {
                 // The peer went away mid-reply; nothing left to answer.
             }
+            session?.Exit();
         }
     }
 
     /// <inheritdoc />
     public override Task<TensorFrame<ExpertReply>> DispatchOnce(TensorFrame<ExpertRequest> request, ServerCallContext context)
     {
-        var session = CheckCall(context);
+        var session = EnterSession(context);
         using (request)
         {
-            if (request.Malformed is { } reason)
+            try
             {
-                throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed ExpertRequest frame: {reason}"));
-            }
-            var reply = Process(request, session, pooledReply: false);
-            if (reply.Header.Status is { Code: not 0 })
-            {
-                using (reply)
+                if (request.Malformed is { } reason)
                 {
-                    var status = reply.Header.Status;
-                    throw FrameValidationResult.Fail((StatusCode)status.Code, status.Message, [.. status.Violations]).ToRpcException();
+                    rejections.Report(RejectionKind.MalformedFrame, StatusCode.InvalidArgument, $"DispatchOnce: malformed ExpertRequest frame ({reason})");
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed ExpertRequest frame: {reason}"));
                 }
+                var reply = Process(request, session, pooledReply: false);
+                if (reply.Header.Status is { Code: not 0 })
+                {
+                    using (reply)
+                    {
+                        var status = reply.Header.Status;
+                        throw FrameValidationResult.Fail((StatusCode)status.Code, status.Message, [.. status.Violations]).ToRpcException();
+                    }
+                }
+                return Task.FromResult(reply);
             }
-            return Task.FromResult(reply);
+            finally
+            {
+                session?.Exit();
+            }
         }
     }
 
-    private WorkerSession? CheckCall(ServerCallContext context)
+    // Checks the call's metadata and marks its session in use until the caller's Exit (so it is never evicted meanwhile).
+    private WorkerSession? EnterSession(ServerCallContext context)
     {
         string? major = context.RequestHeaders.GetValue(ProtocolVersion.MajorHeader);
         if (major != ProtocolVersion.Major.ToString(System.Globalization.CultureInfo.InvariantCulture))
@@ -178,7 +230,7 @@ public sealed partial class ExpertComputeService(
         {
             return null;
         }
-        if (!sessions.TryGet(sessionId, out var session))
+        if (!sessions.TryGet(sessionId, out var session) || !session.TryEnter())
         {
             throw Precondition(ProtocolVersion.SessionHeader, $"unknown session '{Short(sessionId)}' (shake hands again)");
         }
@@ -195,10 +247,27 @@ public sealed partial class ExpertComputeService(
 
     private TensorFrame<ExpertReply> ProcessCore(TensorFrame<ExpertRequest> frame, WorkerSession? session, bool pooledReply)
     {
+        // A reference keeps the ring mapped while this request reads and writes it, whatever happens to the session.
+        var ring = session?.Ring;
+        if (ring is not null && !ring.TryAcquire())
+        {
+            ring = null;
+        }
+        try
+        {
+            return ProcessRows(frame, ring, pooledReply);
+        }
+        finally
+        {
+            ring?.Release();
+        }
+    }
+
+    private TensorFrame<ExpertReply> ProcessRows(TensorFrame<ExpertRequest> frame, SharedRing? ring, bool pooledReply)
+    {
         var request = frame.Header;
         using var snapshot = store.Acquire();
         var view = new SnapshotView(store, snapshot);
-        var ring = session?.Ring;
         var verdict = TensorFrameValidator.ValidateRequest(request, frame.Payload.Length, ring is not null, view);
         Span<byte> shared = default;
         if (verdict.IsOk && request.SharedRows is { } rows && !ring!.TryGetSpan(rows.Offset, rows.Length, out shared))
@@ -213,7 +282,7 @@ public sealed partial class ExpertComputeService(
         }
         if (!verdict.IsOk)
         {
-            LogRejected(request.RequestId, request.Layer, verdict.Code, verdict.Message);
+            rejections.Report(RejectionKind.InvalidRequest, verdict.Code, $"request {request.RequestId} for layer {request.Layer}: {verdict.Message}");
             return Failure(request, verdict.ToReplyStatus());
         }
 
@@ -267,7 +336,7 @@ public sealed partial class ExpertComputeService(
     private static RpcException Precondition(string field, string message)
         => FrameValidationResult.Fail(StatusCode.FailedPrecondition, message, new FieldViolation { Field = field, Description = message }).ToRpcException();
 
-    private static string Short(string? s) => s is null ? "(none)" : s.Length > 12 ? s[..12] + "…" : s;
+    private static string Short(string? s) => s is null ? "(none)" : DataPlaneRejections.Printable(s, 12);
 
     private sealed class SnapshotView(ShardStore store, ShardSnapshot snapshot) : IShardView
     {
@@ -282,19 +351,15 @@ public sealed partial class ExpertComputeService(
         Message = "Hello from coordinator {CoordinatorId}: transport {Transport}, plan {PlanVersion}")]
     private partial void LogHello(string coordinatorId, RowTransport transport, ulong planVersion);
 
-    [LoggerMessage(EventId = Diagnostics.LogEvents.HelloAccepted + 100, Level = LogLevel.Warning,
-        Message = "Shared ring {Path} refused, falling back to inline rows: {Reason}")]
-    private partial void LogSharedRingRefused(string path, string reason);
+    [LoggerMessage(EventId = Diagnostics.LogEvents.HelloAccepted + 100, Level = LogLevel.Information,
+        Message = "A shared ring of {Bytes} bytes was offered; this worker maps at most {MaxBytes} (ExpertWorker:MaxSharedRingBytes): rows travel inline")]
+    private partial void LogRingDeclined(ulong bytes, long maxBytes);
 
-    [LoggerMessage(EventId = Diagnostics.LogEvents.RequestRejected, Level = LogLevel.Warning,
-        Message = "Request {RequestId} for layer {LayerId} rejected: {Code} {Reason}")]
-    private partial void LogRejected(ulong requestId, uint layerId, StatusCode code, string reason);
+    [LoggerMessage(EventId = Diagnostics.LogEvents.SessionEvicted, Level = LogLevel.Information,
+        Message = "Session {SessionPrefix}… of coordinator {CoordinatorId} evicted (idle) to make room for a new one")]
+    private partial void LogEvicted(string sessionPrefix, string coordinatorId);
 
     [LoggerMessage(EventId = Diagnostics.LogEvents.RequestFailed, Level = LogLevel.Error,
         Message = "Request {RequestId} for layer {LayerId} failed")]
     private partial void LogFailed(Exception exception, ulong requestId, uint layerId);
-
-    [LoggerMessage(EventId = Diagnostics.LogEvents.StreamRejected, Level = LogLevel.Warning,
-        Message = "Dispatch stream ended: malformed frame ({Reason})")]
-    private partial void LogStreamRejected(string reason);
 }

@@ -64,6 +64,27 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         call.Complete();
     }
 
+    internal void KvCopyBlock(CudaKvBlockStore store, int source, int destination)
+    {
+        KvBlockStores.ValidateCopy(store, source, destination);
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        // Bytes per block from each allocation, so the copy follows whatever element format the store keeps (and the
+        // FP8 row scales, kept apart from the codes).
+        foreach (DeviceBuffer? buffer in new[] { store.K, store.V, store.KScale, store.VScale })
+        {
+            if (buffer is null)
+            {
+                continue;
+            }
+            ulong blockBytes = (ulong)(buffer.Bytes / store.Blocks);
+            CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(buffer.Pointer + (ulong)destination * blockBytes, buffer.Pointer + (ulong)source * blockBytes,
+                (nuint)blockBytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2");
+        }
+        ctx.Stream.Synchronize();
+        call.Complete();
+    }
+
     internal void KvAttentionBatch(CudaKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
         in AttentionParams p, Span<float> output, bool validated = false)
     {
@@ -175,6 +196,12 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
     {
         ObjectDisposedException.ThrowIf(K.IsClosed, this);
         _owner.KvWrite(this, slots, k, v);
+    }
+
+    public void CopyBlock(int source, int destination)
+    {
+        ObjectDisposedException.ThrowIf(K.IsClosed, this);
+        _owner.KvCopyBlock(this, source, destination);
     }
 
     public void Attention(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable, int firstSlot, int keys,

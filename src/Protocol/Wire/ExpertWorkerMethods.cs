@@ -32,7 +32,19 @@ public static class ExpertWorkerMethods
     public static readonly Method<TensorFrame<ExpertRequest>, TensorFrame<ExpertReply>> DispatchOnce = new(
         MethodType.Unary, ServiceName, "DispatchOnce", RequestMarshaller, ReplyMarshaller);
 
+    // A message that does not parse is the caller's error (INVALID_ARGUMENT), not an exception of the server: gRPC
+    // would answer UNKNOWN and log a stack trace for every such message.
     private static Marshaller<T> ProtoMarshaller<T>(MessageParser<T> parser)
         where T : class, IMessage<T>
-        => Marshallers.Create(m => m.ToByteArray(), parser.ParseFrom);
+        => Marshallers.Create(m => m.ToByteArray(), bytes =>
+        {
+            try
+            {
+                return parser.ParseFrom(bytes);
+            }
+            catch (InvalidProtocolBufferException ex)
+            {
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed {typeof(T).Name}: {ex.Message}"));
+            }
+        });
 }

@@ -11,7 +11,8 @@ namespace Distributed.Benchmarks.DataPlane;
 /// <summary>
 /// Per-MoE-layer round trip coordinator → worker → coordinator on loopback at hidden 5120, bf16, for 1/64/512/4096
 /// rows: raw TCP echo, plain HTTP/2 POST echo, and our data plane (<see cref="WorkerConnection"/>: one bidi stream,
-/// TensorFrame marshaller, pooled buffers; inline and shared-memory ring), all against echo servers in one separate
+/// TensorFrame marshaller, pooled buffers, cluster credential; inline and shared-memory ring passed as a sealed memfd),
+/// all against echo servers in one separate
 /// process, measured in the same run. Prints medians and ratios to TCP.
 /// </summary>
 internal static class DataPlaneBenchmark
@@ -26,28 +27,38 @@ internal static class DataPlaneBenchmark
         string[] serverArgs = Path.GetFileNameWithoutExtension(host) == "dotnet"
             ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server"]
             : ["dataplane-server"];
-        using var server = Process.Start(new ProcessStartInfo(host, serverArgs)
+        // The echo server requires the cluster credential, as a worker does; both ends get a fresh one.
+        string token = ClusterToken.Generate();
+        var start = new ProcessStartInfo(host, serverArgs)
         {
             RedirectStandardOutput = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
-        })!;
+        };
+        start.Environment[ClusterToken.EnvironmentVariable] = token;
+        using var server = Process.Start(start)!;
         string ready = (await server.StandardOutput.ReadLineAsync())!;
         int tcpPort = int.Parse(ready.Split(' ')[1]["tcp=".Length..]);
         string http = ready.Split(' ')[2]["http=".Length..];
+        string unguarded = ready.Split(' ')[3]["unguarded=".Length..];
         try
         {
             Console.WriteLine($"data plane round trip, loopback, hidden {Hidden}, bf16 payload both ways; median of N (server pid {server.Id})");
-            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | grpc unguarded ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp | shm/grpc | grpc/unguarded |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             using var tcp = new TcpClient { NoDelay = true };
             await tcp.ConnectAsync(IPAddress.Loopback, tcpPort);
             using var h2 = new HttpClient(new SocketsHttpHandler { InitialHttp2StreamWindowSize = 16 << 20, EnableMultipleHttp2Connections = true });
             var model = new ModelDescriptor("bench", Hidden, 16, 2, 4, [1]);
-            var inline = new DistributionOptions { WireDType = WireDType.Bf16 };
-            var shm = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20 };
+            var inline = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = false, ClusterToken = token };
+            var shm = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token };
             await using var grpc = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, inline, NullLogger.Instance, CancellationToken.None);
+            await using var grpcBare = await WorkerConnection.ConnectAsync(new WorkerEndpoint("bare", unguarded), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcShm = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, shm, NullLogger.Instance, CancellationToken.None);
+            if (grpcShm.Transport != RowTransport.SharedMemoryFd)
+            {
+                throw new InvalidOperationException($"the shared-memory connection fell back to {grpcShm.Transport}");
+            }
             foreach (int rows in sizes)
             {
                 int bytes = rows * Hidden * 2;
@@ -56,11 +67,14 @@ internal static class DataPlaneBenchmark
                 var (warm, iters) = rows switch { <= 1 => (300, 3000), <= 64 => (100, 1000), <= 512 => (20, 200), _ => (5, 40) };
                 warm = Math.Max(1, (int)(warm * scale));
                 iters = Math.Max(3, (int)(iters * scale));
-                double t = await MedianAsync(warm, iters, () => TcpRoundTripAsync(tcp.GetStream(), payload));
-                double h = await MedianAsync(warm, iters, () => H2RoundTripAsync(h2, http, payload));
-                double g = await MedianAsync(warm, iters, () => GrpcRoundTripAsync(grpc, rows, payload));
-                double s = await MedianAsync(warm, iters, () => GrpcRoundTripAsync(grpcShm, rows, payload));
-                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× |");
+                var m = await MediansAsync(warm, iters,
+                    () => TcpRoundTripAsync(tcp.GetStream(), payload),
+                    () => H2RoundTripAsync(h2, http, payload, token),
+                    () => GrpcRoundTripAsync(grpc, rows, payload),
+                    () => GrpcRoundTripAsync(grpcShm, rows, payload),
+                    () => GrpcRoundTripAsync(grpcBare, rows, payload));
+                var (t, h, g, s, b) = (m[0], m[1], m[2], m[3], m[4]);
+                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {b:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× | {s / g:F2}× | {g / b:F2}× |");
             }
         }
         finally
@@ -76,21 +90,37 @@ internal static class DataPlaneBenchmark
 
     private static string Size(int bytes) => bytes >= 1 << 20 ? $"{bytes / (double)(1 << 20):F1} MiB" : $"{bytes / 1024.0:F0} KiB";
 
-    private static async Task<double> MedianAsync(int warm, int iters, Func<Task> roundTrip)
+    // The transports take turns round trip by round trip (the first one rotating), so that load arriving from elsewhere
+    // on a shared machine hits all of them alike instead of whichever happened to be measured at that moment.
+    private static async Task<double[]> MediansAsync(int warm, int iters, params Func<Task>[] roundTrips)
     {
         for (int i = 0; i < warm; i++)
         {
-            await roundTrip();
+            foreach (var roundTrip in roundTrips)
+            {
+                await roundTrip();
+            }
         }
-        var samples = new double[iters];
+        var samples = new double[roundTrips.Length][];
+        for (int k = 0; k < roundTrips.Length; k++)
+        {
+            samples[k] = new double[iters];
+        }
         for (int i = 0; i < iters; i++)
         {
-            long t0 = Stopwatch.GetTimestamp();
-            await roundTrip();
-            samples[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            for (int j = 0; j < roundTrips.Length; j++)
+            {
+                int k = (i + j) % roundTrips.Length;
+                long t0 = Stopwatch.GetTimestamp();
+                await roundTrips[k]();
+                samples[k][i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            }
         }
-        Array.Sort(samples);
-        return samples[iters / 2];
+        return [.. samples.Select(x =>
+        {
+            Array.Sort(x);
+            return x[iters / 2];
+        })];
     }
 
     private static readonly byte[] EchoBuffer = new byte[4096 * Hidden * 2 + 8];
@@ -104,7 +134,7 @@ internal static class DataPlaneBenchmark
         await DataPlaneServer.ReadExactAsync(stream, EchoBuffer.AsMemory(8, payload.Length));
     }
 
-    private static async Task H2RoundTripAsync(HttpClient client, string url, byte[] payload)
+    private static async Task H2RoundTripAsync(HttpClient client, string url, byte[] payload, string token)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, url + "/echo")
         {
@@ -112,7 +142,10 @@ internal static class DataPlaneBenchmark
             VersionPolicy = HttpVersionPolicy.RequestVersionExact,
             Content = new ByteArrayContent(payload),
         };
+        // The echo listener is guarded like a worker's data plane: without the credential this would measure a 401.
+        request.Headers.TryAddWithoutValidation(ClusterToken.MetadataKey, "Bearer " + token);
         using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        response.EnsureSuccessStatusCode();
         await using var body = await response.Content.ReadAsStreamAsync();
         int read = 0;
         while (true)

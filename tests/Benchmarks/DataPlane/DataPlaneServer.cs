@@ -1,7 +1,12 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Cryptography;
+using Distributed.ExpertWorker.Hosting;
+using Distributed.ExpertWorker.Services;
+using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 using Distributed.Protocol.Wire;
+using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -11,14 +16,17 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 
 namespace Distributed.Benchmarks.DataPlane;
 
 /// <summary>
 /// The echo servers of the data-plane benchmark, in their own process (<c>dataplane-server</c>): a raw TCP echo
 /// (8-byte length prefix), a plain HTTP/2 POST echo (Kestrel, no gRPC), and the ExpertWorker gRPC service shape
-/// (same Kestrel limits, same <see cref="TensorFrameMarshaller"/>, one bidi stream) answering each request with its own
-/// rows, inline or through the shared ring. Prints <c>DATAPLANE_READY tcp=PORT http=URL</c>.
+/// (same Kestrel limits, same <see cref="TensorFrameMarshaller"/>, one bidi stream, behind the worker's own
+/// <see cref="DataPlaneSecurity"/>: cluster credential, frame guard, sessions, ring rendezvous) answering each request
+/// with its own rows, inline or through the shared ring; a second listener serves it without the guard. Prints
+/// <c>DATAPLANE_READY tcp=PORT http=URL unguarded=URL</c>.
 /// </summary>
 internal static class DataPlaneServer
 {
@@ -30,21 +38,37 @@ internal static class DataPlaneServer
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
+        ListenOptions? unguarded = null;
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Listen(IPAddress.Loopback, 0, o => o.Protocols = HttpProtocols.Http2);
+            // The same service without the guard in front, to measure what the guard costs.
+            k.Listen(IPAddress.Loopback, 0, o =>
+            {
+                o.Protocols = HttpProtocols.Http2;
+                unguarded = o;
+            });
             k.Limits.MaxRequestBodySize = null;
             k.Limits.Http2.InitialConnectionWindowSize = 64 << 20;
             k.Limits.Http2.InitialStreamWindowSize = 32 << 20;
             k.Limits.Http2.MaxFrameSize = 1 << 20;
         });
+        const int MaxMessage = 256 << 20;
         builder.Services.AddGrpc(o =>
         {
-            o.MaxReceiveMessageSize = 256 << 20;
-            o.MaxSendMessageSize = 256 << 20;
+            o.MaxReceiveMessageSize = MaxMessage;
+            o.MaxSendMessageSize = MaxMessage;
         });
+        // The worker's own data-plane security in front of the echo service: the cluster credential (from the
+        // environment the benchmark sets), the frame guard, the sessions and the shared-ring rendezvous.
+        var worker = new ExpertWorkerOptions { ModelDirectory = "(echo)", MaxSharedRingBytes = 1L << 30 };
+        builder.Services.AddSingleton(Options.Create(worker));
+        var credential = ClusterToken.Create(ClusterToken.Resolve().Token
+            ?? throw new InvalidOperationException($"{ClusterToken.EnvironmentVariable} is not set"));
+        DataPlaneSecurity.Add(builder, worker, credential, MaxMessage, ctx => ctx.Connection.LocalPort == unguarded!.IPEndPoint!.Port);
         builder.Services.AddSingleton<EchoService>();
         var app = builder.Build();
+        DataPlaneSecurity.Use(app);
         app.MapGrpcService<EchoService>();
         app.MapPost("/echo", async (HttpContext ctx) =>
         {
@@ -63,8 +87,10 @@ internal static class DataPlaneServer
             await ctx.Response.Body.WriteAsync(buffer.AsMemory(0, read));
         });
         await app.StartAsync();
-        string http = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        Console.WriteLine($"DATAPLANE_READY tcp={((IPEndPoint)tcp.LocalEndpoint).Port} http={http}");
+        int unguardedPort = unguarded!.IPEndPoint!.Port;
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
+        string http = addresses.First(a => new Uri(a).Port != unguardedPort);
+        Console.WriteLine($"DATAPLANE_READY tcp={((IPEndPoint)tcp.LocalEndpoint).Port} http={http} unguarded=http://127.0.0.1:{unguardedPort}");
         Console.Out.Flush();
         await Task.Run(Console.In.ReadLine);
         await app.StopAsync();
@@ -120,17 +146,22 @@ internal static class DataPlaneServer
         return true;
     }
 
-    private sealed class EchoService : ExpertWorkerServiceBase
+    private sealed class EchoService(SessionRegistry sessions, SharedRingRendezvousService rendezvous) : ExpertWorkerServiceBase
     {
-        private SharedRing? _ring;
-
         public override Task<HelloReply> Hello(HelloRequest request, ServerCallContext context)
         {
             var transport = RowTransport.Inline;
-            if (request.SharedRing is { } offer && request.Transports.Contains(RowTransport.SharedMemory))
+            byte[]? nonce = null;
+            if (request.SharedRing is { } offer && request.Transports.Contains(RowTransport.SharedMemoryFd) && rendezvous.SocketPath is not null)
             {
-                _ring = SharedRing.Open(offer.Path, (long)offer.SizeBytes);
-                transport = RowTransport.SharedMemory;
+                transport = RowTransport.SharedMemoryFd;
+                nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
+            }
+            var session = new WorkerSession(Guid.NewGuid().ToString("N"), request.CoordinatorId, transport, TimeProvider.System, nonce,
+                (long)(request.SharedRing?.SizeBytes ?? 0), DataPlaneSecurity.RendezvousLifetime);
+            if (!sessions.TryAdd(session, out _))
+            {
+                throw new RpcException(new Status(StatusCode.ResourceExhausted, "sessions"));
             }
             return Task.FromResult(new HelloReply
             {
@@ -138,36 +169,61 @@ internal static class DataPlaneServer
                 ModelFingerprint = request.ModelFingerprint,
                 HiddenSize = DataPlaneBenchmark.Hidden,
                 Transport = transport,
-                SessionId = "bench",
+                SessionId = session.Id,
                 WorkerId = "echo",
+                SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
             });
         }
 
         public override async Task Dispatch(IAsyncStreamReader<TensorFrame<ExpertRequest>> requestStream,
             IServerStreamWriter<TensorFrame<ExpertReply>> responseStream, ServerCallContext context)
         {
-            byte[] scratch = [];
-            while (await requestStream.MoveNext(context.CancellationToken))
+            WorkerSession? session = null;
+            if (context.RequestHeaders.GetValue(ProtocolVersion.SessionHeader) is { } id && sessions.TryGet(id, out var s) && s.TryEnter())
             {
-                using var frame = requestStream.Current;
-                var h = frame.Header;
-                var reply = new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize };
-                if (h.SharedRows is { } rows && _ring is not null && _ring.TryGetSpan(rows.Offset, rows.Length, out var span))
+                session = s;
+            }
+            byte[] scratch = [];
+            try
+            {
+                while (await requestStream.MoveNext(context.CancellationToken))
                 {
-                    // Read the rows out and write the answer back in place, as a worker decodes then encodes.
-                    if (scratch.Length < span.Length)
+                    using var frame = requestStream.Current;
+                    var h = frame.Header;
+                    var reply = new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize };
+                    var ring = session?.Ring;
+                    if (h.SharedRows is { } rows && ring is not null && ring.TryAcquire())
                     {
-                        scratch = new byte[span.Length];
+                        try
+                        {
+                            if (!ring.TryGetSpan(rows.Offset, rows.Length, out var span))
+                            {
+                                throw new RpcException(new Status(StatusCode.InvalidArgument, "shared_rows"));
+                            }
+                            // Read the rows out and write the answer back in place, as a worker decodes then encodes.
+                            if (scratch.Length < span.Length)
+                            {
+                                scratch = new byte[span.Length];
+                            }
+                            span.CopyTo(scratch);
+                            scratch.AsSpan(0, span.Length).CopyTo(span);
+                        }
+                        finally
+                        {
+                            ring.Release();
+                        }
+                        reply.SharedRows = rows;
+                        await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty));
                     }
-                    span.CopyTo(scratch);
-                    scratch.AsSpan(0, span.Length).CopyTo(span);
-                    reply.SharedRows = rows;
-                    await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty));
+                    else
+                    {
+                        await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, frame.Payload));
+                    }
                 }
-                else
-                {
-                    await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, frame.Payload));
-                }
+            }
+            finally
+            {
+                session?.Exit();
             }
         }
     }

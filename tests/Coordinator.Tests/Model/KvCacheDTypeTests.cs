@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Distributed.Coordinator.KvCache;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving;
 using Distributed.Coordinator.Serving.Scheduling;

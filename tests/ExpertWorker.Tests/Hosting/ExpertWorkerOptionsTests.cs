@@ -1,7 +1,7 @@
+using Distributed.Hosting;
 using Microsoft.Extensions.Configuration;
 using Distributed.ExpertWorker.Hosting;
 using Distributed.ExpertWorker.Placement;
-using Distributed.Protocol.Contracts;
 
 namespace Distributed.ExpertWorker.Tests.Hosting;
 
@@ -15,10 +15,14 @@ public class ExpertWorkerOptionsTests
         Assert.Equal(("", "", "127.0.0.1", 0, 4096, 0, 0L, 2, true, 0L), (o.ModelDirectory, o.WorkerId, o.GrpcHost, o.GrpcPort, o.MaxRowsPerDispatch,
             o.KernelThreads, o.MemoryCapacityBytes, o.MaxConcurrentRequestsPerStream, o.WarmUp, o.StaticPlanVersion));
         Assert.Null(o.StaticExperts);
+        Assert.Equal((false, true, 1L << 30, 256, TimeSpan.FromSeconds(30)),
+            (o.AllowUnauthenticated, o.SharedMemory, o.MaxSharedRingBytes, o.MaxSessions, o.SessionIdleGrace));
+        Assert.Null(o.SharedMemoryDirectory);
         Assert.Equal(4096 * 5120 * 4 + 65536, o.MaxMessageBytes(5120));
         var c = new ExpertClusterOptions();
         Assert.Equal((ClusteringMode.Localhost, "distributed-moe", "dev", 11111, 30000, 0, "127.0.0.1"),
             (c.Clustering, c.ServiceId, c.ClusterId, c.SiloPort, c.GatewayPort, c.PrimarySiloPort, c.AdvertisedAddress));
+        Assert.Equal(("Npgsql", true), (c.AdoNetInvariant, c.AdoNetApplySchema));
         var p = new PlacementOptions();
         Assert.Equal((1, TimeSpan.FromMilliseconds(300), TimeSpan.FromMilliseconds(100)), (p.ReplicationFactor, p.SettleDelay, p.CheckInterval));
     }
@@ -42,6 +46,7 @@ public class ExpertWorkerOptionsTests
     [InlineData("badPort", "SiloPort")]
     [InlineData("badAddress", "AdvertisedAddress")]
     [InlineData("adoMissing", "AdoNetConnectionString")]
+    [InlineData("adoNotPostgres", "AdoNetInvariant 'Microsoft.Data.SqlClient' is not supported")]
     public void InvalidClusterOptions_AreNamed(string scenario, string expected)
     {
         var c = new ExpertClusterOptions();
@@ -52,6 +57,11 @@ public class ExpertWorkerOptionsTests
             case "badPort": c.SiloPort = 70000; break;
             case "badAddress": c.AdvertisedAddress = "not-an-ip"; break;
             case "adoMissing": c.Clustering = ClusteringMode.AdoNet; break;
+            case "adoNotPostgres":
+                c.Clustering = ClusteringMode.AdoNet;
+                c.AdoNetConnectionString = "Server=db";
+                c.AdoNetInvariant = "Microsoft.Data.SqlClient";
+                break;
         }
         Assert.Contains(c.Validate(isSilo: true), e => e.Contains(expected, StringComparison.Ordinal));
         Assert.Empty(new ExpertClusterOptions().Validate(isSilo: true));

@@ -1,3 +1,4 @@
+using Distributed.Hosting;
 using System.Collections.Concurrent;
 using System.Globalization;
 using Distributed.Coordinator.Distribution;
@@ -14,10 +15,11 @@ namespace Distributed.Integration.Tests.Chaos;
 
 /// <summary>
 /// The multi-host failure that matters most: SIGKILL of the worker whose silo hosts the placement grain (the cluster's
-/// placement authority), mid-generation, with Redis membership and Redis grain storage. Orleans must re-activate the
-/// grain on a survivor from the plan persisted in Redis (versions continue, never restart at 1), the new activation
-/// must see the dead silo and re-place its experts, the coordinator must route every in-flight request onto the new
-/// plan, and every request must finish with exactly the tokens it produces without the failure.
+/// placement authority), mid-generation, with each durable cluster store: Redis (membership + Redis grain storage) and
+/// PostgreSQL (the project's schema: ADO.NET membership + <c>PostgresGrainStorage</c>). Orleans must re-activate the
+/// grain on a survivor from the persisted plan (versions continue, never restart at 1), the new activation must see
+/// the dead silo and re-place its experts, the coordinator must route every in-flight request onto the new plan, and
+/// every request must finish with exactly the tokens it produces without the failure.
 /// </summary>
 [Trait("Category", "Integration")]
 public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
@@ -28,10 +30,28 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
     public async Task KilledPlacementAuthoritySilo_Redis_GrainRestoredOnSurvivor_RequestsCompleteIdentically()
     {
         ToolFactAttribute.Require(RedisServer.Missing);
+        await using var redis = await RedisServer.StartAsync();
+        await RunAsync(["--clustering", "Redis", "--redis", redis.Connection],
+            clusterId => new ExpertClusterOptions { Clustering = ClusteringMode.Redis, RedisConnectionString = redis.Connection, ClusterId = clusterId });
+    }
+
+    [PostgresFact]
+    public async Task KilledPlacementAuthoritySilo_Postgres_GrainRestoredOnSurvivor_RequestsCompleteIdentically()
+    {
+        ToolFactAttribute.Require(PostgresServer.Missing);
+        var log = new TestLog { Output = output };
+        await using var pg = await PostgresServer.StartAsync(log.Write);
+        // An empty database: the first worker applies the schema.
+        string db = await pg.CreateDatabaseAsync("failover");
+        await RunAsync(["--clustering", "AdoNet", "--Cluster:AdoNetConnectionString", db],
+            clusterId => new ExpertClusterOptions { Clustering = ClusteringMode.AdoNet, AdoNetConnectionString = db, ClusterId = clusterId });
+    }
+
+    private async Task RunAsync(string[] membership, Func<string, ExpertClusterOptions> clientOptions)
+    {
         var log = new TestLog { Output = output };
         using var loggerFactory = log.CreateLoggerFactory();
         var (prompts, reference) = await ChaosCluster.ReferenceAsync(8, MaxTokens);
-        await using var redis = await RedisServer.StartAsync();
         string fixture = TestPaths.Fixture("tiny-maverick");
         string clusterId = $"authority-{Guid.NewGuid():N}";
         int[] ports = WorkerProcess.FreePorts(6);
@@ -42,7 +62,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
             string name = $"r{i}";
             var sink = lines.GetOrAdd(name, _ => new ConcurrentQueue<string>());
             return WorkerProcess.Start(WorkerProcess.LocateWorker(),
-                ["--model", fixture, "--worker-id", name, "--threads", "1", "--clustering", "Redis", "--redis", redis.Connection,
+                ["--model", fixture, "--worker-id", name, "--threads", "1", .. membership,
                  "--cluster-id", clusterId, "--silo-port", ports[2 * i].ToString(CultureInfo.InvariantCulture),
                  "--gateway-port", ports[2 * i + 1].ToString(CultureInfo.InvariantCulture),
                  "--Placement:SettleDelay", "00:00:00.2", "--ExpertWorker:RetireDelay", "00:00:01",
@@ -58,8 +78,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
             // r0 alone first: the first plan call activates the placement grain on it, where it stays until r0 dies.
             workers.Add(StartWorker(0));
             await workers[0].WaitReadyAsync(TimeSpan.FromSeconds(90), CancellationToken.None);
-            var cluster = new ExpertClusterOptions { Clustering = ClusteringMode.Redis, RedisConnectionString = redis.Connection, ClusterId = clusterId };
-            await using var follower = await ClusterPlacementFollower.StartAsync(cluster, loggerFactory);
+            await using var follower = await ClusterPlacementFollower.StartAsync(clientOptions(clusterId), loggerFactory);
             follower.RecoveryTimeout = TimeSpan.FromSeconds(90);
             await follower.WaitForServingAsync(1, TimeSpan.FromSeconds(60), CancellationToken.None);
             workers.Add(StartWorker(1));
@@ -97,7 +116,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
             Assert.True(killed);
             ChaosCluster.AssertIdentical(reference, outcomes, "r0, the placement authority's silo, killed mid-generation");
 
-            // The grain came back on a survivor with the plan from Redis, and the plan no longer holds r0.
+            // The grain came back on a survivor with the persisted plan, and the plan no longer holds r0.
             var after = follower.GetServingTable();
             output.WriteLine($"plan {before.Version} -> {after.Version} over {string.Join(", ", after.Workers.Select(w => w.WorkerId))}; recoveries {dispatcher.Recoveries}, slices re-sent {dispatcher.ResentSlices}");
             Assert.True(after.Version > before.Version, $"plan version went from {before.Version} to {after.Version}: the restored grain must continue the persisted versions");
@@ -112,7 +131,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
             }
             output.WriteLine("operations: " + string.Join(" | ", operations.Select(o => $"{o.Id} {o.Kind} {o.State} v{o.TargetVersion} {o.Error}")));
             Assert.Contains(operations, o => o.Kind == Protocol.Grains.PlanChangeKind.Repair && o.State == Protocol.Grains.OperationState.Completed && (ulong)o.TargetVersion == after.Version);
-            // Operations issued before the failover are still in the log: the state came from Redis, not from scratch.
+            // Operations issued before the failover are still in the log: the state came from the store, not from scratch.
             Assert.Contains(operations, o => o.Kind == Protocol.Grains.PlanChangeKind.Initial);
 
             // And the cluster keeps serving.

@@ -4,9 +4,10 @@ using System.Text.RegularExpressions;
 using Distributed.Coordinator.Diagnostics;
 using Distributed.Coordinator.Serving.Hosting;
 using Distributed.ExpertWorker.Hosting;
-using Distributed.Protocol.Contracts;
 using Distributed.Hosting;
 using YamlDotNet.RepresentationModel;
+
+using static Distributed.Integration.Tests.Operations.K8sManifests;
 
 namespace Distributed.Integration.Tests.Operations;
 
@@ -19,37 +20,7 @@ namespace Distributed.Integration.Tests.Operations;
 [Trait("Category", "Unit")]
 public sealed partial class DeploymentManifestsTests
 {
-    private static readonly string K8s = Path.Combine(TestPaths.Root, "infra", "k8s");
     private static readonly string Docker = Path.Combine(TestPaths.Root, "infra", "docker");
-
-    private static List<YamlMappingNode> Documents() =>
-        [.. Directory.GetFiles(K8s, "*.yaml").Where(f => Path.GetFileName(f) != "kustomization.yaml").SelectMany(f =>
-        {
-            var stream = new YamlStream();
-            using var reader = new StreamReader(f);
-            stream.Load(reader);
-            return stream.Documents.Select(d => (YamlMappingNode)d.RootNode);
-        })];
-
-    private static YamlMappingNode Find(string kind, string name) =>
-        Documents().Single(d => S(d, "kind") == kind && S(M(d, "metadata"), "name") == name);
-
-    private static string S(YamlMappingNode node, string key) => ((YamlScalarNode)node.Children[new YamlScalarNode(key)]).Value!;
-
-    private static YamlMappingNode M(YamlMappingNode node, string key) => (YamlMappingNode)node.Children[new YamlScalarNode(key)];
-
-    private static YamlSequenceNode Q(YamlMappingNode node, string key) => (YamlSequenceNode)node.Children[new YamlScalarNode(key)];
-
-    private static bool Has(YamlMappingNode node, string key) => node.Children.ContainsKey(new YamlScalarNode(key));
-
-    private static YamlMappingNode Container(YamlMappingNode workload) =>
-        (YamlMappingNode)Q(M(M(M(workload, "spec"), "template"), "spec"), "containers").Single();
-
-    private static Dictionary<string, int> ContainerPorts(YamlMappingNode container) =>
-        Q(container, "ports").Cast<YamlMappingNode>().ToDictionary(p => S(p, "name"), p => int.Parse(S(p, "containerPort"), System.Globalization.CultureInfo.InvariantCulture));
-
-    private static Dictionary<string, YamlMappingNode> Env(YamlMappingNode container) =>
-        Q(container, "env").Cast<YamlMappingNode>().ToDictionary(e => S(e, "name"), e => e);
 
     private static int[] Exposed(string dockerfile) =>
         [.. File.ReadAllLines(Path.Combine(Docker, dockerfile)).Where(l => l.StartsWith("EXPOSE ", StringComparison.Ordinal))
@@ -77,7 +48,7 @@ public sealed partial class DeploymentManifestsTests
     {
         var sections = OptionTypes(typeof(ExpertWorkerOptions).Assembly, typeof(ExpertClusterOptions).Assembly, typeof(TelemetryOptions).Assembly);
         var env = Env(Container(Find("StatefulSet", "moe-expert-worker")));
-        var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal)).ToList();
+        var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != ClusterTokenVariable).ToList();
         Assert.True(names.Count >= 10);
         foreach (string name in names)
         {
@@ -98,16 +69,59 @@ public sealed partial class DeploymentManifestsTests
     {
         var sections = OptionTypes(typeof(CoordinatorOperations).Assembly, typeof(ExpertClusterOptions).Assembly, typeof(TelemetryOptions).Assembly);
         var env = Env(Container(Find("Deployment", "moe-coordinator")));
-        // The admin token is not a configuration key: serve reads it from the variable ClusterAdminOptions names.
+        // The tokens are not configuration keys: each is read from its own variable, set from a Secret.
         string tokenVariable = new Distributed.Coordinator.Admin.ClusterAdminOptions().TokenEnvironmentVariable;
-        foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != tokenVariable))
+        foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != tokenVariable && k != ClusterTokenVariable))
         {
             AssertNamesOption(sections, name);
         }
         Assert.True(env.ContainsKey(tokenVariable), $"the coordinator Deployment must set {tokenVariable} (the admin API's token) from a Secret");
-        var token = M(M(env[tokenVariable], "valueFrom"), "secretKeyRef");
-        var secret = Find("Secret", S(token, "name"));
-        Assert.True(Has(M(secret, "stringData"), S(token, "key")));
+        AssertFromCreatedSecret(env[tokenVariable]);
+    }
+
+    // The variable the data plane's token comes from (both executables read it).
+    private const string ClusterTokenVariable = "DISTRIBUTED_CLUSTER_TOKEN";
+
+    // No secret is in the repository: a secretKeyRef must name a Secret (and key) that create-secrets.sh makes.
+    private static void AssertFromCreatedSecret(YamlMappingNode variable)
+    {
+        var reference = M(M(variable, "valueFrom"), "secretKeyRef");
+        string script = File.ReadAllText(Path.Combine(K8s, "create-secrets.sh"));
+        Assert.Matches($@"(?m)^secret {Regex.Escape(S(reference, "name"))} .*--from-literal={Regex.Escape(S(reference, "key"))}=", script);
+        Assert.DoesNotContain(Documents(), d => S(d, "kind") == "Secret");
+    }
+
+    [Fact]
+    public void CoordinatorAndWorkers_JoinOneClusterWithTheSameCredentials()
+    {
+        var coordinator = Env(Container(Find("Deployment", "moe-coordinator")));
+        var workers = Env(Container(Find("StatefulSet", "moe-expert-worker")));
+        // The same membership store and ids: the coordinator finds the workers through it, never by a list.
+        foreach (string key in new[] { "DISTRIBUTED_Cluster__Clustering", "DISTRIBUTED_Cluster__RedisConnectionString", "DISTRIBUTED_Cluster__ServiceId",
+                     "DISTRIBUTED_Cluster__ClusterId", "DISTRIBUTED_Tls__CertificatePath", "DISTRIBUTED_Tls__KeyPath", "DISTRIBUTED_Tls__CaPath" })
+        {
+            Assert.True(coordinator.ContainsKey(key) && workers.ContainsKey(key), key);
+            Assert.Equal(workers[key].ToString(), coordinator[key].ToString());
+        }
+        Assert.Equal("Redis", S(coordinator["DISTRIBUTED_Cluster__Clustering"], "value"));
+        AssertFromCreatedSecret(coordinator[ClusterTokenVariable]);
+        AssertFromCreatedSecret(workers[ClusterTokenVariable]);
+        Assert.Equal(workers[ClusterTokenVariable].ToString(), coordinator[ClusterTokenVariable].ToString());
+        // The TLS files live in the mounted cluster-tls Secret, which create-secrets.sh makes with these keys.
+        foreach (var workload in new[] { Find("Deployment", "moe-coordinator"), Find("StatefulSet", "moe-expert-worker") })
+        {
+            var container = Container(workload);
+            var mount = Q(container, "volumeMounts").Cast<YamlMappingNode>().Single(v => S(v, "name") == "cluster-tls");
+            var volume = Q(M(M(M(workload, "spec"), "template"), "spec"), "volumes").Cast<YamlMappingNode>().Single(v => S(v, "name") == "cluster-tls");
+            string secret = S(M(volume, "secret"), "secretName");
+            string script = File.ReadAllText(Path.Combine(K8s, "create-secrets.sh"));
+            foreach (string key in new[] { "DISTRIBUTED_Tls__CertificatePath", "DISTRIBUTED_Tls__KeyPath", "DISTRIBUTED_Tls__CaPath" })
+            {
+                string path = S(Env(container)[key], "value");
+                Assert.StartsWith(S(mount, "mountPath") + "/", path, StringComparison.Ordinal);
+                Assert.Matches($@"(?m)^secret {Regex.Escape(secret)} .*--from-file={Regex.Escape(Path.GetFileName(path))}=", script.Replace("\\\n  ", " ", StringComparison.Ordinal));
+            }
+        }
     }
 
     [Fact]
@@ -174,11 +188,8 @@ public sealed partial class DeploymentManifestsTests
         var service = Find("Service", "moe-coordinator");
         Assert.Equal("http", S((YamlMappingNode)Q(M(service, "spec"), "ports").Single(), "targetPort"));
 
-        // Every --workers entry is a StatefulSet pod's DNS name on the worker gRPC port, one per replica.
-        var set = Find("StatefulSet", "moe-expert-worker");
-        int replicas = int.Parse(S(M(set, "spec"), "replicas"), System.Globalization.CultureInfo.InvariantCulture);
-        string[] workers = args[args.IndexOf("--workers") + 1].Split(',');
-        Assert.Equal([.. Enumerable.Range(0, replicas).Select(i => $"moe-expert-worker-{i}.moe-expert-worker:{ContainerPorts(Container(set))["grpc"]}")], workers);
+        // The coordinator is never given a worker list: it follows the cluster's plan.
+        Assert.DoesNotContain("--workers", args);
     }
 
     [Fact]

@@ -39,7 +39,13 @@ internal sealed partial class ServeProcess : IAsyncDisposable
     }
 
     /// <summary>Starts <c>serve --model <paramref name="modelDir"/> --port 0</c> plus <paramref name="extraArgs"/> and waits until it listens.</summary>
-    public static async Task<ServeProcess> StartAsync(string modelDir, IEnumerable<string> extraArgs, ITestOutputHelper? output = null)
+    public static Task<ServeProcess> StartAsync(string modelDir, IEnumerable<string> extraArgs, ITestOutputHelper? output = null,
+        IReadOnlyDictionary<string, string>? environment = null)
+        => StartCommandAsync(["serve", "--model", modelDir, "--port", "0", .. extraArgs], output, environment);
+
+    /// <summary>Starts the coordinator with exactly <paramref name="arguments"/> (the command first) and waits until it listens.</summary>
+    public static async Task<ServeProcess> StartCommandAsync(IEnumerable<string> arguments, ITestOutputHelper? output = null,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -47,7 +53,11 @@ internal sealed partial class ServeProcess : IAsyncDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in new[] { TestPaths.CoordinatorDll, "serve", "--model", modelDir, "--port", "0" }.Concat(extraArgs))
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[k] = v;
+        }
+        foreach (var a in new[] { TestPaths.CoordinatorDll }.Concat(arguments))
         {
             psi.ArgumentList.Add(a);
         }
@@ -69,6 +79,18 @@ internal sealed partial class ServeProcess : IAsyncDisposable
             throw;
         }
         return serve;
+    }
+
+    /// <summary>Sends SIGKILL.</summary>
+    public void Kill()
+    {
+        try
+        {
+            _process.Kill(entireProcessTree: false);
+        }
+        catch (InvalidOperationException)
+        {
+        }
     }
 
     /// <summary>Sends SIGTERM (what a service manager does) and waits for the exit code.</summary>

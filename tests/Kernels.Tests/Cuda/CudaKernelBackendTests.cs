@@ -186,6 +186,21 @@ public sealed class CudaKernelBackendTests : IDisposable
             var (batched, expected) = KvBlockStoreBatchScenario.Run(batchStore, _cpu, new AttentionParams(8, 2, 16, 0.25f, 8), seed: 5);
             AssertScaled(expected, batched, 1e-5, "three sequences in one device call");
         }
+        using (var copyStore = KvBlockStores.Create(Gpu, 8, 16, 32))
+        {
+            var (original, originalExpected, copy, copyExpected) = KvBlockStoreCopyScenario.Run(copyStore, _cpu, new AttentionParams(8, 2, 16, 0.25f, 0), seed: 9);
+            AssertScaled(originalExpected, original, 1e-5, "the original of a copied block on the device");
+            AssertScaled(copyExpected, copy, 1e-5, "a copied block written further on the device");
+            Assert.Throws<ArgumentException>(() => copyStore.CopyBlock(3, 3));
+        }
+        foreach (var dtype in new[] { KvCacheDType.Bf16, KvCacheDType.Fp8E4M3 })
+        {
+            // Codes and (FP8) row scales are copied: the copy attends like the rows rounded once.
+            using var typedCopy = KvBlockStores.Create(Gpu, 8, 16, 32, dtype: dtype);
+            var (original, originalExpected, copy, copyExpected) = KvBlockStoreCopyScenario.Run(typedCopy, _cpu, new AttentionParams(8, 2, 16, 0.25f, 0), seed: 13);
+            AssertScaled(originalExpected, original, 1e-5, $"the original of a copied {dtype} block on the device");
+            AssertScaled(copyExpected, copy, 1e-5, $"a copied {dtype} block written further on the device");
+        }
         // A host-memory store of the same backend (the baseline) gives the contiguous CUDA result.
         using var host = KvBlockStores.Create(Gpu, 64, 16, 32, preferBackend: false);
         Assert.IsType<HostKvBlockStore>(host);

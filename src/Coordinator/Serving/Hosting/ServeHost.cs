@@ -79,7 +79,7 @@ public static class ServeHost
         string modelId = options.ResolveModelId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
-        builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode));
+        builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode, options.DefaultMaxTokens));
         builder.Services.AddSingleton<OpenAiEndpoints>();
         configureServices?.Invoke(builder.Services);
 
@@ -109,6 +109,8 @@ public static class ServeHost
         logging.SetMinimumLevel(LogLevel.Information);
         logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
+        // "Not ready yet" is the readiness probe's answer, not an error line in the log.
+        logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.Critical);
     }
 
     /// <summary>The bound HTTP/1.1 base address of a started host, e.g. <c>http://127.0.0.1:8000</c>.</summary>

@@ -1,4 +1,4 @@
-namespace Distributed.Protocol.Contracts;
+namespace Distributed.Hosting;
 
 /// <summary>How silos find each other.</summary>
 public enum ClusteringMode
@@ -48,11 +48,21 @@ public sealed class ExpertClusterOptions
     /// <summary>Redis connection string (e.g. <c>127.0.0.1:6379</c>). Required for <see cref="ClusteringMode.Redis"/>. Secret: never logged.</summary>
     public string? RedisConnectionString { get; set; }
 
-    /// <summary>ADO.NET provider invariant name. Default: <c>Npgsql</c>.</summary>
+    /// <summary>ADO.NET provider invariant name; only <c>Npgsql</c> (PostgreSQL) is supported. Default: <c>Npgsql</c>.</summary>
     public string AdoNetInvariant { get; set; } = "Npgsql";
 
     /// <summary>ADO.NET connection string. Required for <see cref="ClusteringMode.AdoNet"/>. Secret: never logged.</summary>
     public string? AdoNetConnectionString { get; set; }
+
+    /// <summary>
+    /// Silos with <see cref="ClusteringMode.AdoNet"/>: at start-up, create or upgrade the project's PostgreSQL schema
+    /// (<see cref="PostgresClusterSchema"/>: membership tables and queries, the placement plan's table) when the database
+    /// does not hold this build's version yet. Idempotent and safe when several workers start at once (one transaction
+    /// under an advisory lock). Once the schema is in place nothing is changed, so a user without DDL rights can start
+    /// either way. When false the worker only checks the schema version and exits (code 4, naming the table) if it is
+    /// missing or older: for operators who apply <c>--print-schema</c> themselves. Default: true.
+    /// </summary>
+    public bool AdoNetApplySchema { get; set; } = true;
 
     /// <summary>
     /// Silos: run under Orleans' Kubernetes hosting (silo name = pod name, advertised address = pod IP, ids from the
@@ -122,6 +132,11 @@ public sealed class ExpertClusterOptions
         if (Clustering == ClusteringMode.AdoNet && (string.IsNullOrWhiteSpace(AdoNetConnectionString) || string.IsNullOrWhiteSpace(AdoNetInvariant)))
         {
             errors.Add("Cluster:AdoNetConnectionString and Cluster:AdoNetInvariant are required when Cluster:Clustering is AdoNet");
+        }
+        else if (Clustering == ClusteringMode.AdoNet && !string.Equals(AdoNetInvariant, "Npgsql", StringComparison.Ordinal))
+        {
+            // The bundled ADO.NET provider, the schema (PostgresClusterSchema) and the placement plan's storage are PostgreSQL's.
+            errors.Add($"Cluster:AdoNetInvariant '{AdoNetInvariant}' is not supported: AdoNet clustering runs on PostgreSQL (invariant Npgsql)");
         }
         if (ProbeTimeout is { } probe && (probe < TimeSpan.FromMilliseconds(100) || probe > TimeSpan.FromMinutes(1)))
         {
