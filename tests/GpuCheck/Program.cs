@@ -7,7 +7,7 @@ namespace Distributed.GpuCheck;
 
 /// <summary>
 /// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8]</c>: on a CUDA machine, checks every kernel op
-/// against the CPU backend, runs the golden fixtures end to end on the CUDA backend, benchmarks the expert GEMMs and a
+/// against the CPU backend, runs the golden fixtures (the vision ones too) end to end on the CUDA backend, benchmarks the expert GEMMs and a
 /// decode step, writes DIR/report.md and DIR/report.json, and prints <c>GPU CHECK: N passed, N failed</c> last.
 /// <c>--only fp8</c> runs issue #12's part alone (FP8 and KV-dtype parity, the FP8 goldens, and with benchmarks the
 /// copy rate, the FP8 expert FFN and long-context decode per KV dtype), for a short device session.
@@ -122,6 +122,7 @@ internal static class Program
 
                 OpParity.Run(report, cpu, split, fast, perGroup, padded);
                 Fp8Checks.Parity(report, cpu, split);
+                VisionChecks.RunOps(report, cpu, split, quick);
                 report.Write(outDir);
 
                 string? fixtures = GoldenRuns.FindFixturesRoot();
@@ -133,6 +134,7 @@ internal static class Program
                 else
                 {
                     GoldenRuns.Run(report, goldenSection, split, fixtures);
+                    VisionChecks.RunGolden(report, "Vision golden (tiny-maverick-mm golden_vision.json) on CUDA", split, cpu, fixtures);
                     GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
                     GoldenRuns.RunFp8(report, "FP8 goldens on CUDA (tiny-maverick-fp8; issue #12)", split, fixtures);
                     if (fast is not null)

@@ -174,6 +174,10 @@ static std::vector<KernelEntry>& kernels()
         {"attention_split_fp8", invoker(attention_split_fp8)},
         {"kv_scatter_bf16", invoker(kv_scatter_bf16)},
         {"kv_scatter_fp8", invoker(kv_scatter_fp8)},
+        {"layernorm", invoker(layernorm)},
+        {"gelu", invoker(gelu)},
+        {"add_bias", invoker(add_bias)},
+        {"rotate_pairs", invoker(rotate_pairs)},
     };
     return k;
 }
