@@ -11,7 +11,8 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--prefix-caching on|off] [--default-max-tokens N]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--prefix-caching on|off]\n"
+        + "                  [--default-max-tokens N]\n"
         + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
@@ -32,7 +33,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "prefix-caching", "default-max-tokens", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "prefix-caching", "default-max-tokens", "kv-dtype", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
              "admin-grpc-port", "admin-token-env", "api-key-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
              .. Distribution.DistributedExpertsCli.Options],
             ["allow-unauthenticated", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
@@ -71,6 +72,8 @@ public static partial class CommandLine
         var scheduling = SchedulerOptionsFrom(a, BindOrUsage<SchedulerOptions>(configuration, SchedulerOptions.SectionName));
         var admin = AdminOptionsFrom(a, serve.Host, BindOrUsage<Admin.ClusterAdminOptions>(configuration, Admin.ClusterAdminOptions.SectionName));
         var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, serve.ModelDirectory, a.Get("cpu-precision"));
+        scheduling.KvDType = KvDTypeFrom(a, scheduling.KvDType);
+        var expertOptions = ExpertOptionsFrom(configuration, serve.ModelDirectory);
         var imageOptions = ImageOptionsFrom(a, BindOrUsage<Serving.Images.ImageOptions>(configuration, Serving.Images.ImageOptions.SectionName));
 
         Llama4Tokenizer tokenizer;
@@ -87,7 +90,10 @@ public static partial class CommandLine
         // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, serve.ModelDirectory, stderr, waitServing: false, ct)
             .ConfigureAwait(false);
-        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
+        using var wireCheckpoint = expertsSettings is null && configuration.Has("Distribution:WireDType") ? Checkpoint.CheckpointReader.Open(serve.ModelDirectory) : null;
+        using var wireRounded = wireCheckpoint is null ? null
+            : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
+        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
@@ -155,7 +161,7 @@ public static partial class CommandLine
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
                 + $"experts {experts?.Description ?? "in-process"}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
-                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB ({(scheduling.KvDType ?? Kernels.KvCacheDTypes.DefaultFor(backend)).ToString().ToLowerInvariant()}), prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
                 + $"default-max-tokens {serve.DefaultMaxTokens}, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}; images {DescribeImages(images, engine)}"));
             try
@@ -309,6 +315,7 @@ public static partial class CommandLine
             PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
             KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
             KvBlockSize = defaults.KvBlockSize,
+            KvDType = defaults.KvDType,
             PrefixCaching = OnOff(a, "prefix-caching", defaults.PrefixCaching),
             BackendKvStore = defaults.BackendKvStore,
             RetryAfter = defaults.RetryAfter,

@@ -297,7 +297,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         }
 
         int h = _pool.Model.HiddenSize;
-        int elementSize = WireCodec.ElementSize(_options.WireDType);
+        var wire = _options.WireDType;
+        // The larger of a request row and a reply row (FP8 requests are answered in bf16 or fp32): what a message must fit.
+        int rowBytes = (int)Math.Max(WireCodec.RowBytes(h, wire), WireCodec.RowBytes(h, _options.ReplyWireDType));
         float[] row = new float[h];
         var connects = byWorker.Keys.ToDictionary(w => w, w => _pool.GetAsync(table.Workers[w], cancellationToken));
         foreach (var (w, workerSlices) in byWorker)
@@ -317,18 +319,20 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
             // max_rows_per_dispatch rows (and fits its message limit), so a larger share is split into several requests
             // on the same stream (combine places rows by their grouped position, whichever request carried them).
             workerSlices.Sort((x, y) => x.Expert.CompareTo(y.Expert));
-            var chunks = Chunk(workerSlices, RowsPerRequest(connection.Hello, h * elementSize));
+            var chunks = Chunk(workerSlices, RowsPerRequest(connection.Hello, rowBytes));
             for (int c = 0; c < chunks.Count; c++)
             {
                 var chunk = chunks[c];
                 int workerRows = chunk.Sum(s => s.Rows);
-                int length = checked(workerRows * h * elementSize);
-                var lease = connection.RentRows(length);
+                int length = checked((int)(workerRows * WireCodec.RowBytes(h, wire)));
+                // FP8 rows travel inline: their replies (bf16 or fp32) are larger than the request and would not fit a ring region.
+                var lease = wire == WireDType.Fp8E4M3 ? RowLease.Inline(length) : connection.RentRows(length);
                 var header = new ExpertRequest
                 {
                     Layer = (uint)layer,
                     PlanVersion = table.Version,
-                    Dtype = _options.WireDType,
+                    Dtype = wire,
+                    ReplyDtype = wire == WireDType.Fp8E4M3 ? _options.ReplyWireDType : WireDType.Unspecified,
                     HiddenSize = (uint)h,
                     Rows = (uint)workerRows,
                     Traceparent = dispatch.Traceparent,
@@ -410,14 +414,14 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         return chunks;
     }
 
-    // Row r of the grouped order is score(token, slot) × hidden[token], encoded in the wire dtype.
+    // Row r of the grouped order is score(token, slot) × hidden[token], encoded in the wire dtype (FP8: quantized per row).
     private void EncodeRows(GrpcHandle dispatch, List<Slice> slices, Span<byte> destination, float[] row)
     {
         var plan = dispatch.Plan;
         var hidden = dispatch.Hidden.Span;
         var weights = dispatch.Routing.Weights.Span;
         int h = row.Length;
-        int bytesPerRow = h * WireCodec.ElementSize(_options.WireDType);
+        int bytesPerRow = (int)WireCodec.RowBytes(h, _options.WireDType);
         int offset = 0;
         foreach (var s in slices)
         {
@@ -430,7 +434,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 {
                     row[j] = src[j] * score;
                 }
-                WireCodec.Encode(row, _options.WireDType, destination.Slice(offset, bytesPerRow));
+                WireCodec.EncodeRows(row, h, _options.WireDType, destination.Slice(offset, bytesPerRow));
                 offset += bytesPerRow;
             }
         }
@@ -515,13 +519,13 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 throw ex;
             }
             int h = _pool.Model.HiddenSize;
-            int elementSize = WireCodec.ElementSize(part.Header.Dtype);
+            var replyDType = WireCodec.ReplyDType(part.Header);
+            int rowBytes = (int)WireCodec.RowBytes(h, replyDType);
             int offset = 0;
             foreach (var s in part.Slices)
             {
-                int n = s.Rows * h;
-                WireCodec.Decode(payload.Slice(offset, n * elementSize), part.Header.Dtype, expertOut.AsSpan(s.FirstRow * h, n));
-                offset += n * elementSize;
+                WireCodec.DecodeRows(payload.Slice(offset, s.Rows * rowBytes), h, replyDType, expertOut.AsSpan(s.FirstRow * h, s.Rows * h));
+                offset += s.Rows * rowBytes;
             }
             long latency = Stopwatch.GetTimestamp() - part.SentTicks;
             counters.Answered(rows, payload.Length, latency);

@@ -9,18 +9,22 @@ using Distributed.Protocol.Wire;
 namespace Distributed.ExpertWorker.Compute;
 
 /// <summary>
-/// Runs one validated request: payload → fp32 rows, the experts of every segment in one grouped SwiGLU call
-/// (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the batch), fp32 rows →
-/// payload in the request's dtype, same row order.
+/// Runs one validated request: payload → fp32 rows (FP8 rows: code × row scale), the experts of every segment in one
+/// grouped SwiGLU call (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the
+/// batch), fp32 rows → payload in the request's reply dtype (<see cref="WireCodec.ReplyDType"/>), same row order.
 /// </summary>
-public sealed class ExpertExecutor(IKernelBackend backend)
+public sealed class ExpertExecutor(IKernelBackend backend, string expertActivations = "weight-only")
 {
     /// <summary>The arithmetic the experts compute in (<see cref="KernelCapabilities.Numerics"/>), for the handshake.</summary>
     public string Numerics => backend.Capabilities.Numerics;
 
+    /// <summary>What the FP8 experts multiply (<c>weight-only</c> or <c>fp8-per-token</c>), for the handshake.</summary>
+    public string ExpertActivations => expertActivations;
+
     /// <summary>
     /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (already
-    /// validated for length and finiteness). Writes the output rows to <paramref name="output"/> (same length).
+    /// validated for length and finiteness). Writes the output rows to <paramref name="output"/>
+    /// (<see cref="WireCodec.PayloadBytes"/> of the reply dtype; the same span as the input on the shared ring).
     /// </summary>
     /// <exception cref="InvalidOperationException">An expert of the request is not in <paramref name="snapshot"/> (validation was skipped).</exception>
     public WorkerTimings Execute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output)
@@ -48,11 +52,11 @@ public sealed class ExpertExecutor(IKernelBackend backend)
         try
         {
             long t0 = Stopwatch.GetTimestamp();
-            WireCodec.Decode(input, request.Dtype, x.AsSpan(0, elements));
+            WireCodec.DecodeRows(input, hidden, request.Dtype, x.AsSpan(0, elements));
             long t1 = Stopwatch.GetTimestamp();
             backend.SwiGluFfnGrouped(x.AsSpan(0, elements), counts, gateUp, down, y.AsSpan(0, elements));
             long t2 = Stopwatch.GetTimestamp();
-            WireCodec.Encode(y.AsSpan(0, elements), request.Dtype, output);
+            WireCodec.EncodeRows(y.AsSpan(0, elements), hidden, WireCodec.ReplyDType(request), output);
             long t3 = Stopwatch.GetTimestamp();
             return new WorkerTimings
             {

@@ -87,6 +87,7 @@ public sealed partial class ExpertComputeService(
             Transport = transport,
             SessionId = session.Id,
             KernelNumerics = executor.Numerics,
+            ExpertActivations = executor.ExpertActivations,
             SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
             ClusterManaged = string.IsNullOrWhiteSpace(options.Value.StaticExperts),
         };
@@ -289,10 +290,12 @@ public sealed partial class ExpertComputeService(
         {
             RequestId = request.RequestId,
             Status = new ReplyStatus { Code = 0 },
-            Dtype = request.Dtype,
+            Dtype = WireCodec.ReplyDType(request),
             Rows = request.Rows,
             HiddenSize = request.HiddenSize,
         };
+        // The reply's size in its own dtype (FP8 requests are answered in bf16 or fp32; validated, so it fits an int).
+        int replyBytes = (int)WireCodec.PayloadBytes(request.Rows, request.HiddenSize, reply.Dtype);
         try
         {
             if (request.SharedRows is { } sr)
@@ -304,7 +307,7 @@ public sealed partial class ExpertComputeService(
             }
             if (pooledReply)
             {
-                var buffer = PooledBuffer.Rent(input.Length);
+                var buffer = PooledBuffer.Rent(replyBytes);
                 try
                 {
                     reply.Timings = executor.Execute(request, input, snapshot, buffer.Span);
@@ -316,7 +319,7 @@ public sealed partial class ExpertComputeService(
                 }
                 return new TensorFrame<ExpertReply>(reply, buffer.Memory, buffer);
             }
-            var bytes = new byte[input.Length];
+            var bytes = new byte[replyBytes];
             reply.Timings = executor.Execute(request, input, snapshot, bytes);
             return new TensorFrame<ExpertReply>(reply, bytes);
         }
