@@ -50,6 +50,8 @@ public sealed class InferCommandTests(ITestOutputHelper output)
     [InlineData(2, "unknown option --bogus", "infer", "--bogus")]
     [InlineData(2, "'x' is not an integer", "infer", "--model", "{fixture}", "--prompt-ids", "1,x")]
     [InlineData(2, "--max-new-tokens must be an integer", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--max-new-tokens", "-3")]
+    [InlineData(2, "--device-path 'sometimes' must be on or off", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--device-path", "sometimes")]
+    [InlineData(2, "--device-path 'x' must be on or off", "bench", "--model", "{fixture}", "--device-path", "x")]
     [InlineData(1, "outside the vocabulary", "infer", "--model", "{fixture}", "--prompt-ids", "1,512")]
     [InlineData(1, "exceeds max_position_embeddings", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--max-new-tokens", "5000")]
     public async Task Infer_BadArguments_ExitNonZeroWithOneLineReason(int expectedCode, string reason, params string[] args)
