@@ -15,6 +15,11 @@
 # tiny-maverick-fp8 goldens (golden.json, golden_fp8_act.json) on CUDA, FP8 vs bf16 expert FFN at Maverick width
 # (timing + error), and long-context decode with bf16/fp8 KV against fp32 KV. GPUCHECK_ARGS="--only fp8" runs that part
 # alone (about a minute of checks on an H100 plus the benchmarks; add --quick to skip the long-context decode).
+# The device-resident path (issue #12): the full run checks it against the host-staged path on tiny-maverick and
+# reports decode with it on and off (tiny-maverick ms/token against the CPU; synthetic maverick-h2048 tok/s and the
+# share of the HBM floor, when the deadline leaves 150 s). GPUCHECK_ARGS="--only devicepath" runs that part alone
+# (parity about 10 s, the tiny decode about 20 s, writing the 4 GB synthetic checkpoint plus its on/off decode about
+# 60-90 s on an H100; --quick leaves out the synthetic stack), well inside the 300 s default.
 #
 # Environment for run: OUT (report folder), GPUCHECK_ARGS (extra arguments, e.g. --quick), GPUCHECK_TIMEOUT (s, 300).
 set -uo pipefail
