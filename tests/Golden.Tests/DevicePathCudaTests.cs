@@ -85,7 +85,7 @@ public sealed class DevicePathCudaTests(ITestOutputHelper output)
     [InlineData(KvCacheDType.Fp8E4M3)]
     public async Task BatchedSteps_EveryObservedTensorEqualsTheHostStagedPath(KvCacheDType dtype)
     {
-        var runs = new List<(Recorder Recorder, List<float[]> Logits, List<int[]> Routing, List<(long, long)?> Traffic)>();
+        var runs = new List<(Recorder Recorder, List<float[]> Logits, List<int[]> Routing, List<DeviceStepTraffic?> Traffic)>();
         Llama4TextConfig? config = null;
         foreach (bool devicePath in new[] { true, false })
         {
@@ -99,7 +99,7 @@ public sealed class DevicePathCudaTests(ITestOutputHelper output)
             using var second = new PagedKvCache(pool);
             var logits = new List<float[]>();
             var routing = new List<int[]>();
-            var traffic = new List<(long, long)?>();
+            var traffic = new List<DeviceStepTraffic?>();
             async Task StepAsync(params SequenceStep[] items)
             {
                 var r = await engine.Model.ForwardAsync(items, captureRouting: true, CancellationToken.None);
@@ -130,9 +130,9 @@ public sealed class DevicePathCudaTests(ITestOutputHelper output)
         int t = 2, moe = Enumerable.Range(0, c.NumLayers).Count(c.IsMoeLayer);
         long expected = moe * ((long)t * c.HiddenSize * 4 + 8L * t * c.TopK) + 2L * c.VocabSize * 4
             + c.NumLayers * (long)t * c.HiddenSize * 4 + moe * (long)t * c.NumExperts * 4 + (long)t * c.HiddenSize * 4;
-        Assert.Equal(expected, device.Traffic[2]!.Value.Item2);
+        Assert.Equal(expected, device.Traffic[2]!.Value.DownloadedBytes);
         output.WriteLine($"{dtype} KV: device path = host-staged path bitwise over {host.Recorder.Names.Count} observed tensors and 3 steps; "
-            + $"decode step of 2 rows moved {device.Traffic[2]!.Value.Item1} bytes up and {device.Traffic[2]!.Value.Item2} down (with the observer)");
+            + $"decode step of 2 rows moved {device.Traffic[2]!.Value.UploadedBytes} bytes up and {device.Traffic[2]!.Value.DownloadedBytes} down (with the observer)");
     }
 
     /// <summary>Without the observer a decode step downloads only what the MoE dispatch and the sampler need.</summary>
@@ -146,13 +146,15 @@ public sealed class DevicePathCudaTests(ITestOutputHelper output)
         using var cache = new PagedKvCache(pool);
         await engine.Model.ForwardAsync([new SequenceStep(cache, new[] { 1, 2, 3 }, LogitsRequest.Last)], false, CancellationToken.None);
         await engine.Model.ForwardAsync([new SequenceStep(cache, new[] { 4 }, LogitsRequest.Last)], false, CancellationToken.None);
-        var (up, down) = engine.Model.LastDeviceTraffic!.Value;
+        var (up, down, waits) = engine.Model.LastDeviceTraffic!.Value;
         int moe = Enumerable.Range(0, c.NumLayers).Count(c.IsMoeLayer);
+        // One wait per MoE layer (routing and dispatch rows together), one for the logits; dense layers never wait.
+        Assert.Equal(moe + 1, waits);
         Assert.Equal(moe * ((long)c.HiddenSize * 4 + 8L * c.TopK) + (long)c.VocabSize * 4, down);
         // Up: the embedding row, its position and temperature factor, one KV slot per layer, the combined routed row per MoE layer.
         long expectedUp = (long)c.HiddenSize * 4 + 4 + (c.AttnTemperatureTuning ? 4 : 0) + 4L * c.NumLayers + moe * (long)c.HiddenSize * 4;
         Assert.Equal(expectedUp, up);
-        output.WriteLine($"tiny-maverick decode step on the device path: {up} bytes up, {down} bytes down ({moe} MoE layers of {c.NumLayers})");
+        output.WriteLine($"tiny-maverick decode step on the device path: {up} bytes up, {down} bytes down, {waits} waits ({moe} MoE layers of {c.NumLayers})");
 
         // A host KV store (backendStore: false) keeps the host-staged path.
         using var hostPool = new KvBlockPool(c, 16, 1 << 22, backend, backendStore: false, prefixCaching: false);

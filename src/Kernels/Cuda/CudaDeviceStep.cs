@@ -49,7 +49,7 @@ public readonly struct DevicePositions
 /// <summary>
 /// The device-resident path of <see cref="CudaKernelBackend"/>: one stream, one cuBLAS handle and one scratch arena held
 /// for a whole forward step, with the ops of <see cref="IKernelBackend"/> on <see cref="DeviceTensor"/>s. Ops are queued
-/// on the stream and return at once; only <see cref="Download"/>, <see cref="TopK"/> and <see cref="Dispose"/> wait for
+/// on the stream and return at once; only <see cref="Download"/>, the top-k calls, an upload whose staging is still in use and <see cref="Dispose"/> wait for
 /// the device. Each op launches exactly the kernels (and cuBLAS calls) of its host-span counterpart with the same
 /// <see cref="CudaBackendOptions.Precision"/>, so results equal the host-staged path's (bitwise when cuBLAS picks the same
 /// algorithm for the same shapes, as it does run to run). Not thread-safe: one caller (the model's step) owns it.
@@ -76,6 +76,9 @@ public sealed unsafe class CudaDeviceStep : IDisposable
     /// traffic figures; the block tables each <see cref="Attention"/> call uploads are not counted.
     /// </summary>
     public long UploadedBytes { get; private set; }
+
+    /// <summary>Times this step has waited for the device so far (each download; an upload that had to wait for the staging).</summary>
+    public int Synchronizations { get; private set; }
 
     /// <summary>Bytes copied device → host by this step so far.</summary>
     public long DownloadedBytes { get; private set; }
@@ -124,8 +127,7 @@ public sealed unsafe class CudaDeviceStep : IDisposable
         // The step's reusable staging, not the call arena: a step downloads every layer, and the arena would keep them all.
         nint staging = _ctx.Staging(bytes);
         CuDriver.Check(CuDriver.cuMemcpyDtoHAsync((void*)staging, source.Pointer, (nuint)bytes, Stream), "cuMemcpyDtoHAsync_v2");
-        _ctx.Stream.Synchronize();
-        _stagingBusy = false;
+        Synchronize();
         new ReadOnlySpan<float>((void*)staging, destination.Length).CopyTo(destination);
     }
 
@@ -145,7 +147,7 @@ public sealed unsafe class CudaDeviceStep : IDisposable
         }
         if (_stagingBusy)
         {
-            _ctx.Stream.Synchronize();
+            Synchronize();
         }
         nint staging = _ctx.Staging(bytes);
         source.CopyTo(new Span<float>((void*)staging, source.Length));
@@ -288,29 +290,58 @@ public sealed unsafe class CudaDeviceStep : IDisposable
     }
 
     /// <summary><see cref="IKernelBackend.TopK"/> on device scores; waits and returns ids and values on the host.</summary>
-    public void TopK(DeviceTensor scores, int rows, int cols, int k, Span<int> ids, Span<float> values)
+    public void TopK(DeviceTensor scores, int rows, int cols, int k, Span<int> ids, Span<float> values) =>
+        TopK(scores, rows, cols, k, ids, values, default, []);
+
+    /// <summary>
+    /// <see cref="TopK(DeviceTensor, int, int, int, Span{int}, Span{float})"/> that also brings <paramref name="alongside"/>
+    /// back into <paramref name="alongsideDestination"/> in the same wait (the MoE block: the routing and the rows to
+    /// dispatch with one synchronization).
+    /// </summary>
+    public void TopK(DeviceTensor scores, int rows, int cols, int k, Span<int> ids, Span<float> values, DeviceTensor alongside, Span<float> alongsideDestination)
     {
         Check();
         Require(rows >= 0 && cols > 0, $"rows must be ≥ 0 and cols > 0, got {rows}×{cols}", nameof(rows));
         Require(k >= 1 && k <= cols, $"k must be in [1, cols = {cols}], got {k}", nameof(k));
         Require(scores.Length == (long)rows * cols, $"scores has {scores.Length} floats, expected {rows}×{cols}", nameof(scores));
         Require(ids.Length == (long)rows * k && values.Length == (long)rows * k, $"ids and values need {rows}×{k} entries, got {ids.Length}, {values.Length}", nameof(ids));
-        if (rows == 0)
+        Require(alongside.Length == alongsideDestination.Length, $"alongsideDestination has {alongsideDestination.Length} floats, the tensor {alongside.Length}",
+            nameof(alongsideDestination));
+        if (rows == 0 && alongside.Length == 0)
         {
             return;
         }
         var mark = _ctx.Device.Mark();
         ulong di = _ctx.Device.Alloc(ids.Length * 4L);
         ulong dv = _ctx.Device.Alloc(values.Length * 4L);
-        Module.TopKRows(Stream, scores.Pointer, di, dv, rows, cols, k);
+        if (rows > 0)
+        {
+            Module.TopKRows(Stream, scores.Pointer, di, dv, rows, cols, k);
+        }
         nint hi = CudaKernelBackend.EnqueueDownload(_ctx, di, ids.Length * 4L);
         nint hv = CudaKernelBackend.EnqueueDownload(_ctx, dv, values.Length * 4L);
-        _ctx.Stream.Synchronize();
-        _stagingBusy = false;
+        long bytes = alongside.Length * sizeof(float);
+        nint staging = bytes > 0 ? _ctx.Staging(bytes) : 0;
+        if (bytes > 0)
+        {
+            CuDriver.Check(CuDriver.cuMemcpyDtoHAsync((void*)staging, alongside.Pointer, (nuint)bytes, Stream), "cuMemcpyDtoHAsync_v2");
+        }
+        Synchronize();
         _ctx.Device.Release(mark);
-        DownloadedBytes += 8L * ids.Length;
+        DownloadedBytes += 8L * ids.Length + bytes;
         new ReadOnlySpan<int>((void*)hi, ids.Length).CopyTo(ids);
         new ReadOnlySpan<float>((void*)hv, values.Length).CopyTo(values);
+        if (bytes > 0)
+        {
+            new ReadOnlySpan<float>((void*)staging, alongsideDestination.Length).CopyTo(alongsideDestination);
+        }
+    }
+
+    private void Synchronize()
+    {
+        _ctx.Stream.Synchronize();
+        _stagingBusy = false;
+        Synchronizations++;
     }
 
     /// <summary>

@@ -113,6 +113,15 @@ public sealed class CudaDeviceStepTests : IDisposable
         step.TopK(dx, rows, cols, 3, dIds, dValues);
         Assert.Equal(ids, dIds);
         TestData.AssertBitwiseEqual(values, dValues, "TopK values");
+        // With rows brought back alongside: the same ids and values and the rows, in one wait.
+        int waits = step.Synchronizations;
+        var rowsBack = new float[other.Length];
+        DeviceTensor dOther = step.Upload(other);
+        step.TopK(dx, rows, cols, 3, dIds, dValues, dOther, rowsBack);
+        Assert.Equal(waits + 1, step.Synchronizations);
+        Assert.Equal(ids, dIds);
+        TestData.AssertBitwiseEqual(other, rowsBack, "TopK alongside rows");
+        Assert.Throws<ArgumentException>(() => step.TopK(dx, rows, cols, 3, dIds, dValues, dOther, new float[3]));
 
         // Own ops against host arithmetic: columns [8, 40) of each row, rows 4, 5, 1 (a run and a jump), per-row factors.
         DeviceTensor slice = step.Allocate(rows * 32);

@@ -15,8 +15,8 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// </summary>
 public sealed partial class Llama4Model
 {
-    /// <summary>Bytes the last device-resident step moved host→device and device→host (null after a host-staged step).</summary>
-    public (long Uploaded, long Downloaded)? LastDeviceTraffic { get; private set; }
+    /// <summary>What the last device-resident step moved across PCIe and how often it waited (null after a host-staged step).</summary>
+    public DeviceStepTraffic? LastDeviceTraffic { get; private set; }
 
     private static bool OnDevice(CudaKernelBackend cuda, IReadOnlyList<SequenceStep> items)
     {
@@ -163,7 +163,7 @@ public sealed partial class Llama4Model
                 step.Download(dLogits, logits);
             }
             step.Complete();
-            LastDeviceTraffic = (step.UploadedBytes, step.DownloadedBytes);
+            LastDeviceTraffic = new DeviceStepTraffic(step.UploadedBytes, step.DownloadedBytes, step.Synchronizations);
             return new StepResult(logits, logitRows, _c.VocabSize, routing);
         }
         finally
@@ -192,12 +192,12 @@ public sealed partial class Llama4Model
         }
         var ids = new int[t * topK];
         var scores = new float[t * topK];
-        step.TopK(logits, t, e, topK, ids, scores);
+        // One wait for the routing and the rows to dispatch.
+        step.TopK(logits, t, e, topK, ids, scores, x, host.AsSpan(0, t * h));
         for (int i = 0; i < scores.Length; i++)
         {
             scores[i] = (float)(1.0 / (1.0 + Math.Exp(-scores[i])));
         }
-        step.Download(x, host.AsSpan(0, t * h));
         var handle = await _experts.DispatchAsync(il, host.AsMemory(0, t * h), new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
         step.SwiGluFfn(x, t, lw.FfnGateUp, lw.FfnDown, output);
         await _experts.CombineAsync(handle, routedHost.AsMemory(0, t * h), cancellationToken).ConfigureAwait(false);
@@ -206,3 +206,11 @@ public sealed partial class Llama4Model
         return ids;
     }
 }
+
+/// <summary>What one device-resident step moved across PCIe (<see cref="Llama4Model.LastDeviceTraffic"/>).</summary>
+/// <param name="UploadedBytes">Host → device: embedding rows, positions, temperature factors, KV slots, combined expert rows
+/// (not the attention's per-call block tables).</param>
+/// <param name="DownloadedBytes">Device → host: per MoE layer the top-k ids and scores and the dispatched rows, the logits,
+/// and what an <see cref="IActivationObserver"/> asked for.</param>
+/// <param name="Synchronizations">Times the step waited for the device: one per MoE layer and one for the logits without an observer.</param>
+public readonly record struct DeviceStepTraffic(long UploadedBytes, long DownloadedBytes, int Synchronizations);
