@@ -291,12 +291,14 @@ public static class DistributedExpertsCli
         return new Moe.LocalExpertDispatcher(checkpoint, backend, options.ExpertLoad) { WireRounding = (options.WireDType, options.ReplyWireDType) };
     }
 
-    // Workers log at Information; a CLI user needs only their problems and the launcher's progress lines.
+    // Workers log at Information; a CLI user needs only their problems, the launcher's progress lines, and each worker's
+    // kernel backend (its device) and placement capacity.
     private static void WorkerLine(TextWriter log, string line)
     {
         bool fromWorker = line.StartsWith('[');
         if (!fromWorker || line.Contains(" fail: ", StringComparison.Ordinal) || line.Contains(" crit: ", StringComparison.Ordinal)
-            || line.Contains("Unhandled exception", StringComparison.Ordinal))
+            || line.Contains("Unhandled exception", StringComparison.Ordinal) || line.Contains("] kernels: ", StringComparison.Ordinal)
+            || line.Contains(": placement capacity ", StringComparison.Ordinal))
         {
             lock (log)
             {
