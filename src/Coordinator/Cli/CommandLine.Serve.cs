@@ -1,4 +1,6 @@
 using System.Globalization;
+using Distributed.Coordinator.Admin;
+using Distributed.Coordinator.Hosting;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving.Hosting;
 using Distributed.Coordinator.Serving.Scheduling;
@@ -19,6 +21,7 @@ public static partial class CommandLine
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--max-images N] [--max-image-bytes N] [--max-image-pixels N] [--max-image-tiles N] [--image-url-allow HOST|URL-PREFIX,...]\n"
         + "                  [--image-fetch-timeout SECONDS]   (image_url chat parts, multimodal models)\n"
+        + "                  [--api-key-env NAME (default DISTRIBUTED_API_KEY; required off loopback)] [--allow-unauthenticated]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)\n"
         + "                  Every option is also a configuration key, read first from DISTRIBUTED_Section__Key environment variables (docs/OPERATIONS.md).";
 
@@ -33,9 +36,9 @@ public static partial class CommandLine
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
              "prefix-caching", "default-max-tokens", "kv-dtype", "max-request-bytes", "queue-full-status", "backend", "gpu", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
+             "admin-grpc-port", "admin-token-env", "api-key-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
              .. Distribution.DistributedExpertsCli.Options],
-            [.. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
+            ["allow-unauthenticated", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
         // Environment (DISTRIBUTED_Section__Key) and --Section:Key settings first; the options below override them.
         var configuration = Configuration(a);
         var bound = BindOrUsage<ServeOptions>(configuration, ServeOptions.SectionName);
@@ -51,7 +54,14 @@ public static partial class CommandLine
             QueueFullStatusCode = a.Int("queue-full-status", bound.QueueFullStatusCode, 429, 503),
             ShutdownTimeout = bound.ShutdownTimeout,
             DefaultMaxTokens = a.Int("default-max-tokens", bound.DefaultMaxTokens, 1, int.MaxValue),
+            ApiKey = bound.ApiKey,
+            ApiKeyEnvironmentVariable = a.Get("api-key-env") ?? bound.ApiKeyEnvironmentVariable,
+            AllowUnauthenticated = a.Has("allow-unauthenticated") || bound.AllowUnauthenticated,
         };
+        if (a.Has("api-key-env") && serve.ResolveApiKey() is null)
+        {
+            throw new UsageException($"--api-key-env: the environment variable {serve.ApiKeyEnvironmentVariable} is not set");
+        }
         if (!Directory.Exists(serve.ModelDirectory))
         {
             throw new UsageException($"--model: directory '{serve.ModelDirectory}' does not exist");
@@ -133,18 +143,21 @@ public static partial class CommandLine
             Volatile.Write(ref servingScheduler, scheduler);
             return scheduler;
         }, operations: operations,
-            configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
-            configureApp: web =>
+            configureServices: services =>
             {
-                if (experts?.Follower is { } follower)
+                // The composition root (Hosting/CoordinatorServices): serving is registered by ServeHost, then the
+                // expert cluster and the admin API where they apply.
+                if (experts is not null)
                 {
-                    Hosting.ClusterReadinessGate.Use(web, follower);
+                    services.AddExpertCluster(experts, expertsSettings!.Distribution);
                 }
                 if (adminOnServe)
                 {
-                    Admin.ClusterAdminHosting.MapClusterAdmin(web);
+                    services.AddClusterAdmin(admin!, createAdmin!);
                 }
-            }, images: images);
+            },
+            configureApp: adminOnServe ? web => web.MapClusterAdmin() : null,
+            images: images, scheduling: scheduling);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))
@@ -191,6 +204,17 @@ public static partial class CommandLine
             else if (cluster is not null)
             {
                 stderr.WriteLine($"serve: admin API disabled (set {new Admin.ClusterAdminOptions().TokenEnvironmentVariable} to enable it)");
+            }
+            if (serve.ResolveApiKey() is null)
+            {
+                ServeOptionsValidator.TryParseHost(serve.Host, out var bind);
+                stderr.WriteLine(System.Net.IPAddress.IsLoopback(bind)
+                    ? $"serve: the OpenAI API takes no API key (set {serve.ApiKeyEnvironmentVariable} to require one)"
+                    : $"serve: WARNING: the OpenAI API on {serve.Host} takes no API key (--allow-unauthenticated): anyone who reaches the port can use it");
+            }
+            else
+            {
+                stderr.WriteLine($"serve: the OpenAI API requires the API key from {(string.IsNullOrEmpty(serve.ApiKey) ? serve.ApiKeyEnvironmentVariable : "Serve:ApiKey")} (Authorization: Bearer)");
             }
             // The plain "listening on URL" line comes last: a supervisor that waits for it knows every port is ready.
             if (ServeHost.Http2ListeningAddress(app) is { } h2)
