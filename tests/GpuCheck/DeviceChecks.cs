@@ -16,7 +16,7 @@ internal static class DeviceChecks
 
     public static void Run(CheckReport report)
     {
-        var devices = CudaKernelBackend.QueryDevices(out string reason);
+        var devices = CudaKernelBackend.QueryDevices([], out string reason);
         if (devices.Count == 0)
         {
             report.Add(new CheckResult("Devices", "QueryDevices", CheckStatus.Fail, $"no device listed: {reason}", 0));

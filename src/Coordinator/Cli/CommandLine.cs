@@ -159,9 +159,13 @@ public static partial class CommandLine
             }
             return ordinal;
         }
-        var devices = Kernels.Cuda.CudaKernelBackend.QueryDevices(out _);
+        var devices = Kernels.Cuda.CudaKernelBackend.QueryDevices(workerGpus, out _);
         if (devices.Count == 0)
         {
+            if (workerGpus.Count > 0 && Kernels.Cuda.CudaKernelBackend.CountDevices(out _) > 0)
+            {
+                log.WriteLine($"kernels: coordinator device {ordinal}: every device is given to local workers (--gpus); sharing device {ordinal}");
+            }
             return ordinal;
         }
         int chosen = Kernels.Cuda.CudaDeviceChoice.MostFree(devices, workerGpus, out string why);

@@ -158,14 +158,16 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
     }
 
     /// <summary>
-    /// Free and total memory of every CUDA device (ordinal order), for choosing a device before any backend exists
-    /// (the coordinator's default device: the one with the most free memory). Each device's primary context is retained
-    /// for the query and released after it (on a real driver that creates the context if no one in this process holds
-    /// it: a few hundred MiB for a moment). Empty, with <paramref name="reason"/>, when the driver is missing or reports
-    /// no device; never throws for that.
+    /// Free and total memory of every CUDA device (ordinal order) except those in <paramref name="skip"/>, for choosing a
+    /// device before any backend exists (the coordinator's default device: the one with the most free memory). Each
+    /// queried device's primary context is retained for the query and released after it (on a real driver that creates
+    /// the context if no one in this process holds it: a few hundred MiB for a moment), which is why the devices other
+    /// processes use (<paramref name="skip"/>) are not touched. Empty, with <paramref name="reason"/>, when the driver is
+    /// missing or reports no device; never throws for that.
     /// </summary>
-    public static IReadOnlyList<CudaDeviceMemory> QueryDevices(out string reason)
+    public static IReadOnlyList<CudaDeviceMemory> QueryDevices(IReadOnlyCollection<int> skip, out string reason)
     {
+        ArgumentNullException.ThrowIfNull(skip);
         int count = CountDevices(out reason);
         var devices = new List<CudaDeviceMemory>(count);
         byte* name = stackalloc byte[256];
@@ -173,6 +175,10 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         {
             for (int ordinal = 0; ordinal < count; ordinal++)
             {
+                if (skip.Contains(ordinal))
+                {
+                    continue;
+                }
                 CuDriver.Check(CuDriver.cuDeviceGet(out int device, ordinal), "cuDeviceGet");
                 CuDriver.Check(CuDriver.cuDeviceGetName(name, 256, device), "cuDeviceGetName");
                 using var context = PrimaryContextHandle.Retain(device);

@@ -33,11 +33,13 @@ public sealed class CudaDeviceSelectionTests
             }
             Assert.Equal(before, gpu.DeviceFreeBytes());
 
-            var devices = CudaKernelBackend.QueryDevices(out string reason);
+            var devices = CudaKernelBackend.QueryDevices([], out string reason);
             Assert.True(devices.Count == 3, reason);
             Assert.Equal([4096 * MiB, 6144 * MiB, 8192 * MiB], devices.Select(d => d.TotalBytes));
             Assert.Equal(2, CudaDeviceChoice.MostFree(devices, [], out _));
             Assert.Equal(1, CudaDeviceChoice.MostFree(devices, [2], out _));
+            // Devices given to workers are not queried at all (no context is made on them).
+            Assert.Equal([0, 2], CudaKernelBackend.QueryDevices([1], out _).Select(d => d.Ordinal));
         }
         finally
         {
