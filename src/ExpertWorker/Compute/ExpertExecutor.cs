@@ -19,11 +19,17 @@ public sealed class ExpertExecutor(IKernelBackend backend)
     public string Numerics => backend.Capabilities.Numerics;
 
     /// <summary>
-    /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (already
-    /// validated for length and finiteness). Writes the output rows to <paramref name="output"/> (same length).
+    /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (header
+    /// already validated, length included). The rows are decoded and checked for NaN/±Inf in one pass
+    /// (<see cref="WireCodec.TryDecodeFinite"/>: the check holds for the decoded values computed on, even when
+    /// <paramref name="input"/> is a ring region the peer can still write); a non-finite row stops the request before any
+    /// expert runs and returns false with its index in <paramref name="nonFiniteRow"/>. Otherwise writes the output rows to
+    /// <paramref name="output"/> (same length; may be <paramref name="input"/> itself: every row is decoded before any is
+    /// encoded) and returns true.
     /// </summary>
     /// <exception cref="InvalidOperationException">An expert of the request is not in <paramref name="snapshot"/> (validation was skipped).</exception>
-    public WorkerTimings Execute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output)
+    public bool TryExecute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output, out WorkerTimings timings,
+        out int nonFiniteRow)
     {
         int hidden = (int)request.HiddenSize;
         int rows = (int)request.Rows;
@@ -48,18 +54,23 @@ public sealed class ExpertExecutor(IKernelBackend backend)
         try
         {
             long t0 = Stopwatch.GetTimestamp();
-            WireCodec.Decode(input, request.Dtype, x.AsSpan(0, elements));
+            if (!WireCodec.TryDecodeFinite(input, request.Dtype, hidden, x.AsSpan(0, elements), out nonFiniteRow))
+            {
+                timings = new WorkerTimings { DecodeNanos = Nanos(Stopwatch.GetTimestamp() - t0) };
+                return false;
+            }
             long t1 = Stopwatch.GetTimestamp();
             backend.SwiGluFfnGrouped(x.AsSpan(0, elements), counts, gateUp, down, y.AsSpan(0, elements));
             long t2 = Stopwatch.GetTimestamp();
             WireCodec.Encode(y.AsSpan(0, elements), request.Dtype, output);
             long t3 = Stopwatch.GetTimestamp();
-            return new WorkerTimings
+            timings = new WorkerTimings
             {
                 DecodeNanos = Nanos(t1 - t0),
                 ComputeNanos = Nanos(t2 - t1),
                 EncodeNanos = Nanos(t3 - t2),
             };
+            return true;
         }
         finally
         {

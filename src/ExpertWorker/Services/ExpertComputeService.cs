@@ -275,14 +275,9 @@ public sealed partial class ExpertComputeService(
                 [new FieldViolation { Field = "shared_rows", Description = $"[{rows.Offset}, +{rows.Length}) is outside the {ring.Size}-byte ring" }]);
         }
         ReadOnlySpan<byte> input = request.SharedRows is null ? frame.Payload.Span : shared;
-        if (verdict.IsOk)
-        {
-            verdict = TensorFrameValidator.CheckFinite(request, input);
-        }
         if (!verdict.IsOk)
         {
-            rejections.Report(RejectionKind.InvalidRequest, verdict.Code, $"request {request.RequestId} for layer {request.Layer}: {verdict.Message}");
-            return Failure(request, verdict.ToReplyStatus());
+            return Refuse(request, verdict);
         }
 
         var reply = new ExpertReply
@@ -293,38 +288,55 @@ public sealed partial class ExpertComputeService(
             Rows = request.Rows,
             HiddenSize = request.HiddenSize,
         };
+        PooledBuffer? buffer = null;
         try
         {
-            if (request.SharedRows is { } sr)
+            // The rows are decoded and checked for NaN/Inf in one pass; a non-finite row is refused before any expert
+            // runs (and, on the ring, before any output row overwrites the input).
+            WorkerTimings timings;
+            int nonFinite;
+            byte[]? bytes = null;
+            bool computed;
+            if (request.SharedRows is not null)
             {
                 // Output rows overwrite the input rows in place: the executor decodes every input row before encoding.
-                reply.Timings = executor.Execute(request, input, snapshot, shared);
+                computed = executor.TryExecute(request, input, snapshot, shared, out timings, out nonFinite);
+            }
+            else if (pooledReply)
+            {
+                buffer = PooledBuffer.Rent(input.Length);
+                computed = executor.TryExecute(request, input, snapshot, buffer.Span, out timings, out nonFinite);
+            }
+            else
+            {
+                bytes = new byte[input.Length];
+                computed = executor.TryExecute(request, input, snapshot, bytes, out timings, out nonFinite);
+            }
+            if (!computed)
+            {
+                buffer?.Dispose();
+                return Refuse(request, TensorFrameValidator.NonFiniteRow(request, nonFinite));
+            }
+            reply.Timings = timings;
+            if (request.SharedRows is { } sr)
+            {
                 reply.SharedRows = new SharedRows { Offset = sr.Offset, Length = sr.Length };
                 return new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty);
             }
-            if (pooledReply)
-            {
-                var buffer = PooledBuffer.Rent(input.Length);
-                try
-                {
-                    reply.Timings = executor.Execute(request, input, snapshot, buffer.Span);
-                }
-                catch
-                {
-                    buffer.Dispose();
-                    throw;
-                }
-                return new TensorFrame<ExpertReply>(reply, buffer.Memory, buffer);
-            }
-            var bytes = new byte[input.Length];
-            reply.Timings = executor.Execute(request, input, snapshot, bytes);
-            return new TensorFrame<ExpertReply>(reply, bytes);
+            return buffer is not null ? new TensorFrame<ExpertReply>(reply, buffer.Memory, buffer) : new TensorFrame<ExpertReply>(reply, bytes!);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or OverflowException)
         {
+            buffer?.Dispose();
             LogFailed(ex, request.RequestId, request.Layer);
             return Failure(request, new ReplyStatus { Code = (int)StatusCode.Internal, Message = $"request {request.RequestId} failed in the worker: {ex.Message}" });
         }
+    }
+
+    private TensorFrame<ExpertReply> Refuse(ExpertRequest request, FrameValidationResult verdict)
+    {
+        rejections.Report(RejectionKind.InvalidRequest, verdict.Code, $"request {request.RequestId} for layer {request.Layer}: {verdict.Message}");
+        return Failure(request, verdict.ToReplyStatus());
     }
 
     private static TensorFrame<ExpertReply> Failure(ExpertRequest request, ReplyStatus status)

@@ -155,8 +155,13 @@ public static class TensorFrameValidator
     /// <summary>InvalidArgument naming the first row (and its expert) holding NaN or ±Inf, or OK.</summary>
     /// <param name="payload">The validated <c>[rows, hidden]</c> payload.</param>
     public static FrameValidationResult CheckFinite(ExpertRequest request, ReadOnlySpan<byte> payload)
+        => NonFiniteRow(request, WireCodec.FirstNonFiniteRow(payload, request.Dtype, (int)request.HiddenSize));
+
+    /// <summary>InvalidArgument naming row <paramref name="bad"/> (and its expert) as holding NaN or ±Inf; OK when
+    /// <paramref name="bad"/> is negative (every row finite).</summary>
+    public static FrameValidationResult NonFiniteRow(ExpertRequest request, int bad)
     {
-        int bad = WireCodec.FirstNonFiniteRow(payload, request.Dtype, (int)request.HiddenSize);
+        ArgumentNullException.ThrowIfNull(request);
         if (bad < 0)
         {
             return FrameValidationResult.Ok;

@@ -10,7 +10,7 @@ namespace Distributed.Protocol.Wire;
 /// Converts fp32 token rows to and from their wire form. bf16 = the upper 16 bits of the fp32 value after rounding to
 /// nearest even (NaN stays NaN, quieted); fp32 = the IEEE bits unchanged (so fp32 mode is lossless). Little-endian.
 /// </summary>
-public static class WireCodec
+public static partial class WireCodec
 {
     /// <summary>Bytes per element of <paramref name="dtype"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">Not BF16 or FP32.</exception>
@@ -65,16 +65,13 @@ public static class WireCodec
     }
 
     /// <summary>
-    /// Decodes <paramref name="src"/> into <paramref name="dst"/> and checks every value is finite.
-    /// Returns false (with the first offending row in <paramref name="badRow"/>) when a row holds NaN or ±Inf;
-    /// <paramref name="dst"/> is then partially written.
+    /// Decodes <paramref name="src"/> into <paramref name="dst"/> and checks, in the same pass, that every decoded value
+    /// is finite. Returns false (with the first offending row in <paramref name="badRow"/>) when a row holds NaN or ±Inf;
+    /// <paramref name="dst"/> is then partially written. The check is on the decoded values, so it holds for what is
+    /// computed on even when <paramref name="src"/> is memory a peer can still write (the same-host ring).
     /// </summary>
     public static bool TryDecodeFinite(ReadOnlySpan<byte> src, WireDType dtype, int hidden, Span<float> dst, out int badRow)
-    {
-        Decode(src, dtype, dst);
-        badRow = FirstNonFiniteRow(src, dtype, hidden);
-        return badRow < 0;
-    }
+        => DecodeFinite(src, dtype, hidden, dst, out badRow);
 
     /// <summary>Decodes <paramref name="src"/> into <paramref name="dst"/> (exactly <c>dst.Length × ElementSize</c> bytes).</summary>
     public static void Decode(ReadOnlySpan<byte> src, WireDType dtype, Span<float> dst)

@@ -134,7 +134,7 @@ public sealed class Llama4Model
 
         var pool = ArrayPool<float>.Shared;
         float[] hidden = pool.Rent(t * h), x = pool.Rent(t * h), qkv = pool.Rent(t * qkvW), q = pool.Rent(t * qW),
-            k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h), routed = pool.Rent(t * h);
+            k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h);
         int[] positions = new int[t];
         var views = new KvView[items.Count];
         var sequences = new KvSequenceView[items.Count];
@@ -241,7 +241,7 @@ public sealed class Llama4Model
                 _backend.RmsNorm(hidden.AsSpan(0, t * h), t, h, lw.PostAttentionNorm, (float)_c.RmsNormEps, x.AsSpan(0, t * h));
                 if (lw.Router is { } router)
                 {
-                    var ids = await MoeAsync(il, router, lw, x, t, tmp, routed, cancellationToken).ConfigureAwait(false);
+                    var ids = await MoeAsync(il, router, lw, x, t, tmp, cancellationToken).ConfigureAwait(false);
                     if (routing is not null)
                     {
                         routing[il] = ids;
@@ -310,7 +310,6 @@ public sealed class Llama4Model
             pool.Return(v);
             pool.Return(attn);
             pool.Return(tmp);
-            pool.Return(routed);
         }
     }
 
@@ -319,7 +318,7 @@ public sealed class Llama4Model
     /// shared expert locally while the routed experts run → combine → shared + routed. Writes the block output to
     /// <paramref name="output"/> and returns the chosen expert ids <c>[t, top_k]</c>.
     /// </summary>
-    private async ValueTask<int[]> MoeAsync(int il, IWeightMatrix router, Llama4LayerWeights lw, float[] x, int t, float[] output, float[] routed,
+    private async ValueTask<int[]> MoeAsync(int il, IWeightMatrix router, Llama4LayerWeights lw, float[] x, int t, float[] output,
         CancellationToken cancellationToken)
     {
         int h = _c.HiddenSize, e = _c.NumExperts, topK = _c.TopK;
@@ -335,8 +334,9 @@ public sealed class Llama4Model
         }
         var handle = await _experts.DispatchAsync(il, x.AsMemory(0, t * h), new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
         _backend.SwiGluFfn(x.AsSpan(0, t * h), t, lw.FfnGateUp, lw.FfnDown, output.AsSpan(0, t * h));
-        await _experts.CombineAsync(handle, routed.AsMemory(0, t * h), cancellationToken).ConfigureAwait(false);
-        _backend.Add(output.AsSpan(0, t * h), routed.AsSpan(0, t * h));
+        // shared + routed, the routed slot sum added straight into the shared expert's output (bitwise the same as
+        // combining into a buffer and adding it).
+        await _experts.CombineAddAsync(handle, output.AsMemory(0, t * h), cancellationToken).ConfigureAwait(false);
         return ids;
     }
 
