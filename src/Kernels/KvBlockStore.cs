@@ -26,6 +26,13 @@ public interface IKvBlockStore : IDisposable
     void Write(ReadOnlySpan<int> slots, ReadOnlySpan<float> k, ReadOnlySpan<float> v);
 
     /// <summary>
+    /// Copies every row of block <paramref name="source"/> (K and V, whatever their element format) over block
+    /// <paramref name="destination"/>: the copy of a copy-on-write block shared by several sequences.
+    /// </summary>
+    /// <exception cref="ArgumentException">A block outside the store, or the same block twice.</exception>
+    void CopyBlock(int source, int destination);
+
+    /// <summary>
     /// <see cref="IKernelBackend.Attention"/> over keys held in the store: key j (position
     /// <paramref name="keyPositionStart"/> + j) is in row <c>s % BlockSize</c> of block <c>blockTable[s / BlockSize]</c>
     /// with <c>s = firstSlot + j</c>. Same mask, GQA and results as the contiguous call on the same keys.
@@ -92,6 +99,16 @@ public static class KvBlockStores
             {
                 throw new ArgumentException($"slot {slots[i]} (entry {i}) is outside the store's {rows} rows", nameof(slots));
             }
+        }
+    }
+
+    /// <summary>Checks of <see cref="IKvBlockStore.CopyBlock"/>: both blocks inside the store and distinct.</summary>
+    public static void ValidateCopy(IKvBlockStore store, int source, int destination)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        if ((uint)source >= (uint)store.Blocks || (uint)destination >= (uint)store.Blocks || source == destination)
+        {
+            throw new ArgumentException($"cannot copy block {source} to block {destination}: both must be distinct blocks of the store's {store.Blocks}", nameof(source));
         }
     }
 
@@ -220,6 +237,20 @@ public sealed class HostKvBlockStore : IKvBlockStore
             k.Slice(r * w, w).CopyTo(kb.AsSpan(off * w, w));
             v.Slice(r * w, w).CopyTo(vb.AsSpan(off * w, w));
         }
+    }
+
+    /// <inheritdoc />
+    public void CopyBlock(int source, int destination)
+    {
+        KvBlockStores.ValidateCopy(this, source, destination);
+        if (_k[source] is not { } kb)
+        {
+            _k[destination] = null;
+            _v[destination] = null;
+            return;
+        }
+        kb.CopyTo(_k[destination] ??= new float[kb.Length], 0);
+        _v[source]!.CopyTo(_v[destination] ??= new float[kb.Length], 0);
     }
 
     /// <inheritdoc />

@@ -13,6 +13,7 @@ internal static class Program
             "dataplane-server" => DataPlane.DataPlaneServer.RunAsync().GetAwaiter().GetResult(),
             "dataplane-e2e" => DataPlane.EndToEndBenchmark.RunAsync(args).GetAwaiter().GetResult(),
             "serving-load" => Load.ServingLoadBenchmark.Run(args),
+            "prefix-cache" => Load.PrefixCacheBenchmark.Run(args),
             "admin-events" => Admin.AdminEventsBenchmark.RunAsync(args).GetAwaiter().GetResult(),
             _ => Usage(),
         };
@@ -25,6 +26,7 @@ internal static class Program
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane [--rows 1,64,512,4096] [--scale 1]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane-e2e [--model DIR] [--workers 2] [--tokens 64]");
         Console.Error.WriteLine("       Distributed.Benchmarks serving-load [--model DIR] [--clients 1,8,32] [--config NAME=SERVE_ARGS]...");
+        Console.Error.WriteLine("       Distributed.Benchmarks prefix-cache [--model DIR] [--requests 32] [--prefix-tokens 200] [--clients 8] [--rounds 5] [--serve-args \"ARGS\"]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll admin-events [--model DIR] [--workers 3] [--clients 8] [--max-tokens 24] [--wire bf16|fp32] [--warmup-seconds 15] [--settle-seconds 3]");
         return 2;
     }

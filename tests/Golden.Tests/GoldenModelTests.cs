@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels;
 using Distributed.Checkpoint;
 using Distributed.Kernels.Cpu;

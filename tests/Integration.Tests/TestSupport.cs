@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels.Cpu;
 using Microsoft.Extensions.Logging;
 using Xunit.Abstractions;

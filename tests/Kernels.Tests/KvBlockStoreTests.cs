@@ -76,9 +76,55 @@ public static class KvBlockStoreBatchScenario
     }
 }
 
+/// <summary>
+/// Copy-on-write of one block: rows written to a block, the block copied, the copy written further; attention over the
+/// original must still see the original rows, over the copy the copied rows then the new one.
+/// </summary>
+public static class KvBlockStoreCopyScenario
+{
+    /// <summary>Returns (attention over the original, its contiguous result, attention over the copy, its contiguous result).</summary>
+    public static (float[] Original, float[] OriginalExpected, float[] Copy, float[] CopyExpected) Run(IKvBlockStore store, IKernelBackend contiguous, AttentionParams p, int seed)
+    {
+        int w = store.RowWidth, b = store.BlockSize;
+        int source = 1, destination = store.Blocks - 1, used = b - 1;
+        var k = TestData.Floats(b * w, seed);
+        var v = TestData.Floats(b * w, seed + 1);
+        store.Write([.. Enumerable.Range(0, used).Select(r => source * b + r)], k.AsSpan(0, used * w), v.AsSpan(0, used * w));
+        store.CopyBlock(source, destination);
+        // The copy gets its last row; the original keeps an unrelated last row.
+        var other = TestData.Floats(2 * w, seed + 2);
+        store.Write([destination * b + used], k.AsSpan(used * w, w), v.AsSpan(used * w, w));
+        store.Write([source * b + used], other.AsSpan(0, w), other.AsSpan(w, w));
+        var q = TestData.Floats(p.Heads * p.HeadDim, seed + 3);
+        var original = new float[q.Length];
+        store.Attention(q, 1, [used - 1], [source], 0, used, 0, p, original);
+        var originalExpected = new float[q.Length];
+        contiguous.Attention(q, 1, [used - 1], k.AsSpan(0, used * w), v.AsSpan(0, used * w), used, 0, p, originalExpected);
+        var copy = new float[q.Length];
+        store.Attention(q, 1, [b - 1], [destination], 0, b, 0, p, copy);
+        var copyExpected = new float[q.Length];
+        contiguous.Attention(q, 1, [b - 1], k, v, b, 0, p, copyExpected);
+        return (original, originalExpected, copy, copyExpected);
+    }
+}
+
 [Trait("Category", "Unit")]
 public sealed class KvBlockStoreTests
 {
+    [Fact]
+    public void HostStore_CopyBlock_CopiesOnWrite_AndRefusesBadBlocks()
+    {
+        using var cpu = new Distributed.Kernels.Cpu.CpuKernelBackend(1);
+        var p = new AttentionParams(4, 2, 8, 0.3f, 0);
+        using var store = KvBlockStores.Create(cpu, 6, 4, p.KvHeads * p.HeadDim);
+        var (original, originalExpected, copy, copyExpected) = KvBlockStoreCopyScenario.Run(store, cpu, p, seed: 3);
+        Assert.Equal(originalExpected, original);
+        Assert.Equal(copyExpected, copy);
+        Assert.Throws<ArgumentException>(() => store.CopyBlock(1, 1));
+        Assert.Throws<ArgumentException>(() => store.CopyBlock(0, 6));
+        Assert.Throws<ArgumentException>(() => store.CopyBlock(-1, 2));
+    }
+
     [Fact]
     public void HostStore_Batch_IsEachSequencesContiguousResult()
     {

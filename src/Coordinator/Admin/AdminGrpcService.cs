@@ -88,7 +88,7 @@ public sealed class AdminGrpcService(ClusterAdmin admin, AdminAuthenticator auth
                 Queued = s.Queued,
                 Running = s.Running,
                 KvBlocksUsed = s.KvBlocksUsed,
-                KvBlocksReserved = s.KvBlocksReserved,
+                KvBlocksCached = s.KvBlocksCached,
                 KvBlocksTotal = s.KvBlocksTotal,
                 Steps = s.Steps,
                 TokensGenerated = s.TokensGenerated,
@@ -97,6 +97,10 @@ public sealed class AdminGrpcService(ClusterAdmin admin, AdminAuthenticator auth
                 TimeToFirstTokenSecondsSum = s.TimeToFirstTokenSecondsSum,
                 LaterTokens = s.LaterTokens,
                 InterTokenSecondsSum = s.InterTokenSecondsSum,
+                PrefixQueriedTokens = s.PrefixQueriedTokens,
+                PrefixHitTokens = s.PrefixHitTokens,
+                PrefixEvictions = s.PrefixEvictions,
+                Preemptions = s.Preemptions,
             });
         });
 

@@ -37,8 +37,8 @@ public sealed record WorkerInfo(string Id, string GrpcEndpoint, string SiloAddre
 /// <param name="UptimeSeconds">Seconds since the scheduler started (the denominator of since-start rates).</param>
 /// <param name="Queued">Requests waiting for admission.</param>
 /// <param name="Running">Sequences in the running batch.</param>
-/// <param name="KvBlocksUsed">KV cache blocks holding keys and values.</param>
-/// <param name="KvBlocksReserved">KV blocks reserved by admitted sequences (their worst case).</param>
+/// <param name="KvBlocksUsed">KV cache blocks held by sequences.</param>
+/// <param name="KvBlocksCached">Unreferenced KV blocks kept for their token prefix (reusable; evicted least recently used first).</param>
 /// <param name="KvBlocksTotal">KV blocks in the memory budget.</param>
 /// <param name="Steps">Forward steps run.</param>
 /// <param name="TokensGenerated">Output tokens generated.</param>
@@ -47,8 +47,14 @@ public sealed record WorkerInfo(string Id, string GrpcEndpoint, string SiloAddre
 /// <param name="TimeToFirstTokenSecondsSum">Sum of submission → first token over <paramref name="FirstTokens"/>.</param>
 /// <param name="LaterTokens">Tokens after each request's first.</param>
 /// <param name="InterTokenSecondsSum">Sum of the gaps before each of <paramref name="LaterTokens"/>.</param>
-public sealed record ServingInfo(double UptimeSeconds, int Queued, int Running, int KvBlocksUsed, int KvBlocksReserved, int KvBlocksTotal, long Steps,
-    long TokensGenerated, long RequestsFinished, long FirstTokens, double TimeToFirstTokenSecondsSum, long LaterTokens, double InterTokenSecondsSum);
+/// <param name="PrefixQueriedTokens">Tokens admitted sequences looked up in the prefix cache.</param>
+/// <param name="PrefixHitTokens">Of those, tokens found cached (not computed again).</param>
+/// <param name="PrefixHitRate"><paramref name="PrefixHitTokens"/> / <paramref name="PrefixQueriedTokens"/> since start (0 before any).</param>
+/// <param name="PrefixEvictions">Cached blocks evicted to make room.</param>
+/// <param name="Preemptions">Sequences preempted (blocks freed, recomputed later) because KV blocks ran out.</param>
+public sealed record ServingInfo(double UptimeSeconds, int Queued, int Running, int KvBlocksUsed, int KvBlocksCached, int KvBlocksTotal, long Steps,
+    long TokensGenerated, long RequestsFinished, long FirstTokens, double TimeToFirstTokenSecondsSum, long LaterTokens, double InterTokenSecondsSum,
+    long PrefixQueriedTokens, long PrefixHitTokens, double PrefixHitRate, long PrefixEvictions, long Preemptions);
 
 /// <summary><c>GET /admin/v1/placement</c>: per MoE layer, which workers hold each expert.</summary>
 /// <param name="PlanVersion">Plan version.</param>

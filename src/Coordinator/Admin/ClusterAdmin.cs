@@ -74,15 +74,15 @@ public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertD
         return new ExpertLoadInfo(load.Window.TotalSeconds, layers, workers);
     }
 
-    /// <summary>The scheduler's queue, batch, KV blocks and token/latency counters.</summary>
+    /// <summary>The scheduler's queue, batch, KV blocks, token/latency counters, prefix cache and preemption counters.</summary>
     /// <exception cref="AdminException">503 when this coordinator runs no scheduler (yet).</exception>
     public ServingInfo GetServing()
     {
         var s = serving?.Invoke()
             ?? throw new AdminException(503, "unavailable", "this coordinator has no serving scheduler (it is not serving requests, or has not started yet)");
         return new ServingInfo(Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(_started).TotalSeconds, 3), s.Queued, s.Running, s.KvBlocksUsed,
-            s.KvBlocksReserved, s.KvBlocksTotal, s.Steps, s.TokensGenerated, s.RequestsFinished, s.FirstTokens, s.TimeToFirstTokenSeconds, s.LaterTokens,
-            s.InterTokenSeconds);
+            s.KvBlocksCached, s.KvBlocksTotal, s.Steps, s.TokensGenerated, s.RequestsFinished, s.FirstTokens, s.TimeToFirstTokenSeconds, s.LaterTokens,
+            s.InterTokenSeconds, s.PrefixQueriedTokens, s.PrefixHitTokens, Math.Round(s.PrefixHitRate, 6), s.PrefixEvictions, s.Preemptions);
     }
 
     /// <summary>Starts draining <paramref name="workerId"/>.</summary>

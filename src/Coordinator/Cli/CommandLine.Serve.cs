@@ -11,7 +11,8 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--max-request-bytes N] [--queue-full-status 429|503]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--prefix-caching on|off] [--default-max-tokens N]\n"
+        + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
@@ -28,7 +29,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "prefix-caching", "default-max-tokens", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
              "admin-grpc-port", "admin-token-env", .. Distribution.DistributedExpertsCli.Options],
             [.. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
         // Environment (DISTRIBUTED_Section__Key) and --Section:Key settings first; the options below override them.
@@ -45,6 +46,7 @@ public static partial class CommandLine
                 (int)ServeOptionsValidator.MinRequestBodyBytes, (int)ServeOptionsValidator.MaxRequestBodyBytes),
             QueueFullStatusCode = a.Int("queue-full-status", bound.QueueFullStatusCode, 429, 503),
             ShutdownTimeout = bound.ShutdownTimeout,
+            DefaultMaxTokens = a.Int("default-max-tokens", bound.DefaultMaxTokens, 1, int.MaxValue),
         };
         if (!Directory.Exists(serve.ModelDirectory))
         {
@@ -137,7 +139,8 @@ public static partial class CommandLine
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
                 + $"experts {experts?.Description ?? "in-process"}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
-                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, max-request-bytes {serve.MaxRequestBodyBytes}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
+                + $"default-max-tokens {serve.DefaultMaxTokens}, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}"));
             try
             {
@@ -224,6 +227,14 @@ public static partial class CommandLine
         return options;
     }
 
+    private static bool OnOff(CliArgs a, string name, bool fallback) => a.Get(name) switch
+    {
+        null => fallback,
+        "on" => true,
+        "off" => false,
+        string other => throw new UsageException($"--{name} '{other}' must be on or off"),
+    };
+
     private static SchedulerOptions SchedulerOptionsFrom(CliArgs a, SchedulerOptions defaults)
     {
         int maxBatchTokens = a.Int("max-batch-tokens", defaults.MaxBatchTokens, 1, 1 << 20);
@@ -237,6 +248,7 @@ public static partial class CommandLine
             PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
             KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
             KvBlockSize = defaults.KvBlockSize,
+            PrefixCaching = OnOff(a, "prefix-caching", defaults.PrefixCaching),
             BackendKvStore = defaults.BackendKvStore,
             RetryAfter = defaults.RetryAfter,
         };

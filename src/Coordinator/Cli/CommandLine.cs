@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels;
 using Distributed.Checkpoint;
 

@@ -14,7 +14,9 @@ namespace Distributed.Coordinator.Diagnostics;
 /// <item><c>moe_requests_total{outcome}</c>: finished requests by outcome (stop, length, context_length, cancelled, error, rejected).</item>
 /// <item><c>moe_request_ttft_seconds</c>, <c>moe_request_inter_token_seconds</c>: histograms of time to first token and between tokens.</item>
 /// <item><c>moe_tokens_generated_total</c>: generated tokens (tokens/s = its rate).</item>
-/// <item><c>moe_scheduler_queue_depth</c>, <c>moe_scheduler_running</c>, <c>moe_kv_blocks{state=used|free|reserved}</c>: scheduler gauges.</item>
+/// <item><c>moe_scheduler_queue_depth</c>, <c>moe_scheduler_running</c>, <c>moe_kv_blocks{state=used|cached|free}</c>: scheduler gauges.</item>
+/// <item><c>moe_prefix_cache_queried_tokens_total</c>, <c>moe_prefix_cache_hit_tokens_total</c>, <c>moe_prefix_cache_evictions_total</c>,
+/// <c>moe_scheduler_preemptions_total</c>: prefix cache and preemption counters.</item>
 /// <item><c>moe_dispatch_duration_seconds{layer}</c>, <c>moe_combine_duration_seconds{layer}</c>: per MoE layer.</item>
 /// <item><c>moe_worker_rows_total{worker}</c>, <c>moe_worker_bytes_total{worker,direction}</c>, <c>moe_worker_rtt_seconds{worker}</c>: the coordinator↔worker matrix.</item>
 /// <item><c>moe_expert_routed_tokens_total{layer,expert}</c>: routed token rows per expert while layers × experts ≤
@@ -83,7 +85,15 @@ public sealed class CoordinatorInstruments : IDisposable
             "{request}", "Requests waiting for admission");
         _meter.CreateObservableGauge("moe.scheduler.running", () => _scheduler is { } s ? [new Measurement<int>(s().Running)] : Array.Empty<Measurement<int>>(),
             "{sequence}", "Sequences in the running batch");
-        _meter.CreateObservableGauge("moe.kv.blocks", ObserveKvBlocks, "{block}", "Paged KV cache blocks by state");
+        _meter.CreateObservableGauge("moe.kv.blocks", ObserveKvBlocks, "{block}", "Paged KV cache blocks by state: used (held by sequences), cached (kept for their prefix), free");
+        _meter.CreateObservableCounter("moe.prefix_cache.queried_tokens", () => SchedulerCounter(s => s.PrefixQueriedTokens), "{token}",
+            "Tokens admitted sequences looked up in the prefix cache (hit rate = hit_tokens / queried_tokens)");
+        _meter.CreateObservableCounter("moe.prefix_cache.hit_tokens", () => SchedulerCounter(s => s.PrefixHitTokens), "{token}",
+            "Tokens found in the prefix cache (not computed again)");
+        _meter.CreateObservableCounter("moe.prefix_cache.evictions", () => SchedulerCounter(s => s.PrefixEvictions), "{block}",
+            "Cached KV blocks evicted to make room");
+        _meter.CreateObservableCounter("moe.scheduler.preemptions", () => SchedulerCounter(s => s.Preemptions), "{sequence}",
+            "Sequences preempted (KV blocks freed, recomputed later) because blocks ran out");
         _meter.CreateObservableGauge("moe.placement.plan_version", ObservePlanVersion, "{version}", "Placement plan version the dispatcher routes with");
         _meter.CreateObservableCounter("moe.expert.routed_tokens", ObserveExpertLoad, "{row}", "Token rows routed per expert (or per worker above the series limit)");
     }
@@ -190,6 +200,8 @@ public sealed class CoordinatorInstruments : IDisposable
 
     private static double Seconds(long ticks) => ticks / (double)Stopwatch.Frequency;
 
+    private Measurement<long>[] SchedulerCounter(Func<SchedulerStats, long> read) => _scheduler is { } s ? [new Measurement<long>(read(s()))] : [];
+
     private IEnumerable<Measurement<int>> ObserveKvBlocks()
     {
         if (_scheduler is not { } s)
@@ -200,8 +212,8 @@ public sealed class CoordinatorInstruments : IDisposable
         return
         [
             new Measurement<int>(stats.KvBlocksUsed, new KeyValuePair<string, object?>("state", "used")),
-            new Measurement<int>(stats.KvBlocksTotal - stats.KvBlocksUsed, new KeyValuePair<string, object?>("state", "free")),
-            new Measurement<int>(stats.KvBlocksReserved, new KeyValuePair<string, object?>("state", "reserved")),
+            new Measurement<int>(stats.KvBlocksTotal - stats.KvBlocksUsed - stats.KvBlocksCached, new KeyValuePair<string, object?>("state", "free")),
+            new Measurement<int>(stats.KvBlocksCached, new KeyValuePair<string, object?>("state", "cached")),
         ];
     }
 

@@ -44,6 +44,21 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         call.Complete();
     }
 
+    internal void KvCopyBlock(CudaKvBlockStore store, int source, int destination)
+    {
+        KvBlockStores.ValidateCopy(store, source, destination);
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        // Bytes per block from the allocation, so the copy follows whatever element format the store keeps.
+        ulong blockBytes = (ulong)(store.K.Bytes / store.Blocks);
+        CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(store.K.Pointer + (ulong)destination * blockBytes, store.K.Pointer + (ulong)source * blockBytes,
+            (nuint)blockBytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2");
+        CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(store.V.Pointer + (ulong)destination * blockBytes, store.V.Pointer + (ulong)source * blockBytes,
+            (nuint)blockBytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2");
+        ctx.Stream.Synchronize();
+        call.Complete();
+    }
+
     internal void KvAttentionBatch(CudaKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
         in AttentionParams p, Span<float> output, bool validated = false)
     {
@@ -141,6 +156,12 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
     {
         ObjectDisposedException.ThrowIf(K.IsClosed, this);
         _owner.KvWrite(this, slots, k, v);
+    }
+
+    public void CopyBlock(int source, int destination)
+    {
+        ObjectDisposedException.ThrowIf(K.IsClosed, this);
+        _owner.KvCopyBlock(this, source, destination);
     }
 
     public void Attention(ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions, ReadOnlySpan<int> blockTable, int firstSlot, int keys,

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Distributed.Coordinator.Distribution;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Grpc;
 using Microsoft.Extensions.Logging.Abstractions;

@@ -202,6 +202,26 @@ internal static class ServingLoadBenchmark
     /// </summary>
     private static async Task<RequestSample> StreamOneAsync(HttpClient client, string body)
     {
+        var (t0, arrivals, _) = await StreamTokensAsync(client, body).ConfigureAwait(false);
+        if (arrivals.Count == 0)
+        {
+            throw new InvalidOperationException("a stream ended without tokens");
+        }
+        double ttft = (arrivals[0] - t0) * 1000.0 / Stopwatch.Frequency;
+        var itl = new double[arrivals.Count - 1];
+        for (int k = 1; k < arrivals.Count; k++)
+        {
+            itl[k - 1] = (arrivals[k] - arrivals[k - 1]) * 1000.0 / Stopwatch.Frequency;
+        }
+        return new RequestSample(ttft, itl, arrivals.Count);
+    }
+
+    /// <summary>
+    /// Sends one streaming <c>/v1/completions</c> request (with <c>return_token_ids</c>) and reads it to the end: when it
+    /// was sent, when each token's chunk was read, and the token ids.
+    /// </summary>
+    internal static async Task<(long Start, List<long> Arrivals, List<int> Ids)> StreamTokensAsync(HttpClient client, string body)
+    {
         long t0 = Stopwatch.GetTimestamp();
         using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
         using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
@@ -211,6 +231,7 @@ internal static class ServingLoadBenchmark
         }
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync().ConfigureAwait(false), Encoding.UTF8);
         var arrivals = new List<long>();
+        var ids = new List<int>();
         while (await reader.ReadLineAsync().ConfigureAwait(false) is { } line)
         {
             if (!line.StartsWith("data: ", StringComparison.Ordinal))
@@ -224,27 +245,17 @@ internal static class ServingLoadBenchmark
             long now = Stopwatch.GetTimestamp();
             using var doc = JsonDocument.Parse(line.AsMemory(6));
             var choices = doc.RootElement.GetProperty("choices");
-            if (choices.GetArrayLength() == 0)
+            if (choices.GetArrayLength() == 0 || !choices[0].TryGetProperty("token_ids", out var tokenIds))
             {
                 continue;
             }
-            int n = choices[0].TryGetProperty("token_ids", out var ids) ? ids.GetArrayLength() : 0;
-            for (int k = 0; k < n; k++)
+            foreach (var id in tokenIds.EnumerateArray())
             {
                 arrivals.Add(now);
+                ids.Add(id.GetInt32());
             }
         }
-        if (arrivals.Count == 0)
-        {
-            throw new InvalidOperationException("a stream ended without tokens");
-        }
-        double ttft = (arrivals[0] - t0) * 1000.0 / Stopwatch.Frequency;
-        var itl = new double[arrivals.Count - 1];
-        for (int k = 1; k < arrivals.Count; k++)
-        {
-            itl[k - 1] = (arrivals[k] - arrivals[k - 1]) * 1000.0 / Stopwatch.Frequency;
-        }
-        return new RequestSample(ttft, itl, arrivals.Count);
+        return (t0, arrivals, ids);
     }
 
     private static double Percentile(List<double> values, double p)

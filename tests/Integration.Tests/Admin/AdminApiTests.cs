@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Distributed.Coordinator.Admin;
+using Distributed.Coordinator.Serving.Scheduling;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Xunit.Abstractions;
@@ -283,7 +284,7 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
         Assert.True(after.TimeToFirstTokenSecondsSum > before.TimeToFirstTokenSecondsSum);
         Assert.True(after.Steps > before.Steps);
         Assert.Equal(0, after.Running);
-        Assert.Equal(0, after.KvBlocksReserved);
+        Assert.Equal(0, after.Preemptions);
         Assert.True(after.KvBlocksTotal > 0);
         Assert.True(after.UptimeSeconds > 0);
 

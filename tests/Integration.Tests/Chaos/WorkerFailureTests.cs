@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Distributed.Coordinator.Distribution;
+using Distributed.Coordinator.Serving.Scheduling;
 using Xunit.Abstractions;
 
 namespace Distributed.Integration.Tests.Chaos;

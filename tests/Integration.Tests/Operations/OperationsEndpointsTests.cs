@@ -55,6 +55,27 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
         double sent = series.Where(kv => kv.Key.StartsWith("moe_worker_bytes_total{", StringComparison.Ordinal) && kv.Key.Contains("direction=\"sent\"", StringComparison.Ordinal)).Sum(kv => kv.Value);
         Assert.Equal(18 * 64 * 4, sent); // fp32 wire: rows x hidden 64 x 4 bytes
         Assert.Contains(series.Keys, k => k.StartsWith("moe_worker_rtt_seconds_count{", StringComparison.Ordinal) && k.Contains("worker=\"worker-0\"", StringComparison.Ordinal));
+
+        // The prefix cache (issue #14): a 40-token prompt sent twice; the second finds its first 32 tokens (2 blocks).
+        Assert.Equal(0, Value(series, "moe_prefix_cache_hit_tokens_total"));
+        string prompt = string.Join(",", Enumerable.Range(1, 40).Prepend(500).Take(40));
+        for (int i = 0; i < 2; i++)
+        {
+            var again = await client.PostAsync("/v1/completions", new StringContent(
+                $$"""{"model":"tiny-maverick","prompt":[{{prompt}}],"max_tokens":2,"temperature":0}""", Encoding.UTF8, "application/json"));
+            Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        }
+        // The exporter answers repeated scrapes from a short-lived cache: read until the new counts show (bounded).
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        do
+        {
+            series = ParseSeries(await client.GetStringAsync("/metrics"));
+        }
+        while (Value(series, "moe_prefix_cache_queried_tokens_total") < 81 && DateTime.UtcNow < deadline);
+        Assert.Equal(1 + 40 + 40, Value(series, "moe_prefix_cache_queried_tokens_total"));
+        Assert.Equal(32, Value(series, "moe_prefix_cache_hit_tokens_total"));
+        Assert.Equal(0, Value(series, "moe_scheduler_preemptions_total"));
+        Assert.True(Value(series, "moe_kv_blocks", "state=\"cached\"") > 0);
     }
 
     [Fact]

@@ -32,6 +32,9 @@ public sealed class ServeEndpointsTests : IClassFixture<ServeFixture>
     }
 
     [Fact]
+    public Task InferAndServe_SameGreedyTokens() => ServeScenarios.InferAndServeAgreeAsync(Client);
+
+    [Fact]
     public async Task Completion_TokenIdPrompts_GreedyTokensEqualGolden()
     {
         await ServeScenarios.GoldenGreedyAsync(Client);
@@ -119,7 +122,7 @@ public sealed class ServeEndpointsTests : IClassFixture<ServeFixture>
     [InlineData("/v1/completions", """{"model":"other","prompt":[1]}""", "model")]
     [InlineData("/v1/completions", """{"model":"tiny-maverick","prompt":[512]}""", "prompt[0]")]
     [InlineData("/v1/chat/completions", """{"model":"tiny-maverick","messages":[]}""", "messages")]
-    [InlineData("/v1/chat/completions", """{"model":"tiny-maverick","messages":[{"role":"user","content":"x"}],"n":2}""", "n")]
+    [InlineData("/v1/chat/completions", """{"model":"tiny-maverick","messages":[{"role":"user","content":"x"}],"n":65}""", "n")]
     public async Task ValidationErrors_400WithTheField(string path, string json, string param)
     {
         var (status, body, _) = await PostAsync(Client, path, json);

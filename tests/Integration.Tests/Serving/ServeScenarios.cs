@@ -25,6 +25,32 @@ internal static class ServeScenarios
         }
     }
 
+    /// <summary>
+    /// <c>infer --json</c> (the CLI, in this process) and <c>serve</c> give the same greedy tokens for the same prompt:
+    /// golden prompts and random ones, with <c>infer</c>'s EOS stop and serve's implicit EOS stop ids.
+    /// </summary>
+    public static async Task InferAndServeAgreeAsync(HttpClient client, params string[] inferArgs)
+    {
+        var rng = new Random(14);
+        var prompts = ServeFixture.Golden.Select(g => g.InputIds)
+            .Concat(Enumerable.Range(0, 3).Select(i => new[] { 500 }.Concat(Enumerable.Range(0, 5 + 11 * i).Select(_ => rng.Next(490))).ToArray()));
+        foreach (int[] prompt in prompts)
+        {
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            int rc = await Coordinator.Cli.CommandLine.RunAsync(
+                ["infer", "--model", TestPaths.Fixture(ServeFixture.ModelId), "--prompt-ids", string.Join(",", prompt), "--max-new-tokens", "20", "--json", .. inferArgs],
+                stdout, stderr);
+            Assert.True(rc == 0, stderr.ToString());
+            using var infer = System.Text.Json.JsonDocument.Parse(stdout.ToString());
+            int[] inferred = Ints(infer.RootElement.GetProperty("new_tokens"));
+            var (status, body, _) = await PostAsync(client, "/v1/completions",
+                $$"""{"model":"{{ServeFixture.ModelId}}","prompt":[{{string.Join(",", prompt)}}],"max_tokens":20,"temperature":0,"return_token_ids":true}""");
+            Assert.Equal(HttpStatusCode.OK, status);
+            Assert.Equal(inferred, Ints(body.GetProperty("choices")[0].GetProperty("token_ids")));
+        }
+    }
+
     /// <summary><paramref name="clients"/> concurrent clients, half streaming, each gets its golden tokens.</summary>
     public static async Task ConcurrentClientsAsync(HttpClient client, int clients)
     {

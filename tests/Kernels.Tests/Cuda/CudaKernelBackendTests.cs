@@ -186,6 +186,13 @@ public sealed class CudaKernelBackendTests : IDisposable
             var (batched, expected) = KvBlockStoreBatchScenario.Run(batchStore, _cpu, new AttentionParams(8, 2, 16, 0.25f, 8), seed: 5);
             AssertScaled(expected, batched, 1e-5, "three sequences in one device call");
         }
+        using (var copyStore = KvBlockStores.Create(Gpu, 8, 16, 32))
+        {
+            var (original, originalExpected, copy, copyExpected) = KvBlockStoreCopyScenario.Run(copyStore, _cpu, new AttentionParams(8, 2, 16, 0.25f, 0), seed: 9);
+            AssertScaled(originalExpected, original, 1e-5, "the original of a copied block on the device");
+            AssertScaled(copyExpected, copy, 1e-5, "a copied block written further on the device");
+            Assert.Throws<ArgumentException>(() => copyStore.CopyBlock(3, 3));
+        }
         // A host-memory store of the same backend (the baseline) gives the contiguous CUDA result.
         using var host = KvBlockStores.Create(Gpu, 64, 16, 32, preferBackend: false);
         Assert.IsType<HostKvBlockStore>(host);

@@ -1,4 +1,5 @@
 using System.Buffers;
+using Distributed.Coordinator.KvCache;
 using Distributed.Coordinator.Moe;
 using Distributed.Kernels;
 using Distributed.Checkpoint;
@@ -63,8 +64,9 @@ public sealed class StepResult
 /// L2 qk-norm on layers with <c>no_rope_layers[i] == 1</c>; NoPE + full mask + temperature tuning on the others) and ffn
 /// is a dense SwiGLU or the MoE block (router → dispatch → shared expert → combine). Free of transport code: routed
 /// experts go through <see cref="IExpertDispatcher"/>.
-/// Batched: one step runs any number of sequences, each with its own cache; every matmul and the MoE dispatch see all
-/// rows at once, and each row's result does not depend on the others (kernel batch invariance).
+/// Batched: one step runs any number of sequences, each with its own paged cache in one pool; every matmul, the one
+/// attention call per layer and the MoE dispatch see all rows at once, and each row's result does not depend on the
+/// others (kernel batch invariance).
 /// </summary>
 public sealed class Llama4Model
 {
@@ -88,13 +90,6 @@ public sealed class Llama4Model
     /// <summary>The model's config.</summary>
     public Llama4TextConfig Config => _c;
 
-    /// <summary>
-    /// When every sequence of a step keeps its keys in the same block store (the scheduler's pool), run attention for all
-    /// of them in one <see cref="IKvBlockStore.AttentionBatch"/> call (one upload and launch on CUDA) instead of one call
-    /// per sequence. Default true; false exists to measure the difference (GPU check). Results are the same either way.
-    /// </summary>
-    public bool BatchAttention { get; set; } = true;
-
     /// <summary>Debug hook; null (the default) costs nothing.</summary>
     public IActivationObserver? Observer { get; set; }
 
@@ -102,11 +97,15 @@ public sealed class Llama4Model
     /// Runs one step: every item appends its tokens at its cache's next positions and gets the logits it asked for.
     /// </summary>
     /// <param name="captureRouting">Return the top-k expert ids of every row in every MoE layer.</param>
-    /// <exception cref="ArgumentException">An item has no tokens, a token is outside the vocabulary, or a position would
+    /// <exception cref="ArgumentException">No items, items whose caches are in different pools, an item has no tokens, a token is outside the vocabulary, or a position would
     /// exceed <c>max_position_embeddings</c>.</exception>
     public async ValueTask<StepResult> ForwardAsync(IReadOnlyList<SequenceStep> items, bool captureRouting, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(items);
+        if (items.Count == 0)
+        {
+            throw new ArgumentException("a step needs at least one sequence", nameof(items));
+        }
         int h = _c.HiddenSize, nh = _c.NumHeads, nkv = _c.NumKvHeads, hd = _c.HeadDim;
         int qW = nh * hd, kvW = nkv * hd, qkvW = qW + 2 * kvW;
 
@@ -136,7 +135,6 @@ public sealed class Llama4Model
         float[] hidden = pool.Rent(t * h), x = pool.Rent(t * h), qkv = pool.Rent(t * qkvW), q = pool.Rent(t * qW),
             k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h);
         int[] positions = new int[t];
-        var views = new KvView[items.Count];
         var sequences = new KvSequenceView[items.Count];
         try
         {
@@ -195,45 +193,24 @@ public sealed class Llama4Model
                     }
                 }
 
+                // One attention call per layer for every sequence of the step, over the keys where the store keeps them
+                // (device memory on CUDA): each row's result depends only on its own sequence.
                 var ap = new AttentionParams(nh, nkv, hd, _attnScaling, rope ? _c.AttentionChunkSize : 0);
+                IKvBlockStore? store = null;
                 row = 0;
                 for (int i = 0; i < items.Count; i++)
                 {
                     int n = items[i].Tokens.Length;
-                    views[i] = items[i].Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
+                    var view = items[i].Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
+                    store ??= view.Store;
+                    if (!ReferenceEquals(store, view.Store))
+                    {
+                        throw new ArgumentException("every sequence of a step must keep its keys in the same block store (one pool)", nameof(items));
+                    }
+                    sequences[i] = new KvSequenceView(n, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
                     row += n;
                 }
-                if (BatchAttention && SharedStore(views, items.Count) is { } shared)
-                {
-                    // Paged, one store for the whole step (the scheduler's pool): one call for every sequence, the keys
-                    // staying where the store keeps them (device memory on CUDA).
-                    for (int i = 0; i < items.Count; i++)
-                    {
-                        var view = views[i];
-                        sequences[i] = new KvSequenceView(items[i].Tokens.Length, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
-                    }
-                    shared.AttentionBatch(q.AsSpan(0, t * qW), positions, sequences, ap, attn.AsSpan(0, t * qW));
-                }
-                else
-                {
-                    row = 0;
-                    for (int i = 0; i < items.Count; i++)
-                    {
-                        int n = items[i].Tokens.Length;
-                        var view = views[i];
-                        if (view.Store is { } store)
-                        {
-                            store.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.BlockTable.Span, view.FirstSlot, view.Keys,
-                                view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
-                        }
-                        else
-                        {
-                            _backend.Attention(q.AsSpan(row * qW, n * qW), n, positions.AsSpan(row, n), view.K.Span, view.V.Span, view.Keys,
-                                view.KeyPositionStart, ap, attn.AsSpan(row * qW, n * qW));
-                        }
-                        row += n;
-                    }
-                }
+                store!.AttentionBatch(q.AsSpan(0, t * qW), positions, sequences, ap, attn.AsSpan(0, t * qW));
                 _backend.MatMul(attn.AsSpan(0, t * qW), t, lw.O, tmp.AsSpan(0, t * h));
                 _backend.Add(hidden.AsSpan(0, t * h), tmp.AsSpan(0, t * h));
 
@@ -256,7 +233,7 @@ public sealed class Llama4Model
             }
             foreach (var item in items)
             {
-                item.Cache.Advance(item.Tokens.Length);
+                item.Cache.Advance(item.Tokens.Span);
             }
 
             // --- final norm + lm_head on the requested rows only ---
@@ -338,20 +315,6 @@ public sealed class Llama4Model
         // combining into a buffer and adding it).
         await _experts.CombineAddAsync(handle, output.AsMemory(0, t * h), cancellationToken).ConfigureAwait(false);
         return ids;
-    }
-
-    /// <summary>The block store every view of the step is held in, or null when any is contiguous or they differ.</summary>
-    private static IKvBlockStore? SharedStore(KvView[] views, int count)
-    {
-        var store = count > 0 ? views[0].Store : null;
-        for (int i = 1; i < count && store is not null; i++)
-        {
-            if (!ReferenceEquals(views[i].Store, store))
-            {
-                return null;
-            }
-        }
-        return store;
     }
 
     /// <summary>The NoPE-layer query factor at absolute position <paramref name="position"/>, float32 at every step as HF computes it.</summary>

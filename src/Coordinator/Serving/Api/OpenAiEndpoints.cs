@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Distributed.Coordinator.Serving.Tokenization;
 
 namespace Distributed.Coordinator.Serving.Api;
 
@@ -39,6 +40,8 @@ public sealed partial class OpenAiEndpoints
         routes.MapGet("/v1/models/{**id}", GetModelAsync);
         routes.MapPost("/v1/completions", CompletionsAsync);
         routes.MapPost("/v1/chat/completions", ChatCompletionsAsync);
+        routes.MapPost("/tokenize", TokenizeAsync);
+        routes.MapPost("/detokenize", DetokenizeAsync);
     }
 
     private Task ListModelsAsync(HttpContext context) => WriteJsonAsync(context, 200, w =>
@@ -72,6 +75,97 @@ public sealed partial class OpenAiEndpoints
         w.WriteEndObject();
     }
 
+    /// <summary>
+    /// <c>POST /tokenize</c> as vLLM exposes it: <c>{"prompt": text, "add_special_tokens": true}</c> (BOS added unless
+    /// false or already there) or <c>{"messages": [...], "add_generation_prompt": true, "tools": [...]}</c> (the chat
+    /// template, which holds its own BOS); optional <c>model</c> and <c>return_token_strs</c>. Answers
+    /// <c>{"count", "max_model_len", "tokens", "token_strs"}</c>.
+    /// </summary>
+    private async Task TokenizeAsync(HttpContext context)
+    {
+        using var document = await ReadBodyAsync(context).ConfigureAwait(false);
+        var body = new JsonRequestObject(document.RootElement);
+        if (body.OptionalString("model") is { } model)
+        {
+            CheckModel(model);
+        }
+        bool returnStrings = body.Boolean("return_token_strs") ?? false;
+        int[] ids;
+        if (body.TryGet("messages", out var messagesElement))
+        {
+            if (body.Has("prompt"))
+            {
+                throw ApiErrorException.BadRequest("Send either 'prompt' or 'messages', not both.", "prompt");
+            }
+            var chat = OpenAiRequestParser.ParseTokenizeChat(body, messagesElement);
+            ids = EncodeChat(chat.Messages, chat.Tools, chat.AddGenerationPrompt);
+            if (chat.AddSpecialTokens && (ids.Length == 0 || ids[0] != _model.Tokenizer.BosTokenId))
+            {
+                ids = [_model.Tokenizer.BosTokenId, .. ids];
+            }
+        }
+        else
+        {
+            if (!body.TryGet("prompt", out var prompt) || prompt.ValueKind != JsonValueKind.String)
+            {
+                throw ApiErrorException.BadRequest("'prompt' (a string) or 'messages' is required.", "prompt");
+            }
+            bool addSpecial = body.Boolean("add_special_tokens") ?? true;
+            ids = addSpecial ? EncodePrompt(prompt.GetString()!) : _model.Tokenizer.Encode(prompt.GetString()!, addBos: false, parseSpecialTokens: true);
+        }
+        body.RejectUnread();
+        await WriteJsonAsync(context, 200, w =>
+        {
+            w.WriteStartObject();
+            w.WriteNumber("count", ids.Length);
+            w.WriteNumber("max_model_len", _model.Scheduler.MaxContextTokens);
+            w.WriteStartArray("tokens");
+            foreach (int id in ids)
+            {
+                w.WriteNumberValue(id);
+            }
+            w.WriteEndArray();
+            if (returnStrings)
+            {
+                w.WriteStartArray("token_strs");
+                foreach (int id in ids)
+                {
+                    w.WriteStringValue(TokenText(id));
+                }
+                w.WriteEndArray();
+            }
+            else
+            {
+                w.WriteNull("token_strs");
+            }
+            w.WriteEndObject();
+        }).ConfigureAwait(false);
+    }
+
+    /// <summary><c>POST /detokenize</c> as vLLM exposes it: <c>{"tokens": [ids]}</c> (optional <c>model</c>) → <c>{"prompt": text}</c>, special tokens as their text.</summary>
+    private async Task DetokenizeAsync(HttpContext context)
+    {
+        using var document = await ReadBodyAsync(context).ConfigureAwait(false);
+        var body = new JsonRequestObject(document.RootElement);
+        if (body.OptionalString("model") is { } model)
+        {
+            CheckModel(model);
+        }
+        if (!body.TryGet("tokens", out var tokens) || tokens.ValueKind != JsonValueKind.Array)
+        {
+            throw ApiErrorException.BadRequest("'tokens' (an array of token ids) is required.", "tokens");
+        }
+        int[] ids = OpenAiRequestParser.ParseTokens(tokens, "tokens", _model.Scheduler.VocabSize);
+        body.RejectUnread();
+        string text = _model.Tokenizer.Decode(ids, skipSpecialTokens: false);
+        await WriteJsonAsync(context, 200, w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("prompt", text);
+            w.WriteEndObject();
+        }).ConfigureAwait(false);
+    }
+
     private async Task CompletionsAsync(HttpContext context)
     {
         using var document = await ReadBodyAsync(context).ConfigureAwait(false);
@@ -79,26 +173,47 @@ public sealed partial class OpenAiEndpoints
         CheckModel(body.Model);
         int[] promptIds = body.PromptTokenIds ?? EncodePrompt(body.PromptText!);
         var ctx = new ResponseContext($"cmpl-{Guid.NewGuid():N}", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _model.Id, ApiKind.Completion);
-        int maxTokens = ResolveMaxTokens(promptIds.Length, body.Options.MaxTokens, "prompt", Math.Min(_settings.DefaultCompletionMaxTokens, _model.Scheduler.MaxContextTokens - promptIds.Length));
-        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. _model.Tokenizer.EosTokenIds]).ConfigureAwait(false);
+        int maxTokens = ResolveMaxTokens(promptIds.Length, body.Options, "prompt");
+        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. _model.Tokenizer.EosTokenIds], null).ConfigureAwait(false);
     }
 
     private async Task ChatCompletionsAsync(HttpContext context)
     {
         using var document = await ReadBodyAsync(context).ConfigureAwait(false);
-        var body = OpenAiRequestParser.ParseChat(document.RootElement);
+        var body = OpenAiRequestParser.ParseChat(document.RootElement, _model.Scheduler.VocabSize);
         CheckModel(body.Model);
-        // Message text stays text: "<|eot|>" typed by a user must not end the user's turn.
-        int[] promptIds = _model.Tokenizer.EncodeChat(body.Messages, addGenerationPrompt: true, parseSpecialTokensInContent: false);
+        int[] promptIds = EncodeChat(body.Messages, body.Tools, addGenerationPrompt: true);
         var ctx = new ResponseContext($"chatcmpl-{Guid.NewGuid():N}", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _model.Id, ApiKind.Chat);
-        int maxTokens = ResolveMaxTokens(promptIds.Length, body.Options.MaxTokens, "messages", _model.Scheduler.MaxContextTokens - promptIds.Length);
+        int maxTokens = ResolveMaxTokens(promptIds.Length, body.Options, "messages");
         var stopIds = new HashSet<int>(_model.Tokenizer.EosTokenIds) { _model.Tokenizer.EndOfTurnTokenId };
-        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. stopIds]).ConfigureAwait(false);
+        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. stopIds], body.ParseToolCalls ? body : null).ConfigureAwait(false);
     }
 
-    private async Task RunAsync(HttpContext context, ResponseContext ctx, int[] promptIds, int maxTokens, GenerationOptions options, int[] stopTokenIds)
+    /// <summary>Renders and tokenizes a conversation (message text stays text: "&lt;|eot|&gt;" typed by a user must not end its turn).</summary>
+    private int[] EncodeChat(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ChatTool>? tools, bool addGenerationPrompt)
     {
-        var request = new GenerationRequest(ctx.Id, promptIds, maxTokens, options.Sampling, stopTokenIds);
+        try
+        {
+            return _model.Tokenizer.EncodeChat(messages, addGenerationPrompt, parseSpecialTokensInContent: false, tools);
+        }
+        catch (ChatTemplateException ex)
+        {
+            throw ApiErrorException.BadRequest($"'{ex.Field}' {ex.Message[(ex.Field.Length + 2)..]}", ex.Field);
+        }
+    }
+
+    private async Task RunAsync(HttpContext context, ResponseContext ctx, int[] promptIds, int maxTokens, GenerationOptions options, int[] implicitStopIds,
+        ChatCompletionRequestBody? tools)
+    {
+        // The end-of-sequence ids stop a choice unless ignore_eos; stop_token_ids always do.
+        int[] stopIds = [.. (options.IgnoreEos ? [] : implicitStopIds).Concat(options.StopTokenIds).Distinct()];
+        var request = new GenerationRequest(ctx.Id, promptIds, maxTokens, options.Sampling, stopIds)
+        {
+            N = options.N,
+            Logprobs = options.Logprobs,
+            IgnoreEos = options.IgnoreEos,
+            ChoiceCancellation = new ChoiceCancellation(options.N),
+        };
         var started = Stopwatch.GetTimestamp();
         CancellationToken aborted = context.RequestAborted;
         GenerationStream stream;
@@ -129,40 +244,59 @@ public sealed partial class OpenAiEndpoints
 
         await using (stream.ConfigureAwait(false))
         {
+            var choices = Enumerable.Range(0, options.N).Select(i => new ChoiceAccumulator(i, options.Logprobs is not null)).ToArray();
             if (options.Stream)
             {
-                await StreamAsync(context, ctx, stream, options, promptIds).ConfigureAwait(false);
+                await StreamAsync(context, ctx, stream, options, promptIds, choices, tools).ConfigureAwait(false);
             }
             else
             {
-                await RespondAsync(context, ctx, stream, options, promptIds).ConfigureAwait(false);
+                await RespondAsync(context, ctx, stream, options, promptIds, choices, tools).ConfigureAwait(false);
             }
             LogCompleted(ctx.Id, stream.PromptTokens, stream.CompletionTokens, options.Stream, Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         }
     }
 
-    private static async Task RespondAsync(HttpContext context, ResponseContext ctx, GenerationStream stream, GenerationOptions options, int[] promptIds)
+    private async Task RespondAsync(HttpContext context, ResponseContext ctx, GenerationStream stream, GenerationOptions options, int[] promptIds,
+        ChoiceAccumulator[] choices, ChatCompletionRequestBody? tools)
     {
-        var text = new StringBuilder();
-        var tokenIds = new List<int>();
-        string finish;
-        while (true)
+        while (await stream.NextAsync().ConfigureAwait(false) is { } delta)
         {
-            var delta = (await stream.NextAsync().ConfigureAwait(false))!.Value;
-            text.Append(delta.Text);
-            tokenIds.AddRange(delta.TokenIds);
+            var choice = choices[delta.Choice];
+            choice.Add(delta, LogprobsOf(delta, choice.TextLength));
+            choice.TextLength += delta.Text.Length;
             if (delta.Finish is { } f)
             {
-                finish = f;
-                break;
+                choice.Finish = f;
             }
         }
+        var outputs = choices.Select(c =>
+        {
+            var calls = tools is not null ? ParseCalls(c.Text.ToString(), tools) : null;
+            return new ChoiceOutput(c.Index, calls is null ? c.Text.ToString() : null, calls is null ? c.Finish : "tool_calls")
+            {
+                ToolCalls = calls,
+                Logprobs = c.Logprobs,
+                TokenIds = options.ReturnTokenIds ? [.. c.TokenIds] : null,
+                PromptTokenIds = options.ReturnTokenIds ? promptIds : null,
+            };
+        }).ToArray();
         var usage = new Usage(stream.PromptTokens, stream.CompletionTokens);
-        await WriteJsonAsync(context, 200, w => OpenAiResponseJson.WriteResponse(
-            w, ctx, text.ToString(), finish, usage, options.ReturnTokenIds ? promptIds : null, options.ReturnTokenIds ? [.. tokenIds] : null)).ConfigureAwait(false);
+        await WriteJsonAsync(context, 200, w => OpenAiResponseJson.WriteResponse(w, ctx, outputs, usage)).ConfigureAwait(false);
     }
 
-    private async Task StreamAsync(HttpContext context, ResponseContext ctx, GenerationStream stream, GenerationOptions options, int[] promptIds)
+    /// <summary>The tool calls <paramref name="text"/> makes, or null when it is ordinary content.</summary>
+    private static List<ToolCallResult>? ParseCalls(string text, ChatCompletionRequestBody tools)
+    {
+        if (!ToolCallParser.MayBeToolCall(text) || !ToolCallParser.TryParse(text, [.. tools.Tools!.Select(t => t.Name)], out var calls))
+        {
+            return null;
+        }
+        return tools.ParallelToolCalls ? calls : calls.GetRange(0, 1);
+    }
+
+    private async Task StreamAsync(HttpContext context, ResponseContext ctx, GenerationStream stream, GenerationOptions options, int[] promptIds,
+        ChoiceAccumulator[] choices, ChatCompletionRequestBody? tools)
     {
         var response = context.Response;
         response.StatusCode = 200;
@@ -172,42 +306,84 @@ public sealed partial class OpenAiEndpoints
         CancellationToken ct = context.RequestAborted;
         using var sse = new SseWriter(response.BodyWriter);
         bool usageNull = options.IncludeUsage;
-        int[]? ids(int[] t) => options.ReturnTokenIds ? t : null;
-        int[]? promptIdsOnce = options.ReturnTokenIds ? promptIds : null;
+        bool ids = options.ReturnTokenIds;
+        Task Send(ChoiceOutput output) => sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, output, usageNull), ct).AsTask();
+        ChoiceOutput Chunk(ChoiceAccumulator c, string? text, string? finish, int[] tokenIds, List<LogprobEntry>? logprobs)
+        {
+            var output = new ChoiceOutput(c.Index, text, finish)
+            {
+                Logprobs = logprobs,
+                TokenIds = ids ? tokenIds : null,
+                PromptTokenIds = ids && !c.PromptIdsSent ? promptIds : null,
+            };
+            c.PromptIdsSent |= ids;
+            return output;
+        }
         if (ctx.Kind == ApiKind.Chat)
         {
-            // OpenAI's first chat chunk announces the role with empty content.
-            await sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, string.Empty, null, includeRole: true, usageNull, promptIdsOnce, ids([])), ct).ConfigureAwait(false);
-            promptIdsOnce = null;
+            // OpenAI's first chat chunk of each choice announces the role with empty content.
+            foreach (var c in choices)
+            {
+                await Send(Chunk(c, string.Empty, null, [], null) with { IncludeRole = true }).ConfigureAwait(false);
+            }
         }
         try
         {
             while (await stream.NextAsync().ConfigureAwait(false) is { } delta)
             {
-                if (delta.Finish is null)
+                var c = choices[delta.Choice];
+                var logprobs = LogprobsOf(delta, c.TextLength);
+                c.TextLength += delta.Text.Length;
+                if (tools is not null && c.Mode != ToolMode.Content)
                 {
-                    if (delta.Text.Length > 0 || options.ReturnTokenIds)
+                    // Hold the text back while it may still be a tool call; decide at the first non-space character.
+                    c.Add(delta, logprobs);
+                    if (c.Mode == ToolMode.Undecided && !ToolCallParser.MayBeToolCall(c.Text.ToString()))
                     {
-                        await sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, delta.Text, null, false, usageNull, promptIdsOnce, ids(delta.TokenIds)), ct).ConfigureAwait(false);
-                        promptIdsOnce = null;
+                        c.Mode = ToolMode.Content;
+                        var (text, held, heldLogprobs) = c.TakeHeld();
+                        if (delta.Finish is null)
+                        {
+                            await Send(Chunk(c, text, null, held, heldLogprobs)).ConfigureAwait(false);
+                            continue;
+                        }
+                        await Send(Chunk(c, text, null, held, heldLogprobs)).ConfigureAwait(false);
+                        await Send(Chunk(c, null, delta.Finish, [], null)).ConfigureAwait(false);
+                        continue;
                     }
-                    continue;
-                }
-                if (ctx.Kind == ApiKind.Chat)
-                {
-                    if (delta.Text.Length > 0)
+                    if (delta.Finish is null)
                     {
-                        await sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, delta.Text, null, false, usageNull, promptIdsOnce, ids(delta.TokenIds)), ct).ConfigureAwait(false);
-                        await sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, null, delta.Finish, false, usageNull, null, ids([])), ct).ConfigureAwait(false);
+                        continue;
+                    }
+                    var (all, allIds, allLogprobs) = c.TakeHeld();
+                    if (ParseCalls(all, tools) is { } calls)
+                    {
+                        await Send(Chunk(c, null, null, allIds, allLogprobs) with { ToolCalls = calls }).ConfigureAwait(false);
+                        await Send(Chunk(c, null, "tool_calls", [], null)).ConfigureAwait(false);
                     }
                     else
                     {
-                        await sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, null, delta.Finish, false, usageNull, promptIdsOnce, ids(delta.TokenIds)), ct).ConfigureAwait(false);
+                        await Send(Chunk(c, all, null, allIds, allLogprobs)).ConfigureAwait(false);
+                        await Send(Chunk(c, null, delta.Finish, [], null)).ConfigureAwait(false);
                     }
+                    continue;
+                }
+                if (delta.Finish is null)
+                {
+                    if (delta.Text.Length > 0 || ids || logprobs is not null)
+                    {
+                        await Send(Chunk(c, delta.Text, null, delta.TokenIds, logprobs)).ConfigureAwait(false);
+                    }
+                    continue;
+                }
+                if (ctx.Kind == ApiKind.Chat && delta.Text.Length > 0)
+                {
+                    await Send(Chunk(c, delta.Text, null, delta.TokenIds, logprobs)).ConfigureAwait(false);
+                    await Send(Chunk(c, null, delta.Finish, [], null)).ConfigureAwait(false);
                 }
                 else
                 {
-                    await sse.WriteEventAsync(w => OpenAiResponseJson.WriteChunk(w, ctx, delta.Text, delta.Finish, false, usageNull, promptIdsOnce, ids(delta.TokenIds)), ct).ConfigureAwait(false);
+                    await Send(Chunk(c, ctx.Kind == ApiKind.Chat ? null : delta.Text, delta.Finish, delta.TokenIds, logprobs)).ConfigureAwait(false);
                 }
             }
         }
@@ -228,6 +404,62 @@ public sealed partial class OpenAiEndpoints
         await sse.WriteDoneAsync(ct).ConfigureAwait(false);
     }
 
+    /// <summary>The API form of a delta's logprobs (one entry: a delta is one token), or null when not requested.</summary>
+    private List<LogprobEntry>? LogprobsOf(GenerationDelta delta, int textOffset)
+    {
+        if (delta.Logprobs is not { } lp)
+        {
+            return null;
+        }
+        var top = new (string, byte[], float)[lp.TopIds.Length];
+        for (int i = 0; i < top.Length; i++)
+        {
+            top[i] = (TokenText(lp.TopIds[i]), _model.Tokenizer.GetTokenBytes(lp.TopIds[i]).ToArray(), lp.TopLogprobs[i]);
+        }
+        int id = delta.TokenIds[0];
+        return [new LogprobEntry(TokenText(id), _model.Tokenizer.GetTokenBytes(id).ToArray(), lp.Logprob, top, textOffset)];
+    }
+
+    private string TokenText(int id) => _model.Tokenizer.Decode([id], skipSpecialTokens: false);
+
+    /// <summary>What one choice has produced, and (streaming chat with tools) the text held back while it may be a tool call.</summary>
+    private sealed class ChoiceAccumulator(int index, bool logprobs)
+    {
+        public int Index { get; } = index;
+        public StringBuilder Text { get; } = new();
+        public List<int> TokenIds { get; } = [];
+        public List<LogprobEntry>? Logprobs { get; } = logprobs ? [] : null;
+        public string Finish { get; set; } = "stop";
+        public int TextLength { get; set; }
+        public bool PromptIdsSent { get; set; }
+        public ToolMode Mode { get; set; }
+
+        public void Add(GenerationDelta delta, List<LogprobEntry>? logprobs)
+        {
+            Text.Append(delta.Text);
+            TokenIds.AddRange(delta.TokenIds);
+            if (logprobs is not null)
+            {
+                Logprobs?.AddRange(logprobs);
+            }
+        }
+
+        public (string Text, int[] Ids, List<LogprobEntry>? Logprobs) TakeHeld()
+        {
+            var held = (Text.ToString(), TokenIds.ToArray(), Logprobs is null ? null : new List<LogprobEntry>(Logprobs));
+            Text.Clear();
+            TokenIds.Clear();
+            Logprobs?.Clear();
+            return held;
+        }
+    }
+
+    private enum ToolMode
+    {
+        Undecided,
+        Content,
+    }
+
     private int[] EncodePrompt(string text)
     {
         // Hugging Face's Llama 4 tokenizer adds <|begin_of_text|> (its post-processor); a prompt that already starts
@@ -240,7 +472,11 @@ public sealed partial class OpenAiEndpoints
         return [_model.Tokenizer.BosTokenId, .. ids];
     }
 
-    private int ResolveMaxTokens(int promptTokens, int? requested, string promptField, int fallback)
+    /// <summary>
+    /// The choice length: <c>max_tokens</c> as given (after checking prompt + it against the context), else the rest of
+    /// the context capped by the server's <c>--default-max-tokens</c>.
+    /// </summary>
+    private int ResolveMaxTokens(int promptTokens, GenerationOptions options, string promptField)
     {
         int limit = _model.Scheduler.MaxContextTokens;
         if (promptTokens >= limit)
@@ -249,13 +485,18 @@ public sealed partial class OpenAiEndpoints
                 $"This model's maximum context length is {limit} tokens, but the {promptField} is {promptTokens} tokens long; shorten it to leave room for at least one generated token.",
                 promptField, "context_length_exceeded");
         }
-        if (requested is int max && (long)promptTokens + max > limit)
+        if (options.MaxTokens is int max && (long)promptTokens + max > limit)
         {
             throw ApiErrorException.BadRequest(
                 $"This model's maximum context length is {limit} tokens. However, you requested {(long)promptTokens + max} tokens ({promptTokens} in the {promptField}, {max} for the completion). Reduce the {promptField} or max_tokens.",
                 "max_tokens", "context_length_exceeded");
         }
-        return requested ?? fallback;
+        int resolved = options.MaxTokens ?? Math.Min(_settings.DefaultMaxTokens, limit - promptTokens);
+        if (options.Sampling.MinTokens > resolved)
+        {
+            throw ApiErrorException.BadRequest($"'min_tokens' ({options.Sampling.MinTokens}) exceeds the {resolved} tokens this request may generate.", "min_tokens");
+        }
+        return resolved;
     }
 
     private void CheckModel(string model)

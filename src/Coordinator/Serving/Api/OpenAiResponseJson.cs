@@ -21,85 +21,118 @@ public sealed record ResponseContext(string Id, long Created, string Model, ApiK
 
 /// <summary>Token counts of one request.</summary>
 /// <param name="PromptTokens">Prompt length in tokens.</param>
-/// <param name="CompletionTokens">Generated tokens (an EOS or stop token included).</param>
+/// <param name="CompletionTokens">Generated tokens over every choice (an EOS or stop token included).</param>
 public readonly record struct Usage(int PromptTokens, int CompletionTokens)
 {
     /// <summary>Prompt + completion.</summary>
     public int TotalTokens => PromptTokens + CompletionTokens;
 }
 
+/// <summary>One token's log-probabilities as the API writes them.</summary>
+/// <param name="Token">The token's text (special tokens as their text; a partial UTF-8 character as U+FFFD).</param>
+/// <param name="Bytes">The token's bytes.</param>
+/// <param name="Logprob">Its log-probability (−9999 for −∞).</param>
+/// <param name="Top">The most likely tokens at that step, most likely first.</param>
+/// <param name="TextOffset">Completions only: where the token's text starts in the choice's text.</param>
+public sealed record LogprobEntry(string Token, byte[] Bytes, float Logprob, IReadOnlyList<(string Token, byte[] Bytes, float Logprob)> Top, int TextOffset);
+
+/// <summary>
+/// One choice of a response or chunk. Text is the content (null in a chat delta that carries none; null in a chat
+/// message that only calls tools).
+/// </summary>
+/// <param name="Index">The choice's index.</param>
+/// <param name="Text">Content text, or null.</param>
+/// <param name="Finish">Finish reason (<c>stop</c>, <c>length</c>, <c>tool_calls</c>), or null while streaming.</param>
+public sealed record ChoiceOutput(int Index, string? Text, string? Finish)
+{
+    /// <summary>Chat delta: announce <c>role: assistant</c>.</summary>
+    public bool IncludeRole { get; init; }
+
+    /// <summary>Tool calls (chat), or null.</summary>
+    public IReadOnlyList<ToolCallResult>? ToolCalls { get; init; }
+
+    /// <summary>Logprobs of the tokens this choice (or chunk) covers; null when not requested.</summary>
+    public IReadOnlyList<LogprobEntry>? Logprobs { get; init; }
+
+    /// <summary>With <c>return_token_ids</c>: the generated ids this choice (or chunk) covers.</summary>
+    public int[]? TokenIds { get; init; }
+
+    /// <summary>With <c>return_token_ids</c>: the prompt's ids (sent once per choice).</summary>
+    public int[]? PromptTokenIds { get; init; }
+}
+
 /// <summary>Writes OpenAI response and stream-chunk objects with <see cref="Utf8JsonWriter"/> (field order as OpenAI's).</summary>
 public static class OpenAiResponseJson
 {
-    /// <summary>A complete (non-streaming) response with one choice and <c>usage</c>.</summary>
-    public static void WriteResponse(Utf8JsonWriter w, ResponseContext ctx, string text, string finishReason, Usage usage, int[]? promptTokenIds, int[]? tokenIds)
+    /// <summary>A complete (non-streaming) response with its choices and <c>usage</c>.</summary>
+    public static void WriteResponse(Utf8JsonWriter w, ResponseContext ctx, IReadOnlyList<ChoiceOutput> choices, Usage usage)
     {
         ArgumentNullException.ThrowIfNull(w);
         ArgumentNullException.ThrowIfNull(ctx);
+        ArgumentNullException.ThrowIfNull(choices);
         WriteHeader(w, ctx, ctx.Kind == ApiKind.Chat ? "chat.completion" : "text_completion");
         w.WriteStartArray("choices");
-        w.WriteStartObject();
-        w.WriteNumber("index", 0);
-        if (ctx.Kind == ApiKind.Chat)
+        foreach (var choice in choices)
         {
-            w.WriteStartObject("message");
-            w.WriteString("role", "assistant");
-            w.WriteString("content", text);
+            w.WriteStartObject();
+            w.WriteNumber("index", choice.Index);
+            if (ctx.Kind == ApiKind.Chat)
+            {
+                w.WriteStartObject("message");
+                w.WriteString("role", "assistant");
+                WriteNullable(w, "content", choice.Text);
+                WriteToolCalls(w, choice.ToolCalls, delta: false);
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteString("text", choice.Text ?? string.Empty);
+            }
+            WriteLogprobs(w, ctx.Kind, choice.Logprobs);
+            WriteNullable(w, "finish_reason", choice.Finish);
+            WriteTokenIds(w, choice);
             w.WriteEndObject();
         }
-        else
-        {
-            w.WriteString("text", text);
-        }
-        w.WriteNull("logprobs");
-        w.WriteString("finish_reason", finishReason);
-        WriteTokenIds(w, promptTokenIds, tokenIds);
-        w.WriteEndObject();
         w.WriteEndArray();
         WriteUsage(w, usage);
         w.WriteEndObject();
     }
 
     /// <summary>
-    /// One stream chunk with one choice. Chat: the delta holds <c>role</c> when <paramref name="includeRole"/> and
-    /// <c>content</c> when <paramref name="text"/> is not null (the final chunk sends an empty delta). With
-    /// <paramref name="usageNull"/> (<c>stream_options.include_usage</c>) the chunk carries <c>"usage": null</c>.
+    /// One stream chunk with one choice. Chat: the delta holds <c>role</c> when <see cref="ChoiceOutput.IncludeRole"/>,
+    /// <c>content</c> when the text is not null and <c>tool_calls</c> when there are any (the final chunk sends an empty
+    /// delta). With <paramref name="usageNull"/> (<c>stream_options.include_usage</c>) the chunk carries <c>"usage": null</c>.
     /// </summary>
-    public static void WriteChunk(Utf8JsonWriter w, ResponseContext ctx, string? text, string? finishReason, bool includeRole, bool usageNull, int[]? promptTokenIds, int[]? tokenIds)
+    public static void WriteChunk(Utf8JsonWriter w, ResponseContext ctx, ChoiceOutput choice, bool usageNull)
     {
         ArgumentNullException.ThrowIfNull(w);
         ArgumentNullException.ThrowIfNull(ctx);
+        ArgumentNullException.ThrowIfNull(choice);
         WriteHeader(w, ctx, ctx.Kind == ApiKind.Chat ? "chat.completion.chunk" : "text_completion");
         w.WriteStartArray("choices");
         w.WriteStartObject();
-        w.WriteNumber("index", 0);
+        w.WriteNumber("index", choice.Index);
         if (ctx.Kind == ApiKind.Chat)
         {
             w.WriteStartObject("delta");
-            if (includeRole)
+            if (choice.IncludeRole)
             {
                 w.WriteString("role", "assistant");
             }
-            if (text is not null)
+            if (choice.Text is not null)
             {
-                w.WriteString("content", text);
+                w.WriteString("content", choice.Text);
             }
+            WriteToolCalls(w, choice.ToolCalls, delta: true);
             w.WriteEndObject();
         }
         else
         {
-            w.WriteString("text", text ?? string.Empty);
+            w.WriteString("text", choice.Text ?? string.Empty);
         }
-        w.WriteNull("logprobs");
-        if (finishReason is null)
-        {
-            w.WriteNull("finish_reason");
-        }
-        else
-        {
-            w.WriteString("finish_reason", finishReason);
-        }
-        WriteTokenIds(w, promptTokenIds, tokenIds);
+        WriteLogprobs(w, ctx.Kind, choice.Logprobs);
+        WriteNullable(w, "finish_reason", choice.Finish);
+        WriteTokenIds(w, choice);
         w.WriteEndObject();
         w.WriteEndArray();
         if (usageNull)
@@ -121,6 +154,114 @@ public static class OpenAiResponseJson
         w.WriteEndObject();
     }
 
+    private static void WriteToolCalls(Utf8JsonWriter w, IReadOnlyList<ToolCallResult>? calls, bool delta)
+    {
+        if (calls is not { Count: > 0 })
+        {
+            return;
+        }
+        w.WriteStartArray("tool_calls");
+        for (int i = 0; i < calls.Count; i++)
+        {
+            w.WriteStartObject();
+            if (delta)
+            {
+                w.WriteNumber("index", i);
+            }
+            w.WriteString("id", calls[i].Id);
+            w.WriteString("type", "function");
+            w.WriteStartObject("function");
+            w.WriteString("name", calls[i].Name);
+            w.WriteString("arguments", calls[i].Arguments);
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    }
+
+    /// <summary>
+    /// Chat: <c>{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}</c>. Completions (legacy):
+    /// <c>{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"}</c>. Null when not requested.
+    /// </summary>
+    private static void WriteLogprobs(Utf8JsonWriter w, ApiKind kind, IReadOnlyList<LogprobEntry>? entries)
+    {
+        if (entries is null)
+        {
+            w.WriteNull("logprobs");
+            return;
+        }
+        w.WriteStartObject("logprobs");
+        if (kind == ApiKind.Chat)
+        {
+            w.WriteStartArray("content");
+            foreach (var e in entries)
+            {
+                w.WriteStartObject();
+                WriteTokenLogprob(w, e.Token, e.Logprob, e.Bytes);
+                w.WriteStartArray("top_logprobs");
+                foreach (var (token, bytes, logprob) in e.Top)
+                {
+                    w.WriteStartObject();
+                    WriteTokenLogprob(w, token, logprob, bytes);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+        }
+        else
+        {
+            w.WriteStartArray("tokens");
+            foreach (var e in entries)
+            {
+                w.WriteStringValue(e.Token);
+            }
+            w.WriteEndArray();
+            w.WriteStartArray("token_logprobs");
+            foreach (var e in entries)
+            {
+                w.WriteNumberValue(e.Logprob);
+            }
+            w.WriteEndArray();
+            w.WriteStartArray("top_logprobs");
+            foreach (var e in entries)
+            {
+                w.WriteStartObject();
+                var seen = new HashSet<string>(StringComparer.Ordinal);
+                foreach (var (token, _, logprob) in e.Top)
+                {
+                    // Distinct token ids can decode to the same text (e.g. partial characters); an object keeps the first.
+                    if (seen.Add(token))
+                    {
+                        w.WriteNumber(token, logprob);
+                    }
+                }
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartArray("text_offset");
+            foreach (var e in entries)
+            {
+                w.WriteNumberValue(e.TextOffset);
+            }
+            w.WriteEndArray();
+        }
+        w.WriteEndObject();
+    }
+
+    private static void WriteTokenLogprob(Utf8JsonWriter w, string token, float logprob, byte[] bytes)
+    {
+        w.WriteString("token", token);
+        w.WriteNumber("logprob", logprob);
+        w.WriteStartArray("bytes");
+        foreach (byte b in bytes)
+        {
+            w.WriteNumberValue(b);
+        }
+        w.WriteEndArray();
+    }
+
     private static void WriteHeader(Utf8JsonWriter w, ResponseContext ctx, string objectName)
     {
         w.WriteStartObject();
@@ -139,15 +280,27 @@ public static class OpenAiResponseJson
         w.WriteEndObject();
     }
 
-    private static void WriteTokenIds(Utf8JsonWriter w, int[]? promptTokenIds, int[]? tokenIds)
+    private static void WriteNullable(Utf8JsonWriter w, string name, string? value)
     {
-        if (promptTokenIds is not null)
+        if (value is null)
         {
-            WriteInts(w, "prompt_token_ids", promptTokenIds);
+            w.WriteNull(name);
         }
-        if (tokenIds is not null)
+        else
         {
-            WriteInts(w, "token_ids", tokenIds);
+            w.WriteString(name, value);
+        }
+    }
+
+    private static void WriteTokenIds(Utf8JsonWriter w, ChoiceOutput choice)
+    {
+        if (choice.PromptTokenIds is { } prompt)
+        {
+            WriteInts(w, "prompt_token_ids", prompt);
+        }
+        if (choice.TokenIds is { } ids)
+        {
+            WriteInts(w, "token_ids", ids);
         }
     }
 

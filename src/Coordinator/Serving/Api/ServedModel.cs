@@ -1,3 +1,4 @@
+using Distributed.Coordinator.Serving.Hosting;
 using Distributed.Coordinator.Serving.Tokenization;
 
 namespace Distributed.Coordinator.Serving.Api;
@@ -11,5 +12,5 @@ public sealed record ServedModel(string Id, long CreatedUnixSeconds, Llama4Token
 
 /// <summary>HTTP-level settings of the OpenAI API.</summary>
 /// <param name="QueueFullStatusCode">Status sent when the scheduler's queue is full: 429 or 503 (with Retry-After).</param>
-/// <param name="DefaultCompletionMaxTokens"><c>/v1/completions</c> default for a missing <c>max_tokens</c> (OpenAI's is 16); chat defaults to the rest of the context.</param>
-public sealed record OpenAiApiSettings(int QueueFullStatusCode = 429, int DefaultCompletionMaxTokens = 16);
+/// <param name="DefaultMaxTokens">Cap of the default for a missing <c>max_tokens</c>: a choice gets the rest of the context, at most this many tokens (<c>--default-max-tokens</c>).</param>
+public sealed record OpenAiApiSettings(int QueueFullStatusCode = 429, int DefaultMaxTokens = ServeOptions.DefaultDefaultMaxTokens);

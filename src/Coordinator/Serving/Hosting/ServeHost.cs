@@ -79,7 +79,7 @@ public static class ServeHost
         string modelId = options.ResolveModelId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
-        builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode));
+        builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode, options.DefaultMaxTokens));
         builder.Services.AddSingleton<OpenAiEndpoints>();
         configureServices?.Invoke(builder.Services);
 

@@ -30,6 +30,15 @@ public sealed class ServeOptions
     /// <summary>HTTP status when the scheduler's queue is full: 429 or 503, sent with Retry-After. Default: 429.</summary>
     public int QueueFullStatusCode { get; set; } = 429;
 
+    /// <summary>Default of <see cref="DefaultMaxTokens"/>.</summary>
+    public const int DefaultDefaultMaxTokens = 4096;
+
+    /// <summary>
+    /// A request without <c>max_tokens</c> may generate the rest of the context, but at most this many tokens per choice
+    /// (<c>--default-max-tokens</c>). Default: 4096.
+    /// </summary>
+    public int DefaultMaxTokens { get; set; } = DefaultDefaultMaxTokens;
+
     /// <summary>How long a shutdown waits for in-flight requests before cancelling them. Default: 10 s.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 

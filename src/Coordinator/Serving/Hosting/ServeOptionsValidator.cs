@@ -53,6 +53,10 @@ public sealed class ServeOptionsValidator : IValidateOptions<ServeOptions>
         {
             failures.Add($"QueueFullStatusCode (--queue-full-status) must be 429 or 503, got {options.QueueFullStatusCode}.");
         }
+        if (options.DefaultMaxTokens < 1)
+        {
+            failures.Add($"DefaultMaxTokens (--default-max-tokens) must be >= 1, got {options.DefaultMaxTokens}.");
+        }
         if (options.ShutdownTimeout < TimeSpan.Zero || options.ShutdownTimeout > TimeSpan.FromHours(1))
         {
             failures.Add($"ShutdownTimeout must be between 0 and 1 hour, got {options.ShutdownTimeout}.");

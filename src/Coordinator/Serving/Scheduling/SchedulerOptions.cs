@@ -9,7 +9,7 @@ public sealed class SchedulerOptions
     /// <summary>Requests waiting for admission before new ones are refused (HTTP 429/503). Default: 256.</summary>
     public int MaxQueuedRequests { get; set; } = 256;
 
-    /// <summary>Sequences in the running batch at once. Default: 64.</summary>
+    /// <summary>Sequences in the running batch at once (each choice of an <c>n</c> &gt; 1 request counts). Default: 64.</summary>
     public int MaxRunningSequences { get; set; } = 64;
 
     /// <summary>Tokens per forward step over all sequences (decodes take one each, prefill chunks fill the rest). Default: 512.</summary>
@@ -23,6 +23,13 @@ public sealed class SchedulerOptions
 
     /// <summary>Positions per KV block. Default: 16.</summary>
     public int KvBlockSize { get; set; } = 16;
+
+    /// <summary>
+    /// Keep full KV blocks after their sequences end, keyed by the hash of their token prefix, and start new sequences on
+    /// the longest cached prefix (automatic prefix caching). Kept blocks are evicted least recently used first when
+    /// blocks run out. Tokens are the same with it on or off. Default: true.
+    /// </summary>
+    public bool PrefixCaching { get; set; } = true;
 
     /// <summary>
     /// Keep the KV blocks where the kernel backend computes (device memory on CUDA: attention reads the keys there and

@@ -15,6 +15,17 @@ namespace Distributed.Coordinator.Serving.Tokenization;
 /// </code>
 /// (without the line breaks shown here). Only a system message at index 0 is trimmed of surrounding whitespace, as
 /// in the release template; every other content is kept verbatim; no default system prompt or date is added.
+/// <para>
+/// Tools follow the release template (<c>tools_in_user_message</c> true, its default): a leading system message gets
+/// <c>Environment: ipython\n</c> before its text; the first message after it becomes a user turn holding the
+/// instructions <c>Given the following functions, please respond with a JSON for a function call with its proper
+/// arguments that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters":
+/// dictionary of argument name and its value}.Do not use variables.\n\n</c>, each tool as <c>tojson(indent=4)</c>
+/// followed by <c>\n\n</c>, then that message's trimmed text. An assistant message with tool calls renders as
+/// <c>&lt;|python_start|&gt;{content}&lt;|python_end|&gt;</c> followed by <c>{"name": "NAME", "parameters": ARGS}</c> per
+/// call, where ARGS is <c>tojson</c> of the OpenAI arguments string (so a JSON string literal, as the template writes
+/// it); a tool message renders as an <c>ipython</c> turn whose body is <c>tojson</c> of its content (a string literal).
+/// </para>
 /// </summary>
 public static class Llama4ChatTemplate
 {
@@ -61,30 +72,118 @@ public static class Llama4ChatTemplate
     /// </summary>
     /// <param name="messages">The conversation.</param>
     /// <param name="addGenerationPrompt">End with an open assistant header so the model answers next.</param>
-    /// <exception cref="ChatTemplateException">The conversation is not valid (<see cref="Validate"/>).</exception>
-    public static string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
+    /// <param name="tools">Tools the model may call (rendered into the first user turn), or null.</param>
+    /// <exception cref="ChatTemplateException">The conversation is not valid (<see cref="Validate"/>), or tools are given
+    /// without a message to put them in.</exception>
+    public static string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true, IReadOnlyList<ChatTool>? tools = null) =>
+        string.Concat(Parts(messages, addGenerationPrompt, tools).Select(p => p.Text));
+
+    /// <summary>
+    /// The rendered prompt as pieces: special tokens (<see cref="TemplatePart.Special"/>) and the text between them
+    /// (consecutive text merged, so a tokenizer sees the same strings as in the whole render).
+    /// </summary>
+    internal static List<TemplatePart> Parts(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyList<ChatTool>? tools)
     {
         Validate(messages);
-        var prompt = new StringBuilder(Llama4Tokenizer.BeginOfTextToken);
-        for (int i = 0; i < messages.Count; i++)
+        var parts = new PartList();
+        parts.Special(Llama4Tokenizer.BeginOfTextToken);
+        int start = 0;
+        if (messages[0].Role == ChatRole.System)
         {
-            AppendHeader(prompt, RoleName(messages[i].Role));
-            prompt.Append(RenderedContent(messages, i)).Append(Llama4Tokenizer.EndOfTurnToken);
+            Header(parts, "system");
+            if (tools is not null)
+            {
+                parts.Text("Environment: ipython\n");
+            }
+            parts.Text(TrimLikePython(messages[0].Content));
+            parts.Special(Llama4Tokenizer.EndOfTurnToken);
+            start = 1;
+        }
+        if (tools is not null)
+        {
+            if (start >= messages.Count)
+            {
+                throw new ChatTemplateException("messages", "needs a user message after the system message to hold the tools.");
+            }
+            Header(parts, "user");
+            parts.Text("Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\n");
+            parts.Text("Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n");
+            foreach (var tool in tools)
+            {
+                parts.Text(tool.Json).Text("\n\n");
+            }
+            parts.Text(TrimLikePython(messages[start].Content));
+            parts.Special(Llama4Tokenizer.EndOfTurnToken);
+            start++;
+        }
+        for (int i = start; i < messages.Count; i++)
+        {
+            var message = messages[i];
+            if (message.ToolCalls is { Count: > 0 } calls)
+            {
+                Header(parts, "assistant");
+                parts.Special(Llama4Tokenizer.PythonStartToken).Text(message.Content).Special(Llama4Tokenizer.PythonEndToken);
+                foreach (var call in calls)
+                {
+                    parts.Text("{\"name\": \"" + call.Name + "\", \"parameters\": " + PythonJson.Dumps(call.Arguments) + "}");
+                }
+            }
+            else if (message.Role == ChatRole.Tool)
+            {
+                Header(parts, "ipython");
+                parts.Text(PythonJson.Dumps(message.Content));
+            }
+            else
+            {
+                Header(parts, RoleName(message.Role));
+                parts.Text(i == 0 && message.Role == ChatRole.System ? TrimLikePython(message.Content) : message.Content);
+            }
+            parts.Special(Llama4Tokenizer.EndOfTurnToken);
         }
 
         if (addGenerationPrompt)
         {
-            AppendHeader(prompt, "assistant");
+            Header(parts, "assistant");
         }
 
-        return prompt.ToString();
+        return parts.Items;
+    }
+
+    private static void Header(PartList parts, string role) =>
+        parts.Special(Llama4Tokenizer.HeaderStartToken).Text(role).Special(Llama4Tokenizer.HeaderEndToken).Text(HeaderSeparator);
+
+    /// <summary>Collects template pieces, merging consecutive text.</summary>
+    private sealed class PartList
+    {
+        public List<TemplatePart> Items { get; } = [];
+
+        public PartList Special(string token)
+        {
+            Items.Add(new TemplatePart(token, true));
+            return this;
+        }
+
+        public PartList Text(string text)
+        {
+            if (Items.Count > 0 && !Items[^1].Special)
+            {
+                Items[^1] = new TemplatePart(Items[^1].Text + text, false);
+            }
+            else
+            {
+                Items.Add(new TemplatePart(text, false));
+            }
+            return this;
+        }
     }
 
     /// <summary>
     /// Reads the <c>messages</c> array of an OpenAI chat-completions request: each element an object with
-    /// <c>role</c> (<c>system</c>, <c>user</c> or <c>assistant</c>) and <c>content</c>, either a string or an array of
-    /// <c>{"type": "text", "text": "..."}</c> parts (joined with nothing between them). <c>name</c> is accepted and
-    /// ignored, as the Llama 4 template ignores it; tool calls, other part types and other roles are rejected.
+    /// <c>role</c> (<c>system</c> or its newer name <c>developer</c>, <c>user</c>, <c>assistant</c>, <c>tool</c>) and
+    /// <c>content</c>, either a string or an array of <c>{"type": "text", "text": "..."}</c> parts (joined with nothing
+    /// between them); an assistant message may carry <c>tool_calls</c> instead of content, a tool message a
+    /// <c>tool_call_id</c>. <c>name</c> is accepted and ignored, as the Llama 4 template ignores it; other part types,
+    /// other roles and the deprecated <c>function_call</c> are rejected.
     /// </summary>
     /// <exception cref="ChatTemplateException">The first invalid field, named by its JSON path.</exception>
     public static IReadOnlyList<ChatMessage> ParseMessages(JsonElement messages)
@@ -111,19 +210,9 @@ public static class Llama4ChatTemplate
         ChatRole.System => "system",
         ChatRole.User => "user",
         ChatRole.Assistant => "assistant",
+        ChatRole.Tool => "ipython",
         _ => throw new ArgumentOutOfRangeException(nameof(role), role, "Unknown chat role."),
     };
-
-    /// <summary>Message <paramref name="index"/>'s content as the template renders it.</summary>
-    internal static string RenderedContent(IReadOnlyList<ChatMessage> messages, int index)
-    {
-        ChatMessage message = messages[index];
-        return index == 0 && message.Role == ChatRole.System ? TrimLikePython(message.Content) : message.Content;
-    }
-
-    private static void AppendHeader(StringBuilder prompt, string role) =>
-        prompt.Append(Llama4Tokenizer.HeaderStartToken).Append(role).Append(Llama4Tokenizer.HeaderEndToken)
-            .Append(HeaderSeparator);
 
     /// <summary>Jinja's <c>trim</c> is Python's <c>str.strip()</c>, whose whitespace also includes U+001C..U+001F.</summary>
     private static string TrimLikePython(string text)
@@ -151,13 +240,9 @@ public static class Llama4ChatTemplate
             throw new ChatTemplateException(path, $"must be an object, not {Describe(element)}.");
         }
 
-        foreach (string unsupported in (ReadOnlySpan<string>)["tool_calls", "tool_call_id", "function_call"])
+        if (element.TryGetProperty("function_call", out JsonElement legacy) && legacy.ValueKind != JsonValueKind.Null)
         {
-            if (element.TryGetProperty(unsupported, out JsonElement value) && value.ValueKind != JsonValueKind.Null
-                && !(value.ValueKind == JsonValueKind.Array && value.GetArrayLength() == 0))
-            {
-                throw new ChatTemplateException($"{path}.{unsupported}", "tool calling is not supported.");
-            }
+            throw new ChatTemplateException($"{path}.function_call", "is the deprecated form of tool calls and is not supported; send tool_calls.");
         }
 
         if (element.TryGetProperty("name", out JsonElement name) && name.ValueKind is not (JsonValueKind.String or JsonValueKind.Null))
@@ -172,20 +257,83 @@ public static class Llama4ChatTemplate
 
         ChatRole role = roleElement.GetString() switch
         {
-            "system" => ChatRole.System,
+            "system" or "developer" => ChatRole.System,
             "user" => ChatRole.User,
             "assistant" => ChatRole.Assistant,
+            "tool" => ChatRole.Tool,
             string other => throw new ChatTemplateException(
-                $"{path}.role", $"'{other}' is not supported; expected 'system', 'user' or 'assistant'."),
+                $"{path}.role", $"'{other}' is not supported; expected 'system', 'developer', 'user', 'assistant' or 'tool'."),
             null => throw new ChatTemplateException($"{path}.role", "is required."),
         };
 
-        if (!element.TryGetProperty("content", out JsonElement content) || content.ValueKind == JsonValueKind.Null)
+        IReadOnlyList<ChatToolCall>? toolCalls = null;
+        if (element.TryGetProperty("tool_calls", out JsonElement calls) && calls.ValueKind != JsonValueKind.Null)
+        {
+            if (role != ChatRole.Assistant)
+            {
+                throw new ChatTemplateException($"{path}.tool_calls", "is only allowed on assistant messages.");
+            }
+            toolCalls = ParseToolCalls(calls, $"{path}.tool_calls");
+        }
+
+        string? toolCallId = null;
+        if (element.TryGetProperty("tool_call_id", out JsonElement id) && id.ValueKind != JsonValueKind.Null)
+        {
+            if (role != ChatRole.Tool || id.ValueKind != JsonValueKind.String)
+            {
+                throw new ChatTemplateException($"{path}.tool_call_id", role != ChatRole.Tool ? "is only allowed on tool messages." : $"must be a string, not {Describe(id)}.");
+            }
+            toolCallId = id.GetString();
+        }
+
+        bool hasContent = element.TryGetProperty("content", out JsonElement content) && content.ValueKind != JsonValueKind.Null;
+        if (!hasContent && toolCalls is null)
         {
             throw new ChatTemplateException($"{path}.content", "is required.");
         }
 
-        return new ChatMessage(role, ParseContent(content, $"{path}.content"));
+        return new ChatMessage(role, hasContent ? ParseContent(content, $"{path}.content") : string.Empty) { ToolCalls = toolCalls, ToolCallId = toolCallId };
+    }
+
+    private static List<ChatToolCall>? ParseToolCalls(JsonElement calls, string path)
+    {
+        if (calls.ValueKind != JsonValueKind.Array)
+        {
+            throw new ChatTemplateException(path, $"must be an array, not {Describe(calls)}.");
+        }
+        if (calls.GetArrayLength() == 0)
+        {
+            return null;
+        }
+        var result = new List<ChatToolCall>();
+        int i = 0;
+        foreach (JsonElement call in calls.EnumerateArray())
+        {
+            string at = $"{path}[{i++}]";
+            if (call.ValueKind != JsonValueKind.Object)
+            {
+                throw new ChatTemplateException(at, $"must be an object, not {Describe(call)}.");
+            }
+            if (call.TryGetProperty("type", out JsonElement type) && !(type.ValueKind == JsonValueKind.String && type.GetString() == "function"))
+            {
+                throw new ChatTemplateException($"{at}.type", "must be 'function'.");
+            }
+            string callId = call.TryGetProperty("id", out JsonElement idElement) && idElement.ValueKind == JsonValueKind.String ? idElement.GetString()! : string.Empty;
+            if (!call.TryGetProperty("function", out JsonElement function) || function.ValueKind != JsonValueKind.Object)
+            {
+                throw new ChatTemplateException($"{at}.function", "is required and must be an object.");
+            }
+            if (!function.TryGetProperty("name", out JsonElement fname) || fname.ValueKind != JsonValueKind.String || fname.GetString()!.Length == 0)
+            {
+                throw new ChatTemplateException($"{at}.function.name", "is required and must be a non-empty string.");
+            }
+            if (!function.TryGetProperty("arguments", out JsonElement arguments) || arguments.ValueKind != JsonValueKind.String)
+            {
+                throw new ChatTemplateException($"{at}.function.arguments", "is required and must be a string (the arguments as JSON text).");
+            }
+            result.Add(new ChatToolCall(callId, fname.GetString()!, arguments.GetString()!));
+        }
+        return result;
     }
 
     private static string ParseContent(JsonElement content, string path)
@@ -249,3 +397,8 @@ public static class Llama4ChatTemplate
         _ => element.ValueKind.ToString(),
     };
 }
+
+/// <summary>A piece of a rendered prompt: a special token's text, or ordinary text between special tokens.</summary>
+/// <param name="Text">The text.</param>
+/// <param name="Special">True for a special token (encoded as its id).</param>
+internal readonly record struct TemplatePart(string Text, bool Special);

@@ -34,6 +34,12 @@ public sealed partial class Llama4Tokenizer
     /// <summary><c>&lt;|eot|&gt;</c>: end of a chat turn; the model emits it when its answer is complete.</summary>
     public const string EndOfTurnToken = "<|eot|>";
 
+    /// <summary>Opens a tool call in the assistant's turn.</summary>
+    public const string PythonStartToken = "<|python_start|>";
+
+    /// <summary>Closes what <see cref="PythonStartToken"/> opened.</summary>
+    public const string PythonEndToken = "<|python_end|>";
+
     private readonly BpeTokenizer _bpe;
     private readonly Dictionary<string, int> _vocab;
     private readonly bool _ignoreMerges;
@@ -228,38 +234,31 @@ public sealed partial class Llama4Tokenizer
     /// </summary>
     /// <param name="messages">The conversation (validated as by <see cref="Llama4ChatTemplate.Validate"/>).</param>
     /// <param name="addGenerationPrompt">End with an open assistant header so the model answers next.</param>
+    /// <param name="tools">Tools rendered into the first user turn (<see cref="Llama4ChatTemplate"/>), or null.</param>
     /// <param name="parseSpecialTokensInContent">
     /// True to encode special-token text inside message contents as those tokens, as <c>apply_chat_template</c> with
     /// tokenization does; false (the default) to keep it ordinary text so a user cannot inject turns.
     /// </param>
     /// <exception cref="ChatTemplateException">The conversation is not valid.</exception>
     public int[] EncodeChat(
-        IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true, bool parseSpecialTokensInContent = false)
+        IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true, bool parseSpecialTokensInContent = false, IReadOnlyList<ChatTool>? tools = null)
     {
-        Llama4ChatTemplate.Validate(messages);
-        var ids = new List<int>(64) { BosTokenId };
-        for (int i = 0; i < messages.Count; i++)
+        var ids = new List<int>(64);
+        foreach (var part in Llama4ChatTemplate.Parts(messages, addGenerationPrompt, tools))
         {
-            AppendHeader(Llama4ChatTemplate.RoleName(messages[i].Role), ids);
-            AppendEncoded(Llama4ChatTemplate.HeaderSeparator + Llama4ChatTemplate.RenderedContent(messages, i),
-                parseSpecialTokensInContent, ids);
-            ids.Add(EndOfTurnTokenId);
-        }
-
-        if (addGenerationPrompt)
-        {
-            AppendHeader("assistant", ids);
-            AppendEncoded(Llama4ChatTemplate.HeaderSeparator, parseSpecialTokens: false, ids);
+            if (part.Special)
+            {
+                ids.Add(TryGetSpecialTokenId(part.Text, out int id)
+                    ? id
+                    : throw new ChatTemplateException("messages", $"cannot be rendered: the tokenizer has no special token '{part.Text}'."));
+            }
+            else
+            {
+                AppendEncoded(part.Text, parseSpecialTokensInContent, ids);
+            }
         }
 
         return [.. ids];
-    }
-
-    private void AppendHeader(string role, List<int> ids)
-    {
-        ids.Add(HeaderStartTokenId);
-        AppendEncoded(role, parseSpecialTokens: false, ids);
-        ids.Add(HeaderEndTokenId);
     }
 
     private void AppendEncoded(string text, bool parseSpecialTokens, List<int> ids)

@@ -62,7 +62,15 @@ internal sealed class FakeGenerationScheduler : IGenerationScheduler
                     throw new InvalidOperationException("scripted failure");
                 }
                 bool last = i == ids.Length - 1;
-                yield return new GeneratedToken(ids[i], i, last ? FinishFor(request, ids.Length) : null);
+                // Every choice gets the same script, interleaved token by token; a cancelled choice gets no more.
+                for (int choice = 0; choice < request.N; choice++)
+                {
+                    if (request.ChoiceCancellation?.IsCancelled(choice) != true)
+                    {
+                        yield return new GeneratedToken(ids[i], i, last ? FinishFor(request, ids.Length) : null, choice,
+                            request.Logprobs is int k ? new TokenLogprobs(-0.5f, [.. Enumerable.Range(0, k)], [.. Enumerable.Repeat(-1f, k)]) : null);
+                    }
+                }
             }
         }
         finally

@@ -119,10 +119,10 @@ public sealed class ServeApiHttpTests
     }
 
     [Fact]
-    public async Task Completion_TextPrompt_TokenizedWithOneBos_DefaultMaxTokens16()
+    public async Task Completion_TextPrompt_TokenizedWithOneBos_DefaultMaxTokensFromTheServerCap()
     {
         var s = new FakeGenerationScheduler();
-        await using var server = await ApiTestServer.StartAsync(s);
+        await using var server = await ApiTestServer.StartAsync(s, o => o.DefaultMaxTokens = 16);
         var (status, body, _) = await PostAsync(server, "/v1/completions", $$"""{"model":"{{Model}}","prompt":"Hello world"}""");
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal("ABCDEFGHIJKLMNOP", body.GetProperty("choices")[0].GetProperty("text").GetString());
@@ -282,7 +282,7 @@ public sealed class ServeApiHttpTests
         (code, body, _) = await PostAsync(server, "/v1/completions", $$"""{"model":"{{Model}}","prompt":[{{ids}}]}""");
         Assert.Equal(HttpStatusCode.BadRequest, code);
         AssertError(body, "invalid_request_error", "prompt", "context_length_exceeded", "the prompt is 64 tokens long");
-        // The default of 16 shrinks to what is left of the context.
+        // The default (--default-max-tokens) shrinks to what is left of the context.
         ids = string.Join(",", Enumerable.Repeat(5, 60));
         (code, _, _) = await PostAsync(server, "/v1/completions", $$"""{"model":"{{Model}}","prompt":[{{ids}}]}""");
         Assert.Equal(HttpStatusCode.OK, code);
@@ -292,7 +292,7 @@ public sealed class ServeApiHttpTests
     [Theory]
     [InlineData("/v1/completions", """{"model":"tiny-maverick","prompt":[1],"temperature":"0"}""", "temperature")]
     [InlineData("/v1/completions", """{"model":"tiny-maverick","prompt":[600]}""", "prompt[0]")]
-    [InlineData("/v1/completions", """{"model":"tiny-maverick","prompt":"x","n":3}""", "n")]
+    [InlineData("/v1/completions", """{"model":"tiny-maverick","prompt":"x","n":300}""", "n")]
     [InlineData("/v1/completions", """{"model":"gpt-4","prompt":"x"}""", "model")]
     [InlineData("/v1/chat/completions", """{"model":"tiny-maverick","messages":[]}""", "messages")]
     [InlineData("/v1/chat/completions", """{"model":"tiny-maverick","messages":[{"role":"user","content":"x"}],"stop":[1,2]}""", "stop[0]")]

