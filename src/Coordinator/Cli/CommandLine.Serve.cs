@@ -76,6 +76,8 @@ public static partial class CommandLine
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, serve.ModelDirectory, stderr, waitServing: false, ct)
             .ConfigureAwait(false);
         using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
+        // Micro-batch ping-pong only where there is a wire to hide (in-process experts compute inside the dispatch).
+        engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");

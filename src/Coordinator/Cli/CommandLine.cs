@@ -141,6 +141,7 @@ public static partial class CommandLine
         var sw = Stopwatch.StartNew();
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, dir, stderr, waitServing: true, ct).ConfigureAwait(false);
         using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher);
+        engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);

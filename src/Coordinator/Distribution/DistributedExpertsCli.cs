@@ -16,7 +16,7 @@ public static class DistributedExpertsCli
 {
     /// <summary>Options that take a value.</summary>
     public static readonly IReadOnlyList<string> Options =
-        ["local-workers", "workers", "wire", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
+        ["local-workers", "workers", "wire", "micro-batch", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
 
     /// <summary>Switches.</summary>
     public static readonly IReadOnlyList<string> Flags = ["insecure"];
@@ -24,7 +24,7 @@ public static class DistributedExpertsCli
     /// <summary>Usage text of these options.</summary>
     public const string Usage =
         "[--local-workers N | --workers host:port,... | --clustering Localhost|Redis|AdoNet [--redis HOST:PORT] [--cluster-id ID] [--service-id ID]\n"
-        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]";
+        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32] [--micro-batch N|off] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]";
 
     /// <summary>
     /// Maps the options given in <paramref name="args"/> to configuration keys in <paramref name="keys"/>, checking
@@ -56,6 +56,17 @@ public static class DistributedExpertsCli
             try
             {
                 keys["Distribution:WireDType"] = DistributionOptions.ParseWire(wire).ToString();
+            }
+            catch (FormatException ex)
+            {
+                throw new UsageException(ex.Message);
+            }
+        }
+        if (args.Get("micro-batch") is { } microBatch)
+        {
+            try
+            {
+                keys["Distribution:MicroBatchMinTokens"] = DistributionOptions.ParseMicroBatch(microBatch).ToString(CultureInfo.InvariantCulture);
             }
             catch (FormatException ex)
             {
@@ -122,11 +133,12 @@ public static class DistributedExpertsCli
         }
         if (!local && !fixedWorkers && !cluster)
         {
-            foreach (var key in new[] { "Distribution:WireDType", "Cluster:RedisConnectionString", "Cluster:GatewayPorts", "Cluster:AdoNetConnectionString" })
+            foreach (var (key, option) in new[] { ("Distribution:WireDType", "wire"), ("Distribution:MicroBatchMinTokens", "micro-batch"),
+                ("Cluster:RedisConnectionString", "redis"), ("Cluster:GatewayPorts", "gateways"), ("Cluster:AdoNetConnectionString", "Cluster:AdoNetConnectionString") })
             {
                 if (configuration.Has(key))
                 {
-                    throw new UsageException($"{key} (--{(key.EndsWith("WireDType", StringComparison.Ordinal) ? "wire" : key.Split(':')[1])}) needs --local-workers, --workers or --clustering");
+                    throw new UsageException($"{key} (--{option}) needs --local-workers, --workers or --clustering");
                 }
             }
             return null;
