@@ -4,11 +4,14 @@ namespace Distributed.Checkpoint;
 /// A Hugging Face Llama 4 model directory opened for reading: <c>config.json</c> (text config or the multimodal
 /// release's nested <c>text_config</c>), and single or sharded safetensors (<c>model.safetensors.index.json</c>),
 /// memory-mapped. Tensor names passed to this API never carry the <c>language_model.</c> prefix of the multimodal
-/// layout; the reader adds it. Vision tensors are ignored.
+/// layout; the reader adds it. The vision tower and projector of a multimodal release (<c>vision_model.*</c>,
+/// <c>multi_modal_projector.*</c>) are read by their full names through <see cref="VisionConfig"/>,
+/// <see cref="GetVisionBf16"/> and <see cref="GetVisionF32"/>.
 /// <para>
 /// <see cref="Open"/> validates everything before returning: the config (see <see cref="Llama4ConfigParser"/>), every
 /// safetensors header (see <see cref="SafetensorsFile"/>), the index against the shards, and that every tensor the
-/// Llama 4 text model needs exists with the dtype and shape the config implies. Opening maps files but reads only
+/// Llama 4 text model (and, with a <c>vision_config</c>, the vision tower) needs exists with the dtype and shape the config
+/// implies. Opening maps files but reads only
 /// their headers, so it costs milliseconds even for an 800 GB checkpoint. Spans returned point into the mappings:
 /// valid until <see cref="Dispose"/>. Reads are thread-safe; <see cref="Dispose"/> must not race with them.
 /// </para>
@@ -50,8 +53,9 @@ public sealed partial class CheckpointReader : IDisposable
             throw new CheckpointException($"{dir}: model directory does not exist");
         }
         string configPath = Path.Combine(dir, ConfigFileName);
-        var config = Llama4ConfigParser.Parse(ReadText(configPath, "a Hugging Face model directory needs config.json"),
-            configPath, out string prefix);
+        string configText = ReadText(configPath, "a Hugging Face model directory needs config.json");
+        var config = Llama4ConfigParser.Parse(configText, configPath, out string prefix);
+        var vision = Llama4VisionConfigParser.Parse(configText, configPath, config);
 
         var (paths, weightMap) = LocateWeights(dir);
         var files = new List<SafetensorsFile>(paths.Count);
@@ -64,6 +68,7 @@ public sealed partial class CheckpointReader : IDisposable
             var tensors = BuildTensorTable(dir, prefix, files, weightMap);
             var reader = new CheckpointReader(dir, config, prefix, files.ToArray(), tensors);
             reader.ValidateModelTensors();
+            reader.AttachVision(vision, files, weightMap);
             return reader;
         }
         catch

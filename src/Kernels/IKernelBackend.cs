@@ -1,7 +1,7 @@
 namespace Distributed.Kernels;
 
 /// <summary>
-/// The compute backend of the runtime: every numeric op of the Llama 4 text model goes through one of these.
+/// The compute backend of the runtime: every numeric op of the Llama 4 model (text decoder and vision encoder) goes through one of these.
 /// Activations are fp32 host memory (row-major, layouts named per parameter); weights are bf16 prepared once through
 /// <see cref="CreateWeight"/>. Implementations: <c>Cpu.CpuKernelBackend</c> (SIMD, multithreaded, always available)
 /// and <c>Cuda.CudaKernelBackend</c> (cuBLAS + NVRTC).
@@ -101,4 +101,48 @@ public interface IKernelBackend : IDisposable
 
     /// <summary><c>dst[i] += src[i]</c>.</summary>
     void Add(Span<float> dst, ReadOnlySpan<float> src);
+
+    /// <summary>
+    /// LayerNorm per row (PyTorch <c>nn.LayerNorm</c>, biased variance): <c>y = (x − mean) / sqrt(var + eps) · weight + bias</c>
+    /// with <c>mean = Σx / cols</c> and <c>var = Σ(x − mean)² / cols</c>. <paramref name="x"/> and <paramref name="y"/> may be
+    /// the same buffer. Used by the Llama 4 vision encoder (<c>layernorm_pre/post</c>, each layer's two norms).
+    /// </summary>
+    /// <param name="x"><c>[rows, cols]</c>.</param>
+    /// <param name="weight"><c>[cols]</c>.</param>
+    /// <param name="bias"><c>[cols]</c>.</param>
+    /// <param name="y"><c>[rows, cols]</c>, overwritten.</param>
+    void LayerNorm(ReadOnlySpan<float> x, int rows, int cols, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> y);
+
+    /// <summary>
+    /// The exact (erf) GELU of PyTorch's <c>nn.GELU()</c>: <c>dst[i] = x[i] / 2 · (1 + erf(x[i] / √2))</c>, not the tanh
+    /// approximation. <paramref name="dst"/> may alias <paramref name="x"/>.
+    /// </summary>
+    void Gelu(ReadOnlySpan<float> x, Span<float> dst);
+
+    /// <summary>Adds a bias row to every row: <c>x[r, c] += bias[c]</c> (a linear layer's bias after <see cref="MatMul"/>).</summary>
+    /// <param name="x"><c>[rows, bias.Length]</c>, in place.</param>
+    void AddBias(Span<float> x, int rows, ReadOnlySpan<float> bias);
+
+    /// <summary>
+    /// Rotates, in place, the adjacent pairs of every head by a per-row, per-pair angle given as its cosine and sine:
+    /// <c>(x[2i], x[2i+1]) ← (x₀·c − x₁·s, x₀·s + x₁·c)</c> with <c>c = cosSin[row, i, 0]</c>, <c>s = cosSin[row, i, 1]</c>.
+    /// The Llama 4 vision encoder's 2-D RoPE (<c>vision_apply_rotary_emb</c>), whose angles depend on the patch's row and
+    /// column rather than on one position.
+    /// </summary>
+    /// <param name="x"><c>[rows, heads, headDim]</c>.</param>
+    /// <param name="cosSin"><c>[rows, headDim / 2, 2]</c>.</param>
+    void RotatePairs(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<float> cosSin);
+
+    /// <summary>
+    /// Bidirectional (unmasked) multi-head attention within each of <paramref name="sequences"/> consecutive blocks of
+    /// <paramref name="tokens"/> rows: every query sees every key of its own block and none of the others; a max-subtracting
+    /// softmax of <c>scale · q·k</c>, then the weighted sum of V. One key/value head per query head (no GQA). The Llama 4
+    /// vision encoder's attention, one block per image tile.
+    /// </summary>
+    /// <param name="q"><c>[sequences · tokens, heads, headDim]</c>.</param>
+    /// <param name="k"><c>[sequences · tokens, heads, headDim]</c>.</param>
+    /// <param name="v"><c>[sequences · tokens, heads, headDim]</c>.</param>
+    /// <param name="output"><c>[sequences · tokens, heads, headDim]</c>, overwritten.</param>
+    void BidirectionalAttention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int sequences, int tokens, int heads,
+        int headDim, float scale, Span<float> output);
 }

@@ -15,6 +15,7 @@ internal static class Program
             "serving-load" => Load.ServingLoadBenchmark.Run(args),
             "prefix-cache" => Load.PrefixCacheBenchmark.Run(args),
             "admin-events" => Admin.AdminEventsBenchmark.RunAsync(args).GetAwaiter().GetResult(),
+            "vision" => VisionBenchmark.Run(args),
             _ => Usage(),
         };
     }
@@ -28,6 +29,7 @@ internal static class Program
         Console.Error.WriteLine("       Distributed.Benchmarks serving-load [--model DIR] [--clients 1,8,32] [--config NAME=SERVE_ARGS]...");
         Console.Error.WriteLine("       Distributed.Benchmarks prefix-cache [--model DIR] [--requests 32] [--prefix-tokens 200] [--clients 8] [--rounds 5] [--serve-args \"ARGS\"]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll admin-events [--model DIR] [--workers 3] [--clients 8] [--max-tokens 24] [--wire bf16|fp32] [--warmup-seconds 15] [--settle-seconds 3]");
+        Console.Error.WriteLine("       Distributed.Benchmarks vision [--threads N] [--layers 3] [--repeat 5]");
         return 2;
     }
 }

@@ -7,7 +7,7 @@ namespace Distributed.GpuCheck;
 
 /// <summary>
 /// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS]</c>: on a CUDA machine, checks every kernel op
-/// against the CPU backend, runs the golden fixtures end to end on the CUDA backend, benchmarks the expert GEMMs and a
+/// against the CPU backend, runs the golden fixtures (the vision ones too) end to end on the CUDA backend, benchmarks the expert GEMMs and a
 /// decode step, writes DIR/report.md and DIR/report.json, and prints <c>GPU CHECK: N passed, N failed</c> last.
 /// Exit code 0 only when every check passed. Without a usable device it prints <c>GPU CHECK: skipped (reason)</c>
 /// and exits 0.
@@ -110,6 +110,7 @@ internal static class Program
                 report.Write(outDir);
 
                 OpParity.Run(report, cpu, split, fast, perGroup, padded);
+                VisionChecks.RunOps(report, cpu, split, quick);
                 report.Write(outDir);
 
                 string? fixtures = GoldenRuns.FindFixturesRoot();
@@ -121,6 +122,7 @@ internal static class Program
                 else
                 {
                     GoldenRuns.Run(report, goldenSection, split, fixtures);
+                    VisionChecks.RunGolden(report, "Vision golden (tiny-maverick-mm golden_vision.json) on CUDA", split, cpu, fixtures);
                     GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
                     if (fast is not null)
                     {

@@ -12,6 +12,7 @@ public sealed class UsageException(string message) : Exception(message);
 public sealed class CliArgs
 {
     private readonly Dictionary<string, string?> _values = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, List<string>> _repeated = new(StringComparer.Ordinal);
     private readonly HashSet<string> _read = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _settings = new(StringComparer.OrdinalIgnoreCase);
 
@@ -24,7 +25,9 @@ public sealed class CliArgs
     /// <param name="flags">Switches without a value.</param>
     /// <param name="configurationKeys">When true, any <c>--Section:Key value</c> is accepted as a configuration setting
     /// (<see cref="ConfigurationSettings"/>; the caller checks the key names).</param>
-    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags, bool configurationKeys = false)
+    /// <param name="repeatable">Options that take a value and may be given more than once (read with <see cref="GetAll"/>).</param>
+    public CliArgs(IEnumerable<string> args, IReadOnlyCollection<string> options, IReadOnlyCollection<string> flags, bool configurationKeys = false,
+        IReadOnlyCollection<string>? repeatable = null)
     {
         var list = args.ToList();
         for (int i = 0; i < list.Count; i++)
@@ -41,6 +44,23 @@ public sealed class CliArgs
             {
                 inline = name[(eq + 1)..];
                 name = name[..eq];
+            }
+            if (repeatable?.Contains(name) == true)
+            {
+                if (inline is null)
+                {
+                    if (i + 1 >= list.Count)
+                    {
+                        throw new UsageException($"option --{name} needs a value");
+                    }
+                    inline = list[++i];
+                }
+                if (!_repeated.TryGetValue(name, out var all))
+                {
+                    _repeated[name] = all = [];
+                }
+                all.Add(inline);
+                continue;
             }
             if (_values.ContainsKey(name))
             {
@@ -101,6 +121,13 @@ public sealed class CliArgs
     {
         _read.Add(name);
         return _values.TryGetValue(name, out var v) ? v : null;
+    }
+
+    /// <summary>Every value of a repeatable option, in command-line order (empty when not given).</summary>
+    public IReadOnlyList<string> GetAll(string name)
+    {
+        _read.Add(name);
+        return _repeated.TryGetValue(name, out var all) ? all : [];
     }
 
     /// <summary>The option's value; missing → usage error.</summary>

@@ -16,6 +16,8 @@ public static partial class CommandLine
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
+        + "                  [--max-images N] [--max-image-bytes N] [--max-image-pixels N] [--max-image-tiles N] [--image-url-allow HOST|URL-PREFIX,...]\n"
+        + "                  [--image-fetch-timeout SECONDS]   (image_url chat parts, multimodal models)\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)\n"
         + "                  Every option is also a configuration key, read first from DISTRIBUTED_Section__Key environment variables (docs/OPERATIONS.md).";
 
@@ -30,7 +32,8 @@ public static partial class CommandLine
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
              "prefix-caching", "default-max-tokens", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env", .. Distribution.DistributedExpertsCli.Options],
+             "admin-grpc-port", "admin-token-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
+             .. Distribution.DistributedExpertsCli.Options],
             [.. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
         // Environment (DISTRIBUTED_Section__Key) and --Section:Key settings first; the options below override them.
         var configuration = Configuration(a);
@@ -60,6 +63,7 @@ public static partial class CommandLine
         var scheduling = SchedulerOptionsFrom(a, BindOrUsage<SchedulerOptions>(configuration, SchedulerOptions.SectionName));
         var admin = AdminOptionsFrom(a, serve.Host, BindOrUsage<Admin.ClusterAdminOptions>(configuration, Admin.ClusterAdminOptions.SectionName));
         var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, serve.ModelDirectory, a.Get("cpu-precision"));
+        var imageOptions = ImageOptionsFrom(a, BindOrUsage<Serving.Images.ImageOptions>(configuration, Serving.Images.ImageOptions.SectionName));
 
         Llama4Tokenizer tokenizer;
         try
@@ -83,6 +87,10 @@ public static partial class CommandLine
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");
             return 1;
         }
+        // Images (issue #13): chat image_url parts, when the checkpoint has a vision tower and --max-images is not 0.
+        using var images = engine.Vision is { } vision && imageOptions.MaxImagesPerRequest > 0
+            ? new Serving.Images.Llama4ImageInputs(vision.Config, tokenizer, imageOptions)
+            : null;
         // Metrics, health probes and traces (issue #6); configured by DISTRIBUTED_Telemetry__* environment variables.
         // --telemetry off exists to measure the instrumentation's cost (tests/Benchmarks serving-load).
         Diagnostics.CoordinatorOperations? operations = null;
@@ -132,7 +140,7 @@ public static partial class CommandLine
                 {
                     Admin.ClusterAdminHosting.MapClusterAdmin(web);
                 }
-            });
+            }, images: images);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))
@@ -143,7 +151,7 @@ public static partial class CommandLine
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
                 + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
                 + $"default-max-tokens {serve.DefaultMaxTokens}, max-request-bytes {serve.MaxRequestBodyBytes}, "
-                + $"queue-full-status {serve.QueueFullStatusCode}"));
+                + $"queue-full-status {serve.QueueFullStatusCode}; images {DescribeImages(images, engine)}"));
             try
             {
                 await app.StartAsync(ct).ConfigureAwait(false);
@@ -236,6 +244,40 @@ public static partial class CommandLine
         "off" => false,
         string other => throw new UsageException($"--{name} '{other}' must be on or off"),
     };
+
+    private static string DescribeImages(Serving.Images.Llama4ImageInputs? images, Llama4Engine engine)
+    {
+        if (images is null)
+        {
+            return engine.Vision is null ? "off (no vision tower)" : "off (--max-images 0)";
+        }
+        var o = images.Options;
+        string sources = o.UrlAllowList.Count == 0
+            ? "data: URLs only"
+            : string.Create(CultureInfo.InvariantCulture, $"remote URLs from {string.Join(",", o.UrlAllowList)} within {o.FetchTimeout.TotalSeconds:0.###} s");
+        return string.Create(CultureInfo.InvariantCulture,
+            $"max {o.MaxImagesPerRequest}/request, {o.MaxImageBytes} bytes, {o.MaxImagePixels} pixels, {o.MaxImageTiles} tiles, {sources}");
+    }
+
+    /// <summary>The image limits and sources (<see cref="Serving.Images.ImageOptions"/>), validated: a bad value is a usage error naming the flag.</summary>
+    private static Serving.Images.ImageOptions ImageOptionsFrom(CliArgs a, Serving.Images.ImageOptions defaults)
+    {
+        var options = new Serving.Images.ImageOptions
+        {
+            MaxImagesPerRequest = a.Int("max-images", defaults.MaxImagesPerRequest, 0, 256),
+            MaxImageBytes = a.Has("max-image-bytes") ? a.Int("max-image-bytes", 0, 1024, 1 << 30) : defaults.MaxImageBytes,
+            MaxImagePixels = a.Has("max-image-pixels") ? a.Int("max-image-pixels", 0, 1, 1 << 30) : defaults.MaxImagePixels,
+            MaxImageTiles = a.Int("max-image-tiles", defaults.MaxImageTiles, 1, 64),
+            FetchTimeout = TimeSpan.FromSeconds(a.Double("image-fetch-timeout", defaults.FetchTimeout.TotalSeconds)),
+            UrlAllowList = a.Get("image-url-allow") is { } allow ? [.. allow.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)] : defaults.UrlAllowList,
+        };
+        var validation = new Serving.Images.ImageOptionsValidator().Validate(null, options);
+        if (validation.Failed)
+        {
+            throw new UsageException(string.Join(" ", validation.Failures));
+        }
+        return options;
+    }
 
     private static SchedulerOptions SchedulerOptionsFrom(CliArgs a, SchedulerOptions defaults)
     {

@@ -15,6 +15,7 @@ public static partial class CommandLine
         + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]\n"
         + "                  [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
+        + "                  [--image FILE [--image FILE ...]] [--max-image-tiles N]   (each <|image|> id of --prompt-ids marks one image, in order)\n"
         + "  make-synthetic  --out DIR [--preset NAME] [--<field> value ...]\n"
         + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--json]\n"
         + "  " + ServeUsage + "\n  " + AdminUsage;
@@ -128,12 +129,16 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", .. Distribution.DistributedExpertsCli.Options],
-            ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "max-image-tiles",
+                .. Distribution.DistributedExpertsCli.Options],
+            ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true, repeatable: ["image"]);
         string dir = ModelDirectory(a);
         int[] prompt = a.IntList("prompt-ids");
         int maxNew = a.Int("max-new-tokens", 16, 0, 1 << 20);
         int prefillChunk = a.Int("prefill-chunk", 512, 1, 1 << 20);
+        var imageFiles = a.GetAll("image");
+        var imageOptions = new Serving.Images.ImageOptions();
+        imageOptions.MaxImageTiles = a.Int("max-image-tiles", imageOptions.MaxImageTiles, 1, 64);
         bool json = a.Has("json");
         var configuration = Configuration(a);
         var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, dir, a.Get("cpu-precision"));
@@ -144,7 +149,14 @@ public static partial class CommandLine
         engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
-        var result = await engine.InferAsync(prompt, maxNew, ct).ConfigureAwait(false);
+        Model.Llama4.Vision.Llama4ImagePrompt? images = null;
+        if (imageFiles.Count > 0)
+        {
+            (prompt, images) = ExpandImages(engine, dir, prompt, imageFiles, imageOptions);
+            stderr.WriteLine($"preprocessed {imageFiles.Count} image(s) into {images.TotalTiles} tile(s) in {sw.ElapsedMilliseconds} ms; prompt expanded to {prompt.Length} tokens");
+            sw.Restart();
+        }
+        var result = await engine.InferAsync(prompt, maxNew, images, ct).ConfigureAwait(false);
         stderr.WriteLine($"inferred {prompt.Length} prompt + {result.NewTokens.Length} new tokens in {sw.ElapsedMilliseconds} ms");
         if (json)
         {
@@ -157,6 +169,57 @@ public static partial class CommandLine
             stdout.WriteLine($"new_tokens: {string.Join(",", result.NewTokens)}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// <c>infer --image</c>: decodes and preprocesses each file (Llama4ImageProcessorFast) and expands the prompt's
+    /// <c>&lt;|image|&gt;</c> ids (one per file, in order; ids from the model's tokenizer.json) as Llama4Processor does.
+    /// </summary>
+    private static (int[] Prompt, Model.Llama4.Vision.Llama4ImagePrompt Images) ExpandImages(Llama4Engine engine, string dir, int[] prompt,
+        IReadOnlyList<string> files, Serving.Images.ImageOptions options)
+    {
+        var vision = engine.Vision ?? throw new UsageException($"--image: the model in {dir} has no vision tower (its config.json has no vision_config)");
+        Serving.Tokenization.Llama4Tokenizer tokenizer;
+        try
+        {
+            tokenizer = Serving.Tokenization.Llama4Tokenizer.Load(dir);
+        }
+        catch (Serving.Tokenization.TokenizerException ex)
+        {
+            throw new InvalidOperationException($"--image needs the model's tokenizer.json for the image token ids: {ex.Message}", ex);
+        }
+        var tokens = Serving.Images.Llama4VisionTokenIds.Resolve(tokenizer, vision.Config);
+        var processor = new Serving.Images.Llama4ImageProcessor(vision.Config.ImageSize, options.MaxImageTiles);
+        var images = new List<Serving.Images.PreprocessedImage>(files.Count);
+        foreach (string file in files)
+        {
+            try
+            {
+                var info = new FileInfo(file);
+                if (!info.Exists)
+                {
+                    throw new UsageException($"--image: file '{file}' does not exist");
+                }
+                if (info.Length > options.MaxImageBytes)
+                {
+                    throw new Serving.Images.ImageInputException($"the file is {info.Length} bytes; the limit is {options.MaxImageBytes}");
+                }
+                images.Add(processor.Process(Serving.Images.ImageDecoder.Decode(File.ReadAllBytes(file), options.MaxImagePixels)));
+            }
+            catch (Serving.Images.ImageInputException ex)
+            {
+                throw new InvalidOperationException($"--image {file}: {ex.Message}", ex);
+            }
+        }
+        try
+        {
+            var expanded = Serving.Images.Llama4PromptExpander.Expand(prompt, images, tokens, vision.Config.OutputTokensPerTile);
+            return (expanded.Ids, expanded.Images);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new UsageException($"--prompt-ids / --image: {ex.Message}");
+        }
     }
 
     private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null)

@@ -30,6 +30,7 @@ public sealed class CoordinatorConfiguration
         [ClusterTlsOptions.SectionName] = typeof(ClusterTlsOptions),
         [ClusterAdminOptions.SectionName] = typeof(ClusterAdminOptions),
         [TelemetryOptions.SectionName] = typeof(TelemetryOptions),
+        [Serving.Images.ImageOptions.SectionName] = typeof(Serving.Images.ImageOptions),
     };
 
     private CoordinatorConfiguration(IConfiguration configuration) => Configuration = configuration;

@@ -62,6 +62,13 @@ public sealed record GenerationRequest(string Id, int[] PromptIds, int MaxTokens
     /// </summary>
     public int N { get; init; } = 1;
 
+    /// <summary>
+    /// The prompt's images (already expanded into <see cref="PromptIds"/>): the scheduler encodes them once, when the
+    /// sequence's prefill starts, and places the projected rows at their <c>&lt;|patch|&gt;</c> positions in whichever
+    /// prefill chunk holds them. Null for a text-only prompt. Their content hashes key the prefix cache (<see cref="Content"/>).
+    /// </summary>
+    public Model.Llama4.Vision.Llama4ImagePrompt? Images { get; init; }
+
     /// <summary>Do not stop at the model's EOS token ids (vLLM <c>ignore_eos</c>). Default: false.</summary>
     public bool IgnoreEos { get; init; }
 

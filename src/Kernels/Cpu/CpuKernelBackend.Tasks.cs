@@ -10,6 +10,12 @@ internal enum RowOp
 
     /// <summary>x rows (width cols) rounded to bf16 pairs into y (row stride ⌈cols/2⌉ uints).</summary>
     Bf16Pairs,
+
+    /// <summary>LayerNorm of x rows into y with weight w and bias b.</summary>
+    LayerNorm,
+
+    /// <summary>Adjacent pairs of x rows (heads × headDim) rotated in place by w = cosSin [rows, headDim/2, 2].</summary>
+    RotatePairs,
 }
 
 /// <summary>
@@ -29,9 +35,12 @@ internal sealed unsafe class RowTask : ITeamTask
     private int* _positions;
     private int _heads;
     private float[]? _invFreq;
+    private float* _b;
 
-    public void Set(RowOp op, SimdLevel simd, int rows, int cols, float* x, float* y, float* w, float eps, int* positions, int heads, float[]? invFreq)
+    public void Set(RowOp op, SimdLevel simd, int rows, int cols, float* x, float* y, float* w, float eps, int* positions, int heads, float[]? invFreq,
+        float* b = null)
     {
+        _b = b;
         _op = op;
         _simd = simd;
         _rows = rows;
@@ -49,7 +58,7 @@ internal sealed unsafe class RowTask : ITeamTask
     {
         int r0 = (int)((long)_rows * thread / threads);
         int r1 = (int)((long)_rows * (thread + 1) / threads);
-        Execute(_op, _simd, r0, r1, _cols, _x, _y, _w, _eps, _positions, _heads, _invFreq);
+        Execute(_op, _simd, r0, r1, _cols, _x, _y, _w, _eps, _positions, _heads, _invFreq, _b);
     }
 
     /// <summary>
@@ -57,10 +66,25 @@ internal sealed unsafe class RowTask : ITeamTask
     /// y rows have width cols; for the others x and y rows have width cols.
     /// </summary>
     public static void Execute(RowOp op, SimdLevel simd, int r0, int r1, int cols, float* x, float* y, float* w, float eps,
-        int* positions, int heads, float[]? invFreq)
+        int* positions, int heads, float[]? invFreq, float* b = null)
     {
         switch (op)
         {
+            case RowOp.LayerNorm:
+                for (int r = r0; r < r1; r++)
+                {
+                    VectorOps.LayerNormRow(simd, x + ((long)r * cols), cols, w, b, eps, y + ((long)r * cols));
+                }
+                break;
+            case RowOp.RotatePairs:
+                {
+                    int pairs = cols / heads / 2;
+                    for (int r = r0; r < r1; r++)
+                    {
+                        RopeKernel.RotateRow(x + ((long)r * cols), heads, pairs, w + ((long)r * pairs * 2));
+                    }
+                    break;
+                }
             case RowOp.RmsNorm:
                 for (int r = r0; r < r1; r++)
                 {

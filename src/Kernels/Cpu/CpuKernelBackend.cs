@@ -271,7 +271,8 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
         }
     }
 
-    private void RunRows(RowOp op, int rows, int cols, float* x, float* y, float* w, float eps, int* positions, int heads, float[]? invFreq)
+    private void RunRows(RowOp op, int rows, int cols, float* x, float* y, float* w, float eps, int* positions, int heads, float[]? invFreq,
+        float* b = null)
     {
         if (rows == 0)
         {
@@ -279,13 +280,13 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
         }
         if ((long)rows * cols < ParallelElementThreshold || rows == 1 || _team.Threads == 1)
         {
-            RowTask.Execute(op, _simd, 0, rows, cols, x, y, w, eps, positions, heads, invFreq);
+            RowTask.Execute(op, _simd, 0, rows, cols, x, y, w, eps, positions, heads, invFreq, b);
             return;
         }
         lock (_sync)
         {
             ThrowIfDisposed();
-            _rowTask.Set(op, _simd, rows, cols, x, y, w, eps, positions, heads, invFreq);
+            _rowTask.Set(op, _simd, rows, cols, x, y, w, eps, positions, heads, invFreq, b);
             _team.Run(_rowTask);
         }
     }

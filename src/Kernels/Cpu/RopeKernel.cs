@@ -1,6 +1,6 @@
 namespace Distributed.Kernels.Cpu;
 
-/// <summary>Interleaved (complex-pair) rotary embedding of Llama 4.</summary>
+/// <summary>Interleaved (complex-pair) rotary embedding of Llama 4 (text: one position per row; vision: given angles).</summary>
 internal static unsafe class RopeKernel
 {
     /// <summary>
@@ -19,11 +19,20 @@ internal static unsafe class RopeKernel
             cosSin[2 * i] = (float)Math.Cos(theta);
             cosSin[(2 * i) + 1] = (float)Math.Sin(theta);
         }
-        int headDim = 2 * half;
+        RotateRow(x, heads, half, cosSin);
+    }
+
+    /// <summary>
+    /// Rotates pair i of every head of one row by the angle whose cosine and sine are <c>cosSin[2i]</c>,
+    /// <c>cosSin[2i + 1]</c>; the complex product is formed in double and rounded once.
+    /// </summary>
+    public static void RotateRow(float* x, int heads, int pairs, float* cosSin)
+    {
+        int headDim = 2 * pairs;
         for (int h = 0; h < heads; h++)
         {
             float* v = x + ((long)h * headDim);
-            for (int i = 0; i < half; i++)
+            for (int i = 0; i < pairs; i++)
             {
                 double c = cosSin[2 * i];
                 double s = cosSin[(2 * i) + 1];

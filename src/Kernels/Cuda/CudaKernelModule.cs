@@ -29,7 +29,8 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     public static readonly IReadOnlyList<string> EntryPoints =
     [
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
-        "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows",
+        "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows", "layernorm", "gelu", "add_bias",
+        "rotate_pairs",
     ];
 
     private readonly CudaModuleHandle _module;
@@ -246,6 +247,52 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         a[4] = &eps;
         a[5] = &hw;
         Launch("rmsnorm", rows, ReduceThreads, stream, a);
+    }
+
+    /// <summary>y = LayerNorm(x) · weight + bias per row (one block per row).</summary>
+    public void LayerNorm(nint stream, ulong x, ulong weight, ulong bias, ulong y, long rows, int cols, float eps)
+    {
+        void** a = stackalloc void*[6];
+        a[0] = &x;
+        a[1] = &weight;
+        a[2] = &bias;
+        a[3] = &y;
+        a[4] = &cols;
+        a[5] = &eps;
+        Launch("layernorm", rows, ReduceThreads, stream, a);
+    }
+
+    /// <summary>dst = gelu(x), exact erf form.</summary>
+    public void Gelu(nint stream, ulong x, ulong dst, long n)
+    {
+        void** a = stackalloc void*[3];
+        a[0] = &x;
+        a[1] = &dst;
+        a[2] = &n;
+        Launch("gelu", ElementwiseBlocks(n), ElementwiseThreads, stream, a);
+    }
+
+    /// <summary>x[r, c] += bias[c] for x [rows, cols].</summary>
+    public void AddBias(nint stream, ulong x, ulong bias, long rows, int cols)
+    {
+        void** a = stackalloc void*[4];
+        a[0] = &x;
+        a[1] = &bias;
+        a[2] = &rows;
+        a[3] = &cols;
+        Launch("add_bias", ElementwiseBlocks(rows * cols), ElementwiseThreads, stream, a);
+    }
+
+    /// <summary>Pairs of x [rows, heads, 2·pairs] rotated by cosSin [rows, pairs, 2].</summary>
+    public void RotatePairs(nint stream, ulong x, ulong cosSin, long rows, int heads, int pairs)
+    {
+        void** a = stackalloc void*[5];
+        a[0] = &x;
+        a[1] = &cosSin;
+        a[2] = &rows;
+        a[3] = &heads;
+        a[4] = &pairs;
+        Launch("rotate_pairs", ElementwiseBlocks(rows * heads * pairs), ElementwiseThreads, stream, a);
     }
 
     public void SiluMul(nint stream, ulong gate, ulong up, ulong dst, long n)

@@ -218,6 +218,139 @@ public static class ReferenceKernels
         }
     }
 
+    /// <summary>LayerNorm per row in double: <c>(x − mean) / sqrt(var + eps) · weight + bias</c>, biased variance.</summary>
+    public static void LayerNorm(ReadOnlySpan<float> x, int rows, int cols, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> y)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.Slice(r * cols, cols);
+            double mean = 0;
+            foreach (float v in row)
+            {
+                mean += v;
+            }
+            mean /= cols;
+            double var = 0;
+            foreach (float v in row)
+            {
+                var += (v - mean) * (v - mean);
+            }
+            double inv = 1.0 / Math.Sqrt((var / cols) + eps);
+            for (int c = 0; c < cols; c++)
+            {
+                y[(r * cols) + c] = (float)(((row[c] - mean) * inv * weight[c]) + bias[c]);
+            }
+        }
+    }
+
+    /// <summary><c>gelu(v) = v/2 · (1 + erf(v/√2))</c> in double (negative v through erfc, without cancellation).</summary>
+    public static double Gelu(double v) => v >= 0 ? 0.5 * v * (1.0 + Erf(v / Math.Sqrt(2.0))) : 0.5 * v * Erfc(-v / Math.Sqrt(2.0));
+
+    /// <summary><c>dst[i] = gelu(x[i])</c> (exact erf form).</summary>
+    public static void Gelu(ReadOnlySpan<float> x, Span<float> dst)
+    {
+        for (int i = 0; i < x.Length; i++)
+        {
+            dst[i] = (float)Gelu(x[i]);
+        }
+    }
+
+    /// <summary>
+    /// The error function to about 1e-15: for |z| ≤ 3 the series <c>erf(z) = 2/√π · e^(−z²) · Σ 2ⁿ z^(2n+1) / (1·3·…·(2n+1))</c>
+    /// (all terms positive, so no cancellation), beyond it <c>1 − erfc(z)</c>. Relative precision in the tail: use <see cref="Erfc"/>.
+    /// </summary>
+    public static double Erf(double z)
+    {
+        if (double.IsNaN(z))
+        {
+            return double.NaN;
+        }
+        double a = Math.Abs(z);
+        if (a > 3)
+        {
+            return Math.CopySign(1.0 - Erfc(a), z);
+        }
+        double term = a;
+        double sum = a;
+        for (int n = 1; n < 200 && term > sum * 1e-17; n++)
+        {
+            term *= 2 * a * a / ((2 * n) + 1);
+            sum += term;
+        }
+        return Math.CopySign(2.0 / Math.Sqrt(Math.PI) * Math.Exp(-a * a) * sum, z);
+    }
+
+    /// <summary>
+    /// The complementary error function: <c>1 − erf(z)</c> for z ≤ 1.5, else Laplace's continued fraction
+    /// <c>erfc(z) = e^(−z²)/√π · 1/(z + (1/2)/(z + 1/(z + (3/2)/(z + …))))</c>, evaluated from 100 levels deep.
+    /// </summary>
+    public static double Erfc(double z)
+    {
+        if (double.IsNaN(z))
+        {
+            return double.NaN;
+        }
+        if (z <= 1.5)
+        {
+            return 1.0 - Erf(z);
+        }
+        double f = z;
+        for (int n = 100; n >= 1; n--)
+        {
+            f = z + (n / 2.0 / f);
+        }
+        return Math.Exp(-z * z) / Math.Sqrt(Math.PI) / f;
+    }
+
+    /// <summary><c>x[r, c] += bias[c]</c>.</summary>
+    public static void AddBias(Span<float> x, int rows, ReadOnlySpan<float> bias)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < bias.Length; c++)
+            {
+                x[(r * bias.Length) + c] = (float)((double)x[(r * bias.Length) + c] + bias[c]);
+            }
+        }
+    }
+
+    /// <summary>Pair i of every head of row r rotated by the angle with cosine <c>cosSin[r, i, 0]</c> and sine <c>cosSin[r, i, 1]</c>.</summary>
+    public static void RotatePairs(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<float> cosSin)
+    {
+        int pairs = headDim / 2;
+        for (int r = 0; r < rows; r++)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                var v = x.Slice(((r * heads) + h) * headDim, headDim);
+                for (int i = 0; i < pairs; i++)
+                {
+                    double c = cosSin[(((r * pairs) + i) * 2)];
+                    double s = cosSin[(((r * pairs) + i) * 2) + 1];
+                    double x0 = v[2 * i];
+                    double x1 = v[(2 * i) + 1];
+                    v[2 * i] = (float)((x0 * c) - (x1 * s));
+                    v[(2 * i) + 1] = (float)((x0 * s) + (x1 * c));
+                }
+            }
+        }
+    }
+
+    /// <summary>Unmasked attention within each block of <paramref name="tokens"/> rows (one kv head per query head).</summary>
+    public static void BidirectionalAttention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int sequences, int tokens, int heads,
+        int headDim, float scale, Span<float> output)
+    {
+        int block = tokens * heads * headDim;
+        var p = new AttentionParams(heads, heads, headDim, scale, 0);
+        var positions = new int[tokens];
+        Array.Fill(positions, tokens - 1);
+        for (int s = 0; s < sequences; s++)
+        {
+            Attention(q.Slice(s * block, block), tokens, positions, k.Slice(s * block, block), v.Slice(s * block, block), tokens, 0, p,
+                output.Slice(s * block, block));
+        }
+    }
+
     /// <summary>The mask of <see cref="AttentionParams"/>: <c>key ≤ query</c> and, when chunked, the same fixed chunk.</summary>
     public static bool IsVisible(int queryPosition, int keyPosition, int chunkSize) =>
         keyPosition <= queryPosition && (chunkSize <= 0 || keyPosition / chunkSize == queryPosition / chunkSize);

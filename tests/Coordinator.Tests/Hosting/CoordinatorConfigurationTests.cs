@@ -65,6 +65,17 @@ public sealed class CoordinatorConfigurationTests
     }
 
     [Fact]
+    public void ImageSettings_BindFromEnvironmentAndSectionKeys()
+    {
+        var env = new Hashtable { ["DISTRIBUTED_Images__MaxImagesPerRequest"] = "3", ["DISTRIBUTED_Images__UrlAllowList__0"] = "img.example" };
+        var images = Build(env, ["--Images:FetchTimeout", "00:00:05"], out _).Bind<Coordinator.Serving.Images.ImageOptions>(Coordinator.Serving.Images.ImageOptions.SectionName);
+        Assert.Equal(3, images.MaxImagesPerRequest);
+        Assert.Equal(["img.example"], images.UrlAllowList);
+        Assert.Equal(TimeSpan.FromSeconds(5), images.FetchTimeout);
+        Assert.Throws<ArgumentException>(() => Build(null, ["--Images:NoSuchKey", "1"], out _));
+    }
+
+    [Fact]
     public void LocalWorkers_StartsThemWithTheCoordinatorsPrecision()
     {
         var settings = DistributedExpertsCli.Settings(Build(null, ["--local-workers", "3"], out _), "dir", "bf16")!;

@@ -268,6 +268,60 @@ public sealed class CudaKernelBackendTests : IDisposable
     }
 
     [GpuFact]
+    public void VisionOps_MatchCpu()
+    {
+        float[] x = TestData.Floats(9 * 300, 21, 3f).Select((v, i) => v + (i / 300 * 20f)).ToArray();
+        float[] w = TestData.Floats(300, 22, 1f);
+        float[] bias = TestData.Floats(300, 23, 0.5f);
+        var e = new float[x.Length];
+        var a = new float[x.Length];
+        _cpu.LayerNorm(x, 9, 300, w, bias, 1e-5f, e);
+        Gpu.LayerNorm(x, 9, 300, w, bias, 1e-5f, a);
+        AssertScaled(e, a, 1e-5, "layernorm");
+
+        float[] g = TestData.Floats(1000, 24, 8f);
+        var ge = new float[1000];
+        var ga = new float[1000];
+        _cpu.Gelu(g, ge);
+        Gpu.Gelu(g, ga);
+        AssertScaled(ge, ga, 1e-6, "gelu");
+
+        float[] b1 = TestData.Floats(7 * 80, 25, 2f);
+        float[] b2 = (float[])b1.Clone();
+        float[] row = TestData.Floats(80, 26, 1f);
+        _cpu.AddBias(b1, 7, row);
+        Gpu.AddBias(b2, 7, row);
+        Assert.Equal(b1, b2);
+
+        const int rows = 17;
+        float[] r1 = TestData.Floats(rows * 4 * 12, 27, 2f);
+        float[] r2 = (float[])r1.Clone();
+        float[] cosSin = new float[rows * 12];
+        for (int i = 0; i < rows * 6; i++)
+        {
+            cosSin[2 * i] = MathF.Cos(i * 0.3f);
+            cosSin[(2 * i) + 1] = MathF.Sin(i * 0.3f);
+        }
+        _cpu.RotatePairs(r1, rows, 4, 12, cosSin);
+        Gpu.RotatePairs(r2, rows, 4, 12, cosSin);
+        AssertScaled(r1, r2, 1e-6, "rotate_pairs");
+
+        // 300 tokens per block takes the split-key kernels, 17 the single-block one.
+        foreach (int tokens in new[] { 17, 300 })
+        {
+            int n = 2 * tokens * 2 * 16;
+            float[] q = TestData.Floats(n, 28, 2f);
+            float[] k = TestData.Floats(n, 29, 2f);
+            float[] v = TestData.Floats(n, 30, 2f);
+            var oe = new float[n];
+            var oa = new float[n];
+            _cpu.BidirectionalAttention(q, k, v, 2, tokens, 2, 16, 0.25f, oe);
+            Gpu.BidirectionalAttention(q, k, v, 2, tokens, 2, 16, 0.25f, oa);
+            AssertScaled(oe, oa, 1e-5, $"bidirectional attention, {tokens} tokens");
+        }
+    }
+
+    [GpuFact]
     public void Selection_TopKAndArgmax_AreExactWithTiesAndNaN()
     {
         const int rows = 6;

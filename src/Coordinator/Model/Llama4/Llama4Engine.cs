@@ -1,3 +1,4 @@
+using Distributed.Coordinator.Model.Llama4.Vision;
 using Distributed.Coordinator.Moe;
 using Distributed.Kernels;
 using Distributed.Checkpoint;
@@ -7,7 +8,7 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// <summary>
 /// One model ready to run: checkpoint + coordinator weights + an expert dispatcher (in-process by default). Generation
 /// runs through the scheduler (<c>Serving.Scheduling</c>: <c>ContinuousBatchScheduler</c>, and <c>EngineInference</c> for
-/// <c>infer</c>).
+/// <c>infer</c>). A multimodal checkpoint also brings its vision tower and projector (<see cref="Vision"/>).
 /// </summary>
 public sealed class Llama4Engine : IDisposable
 {
@@ -15,17 +16,22 @@ public sealed class Llama4Engine : IDisposable
     private readonly Llama4Weights _weights;
     private readonly IDisposable? _ownedDispatcher;
 
-    private Llama4Engine(CheckpointReader checkpoint, Llama4Weights weights, IKernelBackend backend, IExpertDispatcher dispatcher, IDisposable? owned)
+    private Llama4Engine(CheckpointReader checkpoint, Llama4Weights weights, IKernelBackend backend, IExpertDispatcher dispatcher, IDisposable? owned,
+        Llama4VisionModel? vision)
     {
         _checkpoint = checkpoint;
         _weights = weights;
         _ownedDispatcher = owned;
         Backend = backend;
         Model = new Llama4Model(weights, backend, dispatcher);
+        Vision = vision;
     }
 
     /// <summary>The model.</summary>
     public Llama4Model Model { get; }
+
+    /// <summary>The vision tower and projector of a multimodal checkpoint, or null for a text-only one.</summary>
+    public Llama4VisionModel? Vision { get; }
 
     /// <summary>The validated config.</summary>
     public Llama4TextConfig Config => _weights.Config;
@@ -60,8 +66,18 @@ public sealed class Llama4Engine : IDisposable
         try
         {
             var weights = Llama4Weights.Load(checkpoint, backend);
+            Llama4VisionWeights? vision;
+            try
+            {
+                vision = Llama4VisionWeights.Load(checkpoint, backend);
+            }
+            catch
+            {
+                weights.Dispose();
+                throw;
+            }
             LocalExpertDispatcher? local = dispatcher is null ? new LocalExpertDispatcher(checkpoint, backend) : null;
-            return new Llama4Engine(checkpoint, weights, backend, dispatcher ?? local!, local);
+            return new Llama4Engine(checkpoint, weights, backend, dispatcher ?? local!, local, vision is null ? null : new Llama4VisionModel(vision, backend));
         }
         catch
         {
@@ -73,6 +89,7 @@ public sealed class Llama4Engine : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        Vision?.Dispose();
         _ownedDispatcher?.Dispose();
         _weights.Dispose();
         _checkpoint.Dispose();

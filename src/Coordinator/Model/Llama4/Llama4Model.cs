@@ -21,7 +21,19 @@ public enum LogitsRequest
 /// <param name="Cache">The sequence's KV cache; its <see cref="IKvCache.NextPosition"/> is the first token's position.</param>
 /// <param name="Tokens">Token ids to run (at least one).</param>
 /// <param name="Logits">Which rows' logits to return.</param>
-public sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, LogitsRequest Logits);
+public sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, LogitsRequest Logits)
+{
+    /// <summary>
+    /// Input rows that replace the token embeddings at given offsets of <see cref="Tokens"/> (the projected image
+    /// features at the <c>&lt;|patch|&gt;</c> positions, HF <c>inputs_embeds.masked_scatter</c>); null = plain embeddings.
+    /// </summary>
+    public EmbeddingOverrides? Embeddings { get; init; }
+}
+
+/// <summary>Embedding rows for some tokens of a <see cref="SequenceStep"/>.</summary>
+/// <param name="Offsets">Token offsets within the step's tokens, strictly ascending.</param>
+/// <param name="Rows"><c>[Offsets.Length, hidden]</c>: row i replaces the embedding of token <c>Offsets[i]</c>.</param>
+public sealed record EmbeddingOverrides(ReadOnlyMemory<int> Offsets, ReadOnlyMemory<float> Rows);
 
 /// <summary>Receives named intermediate tensors (llama.cpp <c>cb()</c> style) for debugging and golden comparisons.</summary>
 public interface IActivationObserver
@@ -128,6 +140,10 @@ public sealed class Llama4Model
                     throw new ArgumentException($"token id {tok} is outside the vocabulary [0, {_c.VocabSize})", nameof(items));
                 }
             }
+            if (item.Embeddings is { } overrides)
+            {
+                CheckOverrides(overrides, item.Tokens.Length, h);
+            }
             t += item.Tokens.Length;
         }
 
@@ -146,6 +162,14 @@ public sealed class Llama4Model
                 {
                     positions[row] = item.Cache.NextPosition + j;
                     _w.Embed(toks[j], hidden.AsSpan(row * h, h));
+                }
+                if (item.Embeddings is { } overrides)
+                {
+                    var offsets = overrides.Offsets.Span;
+                    for (int j = 0; j < offsets.Length; j++)
+                    {
+                        overrides.Rows.Span.Slice(j * h, h).CopyTo(hidden.AsSpan((row - toks.Length + offsets[j]) * h, h));
+                    }
                 }
             }
             Observer?.OnTensor("embed", hidden.AsSpan(0, t * h), t, h);
@@ -446,6 +470,22 @@ public sealed class Llama4Model
         var handle = await _experts.DispatchAsync(il, x, new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
         _backend.SwiGluFfn(x.Span, t, lw.FfnGateUp, lw.FfnDown, output.Span);
         return (ids, handle);
+    }
+
+    private static void CheckOverrides(EmbeddingOverrides overrides, int tokens, int hidden)
+    {
+        var offsets = overrides.Offsets.Span;
+        if ((long)offsets.Length * hidden != overrides.Rows.Length)
+        {
+            throw new ArgumentException($"embedding overrides hold {overrides.Rows.Length} floats for {offsets.Length} offsets of width {hidden}", nameof(overrides));
+        }
+        for (int j = 0; j < offsets.Length; j++)
+        {
+            if (offsets[j] < 0 || offsets[j] >= tokens || (j > 0 && offsets[j] <= offsets[j - 1]))
+            {
+                throw new ArgumentException($"embedding override offset {offsets[j]} is not strictly ascending inside the step's {tokens} tokens", nameof(overrides));
+            }
+        }
     }
 
     /// <summary>The NoPE-layer query factor at absolute position <paramref name="position"/>, float32 at every step as HF computes it.</summary>

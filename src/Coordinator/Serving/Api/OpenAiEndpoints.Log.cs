@@ -17,6 +17,9 @@ public static class ServingApiEvents
 
     /// <summary>The client went away before the response was complete.</summary>
     public const int ClientDisconnected = 4104;
+
+    /// <summary>An image part was refused (bad, oversized, unsupported or not allowed); the request got a 400.</summary>
+    public const int ImageRejected = 4105;
 }
 
 public sealed partial class OpenAiEndpoints
@@ -30,4 +33,7 @@ public sealed partial class OpenAiEndpoints
 
     [LoggerMessage(EventId = ServingApiEvents.StreamFailed, Level = LogLevel.Error, Message = "request {RequestId}: generation failed after the stream started")]
     private partial void LogStreamFailed(Exception exception, string requestId);
+
+    [LoggerMessage(EventId = ServingApiEvents.ImageRejected, Level = LogLevel.Information, Message = "image part {Field} refused: {Reason}")]
+    private partial void LogImageRejected(string field, string reason);
 }

@@ -182,11 +182,57 @@ public sealed partial class OpenAiEndpoints
         using var document = await ReadBodyAsync(context).ConfigureAwait(false);
         var body = OpenAiRequestParser.ParseChat(document.RootElement, _model.Scheduler.VocabSize);
         CheckModel(body.Model);
+        var images = await LoadImagesAsync(body.Messages, context.RequestAborted).ConfigureAwait(false);
         int[] promptIds = EncodeChat(body.Messages, body.Tools, addGenerationPrompt: true);
+        Model.Llama4.Vision.Llama4ImagePrompt? imagePrompt = null;
+        if (images.Count > 0)
+        {
+            // The image blocks (<|image_start|> ... <|image_end|>) count as prompt tokens: usage and the context limit see them.
+            var expanded = _model.Images!.Expand(promptIds, images);
+            (promptIds, imagePrompt) = (expanded.Ids, expanded.Images);
+        }
         var ctx = new ResponseContext($"chatcmpl-{Guid.NewGuid():N}", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _model.Id, ApiKind.Chat);
         int maxTokens = ResolveMaxTokens(promptIds.Length, body.Options, "messages");
         var stopIds = new HashSet<int>(_model.Tokenizer.EosTokenIds) { _model.Tokenizer.EndOfTurnTokenId };
-        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. stopIds], body.ParseToolCalls ? body : null).ConfigureAwait(false);
+        await RunAsync(context, ctx, promptIds, maxTokens, body.Options, [.. stopIds], body.ParseToolCalls ? body : null, imagePrompt).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Loads, decodes and preprocesses every image part, in order. Any problem is a 400 naming the part
+    /// (<c>messages[i].content[j]</c>): images on a model without a vision tower, more than
+    /// <see cref="Images.ImageOptions.MaxImagesPerRequest"/>, a URL that is malformed, not allowed, too slow or too large, or
+    /// data that does not decode within the pixel limit.
+    /// </summary>
+    private async Task<List<Images.PreprocessedImage>> LoadImagesAsync(IReadOnlyList<ChatMessage> messages, CancellationToken cancellationToken)
+    {
+        var parts = messages.SelectMany(m => m.Images).ToList();
+        var result = new List<Images.PreprocessedImage>(parts.Count);
+        if (parts.Count == 0)
+        {
+            return result;
+        }
+        var inputs = _model.Images ?? throw ApiErrorException.BadRequest(
+            $"'{parts[0].Field}' this model does not accept images (it has no vision tower, or images are disabled).", parts[0].Field, "images_not_supported");
+        if (parts.Count > inputs.Options.MaxImagesPerRequest)
+        {
+            var over = parts[inputs.Options.MaxImagesPerRequest];
+            throw ApiErrorException.BadRequest(
+                $"'{over.Field}' is image {inputs.Options.MaxImagesPerRequest + 1} of this request; the limit is {inputs.Options.MaxImagesPerRequest} (--max-images).",
+                over.Field, "too_many_images");
+        }
+        foreach (var part in parts)
+        {
+            try
+            {
+                result.Add(await inputs.LoadAsync(part.Url, cancellationToken).ConfigureAwait(false));
+            }
+            catch (Images.ImageInputException ex)
+            {
+                LogImageRejected(part.Field, ex.Message);
+                throw ApiErrorException.BadRequest($"'{part.Field}' cannot be used: {ex.Message}.", part.Field, "invalid_image");
+            }
+        }
+        return result;
     }
 
     /// <summary>Renders and tokenizes a conversation (message text stays text: "&lt;|eot|&gt;" typed by a user must not end its turn).</summary>
@@ -203,7 +249,7 @@ public sealed partial class OpenAiEndpoints
     }
 
     private async Task RunAsync(HttpContext context, ResponseContext ctx, int[] promptIds, int maxTokens, GenerationOptions options, int[] implicitStopIds,
-        ChatCompletionRequestBody? tools)
+        ChatCompletionRequestBody? tools, Model.Llama4.Vision.Llama4ImagePrompt? images = null)
     {
         // The end-of-sequence ids stop a choice unless ignore_eos; stop_token_ids always do.
         int[] stopIds = [.. (options.IgnoreEos ? [] : implicitStopIds).Concat(options.StopTokenIds).Distinct()];
@@ -213,6 +259,9 @@ public sealed partial class OpenAiEndpoints
             Logprobs = options.Logprobs,
             IgnoreEos = options.IgnoreEos,
             ChoiceCancellation = new ChoiceCancellation(options.N),
+            Images = images,
+            // The prefix cache keys image positions by the image's content, so equal token ids never share KV across different images.
+            Content = images is null ? null : Images.ImageContentSpans.Of(images),
         };
         var started = Stopwatch.GetTimestamp();
         CancellationToken aborted = context.RequestAborted;

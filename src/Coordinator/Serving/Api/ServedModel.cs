@@ -8,7 +8,11 @@ namespace Distributed.Coordinator.Serving.Api;
 /// <param name="CreatedUnixSeconds">Reported as <c>created</c> by <c>/v1/models</c> (when serving started).</param>
 /// <param name="Tokenizer">The model's tokenizer (text ↔ ids, chat template).</param>
 /// <param name="Scheduler">Runs generation; <see cref="IGenerationScheduler.MaxContextTokens"/> bounds prompt + max_tokens.</param>
-public sealed record ServedModel(string Id, long CreatedUnixSeconds, Llama4Tokenizer Tokenizer, IGenerationScheduler Scheduler);
+public sealed record ServedModel(string Id, long CreatedUnixSeconds, Llama4Tokenizer Tokenizer, IGenerationScheduler Scheduler)
+{
+    /// <summary>The image pipeline when the model has a vision tower and images are enabled; null = image parts get a 400.</summary>
+    public Images.Llama4ImageInputs? Images { get; init; }
+}
 
 /// <summary>HTTP-level settings of the OpenAI API.</summary>
 /// <param name="QueueFullStatusCode">Status sent when the scheduler's queue is full: 429 or 503 (with Retry-After).</param>

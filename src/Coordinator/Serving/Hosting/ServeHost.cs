@@ -25,10 +25,12 @@ public static class ServeHost
     /// <c>/healthz/ready</c> and a measuring wrapper around the scheduler; null = none of these.</param>
     /// <param name="configureServices">Adds services (e.g. the cluster admin API) before the host is built.</param>
     /// <param name="configureApp">Maps more endpoints (e.g. the cluster admin API) after the serving endpoints.</param>
+    /// <param name="images">The image pipeline of a multimodal model (issue #13); null = image parts get a 400. The host does not own it.</param>
     /// <exception cref="OptionsValidationException">An option is invalid; the message names it.</exception>
     public static WebApplication Build(
         ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null,
-        Diagnostics.CoordinatorOperations? operations = null, Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null)
+        Diagnostics.CoordinatorOperations? operations = null, Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null,
+        Images.Llama4ImageInputs? images = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -78,7 +80,7 @@ public static class ServeHost
         operations?.AddTo(builder);
         string modelId = options.ResolveModelId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()));
+        builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()) { Images = images });
         builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode, options.DefaultMaxTokens));
         builder.Services.AddSingleton<OpenAiEndpoints>();
         configureServices?.Invoke(builder.Services);

@@ -192,6 +192,11 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             }
         }
         Sampler.Validate(request.Sampling, c.VocabSize);
+        if (request.Images is { } images)
+        {
+            var vision = _engine.Vision ?? throw new ArgumentException("this model has no vision tower; it cannot take images");
+            images.Validate(request.PromptIds, vision.Config.ImageTokenId);
+        }
         long total = (long)request.PromptIds.Length + request.MaxTokens;
         if (total > c.MaxPositionEmbeddings)
         {
@@ -315,6 +320,22 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         {
             return;
         }
+        // Images: the vision tower runs once per request, when its prompt is first computed; the rows stay with the request
+        // (a recompute after a preemption needs them again). A failure fails that request alone; the step goes on.
+        for (int i = plan.Count - 1; i >= 0; i--)
+        {
+            var (s, _) = plan[i];
+            if (s.Owner.Request.Images is { } images && s.Owner.ImageEmbeddings is null && s.Computed < s.Owner.Request.PromptIds.Length
+                && !EncodeImages(s, images, ct))
+            {
+                plan.RemoveAt(i);
+            }
+        }
+        if (plan.Count == 0)
+        {
+            PublishCounts();
+            return;
+        }
         var items = new List<SequenceStep>(plan.Count);
         bool captureRouting = false;
         foreach (var (s, n) in plan)
@@ -323,7 +344,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             var logits = s.Owner.Capture is not null && s.Computed < s.Owner.Request.PromptIds.Length
                 ? LogitsRequest.All
                 : last ? LogitsRequest.Last : LogitsRequest.None;
-            items.Add(new SequenceStep(s.Cache!, s.TokenMemory(s.Computed, n), logits));
+            // The image rows whose <|patch|> positions fall in this chunk replace those token embeddings.
+            items.Add(new SequenceStep(s.Cache!, s.TokenMemory(s.Computed, n), logits) { Embeddings = s.Owner.ImageEmbeddings?.ForRange(s.Computed, n) });
             captureRouting |= s.Owner.Capture is not null;
         }
 
@@ -390,6 +412,23 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
             }
         }
         PublishCounts();
+    }
+
+    /// <summary>Runs the vision tower for a request about to compute its prompt; false (the request failed) on an error.</summary>
+    private bool EncodeImages(Sequence s, Model.Llama4.Vision.Llama4ImagePrompt images, CancellationToken ct)
+    {
+        try
+        {
+            s.Owner.ImageEmbeddings = _engine.Vision!.EncodePrompt(images, ct);
+            return true;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            LogImageEncodeFailed(ex, s.Owner.Request.Id);
+            _running.Remove(s);
+            End(s, ex);
+            return false;
+        }
     }
 
     /// <summary>Picks this step's sequences and token counts, preempting and admitting as blocks allow.</summary>
@@ -683,6 +722,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
 
         public GenerationRequest Request { get; } = request;
         public PromptCapture? Capture { get; } = capture;
+        // The projected image rows of the prompt (issue #13), made when the prompt is first computed.
+        public Model.Llama4.Vision.Llama4ImageEmbeddings? ImageEmbeddings { get; set; }
         public Channel<GeneratedToken> Output { get; } = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
         // Choices not yet ended (set at the fork; an unforked sequence stands for all of them).
         public int LiveChoices { get; set; } = request.N;
@@ -756,4 +797,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
     [LoggerMessage(EventId = 1005, Level = LogLevel.Information,
         Message = "Request {RequestId} choice {Choice} preempted: KV blocks ran out ({Total} in the budget); its {Tokens} tokens will be recomputed")]
     private partial void LogPreempted(string requestId, int choice, int tokens, int total);
+
+    [LoggerMessage(EventId = 1006, Level = LogLevel.Error, Message = "Request {RequestId}: encoding its images failed; the request was failed")]
+    private partial void LogImageEncodeFailed(Exception exception, string requestId);
 }

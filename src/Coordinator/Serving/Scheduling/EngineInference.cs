@@ -4,8 +4,8 @@ using Distributed.Coordinator.Model.Llama4;
 
 namespace Distributed.Coordinator.Serving.Scheduling;
 
-/// <summary>The outputs of <see cref="EngineInference.InferAsync"/> (the <c>infer --json</c> contract).</summary>
-/// <param name="PromptIds">The prompt.</param>
+/// <summary>The outputs of <see cref="EngineInference.InferAsync(Llama4Engine, IReadOnlyList{int}, int, CancellationToken)"/> (the <c>infer --json</c> contract).</summary>
+/// <param name="PromptIds">The prompt (with images: the expanded prompt the model ran).</param>
 /// <param name="LastLogits">All vocabulary logits at the last prompt position.</param>
 /// <param name="Argmax">Argmax of the logits at every prompt position.</param>
 /// <param name="Experts">MoE layer → per prompt token, its top-k expert ids.</param>
@@ -28,7 +28,18 @@ public static class EngineInference
     /// </summary>
     /// <exception cref="ArgumentException">Empty prompt, a token outside the vocabulary, a negative limit, or prompt +
     /// new tokens beyond <c>max_position_embeddings</c>.</exception>
-    public static async Task<InferenceResult> InferAsync(this Llama4Engine engine, IReadOnlyList<int> promptIds, int maxNewTokens, CancellationToken cancellationToken)
+    public static Task<InferenceResult> InferAsync(this Llama4Engine engine, IReadOnlyList<int> promptIds, int maxNewTokens, CancellationToken cancellationToken)
+        => InferAsync(engine, promptIds, maxNewTokens, null, cancellationToken);
+
+    /// <summary>
+    /// <see cref="InferAsync(Llama4Engine, IReadOnlyList{int}, int, CancellationToken)"/> for a prompt with images: the
+    /// vision tower encodes every image once and its projected rows replace the embeddings at the <c>&lt;|patch|&gt;</c>
+    /// positions of <paramref name="promptIds"/> (already expanded), whichever prefill chunk they fall in.
+    /// </summary>
+    /// <exception cref="ArgumentException">As above; or images for a model without a vision tower, or patch positions that
+    /// do not match the prompt's <c>&lt;|patch|&gt;</c> tokens.</exception>
+    public static async Task<InferenceResult> InferAsync(this Llama4Engine engine, IReadOnlyList<int> promptIds, int maxNewTokens,
+        Model.Llama4.Vision.Llama4ImagePrompt? images, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(engine);
         ArgumentNullException.ThrowIfNull(promptIds);
@@ -60,7 +71,7 @@ public static class EngineInference
         var capture = new PromptCapture(c, prompt.Length);
         await using var scheduler = ForOneRequest(engine, prompt.Length + generate);
         var tokens = new List<int>(generate);
-        var request = new GenerationRequest($"infer-{Guid.NewGuid():N}", prompt, generate, SamplingParams.Greedy);
+        var request = new GenerationRequest($"infer-{Guid.NewGuid():N}", prompt, generate, SamplingParams.Greedy) { Images = images };
         await foreach (var t in scheduler.GenerateAsync(request, capture, cancellationToken).ConfigureAwait(false))
         {
             tokens.Add(t.TokenId);

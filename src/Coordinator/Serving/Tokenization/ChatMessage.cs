@@ -28,6 +28,20 @@ public sealed record ChatMessage(ChatRole Role, string Content)
     /// <summary>A tool message's <c>tool_call_id</c> (not rendered by the Llama 4 template).</summary>
     public string? ToolCallId { get; init; }
 
+    /// <summary>
+    /// The message's image parts, in order: each renders as one <c>&lt;|image|&gt;</c> token at its
+    /// <see cref="ChatImagePart.Offset"/> of <see cref="Content"/> (user messages only). Empty for text-only messages.
+    /// </summary>
+    public IReadOnlyList<ChatImagePart> Images { get; init; } = [];
+
+    /// <summary>Value equality, the tool calls and image parts compared element by element.</summary>
+    public bool Equals(ChatMessage? other) =>
+        other is not null && Role == other.Role && Content == other.Content && ToolCallId == other.ToolCallId
+        && (ToolCalls ?? []).SequenceEqual(other.ToolCalls ?? []) && Images.SequenceEqual(other.Images);
+
+    /// <inheritdoc />
+    public override int GetHashCode() => HashCode.Combine(Role, Content, ToolCallId, ToolCalls?.Count ?? 0, Images.Count);
+
     /// <summary>A <see cref="ChatRole.System"/> message.</summary>
     public static ChatMessage System(string content) => new(ChatRole.System, content);
 
@@ -39,14 +53,6 @@ public sealed record ChatMessage(ChatRole Role, string Content)
 
     /// <summary>A <see cref="ChatRole.Tool"/> message answering <paramref name="toolCallId"/>.</summary>
     public static ChatMessage Tool(string content, string? toolCallId = null) => new(ChatRole.Tool, content) { ToolCallId = toolCallId };
-
-    /// <inheritdoc />
-    public bool Equals(ChatMessage? other) =>
-        other is not null && Role == other.Role && Content == other.Content && ToolCallId == other.ToolCallId
-        && (ToolCalls ?? []).SequenceEqual(other.ToolCalls ?? []);
-
-    /// <inheritdoc />
-    public override int GetHashCode() => HashCode.Combine(Role, Content, ToolCallId, ToolCalls?.Count ?? 0);
 }
 
 /// <summary>A function call made by the assistant.</summary>
@@ -77,3 +83,10 @@ public sealed class ChatTemplateException : Exception
     /// <summary>The offending field, such as <c>messages</c> or <c>messages[1].content[0].type</c>.</summary>
     public string Field { get; }
 }
+
+/// <summary>An image content part of a chat message (OpenAI <c>{"type": "image_url", "image_url": {"url": ...}}</c>).</summary>
+/// <param name="Offset">Where in the message's text the image sits (UTF-16 offset into <see cref="ChatMessage.Content"/>).</param>
+/// <param name="Url">A <c>data:image/...;base64,...</c> URL or an http(s) URL.</param>
+/// <param name="Detail">OpenAI's <c>detail</c> (<c>auto</c>, <c>low</c> or <c>high</c>), accepted and ignored: Llama 4 tiles every image the same way.</param>
+/// <param name="Field">The part's JSON path for error messages, e.g. <c>messages[0].content[1]</c>.</param>
+public sealed record ChatImagePart(int Offset, string Url, string? Detail, string Field);

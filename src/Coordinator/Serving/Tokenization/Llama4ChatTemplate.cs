@@ -32,6 +32,9 @@ public static class Llama4ChatTemplate
     /// <summary>What follows <c>&lt;|header_end|&gt;</c> before a message's content.</summary>
     internal const string HeaderSeparator = "\n\n";
 
+    /// <summary>What an image part renders as (the release template's <c>{{ '&lt;|image|&gt;' }}</c>).</summary>
+    public const string ImageToken = "<|image|>";
+
     /// <summary>
     /// Checks a conversation: at least one message, none null, each a defined <see cref="ChatRole"/> with non-null
     /// content.
@@ -62,6 +65,53 @@ public static class Llama4ChatTemplate
             {
                 throw new ChatTemplateException($"messages[{i}].content", "is required.");
             }
+
+            int previous = 0;
+            foreach (ChatImagePart image in message.Images ?? [])
+            {
+                if (message.Role != ChatRole.User)
+                {
+                    throw new ChatTemplateException(image.Field, "image parts are only allowed in user messages.");
+                }
+
+                if (image.Offset < previous || image.Offset > message.Content.Length)
+                {
+                    throw new ChatTemplateException(image.Field, $"image offset {image.Offset} is outside the message text or out of order.");
+                }
+
+                previous = image.Offset;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Adds a message's content: its text, with each image part as the <c>&lt;|image|&gt;</c> special token at its
+    /// offset (the text between images stays separate pieces, as HF splits the rendered prompt at special tokens
+    /// before BPE). <paramref name="trim"/> strips surrounding whitespace as the template's <c>| trim</c> does (the
+    /// leading whitespace of the first piece, the trailing of the last).
+    /// </summary>
+    private static void Content(PartList parts, ChatMessage message, bool trim)
+    {
+        string text = message.Content;
+        int start = 0;
+        for (int k = 0; k <= message.Images.Count; k++)
+        {
+            int end = k < message.Images.Count ? message.Images[k].Offset : text.Length;
+            string piece = text[start..end];
+            if (trim && k == 0)
+            {
+                piece = TrimStartLikePython(piece);
+            }
+            if (trim && k == message.Images.Count)
+            {
+                piece = TrimEndLikePython(piece);
+            }
+            parts.Text(piece);
+            if (k < message.Images.Count)
+            {
+                parts.Special(ImageToken, message.Images[k].Field);
+            }
+            start = end;
         }
     }
 
@@ -112,7 +162,7 @@ public static class Llama4ChatTemplate
             {
                 parts.Text(tool.Json).Text("\n\n");
             }
-            parts.Text(TrimLikePython(messages[start].Content));
+            Content(parts, messages[start], trim: true);
             parts.Special(Llama4Tokenizer.EndOfTurnToken);
             start++;
         }
@@ -136,7 +186,7 @@ public static class Llama4ChatTemplate
             else
             {
                 Header(parts, RoleName(message.Role));
-                parts.Text(i == 0 && message.Role == ChatRole.System ? TrimLikePython(message.Content) : message.Content);
+                Content(parts, message, trim: i == 0 && message.Role == ChatRole.System);
             }
             parts.Special(Llama4Tokenizer.EndOfTurnToken);
         }
@@ -157,9 +207,9 @@ public static class Llama4ChatTemplate
     {
         public List<TemplatePart> Items { get; } = [];
 
-        public PartList Special(string token)
+        public PartList Special(string token, string? field = null)
         {
-            Items.Add(new TemplatePart(token, true));
+            Items.Add(new TemplatePart(token, true, field));
             return this;
         }
 
@@ -181,9 +231,11 @@ public static class Llama4ChatTemplate
     /// Reads the <c>messages</c> array of an OpenAI chat-completions request: each element an object with
     /// <c>role</c> (<c>system</c> or its newer name <c>developer</c>, <c>user</c>, <c>assistant</c>, <c>tool</c>) and
     /// <c>content</c>, either a string or an array of <c>{"type": "text", "text": "..."}</c> parts (joined with nothing
-    /// between them); an assistant message may carry <c>tool_calls</c> instead of content, a tool message a
-    /// <c>tool_call_id</c>. <c>name</c> is accepted and ignored, as the Llama 4 template ignores it; other part types,
-    /// other roles and the deprecated <c>function_call</c> are rejected.
+    /// between them) and, in user messages, <c>{"type": "image_url", "image_url": {"url": "...", "detail": "auto|low|high"}}</c>
+    /// parts (rendered as <c>&lt;|image|&gt;</c> where they stand; the image itself is loaded by the caller); an assistant
+    /// message may carry <c>tool_calls</c> instead of content, a tool message a <c>tool_call_id</c>. <c>name</c> is accepted
+    /// and ignored, as the Llama 4 template ignores it; other part types, other roles and the deprecated
+    /// <c>function_call</c> are rejected.
     /// </summary>
     /// <exception cref="ChatTemplateException">The first invalid field, named by its JSON path.</exception>
     public static IReadOnlyList<ChatMessage> ParseMessages(JsonElement messages)
@@ -215,22 +267,28 @@ public static class Llama4ChatTemplate
     };
 
     /// <summary>Jinja's <c>trim</c> is Python's <c>str.strip()</c>, whose whitespace also includes U+001C..U+001F.</summary>
-    private static string TrimLikePython(string text)
+    private static bool IsPythonSpace(char c) => char.IsWhiteSpace(c) || c is >= '\u001C' and <= '\u001F';
+
+    private static string TrimLikePython(string text) => TrimEndLikePython(TrimStartLikePython(text));
+
+    private static string TrimStartLikePython(string text)
     {
-        static bool IsSpace(char c) => char.IsWhiteSpace(c) || c is >= '\u001C' and <= '\u001F';
         int start = 0;
-        int end = text.Length;
-        while (start < end && IsSpace(text[start]))
+        while (start < text.Length && IsPythonSpace(text[start]))
         {
             start++;
         }
+        return text[start..];
+    }
 
-        while (end > start && IsSpace(text[end - 1]))
+    private static string TrimEndLikePython(string text)
+    {
+        int end = text.Length;
+        while (end > 0 && IsPythonSpace(text[end - 1]))
         {
             end--;
         }
-
-        return text[start..end];
+        return text[..end];
     }
 
     private static ChatMessage ParseMessage(JsonElement element, string path)
@@ -292,7 +350,9 @@ public static class Llama4ChatTemplate
             throw new ChatTemplateException($"{path}.content", "is required.");
         }
 
-        return new ChatMessage(role, hasContent ? ParseContent(content, $"{path}.content") : string.Empty) { ToolCalls = toolCalls, ToolCallId = toolCallId };
+        var images = new List<ChatImagePart>();
+        string text = hasContent ? ParseContent(content, $"{path}.content", role == ChatRole.User ? images : null) : string.Empty;
+        return new ChatMessage(role, text) { ToolCalls = toolCalls, ToolCallId = toolCallId, Images = images };
     }
 
     private static List<ChatToolCall>? ParseToolCalls(JsonElement calls, string path)
@@ -336,7 +396,7 @@ public static class Llama4ChatTemplate
         return result;
     }
 
-    private static string ParseContent(JsonElement content, string path)
+    private static string ParseContent(JsonElement content, string path, List<ChatImagePart>? images)
     {
         if (content.ValueKind == JsonValueKind.String)
         {
@@ -345,7 +405,7 @@ public static class Llama4ChatTemplate
 
         if (content.ValueKind != JsonValueKind.Array)
         {
-            throw new ChatTemplateException(path, $"must be a string or an array of text parts, not {Describe(content)}.");
+            throw new ChatTemplateException(path, $"must be a string or an array of content parts, not {Describe(content)}.");
         }
 
         if (content.GetArrayLength() == 0)
@@ -368,10 +428,22 @@ public static class Llama4ChatTemplate
                 throw new ChatTemplateException($"{partPath}.type", "is required and must be a string.");
             }
 
+            if (type.GetString() == "image_url")
+            {
+                if (images is null)
+                {
+                    throw new ChatTemplateException($"{partPath}.type", "'image_url' parts are only allowed in user messages.");
+                }
+
+                images.Add(ParseImagePart(part, partPath, text.Length));
+                index++;
+                continue;
+            }
+
             if (type.GetString() != "text")
             {
                 throw new ChatTemplateException(
-                    $"{partPath}.type", $"'{type.GetString()}' is not supported; only 'text' parts are.");
+                    $"{partPath}.type", $"'{type.GetString()}' is not supported; only 'text' and 'image_url' parts are.");
             }
 
             if (!part.TryGetProperty("text", out JsonElement partText) || partText.ValueKind != JsonValueKind.String)
@@ -384,6 +456,50 @@ public static class Llama4ChatTemplate
         }
 
         return text.ToString();
+    }
+
+    /// <summary><c>{"type": "image_url", "image_url": {"url": "...", "detail": "auto|low|high"}}</c>, nothing else.</summary>
+    private static ChatImagePart ParseImagePart(JsonElement part, string partPath, int offset)
+    {
+        foreach (JsonProperty p in part.EnumerateObject())
+        {
+            if (p.Name is not ("type" or "image_url"))
+            {
+                throw new ChatTemplateException($"{partPath}.{p.Name}", "is not a field of an image_url part.");
+            }
+        }
+
+        if (!part.TryGetProperty("image_url", out JsonElement imageUrl) || imageUrl.ValueKind != JsonValueKind.Object)
+        {
+            throw new ChatTemplateException($"{partPath}.image_url", "is required and must be an object with a 'url'.");
+        }
+
+        string? url = null;
+        string? detail = null;
+        foreach (JsonProperty p in imageUrl.EnumerateObject())
+        {
+            switch (p.Name)
+            {
+                case "url" when p.Value.ValueKind == JsonValueKind.String && p.Value.GetString()!.Length > 0:
+                    url = p.Value.GetString();
+                    break;
+                case "url":
+                    throw new ChatTemplateException($"{partPath}.image_url.url", "must be a non-empty string (a data:image/...;base64 URL or an http(s) URL).");
+                case "detail" when p.Value.ValueKind == JsonValueKind.Null:
+                    break;
+                case "detail" when p.Value.ValueKind == JsonValueKind.String && p.Value.GetString() is "auto" or "low" or "high":
+                    detail = p.Value.GetString();
+                    break;
+                case "detail":
+                    throw new ChatTemplateException($"{partPath}.image_url.detail", "must be 'auto', 'low' or 'high'.");
+                default:
+                    throw new ChatTemplateException($"{partPath}.image_url.{p.Name}", "is not a field of image_url.");
+            }
+        }
+
+        return url is null
+            ? throw new ChatTemplateException($"{partPath}.image_url.url", "is required.")
+            : new ChatImagePart(offset, url, detail, partPath);
     }
 
     private static string Describe(JsonElement element) => element.ValueKind switch
@@ -401,4 +517,5 @@ public static class Llama4ChatTemplate
 /// <summary>A piece of a rendered prompt: a special token's text, or ordinary text between special tokens.</summary>
 /// <param name="Text">The text.</param>
 /// <param name="Special">True for a special token (encoded as its id).</param>
-internal readonly record struct TemplatePart(string Text, bool Special);
+/// <summary>One piece of a rendered prompt: a special token (with the request field it came from, for errors) or text.</summary>
+internal readonly record struct TemplatePart(string Text, bool Special, string? Field = null);

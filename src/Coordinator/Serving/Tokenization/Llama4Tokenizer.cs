@@ -248,9 +248,10 @@ public sealed partial class Llama4Tokenizer
         {
             if (part.Special)
             {
-                ids.Add(TryGetSpecialTokenId(part.Text, out int id)
-                    ? id
-                    : throw new ChatTemplateException("messages", $"cannot be rendered: the tokenizer has no special token '{part.Text}'."));
+                ids.Add(TryGetSpecialTokenId(part.Text, out int id) ? id
+                    : part.Text == Llama4ChatTemplate.ImageToken
+                        ? throw new ChatTemplateException(part.Field ?? "messages", "this tokenizer has no <|image|> token, so the model cannot take images.")
+                        : throw new ChatTemplateException("messages", $"cannot be rendered: the tokenizer has no special token '{part.Text}'."));
             }
             else
             {

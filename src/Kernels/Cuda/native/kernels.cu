@@ -230,6 +230,76 @@ KERNEL void add_inplace(float* dst, const float* src, long long n)
     }
 }
 
+// One block of REDUCE_THREADS per row: y = (x - mean) / sqrt(var + eps) * w + b (biased variance). y may alias x.
+KERNEL void layernorm(const float* x, const float* w, const float* b, float* y, int cols, float eps)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    long long row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    float acc = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        acc += xr[c];
+    }
+    float mean = block_sum(acc, sh) / (float)cols;
+    acc = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float d = xr[c] - mean;
+        acc += d * d;
+    }
+    float var = block_sum(acc, sh) / (float)cols;
+    float r = 1.0f / sqrtf(var + eps);
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        yr[c] = (xr[c] - mean) * r * w[c] + b[c];
+    }
+}
+
+// Exact GELU (nn.GELU()): dst = x / 2 * (1 + erf(x / sqrt(2))). dst may alias x.
+KERNEL void gelu(const float* x, float* dst, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        float v = x[i];
+        dst[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}
+
+// x [rows, cols] in place: x[r, c] += b[c].
+KERNEL void add_bias(float* x, const float* b, long long rows, int cols)
+{
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        x[i] = x[i] + b[i % cols];
+    }
+}
+
+// x [rows, heads, 2*pairs] in place; pair i of every head of row r rotates by the angle whose cosine and sine are
+// cos_sin[(r * pairs + i) * 2] and cos_sin[(r * pairs + i) * 2 + 1] (the Llama 4 vision 2-D RoPE).
+KERNEL void rotate_pairs(float* x, const float* cos_sin, long long rows, int heads, int pairs)
+{
+    long long n = rows * heads * pairs;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long rh = i / pairs;
+        int p = (int)(i - rh * pairs);
+        long long row = rh / heads;
+        float c = cos_sin[(row * pairs + p) * 2];
+        float s = cos_sin[(row * pairs + p) * 2 + 1];
+        float* e = x + rh * (2LL * pairs) + 2 * p;
+        float x0 = e[0];
+        float x1 = e[1];
+        e[0] = x0 * c - x1 * s;
+        e[1] = x0 * s + x1 * c;
+    }
+}
+
 // x [rows, heads, 2*half] in place; pair (2i, 2i+1) rotates by fl32(pos[row] * inv_freq[i]).
 KERNEL void rope(float* x, const int* pos, const float* inv_freq, long long rows, int heads, int half)
 {

@@ -56,6 +56,18 @@ public sealed class ServeApiHttpTests
     }
 
     [Fact]
+    public async Task Chat_ImagePart_OnAModelWithoutVision_Is400NamingThePart_AndNothingIsScheduled()
+    {
+        var scheduler = new FakeGenerationScheduler();
+        await using var server = await ApiTestServer.StartAsync(scheduler);
+        var (status, body, _) = await PostAsync(server, "/v1/chat/completions",
+            """{"model":"tiny-maverick","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        AssertError(body, "invalid_request_error", "messages[0].content[1]", "images_not_supported", "does not accept images");
+        Assert.Empty(scheduler.Requests);
+    }
+
+    [Fact]
     public async Task Models_ListsTheOneModel()
     {
         await using var server = await ApiTestServer.StartAsync(new FakeGenerationScheduler());

@@ -49,6 +49,41 @@ public sealed class Llama4ChatTemplateTests
     }
 
     [Fact]
+    public void ParseMessages_ImageParts_RenderAsImageTokensWhereTheyStand()
+    {
+        using JsonDocument document = JsonDocument.Parse("""
+            [{"role": "user", "content": [{"type": "text", "text": "Compare "}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA", "detail": "low"}},
+              {"type": "text", "text": " and"}, {"type": "image_url", "image_url": {"url": "https://h/x.png", "detail": null}}]}]
+            """);
+
+        var messages = Llama4ChatTemplate.ParseMessages(document.RootElement);
+
+        Assert.Equal("Compare  and", messages[0].Content);
+        Assert.Equal([new ChatImagePart(8, "data:image/png;base64,AA", "low", "messages[0].content[1]"),
+            new ChatImagePart(12, "https://h/x.png", null, "messages[0].content[3]")], messages[0].Images);
+        Assert.Equal("<|begin_of_text|><|header_start|>user<|header_end|>\n\nCompare <|image|> and<|image|><|eot|><|header_start|>assistant<|header_end|>\n\n",
+            Llama4ChatTemplate.Render(messages));
+    }
+
+    [Fact]
+    public void EncodeChat_ImagePart_IsTheImageTokenBetweenSeparatelyEncodedText_NotUserText()
+    {
+        var tokenizer = Llama4Tokenizer.Load(TestPaths.Fixture("tiny-maverick-mm"));
+        int image = tokenizer.GetSpecialTokenId("<|image|>");
+        var message = new ChatMessage(ChatRole.User, "What is<|image|> this?") { Images = [new ChatImagePart(7, "data:", null, "messages[0].content[1]")] };
+
+        int[] ids = tokenizer.EncodeChat([message]);
+
+        // HF renders "\n\nWhat is<|image|><|image|> this?" and splits at special tokens; the typed "<|image|>" stays text.
+        int[] expected = [tokenizer.BosTokenId, tokenizer.HeaderStartTokenId, .. tokenizer.Encode("user", parseSpecialTokens: false), tokenizer.HeaderEndTokenId,
+            .. tokenizer.Encode("\n\nWhat is", parseSpecialTokens: false), image, .. tokenizer.Encode("<|image|> this?", parseSpecialTokens: false),
+            tokenizer.EndOfTurnTokenId, tokenizer.HeaderStartTokenId, .. tokenizer.Encode("assistant", parseSpecialTokens: false), tokenizer.HeaderEndTokenId,
+            .. tokenizer.Encode("\n\n", parseSpecialTokens: false)];
+        Assert.Equal(expected, ids);
+        Assert.Single(ids, id => id == image);
+    }
+
+    [Fact]
     public void EncodeChat_EqualsEncodingTheRenderedPrompt()
     {
         int[] ids = Tokenizer.EncodeChat(Conversation);
@@ -167,7 +202,13 @@ public sealed class Llama4ChatTemplateTests
     [InlineData("[{\"role\": \"user\", \"content\": null}]", "messages[0].content", "is required")]
     [InlineData("[{\"role\": \"user\", \"content\": 5}]", "messages[0].content", "a string or an array")]
     [InlineData("[{\"role\": \"user\", \"content\": []}]", "messages[0].content", "at least one part")]
-    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {}}]}]", "messages[0].content[0].type", "only 'text'")]
+    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"video\"}]}]", "messages[0].content[0].type", "only 'text' and 'image_url'")]
+    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {}}]}]", "messages[0].content[0].image_url.url", "is required")]
+    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": \"data:x\"}]}]", "messages[0].content[0].image_url", "must be an object")]
+    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": 5}}]}]", "messages[0].content[0].image_url.url", "non-empty string")]
+    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": \"u\", \"size\": 1}}]}]", "messages[0].content[0].image_url.size", "not a field")]
+    [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": \"u\"}, \"text\": \"x\"}]}]", "messages[0].content[0].text", "not a field of an image_url part")]
+    [InlineData("[{\"role\": \"system\", \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": \"u\"}}]}]", "messages[0].content[0].type", "only allowed in user messages")]
     [InlineData("[{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]", "messages[0].content[0].text", "is required")]
     [InlineData("[{\"role\": \"user\", \"content\": [\"x\"]}]", "messages[0].content[0]", "must be an object")]
     [InlineData("[{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\", \"tool_calls\": [{}]}]", "messages[1].tool_calls[0].function", "is required")]

@@ -58,8 +58,9 @@ public sealed class TinyTokenizerFixtureTests
         Assert.Equal(["<|end_of_text|>", "<|eom|>", "<|eot|>"], eosNames);
         Assert.Equal(16, tokenizer.SpecialTokens.Count);
         Assert.All(tokenizer.SpecialTokens.Values, id => Assert.InRange(id, 496, 511));
-        Assert.Equal(505, tokenizer.HeaderStartTokenId);
-        Assert.Equal(506, tokenizer.HeaderEndTokenId);
+        bool vision = File.Exists(Path.Combine(directory, "golden_vision.json"));
+        Assert.Equal(vision ? 501 : 505, tokenizer.HeaderStartTokenId);
+        Assert.Equal(vision ? 509 : 506, tokenizer.HeaderEndTokenId);
         Assert.NotNull(tokenizer.ChatTemplateSource);
 
         for (int id = 0; id < tokenizer.VocabSize; id++)
@@ -78,6 +79,20 @@ public sealed class TinyTokenizerFixtureTests
         Assert.Equal(config.RootElement.GetProperty("boi_token_index").GetInt32(), tokenizer.GetSpecialTokenId("<|image_start|>"));
         Assert.Equal(config.RootElement.GetProperty("eoi_token_index").GetInt32(), tokenizer.GetSpecialTokenId("<|image_end|>"));
         Assert.Equal(config.RootElement.GetProperty("image_token_index").GetInt32(), tokenizer.GetSpecialTokenId("<|patch|>"));
+    }
+
+    [Fact]
+    public void MultimodalFixture_ImageTokensAreWhereTheVisionGoldenPutsThem()
+    {
+        var tokenizer = Llama4Tokenizer.Load(TestPaths.Fixture("tiny-maverick-mm"));
+        Assert.Equal(505, tokenizer.GetSpecialTokenId("<|tile_x_separator|>"));
+        Assert.Equal(506, tokenizer.GetSpecialTokenId("<|tile_y_separator|>"));
+        Assert.Equal(508, tokenizer.GetSpecialTokenId("<|image|>"));
+        var layout = TinyTokenizerGenerator.SpecialTokenLayout(500, 511, [507, 496, 497],
+            new Dictionary<int, string> { [505] = "<|tile_x_separator|>", [506] = "<|tile_y_separator|>", [508] = "<|image|>" });
+        Assert.Equal(Enumerable.Range(496, 16), layout.Keys);
+        Assert.Equal(16, layout.Values.Distinct().Count());
+        Assert.Equal(("<|header_start|>", "<|header_end|>"), (layout[501], layout[509]));
     }
 
     [Fact]

@@ -24,7 +24,10 @@ namespace Distributed.Coordinator.Tests.Serving.Tokenization;
 /// eos_token_id), 509 <c>&lt;|image|&gt;</c>, 510 <c>&lt;|step|&gt;</c>, 511 <c>&lt;|finetune_right_pad|&gt;</c>
 /// (= pad_token_id). The other eos ids of config.json, in their listed order, become <c>&lt;|end_of_text|&gt;</c> and
 /// <c>&lt;|eom|&gt;</c> (so every eos id is a Llama 4 stop token); the slots left of 496, 497, 501, 508 take
-/// <c>&lt;|tile_x_separator|&gt;</c> and <c>&lt;|tile_y_separator|&gt;</c> in ascending id order.</item>
+/// <c>&lt;|tile_x_separator|&gt;</c> and <c>&lt;|tile_y_separator|&gt;</c> in ascending id order. A fixture with a
+/// golden_vision.json (tiny-maverick-mm) first pins its image tokens where that file puts them (505
+/// <c>&lt;|tile_x_separator|&gt;</c>, 506 <c>&lt;|tile_y_separator|&gt;</c>, 508 <c>&lt;|image|&gt;</c>), and the header
+/// tokens they displace move to the free slots (501, 509).</item>
 /// </list>
 /// Regenerate after changing this class with
 /// <c>TINY_TOKENIZER_REGENERATE=1 dotnet test tests/Coordinator.Tests -c Release --filter FullyQualifiedName~TinyTokenizerFixtureTests</c>;
@@ -45,7 +48,8 @@ internal static class TinyTokenizerGenerator
     public static readonly string[] FixtureNames = ["tiny-maverick", "tiny-scout", "tiny-maverick-mm", "tiny-maverick-long"];
 
     /// <summary>
-    /// A Jinja chat template for the text subset of the Llama 4 format (what <see cref="Llama4ChatTemplate"/> renders),
+    /// A Jinja chat template for the subset of the Llama 4 format that <see cref="Llama4ChatTemplate"/> renders (text, and
+    /// <c>&lt;|image|&gt;</c> for an image part),
     /// kept in tokenizer_config.json so the files also serve a Hugging Face runtime.
     /// </summary>
     public const string ChatTemplate =
@@ -68,6 +72,8 @@ internal static class TinyTokenizerGenerator
                 {%- for part in message['content'] %}
                     {%- if part['type'] == 'text' %}
                         {{- part['text'] }}
+                    {%- elif part['type'] == 'image' or part['type'] == 'image_url' %}
+                        {{- '<|image|>' }}
                     {%- endif %}
                 {%- endfor %}
             {%- endif %}
@@ -196,8 +202,13 @@ internal static class TinyTokenizerGenerator
         return (vocab, merges);
     }
 
-    /// <summary>Special token per id (496..511) for a fixture with these config.json values.</summary>
-    public static SortedDictionary<int, string> SpecialTokenLayout(int bosTokenId, int padTokenId, IReadOnlyList<int> eosTokenIds)
+    /// <summary>
+    /// Special token per id (496..511) for a fixture with these config.json values. <paramref name="pinned"/> (id → token,
+    /// from a fixture's golden_vision.json <c>special_tokens</c>) puts those tokens at those ids first: a fixed token they
+    /// displace, like the eos names and the fillers, takes the next free slot in ascending id order.
+    /// </summary>
+    public static SortedDictionary<int, string> SpecialTokenLayout(int bosTokenId, int padTokenId, IReadOnlyList<int> eosTokenIds,
+        IReadOnlyDictionary<int, string>? pinned = null)
     {
         if (bosTokenId != 500 || padTokenId != 511)
         {
@@ -215,12 +226,33 @@ internal static class TinyTokenizerGenerator
             layout.Add(id, token);
         }
 
+        var slots = new SortedSet<int>(VariableSlots);
+        var displaced = new List<string>();
+        foreach ((int id, string token) in pinned ?? new Dictionary<int, string>())
+        {
+            if (id is < 496 or > 511 || id == bosTokenId || id == padTokenId || eosTokenIds.Contains(id))
+            {
+                throw new InvalidOperationException($"pinned token {token} at {id} collides with bos, pad or eos, or is outside 496..511.");
+            }
+            foreach (int old in layout.Where(kv => kv.Value == token).Select(kv => kv.Key).ToList())
+            {
+                layout.Remove(old);
+                slots.Add(old);
+            }
+            if (layout.TryGetValue(id, out string? other))
+            {
+                displaced.Add(other);
+            }
+            layout[id] = token;
+            slots.Remove(id);
+        }
+
         int[] otherEos = [.. eosTokenIds.Where(id => id != EndOfTurnId).Distinct()];
-        if (otherEos.Length > EosNames.Length || otherEos.Any(id => !VariableSlots.Contains(id)))
+        if (otherEos.Length > EosNames.Length || otherEos.Any(id => !slots.Contains(id)))
         {
             throw new InvalidOperationException(
                 $"eos_token_id [{string.Join(", ", eosTokenIds)}]: ids besides {EndOfTurnId} must be at most two of "
-                + $"{string.Join(", ", VariableSlots)}.");
+                + $"{string.Join(", ", slots)}.");
         }
 
         for (int i = 0; i < otherEos.Length; i++)
@@ -228,8 +260,8 @@ internal static class TinyTokenizerGenerator
             layout.Add(otherEos[i], EosNames[i]);
         }
 
-        var names = new Queue<string>(EosNames.Skip(otherEos.Length).Concat(FillerNames));
-        foreach (int slot in VariableSlots.Where(slot => !layout.ContainsKey(slot)))
+        var names = new Queue<string>(EosNames.Skip(otherEos.Length).Concat(displaced).Concat(FillerNames.Where(f => !layout.ContainsValue(f))));
+        foreach (int slot in slots.Where(slot => !layout.ContainsKey(slot)))
         {
             layout.Add(slot, names.Dequeue());
         }
@@ -250,7 +282,7 @@ internal static class TinyTokenizerGenerator
 
         int[] eos = [.. text.GetProperty("eos_token_id").EnumerateArray().Select(e => e.GetInt32())];
         SortedDictionary<int, string> specials = SpecialTokenLayout(
-            text.GetProperty("bos_token_id").GetInt32(), text.GetProperty("pad_token_id").GetInt32(), eos);
+            text.GetProperty("bos_token_id").GetInt32(), text.GetProperty("pad_token_id").GetInt32(), eos, VisionSpecials(fixtureDirectory));
         foreach ((string field, string expected) in (ReadOnlySpan<(string, string)>)[
                      ("boi_token_index", "<|image_start|>"), ("eoi_token_index", "<|image_end|>"), ("image_token_index", "<|patch|>")])
         {
@@ -263,6 +295,24 @@ internal static class TinyTokenizerGenerator
         (List<string> vocab, List<(string Left, string Right)> merges) = LearnBpe();
         int maxLength = text.GetProperty("max_position_embeddings").GetInt32();
         return (WriteTokenizerJson(vocab, merges, specials), WriteTokenizerConfig(specials, maxLength));
+    }
+
+    /// <summary>
+    /// The image tokens a vision fixture's golden_vision.json fixes (<c>special_tokens.ids</c> and <c>.strings</c>), so
+    /// that the tokenizer maps <c>&lt;|image|&gt;</c> and the tile separators to the ids its golden prompts use; null
+    /// for a fixture without one.
+    /// </summary>
+    private static Dictionary<int, string>? VisionSpecials(string fixtureDirectory)
+    {
+        string path = Path.Combine(fixtureDirectory, "golden_vision.json");
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+        using JsonDocument golden = JsonDocument.Parse(File.ReadAllText(path));
+        JsonElement special = golden.RootElement.GetProperty("special_tokens");
+        JsonElement strings = special.GetProperty("strings");
+        return special.GetProperty("ids").EnumerateObject().ToDictionary(p => p.Value.GetInt32(), p => strings.GetProperty(p.Name).GetString()!);
     }
 
     private static string WriteTokenizerJson(

@@ -167,6 +167,10 @@ static std::vector<KernelEntry>& kernels()
         {"softmax_rows", invoker(softmax_rows)},
         {"argmax_rows", invoker(argmax_rows)},
         {"topk_rows", invoker(topk_rows)},
+        {"layernorm", invoker(layernorm)},
+        {"gelu", invoker(gelu)},
+        {"add_bias", invoker(add_bias)},
+        {"rotate_pairs", invoker(rotate_pairs)},
     };
     return k;
 }
