@@ -40,6 +40,7 @@ public sealed class MicroBatchPingPongTests
         var prompts = BatchedSteps.Prompts(engine.Config.VocabSize, sequences, seed: 3 * sequences);
         var unsplit = await BatchedSteps.RunAsync(engine, prompts, decodeSteps: 3, MicroBatching.Off);
         Assert.Equal(1, recorder.MaxInFlight);
+        recorder.HoldUntilNextDispatch = engine.Config.MoeLayers[^1];
         var split = await BatchedSteps.RunAsync(engine, prompts, decodeSteps: 3, MicroBatching.From(2));
         Assert.Equal(2, recorder.MaxInFlight);
         Assert.Null(BatchedSteps.FirstDifference(unsplit, split));
@@ -65,11 +66,13 @@ public sealed class MicroBatchPingPongTests
         Assert.Null(BatchedSteps.FirstDifference(unsplit, split));
     }
 
+    // Prefill of 3 prompts = 16 tokens, then a decode step of 3 tokens: each split step dispatches every MoE layer twice.
     [Theory]
-    [InlineData(3, 1000, 1)]
-    [InlineData(1, 2, 1)]
-    [InlineData(3, 2, 2)]
-    public async Task TheStepIsSplit_OnlyWithTwoSequencesAndEnoughTokens(int sequences, int minTokens, int expectedInFlight)
+    [InlineData(3, 1000, 2)]
+    [InlineData(1, 2, 2)]
+    [InlineData(3, 10, 3)]
+    [InlineData(3, 2, 4)]
+    public async Task TheStepIsSplit_OnlyWithTwoSequencesAndEnoughTokens(int sequences, int minTokens, int expectedMicroBatches)
     {
         string dir = TestPaths.Fixture("tiny-maverick");
         using var checkpoint = Distributed.Checkpoint.CheckpointReader.Open(dir);
@@ -79,7 +82,7 @@ public sealed class MicroBatchPingPongTests
         using var engine = Llama4Engine.Load(dir, backend, recorder.Wrap(local));
         var prompts = BatchedSteps.Prompts(engine.Config.VocabSize, sequences, seed: 1);
         await BatchedSteps.RunAsync(engine, prompts, decodeSteps: 1, MicroBatching.From(minTokens));
-        Assert.Equal(expectedInFlight, recorder.MaxInFlight);
+        Assert.Equal(expectedMicroBatches * engine.Config.MoeLayers.Count, recorder.Dispatches);
     }
 
     [Fact]
@@ -89,16 +92,24 @@ public sealed class MicroBatchPingPongTests
         Assert.False(MicroBatching.Off.Enabled);
     }
 
-    // Counts dispatches in flight (dispatched, not yet combined) at once, with the combine yielding first so the other
-    // micro-batch can run; optionally fails the n-th dispatch.
+    // Counts dispatches, and dispatches in flight (dispatched, not yet combined) at once. With HoldUntilNextDispatch set
+    // (to the last MoE layer), a combine of any other layer waits until the next dispatch starts, as if its rows were
+    // still on the wire: the other micro-batch must then run its layers meanwhile (an unsplit step would wait forever).
+    // Optionally fails the n-th dispatch.
     private sealed class OverlapRecorder
     {
         private int _inFlight;
         private int _dispatches;
+        private readonly Dictionary<DispatchHandle, int> _numbers = [];
+        private TaskCompletionSource _nextDispatch = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public int MaxInFlight { get; private set; }
 
+        public int Dispatches => Volatile.Read(ref _dispatches);
+
         public int FailAtDispatch { get; set; }
+
+        public int? HoldUntilNextDispatch { get; set; }
 
         public IExpertDispatcher Wrap(IExpertDispatcher inner) => new Dispatcher(this, inner);
 
@@ -107,11 +118,16 @@ public sealed class MicroBatchPingPongTests
             public async ValueTask<DispatchHandle> DispatchAsync(int layer, ReadOnlyMemory<float> hidden, RoutingResult routing, CancellationToken cancellationToken)
             {
                 int n = Interlocked.Increment(ref recorder._dispatches);
+                Interlocked.Exchange(ref recorder._nextDispatch, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
                 if (n == recorder.FailAtDispatch)
                 {
                     throw new InvalidOperationException($"dispatch {n} fails");
                 }
                 var handle = await inner.DispatchAsync(layer, hidden, routing, cancellationToken);
+                lock (recorder._numbers)
+                {
+                    recorder._numbers[handle] = n;
+                }
                 int now = Interlocked.Increment(ref recorder._inFlight);
                 lock (recorder)
                 {
@@ -122,6 +138,22 @@ public sealed class MicroBatchPingPongTests
 
             public async ValueTask CombineAsync(DispatchHandle handle, Memory<float> output, CancellationToken cancellationToken)
             {
+                int mine;
+                lock (recorder._numbers)
+                {
+                    mine = recorder._numbers[handle];
+                    recorder._numbers.Remove(handle);
+                }
+                while (recorder.HoldUntilNextDispatch is { } last && handle.Layer != last)
+                {
+                    // Read the signal before the count: a dispatch after the check completes this very signal.
+                    var next = Volatile.Read(ref recorder._nextDispatch).Task;
+                    if (recorder.Dispatches > mine)
+                    {
+                        break;
+                    }
+                    await next.WaitAsync(cancellationToken);
+                }
                 await Task.Yield();
                 try
                 {
