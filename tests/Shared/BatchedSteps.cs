@@ -18,7 +18,13 @@ public static class BatchedSteps
     }
 
     /// <summary>The logits <c>[rows, vocab]</c> of the prefill step and of each of <paramref name="decodeSteps"/> decode steps.</summary>
-    public static async Task<List<float[]>> RunAsync(Llama4Engine engine, int[][] prompts, int decodeSteps, MicroBatching microBatching)
+    /// <param name="engine">The model to run.</param>
+    /// <param name="prompts">One prompt per sequence.</param>
+    /// <param name="decodeSteps">Greedy decode steps after the prefill.</param>
+    /// <param name="microBatching">The split rule for these steps (restored afterwards).</param>
+    /// <param name="stepSeconds">When given, receives the wall time of every step (prefill first), in seconds.</param>
+    public static async Task<List<float[]>> RunAsync(Llama4Engine engine, int[][] prompts, int decodeSteps, MicroBatching microBatching,
+        List<double>? stepSeconds = null)
     {
         const int blockSize = 16;
         int longest = prompts.Max(p => p.Length) + decodeSteps;
@@ -31,7 +37,9 @@ public static class BatchedSteps
         {
             var steps = new List<float[]>();
             int vocab = engine.Config.VocabSize;
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             var result = await engine.Model.ForwardAsync([.. prompts.Select((p, i) => new SequenceStep(caches[i], p, LogitsRequest.All))], false, CancellationToken.None);
+            stepSeconds?.Add(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
             steps.Add(result.Logits);
             var next = new int[prompts.Length];
             int row = 0;
@@ -42,8 +50,10 @@ public static class BatchedSteps
             }
             for (int d = 0; d < decodeSteps; d++)
             {
+                t0 = System.Diagnostics.Stopwatch.GetTimestamp();
                 result = await engine.Model.ForwardAsync([.. caches.Select((c, i) => new SequenceStep(c, new[] { next[i] }, LogitsRequest.Last))], false,
                     CancellationToken.None);
+                stepSeconds?.Add(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
                 steps.Add(result.Logits);
                 for (int i = 0; i < prompts.Length; i++)
                 {
