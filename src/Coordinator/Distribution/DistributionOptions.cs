@@ -68,9 +68,11 @@ public sealed class DistributionOptions
     /// two micro-batches of about half the tokens each (sequences stay whole), and while one micro-batch's routed rows
     /// are at the workers the coordinator runs the other's attention, router and shared expert. Below the threshold a
     /// second set of requests per MoE layer costs more than the overlap hides. Outputs are bitwise those of the unsplit
-    /// step. 0 = never split. The CLI's <c>--micro-batch N|off</c>. Default: 8.
+    /// step. 0 = never split. The CLI's <c>--micro-batch N|off</c>. Default: 0 (off): on the 2-vCPU development machine
+    /// the second set of requests costs more CPU than the overlap hides (docs/BENCHMARKS.md, issue #15); turn it on where
+    /// the coordinator's per-layer work for half a batch is comparable to a round trip and it has a core to spare.
     /// </summary>
-    public int MicroBatchMinTokens { get; set; } = 8;
+    public int MicroBatchMinTokens { get; set; }
 
     /// <summary>The model's <see cref="Model.Llama4.MicroBatching"/> for <see cref="MicroBatchMinTokens"/>.</summary>
     public Model.Llama4.MicroBatching MicroBatching()

@@ -51,7 +51,8 @@ public sealed class CoordinatorConfigurationTests
     }
 
     [Theory]
-    [InlineData(null, true, 8)]
+    [InlineData(null, false, int.MaxValue)]
+    [InlineData("8", true, 8)]
     [InlineData("off", false, int.MaxValue)]
     [InlineData("OFF", false, int.MaxValue)]
     [InlineData("32", true, 32)]
