@@ -78,7 +78,11 @@ internal static class DataPlaneBenchmark
                 iters = Math.Max(3, (int)(iters * scale));
                 var inlineParts = new Breakdown();
                 var shmParts = new Breakdown();
-                var m = await MediansAsync(warm, iters,
+                var m = await MediansAsync(warm, iters, () =>
+                    {
+                        inlineParts.Clear();
+                        shmParts.Clear();
+                    },
                     () => TcpRoundTripAsync(tcp.GetStream(), payload),
                     () => H2RoundTripAsync(h2, http, payload, token),
                     () => GrpcRoundTripAsync(grpc, rows, payload, inlineParts),
@@ -113,15 +117,21 @@ internal static class DataPlaneBenchmark
 
     // The transports take turns round trip by round trip (the first one rotating), so that load arriving from elsewhere
     // on a shared machine hits all of them alike instead of whichever happened to be measured at that moment.
-    private static async Task<double[]> MediansAsync(int warm, int iters, params Func<Task>[] roundTrips)
+    // Warm-up is also at least WarmUpTime long, so that with few round trips (a small --scale) neither the client's nor
+    // the server's HTTP/2 and gRPC code is measured before tiered JIT has recompiled it.
+    private static readonly TimeSpan WarmUpTime = TimeSpan.FromSeconds(3);
+
+    private static async Task<double[]> MediansAsync(int warm, int iters, Action? warmedUp, params Func<Task>[] roundTrips)
     {
-        for (int i = 0; i < warm; i++)
+        long warmStart = Stopwatch.GetTimestamp();
+        for (int i = 0; i < warm || Stopwatch.GetElapsedTime(warmStart) < WarmUpTime; i++)
         {
             foreach (var roundTrip in roundTrips)
             {
                 await roundTrip();
             }
         }
+        warmedUp?.Invoke();
         var samples = new double[roundTrips.Length][];
         for (int k = 0; k < roundTrips.Length; k++)
         {
@@ -203,6 +213,14 @@ internal static class DataPlaneBenchmark
     private sealed class Breakdown
     {
         private readonly List<long>[] _stages = [[], [], [], [], []];
+
+        public void Clear()
+        {
+            foreach (var s in _stages)
+            {
+                s.Clear();
+            }
+        }
 
         public void Add(params long[] ticks)
         {
