@@ -9,6 +9,13 @@
 #                                   report.md, report.json, env.txt and gpucheck.log into $OUT (default /tmp/gpucheck-out).
 #                                   Ends within ~5 minutes; exit status is the check's (0 = all passed or no device).
 #
+# What it checks (tests/GpuCheck): kernel parity against the CPU backend, the golden fixtures on CUDA (fp32 KV), the
+# scheduler with device KV, and since issue #12 FP8: bitwise FP8 MatMul (weight-only and W8A8) against the CPU kernel,
+# the mixed bf16/FP8 grouped expert FFN, typed device KV stores (bf16, fp8) against the host store, the
+# tiny-maverick-fp8 goldens (golden.json, golden_fp8_act.json) on CUDA, FP8 vs bf16 expert FFN at Maverick width
+# (timing + error), and long-context decode with bf16/fp8 KV against fp32 KV. GPUCHECK_ARGS="--only fp8" runs that part
+# alone (about a minute of checks on an H100 plus the benchmarks; add --quick to skip the long-context decode).
+#
 # Environment for run: OUT (report folder), GPUCHECK_ARGS (extra arguments, e.g. --quick), GPUCHECK_TIMEOUT (s, 300).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2

@@ -79,6 +79,7 @@ CREATED=()
 # The cluster's shared secrets (a test cluster's: made per run, never reused).
 export DISTRIBUTED_CLUSTER_TOKEN="netns-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 export DISTRIBUTED_ADMIN_TOKEN="admin-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+export DISTRIBUTED_API_KEY="key-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 
 LAST_LOG=""
 log() { LAST_LOG="$*"; echo "netns-cluster: $*" >&2; }
@@ -157,9 +158,11 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 # http NS HOST PORT METHOD PATH [BODY] -> the raw HTTP response on stdout (bash /dev/tcp: no client tool needed)
 http() {
-  local ns="$1" host="$2" port="$3" method="$4" path="$5" body="${6:-}"
+  local ns="$1" host="$2" port="$3" method="$4" path="$5" body="${6:-}" token="${7-}"
+  # The admin API takes the admin token, the OpenAI API the API key (serve listens off loopback: it requires one).
+  if [[ $# -lt 7 ]]; then if [[ "$path" == /admin/* ]]; then token="$DISTRIBUTED_ADMIN_TOKEN"; else token="$DISTRIBUTED_API_KEY"; fi; fi
   ip netns exec "$ns" bash -c "exec 3<>/dev/tcp/$host/$port && printf '%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' \
-    '$method' '$path' '$host' '$DISTRIBUTED_ADMIN_TOKEN' '${#body}' '$body' >&3 && timeout 120 cat <&3"
+    '$method' '$path' '$host' '$token' '${#body}' '$body' >&3 && timeout 120 cat <&3"
 }
 status_of() { head -1 | awk '{print $2}'; }
 SERVE_PORT=8000
@@ -237,6 +240,8 @@ start_serve() {
   log "serve not ready within 60 s: $(http "$NS_A" "$IP_C" "$SERVE_PORT" GET /healthz/ready | tail -1)"; exit 1
 }
 start_serve 1
+[[ "$(http "$NS_A" "$IP_C" "$SERVE_PORT" GET /v1/models "" "wrong-key" | status_of)" == 401 ]] \
+  || { log "serve's OpenAI API on $IP_C answered without its API key"; exit 1; }
 SERVED=$(complete "$NS_A")
 [[ "$SERVED" == "$TOKENS" ]] || { log "served completion $SERVED differs from infer $TOKENS"; exit 1; }
 C=$(admin_cluster)

@@ -16,7 +16,8 @@ WORKDIR /app
 COPY --from=build /app .
 ENV DOTNET_gcServer=1 \
     DOTNET_GCHeapAffinitizeMask=0
-# 8000: OpenAI API, /metrics, /healthz/live, /healthz/ready (ServeOptions.Port default).
+# 8000: OpenAI API, /metrics, /healthz/live, /healthz/ready (ServeOptions.Port default). Listening on 0.0.0.0, serve needs
+# the OpenAI API key in DISTRIBUTED_API_KEY (docker run -e DISTRIBUTED_API_KEY=...), or --allow-unauthenticated.
 EXPOSE 8000
 USER 1000
 ENTRYPOINT ["dotnet", "Distributed.Coordinator.dll"]

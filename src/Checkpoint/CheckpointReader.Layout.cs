@@ -42,16 +42,7 @@ public sealed partial class CheckpointReader
     private static Dictionary<string, string> ReadIndex(string dir, string indexPath)
     {
         string text = ReadText(indexPath, "sharded checkpoint index");
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(text, new JsonDocumentOptions { MaxDepth = 16 });
-        }
-        catch (JsonException ex)
-        {
-            throw new CheckpointException($"{indexPath}: not well-formed JSON: {ex.Message}", ex);
-        }
-        using (doc)
+        using (var doc = JsonFields.ParseDocument(text, indexPath, 16))
         {
             var top = JsonFields.Of(doc.RootElement, indexPath, "", "the top level");
             if (!top.TryGet("weight_map", out var mapEl))

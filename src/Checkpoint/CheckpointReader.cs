@@ -30,11 +30,12 @@ public sealed partial class CheckpointReader : IDisposable
     private readonly string[] _sortedNames;
     private bool _disposed;
 
-    private CheckpointReader(string directory, Llama4TextConfig config, string prefix, SafetensorsFile[] files,
+    private CheckpointReader(string directory, Llama4TextConfig config, CheckpointQuantization quantization, string prefix, SafetensorsFile[] files,
         Dictionary<string, Entry> tensors)
     {
         Directory = directory;
         Config = config;
+        Quantization = quantization;
         TensorPrefix = prefix;
         _files = files;
         _tensors = tensors;
@@ -55,6 +56,7 @@ public sealed partial class CheckpointReader : IDisposable
         string configPath = Path.Combine(dir, ConfigFileName);
         string configText = ReadText(configPath, "a Hugging Face model directory needs config.json");
         var config = Llama4ConfigParser.Parse(configText, configPath, out string prefix);
+        var quantization = CheckpointQuantization.Parse(configText, configPath);
         var vision = Llama4VisionConfigParser.Parse(configText, configPath, config);
 
         var (paths, weightMap) = LocateWeights(dir);
@@ -66,7 +68,7 @@ public sealed partial class CheckpointReader : IDisposable
                 files.Add(SafetensorsFile.Open(p));
             }
             var tensors = BuildTensorTable(dir, prefix, files, weightMap);
-            var reader = new CheckpointReader(dir, config, prefix, files.ToArray(), tensors);
+            var reader = new CheckpointReader(dir, config, quantization, prefix, files.ToArray(), tensors);
             reader.ValidateModelTensors();
             reader.AttachVision(vision, files, weightMap);
             return reader;
@@ -89,6 +91,16 @@ public sealed partial class CheckpointReader : IDisposable
 
     /// <summary><c>""</c> for <c>llama4_text</c> checkpoints, <c>"language_model."</c> for the multimodal layout.</summary>
     public string TensorPrefix { get; }
+
+    /// <summary>The checkpoint's <c>quantization_config</c> (<see cref="CheckpointQuantization.None"/> for bf16 checkpoints).</summary>
+    public CheckpointQuantization Quantization { get; }
+
+    /// <summary>
+    /// How the routed experts are stored: fused bf16 tensors (<c>experts.gate_up_proj</c>, <c>experts.down_proj</c>), or
+    /// the FP8 release's unfused per-expert F8_E4M3 projections with per-output-channel scales. Every MoE layer uses
+    /// the same format (checked by <see cref="Open"/>).
+    /// </summary>
+    public Protocol.Contracts.ExpertWeightFormat ExpertFormat { get; private set; }
 
     /// <summary>
     /// Lower-case hex SHA-256 over the canonical text config and the tensor index (names, dtypes, shapes): the
@@ -167,6 +179,57 @@ public sealed partial class CheckpointReader : IDisposable
             throw new CheckpointException($"tensor '{name}' in {e.File.Path}: one expert's slice has {slice} elements, more than one span can hold");
         }
         return e.File.GetSpan<ushort>(e.Info, checked(expert * slice), (int)slice);
+    }
+
+    /// <summary>
+    /// FP8 release: expert <paramref name="expert"/>'s <paramref name="projection"/> of MoE layer <paramref name="layer"/>,
+    /// the F8_E4M3 codes <c>[out, in]</c> (nn.Linear layout; gate/up <c>[I, H]</c>, down <c>[H, I]</c>) straight from the
+    /// mapping, and its <c>weight_scale</c> <c>[out, 1]</c> widened to float32 (exact from bf16). Both are checked: no NaN
+    /// code (<c>0x7F</c>/<c>0xFF</c>), every scale finite and positive.
+    /// </summary>
+    /// <exception cref="CheckpointException">Not an FP8 checkpoint, a missing tensor, a wrong dtype or shape, a NaN code or a
+    /// bad scale; the message names the tensor and the offending index.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The layer is not a MoE layer or the expert is out of range.</exception>
+    public ReadOnlySpan<byte> GetFp8ExpertProjection(int layer, int expert, ExpertProjection projection, out float[] scales)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var c = Config;
+        if (layer < 0 || layer >= c.NumLayers || !c.IsMoeLayer(layer))
+        {
+            throw new ArgumentOutOfRangeException(nameof(layer), layer, "not a MoE layer of this model");
+        }
+        if (expert < 0 || expert >= c.NumExperts)
+        {
+            throw new ArgumentOutOfRangeException(nameof(expert), expert, $"expert must be in [0, {c.NumExperts})");
+        }
+        if (ExpertFormat != Protocol.Contracts.ExpertWeightFormat.Fp8E4M3)
+        {
+            throw new CheckpointException($"the routed experts of the checkpoint in {Directory} are {ExpertFormat}, not FP8");
+        }
+        long outF = projection == ExpertProjection.Down ? c.HiddenSize : c.IntermediateSize;
+        long inF = projection == ExpertProjection.Down ? c.IntermediateSize : c.HiddenSize;
+        string module = Llama4TensorNames.ExpertProjection(layer, expert, projection);
+        var w = Find(module + ".weight");
+        Check(w, [outF, inF], DType.F8E4M3);
+        var s = Find(module + ".weight_scale");
+        Check(s, [outF, 1], NormDTypes);
+        scales = s.File.ReadF32(s.Info.Name);
+        for (int i = 0; i < scales.Length; i++)
+        {
+            if (!(scales[i] > 0f) || !float.IsFinite(scales[i]))
+            {
+                throw new CheckpointException(
+                    $"tensor '{s.Info.Name}' in {s.File.Path}: row {i} is {scales[i]}; FP8 weight scales must be finite and positive");
+            }
+        }
+        var codes = w.File.GetSpan<byte>(w.Info, 0, checked((int)(outF * inF)));
+        int nan = Kernels.Fp8E4M3.IndexOfNaN(codes);
+        if (nan >= 0)
+        {
+            throw new CheckpointException(
+                $"tensor '{w.Info.Name}' in {w.File.Path}: element [{nan / inF}, {nan % inF}] is the NaN code 0x{codes[nan]:X2}");
+        }
+        return codes;
     }
 
     /// <summary>A small tensor (norm weights) converted to float32 from bf16, f16 or f32.</summary>

@@ -20,6 +20,20 @@ internal sealed class JsonFields
         _path = path;
     }
 
+    /// <summary>Parses <paramref name="text"/> (at most <paramref name="maxDepth"/> levels deep).</summary>
+    /// <exception cref="CheckpointException">Not well-formed JSON, naming <paramref name="source"/>.</exception>
+    public static JsonDocument ParseDocument(string text, string source, int maxDepth)
+    {
+        try
+        {
+            return JsonDocument.Parse(text, new JsonDocumentOptions { MaxDepth = maxDepth });
+        }
+        catch (JsonException ex)
+        {
+            throw new CheckpointException($"{source}: not well-formed JSON: {ex.Message}", ex);
+        }
+    }
+
     /// <summary>Wraps <paramref name="obj"/>; <paramref name="path"/> prefixes field names in messages (<c>"text_config."</c>).</summary>
     public static JsonFields Of(JsonElement obj, string source, string path, string what)
     {

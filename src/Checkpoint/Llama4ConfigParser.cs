@@ -33,8 +33,6 @@ public static class Llama4ConfigParser
     /// <summary>Tensor-name prefix of the text model in the multimodal (<c>llama4</c>) layout.</summary>
     public const string MultimodalTensorPrefix = "language_model.";
 
-    private static readonly JsonDocumentOptions DocumentOptions = new() { MaxDepth = 32 };
-
     /// <summary>Parses and validates <paramref name="json"/>; <paramref name="sourceName"/> starts every error message.</summary>
     /// <exception cref="CheckpointException">Malformed JSON or an invalid field (the message names it).</exception>
     public static Llama4TextConfig Parse(string json, string sourceName) => Parse(json, sourceName, out _);
@@ -48,16 +46,7 @@ public static class Llama4ConfigParser
     {
         ArgumentNullException.ThrowIfNull(json);
         ArgumentException.ThrowIfNullOrEmpty(sourceName);
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(json, DocumentOptions);
-        }
-        catch (JsonException ex)
-        {
-            throw new CheckpointException($"{sourceName}: not well-formed JSON: {ex.Message}", ex);
-        }
-        using (doc)
+        using (var doc = JsonFields.ParseDocument(json, sourceName, 32))
         {
             var top = JsonFields.Of(doc.RootElement, sourceName, "", "the top level");
             string? modelType = top.OptionalString("model_type");

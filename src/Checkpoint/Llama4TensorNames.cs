@@ -36,10 +36,33 @@ public static class Llama4TensorNames
     public static string ExpertsGateUp(int layer) => L(layer, "feed_forward.experts.gate_up_proj");
     /// <summary>Fused routed experts <c>[E, intermediate, hidden]</c>.</summary>
     public static string ExpertsDown(int layer) => L(layer, "feed_forward.experts.down_proj");
+    /// <summary>
+    /// FP8 release (compressed-tensors): routed expert <paramref name="expert"/>'s projection module, one Linear per expert
+    /// and projection; append <c>.weight</c> (F8_E4M3 <c>[out, in]</c>) or <c>.weight_scale</c> (<c>[out, 1]</c>).
+    /// </summary>
+    public static string ExpertProjection(int layer, int expert, ExpertProjection projection) => L(layer, $"feed_forward.experts.{expert}.{projection switch
+    {
+        Checkpoint.ExpertProjection.Gate => "gate_proj",
+        Checkpoint.ExpertProjection.Up => "up_proj",
+        Checkpoint.ExpertProjection.Down => "down_proj",
+        _ => throw new ArgumentOutOfRangeException(nameof(projection), projection, "unknown expert projection"),
+    }}");
+
     /// <summary>Shared expert <c>[intermediate, hidden]</c>.</summary>
     public static string SharedGate(int layer) => L(layer, "feed_forward.shared_expert.gate_proj.weight");
     /// <summary>Shared expert <c>[intermediate, hidden]</c>.</summary>
     public static string SharedUp(int layer) => L(layer, "feed_forward.shared_expert.up_proj.weight");
     /// <summary>Shared expert <c>[hidden, intermediate]</c>.</summary>
     public static string SharedDown(int layer) => L(layer, "feed_forward.shared_expert.down_proj.weight");
+}
+
+/// <summary>The three projections of one routed expert (unfused in the FP8 release).</summary>
+public enum ExpertProjection
+{
+    /// <summary><c>gate_proj</c>: <c>[intermediate, hidden]</c>.</summary>
+    Gate = 0,
+    /// <summary><c>up_proj</c>: <c>[intermediate, hidden]</c>.</summary>
+    Up = 1,
+    /// <summary><c>down_proj</c>: <c>[hidden, intermediate]</c>.</summary>
+    Down = 2,
 }

@@ -22,6 +22,8 @@ public static class Program
         ["--threads"] = "ExpertWorker:KernelThreads",
         ["--backend"] = "ExpertWorker:KernelBackend",
         ["--cpu-precision"] = "ExpertWorker:KernelCpuPrecision",
+        ["--quantize"] = "ExpertWorker:Quantize",
+        ["--fp8-activations"] = "ExpertWorker:Fp8Activations",
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
         ["--experts"] = "ExpertWorker:StaticExperts",
         ["--memory"] = "ExpertWorker:MemoryCapacityBytes",

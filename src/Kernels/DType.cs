@@ -13,6 +13,8 @@ public enum DType : byte
     I32 = 3,
     /// <summary>Signed 64-bit integer.</summary>
     I64 = 4,
+    /// <summary>FP8 E4M3FN (safetensors <c>F8_E4M3</c>): see <see cref="Fp8E4M3"/>.</summary>
+    F8E4M3 = 5,
 }
 
 /// <summary>Sizes and conversions for <see cref="DType"/>.</summary>
@@ -27,6 +29,7 @@ public static class DTypeInfo
         DType.F16 => 2,
         DType.I32 => 4,
         DType.I64 => 8,
+        DType.F8E4M3 => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown dtype"),
     };
 

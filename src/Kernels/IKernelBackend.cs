@@ -28,6 +28,23 @@ public interface IKernelBackend : IDisposable
     /// <param name="bf16">Source bits, <c>inFeatures × outFeatures</c> elements in <paramref name="layout"/>.</param>
     IWeightMatrix CreateWeight(ReadOnlySpan<ushort> bf16, int inFeatures, int outFeatures, WeightLayout layout);
 
+    /// <summary>
+    /// Prepares an FP8 E4M3 weight with one scale per output feature (the compressed-tensors per-channel format of the
+    /// FP8 Llama 4 release): logically <c>W[k, n] = e4m3(codes[k, n]) · scales[n]</c>. The backend keeps one byte per
+    /// weight (plus the scales) and dequantizes while it multiplies; <paramref name="activations"/> fixes what
+    /// <see cref="MatMul"/> and the FFNs multiply it with. FP8 and bf16 weights mix freely in one grouped FFN call.
+    /// </summary>
+    /// <param name="e4m3">Codes, <c>inFeatures × outFeatures</c> in <paramref name="layout"/>; only read during the call.</param>
+    /// <param name="scales">One per output feature, finite and positive.</param>
+    /// <param name="inFeatures">Reduction length K.</param>
+    /// <param name="outFeatures">Output width N.</param>
+    /// <param name="layout">Source layout of <paramref name="e4m3"/> (a checkpoint's <c>[out, in]</c> is <see cref="WeightLayout.OutIn"/>).</param>
+    /// <param name="activations">Weight-only or per-token W8A8.</param>
+    /// <exception cref="ArgumentException">Non-positive sizes, an unknown layout or mode, wrong lengths, a NaN code
+    /// (<c>0x7F</c>/<c>0xFF</c>) or a scale that is not finite and positive; the message names the index.</exception>
+    IWeightMatrix CreateFp8Weight(ReadOnlySpan<byte> e4m3, ReadOnlySpan<float> scales, int inFeatures, int outFeatures, WeightLayout layout,
+        Fp8ActivationMode activations);
+
     /// <summary><c>y[rows, N] = x[rows, K] · W[K, N]</c>, fp32 accumulation in a fixed k order per output element.</summary>
     void MatMul(ReadOnlySpan<float> x, int rows, IWeightMatrix w, Span<float> y);
 

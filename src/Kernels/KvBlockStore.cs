@@ -2,7 +2,8 @@ namespace Distributed.Kernels;
 
 /// <summary>
 /// The keys and values of a paged KV cache where the kernels that read them live: <see cref="Blocks"/> blocks of
-/// <see cref="BlockSize"/> rows of <see cref="RowWidth"/> floats (<c>kv_heads · head_dim</c>) for K and again for V. Row
+/// <see cref="BlockSize"/> rows of <see cref="RowWidth"/> elements (<c>kv_heads · head_dim</c>, kept in
+/// <see cref="DType"/>; written and read as floats) for K and again for V. Row
 /// <c>slot = block · BlockSize + offset</c>. The caller (the cache) owns the block bookkeeping; the store only holds the
 /// data and runs attention over a block table. A CUDA backend keeps it in device memory, so an attention call moves
 /// only the queries, the table and the output across PCIe, never the context. Not thread-safe: one scheduler owns it.
@@ -15,8 +16,11 @@ public interface IKvBlockStore : IDisposable
     /// <summary>Rows per block.</summary>
     int BlockSize { get; }
 
-    /// <summary>Floats per row of K (and of V).</summary>
+    /// <summary>Elements per row of K (and of V).</summary>
     int RowWidth { get; }
+
+    /// <summary>The element type rows are kept in (rounded once at <see cref="Write"/>).</summary>
+    KvCacheDType DType { get; }
 
     /// <summary>Where the data lives, for logs (<c>host</c>, <c>cuda:0</c>).</summary>
     string Location { get; }
@@ -62,9 +66,9 @@ public readonly record struct KvSequenceView(int Rows, ReadOnlyMemory<int> Block
 /// <summary>A backend that keeps KV blocks in its own memory (see <see cref="KvBlockStores.Create"/>).</summary>
 public interface IKvBlockStoreFactory
 {
-    /// <summary>Allocates a store of <paramref name="blocks"/> blocks.</summary>
-    /// <exception cref="ArgumentException">Non-positive sizes.</exception>
-    IKvBlockStore CreateKvBlockStore(int blocks, int blockSize, int rowWidth);
+    /// <summary>Allocates a store of <paramref name="blocks"/> blocks whose rows are kept in <paramref name="dtype"/>.</summary>
+    /// <exception cref="ArgumentException">Non-positive sizes or an unknown dtype.</exception>
+    IKvBlockStore CreateKvBlockStore(int blocks, int blockSize, int rowWidth, KvCacheDType dtype = KvCacheDType.Fp32);
 }
 
 /// <summary>Picks the store for a backend.</summary>
@@ -73,14 +77,15 @@ public static class KvBlockStores
     /// <summary>
     /// The backend's own store when it has one (<see cref="IKvBlockStoreFactory"/>) and <paramref name="preferBackend"/>,
     /// else host memory (<see cref="HostKvBlockStore"/>), whose attention gathers the visible rows and calls the
-    /// backend's contiguous <see cref="IKernelBackend.Attention"/>.
+    /// backend's contiguous <see cref="IKernelBackend.Attention"/>; rows kept in <paramref name="dtype"/>.
     /// </summary>
-    public static IKvBlockStore Create(IKernelBackend backend, int blocks, int blockSize, int rowWidth, bool preferBackend = true)
+    public static IKvBlockStore Create(IKernelBackend backend, int blocks, int blockSize, int rowWidth, bool preferBackend = true,
+        KvCacheDType dtype = KvCacheDType.Fp32)
     {
         ArgumentNullException.ThrowIfNull(backend);
         return preferBackend && backend is IKvBlockStoreFactory factory
-            ? factory.CreateKvBlockStore(blocks, blockSize, rowWidth)
-            : new HostKvBlockStore(backend, blocks, blockSize, rowWidth);
+            ? factory.CreateKvBlockStore(blocks, blockSize, rowWidth, dtype)
+            : new HostKvBlockStore(backend, blocks, blockSize, rowWidth, dtype);
     }
 
     /// <summary>Shape checks shared by every store; throws <see cref="ArgumentException"/> naming the problem.</summary>
@@ -183,19 +188,23 @@ public static class KvBlockStores
 }
 
 /// <summary>
-/// KV blocks in host memory, each allocated on first write and kept for reuse. Attention gathers the visible rows into a
-/// scratch buffer and runs the backend's contiguous attention on it (the CPU path; the result is the contiguous call's).
+/// KV blocks in host memory, each allocated on first write and kept for reuse, in <see cref="DType"/>. Attention gathers
+/// (and decodes) the visible rows into an fp32 scratch buffer and runs the backend's contiguous attention on it (the CPU
+/// path; the result is the contiguous call's on the decoded keys and values).
 /// </summary>
 public sealed class HostKvBlockStore : IKvBlockStore
 {
     private readonly IKernelBackend _backend;
-    private readonly float[]?[] _k;
-    private readonly float[]?[] _v;
+    private readonly Array?[] _k;
+    private readonly Array?[] _v;
+    private readonly float[]?[] _kScales;
+    private readonly float[]?[] _vScales;
     private float[] _scratchK = [];
     private float[] _scratchV = [];
 
     /// <summary>Creates an empty store; block memory is allocated when a block is first written.</summary>
-    public HostKvBlockStore(IKernelBackend backend, int blocks, int blockSize, int rowWidth)
+    /// <exception cref="ArgumentOutOfRangeException">Non-positive sizes, too many rows, or an unknown dtype.</exception>
+    public HostKvBlockStore(IKernelBackend backend, int blocks, int blockSize, int rowWidth, KvCacheDType dtype = KvCacheDType.Fp32)
     {
         _backend = backend ?? throw new ArgumentNullException(nameof(backend));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocks);
@@ -205,11 +214,18 @@ public sealed class HostKvBlockStore : IKvBlockStore
         {
             throw new ArgumentOutOfRangeException(nameof(blocks), $"blocks × blockSize = {(long)blocks * blockSize} rows exceeds {int.MaxValue}");
         }
+        if (!Enum.IsDefined(dtype))
+        {
+            throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown KV cache dtype");
+        }
         Blocks = blocks;
         BlockSize = blockSize;
         RowWidth = rowWidth;
-        _k = new float[blocks][];
-        _v = new float[blocks][];
+        DType = dtype;
+        _k = new Array[blocks];
+        _v = new Array[blocks];
+        _kScales = new float[blocks][];
+        _vScales = new float[blocks][];
     }
 
     /// <inheritdoc />
@@ -222,6 +238,9 @@ public sealed class HostKvBlockStore : IKvBlockStore
     public int RowWidth { get; }
 
     /// <inheritdoc />
+    public KvCacheDType DType { get; }
+
+    /// <inheritdoc />
     public string Location => "host";
 
     /// <inheritdoc />
@@ -232,10 +251,63 @@ public sealed class HostKvBlockStore : IKvBlockStore
         for (int r = 0; r < slots.Length; r++)
         {
             int block = slots[r] / BlockSize, off = slots[r] % BlockSize;
-            var kb = _k[block] ??= new float[BlockSize * w];
-            var vb = _v[block] ??= new float[BlockSize * w];
-            k.Slice(r * w, w).CopyTo(kb.AsSpan(off * w, w));
-            v.Slice(r * w, w).CopyTo(vb.AsSpan(off * w, w));
+            Put(_k, _kScales, block, off, k.Slice(r * w, w));
+            Put(_v, _vScales, block, off, v.Slice(r * w, w));
+        }
+    }
+
+    // Row `off` of `block` ← row, rounded to the store's dtype.
+    private void Put(Array?[] data, float[]?[] scales, int block, int off, ReadOnlySpan<float> row)
+    {
+        int w = RowWidth;
+        switch (DType)
+        {
+            case KvCacheDType.Fp32:
+                row.CopyTo(((float[])(data[block] ??= new float[BlockSize * w])).AsSpan(off * w, w));
+                break;
+            case KvCacheDType.Bf16:
+                var bits = ((ushort[])(data[block] ??= new ushort[BlockSize * w])).AsSpan(off * w, w);
+                for (int i = 0; i < w; i++)
+                {
+                    bits[i] = DTypeInfo.FloatToBf16(row[i]);
+                }
+                break;
+            default:
+                var codes = ((byte[])(data[block] ??= new byte[BlockSize * w])).AsSpan(off * w, w);
+                (scales[block] ??= new float[BlockSize])[off] = Fp8E4M3.QuantizeRow(row, codes);
+                break;
+        }
+    }
+
+    // Rows [off, off + n) of `block` decoded to floats into dst.
+    private void Get(Array?[] data, float[]?[] scales, int block, int off, int n, Span<float> dst)
+    {
+        int w = RowWidth;
+        var stored = data[block] ?? throw new ArgumentException($"block {block} of the table was never written", "blockTable");
+        switch (DType)
+        {
+            case KvCacheDType.Fp32:
+                ((float[])stored).AsSpan(off * w, n * w).CopyTo(dst);
+                break;
+            case KvCacheDType.Bf16:
+                var bits = ((ushort[])stored).AsSpan(off * w, n * w);
+                for (int i = 0; i < bits.Length; i++)
+                {
+                    dst[i] = DTypeInfo.Bf16ToFloat(bits[i]);
+                }
+                break;
+            default:
+                var codes = ((byte[])stored).AsSpan(off * w, n * w);
+                var s = scales[block]!;
+                for (int r = 0; r < n; r++)
+                {
+                    float scale = s[off + r];
+                    for (int i = 0; i < w; i++)
+                    {
+                        dst[(r * w) + i] = Fp8E4M3.ToFloat(codes[(r * w) + i]) * scale;
+                    }
+                }
+                break;
         }
     }
 
@@ -243,14 +315,24 @@ public sealed class HostKvBlockStore : IKvBlockStore
     public void CopyBlock(int source, int destination)
     {
         KvBlockStores.ValidateCopy(this, source, destination);
-        if (_k[source] is not { } kb)
+        CopyBlock(_k, _kScales, source, destination);
+        CopyBlock(_v, _vScales, source, destination);
+    }
+
+    // One side (K or V) of a block: the element array in the store's dtype and, for FP8, the row scales.
+    private static void CopyBlock(Array?[] data, float[]?[] scales, int source, int destination)
+    {
+        if (data[source] is not { } src)
         {
-            _k[destination] = null;
-            _v[destination] = null;
+            data[destination] = null;
+            scales[destination] = null;
             return;
         }
-        kb.CopyTo(_k[destination] ??= new float[kb.Length], 0);
-        _v[source]!.CopyTo(_v[destination] ??= new float[kb.Length], 0);
+        src.CopyTo(data[destination] ??= Array.CreateInstance(src.GetType().GetElementType()!, src.Length), 0);
+        if (scales[source] is { } s)
+        {
+            s.CopyTo(scales[destination] ??= new float[s.Length], 0);
+        }
     }
 
     /// <inheritdoc />
@@ -277,10 +359,8 @@ public sealed class HostKvBlockStore : IKvBlockStore
             int s = firstSlot + j;
             int block = blockTable[s / BlockSize], off = s % BlockSize;
             int n = Math.Min(BlockSize - off, keys - j);
-            var kb = _k[block] ?? throw new ArgumentException($"block {block} of the table was never written", nameof(blockTable));
-            var vb = _v[block]!;
-            kb.AsSpan(off * w, n * w).CopyTo(_scratchK.AsSpan(j * w));
-            vb.AsSpan(off * w, n * w).CopyTo(_scratchV.AsSpan(j * w));
+            Get(_k, _kScales, block, off, n, _scratchK.AsSpan(j * w, n * w));
+            Get(_v, _vScales, block, off, n, _scratchV.AsSpan(j * w, n * w));
             j += n;
         }
         _backend.Attention(q, rows, queryPositions, _scratchK.AsSpan(0, need), _scratchV.AsSpan(0, need), keys, keyPositionStart, p, output);

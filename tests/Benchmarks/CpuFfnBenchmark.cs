@@ -1,14 +1,22 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Distributed.Checkpoint;
 using Distributed.Kernels;
 using Distributed.Kernels.Cpu;
 
 namespace Distributed.Benchmarks;
 
 /// <summary>
-/// <c>cpu-ffn</c>: SwiGLU expert FFN at Maverick width and dense matmuls, ours (bf16 packed) vs OpenBLAS fp32, each
-/// implementation in its own process (two spinning thread pools in one process on 2 vCPUs ruin both; STACK-NOTES
-/// pitfall 10), plus memory-bandwidth baselines.
+/// <c>cpu-ffn</c>: SwiGLU expert FFN at Maverick width and dense matmuls, ours with bf16 weights (fp32 FMA), ours with
+/// FP8 weights (the same values quantized per output channel, decoded in registers), ours at the bf16 precision where
+/// the CPU has AVX512-BF16, and OpenBLAS fp32, each implementation in its own process (two spinning thread pools in one
+/// process on 2 vCPUs ruin both; STACK-NOTES pitfall 10), plus memory-bandwidth baselines. On an AVX-512 machine every
+/// implementation also runs with AVX-512 turned off (<c>DOTNET_EnableAVX512=0</c>, OpenBLAS <c>OPENBLAS_CORETYPE=HASWELL</c>),
+/// which measures the AVX2 paths in the same run. OpenBLAS's core type follows the CPU's flags (SKYLAKEX only with
+/// AVX-512, HASWELL with AVX2, the library's own choice otherwise), and a child that fails (a baseline that dies with
+/// SIGILL, a missing library) is reported in its column instead of aborting the benchmark.
 /// </summary>
 internal static unsafe class CpuFfnBenchmark
 {
@@ -43,11 +51,12 @@ internal static unsafe class CpuFfnBenchmark
         }
         return impl switch
         {
-            "ours" => RunOurs(threads[0], CpuMatMulPrecision.Fp32),
-            "ours-bf16" => RunOurs(threads[0], CpuMatMulPrecision.Bf16),
+            "ours" => RunOurs(threads[0], CpuMatMulPrecision.Fp32, fp8: false),
+            "ours-fp8" => RunOurs(threads[0], CpuMatMulPrecision.Fp32, fp8: true),
+            "ours-bf16" => RunOurs(threads[0], CpuMatMulPrecision.Bf16, fp8: false),
             "openblas" => RunOpenBlas(threads[0]),
             "both" => RunWrapper(threads, int.Parse(Option(args, "--rounds") ?? "2", CultureInfo.InvariantCulture)),
-            _ => Usage($"unknown --impl '{impl}' (ours | ours-bf16 | openblas | both)"),
+            _ => Usage($"unknown --impl '{impl}' (ours | ours-fp8 | ours-bf16 | openblas | both)"),
         };
     }
 
@@ -92,32 +101,43 @@ internal static unsafe class CpuFfnBenchmark
     private static void Emit(string key, double ms, double flops, long weightBytes) =>
         Console.WriteLine(FormattableString.Invariant($"RESULT {key} {ms:F4} {flops / ms / 1e6:F2} {weightBytes / ms / 1e6:F2}"));
 
-    private static int RunOurs(int threads, CpuMatMulPrecision precision)
+    private static int RunOurs(int threads, CpuMatMulPrecision precision, bool fp8)
     {
-        if (precision == CpuMatMulPrecision.Fp32)
+        if (precision == CpuMatMulPrecision.Fp32 && !fp8)
         {
             var (copy, read) = MemoryProbe.Measure(threads);
             Console.WriteLine(FormattableString.Invariant($"PROBE {copy:F2} {read:F2}"));
         }
         using var backend = new CpuKernelBackend(threads, precision);
-        Console.WriteLine($"BACKEND {backend.Name} | {backend.Capabilities.Device}");
+        Console.WriteLine($"BACKEND {backend.Name}{(fp8 ? " fp8 weights" : "")} | {backend.Capabilities.Device}");
+        // bf16 bits [in, out] → the weight: as bf16, or quantized per output channel to FP8 (1 byte per weight).
+        IWeightMatrix Weight(ushort[] bits, int inFeatures, int outFeatures, WeightLayout layout)
+        {
+            if (!fp8)
+            {
+                return backend.CreateWeight(bits, inFeatures, outFeatures, layout);
+            }
+            var (codes, scales) = ExpertWeights.QuantizeColumns(bits, inFeatures, outFeatures);
+            return backend.CreateFp8Weight(codes, scales, inFeatures, outFeatures, WeightLayout.OutIn, Fp8ActivationMode.WeightOnly);
+        }
         foreach (var c in s_cases)
         {
             var x = RandomFloats(c.T * c.K, 1);
+            long weightBytes = fp8 ? c.WeightBytes / 2 : c.WeightBytes;
             if (c.Ffn)
             {
-                using var gu = backend.CreateWeight(RandomBf16((long)c.K * 2 * c.N, 2), c.K, 2 * c.N, WeightLayout.InOut);
-                using var dn = backend.CreateWeight(RandomBf16((long)c.N * c.K, 3), c.N, c.K, WeightLayout.InOut);
+                using var gu = Weight(RandomBf16((long)c.K * 2 * c.N, 2), c.K, 2 * c.N, WeightLayout.InOut);
+                using var dn = Weight(RandomBf16((long)c.N * c.K, 3), c.N, c.K, WeightLayout.InOut);
                 var y = new float[c.T * c.K];
                 double ms = Timing.MedianMs(() => backend.SwiGluFfn(x, c.T, gu, dn, y));
-                Emit(c.Key, ms, c.Flops, c.WeightBytes);
+                Emit(c.Key, ms, c.Flops, weightBytes);
             }
             else
             {
-                using var w = backend.CreateWeight(RandomBf16((long)c.K * c.N, 4), c.K, c.N, WeightLayout.OutIn);
+                using var w = Weight(RandomBf16((long)c.K * c.N, 4), c.K, c.N, fp8 ? WeightLayout.InOut : WeightLayout.OutIn);
                 var y = new float[c.T * c.N];
                 double ms = Timing.MedianMs(() => backend.MatMul(x, c.T, w, y));
-                Emit(c.Key, ms, c.Flops, c.WeightBytes);
+                Emit(c.Key, ms, c.Flops, weightBytes);
             }
         }
         return 0;
@@ -220,7 +240,40 @@ internal static unsafe class CpuFfnBenchmark
         public (double Copy, double Read)? Probe { get; set; }
     }
 
-    private static ChildResult RunChild(string impl, int threads, string? coreType)
+    /// <summary>One SIMD configuration the benchmark measures: the machine's own, or AVX-512 turned off.</summary>
+    private sealed record Level(string Name, bool ForceAvx2, string? OpenBlasCore);
+
+    /// <summary>
+    /// The configurations to measure: the machine's widest level, and on an AVX-512 machine the AVX2 paths too. OpenBLAS's
+    /// core type follows the flags: SKYLAKEX needs AVX-512 (on an AVX2-only CPU it dies with SIGILL), HASWELL needs
+    /// AVX2+FMA; without either the library picks its own.
+    /// </summary>
+    private static List<Level> Levels()
+    {
+        bool avx512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
+        bool avx2 = Avx2.IsSupported && Fma.IsSupported;
+        var levels = new List<Level> { new(avx512 ? "avx512" : avx2 ? "avx2" : "scalar", false, avx512 ? "SKYLAKEX" : avx2 ? "HASWELL" : null) };
+        if (avx512 && avx2)
+        {
+            levels.Add(new Level("avx2 (AVX-512 off)", true, "HASWELL"));
+        }
+        return levels;
+    }
+
+    /// <summary>A child's figures, or a result that says why the child did not give any (it never throws for a failed child).</summary>
+    private static ChildResult RunChildOrFailure(string impl, int threads, string? coreType, bool forceAvx2)
+    {
+        try
+        {
+            return RunChild(impl, threads, coreType, forceAvx2);
+        }
+        catch (InvalidOperationException ex)
+        {
+            return new ChildResult { Skipped = $"failed: {ex.Message}" };
+        }
+    }
+
+    private static ChildResult RunChild(string impl, int threads, string? coreType, bool forceAvx2)
     {
         string self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the benchmark executable");
         var psi = new ProcessStartInfo { RedirectStandardOutput = true, UseShellExecute = false };
@@ -234,6 +287,11 @@ internal static unsafe class CpuFfnBenchmark
             psi.ArgumentList.Add(a);
         }
         psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture);
+        if (forceAvx2)
+        {
+            // The runtime then reports no AVX-512: Vector512 is not accelerated and the backend takes its Vector256 paths.
+            psi.Environment["DOTNET_EnableAVX512"] = "0";
+        }
         if (coreType is not null)
         {
             psi.Environment["OPENBLAS_CORETYPE"] = coreType;
@@ -270,7 +328,8 @@ internal static unsafe class CpuFfnBenchmark
         p.WaitForExit();
         if (p.ExitCode != 0)
         {
-            throw new InvalidOperationException($"child '{impl}' ({threads} threads) exited with code {p.ExitCode}");
+            string why = p.ExitCode == 132 ? " (SIGILL: an instruction this CPU lacks)" : "";
+            throw new InvalidOperationException($"child '{impl}' ({threads} threads{(coreType is null ? "" : $", OPENBLAS_CORETYPE={coreType}")}) exited with code {p.ExitCode}{why}");
         }
         return result;
     }
@@ -280,8 +339,8 @@ internal static unsafe class CpuFfnBenchmark
     /// <summary>Best (fastest) of several child runs: on a shared 2-vCPU machine, interference only ever slows a run.</summary>
     private static ChildResult Best(IReadOnlyList<ChildResult> runs)
     {
-        var best = runs[0];
-        foreach (var run in runs.Skip(1))
+        var best = runs.FirstOrDefault(r => r.Skipped is null) ?? runs[0];
+        foreach (var run in runs.Where(r => r != best && r.Skipped is null))
         {
             foreach (var (key, value) in run.Results)
             {
@@ -300,72 +359,93 @@ internal static unsafe class CpuFfnBenchmark
 
     private static int RunWrapper(int[] threadCounts, int rounds)
     {
-        Console.WriteLine($"cpu-ffn: {Environment.ProcessorCount} logical CPUs; ours = bf16 weights packed, fp32 FMA; bf16 = ours at --cpu-precision bf16; OpenBLAS = fp32 weights (same values).");
+        var levels = Levels();
+        Console.WriteLine($"cpu-ffn: {Environment.ProcessorCount} logical CPUs, levels {string.Join(", ", levels.Select(l => l.Name))}; ours = bf16 weights packed, fp32 FMA;");
+        Console.WriteLine("fp8 = ours with the same weights quantized per output channel to FP8 E4M3 (1 byte each, decoded in registers, weight-only);");
+        Console.WriteLine("bf16 = ours at --cpu-precision bf16 (AVX512-BF16 only); OpenBLAS = fp32 weights (same values).");
         Console.WriteLine($"Each implementation runs in its own process, {rounds} rounds interleaved; a figure is the best round's median over >= 1 s of repetitions.");
         foreach (int t in threadCounts)
         {
-            string loadBefore = Timing.LoadAverage();
-            var oursRuns = new List<ChildResult>();
-            var bf16Runs = new List<ChildResult>();
-            var defaultRuns = new List<ChildResult>();
-            var skxRuns = new List<ChildResult>();
-            for (int round = 0; round < Math.Max(1, rounds); round++)
+            foreach (var level in levels)
             {
-                oursRuns.Add(RunChild("ours", t, null));
-                if (CpuKernelBackend.Bf16Unavailable is null)
+                string loadBefore = Timing.LoadAverage();
+                var oursRuns = new List<ChildResult>();
+                var fp8Runs = new List<ChildResult>();
+                var bf16Runs = new List<ChildResult>();
+                var obRuns = new List<ChildResult>();
+                bool bf16Available = !level.ForceAvx2 && CpuKernelBackend.Bf16Unavailable is null;
+                for (int round = 0; round < Math.Max(1, rounds); round++)
                 {
-                    bf16Runs.Add(RunChild("ours-bf16", t, null));
+                    oursRuns.Add(RunChildOrFailure("ours", t, null, level.ForceAvx2));
+                    fp8Runs.Add(RunChildOrFailure("ours-fp8", t, null, level.ForceAvx2));
+                    if (bf16Available)
+                    {
+                        bf16Runs.Add(RunChildOrFailure("ours-bf16", t, null, level.ForceAvx2));
+                    }
+                    obRuns.Add(RunChildOrFailure("openblas", t, level.OpenBlasCore, level.ForceAvx2));
                 }
-                defaultRuns.Add(RunChild("openblas", t, null));
-                if (defaultRuns[^1].Skipped is null)
+                var ours = Best(oursRuns);
+                var fp8 = Best(fp8Runs);
+                var bf16 = bf16Runs.Count > 0 ? Best(bf16Runs) : null;
+                var ob = Best(obRuns);
+                Console.WriteLine();
+                Console.WriteLine($"== load average before/after: {loadBefore}/{Timing.LoadAverage()}");
+                Console.WriteLine($"== threads = {t}, {level.Name} | ours: {ours.Skipped ?? ours.Backend} | OpenBLAS (OPENBLAS_CORETYPE={level.OpenBlasCore ?? "(library default)"}): {ob.Skipped ?? ob.Backend}");
+                Console.WriteLine($"{"case",-24} {"ours ms",10} {"ours GF/s",10} {"fp8 ms",9} {"fp8 GF/s",9} {"fp8/ours",9} {"OB GF/s",9} {"ours/OB",8} {"fp8/OB",8} {"bf16 GF/s",10}");
+                foreach (var c in s_cases)
                 {
-                    skxRuns.Add(RunChild("openblas", t, "SKYLAKEX"));
-                }
-            }
-            var ours = Best(oursRuns);
-            var bf16 = bf16Runs.Count > 0 ? Best(bf16Runs) : null;
-            var obDefault = Best(defaultRuns);
-            var obSkx = skxRuns.Count > 0 ? Best(skxRuns) : obDefault;
-            Console.WriteLine();
-            Console.WriteLine($"== load average before/after: {loadBefore}/{Timing.LoadAverage()}");
-            Console.WriteLine($"== threads = {t} | ours: {ours.Backend} | OpenBLAS: {obDefault.Skipped ?? obDefault.Backend} / OPENBLAS_CORETYPE=SKYLAKEX: {obSkx.Skipped ?? obSkx.Backend}");
-            Console.WriteLine($"{"case",-24} {"ours ms",10} {"ours GF/s",10} {"OB dflt GF/s",13} {"OB SKX GF/s",12} {"ours/best OB",13} {"bf16 GF/s",10} {"bf16/best OB",13}");
-            foreach (var c in s_cases)
-            {
-                var o = ours.Results[c.Key];
-                string d = obDefault.Results.TryGetValue(c.Key, out var od) ? od.Gflops.ToString("F1", CultureInfo.InvariantCulture) : "skipped";
-                string s = obSkx.Results.TryGetValue(c.Key, out var os) ? os.Gflops.ToString("F1", CultureInfo.InvariantCulture) : "skipped";
-                double best = Math.Max(od.Gflops, os.Gflops);
-                string ratio = best > 0 ? (o.Gflops / best).ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a";
-                string bfGf = bf16 is null ? "n/a" : bf16.Results[c.Key].Gflops.ToString("F1", CultureInfo.InvariantCulture);
-                string bfRatio = bf16 is not null && best > 0 ? (bf16.Results[c.Key].Gflops / best).ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a";
-                Console.WriteLine(FormattableString.Invariant($"{c.Label,-24} {o.Ms,10:F3} {o.Gflops,10:F1} {d,13} {s,12} {ratio,13} {bfGf,10} {bfRatio,13}"));
-            }
-            if (obDefault.Skipped is null)
-            {
-                Console.WriteLine("  (T=1 OpenBLAS figures are the better of sgemv and sgemm; sgemm alone: " +
-                    string.Join(", ", s_cases.Where(c => c.T == 1).Select(c =>
-                        FormattableString.Invariant($"{c.Label} {Math.Max(obDefault.Results[c.Key + "-sgemm"].Gflops, obSkx.Results[c.Key + "-sgemm"].Gflops):F1}"))) + " GF/s)");
-            }
-            else
-            {
-                Console.WriteLine($"  OpenBLAS {obDefault.Skipped}");
-            }
-            Console.WriteLine(bf16 is null
-                ? $"  bf16 precision not measured: {CpuKernelBackend.Bf16Unavailable}"
-                : $"  bf16 = {bf16.Backend}: activations rounded to bf16, VDPBF16PS (the --cpu-precision bf16 mode)");
-            if (ours.Probe is { } probe)
-            {
-                Console.WriteLine(FormattableString.Invariant(
-                    $"  memory: copy {probe.Copy:F1} GB/s (bytes copied per s, 1 GiB buffer), read {probe.Read:F1} GB/s"));
-                foreach (var c in s_cases.Where(c => c.T == 1))
-                {
-                    var o = ours.Results[c.Key];
+                    string Cell((double Ms, double Gflops, double GBps)? v, bool ms) =>
+                        v is { } r ? (ms ? r.Ms : r.Gflops).ToString(ms ? "F3" : "F1", CultureInfo.InvariantCulture) : "n/a";
+                    string Ratio((double Ms, double Gflops, double GBps)? a, (double Ms, double Gflops, double GBps)? b) =>
+                        a is { } x && b is { } y && y.Gflops > 0 ? (x.Gflops / y.Gflops).ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a";
+                    var o = Get(ours, c.Key);
+                    var f = Get(fp8, c.Key);
+                    var b = Get(ob, c.Key);
+                    var bf = bf16 is null ? null : Get(bf16, c.Key);
                     Console.WriteLine(FormattableString.Invariant(
-                        $"  {c.Label}: bf16 weights streamed at {o.GBps:F1} GB/s = {100 * o.GBps / probe.Copy:F0}% of copy, {100 * o.GBps / probe.Read:F0}% of read ({c.WeightBytes / 1048576.0:F0} MiB in {o.Ms:F3} ms)"));
+                        $"{c.Label,-24} {Cell(o, true),10} {Cell(o, false),10} {Cell(f, true),9} {Cell(f, false),9} {Ratio(f, o),9} {Cell(b, false),9} {Ratio(o, b),8} {Ratio(f, b),8} {Cell(bf, false),10}"));
+                }
+                if (ob.Skipped is null)
+                {
+                    Console.WriteLine("  (T=1 OpenBLAS figures are the better of sgemv and sgemm; sgemm alone: " +
+                        string.Join(", ", s_cases.Where(c => c.T == 1 && ob.Results.ContainsKey(c.Key + "-sgemm")).Select(c =>
+                            FormattableString.Invariant($"{c.Label} {ob.Results[c.Key + "-sgemm"].Gflops:F1}"))) + " GF/s)");
+                }
+                else
+                {
+                    Console.WriteLine($"  OpenBLAS {ob.Skipped}");
+                }
+                foreach (var (name, run) in new[] { ("ours", ours), ("fp8", fp8) })
+                {
+                    if (run.Skipped is not null)
+                    {
+                        Console.WriteLine($"  {name}: {run.Skipped}");
+                    }
+                }
+                Console.WriteLine(bf16 is not null
+                    ? $"  bf16 = {bf16.Backend}: activations rounded to bf16, VDPBF16PS (the --cpu-precision bf16 mode)"
+                    : $"  bf16 precision not measured: {(level.ForceAvx2 ? "AVX-512 is off" : CpuKernelBackend.Bf16Unavailable)}");
+                if (ours.Probe is { } probe)
+                {
+                    Console.WriteLine(FormattableString.Invariant(
+                        $"  memory: copy {probe.Copy:F1} GB/s (bytes copied per s, 1 GiB buffer), read {probe.Read:F1} GB/s"));
+                    foreach (var c in s_cases.Where(c => c.T == 1))
+                    {
+                        if (Get(ours, c.Key) is { } o)
+                        {
+                            string fp8Line = Get(fp8, c.Key) is { } f
+                                ? FormattableString.Invariant($"; fp8 weights {f.GBps:F1} GB/s = {100 * f.GBps / probe.Read:F0}% of read, {o.Ms / f.Ms:F2}x the bf16 speed")
+                                : "";
+                            Console.WriteLine(FormattableString.Invariant(
+                                $"  {c.Label}: bf16 weights streamed at {o.GBps:F1} GB/s = {100 * o.GBps / probe.Copy:F0}% of copy, {100 * o.GBps / probe.Read:F0}% of read ({c.WeightBytes / 1048576.0:F0} MiB in {o.Ms:F3} ms){fp8Line}"));
+                        }
+                    }
                 }
             }
         }
         return 0;
     }
+
+    private static (double Ms, double Gflops, double GBps)? Get(ChildResult run, string key) =>
+        run.Skipped is null && run.Results.TryGetValue(key, out var v) ? v : null;
 }

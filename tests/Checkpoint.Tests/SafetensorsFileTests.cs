@@ -114,7 +114,7 @@ public sealed class SafetensorsFileTests
         { "not json", "{\"a\": ", 0, "not well-formed JSON" },
         { "array header", "[1,2]", 0, "not an object" },
         { "unknown dtype", """{"w":{"dtype":"Q4","shape":[1],"data_offsets":[0,2]}}""", 2, "tensor 'w': dtype 'Q4' is unknown" },
-        { "unsupported dtype", """{"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}}""", 2, "tensor 'w': dtype 'F8_E4M3' is not supported" },
+        { "unsupported dtype", """{"w":{"dtype":"F8_E5M2","shape":[2],"data_offsets":[0,2]}}""", 2, "tensor 'w': dtype 'F8_E5M2' is not supported" },
         { "negative dim", """{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}""", 4, "tensor 'w': shape dimension 0" },
         { "fractional dim", """{"w":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}}""", 4, "shape dimension 0" },
         { "size mismatch", """{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}""", 4, "needs 8 bytes but data_offsets [0, 4] hold 4" },

@@ -18,13 +18,17 @@ internal sealed record GoldenPrompt(
 /// <summary>A fixture's golden.json, parsed.</summary>
 internal sealed class GoldenFixture
 {
-    private GoldenFixture(string name, string directory, double logitTolerance, IReadOnlyList<GoldenPrompt> prompts)
+    private GoldenFixture(string name, string directory, double logitTolerance, IReadOnlyList<GoldenPrompt> prompts, string tensorsFile)
     {
         Name = name;
         Directory = directory;
         LogitTolerance = logitTolerance;
         Prompts = prompts;
+        TensorsFile = tensorsFile;
     }
+
+    /// <summary>The golden safetensors file (hidden states per layer) beside the json.</summary>
+    public string TensorsFile { get; }
 
     public string Name { get; }
 
@@ -34,11 +38,13 @@ internal sealed class GoldenFixture
 
     public IReadOnlyList<GoldenPrompt> Prompts { get; }
 
-    public static GoldenFixture Load(string name)
+    /// <summary>Parses <paramref name="file"/> (default <c>golden.json</c>; <c>tiny-maverick-fp8</c> also has <c>golden_fp8_act.json</c>).</summary>
+    public static GoldenFixture Load(string name, string file = "golden.json")
     {
         string dir = TestPaths.Fixture(name);
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, "golden.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, file)));
         var root = doc.RootElement;
+        string tensors = root.TryGetProperty("golden_safetensors", out var gs) ? gs.GetString()! : "golden.safetensors";
         double tol = root.GetProperty("tolerances").GetProperty("last_logits_max_abs").GetDouble();
         var prompts = new List<GoldenPrompt>();
         int i = 0;
@@ -57,7 +63,7 @@ internal sealed class GoldenFixture
                 Ints(greedy.GetProperty("new_tokens")),
                 greedy.GetProperty("experts_top1_of_fed_tokens").EnumerateObject().ToDictionary(e => int.Parse(e.Name), e => Ints(e.Value))));
         }
-        return new GoldenFixture(name, dir, tol, prompts);
+        return new GoldenFixture(name, dir, tol, prompts, tensors);
     }
 
     private static int[] Ints(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();

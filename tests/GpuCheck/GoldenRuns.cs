@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Distributed.Checkpoint;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving;
 using Distributed.Coordinator.Serving.Scheduling;
@@ -10,7 +11,8 @@ namespace Distributed.GpuCheck;
 /// <summary>
 /// The golden fixtures end to end on a backend through the coordinator's <see cref="Llama4Engine"/> (experts in-process).
 /// Pass criteria (each fixture's golden.json): last_logits max |diff| ≤ tolerances.last_logits_max_abs, argmax at every
-/// prompt position exact, routing (experts top-1 per MoE layer) exact, the greedy new tokens exact.
+/// prompt position exact, routing (experts top-1 per MoE layer) exact, the greedy new tokens exact. The goldens are
+/// checked with an fp32 KV cache (the golden precision; CUDA's default is bf16, measured separately).
 /// </summary>
 internal static class GoldenRuns
 {
@@ -67,7 +69,10 @@ internal static class GoldenRuns
             .Select(p => (Name: p.GetProperty("name").GetString() ?? "?", Ids: Ints(p.GetProperty("input_ids")), New: Ints(p.GetProperty("greedy").GetProperty("new_tokens"))))
             .ToList();
         using Llama4Engine engine = Llama4Engine.Load(dir, backend);
-        var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions { PrefillChunkTokens = 512, MaxBatchTokens = 1024, KvMemoryBytes = 512L << 20 });
+        var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions
+        {
+            PrefillChunkTokens = 512, MaxBatchTokens = 1024, KvMemoryBytes = 512L << 20, KvDType = KvCacheDType.Fp32,
+        });
         try
         {
             string store = scheduler.KvPool.Store.Location;
@@ -103,11 +108,15 @@ internal static class GoldenRuns
         using Llama4Engine engine = Llama4Engine.Load(dir, cuda);
         var rng = new Random(11);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(engine.Config.VocabSize)).ToArray();
-        foreach (var (label, device) in new[] { ("device KV", true), ("host KV", false), ("device KV again", true) })
+        foreach (var (label, device, dtype) in new[]
+        {
+            ("device KV", true, KvCacheDType.Fp32), ("host KV", false, KvCacheDType.Fp32), ("device KV again", true, KvCacheDType.Fp32),
+            ("device bf16 KV", true, KvCacheDType.Bf16), ("device fp8 KV", true, KvCacheDType.Fp8E4M3),
+        })
         {
             var scheduler = new ContinuousBatchScheduler(engine, new SchedulerOptions
             {
-                PrefillChunkTokens = 1024, MaxBatchTokens = 1024, KvMemoryBytes = 2L << 30, BackendKvStore = device,
+                PrefillChunkTokens = 1024, MaxBatchTokens = 1024, KvMemoryBytes = 2L << 30, BackendKvStore = device, KvDType = dtype,
             });
             try
             {
@@ -131,8 +140,10 @@ internal static class GoldenRuns
             }
         }
         values["decode device/host"] = values["device KV again decode tok/s"] / values["host KV decode tok/s"];
+        values["decode bf16/fp32 KV"] = values["device bf16 KV decode tok/s"] / values["device KV again decode tok/s"];
+        values["decode fp8/fp32 KV"] = values["device fp8 KV decode tok/s"] / values["device KV again decode tok/s"];
         report.Bench("Long-context decode through the scheduler, synthetic maverick-h2048", $"{promptTokens}-token prompt, 32 decode steps, 1 sequence", values,
-            "host KV = the visible keys gathered on the host and uploaded for every attention call");
+            "host KV = the visible keys gathered on the host and uploaded for every attention call; device KV in fp32 unless named (--kv-dtype)");
     }
 
     /// <summary>
@@ -215,12 +226,46 @@ internal static class GoldenRuns
         return (pass, detail);
     }
 
-    private static (bool Pass, string Detail, double WorstLogit) RunFixtureCore(IKernelBackend backend, string dir)
+    /// <summary>
+    /// The FP8 goldens (tiny-maverick-fp8): the release format weight-only against golden.json and W8A8 against
+    /// golden_fp8_act.json, and tiny-maverick-mm quantized at load against the same. golden_fp8_act's prompt 3 has an
+    /// activation-quantization decision on a tie within float32 noise (tests/Golden.Tests KnownActivationTie): its
+    /// logit bound is reported, not asserted, while argmax, routing and greedy tokens stay exact.
+    /// </summary>
+    public static void RunFp8(CheckReport report, string section, IKernelBackend backend, string fixturesRoot)
     {
-        using JsonDocument golden = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "golden.json")));
+        string goldenDir = Path.Combine(fixturesRoot, "tiny-maverick-fp8");
+        if (!Directory.Exists(goldenDir))
+        {
+            return;
+        }
+        var weightOnly = ExpertLoadOptions.Default;
+        var w8a8 = new ExpertLoadOptions(Activations: Fp8ActivationMode.PerTokenFp8);
+        foreach (var (model, options, golden) in new[]
+        {
+            ("tiny-maverick-fp8", weightOnly, "golden.json"),
+            ("tiny-maverick-fp8", w8a8, "golden_fp8_act.json"),
+            ("tiny-maverick-mm", new ExpertLoadOptions(ExpertQuantization.Fp8), "golden.json"),
+            ("tiny-maverick-mm", new ExpertLoadOptions(ExpertQuantization.Fp8, Fp8ActivationMode.PerTokenFp8), "golden_fp8_act.json"),
+        })
+        {
+            report.Check(section, $"{model} ({options.Quantize}, {options.ActivationsTag}) vs {golden}", () =>
+            {
+                var (pass, detail, _) = RunFixtureCore(backend, Path.Combine(fixturesRoot, model), options, golden, goldenDir,
+                    golden == "golden_fp8_act.json" ? i => i == 3 : null);
+                return (pass, detail);
+            });
+        }
+    }
+
+    private static (bool Pass, string Detail, double WorstLogit) RunFixtureCore(IKernelBackend backend, string dir, ExpertLoadOptions? experts = null,
+        string goldenFile = "golden.json", string? goldenDir = null, Func<int, bool>? logitExempt = null)
+    {
+        using JsonDocument golden = JsonDocument.Parse(File.ReadAllText(Path.Combine(goldenDir ?? dir, goldenFile)));
         JsonElement root = golden.RootElement;
         double tolerance = root.GetProperty("tolerances").GetProperty("last_logits_max_abs").GetDouble();
-        using Llama4Engine engine = Llama4Engine.Load(dir, backend);
+        using Llama4Engine engine = Llama4Engine.Load(dir, backend, experts: experts);
+        engine.KvDType = KvCacheDType.Fp32;
         {
             var problems = new List<string>();
             double worstLogit = 0;
@@ -241,7 +286,7 @@ internal static class GoldenRuns
                 {
                     double d = ErrorStats.Of(r.LastLogits, expectedLogits).MaxAbs;
                     worstLogit = Math.Max(worstLogit, d);
-                    if (d > tolerance || r.LastLogits.Any(float.IsNaN))
+                    if ((d > tolerance && logitExempt?.Invoke(prompts - 1) != true) || r.LastLogits.Any(float.IsNaN))
                     {
                         problems.Add($"{name}: last_logits max abs {d:0.###e+0} > {tolerance}");
                     }

@@ -6,9 +6,11 @@ using Distributed.Kernels.Cuda;
 namespace Distributed.GpuCheck;
 
 /// <summary>
-/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS]</c>: on a CUDA machine, checks every kernel op
+/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8]</c>: on a CUDA machine, checks every kernel op
 /// against the CPU backend, runs the golden fixtures (the vision ones too) end to end on the CUDA backend, benchmarks the expert GEMMs and a
 /// decode step, writes DIR/report.md and DIR/report.json, and prints <c>GPU CHECK: N passed, N failed</c> last.
+/// <c>--only fp8</c> runs issue #12's part alone (FP8 and KV-dtype parity, the FP8 goldens, and with benchmarks the
+/// copy rate, the FP8 expert FFN and long-context decode per KV dtype), for a short device session.
 /// Exit code 0 only when every check passed. Without a usable device it prints <c>GPU CHECK: skipped (reason)</c>
 /// and exits 0.
 /// </summary>
@@ -19,6 +21,7 @@ internal static class Program
         string? outDir = null;
         bool quick = false;
         bool bench = true;
+        bool fp8Only = false;
         double deadline = 270;
         for (int i = 0; i < args.Length; i++)
         {
@@ -33,12 +36,16 @@ internal static class Program
                 case "--no-bench":
                     bench = false;
                     break;
+                case "--only" when i + 1 < args.Length && args[i + 1] == "fp8":
+                    fp8Only = true;
+                    i++;
+                    break;
                 case "--deadline" when i + 1 < args.Length && double.TryParse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture, out double d) && d > 0:
                     deadline = d;
                     i++;
                     break;
                 default:
-                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS]");
+                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8]");
                     return 2;
             }
         }
@@ -47,7 +54,7 @@ internal static class Program
         using var watchdog = StartWatchdog(report, outDir, deadline);
         try
         {
-            return Run(report, outDir, quick, bench, deadline);
+            return Run(report, outDir, quick, bench, deadline, fp8Only);
         }
         catch (Exception e)
         {
@@ -58,7 +65,7 @@ internal static class Program
         }
     }
 
-    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline)
+    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline, bool fp8Only)
     {
         var sw = Stopwatch.StartNew();
         var started = sw;
@@ -96,6 +103,10 @@ internal static class Program
 
             using CpuKernelBackend cpu = new();
             report.Info("CPU reference", $"{cpu.Name}: {cpu.Capabilities.Device}");
+            if (fp8Only)
+            {
+                return RunFp8Only(report, outDir, quick, bench, cpu, split);
+            }
             CudaKernelBackend? fast = Create(report, "Fast precision backend", new CudaBackendOptions { Precision = CudaPrecision.Fast });
             CudaKernelBackend? perGroup = Create(report, "PerGroup grouped-GEMM backend", new CudaBackendOptions { GroupedGemm = CudaGroupedGemm.PerGroup });
             CudaKernelBackend? padded = Create(report, "PaddedBatched grouped-GEMM backend", new CudaBackendOptions { GroupedGemm = CudaGroupedGemm.PaddedBatched });
@@ -110,6 +121,7 @@ internal static class Program
                 report.Write(outDir);
 
                 OpParity.Run(report, cpu, split, fast, perGroup, padded);
+                Fp8Checks.Parity(report, cpu, split);
                 VisionChecks.RunOps(report, cpu, split, quick);
                 report.Write(outDir);
 
@@ -124,6 +136,7 @@ internal static class Program
                     GoldenRuns.Run(report, goldenSection, split, fixtures);
                     VisionChecks.RunGolden(report, "Vision golden (tiny-maverick-mm golden_vision.json) on CUDA", split, cpu, fixtures);
                     GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
+                    GoldenRuns.RunFp8(report, "FP8 goldens on CUDA (tiny-maverick-fp8; issue #12)", split, fixtures);
                     if (fast is not null)
                     {
                         report.BenchSection("Golden fixtures, Fast precision", () =>
@@ -141,6 +154,7 @@ internal static class Program
                 double copy = 0;
                 report.BenchSection("Device-to-device copy", () => copy = GpuBenchmarks.CopyBandwidth(report, split, quick));
                 report.BenchSection("Expert GEMM", () => GpuBenchmarks.ExpertGemm(report, split, copy, quick));
+                report.BenchSection("FP8 expert FFN", () => Fp8Checks.ExpertFfnBench(report, split, copy, quick));
                 report.Write(outDir);
                 var precisions = new List<(string, CudaKernelBackend)> { ("split", split) };
                 if (fast is not null)
@@ -196,6 +210,32 @@ internal static class Program
                 fast?.Dispose();
                 perGroup?.Dispose();
                 padded?.Dispose();
+            }
+        }
+        report.Write(outDir);
+        Console.WriteLine(report.SummaryLine());
+        return report.Failed == 0 ? 0 : 1;
+    }
+
+    /// <summary><c>--only fp8</c>: issue #12's checks and benchmarks alone.</summary>
+    private static int RunFp8Only(CheckReport report, string? outDir, bool quick, bool bench, CpuKernelBackend cpu, CudaKernelBackend split)
+    {
+        Fp8Checks.Parity(report, cpu, split);
+        report.Write(outDir);
+        string? fixtures = GoldenRuns.FindFixturesRoot();
+        if (fixtures is not null)
+        {
+            GoldenRuns.RunFp8(report, "FP8 goldens on CUDA (tiny-maverick-fp8; issue #12)", split, fixtures);
+            report.Write(outDir);
+        }
+        if (bench)
+        {
+            double copy = 0;
+            report.BenchSection("Device-to-device copy", () => copy = GpuBenchmarks.CopyBandwidth(report, split, quick));
+            report.BenchSection("FP8 expert FFN", () => Fp8Checks.ExpertFfnBench(report, split, copy, quick));
+            if (!quick)
+            {
+                report.BenchSection("Long-context decode", () => GoldenRuns.LongContextDecodeBench(report, split, 4096));
             }
         }
         report.Write(outDir);

@@ -38,6 +38,11 @@ public sealed class BadInputTests : IClassFixture<StaticWorker>
         { "notHeld", StatusCode.FailedPrecondition, "segments[0].expert" },
         { "stalePlan", StatusCode.FailedPrecondition, "plan_version" },
         { "tooManyRows", StatusCode.ResourceExhausted, "rows" },
+        { "fp8ZeroScale", StatusCode.InvalidArgument, "payload" },
+        { "fp8NaNScale", StatusCode.InvalidArgument, "payload" },
+        { "fp8NaNCode", StatusCode.InvalidArgument, "payload" },
+        { "fp8NoReplyDType", StatusCode.InvalidArgument, "reply_dtype" },
+        { "fp8ElementSized", StatusCode.InvalidArgument, "payload" },
     };
 
     private (ExpertRequest, byte[]) Make(string scenario)
@@ -57,6 +62,26 @@ public sealed class BadInputTests : IClassFixture<StaticWorker>
             case "notHeld": h.Segments[0].Expert = 100; break;
             case "stalePlan": h.PlanVersion = StaticWorker.PlanVersion - 1; break;
             case "tooManyRows": (h, p) = _worker.Valid(rows: StaticWorker.MaxRows + 1); break;
+            case "fp8ZeroScale":
+                (h, p) = _worker.Valid(WireDType.Fp8E4M3);
+                BitConverter.GetBytes(0f).CopyTo(p, _worker.Model.HiddenSize + 4); // row 1's scale
+                break;
+            case "fp8NaNScale":
+                (h, p) = _worker.Valid(WireDType.Fp8E4M3);
+                BitConverter.GetBytes(float.NaN).CopyTo(p, 0);
+                break;
+            case "fp8NaNCode":
+                (h, p) = _worker.Valid(WireDType.Fp8E4M3);
+                p[4 + 7] = 0xFF;
+                break;
+            case "fp8NoReplyDType":
+                (h, p) = _worker.Valid(WireDType.Fp8E4M3);
+                h.ReplyDtype = WireDType.Unspecified;
+                break;
+            case "fp8ElementSized":
+                (h, p) = _worker.Valid(WireDType.Fp8E4M3);
+                p = p[..(2 * _worker.Model.HiddenSize)];
+                break;
         }
         return (h, p);
     }
@@ -197,5 +222,30 @@ public sealed class BadInputTests : IClassFixture<StaticWorker>
         using var reply = await _worker.CallOnceAsync(h, p);
         Assert.Equal(0, reply.Header.Status.Code);
         Assert.Equal(p.Length, reply.Payload.Length);
+    }
+
+    /// <summary>
+    /// An FP8 request is answered in its reply dtype (bf16 here), and its rows are what the fp32 request of the same
+    /// decoded values gives, rounded to bf16 (the worker decodes code × scale to fp32 before the experts).
+    /// </summary>
+    [Fact]
+    public async Task Fp8Request_IsAnsweredInItsReplyDType_AsTheDecodedRowsInFp32()
+    {
+        var (h, p) = _worker.Valid(WireDType.Fp8E4M3, rows: 3);
+        int hidden = _worker.Model.HiddenSize;
+        using var reply = await _worker.CallOnceAsync(h, p);
+        Assert.Equal(WireDType.Bf16, reply.Header.Dtype);
+        Assert.Equal(3 * hidden * 2, reply.Payload.Length);
+        var decoded = new float[3 * hidden];
+        WireCodec.DecodeRows(p, hidden, WireDType.Fp8E4M3, decoded);
+        var exact = new byte[decoded.Length * 4];
+        WireCodec.Encode(decoded, WireDType.Fp32, exact);
+        var (fh, _) = _worker.Valid(WireDType.Fp32, rows: 3);
+        using var fp32 = await _worker.CallOnceAsync(fh, exact);
+        var expected = new float[decoded.Length];
+        WireCodec.Decode(fp32.Payload.Span, WireDType.Fp32, expected);
+        var bf16 = new byte[expected.Length * 2];
+        WireCodec.Encode(expected, WireDType.Bf16, bf16);
+        Assert.Equal(bf16, reply.Payload.ToArray());
     }
 }

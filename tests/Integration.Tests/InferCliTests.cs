@@ -141,7 +141,7 @@ public sealed class InferCliTests(ITestOutputHelper output)
     [InlineData("--local-workers", "0", "--wire", "fp32")]
     [InlineData("--workers", "127.0.0.1:5000", "--wire", "fp16")]
     [InlineData("--workers", "127.0.0.1", "--wire", "fp32")]
-    [InlineData("--wire", "fp32", "--json", "--json")]
+    [InlineData("--wire", "fp16")]
     public async Task BadDistributionOptions_AreUsageErrors(params string[] extra)
     {
         var stderr = new StringWriter();

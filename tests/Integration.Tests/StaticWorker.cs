@@ -71,6 +71,8 @@ public sealed class StaticWorker : IAsyncLifetime
         {
             RequestId = 7, Layer = 1, PlanVersion = PlanVersion, Dtype = dtype, HiddenSize = (uint)Model.HiddenSize, Rows = (uint)rows,
             Segments = { new ExpertSegment { Expert = 3, Rows = (uint)rows } },
+            // FP8 dispatch must name its reply dtype.
+            ReplyDtype = dtype == WireDType.Fp8E4M3 ? WireDType.Bf16 : WireDType.Unspecified,
         };
         var values = new float[rows * Model.HiddenSize];
         var rng = new Random(rows);
@@ -78,8 +80,8 @@ public sealed class StaticWorker : IAsyncLifetime
         {
             values[i] = (float)(rng.NextDouble() - 0.5);
         }
-        var payload = new byte[values.Length * WireCodec.ElementSize(dtype)];
-        WireCodec.Encode(values, dtype, payload);
+        var payload = new byte[WireCodec.PayloadBytes(rows, Model.HiddenSize, dtype)];
+        WireCodec.EncodeRows(values, Model.HiddenSize, dtype, payload);
         return (header, payload);
     }
 

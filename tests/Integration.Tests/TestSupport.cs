@@ -15,9 +15,9 @@ internal sealed record GoldenPrompt(int[] InputIds, float[] LastLogits, int[] Ar
 
 internal sealed record Golden(double LogitTolerance, IReadOnlyList<GoldenPrompt> Prompts)
 {
-    public static Golden Load(string fixture)
+    public static Golden Load(string fixture, string file = "golden.json")
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(TestPaths.Fixture(fixture), "golden.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(TestPaths.Fixture(fixture), file)));
         var root = doc.RootElement;
         static int[] Ints(JsonElement e) => [.. e.EnumerateArray().Select(x => x.GetInt32())];
         var prompts = root.GetProperty("prompts").EnumerateArray().Select(p => new GoldenPrompt(

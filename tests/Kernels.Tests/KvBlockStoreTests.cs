@@ -1,5 +1,37 @@
 namespace Distributed.Kernels.Tests;
 
+/// <summary>What a store of each <see cref="KvCacheDType"/> does to a row when it writes it (the reference the stores must match).</summary>
+public static class KvRounding
+{
+    /// <summary>K or V rows (<c>[rows, width]</c>) as a store of <paramref name="dtype"/> keeps them, decoded to floats.</summary>
+    public static float[] Apply(KvCacheDType dtype, float[] rows, int width)
+    {
+        var r = (float[])rows.Clone();
+        switch (dtype)
+        {
+            case KvCacheDType.Bf16:
+                for (int i = 0; i < r.Length; i++)
+                {
+                    r[i] = DTypeInfo.Bf16ToFloat(DTypeInfo.FloatToBf16(r[i]));
+                }
+                break;
+            case KvCacheDType.Fp8E4M3:
+                var codes = new byte[width];
+                for (int row = 0; row < r.Length / width; row++)
+                {
+                    var span = r.AsSpan(row * width, width);
+                    float s = Fp8E4M3.QuantizeRow(span, codes);
+                    for (int i = 0; i < width; i++)
+                    {
+                        span[i] = Fp8E4M3.ToFloat(codes[i]) * s;
+                    }
+                }
+                break;
+        }
+        return r;
+    }
+}
+
 /// <summary>
 /// A paged KV scenario any <see cref="IKvBlockStore"/> must pass: rows written to scattered slots of shuffled blocks,
 /// attention through a block table that starts mid-block, compared with the backend's contiguous attention on the same
@@ -36,7 +68,7 @@ public static class KvBlockStoreScenario
         var paged = new float[q.Length];
         store.Attention(q, rows, positions, table, firstSlot, keys, keyStart, p, paged);
         var expected = new float[q.Length];
-        contiguous.Attention(q, rows, positions, k, v, keys, keyStart, p, expected);
+        contiguous.Attention(q, rows, positions, KvRounding.Apply(store.DType, k, w), KvRounding.Apply(store.DType, v, w), keys, keyStart, p, expected);
         return (paged, expected);
     }
 }
@@ -64,7 +96,7 @@ public static class KvBlockStoreBatchScenario
             var pos = Enumerable.Range(keyStart + keys - rows, rows).ToArray();
             var qs = TestData.Floats(rows * p.Heads * p.HeadDim, rng.Next());
             var e = new float[qs.Length];
-            contiguous.Attention(qs, rows, pos, k, v, keys, keyStart, p, e);
+            contiguous.Attention(qs, rows, pos, KvRounding.Apply(store.DType, k, w), KvRounding.Apply(store.DType, v, w), keys, keyStart, p, e);
             sequences.Add(new KvSequenceView(rows, table, firstSlot, keys, keyStart));
             q.AddRange(qs);
             positions.AddRange(pos);
@@ -78,7 +110,9 @@ public static class KvBlockStoreBatchScenario
 
 /// <summary>
 /// Copy-on-write of one block: rows written to a block, the block copied, the copy written further; attention over the
-/// original must still see the original rows, over the copy the copied rows then the new one.
+/// original must still see the original rows, over the copy the copied rows then the new one. The expected results are
+/// the contiguous attention on the rows as the store's element type keeps them (<see cref="KvRounding"/>), so a bf16 or
+/// FP8 store must copy its codes and row scales exactly.
 /// </summary>
 public static class KvBlockStoreCopyScenario
 {
@@ -98,12 +132,14 @@ public static class KvBlockStoreCopyScenario
         var q = TestData.Floats(p.Heads * p.HeadDim, seed + 3);
         var original = new float[q.Length];
         store.Attention(q, 1, [used - 1], [source], 0, used, 0, p, original);
+        var kr = KvRounding.Apply(store.DType, k, w);
+        var vr = KvRounding.Apply(store.DType, v, w);
         var originalExpected = new float[q.Length];
-        contiguous.Attention(q, 1, [used - 1], k.AsSpan(0, used * w), v.AsSpan(0, used * w), used, 0, p, originalExpected);
+        contiguous.Attention(q, 1, [used - 1], kr.AsSpan(0, used * w), vr.AsSpan(0, used * w), used, 0, p, originalExpected);
         var copy = new float[q.Length];
         store.Attention(q, 1, [b - 1], [destination], 0, b, 0, p, copy);
         var copyExpected = new float[q.Length];
-        contiguous.Attention(q, 1, [b - 1], k, v, b, 0, p, copyExpected);
+        contiguous.Attention(q, 1, [b - 1], kr, vr, b, 0, p, copyExpected);
         return (original, originalExpected, copy, copyExpected);
     }
 }
@@ -151,6 +187,60 @@ public sealed class KvBlockStoreTests
         Assert.Equal("host", store.Location);
         var (paged, contiguous) = KvBlockStoreScenario.Run(store, backend, Math.Min(keys, 6), keys, firstSlot, p, seed: blockSize * 31 + keys);
         TestData.AssertBitwiseEqual(contiguous, paged, $"block {blockSize}, keys {keys}, first slot {firstSlot}, chunk {chunk}");
+    }
+
+    /// <summary>
+    /// A bf16 or FP8 store rounds each row once when written (FP8: one scale per row) and its attention is exactly the
+    /// contiguous attention on the rounded rows, alone and batched; rounding really happens (the result differs from
+    /// fp32's), and the error stays at the element type's precision.
+    /// </summary>
+    [Theory]
+    [InlineData(KvCacheDType.Bf16, 2e-2)]
+    [InlineData(KvCacheDType.Fp8E4M3, 2e-1)]
+    public void HostStore_Bf16AndFp8_AttentionIsTheContiguousResultOnTheRoundedRows(KvCacheDType dtype, double closeToFp32)
+    {
+        var backend = TestBackends.Default;
+        var p = new AttentionParams(8, 2, 16, 0.25f, 8);
+        foreach (var (blockSize, keys, firstSlot) in new[] { (16, 40, 5), (4, 97, 3), (1, 23, 0) })
+        {
+            using var store = KvBlockStores.Create(backend, 64, blockSize, p.KvHeads * p.HeadDim, dtype: dtype);
+            using var exact = KvBlockStores.Create(backend, 64, blockSize, p.KvHeads * p.HeadDim);
+            Assert.Equal(dtype, store.DType);
+            var (paged, contiguous) = KvBlockStoreScenario.Run(store, backend, 6, keys, firstSlot, p, seed: keys);
+            TestData.AssertBitwiseEqual(contiguous, paged, $"{dtype} block {blockSize}, keys {keys}");
+            var (fp32, _) = KvBlockStoreScenario.Run(exact, backend, 6, keys, firstSlot, p, seed: keys);
+            Assert.NotEqual(fp32, paged);
+            TestData.AssertClose(fp32, paged, _ => closeToFp32, $"{dtype} against fp32 keys");
+        }
+        using var batchStore = KvBlockStores.Create(backend, 64, 16, 32, dtype: dtype);
+        var (batched, expected) = KvBlockStoreBatchScenario.Run(batchStore, backend, p, seed: 9);
+        TestData.AssertBitwiseEqual(expected, batched, $"{dtype}, three sequences in one call");
+    }
+
+    [Theory]
+    [InlineData(KvCacheDType.Bf16)]
+    [InlineData(KvCacheDType.Fp8E4M3)]
+    public void HostStore_Bf16AndFp8_CopyBlock_CopiesCodesAndScales(KvCacheDType dtype)
+    {
+        var backend = TestBackends.Default;
+        var p = new AttentionParams(4, 2, 8, 0.3f, 0);
+        using var store = KvBlockStores.Create(backend, 6, 4, p.KvHeads * p.HeadDim, dtype: dtype);
+        var (original, originalExpected, copy, copyExpected) = KvBlockStoreCopyScenario.Run(store, backend, p, seed: 5);
+        TestData.AssertBitwiseEqual(originalExpected, original, $"{dtype}: the original of a copied block");
+        TestData.AssertBitwiseEqual(copyExpected, copy, $"{dtype}: a copied block written further");
+    }
+
+    [Fact]
+    public void KvDTypes_Sizes_Defaults_AndParsing()
+    {
+        Assert.Equal(4096, KvCacheDTypes.RowBytes(KvCacheDType.Fp32, 1024));
+        Assert.Equal(2048, KvCacheDTypes.RowBytes(KvCacheDType.Bf16, 1024));
+        Assert.Equal(1028, KvCacheDTypes.RowBytes(KvCacheDType.Fp8E4M3, 1024));
+        Assert.Equal(KvCacheDType.Fp32, KvCacheDTypes.DefaultFor(TestBackends.Default));
+        Assert.Equal(KvCacheDType.Bf16, KvCacheDTypes.Parse(" BF16 "));
+        Assert.Equal(KvCacheDType.Fp8E4M3, KvCacheDTypes.Parse("fp8"));
+        Assert.Throws<FormatException>(() => KvCacheDTypes.Parse("fp16"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new HostKvBlockStore(TestBackends.Default, 2, 4, 4, (KvCacheDType)9));
     }
 
     [Fact]

@@ -18,12 +18,13 @@ public class ProtoStabilityTests
         { "HelloReply", "hidden_size", 7 }, { "HelloReply", "max_rows_per_dispatch", 8 }, { "HelloReply", "transport", 9 },
         { "HelloReply", "session_id", 10 }, { "HelloReply", "num_experts", 11 }, { "HelloReply", "max_message_bytes", 12 }, { "HelloReply", "kernel_numerics", 13 },
         { "HelloReply", "shared_ring", 14 }, { "HelloReply", "cluster_managed", 20 },
+        { "HelloReply", "expert_activations", 21 },
         { "ExpertSegment", "expert", 1 }, { "ExpertSegment", "rows", 2 },
         { "SharedRows", "offset", 1 }, { "SharedRows", "length", 2 },
         { "ExpertRequest", "request_id", 1 }, { "ExpertRequest", "layer", 2 }, { "ExpertRequest", "plan_version", 3 },
         { "ExpertRequest", "segments", 4 }, { "ExpertRequest", "dtype", 5 }, { "ExpertRequest", "hidden_size", 6 },
         { "ExpertRequest", "rows", 7 }, { "ExpertRequest", "shared_rows", 8 }, { "ExpertRequest", "traceparent", 9 },
-        { "ExpertRequest", "payload", 15 },
+        { "ExpertRequest", "reply_dtype", 10 }, { "ExpertRequest", "payload", 15 },
         { "FieldViolation", "field", 1 }, { "FieldViolation", "description", 2 },
         { "ReplyStatus", "code", 1 }, { "ReplyStatus", "message", 2 }, { "ReplyStatus", "violations", 3 },
         { "WorkerTimings", "decode_nanos", 1 }, { "WorkerTimings", "compute_nanos", 2 }, { "WorkerTimings", "encode_nanos", 3 },
@@ -57,7 +58,7 @@ public class ProtoStabilityTests
     {
         EnumDescriptor Enum(string name) => ExpertWorkerReflection.Descriptor.EnumTypes.Single(e => e.Name == name);
         Assert.Equal(
-            ["WIRE_DTYPE_UNSPECIFIED=0", "WIRE_DTYPE_BF16=1", "WIRE_DTYPE_FP32=2"],
+            ["WIRE_DTYPE_UNSPECIFIED=0", "WIRE_DTYPE_BF16=1", "WIRE_DTYPE_FP32=2", "WIRE_DTYPE_FP8_E4M3=3"],
             Enum("WireDType").Values.Select(v => $"{v.Name}={v.Number}"));
         Assert.Equal(
             ["ROW_TRANSPORT_UNSPECIFIED=0", "ROW_TRANSPORT_INLINE=1", "ROW_TRANSPORT_SHARED_MEMORY_FD=3"],

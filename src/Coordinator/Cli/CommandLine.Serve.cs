@@ -11,13 +11,15 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--prefix-caching on|off] [--default-max-tokens N]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--prefix-caching on|off]\n"
+        + "                  [--default-max-tokens N]\n"
         + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--max-images N] [--max-image-bytes N] [--max-image-pixels N] [--max-image-tiles N] [--image-url-allow HOST|URL-PREFIX,...]\n"
         + "                  [--image-fetch-timeout SECONDS]   (image_url chat parts, multimodal models)\n"
+        + "                  [--api-key-env NAME (default DISTRIBUTED_API_KEY; required off loopback)] [--allow-unauthenticated]\n"
         + "                  [--admin-host IP] [--admin-port N] [--admin-grpc-port N] [--admin-token-env NAME]   (admin API: docs/ADMIN-API.md)\n"
         + "                  Every option is also a configuration key, read first from DISTRIBUTED_Section__Key environment variables (docs/OPERATIONS.md).";
 
@@ -31,10 +33,10 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "prefix-caching", "default-max-tokens", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
-             "admin-grpc-port", "admin-token-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
+             "prefix-caching", "default-max-tokens", "kv-dtype", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "admin-grpc-port", "admin-token-env", "api-key-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
              .. Distribution.DistributedExpertsCli.Options],
-            [.. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
+            ["allow-unauthenticated", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
         // Environment (DISTRIBUTED_Section__Key) and --Section:Key settings first; the options below override them.
         var configuration = Configuration(a);
         var bound = BindOrUsage<ServeOptions>(configuration, ServeOptions.SectionName);
@@ -50,7 +52,14 @@ public static partial class CommandLine
             QueueFullStatusCode = a.Int("queue-full-status", bound.QueueFullStatusCode, 429, 503),
             ShutdownTimeout = bound.ShutdownTimeout,
             DefaultMaxTokens = a.Int("default-max-tokens", bound.DefaultMaxTokens, 1, int.MaxValue),
+            ApiKey = bound.ApiKey,
+            ApiKeyEnvironmentVariable = a.Get("api-key-env") ?? bound.ApiKeyEnvironmentVariable,
+            AllowUnauthenticated = a.Has("allow-unauthenticated") || bound.AllowUnauthenticated,
         };
+        if (a.Has("api-key-env") && serve.ResolveApiKey() is null)
+        {
+            throw new UsageException($"--api-key-env: the environment variable {serve.ApiKeyEnvironmentVariable} is not set");
+        }
         if (!Directory.Exists(serve.ModelDirectory))
         {
             throw new UsageException($"--model: directory '{serve.ModelDirectory}' does not exist");
@@ -63,6 +72,8 @@ public static partial class CommandLine
         var scheduling = SchedulerOptionsFrom(a, BindOrUsage<SchedulerOptions>(configuration, SchedulerOptions.SectionName));
         var admin = AdminOptionsFrom(a, serve.Host, BindOrUsage<Admin.ClusterAdminOptions>(configuration, Admin.ClusterAdminOptions.SectionName));
         var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, serve.ModelDirectory, a.Get("cpu-precision"));
+        scheduling.KvDType = KvDTypeFrom(a, scheduling.KvDType);
+        var expertOptions = ExpertOptionsFrom(configuration, serve.ModelDirectory);
         var imageOptions = ImageOptionsFrom(a, BindOrUsage<Serving.Images.ImageOptions>(configuration, Serving.Images.ImageOptions.SectionName));
 
         Llama4Tokenizer tokenizer;
@@ -79,7 +90,10 @@ public static partial class CommandLine
         // Declared before the engine and the host so that the workers outlive every request that dispatches to them.
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, serve.ModelDirectory, stderr, waitServing: false, ct)
             .ConfigureAwait(false);
-        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, experts?.Dispatcher);
+        using var wireCheckpoint = expertsSettings is null && configuration.Has("Distribution:WireDType") ? Checkpoint.CheckpointReader.Open(serve.ModelDirectory) : null;
+        using var wireRounded = wireCheckpoint is null ? null
+            : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
+        using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         // Micro-batch ping-pong only where there is a wire to hide (in-process experts compute inside the dispatch).
         engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         if (tokenizer.VocabSize != engine.Config.VocabSize)
@@ -149,7 +163,7 @@ public static partial class CommandLine
                 $"serve: model '{serve.ResolveModelId()}' from {serve.ModelDirectory} on {backend.Name} (fingerprint {engine.Fingerprint[..12]}), "
                 + $"experts {experts?.Description ?? "in-process"}; "
                 + $"max-queue {scheduling.MaxQueuedRequests}, max-running {scheduling.MaxRunningSequences}, max-batch-tokens {scheduling.MaxBatchTokens}, "
-                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB, prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
+                + $"prefill-chunk {scheduling.PrefillChunkTokens}, kv-memory {scheduling.KvMemoryBytes >> 20} MiB ({(scheduling.KvDType ?? Kernels.KvCacheDTypes.DefaultFor(backend)).ToString().ToLowerInvariant()}), prefix-caching {(scheduling.PrefixCaching ? "on" : "off")}, "
                 + $"default-max-tokens {serve.DefaultMaxTokens}, max-request-bytes {serve.MaxRequestBodyBytes}, "
                 + $"queue-full-status {serve.QueueFullStatusCode}; images {DescribeImages(images, engine)}"));
             try
@@ -187,6 +201,17 @@ public static partial class CommandLine
             else if (cluster is not null)
             {
                 stderr.WriteLine($"serve: admin API disabled (set {new Admin.ClusterAdminOptions().TokenEnvironmentVariable} to enable it)");
+            }
+            if (serve.ResolveApiKey() is null)
+            {
+                ServeOptionsValidator.TryParseHost(serve.Host, out var bind);
+                stderr.WriteLine(System.Net.IPAddress.IsLoopback(bind)
+                    ? $"serve: the OpenAI API takes no API key (set {serve.ApiKeyEnvironmentVariable} to require one)"
+                    : $"serve: WARNING: the OpenAI API on {serve.Host} takes no API key (--allow-unauthenticated): anyone who reaches the port can use it");
+            }
+            else
+            {
+                stderr.WriteLine($"serve: the OpenAI API requires the API key from {(string.IsNullOrEmpty(serve.ApiKey) ? serve.ApiKeyEnvironmentVariable : "Serve:ApiKey")} (Authorization: Bearer)");
             }
             // The plain "listening on URL" line comes last: a supervisor that waits for it knows every port is ready.
             if (ServeHost.Http2ListeningAddress(app) is { } h2)
@@ -292,6 +317,7 @@ public static partial class CommandLine
             PrefillChunkTokens = a.Int("prefill-chunk", Math.Min(defaults.PrefillChunkTokens, maxBatchTokens), 1, 1 << 20),
             KvMemoryBytes = (long)a.Int("kv-memory-mb", (int)(defaults.KvMemoryBytes >> 20), 1, 1 << 24) << 20,
             KvBlockSize = defaults.KvBlockSize,
+            KvDType = defaults.KvDType,
             PrefixCaching = OnOff(a, "prefix-caching", defaults.PrefixCaching),
             BackendKvStore = defaults.BackendKvStore,
             RetryAfter = defaults.RetryAfter,

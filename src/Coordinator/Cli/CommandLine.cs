@@ -13,12 +13,13 @@ public static partial class CommandLine
     private const string Usage =
         "usage: Distributed.Coordinator <command> [options]\n"
         + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]\n"
-        + "                  [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
+        + "                  [--cpu-precision fp32|bf16] [--kv-dtype fp32|bf16|fp8] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--image FILE [--image FILE ...]] [--max-image-tiles N]   (each <|image|> id of --prompt-ids marks one image, in order)\n"
         + "  make-synthetic  --out DIR [--preset NAME] [--<field> value ...]\n"
-        + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16] [--json]\n"
-        + "  " + ServeUsage + "\n  " + AdminUsage;
+        + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16]\n"
+        + "                  [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8] [--json]\n"
+        + "  " + ServeUsage + "\n  " + AdminUsage + "\n  " + PlanUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
@@ -46,7 +47,8 @@ public static partial class CommandLine
                 "make-synthetic" => MakeSynthetic(rest, stdout, stderr),
                 "serve" => await ServeAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
                 "admin" => await AdminAsync(rest, stdout, stderr, cts.Token).ConfigureAwait(false),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench, serve or admin)"),
+                "plan" => Plan(rest, stdout),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected infer, make-synthetic, bench, serve, admin or plan)"),
             };
         }
         catch (UsageException ex)
@@ -129,7 +131,7 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "max-image-tiles",
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "kv-dtype", "max-image-tiles",
                 .. Distribution.DistributedExpertsCli.Options],
             ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true, repeatable: ["image"]);
         string dir = ModelDirectory(a);
@@ -142,10 +144,15 @@ public static partial class CommandLine
         bool json = a.Has("json");
         var configuration = Configuration(a);
         var expertsSettings = Distribution.DistributedExpertsCli.Settings(configuration, dir, a.Get("cpu-precision"));
+        var expertOptions = ExpertOptionsFrom(configuration, dir);
+        var kvDType = KvDTypeFrom(a, BindOrUsage<Serving.Scheduling.SchedulerOptions>(configuration, Serving.Scheduling.SchedulerOptions.SectionName).KvDType);
         using var backend = CreateBackend(a, stderr, configuration);
         var sw = Stopwatch.StartNew();
         await using var experts = await Distribution.DistributedExpertsCli.StartAsync(expertsSettings, dir, stderr, waitServing: true, ct).ConfigureAwait(false);
-        using var engine = LoadEngine(dir, backend, prefillChunk, experts?.Dispatcher);
+        using var wireCheckpoint = expertsSettings is null && configuration.Has("Distribution:WireDType") ? CheckpointReader.Open(dir) : null;
+        using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
+        using var engine = LoadEngine(dir, backend, prefillChunk, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
+        engine.KvDType = kvDType;
         engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
@@ -222,9 +229,10 @@ public static partial class CommandLine
         }
     }
 
-    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null)
+    private static Llama4Engine LoadEngine(string dir, IKernelBackend backend, int prefillChunk, Moe.IExpertDispatcher? dispatcher = null,
+        ExpertLoadOptions? experts = null)
     {
-        var engine = Llama4Engine.Load(dir, backend, dispatcher);
+        var engine = Llama4Engine.Load(dir, backend, dispatcher, experts);
         engine.PrefillChunkTokens = prefillChunk;
         return engine;
     }
@@ -279,13 +287,18 @@ public static partial class CommandLine
 
     private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat"], ["json"]);
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat", "quantize", "kv-dtype"], ["json", "fp8-activations"],
+            configurationKeys: true);
         string dir = ModelDirectory(a);
+        var configuration = Configuration(a);
+        var expertOptions = ExpertOptionsFrom(configuration, dir);
+        var kvDType = KvDTypeFrom(a, BindOrUsage<Serving.Scheduling.SchedulerOptions>(configuration, Serving.Scheduling.SchedulerOptions.SectionName).KvDType);
         int promptLen = a.Int("prompt", 128, 1, 1 << 20);
         int gen = a.Int("gen", 64, 1, 1 << 20);
         int repeat = a.Int("repeat", 3, 1, 100);
-        using var backend = CreateBackend(a, stderr);
-        using var engine = Llama4Engine.Load(dir, backend);
+        using var backend = CreateBackend(a, stderr, configuration);
+        using var engine = Llama4Engine.Load(dir, backend, experts: expertOptions);
+        engine.KvDType = kvDType;
         var c = engine.Config;
         var rng = new Random(1234);
         var prompt = Enumerable.Range(0, promptLen).Select(_ => rng.Next(c.VocabSize)).ToArray();

@@ -125,6 +125,8 @@ public sealed class DistributedExperts : IAsyncDisposable
                 errors.AddRange(local.Validate());
             }
         }
+        // The model fingerprint and the activation rule every worker must report follow from how experts are loaded.
+        var experts = settings.Distribution.ExpertLoad;
         if (errors.Count > 0)
         {
             throw new ArgumentException(string.Join("; ", errors));
@@ -132,7 +134,7 @@ public sealed class DistributedExperts : IAsyncDisposable
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(modelDirectory))
         {
-            model = ModelDescriptors.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint, experts);
         }
         bool ownsFactory = loggerFactory is null;
         loggerFactory ??= CreateLoggerFactory(log);

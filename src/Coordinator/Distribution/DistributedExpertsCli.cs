@@ -16,15 +16,17 @@ public static class DistributedExpertsCli
 {
     /// <summary>Options that take a value.</summary>
     public static readonly IReadOnlyList<string> Options =
-        ["local-workers", "workers", "wire", "micro-batch", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
+        ["local-workers", "workers", "wire", "micro-batch", "quantize", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
 
     /// <summary>Switches.</summary>
-    public static readonly IReadOnlyList<string> Flags = ["insecure"];
+    public static readonly IReadOnlyList<string> Flags = ["insecure", "fp8-activations"];
 
     /// <summary>Usage text of these options.</summary>
     public const string Usage =
         "[--local-workers N | --workers host:port,... | --clustering Localhost|Redis|AdoNet [--redis HOST:PORT] [--cluster-id ID] [--service-id ID]\n"
-        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32] [--micro-batch N|off] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]";
+        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32|fp8] [--micro-batch N|off] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]\n"
+        + "                  [--quantize none|fp8] [--fp8-activations]   (routed experts quantized to FP8 at load; W8A8 FP8 experts; in process or on workers)\n"
+        + "                  (--wire without workers: experts in process, their rows rounded as that wire would round them)";
 
     /// <summary>
     /// Maps the options given in <paramref name="args"/> to configuration keys in <paramref name="keys"/>, checking
@@ -72,6 +74,21 @@ public static class DistributedExpertsCli
             {
                 throw new UsageException(ex.Message);
             }
+        }
+        if (args.Get("quantize") is { } quantize)
+        {
+            try
+            {
+                keys["Distribution:Quantize"] = Checkpoint.ExpertLoadOptions.ParseQuantize(quantize).ToString();
+            }
+            catch (FormatException ex)
+            {
+                throw new UsageException(ex.Message);
+            }
+        }
+        if (args.Has("fp8-activations"))
+        {
+            keys["Distribution:Fp8Activations"] = "true";
         }
         if (args.Has("clustering"))
         {
@@ -133,12 +150,12 @@ public static class DistributedExpertsCli
         }
         if (!local && !fixedWorkers && !cluster)
         {
-            foreach (var (key, option) in new[] { ("Distribution:WireDType", "wire"), ("Distribution:MicroBatchMinTokens", "micro-batch"),
-                ("Cluster:RedisConnectionString", "redis"), ("Cluster:GatewayPorts", "gateways"), ("Cluster:AdoNetConnectionString", "Cluster:AdoNetConnectionString") })
+            foreach (var (key, option) in new[] { ("Distribution:MicroBatchMinTokens", "--micro-batch"), ("Cluster:RedisConnectionString", "--redis"),
+                ("Cluster:GatewayPorts", "--gateways"), ("Cluster:AdoNetConnectionString", "--Cluster:AdoNetConnectionString") })
             {
                 if (configuration.Has(key))
                 {
-                    throw new UsageException($"{key} (--{option}) needs --local-workers, --workers or --clustering");
+                    throw new UsageException($"{key} ({option}) needs --local-workers, --workers or --clustering");
                 }
             }
             return null;
@@ -169,6 +186,7 @@ public static class DistributedExpertsCli
             {
                 localOptions = configuration.Bind<LocalClusterOptions>(LocalClusterOptions.SectionName);
                 localOptions.ModelDirectory = modelDirectory;
+                localOptions.Experts = distribution.ExpertLoad;
                 if (cpuPrecision is not null)
                 {
                     localOptions.WorkerSettings["cpu-precision"] = cpuPrecision;
@@ -221,6 +239,32 @@ public static class DistributedExpertsCli
             }
         }
         return experts;
+    }
+
+    /// <summary>
+    /// <c>--wire X</c> (<c>Distribution:WireDType</c>) without workers: the routed experts run in process with their rows
+    /// rounded as that wire would round them (FP8 dispatch answered in bf16, as on workers), so the run equals the same run on
+    /// workers bitwise and shows what the wire's precision costs. Null when no wire dtype is configured or the experts run
+    /// on workers (<paramref name="settings"/> not null). Dispose it after the engine.
+    /// </summary>
+    public static Moe.LocalExpertDispatcher? InProcessWire(CoordinatorConfiguration configuration, ExpertsSettings? settings,
+        Checkpoint.CheckpointReader checkpoint, Kernels.IKernelBackend backend)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        if (settings is not null || !configuration.Has("Distribution:WireDType"))
+        {
+            return null;
+        }
+        DistributionOptions options;
+        try
+        {
+            options = configuration.Bind<DistributionOptions>(DistributionOptions.SectionName);
+        }
+        catch (Microsoft.Extensions.Options.OptionsValidationException ex)
+        {
+            throw new UsageException(string.Join("; ", ex.Failures));
+        }
+        return new Moe.LocalExpertDispatcher(checkpoint, backend, options.ExpertLoad) { WireRounding = (options.WireDType, options.ReplyWireDType) };
     }
 
     // Workers log at Information; a CLI user needs only their problems and the launcher's progress lines.

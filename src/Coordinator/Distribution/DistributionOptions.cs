@@ -1,3 +1,5 @@
+using Distributed.Checkpoint;
+using Distributed.Kernels;
 using Distributed.Protocol.Grpc;
 
 namespace Distributed.Coordinator.Distribution;
@@ -8,8 +10,18 @@ public sealed class DistributionOptions
     /// <summary>Configuration section name.</summary>
     public const string SectionName = "Distribution";
 
-    /// <summary>Row dtype on the wire: BF16 (half the bytes) or FP32 (bitwise identical to in-process). Default: BF16.</summary>
+    /// <summary>
+    /// Row dtype of dispatch (coordinator → worker): BF16 (half the bytes of fp32), FP32 (bitwise identical to in-process),
+    /// or FP8_E4M3 (per-row scale + 1 byte per element, about half of bf16, as DeepEP dispatches; rows travel inline).
+    /// Replies use the same dtype, except after FP8 dispatch: <see cref="CombineWireDType"/>. Default: BF16.
+    /// </summary>
     public WireDType WireDType { get; set; } = WireDType.Bf16;
+
+    /// <summary>Reply (combine) dtype after FP8 dispatch: BF16 or FP32 (replies are never FP8). Default: BF16.</summary>
+    public WireDType CombineWireDType { get; set; } = WireDType.Bf16;
+
+    /// <summary>The dtype replies come back in: <see cref="WireDType"/>, or <see cref="CombineWireDType"/> after FP8 dispatch.</summary>
+    public WireDType ReplyWireDType => WireDType == WireDType.Fp8E4M3 ? CombineWireDType : WireDType;
 
     /// <summary>Longest a MoE layer's dispatch may take, from send to the last reply, before it fails with
     /// DeadlineExceeded naming the silent worker. Default: 30 s.</summary>
@@ -55,6 +67,27 @@ public sealed class DistributionOptions
     public TimeSpan RecoveryTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
     /// <summary>
+    /// Quantization applied at load to bf16 routed experts, in process and on every worker (<c>--quantize none|fp8</c>):
+    /// <see cref="ExpertQuantization.Fp8"/> holds each expert in FP8 E4M3 with one scale per output channel, the codes and
+    /// scales of the FP8 release made from these weights. Folded into the model fingerprint, so a worker that loaded its
+    /// experts otherwise is refused. Default: <see cref="ExpertQuantization.None"/>.
+    /// </summary>
+    public ExpertQuantization Quantize { get; set; } = ExpertQuantization.None;
+
+    /// <summary>
+    /// FP8 experts compute W8A8 (<c>--fp8-activations</c>): the expert input and the SwiGLU output quantized per token to
+    /// FP8, as the release's config says. Every worker must report the same rule in its handshake (<c>expert_activations</c>);
+    /// one reporting the other is refused. Default: false (weight-only).
+    /// </summary>
+    public bool Fp8Activations { get; set; }
+
+    /// <summary>How routed experts are loaded: <see cref="Quantize"/> and <see cref="Fp8Activations"/>.</summary>
+    public ExpertLoadOptions ExpertLoad => new(Quantize, Fp8Activations ? Fp8ActivationMode.PerTokenFp8 : Fp8ActivationMode.WeightOnly);
+
+    /// <summary>The handshake tag the workers must report: <c>weight-only</c> or <c>fp8-per-token</c>.</summary>
+    public string ExpertActivations => ExpertLoad.ActivationsTag;
+
+    /// <summary>
     /// Fixed workers with static shards, comma-separated (<c>host:port</c>, <c>http(s)://host:port</c>, <c>unix:/path</c>):
     /// placement from their handshakes, never changed, no admin API. Null = experts in-process or on a cluster. Default: null.
     /// </summary>
@@ -85,9 +118,13 @@ public sealed class DistributionOptions
     public IReadOnlyList<string> Validate()
     {
         var errors = new List<string>();
-        if (WireDType is not (WireDType.Bf16 or WireDType.Fp32))
+        if (WireDType is not (WireDType.Bf16 or WireDType.Fp32 or WireDType.Fp8E4M3))
         {
-            errors.Add($"Distribution:WireDType {WireDType} must be Bf16 or Fp32");
+            errors.Add($"Distribution:WireDType {WireDType} must be Bf16, Fp32 or Fp8E4M3");
+        }
+        if (CombineWireDType is not (WireDType.Bf16 or WireDType.Fp32))
+        {
+            errors.Add($"Distribution:CombineWireDType {CombineWireDType} must be Bf16 or Fp32");
         }
         if (DispatchTimeout <= TimeSpan.Zero || DispatchTimeout > TimeSpan.FromHours(1))
         {
@@ -121,6 +158,10 @@ public sealed class DistributionOptions
         {
             errors.Add($"Distribution:MicroBatchMinTokens {MicroBatchMinTokens} must be 0 (off) or within [2, {1 << 20}]");
         }
+        if (!Enum.IsDefined(Quantize))
+        {
+            errors.Add($"Distribution:Quantize '{Quantize}' must be None or Fp8");
+        }
         if (ReadyTimeout <= TimeSpan.Zero || ReadyTimeout > TimeSpan.FromHours(1))
         {
             errors.Add($"Distribution:ReadyTimeout {ReadyTimeout} must be within (0, 1 h]");
@@ -150,12 +191,13 @@ public sealed class DistributionOptions
             : throw new FormatException($"--micro-batch '{text}' must be off or a token count within [2, {1 << 20}]");
     }
 
-    /// <summary>Parses <c>bf16</c> / <c>fp32</c> (the CLI's <c>--wire</c>).</summary>
+    /// <summary>Parses <c>bf16</c> / <c>fp32</c> / <c>fp8</c> (the CLI's <c>--wire</c>; fp8 dispatch is answered in bf16).</summary>
     /// <exception cref="FormatException">Anything else.</exception>
     public static WireDType ParseWire(string text) => text.Trim().ToLowerInvariant() switch
     {
         "bf16" => WireDType.Bf16,
         "fp32" => WireDType.Fp32,
-        _ => throw new FormatException($"--wire '{text}' must be bf16 or fp32"),
+        "fp8" => WireDType.Fp8E4M3,
+        _ => throw new FormatException($"--wire '{text}' must be bf16, fp32 or fp8"),
     };
 }

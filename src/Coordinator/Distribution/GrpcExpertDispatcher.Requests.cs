@@ -62,7 +62,7 @@ public sealed partial class GrpcExpertDispatcher
         var plan = dispatch.Plan;
         var hidden = dispatch.Hidden.Span;
         var weights = dispatch.Routing.Weights.Span;
-        int bytesPerRow = h * WireCodec.ElementSize(_options.WireDType);
+        int bytesPerRow = (int)WireCodec.RowBytes(h, _options.WireDType);
         int offset = 0;
         foreach (var s in slices)
         {

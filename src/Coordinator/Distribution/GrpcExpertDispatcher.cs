@@ -222,7 +222,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         dispatch.TableVersion = table.Version;
         var byWorker = _replicas.Assign(table, layer, slices);
         int h = _connections.Model.HiddenSize;
-        int elementSize = WireCodec.ElementSize(_options.WireDType);
+        var wire = _options.WireDType;
+        // The larger of a request row and a reply row (FP8 requests are answered in bf16 or fp32): what a message must fit.
+        int rowBytes = (int)Math.Max(WireCodec.RowBytes(h, wire), WireCodec.RowBytes(h, _options.ReplyWireDType));
         var connects = byWorker.Keys.ToDictionary(w => w, w => _connections.ConnectAsync(table.Workers[w], cancellationToken));
         foreach (var (w, workerSlices) in byWorker)
         {
@@ -241,18 +243,20 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
             // max_rows_per_dispatch rows (and fits its message limit), so a larger share is split into several requests
             // on the same stream (combine places rows by their grouped position, whichever request carried them).
             workerSlices.Sort((x, y) => x.Expert.CompareTo(y.Expert));
-            var chunks = Chunk(workerSlices, RowsPerRequest(connection.Hello, h * elementSize));
+            var chunks = Chunk(workerSlices, RowsPerRequest(connection.Hello, rowBytes));
             for (int c = 0; c < chunks.Count; c++)
             {
                 var chunk = chunks[c];
                 int workerRows = chunk.Sum(s => s.Rows);
-                int length = checked(workerRows * h * elementSize);
-                var lease = connection.RentRows(length);
+                int length = checked((int)(workerRows * WireCodec.RowBytes(h, wire)));
+                // FP8 rows travel inline: their replies (bf16 or fp32) are larger than the request and would not fit a ring region.
+                var lease = wire == WireDType.Fp8E4M3 ? RowLease.Inline(length) : connection.RentRows(length);
                 var header = new ExpertRequest
                 {
                     Layer = (uint)layer,
                     PlanVersion = table.Version,
-                    Dtype = _options.WireDType,
+                    Dtype = wire,
+                    ReplyDtype = wire == WireDType.Fp8E4M3 ? _options.ReplyWireDType : WireDType.Unspecified,
                     HiddenSize = (uint)h,
                     Rows = (uint)workerRows,
                     Traceparent = dispatch.Traceparent,
@@ -354,7 +358,7 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
                 }
                 throw ex;
             }
-            sink.Accept(payload, part.Header.Dtype, part.Slices, h);
+            sink.Accept(payload, WireCodec.ReplyDType(part.Header), part.Slices, h);
             long latency = _time.GetTimestamp() - part.SentTimestamp;
             long latencyTicks = (long)(latency * (double)Stopwatch.Frequency / _time.TimestampFrequency);
             counters.Answered(rows, payload.Length, latencyTicks);

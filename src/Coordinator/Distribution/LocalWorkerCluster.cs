@@ -36,6 +36,12 @@ public sealed class LocalClusterOptions
     /// <summary>Extra environment variables for every worker.</summary>
     public IDictionary<string, string> Environment { get; } = new Dictionary<string, string>();
 
+    /// <summary>
+    /// How every worker loads its experts (<c>--quantize</c>, <c>--fp8-activations</c>); the coordinator's
+    /// <see cref="DistributionOptions.ExpertLoad"/> must match. Default: as stored, weight-only.
+    /// </summary>
+    public ExpertLoadOptions Experts { get; set; } = ExpertLoadOptions.Default;
+
     /// <summary>Mutual TLS on the cluster's Orleans links with credentials made for this launch (a throw-away CA), so
     /// the silo and gateway ports accept only this cluster's processes. The data plane on loopback is not encrypted
     /// (it authenticates callers by the cluster token). Default: true.</summary>
@@ -182,6 +188,10 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(membership);
         ArgumentNullException.ThrowIfNull(distribution);
         var errors = options.Validate().Concat(distribution.Validate()).ToList();
+        if (distribution.ExpertLoad != options.Experts)
+        {
+            errors.Add($"Distribution:Quantize/Fp8Activations ({distribution.ExpertLoad}) do not match the workers' expert load options ({options.Experts})");
+        }
         if (errors.Count > 0)
         {
             throw new ArgumentException(string.Join("; ", errors));
@@ -189,7 +199,7 @@ public sealed class LocalWorkerCluster : IAsyncDisposable
         ModelDescriptor model;
         using (var checkpoint = CheckpointReader.Open(options.ModelDirectory))
         {
-            model = ModelDescriptors.FromCheckpoint(checkpoint);
+            model = ModelDescriptors.FromCheckpoint(checkpoint, options.Experts);
         }
         var started = DateTime.UtcNow;
         var credentials = options.ClusterTls ? LocalClusterCredentials.Create() : null;

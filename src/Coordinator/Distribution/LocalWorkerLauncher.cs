@@ -1,4 +1,5 @@
 using System.Globalization;
+using Distributed.Checkpoint;
 using Distributed.Hosting;
 
 namespace Distributed.Coordinator.Distribution;
@@ -216,6 +217,14 @@ public sealed class LocalWorkerLauncher : IAsyncDisposable
         if (_cluster.ProbeTimeout is { } probe)
         {
             args.AddRange(["--probe-timeout", probe.ToString("c", CultureInfo.InvariantCulture)]);
+        }
+        if (_options.Experts.Quantize != ExpertQuantization.None)
+        {
+            args.AddRange(["--quantize", _options.Experts.Quantize.ToString().ToLowerInvariant()]);
+        }
+        if (_options.Experts.Activations == Kernels.Fp8ActivationMode.PerTokenFp8)
+        {
+            args.AddRange(["--fp8-activations", "true"]);
         }
         foreach (var (k, v) in _options.WorkerSettings)
         {

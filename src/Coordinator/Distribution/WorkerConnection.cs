@@ -128,6 +128,10 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
             Check(reply.HiddenSize == (uint)model.HiddenSize, $"reports hidden size {reply.HiddenSize}");
             Check(reply.Transport is RowTransport.Inline || (reply.Transport is RowTransport.SharedMemoryFd && offered && reply.SharedRing is not null),
                 $"chose transport {reply.Transport} that was not offered");
+            // Workers from before FP8 send nothing: they compute weight-only.
+            string activations = reply.ExpertActivations is { Length: > 0 } a ? a : "weight-only";
+            Check(activations == options.ExpertActivations,
+                $"computes its FP8 experts with {activations} activations, this coordinator with {options.ExpertActivations} (start both with or without --fp8-activations)");
             void Check(bool ok, string what)
             {
                 if (!ok)

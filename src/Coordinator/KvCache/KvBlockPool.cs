@@ -5,7 +5,8 @@ namespace Distributed.Coordinator.KvCache;
 
 /// <summary>
 /// Fixed-size KV blocks shared by every sequence of a scheduler: one block holds the keys and values of
-/// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> fp32), and
+/// <see cref="BlockSize"/> consecutive positions of ONE layer (<c>2 · BlockSize · kv_heads · head_dim</c> elements in
+/// <see cref="DType"/>), and
 /// capacity comes from a memory budget. Blocks are reference counted: sequences forked from one prompt (<c>n</c> &gt; 1)
 /// and sequences that found their prefix in the cache hold the same block, which is written only while one sequence holds
 /// it (copy-on-write, <see cref="PagedKvCache"/>).
@@ -35,11 +36,13 @@ public sealed class KvBlockPool : IDisposable
 
     /// <summary>
     /// Creates a pool of <c>memoryBytes / BlockBytes</c> blocks whose data <paramref name="backend"/> keeps (its own store
-    /// when it has one and <paramref name="backendStore"/>; else host memory with its contiguous attention).
+    /// when it has one and <paramref name="backendStore"/>; else host memory with its contiguous attention), in
+    /// <paramref name="dtype"/> (null: <see cref="KvCacheDTypes.DefaultFor"/> the backend).
     /// </summary>
     /// <param name="prefixCaching">Keep full blocks for reuse by later sequences with the same prefix.</param>
     /// <exception cref="ArgumentOutOfRangeException">Block size not positive, or the budget holds no block.</exception>
-    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes, IKernelBackend backend, bool backendStore = true, bool prefixCaching = true)
+    public KvBlockPool(Llama4TextConfig config, int blockSize, long memoryBytes, IKernelBackend backend, bool backendStore = true, bool prefixCaching = true,
+        KvCacheDType? dtype = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -47,7 +50,8 @@ public sealed class KvBlockPool : IDisposable
         _config = config;
         BlockSize = blockSize;
         RowWidth = config.NumKvHeads * config.HeadDim;
-        BlockBytes = BytesPerBlock(config, blockSize);
+        DType = dtype ?? KvCacheDTypes.DefaultFor(backend);
+        BlockBytes = BytesPerBlock(config, blockSize, DType);
         long blocks = memoryBytes / BlockBytes;
         if (blocks < 1 || blocks > int.MaxValue / 2 || blocks * blockSize > int.MaxValue)
         {
@@ -59,8 +63,11 @@ public sealed class KvBlockPool : IDisposable
         _refs = new int[TotalBlocks];
         _keys = new KvBlockKey?[TotalBlocks];
         _lruNodes = new LinkedListNode<int>?[TotalBlocks];
-        Store = KvBlockStores.Create(backend, TotalBlocks, blockSize, RowWidth, backendStore);
+        Store = KvBlockStores.Create(backend, TotalBlocks, blockSize, RowWidth, backendStore, DType);
     }
+
+    /// <summary>The element type the keys and values are kept in.</summary>
+    public KvCacheDType DType { get; }
 
     /// <summary>Where the keys and values are kept.</summary>
     public IKvBlockStore Store { get; }
@@ -77,11 +84,14 @@ public sealed class KvBlockPool : IDisposable
     /// <summary>Whether full blocks are kept for reuse (<see cref="KvBlockPool"/>).</summary>
     public bool PrefixCaching { get; }
 
-    /// <summary>Bytes of one block (K and V) of <paramref name="blockSize"/> positions of <paramref name="config"/>.</summary>
-    public static long BytesPerBlock(Llama4TextConfig config, int blockSize)
+    /// <summary>
+    /// Bytes of one block (K and V) of <paramref name="blockSize"/> positions of <paramref name="config"/> in
+    /// <paramref name="dtype"/>: <c>2 · blockSize · RowBytes</c> (4, 2 or 1 byte per element; FP8 adds a 4-byte scale per row).
+    /// </summary>
+    public static long BytesPerBlock(Llama4TextConfig config, int blockSize, KvCacheDType dtype = KvCacheDType.Fp32)
     {
         ArgumentNullException.ThrowIfNull(config);
-        return 2L * blockSize * config.NumKvHeads * config.HeadDim * sizeof(float);
+        return 2L * blockSize * KvCacheDTypes.RowBytes(dtype, (long)config.NumKvHeads * config.HeadDim);
     }
 
     /// <summary>Bytes of one block (K and V).</summary>

@@ -1,5 +1,7 @@
-using Distributed.Kernels;
 using Distributed.Checkpoint;
+using Distributed.Kernels;
+using Distributed.Protocol.Grpc;
+using Distributed.Protocol.Wire;
 
 namespace Distributed.Coordinator.Moe;
 
@@ -15,12 +17,22 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
     private readonly Llama4TextConfig _c;
     private readonly ExpertWeights?[][] _experts;
     private readonly Lock _loadLock = new();
+    private readonly ExpertLoadOptions _options;
 
-    /// <summary>Creates the dispatcher; <paramref name="checkpoint"/> must outlive it.</summary>
-    public LocalExpertDispatcher(CheckpointReader checkpoint, IKernelBackend backend)
+    /// <summary>
+    /// Creates the dispatcher; <paramref name="checkpoint"/> must outlive it. Experts are loaded with
+    /// <paramref name="options"/> (default: as stored, weight-only).
+    /// </summary>
+    /// <exception cref="CheckpointException"><paramref name="options"/> does not apply to this checkpoint.</exception>
+    public LocalExpertDispatcher(CheckpointReader checkpoint, IKernelBackend backend, ExpertLoadOptions? options = null)
     {
         _checkpoint = checkpoint ?? throw new ArgumentNullException(nameof(checkpoint));
         _backend = backend ?? throw new ArgumentNullException(nameof(backend));
+        _options = options ?? ExpertLoadOptions.Default;
+        if (_options.Problem(checkpoint.ExpertFormat) is { } problem)
+        {
+            throw new CheckpointException($"{checkpoint.Directory}: {problem}");
+        }
         _c = checkpoint.Config;
         _experts = new ExpertWeights?[_c.NumLayers][];
         foreach (int il in _c.MoeLayers)
@@ -28,6 +40,14 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
             _experts[il] = new ExpertWeights?[_c.NumExperts];
         }
     }
+
+    /// <summary>
+    /// Rounds the rows as a data plane with these dtypes would, so that an in-process run equals a run on workers
+    /// bitwise (<c>infer --wire X</c> without workers): dispatch rows go through <see cref="WireCodec.EncodeRows"/> /
+    /// <see cref="WireCodec.DecodeRows"/> in <c>Dispatch</c>, outputs the same way in <c>Combine</c>. Null (default) = exact
+    /// fp32, what fp32 on the wire gives.
+    /// </summary>
+    public (WireDType Dispatch, WireDType Combine)? WireRounding { get; init; }
 
     /// <summary>Loads every expert now instead of on first use.</summary>
     public void LoadAll()
@@ -59,6 +79,10 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
         }
         var rows = new float[plan.Rows * h];
         plan.GatherScaled(hidden.Span, h, routing.Weights.Span, rows);
+        if (WireRounding is { } dispatchWire)
+        {
+            RoundTrip(rows, h, dispatchWire.Dispatch);
+        }
         var gateUp = new IWeightMatrix[plan.Experts.Length];
         var down = new IWeightMatrix[plan.Experts.Length];
         for (int g = 0; g < plan.Experts.Length; g++)
@@ -69,6 +93,10 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
         }
         var outRows = new float[plan.Rows * h];
         _backend.SwiGluFfnGrouped(rows, plan.RowCounts, gateUp, down, outRows);
+        if (WireRounding is { } combineWire)
+        {
+            RoundTrip(outRows, h, combineWire.Combine);
+        }
         return ValueTask.FromResult<DispatchHandle>(new LocalHandle(layer, plan, outRows));
     }
 
@@ -81,6 +109,19 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
         }
         local.Plan.Combine(local.Output, _c.HiddenSize, output.Span);
         return ValueTask.CompletedTask;
+    }
+
+    // rows ← decode(encode(rows)) in the wire dtype, row by row as the data plane does it.
+    private static void RoundTrip(float[] rows, int hidden, WireDType dtype)
+    {
+        int rowBytes = (int)WireCodec.RowBytes(hidden, dtype);
+        var bytes = new byte[rowBytes];
+        for (int r = 0; r < rows.Length / hidden; r++)
+        {
+            var row = rows.AsSpan(r * hidden, hidden);
+            WireCodec.EncodeRows(row, hidden, dtype, bytes);
+            WireCodec.DecodeRows(bytes, hidden, dtype, row);
+        }
     }
 
     /// <inheritdoc />
@@ -121,7 +162,7 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
         }
         lock (_loadLock)
         {
-            return slot[expert] ??= ExpertWeights.Load(_checkpoint, _backend, layer, expert);
+            return slot[expert] ??= ExpertWeights.Load(_checkpoint, _backend, layer, expert, _options);
         }
     }
 

@@ -9,27 +9,32 @@ using Distributed.Protocol.Wire;
 namespace Distributed.ExpertWorker.Compute;
 
 /// <summary>
-/// Runs one validated request: payload → fp32 rows, the experts of every segment in one grouped SwiGLU call
-/// (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the batch), fp32 rows →
-/// payload in the request's dtype, same row order.
+/// Runs one validated request: payload → fp32 rows (FP8 rows: code × row scale), the experts of every segment in one
+/// grouped SwiGLU call (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the
+/// batch), fp32 rows → payload in the request's reply dtype (<see cref="WireCodec.ReplyDType"/>), same row order.
 /// </summary>
-public sealed class ExpertExecutor(IKernelBackend backend)
+public sealed class ExpertExecutor(IKernelBackend backend, string expertActivations = "weight-only")
 {
     /// <summary>The arithmetic the experts compute in (<see cref="KernelCapabilities.Numerics"/>), for the handshake.</summary>
     public string Numerics => backend.Capabilities.Numerics;
 
+    /// <summary>What the FP8 experts multiply (<c>weight-only</c> or <c>fp8-per-token</c>), for the handshake.</summary>
+    public string ExpertActivations => expertActivations;
+
     /// <summary>
     /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (header
-    /// already validated, length included). The rows are decoded and checked for NaN/±Inf in one pass
-    /// (<see cref="WireCodec.TryDecodeFinite"/>: the check holds for the decoded values computed on, even when
-    /// <paramref name="input"/> is a ring region the peer can still write); a non-finite row stops the request before any
-    /// expert runs and returns false with its index in <paramref name="nonFiniteRow"/>. Otherwise writes the output rows to
-    /// <paramref name="output"/> (same length; may be <paramref name="input"/> itself: every row is decoded before any is
-    /// encoded) and returns true.
+    /// already validated, length included). The rows are decoded and checked in one pass
+    /// (<see cref="WireCodec.TryDecodeFinite(ReadOnlySpan{byte}, WireDType, int, Span{float}, out int, out string)"/>:
+    /// NaN/±Inf, and for FP8 rows the scale and the decoded products; the check holds for the decoded values computed
+    /// on, even when <paramref name="input"/> is a ring region the peer can still write); a bad row stops the request
+    /// before any expert runs and returns false with its index in <paramref name="nonFiniteRow"/> and what is wrong in
+    /// <paramref name="why"/>. Otherwise writes the output rows to <paramref name="output"/>
+    /// (<see cref="WireCodec.PayloadBytes"/> of the reply dtype, <see cref="WireCodec.ReplyDType"/>; may be
+    /// <paramref name="input"/> itself on the shared ring: every row is decoded before any is encoded) and returns true.
     /// </summary>
     /// <exception cref="InvalidOperationException">An expert of the request is not in <paramref name="snapshot"/> (validation was skipped).</exception>
     public bool TryExecute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output, out WorkerTimings timings,
-        out int nonFiniteRow)
+        out int nonFiniteRow, out string why)
     {
         int hidden = (int)request.HiddenSize;
         int rows = (int)request.Rows;
@@ -54,7 +59,7 @@ public sealed class ExpertExecutor(IKernelBackend backend)
         try
         {
             long t0 = Stopwatch.GetTimestamp();
-            if (!WireCodec.TryDecodeFinite(input, request.Dtype, hidden, x.AsSpan(0, elements), out nonFiniteRow))
+            if (!WireCodec.TryDecodeFinite(input, request.Dtype, hidden, x.AsSpan(0, elements), out nonFiniteRow, out why))
             {
                 timings = new WorkerTimings { DecodeNanos = Nanos(Stopwatch.GetTimestamp() - t0) };
                 return false;
@@ -62,7 +67,7 @@ public sealed class ExpertExecutor(IKernelBackend backend)
             long t1 = Stopwatch.GetTimestamp();
             backend.SwiGluFfnGrouped(x.AsSpan(0, elements), counts, gateUp, down, y.AsSpan(0, elements));
             long t2 = Stopwatch.GetTimestamp();
-            WireCodec.Encode(y.AsSpan(0, elements), request.Dtype, output);
+            WireCodec.EncodeRows(y.AsSpan(0, elements), hidden, WireCodec.ReplyDType(request), output);
             long t3 = Stopwatch.GetTimestamp();
             timings = new WorkerTimings
             {

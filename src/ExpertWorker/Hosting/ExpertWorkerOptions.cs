@@ -47,6 +47,24 @@ public sealed class ExpertWorkerOptions
     /// </summary>
     public Distributed.Kernels.CpuMatMulPrecision KernelCpuPrecision { get; set; }
 
+    /// <summary>
+    /// Quantization of a bf16 checkpoint's routed experts at load: None, or Fp8 (per output channel, the recipe of the FP8
+    /// release). Refused on an FP8 checkpoint. Coordinator and workers must agree (it changes the model fingerprint).
+    /// Default: None.
+    /// </summary>
+    public Distributed.Checkpoint.ExpertQuantization Quantize { get; set; }
+
+    /// <summary>
+    /// FP8 experts compute W8A8: expert input and SwiGLU output quantized per token to FP8 (the release's
+    /// <c>input_activations</c>, as vLLM computes it). Needs FP8 experts. Reported in the handshake; a coordinator
+    /// expecting the other semantics refuses the worker. Default: false (weight-only).
+    /// </summary>
+    public bool Fp8Activations { get; set; }
+
+    /// <summary>How this worker loads its experts (<see cref="Quantize"/> and <see cref="Fp8Activations"/>).</summary>
+    public Distributed.Checkpoint.ExpertLoadOptions ExpertLoad =>
+        new(Quantize, Fp8Activations ? Distributed.Kernels.Fp8ActivationMode.PerTokenFp8 : Distributed.Kernels.Fp8ActivationMode.WeightOnly);
+
     /// <summary>Threads of the CPU kernel backend; 0 = all cores. Default: 0.</summary>
     [Range(0, 1024)]
     public int KernelThreads { get; set; }

@@ -96,7 +96,12 @@ public sealed partial class WorkerHost : IAsyncDisposable
             backend = backendFactory is null
                 ? KernelBackendFactory.Create(new KernelOptions { Backend = options.KernelBackend, Threads = options.KernelThreads, CpuPrecision = options.KernelCpuPrecision }, Console.Error)
                 : backendFactory(options);
-            var model = ModelDescriptors.FromCheckpoint(checkpoint);
+            if (options.ExpertLoad.Problem(checkpoint.ExpertFormat) is { } problem)
+            {
+                throw new OptionsValidationException(ExpertWorkerOptions.SectionName, typeof(ExpertWorkerOptions),
+                    [$"ExpertWorker:Quantize / ExpertWorker:Fp8Activations: {problem}"]);
+            }
+            var model = ModelDescriptors.FromCheckpoint(checkpoint, options.ExpertLoad);
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;
@@ -215,10 +220,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
             AddDefaultFilters(l);
             configureLogging?.Invoke(l);
         });
-        var store = new ShardStore(workerId, model, new CheckpointExpertLoader(checkpoint, backend), options.MaxRowsPerDispatch, options.WarmUp,
+        var store = new ShardStore(workerId, model, new CheckpointExpertLoader(checkpoint, backend, options.ExpertLoad), options.MaxRowsPerDispatch, options.WarmUp,
             loggerFactory.CreateLogger<ShardStore>(), options.RetireDelay);
         builder.Services.AddSingleton(store);
-        builder.Services.AddSingleton(new ExpertExecutor(backend));
+        builder.Services.AddSingleton(new ExpertExecutor(backend, options.ExpertLoad.ActivationsTag));
         builder.Services.AddSingleton(Options.Create(options));
         DataPlaneSecurity.Add(builder, options, credential, maxMessage, ctx => opsListen?.IPEndPoint is { } ops && ctx.Connection.LocalPort == ops.Port);
         var instruments = new ExpertWorkerInstruments(store);

@@ -87,6 +87,7 @@ public sealed partial class ExpertComputeService(
             Transport = transport,
             SessionId = session.Id,
             KernelNumerics = executor.Numerics,
+            ExpertActivations = executor.ExpertActivations,
             SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
             ClusterManaged = string.IsNullOrWhiteSpace(options.Value.StaticExperts),
         };
@@ -284,38 +285,41 @@ public sealed partial class ExpertComputeService(
         {
             RequestId = request.RequestId,
             Status = new ReplyStatus { Code = 0 },
-            Dtype = request.Dtype,
+            Dtype = WireCodec.ReplyDType(request),
             Rows = request.Rows,
             HiddenSize = request.HiddenSize,
         };
         PooledBuffer? buffer = null;
+        // The reply's size in its own dtype (FP8 requests are answered in bf16 or fp32; validated, so it fits an int).
+        int replyBytes = (int)WireCodec.PayloadBytes(request.Rows, request.HiddenSize, reply.Dtype);
         try
         {
             // The rows are decoded and checked for NaN/Inf in one pass; a non-finite row is refused before any expert
             // runs (and, on the ring, before any output row overwrites the input).
             WorkerTimings timings;
             int nonFinite;
+            string why;
             byte[]? bytes = null;
             bool computed;
             if (request.SharedRows is not null)
             {
                 // Output rows overwrite the input rows in place: the executor decodes every input row before encoding.
-                computed = executor.TryExecute(request, input, snapshot, shared, out timings, out nonFinite);
+                computed = executor.TryExecute(request, input, snapshot, shared, out timings, out nonFinite, out why);
             }
             else if (pooledReply)
             {
-                buffer = PooledBuffer.Rent(input.Length);
-                computed = executor.TryExecute(request, input, snapshot, buffer.Span, out timings, out nonFinite);
+                buffer = PooledBuffer.Rent(replyBytes);
+                computed = executor.TryExecute(request, input, snapshot, buffer.Span, out timings, out nonFinite, out why);
             }
             else
             {
-                bytes = new byte[input.Length];
-                computed = executor.TryExecute(request, input, snapshot, bytes, out timings, out nonFinite);
+                bytes = new byte[replyBytes];
+                computed = executor.TryExecute(request, input, snapshot, bytes, out timings, out nonFinite, out why);
             }
             if (!computed)
             {
                 buffer?.Dispose();
-                return Refuse(request, TensorFrameValidator.NonFiniteRow(request, nonFinite));
+                return Refuse(request, TensorFrameValidator.NonFiniteRow(request, nonFinite, why));
             }
             reply.Timings = timings;
             if (request.SharedRows is { } sr)

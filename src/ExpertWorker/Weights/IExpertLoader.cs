@@ -13,12 +13,15 @@ public interface IExpertLoader
     ExpertWeights Load(int layer, int expert);
 }
 
-/// <summary>Loads experts from an opened checkpoint by memory map (<see cref="ExpertWeights.Load"/>).</summary>
-public sealed class CheckpointExpertLoader(Checkpoint.CheckpointReader checkpoint, IKernelBackend backend) : IExpertLoader
+/// <summary>
+/// Loads experts from an opened checkpoint by memory map (<see cref="ExpertWeights.Load"/>), as stored or as
+/// <paramref name="options"/> say (FP8 quantization, W8A8).
+/// </summary>
+public sealed class CheckpointExpertLoader(Checkpoint.CheckpointReader checkpoint, IKernelBackend backend, ExpertLoadOptions? options = null) : IExpertLoader
 {
     /// <inheritdoc />
     public IKernelBackend Backend => backend;
 
     /// <inheritdoc />
-    public ExpertWeights Load(int layer, int expert) => ExpertWeights.Load(checkpoint, backend, layer, expert);
+    public ExpertWeights Load(int layer, int expert) => ExpertWeights.Load(checkpoint, backend, layer, expert, options);
 }

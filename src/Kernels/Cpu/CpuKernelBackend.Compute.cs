@@ -32,19 +32,7 @@ public sealed unsafe partial class CpuKernelBackend
         {
             fixed (ushort* src = bf16)
             {
-                if ((long)inFeatures * outFeatures < ParallelMacThreshold || _team.Threads == 1)
-                {
-                    w.PackPanels(src, layout, 0, w.Panels);
-                }
-                else
-                {
-                    lock (_sync)
-                    {
-                        ThrowIfDisposed();
-                        _packTask.Set(w, src, layout);
-                        _team.Run(_packTask);
-                    }
-                }
+                Pack(w, src, layout);
             }
             return w;
         }
@@ -52,6 +40,52 @@ public sealed unsafe partial class CpuKernelBackend
         {
             w.Dispose();
             throw;
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Packed in the byte order of this backend's vector width (<see cref="PanelLayout.Fp8Wide"/> on AVX-512BW, else
+    /// <see cref="PanelLayout.Fp8Narrow"/>): one byte per weight, one flag byte per 32 weights, the scales as fp32.
+    /// Weight-only: with <see cref="CpuMatMulPrecision.Bf16"/> the activations are rounded to bf16 before they multiply
+    /// the decoded weights (fp32 FMA); W8A8 quantizes the fp32 activations per token whatever the precision.
+    /// </remarks>
+    public IWeightMatrix CreateFp8Weight(ReadOnlySpan<byte> e4m3, ReadOnlySpan<float> scales, int inFeatures, int outFeatures, WeightLayout layout,
+        Fp8ActivationMode activations)
+    {
+        ThrowIfDisposed();
+        Fp8E4M3.CheckWeight(e4m3, scales, inFeatures, outFeatures, layout, activations);
+        var panelLayout = _simd == SimdLevel.Vector512 && Fp8Decode.WideSupported ? PanelLayout.Fp8Wide : PanelLayout.Fp8Narrow;
+        var w = new PackedWeight(inFeatures, outFeatures, panelLayout, activations);
+        try
+        {
+            w.SetScales(scales);
+            fixed (byte* src = e4m3)
+            {
+                Pack(w, src, layout);
+            }
+            return w;
+        }
+        catch
+        {
+            w.Dispose();
+            throw;
+        }
+    }
+
+    // Packs every panel of w from src (bf16 bits or E4M3 codes), on the team when the matrix is large.
+    private void Pack(PackedWeight w, void* src, WeightLayout layout)
+    {
+        if ((long)w.InFeatures * w.OutFeatures < ParallelMacThreshold || _team.Threads == 1)
+        {
+            w.PackPanels(src, layout, 0, w.Panels);
+            return;
+        }
+        lock (_sync)
+        {
+            ThrowIfDisposed();
+            _packTask.Set(w, src, layout);
+            _team.Run(_packTask);
         }
     }
 
@@ -75,6 +109,10 @@ public sealed unsafe partial class CpuKernelBackend
                 if (pw.Layout == PanelLayout.Bf16Pairs)
                 {
                     ComputeSmallBf16(px, rows, pw, py);
+                }
+                else if (NeedsInputPass(pw))
+                {
+                    ComputeSmallFp8(px, rows, pw, py);
                 }
                 else
                 {
@@ -231,16 +269,21 @@ public sealed unsafe partial class CpuKernelBackend
     /// </summary>
     private void RunMatMulLocked(float* x, nint ldx, int rows, PackedWeight w, float* y, nint ldy)
     {
+        float* rowScales = null;
         if (w.Layout == PanelLayout.Bf16Pairs)
         {
             x = PairsLocked(x, rows, w, out ldx);
         }
+        else if (NeedsInputPass(w))
+        {
+            x = Fp8InputLocked(x, rows, w, out rowScales);
+        }
         if (IsSmall(rows, w))
         {
-            MatMulKernels.Compute(_simd, x, ldx, rows, w, 0, w.Panels, y, ldy);
+            MatMulKernels.Compute(_simd, x, ldx, rows, w, 0, w.Panels, y, ldy, rowScales);
             return;
         }
-        _matMulTask.Set(_simd, x, ldx, rows, w, y, ldy, _team.Threads);
+        _matMulTask.Set(_simd, x, ldx, rows, w, y, ldy, _team.Threads, rowScales);
         _team.Run(_matMulTask);
     }
 
@@ -260,8 +303,11 @@ public sealed unsafe partial class CpuKernelBackend
             if (paired && !IsSmall(n, gateUp))
             {
                 nint ldx = hidden;
-                float* xs = gateUp.Layout == PanelLayout.Bf16Pairs ? PairsLocked(xb, n, gateUp, out ldx) : xb;
-                _gateUpTask.Set(_simd, xs, ldx, n, gateUp, h, act, _team.Threads);
+                float* rowScales = null;
+                float* xs = gateUp.Layout == PanelLayout.Bf16Pairs ? PairsLocked(xb, n, gateUp, out ldx)
+                    : NeedsInputPass(gateUp) ? Fp8InputLocked(xb, n, gateUp, out rowScales)
+                    : xb;
+                _gateUpTask.Set(_simd, xs, ldx, n, gateUp, h, act, _team.Threads, rowScales);
                 _team.Run(_gateUpTask);
             }
             else
@@ -299,6 +345,52 @@ public sealed unsafe partial class CpuKernelBackend
         }
         ldx = kp;
         return pairs;
+    }
+
+    // An FP8 weight whose input needs a pass first: per-token W8A8 quantization, or bf16 rounding at the bf16 precision.
+    private bool NeedsInputPass(PackedWeight w) =>
+        w.IsFp8 && (w.Fp8Activations == Fp8ActivationMode.PerTokenFp8 || Precision == CpuMatMulPrecision.Bf16);
+
+    // The input of an FP8 weight's matmul (x: [rows, K], row stride K) after its pass, in the backend's buffer (done by
+    // the team when large); for W8A8, rowScales receives each row's activation scale.
+    private float* Fp8InputLocked(float* x, int rows, PackedWeight w, out float* rowScales)
+    {
+        int k = w.InFeatures;
+        float* prepared = _fp8Input.Get((long)rows * k);
+        rowScales = w.Fp8Activations == Fp8ActivationMode.PerTokenFp8 ? _fp8RowScales.Get(rows) : null;
+        RowOp op = rowScales != null ? RowOp.Fp8PerToken : RowOp.Bf16Round;
+        if ((long)rows * k < ParallelElementThreshold || rows == 1 || _team.Threads == 1)
+        {
+            RowTask.Execute(op, _simd, 0, rows, k, x, prepared, rowScales, 0f, null, 0, null);
+        }
+        else
+        {
+            _rowTask.Set(op, _simd, rows, k, x, prepared, rowScales, 0f, null, 0, null);
+            _team.Run(_rowTask);
+        }
+        return prepared;
+    }
+
+    // The small-matmul form of Fp8InputLocked: on the calling thread, buffers from the shared array pool.
+    private void ComputeSmallFp8(float* x, int rows, PackedWeight w, float* y)
+    {
+        int k = w.InFeatures;
+        float[] prepared = ArrayPool<float>.Shared.Rent(checked(rows * k));
+        float[] scales = ArrayPool<float>.Shared.Rent(rows);
+        try
+        {
+            fixed (float* px = prepared, ps = scales)
+            {
+                bool perToken = w.Fp8Activations == Fp8ActivationMode.PerTokenFp8;
+                RowTask.Execute(perToken ? RowOp.Fp8PerToken : RowOp.Bf16Round, _simd, 0, rows, k, x, px, ps, 0f, null, 0, null);
+                MatMulKernels.Compute(_simd, px, k, rows, w, 0, w.Panels, y, w.OutFeatures, perToken ? ps : null);
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(prepared);
+            ArrayPool<float>.Shared.Return(scales);
+        }
     }
 
     // Small matmuls run on the calling thread without the lock (concurrent callers), so their pair image comes from

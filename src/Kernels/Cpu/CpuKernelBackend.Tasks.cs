@@ -11,6 +11,15 @@ internal enum RowOp
     /// <summary>x rows (width cols) rounded to bf16 pairs into y (row stride ⌈cols/2⌉ uints).</summary>
     Bf16Pairs,
 
+    /// <summary>
+    /// x rows quantized per token to E4M3 (<see cref="Fp8E4M3.QuantizeRowToValues"/>): the code values into y, each
+    /// row's scale into w[r].
+    /// </summary>
+    Fp8PerToken,
+
+    /// <summary>x rows rounded to bf16 values (still floats) into y.</summary>
+    Bf16Round,
+
     /// <summary>LayerNorm of x rows into y with weight w and bias b.</summary>
     LayerNorm,
 
@@ -107,6 +116,23 @@ internal sealed unsafe class RowTask : ITeamTask
             case RowOp.Bf16Pairs:
                 Bf16DotKernels.ToPairs(x, cols, r0, r1, cols, (uint*)y);
                 break;
+            case RowOp.Fp8PerToken:
+                for (int r = r0; r < r1; r++)
+                {
+                    w[r] = Fp8E4M3.QuantizeRowToValues(new ReadOnlySpan<float>(x + ((long)r * cols), cols), new Span<float>(y + ((long)r * cols), cols));
+                }
+                break;
+            case RowOp.Bf16Round:
+                for (int r = r0; r < r1; r++)
+                {
+                    float* xr = x + ((long)r * cols);
+                    float* yr = y + ((long)r * cols);
+                    for (int c = 0; c < cols; c++)
+                    {
+                        yr[c] = DTypeInfo.Bf16ToFloat(DTypeInfo.FloatToBf16(xr[c]));
+                    }
+                }
+                break;
             case RowOp.Rope:
                 {
                     int half = invFreq!.Length;
@@ -132,11 +158,12 @@ internal sealed unsafe class PackTask : ITeamTask
 {
     private const int PanelsPerChunk = 8;
     private PackedWeight? _weight;
-    private ushort* _src;
+    private void* _src;
     private WeightLayout _layout;
     private int _next;
 
-    public void Set(PackedWeight weight, ushort* src, WeightLayout layout)
+    /// <summary><paramref name="src"/>: bf16 bits, or E4M3 codes for an FP8 weight.</summary>
+    public void Set(PackedWeight weight, void* src, WeightLayout layout)
     {
         _weight = weight;
         _src = src;
@@ -176,8 +203,10 @@ internal sealed unsafe class MatMulTask : ITeamTask
     private int _panelChunks;
     private int _chunks;
     private int _next;
+    private float* _rowScales;
 
-    public void Set(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight w, float* y, nint ldy, int threads)
+    /// <summary><paramref name="rowScales"/>: per-row W8A8 activation scales (FP8 weights), or null.</summary>
+    public void Set(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight w, float* y, nint ldy, int threads, float* rowScales = null)
     {
         _simd = simd;
         _x = x;
@@ -186,6 +215,7 @@ internal sealed unsafe class MatMulTask : ITeamTask
         _w = w;
         _y = y;
         _ldy = ldy;
+        _rowScales = rowScales;
         _panelsPerChunk = PanelsPerChunk(w.Panels, rows, threads);
         _panelChunks = (w.Panels + _panelsPerChunk - 1) / _panelsPerChunk;
         _chunks = _panelChunks * ((rows + RowsPerChunk - 1) / RowsPerChunk);
@@ -218,7 +248,7 @@ internal sealed unsafe class MatMulTask : ITeamTask
             int p0 = pc * _panelsPerChunk;
             int p1 = Math.Min(w.Panels, p0 + _panelsPerChunk);
             int rn = Math.Min(RowsPerChunk, _rows - r0);
-            MatMulKernels.Compute(_simd, _x + (r0 * _ldx), _ldx, rn, w, p0, p1, _y + (r0 * _ldy), _ldy);
+            MatMulKernels.Compute(_simd, _x + (r0 * _ldx), _ldx, rn, w, p0, p1, _y + (r0 * _ldy), _ldy, _rowScales == null ? null : _rowScales + r0);
         }
     }
 }
@@ -242,9 +272,12 @@ internal sealed unsafe class GateUpTask : ITeamTask
     private int _panelsPerChunk;
     private int _chunks;
     private int _next;
+    private float* _rowScales;
 
-    public void Set(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight gateUp, float* hidden, float* act, int threads)
+    /// <summary><paramref name="rowScales"/>: per-row W8A8 activation scales (FP8 weights), or null.</summary>
+    public void Set(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight gateUp, float* hidden, float* act, int threads, float* rowScales = null)
     {
+        _rowScales = rowScales;
         _simd = simd;
         _x = x;
         _ldx = ldx;
@@ -268,8 +301,8 @@ internal sealed unsafe class GateUpTask : ITeamTask
         {
             int a = c * _panelsPerChunk;
             int b = Math.Min(_halfPanels, a + _panelsPerChunk);
-            MatMulKernels.Compute(_simd, _x, _ldx, _rows, w, a, b, _hidden, ldh);
-            MatMulKernels.Compute(_simd, _x, _ldx, _rows, w, a + _halfPanels, b + _halfPanels, _hidden, ldh);
+            MatMulKernels.Compute(_simd, _x, _ldx, _rows, w, a, b, _hidden, ldh, _rowScales);
+            MatMulKernels.Compute(_simd, _x, _ldx, _rows, w, a + _halfPanels, b + _halfPanels, _hidden, ldh, _rowScales);
             int col = a * PackedWeight.PanelWidth;
             int width = (b - a) * PackedWeight.PanelWidth;
             for (int r = 0; r < _rows; r++)

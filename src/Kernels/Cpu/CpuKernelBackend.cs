@@ -27,6 +27,8 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     private readonly ScratchBuffer _ffnHidden = new();
     private readonly ScratchBuffer _ffnActivation = new();
     private readonly ScratchBuffer _pairInput = new();
+    private readonly ScratchBuffer _fp8Input = new();
+    private readonly ScratchBuffer _fp8RowScales = new();
     private readonly PackTask _packTask = new();
     private readonly MatMulTask _matMulTask = new();
     private readonly GateUpTask _gateUpTask = new();
@@ -259,6 +261,8 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
             _ffnHidden.Dispose();
             _ffnActivation.Dispose();
             _pairInput.Dispose();
+            _fp8Input.Dispose();
+            _fp8RowScales.Dispose();
             _decodeAttentionTask.Dispose();
         }
     }

@@ -19,11 +19,37 @@ internal readonly struct Rows6 : IRowCount { public static int Rows => 6; }
 internal readonly struct Rows7 : IRowCount { public static int Rows => 7; }
 internal readonly struct Rows8 : IRowCount { public static int Rows => 8; }
 
+/// <summary>Which half of a 32-column panel a Vector256 microkernel computes (a compile-time choice).</summary>
+internal interface IHalf
+{
+    static abstract bool High { get; }
+}
+
+internal readonly struct LowHalf : IHalf { public static bool High => false; }
+internal readonly struct HighHalf : IHalf { public static bool High => true; }
+
+/// <summary>Creates the line source of one panel slice (see <see cref="ILines512"/>, <see cref="ILines256"/>).</summary>
+internal unsafe interface IPanelLines<TSelf>
+    where TSelf : struct, IPanelLines<TSelf>
+{
+    /// <summary>Bytes per stored k line.</summary>
+    static abstract int LineBytes { get; }
+
+    /// <summary>The lines of panel <paramref name="panel"/> from k = <paramref name="k0"/> on.</summary>
+    static abstract TSelf At(PackedWeight w, int panel, int k0);
+
+    /// <summary>Address of line <paramref name="k"/> of panel <paramref name="panel"/> (for prefetching a slice).</summary>
+    static abstract byte* Address(PackedWeight w, int panel, int k);
+}
+
 /// <summary>
 /// Microkernels of <c>y = x · W</c> over <see cref="PackedWeight"/> panels. Every output element is
 /// <c>acc = fma(x[r, k], W[k, c], acc)</c> for k = 0..K-1 in order, starting from +0, in one fp32 lane; the row
-/// blocking (8, 4, 1 rows, 1 or 4 panels) changes only which registers hold the accumulators, never the arithmetic,
-/// so a row's result is bitwise independent of the other rows of the call (batch invariance) and of the thread split.
+/// blocking (8, 6, 4, 1 rows; whole panels, half panels, 1 or 4 panels), the k blocking (partial sums stored to y as
+/// fp32 and reloaded bit-exactly) and the weight format's decode change only which registers hold the accumulators and
+/// where W comes from, never the arithmetic, so a row's result is bitwise independent of the other rows of the call
+/// (batch invariance), of the thread split and of the SIMD width. FP8 weights decode to exactly their E4M3 values and
+/// are then scaled per output column (and, for W8A8, per row) by <see cref="ScaleOutputs"/>.
 /// </summary>
 internal static unsafe class MatMulKernels
 {
@@ -33,25 +59,76 @@ internal static unsafe class MatMulKernels
     /// stride <paramref name="ldy"/>.
     /// </summary>
     /// <remarks>For <see cref="PanelLayout.Bf16Pairs"/> weights, x is the bf16 pair image of the input
-    /// (<see cref="Bf16DotKernels.ToPairs"/>) and <paramref name="ldx"/> its row stride in uints.</remarks>
-    public static void Compute(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+    /// (<see cref="Bf16DotKernels.ToPairs"/>) and <paramref name="ldx"/> its row stride in uints. For FP8 weights the
+    /// columns are multiplied by the weight's scales afterwards, and by <paramref name="rowScales"/>[r] when given (W8A8:
+    /// x then holds the E4M3 values of the per-token quantized input).</remarks>
+    public static void Compute(SimdLevel simd, float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy,
+        float* rowScales = null)
     {
-        if (w.Layout == PanelLayout.Bf16Pairs)
+        switch (w.Layout)
         {
-            Bf16DotKernels.Compute((uint*)x, ldx, rows, w, p0, p1, y, ldy);
-            return;
-        }
-        switch (simd)
-        {
-            case SimdLevel.Vector512:
-                Compute512(x, ldx, rows, w, p0, p1, y, ldy);
+            case PanelLayout.Bf16Pairs:
+                Bf16DotKernels.Compute((uint*)x, ldx, rows, w, p0, p1, y, ldy);
+                return;
+            case PanelLayout.Widened when simd == SimdLevel.Vector512:
+                Compute512<Bf16Lines>(x, ldx, rows, w, p0, p1, y, ldy);
+                return;
+            case PanelLayout.Widened when simd == SimdLevel.Vector256:
+                Compute256<Bf16Lines>(x, ldx, rows, w, p0, p1, y, ldy);
+                return;
+            case PanelLayout.Widened:
+                ComputeScalar(x, ldx, rows, w, p0, p1, y, ldy);
+                return;
+            case PanelLayout.Fp8Wide when simd == SimdLevel.Vector512 && Fp8Decode.WideSupported:
+                Compute512<Fp8Lines512>(x, ldx, rows, w, p0, p1, y, ldy);
                 break;
-            case SimdLevel.Vector256:
-                Compute256(x, ldx, rows, w, p0, p1, y, ldy);
+            case PanelLayout.Fp8Narrow when simd != SimdLevel.Scalar && Avx2.IsSupported:
+                Compute256<Fp8Lines256>(x, ldx, rows, w, p0, p1, y, ldy);
                 break;
             default:
-                ComputeScalar(x, ldx, rows, w, p0, p1, y, ldy);
+                // An FP8 weight packed for another SIMD width, or no vector unit: exact table decode.
+                ComputeScalarFp8(x, ldx, rows, w, p0, p1, y, ldy);
                 break;
+        }
+        ScaleOutputs(w, rows, p0, p1, y, ldy, rowScales);
+    }
+
+    /// <summary>
+    /// FP8 epilogue over panels <c>[p0, p1)</c>: <c>y[r, c] = y[r, c] · scales[c]</c>, then <c>· rowScales[r]</c> when
+    /// given; two float32 roundings in that order on every path.
+    /// </summary>
+    private static void ScaleOutputs(PackedWeight w, int rows, int p0, int p1, float* y, nint ldy, float* rowScales)
+    {
+        int c0 = p0 * PackedWeight.PanelWidth;
+        int c1 = Math.Min(w.OutFeatures, p1 * PackedWeight.PanelWidth);
+        float* scales = w.Scales;
+        for (int r = 0; r < rows; r++)
+        {
+            float* yr = y + (r * ldy);
+            int c = c0;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                if (rowScales == null)
+                {
+                    for (; c + 8 <= c1; c += 8)
+                    {
+                        (Vector256.Load(yr + c) * Vector256.Load(scales + c)).Store(yr + c);
+                    }
+                }
+                else
+                {
+                    var sx = Vector256.Create(rowScales[r]);
+                    for (; c + 8 <= c1; c += 8)
+                    {
+                        (Vector256.Load(yr + c) * Vector256.Load(scales + c) * sx).Store(yr + c);
+                    }
+                }
+            }
+            for (; c < c1; c++)
+            {
+                float v = yr[c] * scales[c];
+                yr[c] = rowScales == null ? v : v * rowScales[r];
+            }
         }
     }
 
@@ -67,12 +144,13 @@ internal static unsafe class MatMulKernels
     /// <summary>Kernels with at most this many rows prefetch their weight stream (more rows are compute-bound).</summary>
     private const int Prefetching = 8;
 
-    /// <summary>k-block length for multi-row-block calls: 256 lines of a panel = 16 KiB.</summary>
+    /// <summary>k-block length for multi-row-block calls: 256 lines of a panel = 16 KiB of bf16 (8 KiB of FP8).</summary>
     private const int KBlock = 256;
 
     private static int PanelWidthOf(PackedWeight w, int p) => Math.Min(PackedWeight.PanelWidth, w.OutFeatures - (p * PackedWeight.PanelWidth));
 
-    private static void Compute512(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+    private static void Compute512<TL>(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+        where TL : struct, ILines512, IPanelLines<TL>
     {
         int k = w.InFeatures;
         float* tile = stackalloc float[8 * PackedWeight.PanelWidth];
@@ -82,7 +160,7 @@ internal static unsafe class MatMulKernels
             // Four panels at once give 8 independent FMA chains: a single panel is FMA-latency bound at T=1.
             for (; p + 4 <= p1 && PanelWidthOf(w, p + 3) == PackedWeight.PanelWidth; p += 4)
             {
-                Kernel512x4(x, w.Panel(p), (nint)k * PackedWeight.LineUints, k, y + (p * PackedWeight.PanelWidth));
+                Kernel512x4(x, TL.At(w, p, 0), TL.At(w, p + 1, 0), TL.At(w, p + 2, 0), TL.At(w, p + 3, 0), k, y + (p * PackedWeight.PanelWidth));
             }
             for (; p < p1; p++)
             {
@@ -90,11 +168,11 @@ internal static unsafe class MatMulKernels
                 float* yp = y + (p * PackedWeight.PanelWidth);
                 if (width == PackedWeight.PanelWidth)
                 {
-                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, yp, ldy, false);
+                    Kernel512<Rows1, TL>(x, ldx, TL.At(w, p, 0), k, yp, ldy, false);
                 }
                 else
                 {
-                    Kernel512<Rows1>(x, ldx, w.Panel(p), k, tile, PackedWeight.PanelWidth, false);
+                    Kernel512<Rows1, TL>(x, ldx, TL.At(w, p, 0), k, tile, PackedWeight.PanelWidth, false);
                     CopyTile(tile, 1, yp, ldy, width);
                 }
             }
@@ -105,20 +183,32 @@ internal static unsafe class MatMulKernels
         // and the rows' k-slice (≤ 128 KiB) stays in L2 across panels. Partial sums go through y as fp32 and come back
         // bit-exact, so the per-element FMA sequence is the same as unblocked.
         int kBlock = rows > 8 ? KBlock : k;
+        // A compressed format read by several row blocks is decoded once per k-slice into widened bf16 lines (16 KiB,
+        // L1), which every row block then reads like a bf16 panel: the decode is paid once, not once per 8 rows.
+        bool decodeSlice = typeof(TL) != typeof(Bf16Lines) && rows > 8;
+        uint* decoded = stackalloc uint[decodeSlice ? KBlock * PackedWeight.LineUints : 1];
+        int lineBytes = TL.LineBytes;
         for (int k0 = 0; k0 < k; k0 += kBlock)
         {
             int kn = Math.Min(kBlock, k - k0);
             for (int p = p0; p < fullEnd; p++)
             {
-                uint* panel = w.Panel(p) + ((nint)k0 * PackedWeight.LineUints);
+                TL lines = TL.At(w, p, k0);
                 float* yp = y + (p * PackedWeight.PanelWidth);
-                // The next panel's k-slice (16 KiB, a fresh stream from DRAM when the weights exceed L3) is prefetched
-                // in pieces while this one runs, so its first row block does not stall on every line.
-                uint* nextSlice = p + 1 < fullEnd ? w.Panel(p + 1) + ((nint)k0 * PackedWeight.LineUints)
-                    : k0 + kBlock < k ? w.Panel(p0) + ((nint)(k0 + kBlock) * PackedWeight.LineUints) : null;
+                // The next panel's k-slice (a fresh stream from DRAM when the weights exceed L3) is prefetched in
+                // pieces while this one runs, so its first row block does not stall on every line.
+                byte* nextSlice = p + 1 < fullEnd ? TL.Address(w, p + 1, k0)
+                    : k0 + kBlock < k ? TL.Address(w, p0, k0 + kBlock) : null;
                 int nextLines = p + 1 < fullEnd ? kn : Math.Min(kBlock, k - k0 - kBlock);
                 int blocks = (rows + 7) >> 3;
                 int linesPerBlock = (nextLines + blocks - 1) / blocks;
+                if (decodeSlice)
+                {
+                    for (int l = 0; l < kn; l++)
+                    {
+                        lines.Line(l).Store(decoded + ((nint)l * PackedWeight.LineUints));
+                    }
+                }
                 for (int r = 0, block = 0; r < rows; r += 8, block++)
                 {
                     if (nextSlice != null && Sse.IsSupported)
@@ -127,7 +217,7 @@ internal static unsafe class MatMulKernels
                         int l1 = Math.Min(nextLines, l0 + linesPerBlock);
                         for (int l = l0; l < l1; l++)
                         {
-                            Sse.Prefetch0(nextSlice + ((nint)l * PackedWeight.LineUints));
+                            Sse.Prefetch0(nextSlice + ((nint)l * lineBytes));
                         }
                     }
                     if (p == p0 && k0 + kBlock < k && Sse.IsSupported)
@@ -144,7 +234,15 @@ internal static unsafe class MatMulKernels
                             }
                         }
                     }
-                    Rows512(x + (r * ldx) + k0, ldx, Math.Min(8, rows - r), panel, kn, yp + (r * ldy), ldy, k0 > 0);
+                    int n = Math.Min(8, rows - r);
+                    if (decodeSlice)
+                    {
+                        Rows512(x + (r * ldx) + k0, ldx, n, new Bf16Lines(decoded), kn, yp + (r * ldy), ldy, k0 > 0);
+                    }
+                    else
+                    {
+                        Rows512(x + (r * ldx) + k0, ldx, n, lines, kn, yp + (r * ldy), ldy, k0 > 0);
+                    }
                 }
             }
         }
@@ -155,60 +253,140 @@ internal static unsafe class MatMulKernels
             for (int r = 0; r < rows; r += 8)
             {
                 int n = Math.Min(8, rows - r);
-                Rows512(x + (r * ldx), ldx, n, w.Panel(fullEnd), k, tile, PackedWeight.PanelWidth, false);
+                Rows512(x + (r * ldx), ldx, n, TL.At(w, fullEnd, 0), k, tile, PackedWeight.PanelWidth, false);
                 CopyTile(tile, n, yp + (r * ldy), ldy, width);
             }
         }
     }
 
-    private static void Rows512(float* x, nint ldx, int rows, uint* panel, int k, float* y, nint ldy, bool accumulate)
+    private static void Rows512<TL>(float* x, nint ldx, int rows, TL lines, int k, float* y, nint ldy, bool accumulate)
+        where TL : struct, ILines512
     {
         switch (rows)
         {
-            case 1: Kernel512<Rows1>(x, ldx, panel, k, y, ldy, accumulate); break;
-            case 2: Kernel512<Rows2>(x, ldx, panel, k, y, ldy, accumulate); break;
-            case 3: Kernel512<Rows3>(x, ldx, panel, k, y, ldy, accumulate); break;
-            case 4: Kernel512<Rows4>(x, ldx, panel, k, y, ldy, accumulate); break;
-            case 5: Kernel512<Rows5>(x, ldx, panel, k, y, ldy, accumulate); break;
-            case 6: Kernel512<Rows6>(x, ldx, panel, k, y, ldy, accumulate); break;
-            case 7: Kernel512<Rows7>(x, ldx, panel, k, y, ldy, accumulate); break;
-            default: Kernel512<Rows8>(x, ldx, panel, k, y, ldy, accumulate); break;
+            case 1: Kernel512<Rows1, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 2: Kernel512<Rows2, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 3: Kernel512<Rows3, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 4: Kernel512<Rows4, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 5: Kernel512<Rows5, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 6: Kernel512<Rows6, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 7: Kernel512<Rows7, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
+            default: Kernel512<Rows8, TL>(x, ldx, lines, k, y, ldy, accumulate); break;
         }
     }
 
-    private static void Compute256(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+    /// <summary>
+    /// The Vector256 path: half panels (16 columns) × up to <see cref="ILines256.MaxRows"/> rows per microkernel, so the
+    /// accumulators, the two weight vectors and the broadcast fit the 16 ymm registers (6 × 16 for bf16: 12
+    /// accumulators; a whole 32-column panel would leave room for only 2 rows). With several row blocks k is blocked
+    /// as on the Vector512 path: a panel's k-slice is read from L1 by every row block and both halves.
+    /// </summary>
+    private static void Compute256<TL>(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+        where TL : struct, ILines256, IPanelLines<TL>
     {
         int k = w.InFeatures;
-        float* tile = stackalloc float[4 * PackedWeight.PanelWidth];
-        for (int p = p0; p < p1; p++)
+        int maxRows = TL.MaxRows;
+        float* tile = stackalloc float[6 * 16];
+        if (rows == 1)
         {
-            uint* panel = w.Panel(p);
-            int width = PanelWidthOf(w, p);
-            float* yp = y + (p * PackedWeight.PanelWidth);
-            for (int r = 0; r < rows; r += 4)
+            float* row = stackalloc float[PackedWeight.PanelWidth];
+            for (int p = p0; p < p1; p++)
             {
-                int n = Math.Min(4, rows - r);
-                if (width == PackedWeight.PanelWidth)
+                int width = PanelWidthOf(w, p);
+                float* yp = y + (p * PackedWeight.PanelWidth);
+                Kernel256x1(x, TL.At(w, p, 0), k, width == PackedWeight.PanelWidth ? yp : row);
+                if (width < PackedWeight.PanelWidth)
                 {
-                    Rows256(x + (r * ldx), ldx, n, panel, k, yp + (r * ldy), ldy);
+                    CopyTile(row, 1, yp, ldy, width);
+                }
+            }
+            return;
+        }
+        int fullEnd = p1 > p0 && PanelWidthOf(w, p1 - 1) < PackedWeight.PanelWidth ? p1 - 1 : p1;
+        // A compressed format read by more rows than one microkernel takes is decoded once per k-slice into widened
+        // bf16 lines (16 KiB, L1) that every row block and both halves then read as a bf16 panel (6-row blocks): the
+        // decode is paid once, not once per row block and half.
+        bool decodeSlice = typeof(TL) != typeof(Bf16Lines) && rows > maxRows;
+        uint* decoded = stackalloc uint[decodeSlice ? KBlock * PackedWeight.LineUints : 1];
+        int blockRows = decodeSlice ? Bf16Lines.MaxRows : maxRows;
+        int kBlock = rows > maxRows ? KBlock : k;
+        for (int k0 = 0; k0 < k; k0 += kBlock)
+        {
+            int kn = Math.Min(kBlock, k - k0);
+            bool accumulate = k0 > 0;
+            for (int p = p0; p < fullEnd; p++)
+            {
+                TL lines = TL.At(w, p, k0);
+                float* yp = y + (p * PackedWeight.PanelWidth);
+                if (p + 1 < fullEnd && Sse.IsSupported)
+                {
+                    // The next panel's k-slice: its lines arrive while this panel's row blocks run.
+                    byte* next = TL.Address(w, p + 1, k0);
+                    for (nint off = 0; off < (nint)kn * TL.LineBytes; off += 64)
+                    {
+                        Sse.Prefetch1(next + off);
+                    }
+                }
+                if (decodeSlice)
+                {
+                    for (int l = 0; l < kn; l++)
+                    {
+                        lines.Widen(l, decoded + ((nint)l * PackedWeight.LineUints));
+                    }
+                    HalfPanels(x + k0, ldx, rows, blockRows, new Bf16Lines(decoded), kn, yp, ldy, accumulate);
                 }
                 else
                 {
-                    Rows256(x + (r * ldx), ldx, n, panel, k, tile, PackedWeight.PanelWidth);
-                    CopyTile(tile, n, yp + (r * ldy), ldy, width);
+                    HalfPanels(x + k0, ldx, rows, blockRows, lines, kn, yp, ldy, accumulate);
+                }
+            }
+        }
+        if (fullEnd < p1)
+        {
+            // The last, partial panel: whole k (no partial sums to keep), narrow halves through a tile.
+            int width = PanelWidthOf(w, fullEnd);
+            float* yp = y + (fullEnd * PackedWeight.PanelWidth);
+            TL lines = TL.At(w, fullEnd, 0);
+            for (int r = 0; r < rows; r += maxRows)
+            {
+                int n = Math.Min(maxRows, rows - r);
+                Rows256<LowHalf, TL>(x + (r * ldx), ldx, n, lines, k, tile, 16, false);
+                CopyTile(tile, n, yp + (r * ldy), ldy, Math.Min(16, width), 16);
+                if (width > 16)
+                {
+                    Rows256<HighHalf, TL>(x + (r * ldx), ldx, n, lines, k, tile, 16, false);
+                    CopyTile(tile, n, yp + (r * ldy) + 16, ldy, width - 16, 16);
                 }
             }
         }
     }
 
-    private static void Rows256(float* x, nint ldx, int rows, uint* panel, int k, float* y, nint ldy)
+    /// <summary>Both halves of one panel slice for every row block of <paramref name="blockRows"/> rows.</summary>
+    private static void HalfPanels<TL>(float* x, nint ldx, int rows, int blockRows, TL lines, int k, float* y, nint ldy, bool accumulate)
+        where TL : struct, ILines256
+    {
+        for (int r = 0; r < rows; r += blockRows)
+        {
+            Rows256<LowHalf, TL>(x + (r * ldx), ldx, Math.Min(blockRows, rows - r), lines, k, y + (r * ldy), ldy, accumulate);
+        }
+        for (int r = 0; r < rows; r += blockRows)
+        {
+            Rows256<HighHalf, TL>(x + (r * ldx), ldx, Math.Min(blockRows, rows - r), lines, k, y + (r * ldy) + 16, ldy, accumulate);
+        }
+    }
+
+    private static void Rows256<TH, TL>(float* x, nint ldx, int rows, TL lines, int k, float* y, nint ldy, bool accumulate)
+        where TH : struct, IHalf
+        where TL : struct, ILines256
     {
         switch (rows)
         {
-            case 1: Kernel256<Rows1>(x, ldx, panel, k, y, ldy); break;
-            case 2: Kernel256<Rows2>(x, ldx, panel, k, y, ldy); break;
-            case 3: Kernel256<Rows3>(x, ldx, panel, k, y, ldy); break;
-            default: Kernel256<Rows4>(x, ldx, panel, k, y, ldy); break;
+            case 1: Kernel256<Rows1, TL, TH>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 2: Kernel256<Rows2, TL, TH>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 3: Kernel256<Rows3, TL, TH>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 4: Kernel256<Rows4, TL, TH>(x, ldx, lines, k, y, ldy, accumulate); break;
+            case 5: Kernel256<Rows5, TL, TH>(x, ldx, lines, k, y, ldy, accumulate); break;
+            default: Kernel256<Rows6, TL, TH>(x, ldx, lines, k, y, ldy, accumulate); break;
         }
     }
 
@@ -244,6 +422,43 @@ internal static unsafe class MatMulKernels
         }
     }
 
+    /// <summary>FP8 weights in either byte order, decoded through the E4M3 value table: the same FMA chain per element.</summary>
+    private static void ComputeScalarFp8(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+    {
+        int k = w.InFeatures;
+        float* acc = stackalloc float[PackedWeight.PanelWidth];
+        int* position = stackalloc int[PackedWeight.PanelWidth];
+        for (int j = 0; j < PackedWeight.PanelWidth; j++)
+        {
+            position[j] = PackedWeight.Fp8Position(w.Layout, j);
+        }
+        ReadOnlySpan<float> values = Fp8E4M3.ValueTable;
+        for (int p = p0; p < p1; p++)
+        {
+            byte* panel = w.Fp8Lines(p);
+            int width = PanelWidthOf(w, p);
+            for (int r = 0; r < rows; r++)
+            {
+                float* xr = x + (r * ldx);
+                new Span<float>(acc, PackedWeight.PanelWidth).Clear();
+                byte* line = panel;
+                for (int kk = 0; kk < k; kk++, line += PackedWeight.Fp8LineBytes)
+                {
+                    float xv = xr[kk];
+                    for (int j = 0; j < PackedWeight.PanelWidth; j++)
+                    {
+                        acc[j] = MathF.FusedMultiplyAdd(xv, values[line[position[j]]], acc[j]);
+                    }
+                }
+                float* yr = y + (r * ldy) + (p * PackedWeight.PanelWidth);
+                for (int j = 0; j < width; j++)
+                {
+                    yr[j] = acc[j];
+                }
+            }
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Store(float* y, Vector512<float> lo, Vector512<float> hi)
     {
@@ -260,14 +475,14 @@ internal static unsafe class MatMulKernels
         d.Store(y + 24);
     }
 
-    /// <summary>Copies a <c>rows × 32</c> tile into y, keeping only the first <paramref name="width"/> columns.</summary>
-    private static void CopyTile(float* tile, int rows, float* y, nint ldy, int width)
+    /// <summary>Copies a <c>rows × tileStride</c> tile into y, keeping only the first <paramref name="width"/> columns.</summary>
+    private static void CopyTile(float* tile, int rows, float* y, nint ldy, int width, int tileStride = PackedWeight.PanelWidth)
     {
         for (int r = 0; r < rows; r++)
         {
             for (int j = 0; j < width; j++)
             {
-                y[(r * ldy) + j] = tile[(r * PackedWeight.PanelWidth) + j];
+                y[(r * ldy) + j] = tile[(r * tileStride) + j];
             }
         }
     }
@@ -277,8 +492,9 @@ internal static unsafe class MatMulKernels
     /// <paramref name="accumulate"/>, the accumulators start from y (a previous k block) instead of +0.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel512<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy, bool accumulate)
+    private static void Kernel512<TR, TL>(float* x, nint ldx, TL w, int k, float* y, nint ldy, bool accumulate)
         where TR : struct, IRowCount
+        where TL : struct, ILines512
     {
         Vector512<uint> mask = Vector512.Create(0xFFFF0000u);
         Vector512<float> a0l = default, a0h = default;
@@ -339,11 +555,11 @@ internal static unsafe class MatMulKernels
         float* x7 = x + (7 * ldx);
         for (nint kk = 0; kk < k; kk++)
         {
-            if (Sse.IsSupported && TR.Rows <= Prefetching)
+            if (TR.Rows <= Prefetching)
             {
-                Sse.Prefetch0(w + ((kk + SinglePanelPrefetchLines) * PackedWeight.LineUints));
+                w.Prefetch(kk + SinglePanelPrefetchLines);
             }
-            Vector512<uint> raw = Vector512.Load(w + (kk * PackedWeight.LineUints));
+            Vector512<uint> raw = w.Line(kk);
             Vector512<float> lo = (raw << 16).AsSingle();
             Vector512<float> hi = (raw & mask).AsSingle();
             Vector512<float> b = Vector512.Create(x0[kk]);
@@ -425,31 +641,24 @@ internal static unsafe class MatMulKernels
 
     /// <summary>One row × four full panels (T=1 decode): 8 independent accumulator chains, four weight streams.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel512x4(float* x, uint* w, nint panelStride, int k, float* y)
+    private static void Kernel512x4<TL>(float* x, TL w0, TL w1, TL w2, TL w3, int k, float* y)
+        where TL : struct, ILines512
     {
         Vector512<uint> mask = Vector512.Create(0xFFFF0000u);
         Vector512<float> a0l = default, a0h = default, a1l = default, a1h = default;
         Vector512<float> a2l = default, a2h = default, a3l = default, a3h = default;
-        uint* w0 = w;
-        uint* w1 = w + panelStride;
-        uint* w2 = w + (2 * panelStride);
-        uint* w3 = w + (3 * panelStride);
         for (nint kk = 0; kk < k; kk++)
         {
-            nint off = kk * PackedWeight.LineUints;
-            nint ahead = off + (PrefetchLines * PackedWeight.LineUints);
-            if (Sse.IsSupported)
-            {
-                Sse.Prefetch0(w0 + ahead);
-                Sse.Prefetch0(w1 + ahead);
-                Sse.Prefetch0(w2 + ahead);
-                Sse.Prefetch0(w3 + ahead);
-            }
+            nint ahead = kk + PrefetchLines;
+            w0.Prefetch(ahead);
+            w1.Prefetch(ahead);
+            w2.Prefetch(ahead);
+            w3.Prefetch(ahead);
             Vector512<float> b = Vector512.Create(x[kk]);
-            Vector512<uint> r0 = Vector512.Load(w0 + off);
-            Vector512<uint> r1 = Vector512.Load(w1 + off);
-            Vector512<uint> r2 = Vector512.Load(w2 + off);
-            Vector512<uint> r3 = Vector512.Load(w3 + off);
+            Vector512<uint> r0 = w0.Line(kk);
+            Vector512<uint> r1 = w1.Line(kk);
+            Vector512<uint> r2 = w2.Line(kk);
+            Vector512<uint> r3 = w3.Line(kk);
             a0l = Vector512.FusedMultiplyAdd(b, (r0 << 16).AsSingle(), a0l);
             a0h = Vector512.FusedMultiplyAdd(b, (r0 & mask).AsSingle(), a0h);
             a1l = Vector512.FusedMultiplyAdd(b, (r1 << 16).AsSingle(), a1l);
@@ -469,70 +678,150 @@ internal static unsafe class MatMulKernels
         a3h.Store(y + 112);
     }
 
-    /// <summary>Up to 4 rows × one panel with 256-bit vectors: lanes 0-7 and 8-15 of a line are two loads.</summary>
+    /// <summary>
+    /// Up to 6 rows × half a panel (16 columns) with 256-bit vectors: 12 ymm accumulators, two weight vectors and one
+    /// broadcast. With <paramref name="accumulate"/>, the accumulators start from y (a previous k block) instead of +0.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel256<TR>(float* x, nint ldx, uint* w, int k, float* y, nint ldy)
+    private static void Kernel256<TR, TL, TH>(float* x, nint ldx, TL w, int k, float* y, nint ldy, bool accumulate)
         where TR : struct, IRowCount
+        where TL : struct, ILines256
+        where TH : struct, IHalf
     {
-        Vector256<uint> mask = Vector256.Create(0xFFFF0000u);
-        Vector256<float> a0a = default, a0b = default, a0c = default, a0d = default;
-        Vector256<float> a1a = default, a1b = default, a1c = default, a1d = default;
-        Vector256<float> a2a = default, a2b = default, a2c = default, a2d = default;
-        Vector256<float> a3a = default, a3b = default, a3c = default, a3d = default;
-        float* x0 = x + (0 * ldx);
-        float* x1 = x + (1 * ldx);
-        float* x2 = x + (2 * ldx);
-        float* x3 = x + (3 * ldx);
-        for (nint kk = 0; kk < k; kk++)
+        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default;
+        Vector256<float> a3 = default, b3 = default, a4 = default, b4 = default, a5 = default, b5 = default;
+        if (accumulate)
         {
-            Vector256<uint> rawA = Vector256.Load(w + (kk * PackedWeight.LineUints));
-            Vector256<uint> rawB = Vector256.Load(w + (kk * PackedWeight.LineUints) + 8);
-            Vector256<float> c0 = (rawA << 16).AsSingle();
-            Vector256<float> c8 = (rawB << 16).AsSingle();
-            Vector256<float> c16 = (rawA & mask).AsSingle();
-            Vector256<float> c24 = (rawB & mask).AsSingle();
-            Vector256<float> b = Vector256.Create(x0[kk]);
-            a0a = Vector256.FusedMultiplyAdd(b, c0, a0a);
-            a0b = Vector256.FusedMultiplyAdd(b, c8, a0b);
-            a0c = Vector256.FusedMultiplyAdd(b, c16, a0c);
-            a0d = Vector256.FusedMultiplyAdd(b, c24, a0d);
+            a0 = Vector256.Load(y);
+            b0 = Vector256.Load(y + 8);
             if (TR.Rows > 1)
             {
-                b = Vector256.Create(x1[kk]);
-                a1a = Vector256.FusedMultiplyAdd(b, c0, a1a);
-                a1b = Vector256.FusedMultiplyAdd(b, c8, a1b);
-                a1c = Vector256.FusedMultiplyAdd(b, c16, a1c);
-                a1d = Vector256.FusedMultiplyAdd(b, c24, a1d);
+                a1 = Vector256.Load(y + ldy);
+                b1 = Vector256.Load(y + ldy + 8);
             }
             if (TR.Rows > 2)
             {
-                b = Vector256.Create(x2[kk]);
-                a2a = Vector256.FusedMultiplyAdd(b, c0, a2a);
-                a2b = Vector256.FusedMultiplyAdd(b, c8, a2b);
-                a2c = Vector256.FusedMultiplyAdd(b, c16, a2c);
-                a2d = Vector256.FusedMultiplyAdd(b, c24, a2d);
+                a2 = Vector256.Load(y + (2 * ldy));
+                b2 = Vector256.Load(y + (2 * ldy) + 8);
             }
             if (TR.Rows > 3)
             {
-                b = Vector256.Create(x3[kk]);
-                a3a = Vector256.FusedMultiplyAdd(b, c0, a3a);
-                a3b = Vector256.FusedMultiplyAdd(b, c8, a3b);
-                a3c = Vector256.FusedMultiplyAdd(b, c16, a3c);
-                a3d = Vector256.FusedMultiplyAdd(b, c24, a3d);
+                a3 = Vector256.Load(y + (3 * ldy));
+                b3 = Vector256.Load(y + (3 * ldy) + 8);
+            }
+            if (TR.Rows > 4)
+            {
+                a4 = Vector256.Load(y + (4 * ldy));
+                b4 = Vector256.Load(y + (4 * ldy) + 8);
+            }
+            if (TR.Rows > 5)
+            {
+                a5 = Vector256.Load(y + (5 * ldy));
+                b5 = Vector256.Load(y + (5 * ldy) + 8);
             }
         }
-        Store(y, a0a, a0b, a0c, a0d);
+        float* x0 = x;
+        float* x1 = x + ldx;
+        float* x2 = x + (2 * ldx);
+        float* x3 = x + (3 * ldx);
+        float* x4 = x + (4 * ldx);
+        float* x5 = x + (5 * ldx);
+        for (nint kk = 0; kk < k; kk++)
+        {
+            if (TR.Rows <= 2)
+            {
+                // Few rows: memory-bound, the stream needs prefetching; more rows find the slice in L1.
+                w.Prefetch(kk + SinglePanelPrefetchLines);
+            }
+            Vector256<float> c0, c1;
+            if (TH.High)
+            {
+                w.Hi(kk, out c0, out c1);
+            }
+            else
+            {
+                w.Lo(kk, out c0, out c1);
+            }
+            Vector256<float> bb = Vector256.Create(x0[kk]);
+            a0 = Vector256.FusedMultiplyAdd(bb, c0, a0);
+            b0 = Vector256.FusedMultiplyAdd(bb, c1, b0);
+            if (TR.Rows > 1)
+            {
+                bb = Vector256.Create(x1[kk]);
+                a1 = Vector256.FusedMultiplyAdd(bb, c0, a1);
+                b1 = Vector256.FusedMultiplyAdd(bb, c1, b1);
+            }
+            if (TR.Rows > 2)
+            {
+                bb = Vector256.Create(x2[kk]);
+                a2 = Vector256.FusedMultiplyAdd(bb, c0, a2);
+                b2 = Vector256.FusedMultiplyAdd(bb, c1, b2);
+            }
+            if (TR.Rows > 3)
+            {
+                bb = Vector256.Create(x3[kk]);
+                a3 = Vector256.FusedMultiplyAdd(bb, c0, a3);
+                b3 = Vector256.FusedMultiplyAdd(bb, c1, b3);
+            }
+            if (TR.Rows > 4)
+            {
+                bb = Vector256.Create(x4[kk]);
+                a4 = Vector256.FusedMultiplyAdd(bb, c0, a4);
+                b4 = Vector256.FusedMultiplyAdd(bb, c1, b4);
+            }
+            if (TR.Rows > 5)
+            {
+                bb = Vector256.Create(x5[kk]);
+                a5 = Vector256.FusedMultiplyAdd(bb, c0, a5);
+                b5 = Vector256.FusedMultiplyAdd(bb, c1, b5);
+            }
+        }
+        a0.Store(y);
+        b0.Store(y + 8);
         if (TR.Rows > 1)
         {
-            Store(y + (1 * ldy), a1a, a1b, a1c, a1d);
+            a1.Store(y + ldy);
+            b1.Store(y + ldy + 8);
         }
         if (TR.Rows > 2)
         {
-            Store(y + (2 * ldy), a2a, a2b, a2c, a2d);
+            a2.Store(y + (2 * ldy));
+            b2.Store(y + (2 * ldy) + 8);
         }
         if (TR.Rows > 3)
         {
-            Store(y + (3 * ldy), a3a, a3b, a3c, a3d);
+            a3.Store(y + (3 * ldy));
+            b3.Store(y + (3 * ldy) + 8);
         }
+        if (TR.Rows > 4)
+        {
+            a4.Store(y + (4 * ldy));
+            b4.Store(y + (4 * ldy) + 8);
+        }
+        if (TR.Rows > 5)
+        {
+            a5.Store(y + (5 * ldy));
+            b5.Store(y + (5 * ldy) + 8);
+        }
+    }
+
+    /// <summary>One row × a whole panel (T=1) with 256-bit vectors: four independent accumulator chains.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel256x1<TL>(float* x, TL w, int k, float* y)
+        where TL : struct, ILines256
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (nint kk = 0; kk < k; kk++)
+        {
+            w.Prefetch(kk + SinglePanelPrefetchLines);
+            Vector256<float> bb = Vector256.Create(x[kk]);
+            w.Lo(kk, out Vector256<float> c0, out Vector256<float> c8);
+            w.Hi(kk, out Vector256<float> c16, out Vector256<float> c24);
+            a0 = Vector256.FusedMultiplyAdd(bb, c0, a0);
+            a1 = Vector256.FusedMultiplyAdd(bb, c8, a1);
+            a2 = Vector256.FusedMultiplyAdd(bb, c16, a2);
+            a3 = Vector256.FusedMultiplyAdd(bb, c24, a3);
+        }
+        Store(y, a0, a1, a2, a3);
     }
 }

@@ -17,20 +17,7 @@ public sealed unsafe partial class CudaKernelBackend
         DeviceBuffer data = DeviceBuffer.Allocate(_context.DangerousGetHandle(), elements * 2);
         try
         {
-            using var call = BeginCall();
-            CudaCallContext ctx = call.Context;
-            int chunkElements = (int)(WeightUploadChunkBytes / 2);
-            ulong staging = ctx.Host.Alloc(WeightUploadChunkBytes);
-            for (long offset = 0; offset < elements; offset += chunkElements)
-            {
-                int count = (int)Math.Min(chunkElements, elements - offset);
-                bf16.Slice((int)offset, count).CopyTo(new Span<ushort>((void*)staging, count));
-                CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(data.Pointer + (ulong)(offset * 2), (void*)staging, (nuint)(count * 2L),
-                    ctx.Stream.Value), "cuMemcpyHtoDAsync_v2(weight)");
-                // The staging buffer is reused by the next chunk.
-                ctx.Stream.Synchronize();
-            }
-            call.Complete();
+            UploadChunked(data, bf16);
         }
         catch
         {
@@ -43,8 +30,13 @@ public sealed unsafe partial class CudaKernelBackend
     /// <inheritdoc />
     public void MatMul(ReadOnlySpan<float> x, int rows, IWeightMatrix w, Span<float> y)
     {
-        CudaWeightMatrix cw = Own(w, nameof(w));
         Require(rows >= 0, $"rows must be ≥ 0, got {rows}", nameof(rows));
+        if (w is CudaFp8WeightMatrix)
+        {
+            MatMulFp8(x, rows, OwnFp8(w, nameof(w)), y);
+            return;
+        }
+        CudaWeightMatrix cw = Own(w, nameof(w));
         int k = cw.InFeatures;
         int n = cw.OutFeatures;
         Require(x.Length == (long)rows * k, $"x has {x.Length} elements, expected rows×K = {rows}×{k}", nameof(x));
@@ -87,6 +79,14 @@ public sealed unsafe partial class CudaKernelBackend
         ArgumentNullException.ThrowIfNull(down);
         Require(gateUp.Count == rowCounts.Length && down.Count == rowCounts.Length,
             $"rowCounts ({rowCounts.Length}), gateUp ({gateUp.Count}) and down ({down.Count}) must have one entry per group", nameof(rowCounts));
+        for (int g = 0; g < rowCounts.Length; g++)
+        {
+            if (gateUp[g] is CudaFp8WeightMatrix || down[g] is CudaFp8WeightMatrix)
+            {
+                RunFfnMixed(x, rowCounts, gateUp, down, y);
+                return;
+            }
+        }
         var groups = new List<FfnGroup>(rowCounts.Length);
         long total = 0;
         int hidden = -1;

@@ -6,22 +6,41 @@ namespace Distributed.Kernels.Cuda;
 public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
 {
     /// <inheritdoc />
-    public IKvBlockStore CreateKvBlockStore(int blocks, int blockSize, int rowWidth)
+    public IKvBlockStore CreateKvBlockStore(int blocks, int blockSize, int rowWidth, KvCacheDType dtype = KvCacheDType.Fp32)
     {
         Require(blocks > 0 && blockSize > 0 && rowWidth > 0, $"blocks, blockSize and rowWidth must be positive, got {blocks}, {blockSize}, {rowWidth}", nameof(blocks));
         Require((long)blocks * blockSize <= int.MaxValue, $"blocks × blockSize = {(long)blocks * blockSize} rows exceeds {int.MaxValue}", nameof(blocks));
+        Require(Enum.IsDefined(dtype), $"unknown KV cache dtype {(int)dtype}", nameof(dtype));
         ObjectDisposedException.ThrowIf(_disposed, this);
         _context.SetCurrent();
-        long bytes = checked((long)blocks * blockSize * rowWidth * sizeof(float));
-        DeviceBuffer k = DeviceBuffer.Allocate(_context.DangerousGetHandle(), bytes);
+        long rows = (long)blocks * blockSize;
+        int element = dtype switch
+        {
+            KvCacheDType.Fp32 => sizeof(float),
+            KvCacheDType.Bf16 => sizeof(ushort),
+            _ => sizeof(byte),
+        };
+        long bytes = checked(rows * rowWidth * element);
+        var buffers = new List<DeviceBuffer>(4);
         try
         {
-            DeviceBuffer v = DeviceBuffer.Allocate(_context.DangerousGetHandle(), bytes);
-            return new CudaKvBlockStore(this, k, v, blocks, blockSize, rowWidth);
+            nint context = _context.DangerousGetHandle();
+            buffers.Add(DeviceBuffer.Allocate(context, bytes));
+            buffers.Add(DeviceBuffer.Allocate(context, bytes));
+            if (dtype == KvCacheDType.Fp8E4M3)
+            {
+                buffers.Add(DeviceBuffer.Allocate(context, rows * sizeof(float)));
+                buffers.Add(DeviceBuffer.Allocate(context, rows * sizeof(float)));
+            }
+            return new CudaKvBlockStore(this, buffers[0], buffers[1], buffers.Count > 2 ? buffers[2] : null, buffers.Count > 2 ? buffers[3] : null,
+                blocks, blockSize, rowWidth, dtype);
         }
         catch
         {
-            k.Dispose();
+            foreach (var b in buffers)
+            {
+                b.Dispose();
+            }
             throw;
         }
     }
@@ -38,7 +57,8 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         ulong dk = Upload(ctx, k);
         ulong dv = Upload(ctx, v);
         ulong ds = Upload(ctx, slots);
-        _module.KvScatter(ctx.Stream.Value, dk, dv, ds, store.K.Pointer, store.V.Pointer, slots.Length, store.RowWidth);
+        _module.KvScatter(ctx.Stream.Value, store.DType, dk, dv, ds, store.K.Pointer, store.V.Pointer, store.KScalePointer, store.VScalePointer,
+            slots.Length, store.RowWidth);
         // The pinned staging of this call is reused by the next one: the copies must have left it.
         ctx.Stream.Synchronize();
         call.Complete();
@@ -49,12 +69,18 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         KvBlockStores.ValidateCopy(store, source, destination);
         using var call = BeginCall();
         CudaCallContext ctx = call.Context;
-        // Bytes per block from the allocation, so the copy follows whatever element format the store keeps.
-        ulong blockBytes = (ulong)(store.K.Bytes / store.Blocks);
-        CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(store.K.Pointer + (ulong)destination * blockBytes, store.K.Pointer + (ulong)source * blockBytes,
-            (nuint)blockBytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2");
-        CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(store.V.Pointer + (ulong)destination * blockBytes, store.V.Pointer + (ulong)source * blockBytes,
-            (nuint)blockBytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2");
+        // Bytes per block from each allocation, so the copy follows whatever element format the store keeps (and the
+        // FP8 row scales, kept apart from the codes).
+        foreach (DeviceBuffer? buffer in new[] { store.K, store.V, store.KScale, store.VScale })
+        {
+            if (buffer is null)
+            {
+                continue;
+            }
+            ulong blockBytes = (ulong)(buffer.Bytes / store.Blocks);
+            CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(buffer.Pointer + (ulong)destination * blockBytes, buffer.Pointer + (ulong)source * blockBytes,
+                (nuint)blockBytes, ctx.Stream.Value), "cuMemcpyDtoDAsync_v2");
+        }
         ctx.Stream.Synchronize();
         call.Complete();
     }
@@ -112,8 +138,8 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         for (int rowBase = 0; rowBase < rows; rowBase += slice)
         {
             int n = Math.Min(slice, rows - rowBase);
-            _module.AttentionSplit(ctx.Stream.Value, dq, dp, store.K.Pointer, store.V.Pointer, dt, 0, store.BlockSize, dm, scratch, dout, n, rowBase,
-                maxKeys, 0, p);
+            _module.AttentionSplit(ctx.Stream.Value, store.DType, dq, dp, store.K.Pointer, store.V.Pointer, store.KScalePointer, store.VScalePointer, dt, 0,
+                store.BlockSize, dm, scratch, dout, n, rowBase, maxKeys, 0, p);
         }
         Download(ctx, dout, output);
         call.Complete();
@@ -121,8 +147,8 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
 }
 
 /// <summary>
-/// KV blocks in device memory: K and V each <c>[blocks · blockSize, rowWidth]</c> fp32, allocated up front (the KV budget
-/// is the allocation). A write uploads only the new rows and scatters them; attention uploads queries, positions, the
+/// KV blocks in device memory: K and V each <c>[blocks · blockSize, rowWidth]</c> in <see cref="DType"/> (fp32, bf16, or
+/// FP8 codes plus a <c>[blocks · blockSize]</c> fp32 scale array each), allocated up front (the KV budget is the allocation). A write uploads only the new rows and scatters them; attention uploads queries, positions, the
 /// block tables and per-row sequence data, reads the keys in place, and always runs the split-key kernels, so a row's
 /// result does not depend on whether its sequence ran alone or in a batch.
 /// </summary>
@@ -130,15 +156,29 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
 {
     private readonly CudaKernelBackend _owner;
 
-    internal CudaKvBlockStore(CudaKernelBackend owner, DeviceBuffer k, DeviceBuffer v, int blocks, int blockSize, int rowWidth)
+    internal CudaKvBlockStore(CudaKernelBackend owner, DeviceBuffer k, DeviceBuffer v, DeviceBuffer? kScale, DeviceBuffer? vScale, int blocks,
+        int blockSize, int rowWidth, KvCacheDType dtype)
     {
         _owner = owner;
         K = k;
         V = v;
+        KScale = kScale;
+        VScale = vScale;
         Blocks = blocks;
         BlockSize = blockSize;
         RowWidth = rowWidth;
+        DType = dtype;
     }
+
+    public KvCacheDType DType { get; }
+
+    internal DeviceBuffer? KScale { get; }
+
+    internal DeviceBuffer? VScale { get; }
+
+    internal ulong KScalePointer => KScale?.Pointer ?? 0;
+
+    internal ulong VScalePointer => VScale?.Pointer ?? 0;
 
     public int Blocks { get; }
 
@@ -185,5 +225,7 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
     {
         K.Dispose();
         V.Dispose();
+        KScale?.Dispose();
+        VScale?.Dispose();
     }
 }

@@ -30,7 +30,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     [
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
         "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows", "layernorm", "gelu", "add_bias",
-        "rotate_pairs",
+        "rotate_pairs", "fp8_gemm", "fp8_quant_rows", "swiglu_f32", "attention_split_bf16", "attention_split_fp8", "kv_scatter_bf16", "kv_scatter_fp8",
     ];
 
     private readonly CudaModuleHandle _module;
@@ -353,7 +353,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         Launch("attention", (long)sliceRows * heads, ReduceThreads, stream, a);
     }
 
-    /// <summary>Keys per split of <see cref="AttentionSplit"/> (SPLIT_KEYS in kernels.cu).</summary>
+    /// <summary>Keys per split of the split-key attention (SPLIT_KEYS in kernels.cu).</summary>
     public const int SplitKeys = 256;
 
     /// <summary>
@@ -364,7 +364,15 @@ internal sealed unsafe class CudaKernelModule : IDisposable
     /// their maximum.
     /// </summary>
     public void AttentionSplit(nint stream, ulong q, ulong qpos, ulong k, ulong v, ulong table, int firstSlot, int blockSize, ulong meta, ulong partial,
-        ulong output, int sliceRows, int rowBase, int keys, int keyStart, in AttentionParams p)
+        ulong output, int sliceRows, int rowBase, int keys, int keyStart, in AttentionParams p) =>
+        AttentionSplit(stream, KvCacheDType.Fp32, q, qpos, k, v, 0, 0, table, firstSlot, blockSize, meta, partial, output, sliceRows, rowBase, keys, keyStart, p);
+
+    /// <summary>
+    /// The split-key attention over keys and values kept in <paramref name="dtype"/> (FP8: <paramref name="kScale"/>,
+    /// <paramref name="vScale"/> hold one scale per row).
+    /// </summary>
+    public void AttentionSplit(nint stream, KvCacheDType dtype, ulong q, ulong qpos, ulong k, ulong v, ulong kScale, ulong vScale, ulong table,
+        int firstSlot, int blockSize, ulong meta, ulong partial, ulong output, int sliceRows, int rowBase, int keys, int keyStart, in AttentionParams p)
     {
         int heads = p.Heads;
         int kvHeads = p.KvHeads;
@@ -372,26 +380,38 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         float scale = p.Scale;
         int chunk = p.ChunkSize;
         int splits = (keys + SplitKeys - 1) / SplitKeys;
-        void** a = stackalloc void*[18];
-        a[0] = &q;
-        a[1] = &qpos;
-        a[2] = &k;
-        a[3] = &v;
-        a[4] = &table;
-        a[5] = &firstSlot;
-        a[6] = &blockSize;
-        a[7] = &meta;
-        a[8] = &partial;
-        a[9] = &keys;
-        a[10] = &keyStart;
-        a[11] = &heads;
-        a[12] = &kvHeads;
-        a[13] = &headDim;
-        a[14] = &scale;
-        a[15] = &chunk;
-        a[16] = &rowBase;
-        a[17] = &splits;
-        Launch("attention_split", (long)sliceRows * heads * splits, ReduceThreads, stream, a);
+        void** a = stackalloc void*[20];
+        int i = 0;
+        a[i++] = &q;
+        a[i++] = &qpos;
+        a[i++] = &k;
+        a[i++] = &v;
+        if (dtype == KvCacheDType.Fp8E4M3)
+        {
+            a[i++] = &kScale;
+            a[i++] = &vScale;
+        }
+        a[i++] = &table;
+        a[i++] = &firstSlot;
+        a[i++] = &blockSize;
+        a[i++] = &meta;
+        a[i++] = &partial;
+        a[i++] = &keys;
+        a[i++] = &keyStart;
+        a[i++] = &heads;
+        a[i++] = &kvHeads;
+        a[i++] = &headDim;
+        a[i++] = &scale;
+        a[i++] = &chunk;
+        a[i++] = &rowBase;
+        a[i] = &splits;
+        string kernel = dtype switch
+        {
+            KvCacheDType.Bf16 => "attention_split_bf16",
+            KvCacheDType.Fp8E4M3 => "attention_split_fp8",
+            _ => "attention_split",
+        };
+        Launch(kernel, (long)sliceRows * heads * splits, ReduceThreads, stream, a);
         void** c = stackalloc void*[6];
         c[0] = &partial;
         c[1] = &output;
@@ -402,8 +422,31 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         Launch("attention_combine", (long)sliceRows * heads, ReduceThreads, stream, c);
     }
 
-    /// <summary>Row r of k/v [rows, width] to row slots[r] of the store.</summary>
-    public void KvScatter(nint stream, ulong k, ulong v, ulong slots, ulong storeK, ulong storeV, long rows, int width)
+    /// <summary>
+    /// Row r of k/v [rows, width] (fp32) to row slots[r] of the store, rounded to <paramref name="dtype"/> (FP8: with
+    /// each row's scale into <paramref name="scaleK"/>/<paramref name="scaleV"/>).
+    /// </summary>
+    public void KvScatter(nint stream, KvCacheDType dtype, ulong k, ulong v, ulong slots, ulong storeK, ulong storeV, ulong scaleK, ulong scaleV,
+        long rows, int width)
+    {
+        if (dtype == KvCacheDType.Fp8E4M3)
+        {
+            void** f = stackalloc void*[8];
+            f[0] = &k;
+            f[1] = &v;
+            f[2] = &slots;
+            f[3] = &storeK;
+            f[4] = &storeV;
+            f[5] = &scaleK;
+            f[6] = &scaleV;
+            f[7] = &width;
+            Launch("kv_scatter_fp8", rows, ReduceThreads, stream, f);
+            return;
+        }
+        KvScatter(stream, k, v, slots, storeK, storeV, rows, width, dtype == KvCacheDType.Bf16 ? "kv_scatter_bf16" : "kv_scatter");
+    }
+
+    private void KvScatter(nint stream, ulong k, ulong v, ulong slots, ulong storeK, ulong storeV, long rows, int width, string kernel)
     {
         void** a = stackalloc void*[7];
         a[0] = &k;
@@ -413,7 +456,54 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         a[4] = &storeV;
         a[5] = &rows;
         a[6] = &width;
-        Launch("kv_scatter", ElementwiseBlocks(rows * width), ElementwiseThreads, stream, a);
+        Launch(kernel, ElementwiseBlocks(rows * width), ElementwiseThreads, stream, a);
+    }
+
+    /// <summary>Rows per block of <see cref="Fp8Gemm"/> (F8_TM in kernels.cu).</summary>
+    public const int Fp8TileRows = 32;
+
+    /// <summary>Columns per block of <see cref="Fp8Gemm"/> (F8_TN in kernels.cu).</summary>
+    public const int Fp8TileColumns = 64;
+
+    /// <summary>
+    /// y [rows, n] = (x [rows, k] · decode(w [n, k])) · scales[c] (· rowScales[r] when not 0): one fmaf chain per element
+    /// in k order, as the CPU backend computes it.
+    /// </summary>
+    public void Fp8Gemm(nint stream, ulong x, ulong w, ulong scales, ulong rowScales, ulong y, int rows, int k, int n)
+    {
+        void** a = stackalloc void*[8];
+        a[0] = &x;
+        a[1] = &w;
+        a[2] = &scales;
+        a[3] = &rowScales;
+        a[4] = &y;
+        a[5] = &rows;
+        a[6] = &k;
+        a[7] = &n;
+        long blocks = (long)((rows + Fp8TileRows - 1) / Fp8TileRows) * ((n + Fp8TileColumns - 1) / Fp8TileColumns);
+        Launch("fp8_gemm", blocks, 256, stream, a);
+    }
+
+    /// <summary>W8A8 input pass: q [rows, cols] = E4M3 values of x quantized per row, rowScales [rows] = each row's scale.</summary>
+    public void Fp8QuantRows(nint stream, ulong x, ulong q, ulong rowScales, long rows, int cols)
+    {
+        void** a = stackalloc void*[4];
+        a[0] = &x;
+        a[1] = &q;
+        a[2] = &rowScales;
+        a[3] = &cols;
+        Launch("fp8_quant_rows", rows, ReduceThreads, stream, a);
+    }
+
+    /// <summary>h [rows, inter] = silu(t[:, :inter]) · t[:, inter:], fp32 in and out.</summary>
+    public void SwiGluF32(nint stream, ulong t, ulong h, long rows, int inter)
+    {
+        void** a = stackalloc void*[4];
+        a[0] = &t;
+        a[1] = &h;
+        a[2] = &rows;
+        a[3] = &inter;
+        Launch("swiglu_f32", ElementwiseBlocks(rows * inter), ElementwiseThreads, stream, a);
     }
 
     public void SoftmaxRows(nint stream, ulong x, long rows, int cols)

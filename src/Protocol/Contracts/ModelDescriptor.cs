@@ -12,6 +12,7 @@ namespace Distributed.Protocol.Contracts;
 /// <param name="NumLayers"><c>num_hidden_layers</c>.</param>
 /// <param name="NumExperts"><c>num_local_experts</c> per MoE layer.</param>
 /// <param name="MoeLayers">MoE decoder layers, ascending.</param>
+/// <param name="ExpertFormat">How the routed experts are held (bf16, or FP8 from the checkpoint or quantized at load).</param>
 [GenerateSerializer, Immutable, Alias("distributed.ModelDescriptor")]
 [MessagePackObject]
 public sealed record ModelDescriptor(
@@ -20,11 +21,18 @@ public sealed record ModelDescriptor(
     [property: Id(2), Key(2)] int IntermediateSize,
     [property: Id(3), Key(3)] int NumLayers,
     [property: Id(4), Key(4)] int NumExperts,
-    [property: Id(5), Key(5)] int[] MoeLayers)
+    [property: Id(5), Key(5)] int[] MoeLayers,
+    [property: Id(6), Key(6)] ExpertWeightFormat ExpertFormat = ExpertWeightFormat.Bf16)
 {
-    /// <summary>Bytes of one routed expert's bf16 weights (<c>gate_up</c> <c>[H, 2I]</c> + <c>down</c> <c>[I, H]</c>).</summary>
+    /// <summary>
+    /// Bytes of one routed expert's weights in <see cref="ExpertFormat"/> (<c>gate_up</c> <c>[H, 2I]</c> + <c>down</c>
+    /// <c>[I, H]</c>): 2 bytes per weight in bf16; 1 byte per weight plus one fp32 scale per output channel
+    /// (<c>2I + H</c> of them) in FP8. Capacity planning divides a worker's memory by it.
+    /// </summary>
     [IgnoreMember]
-    public long ExpertBytes => 3L * HiddenSize * IntermediateSize * sizeof(ushort);
+    public long ExpertBytes => ExpertFormat == ExpertWeightFormat.Fp8E4M3
+        ? (3L * HiddenSize * IntermediateSize) + ((2L * IntermediateSize) + HiddenSize) * sizeof(float)
+        : 3L * HiddenSize * IntermediateSize * sizeof(ushort);
 
     /// <summary>True when <paramref name="layer"/> is a MoE layer of this model.</summary>
     public bool IsMoeLayer(int layer) => Array.IndexOf(MoeLayers, layer) >= 0;
@@ -43,6 +51,10 @@ public sealed record ModelDescriptor(
                 $"ModelDescriptor sizes must be positive (hidden {HiddenSize}, intermediate {IntermediateSize}, layers {NumLayers}, experts {NumExperts})");
         }
         ArgumentNullException.ThrowIfNull(MoeLayers);
+        if (!Enum.IsDefined(ExpertFormat))
+        {
+            throw new ArgumentException($"ModelDescriptor.ExpertFormat {(int)ExpertFormat} is not a known expert weight format");
+        }
         for (int i = 0; i < MoeLayers.Length; i++)
         {
             if (MoeLayers[i] < 0 || MoeLayers[i] >= NumLayers || (i > 0 && MoeLayers[i] <= MoeLayers[i - 1]))

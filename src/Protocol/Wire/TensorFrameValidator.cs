@@ -7,10 +7,12 @@ namespace Distributed.Protocol.Wire;
 /// The one validator of data-plane frames. It trusts no field: every count is bounded before any arithmetic, the
 /// arithmetic is checked, and the payload is only touched after its length matched the header exactly.
 /// <list type="bullet">
-/// <item><c>InvalidArgument</c> (all problems listed as field violations): unknown dtype, wrong hidden size, a layer
-/// that is not a MoE layer, no segments, an expert id out of range, a duplicate expert, an empty segment, segment rows
-/// not summing to <c>rows</c>, a payload length other than <c>rows × hidden × element size</c>, both or neither of
-/// payload and shared rows, NaN/Inf in a row (<see cref="CheckFinite"/>).</item>
+/// <item><c>InvalidArgument</c> (all problems listed as field violations): unknown dtype, a reply dtype other than BF16
+/// or FP32 (FP8 requests must name one), wrong hidden size, a layer that is not a MoE layer, no segments, an expert id
+/// out of range, a duplicate expert, an empty segment, segment rows not summing to <c>rows</c>, a payload length other
+/// than <c>rows × row bytes</c> (checked arithmetic; FP8 rows are 4 + hidden bytes), both or neither of payload and
+/// shared rows, FP8 rows on the shared ring, NaN/Inf in a row, and for FP8 a scale that is not finite and positive or a
+/// NaN code (<see cref="CheckFinite"/>).</item>
 /// <item><c>ResourceExhausted</c>: more rows than <see cref="IShardView.MaxRowsPerDispatch"/>.</item>
 /// <item><c>FailedPrecondition</c>: a plan version the worker does not serve (<see cref="IShardView.AcceptsPlanVersion"/>), an
 /// expert this worker does not hold.</item>
@@ -43,7 +45,13 @@ public static class TensorFrameValidator
         bool dtypeOk = WireCodec.IsDefined(request.Dtype);
         if (!dtypeOk)
         {
-            Add("dtype", $"{(int)request.Dtype} is not a wire dtype (BF16 = 1, FP32 = 2)");
+            Add("dtype", $"{(int)request.Dtype} is not a wire dtype (BF16 = 1, FP32 = 2, FP8_E4M3 = 3)");
+        }
+        else if (!WireCodec.IsReplyDType(WireCodec.ReplyDType(request)))
+        {
+            Add("reply_dtype", request.ReplyDtype == WireDType.Unspecified
+                ? $"must be BF16 or FP32 for {request.Dtype} rows (replies are never FP8)"
+                : $"{(int)request.ReplyDtype} is not a reply dtype (BF16 = 1, FP32 = 2)");
         }
         if (request.HiddenSize != (uint)model.HiddenSize)
         {
@@ -102,20 +110,30 @@ public static class TensorFrameValidator
         {
             Add("payload", "must be empty when shared_rows is set");
         }
+        if (hasShared && request.Dtype == WireDType.Fp8E4M3)
+        {
+            Add("shared_rows", "FP8_E4M3 rows travel inline (their bf16 or fp32 replies would not fit the region)");
+        }
         bool oversize = request.Rows > (uint)shard.MaxRowsPerDispatch;
         if (dtypeOk && !oversize && request.HiddenSize == (uint)model.HiddenSize)
         {
             long expected = WireCodec.PayloadBytes(request.Rows, request.HiddenSize, request.Dtype);
+            long rowBytes = WireCodec.RowBytes(request.HiddenSize, request.Dtype);
             if (hasShared)
             {
                 if (request.SharedRows!.Length != (ulong)expected)
                 {
-                    Add("shared_rows.length", $"{request.SharedRows.Length} bytes != rows {request.Rows} × hidden {request.HiddenSize} × {WireCodec.ElementSize(request.Dtype)}");
+                    Add("shared_rows.length", $"{request.SharedRows.Length} bytes != rows {request.Rows} × {rowBytes} bytes per {request.Dtype} row of hidden {request.HiddenSize}");
                 }
             }
             else if (payloadLength != expected)
             {
-                Add("payload", $"{payloadLength} bytes != rows {request.Rows} × hidden {request.HiddenSize} × {WireCodec.ElementSize(request.Dtype)} = {expected}");
+                Add("payload", $"{payloadLength} bytes != rows {request.Rows} × {rowBytes} bytes per {request.Dtype} row of hidden {request.HiddenSize} = {expected}");
+            }
+            var replyDType = WireCodec.ReplyDType(request);
+            if (WireCodec.IsReplyDType(replyDType) && WireCodec.PayloadBytes(request.Rows, request.HiddenSize, replyDType) < 0)
+            {
+                Add("rows", $"a {replyDType} reply of {request.Rows} rows × hidden {request.HiddenSize} exceeds one message");
             }
         }
         if (violations.Count > 0)
@@ -152,14 +170,22 @@ public static class TensorFrameValidator
         return FrameValidationResult.Ok;
     }
 
-    /// <summary>InvalidArgument naming the first row (and its expert) holding NaN or ±Inf, or OK.</summary>
+    /// <summary>
+    /// InvalidArgument naming the first row (and its expert) holding NaN or ±Inf, or for FP8 rows a scale that is not
+    /// finite and positive or a NaN code; else OK.
+    /// </summary>
     /// <param name="payload">The validated <c>[rows, hidden]</c> payload.</param>
     public static FrameValidationResult CheckFinite(ExpertRequest request, ReadOnlySpan<byte> payload)
-        => NonFiniteRow(request, WireCodec.FirstNonFiniteRow(payload, request.Dtype, (int)request.HiddenSize));
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        int bad = WireCodec.FirstInvalidRow(payload, request.Dtype, (int)request.HiddenSize, out string why);
+        return NonFiniteRow(request, bad, why);
+    }
 
-    /// <summary>InvalidArgument naming row <paramref name="bad"/> (and its expert) as holding NaN or ±Inf; OK when
-    /// <paramref name="bad"/> is negative (every row finite).</summary>
-    public static FrameValidationResult NonFiniteRow(ExpertRequest request, int bad)
+    /// <summary>InvalidArgument naming row <paramref name="bad"/> (and its expert) and what is wrong with it
+    /// (<paramref name="why"/>, e.g. from <see cref="WireCodec.TryDecodeFinite(ReadOnlySpan{byte}, WireDType, int, Span{float}, out int, out string)"/>);
+    /// OK when <paramref name="bad"/> is negative (every row usable).</summary>
+    public static FrameValidationResult NonFiniteRow(ExpertRequest request, int bad, string why = "holds NaN or Inf")
     {
         ArgumentNullException.ThrowIfNull(request);
         if (bad < 0)
@@ -178,7 +204,7 @@ public static class TensorFrameValidator
             start += seg.Rows;
         }
         return FrameValidationResult.FromViolations(StatusCode.InvalidArgument, $"request {request.RequestId} is invalid",
-            [new FieldViolation { Field = "payload", Description = $"row {bad} (expert {expert}) holds NaN or Inf" }]);
+            [new FieldViolation { Field = "payload", Description = $"row {bad} (expert {expert}) {why}" }]);
     }
 
     /// <summary>
@@ -199,9 +225,10 @@ public static class TensorFrameValidator
         {
             violations.Add(new FieldViolation { Field = "request_id", Description = $"{reply.RequestId} != {request.RequestId}" });
         }
-        if (reply.Dtype != request.Dtype)
+        var replyDType = WireCodec.ReplyDType(request);
+        if (reply.Dtype != replyDType)
         {
-            violations.Add(new FieldViolation { Field = "dtype", Description = $"{reply.Dtype} != {request.Dtype}" });
+            violations.Add(new FieldViolation { Field = "dtype", Description = $"{reply.Dtype} != {replyDType}" });
         }
         if (reply.Rows != request.Rows)
         {
@@ -211,9 +238,9 @@ public static class TensorFrameValidator
         {
             violations.Add(new FieldViolation { Field = "hidden_size", Description = $"{reply.HiddenSize} != {request.HiddenSize}" });
         }
-        if (violations.Count == 0 && WireCodec.IsDefined(request.Dtype))
+        if (violations.Count == 0 && WireCodec.IsReplyDType(replyDType))
         {
-            long expected = WireCodec.PayloadBytes(request.Rows, request.HiddenSize, request.Dtype);
+            long expected = WireCodec.PayloadBytes(request.Rows, request.HiddenSize, replyDType);
             long actual = reply.SharedRows is null ? payloadLength : (long)Math.Min(reply.SharedRows.Length, long.MaxValue);
             if (actual != expected)
             {

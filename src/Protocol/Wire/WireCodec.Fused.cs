@@ -8,7 +8,8 @@ namespace Distributed.Protocol.Wire;
 /// <summary>
 /// One-pass variants of the codec (issue #15: each direction used to touch the payload about six times). Every result
 /// is bitwise what the unfused steps give: <c>EncodeScaled(x, s)</c> = <c>Encode(x·s)</c>, <c>DecodeAdd</c> =
-/// <c>dst += Decode(src)</c>, <c>TryDecodeFinite</c> = <c>Decode</c> + <see cref="FirstNonFiniteRow"/>.
+/// <c>dst += Decode(src)</c>, <c>TryDecodeFinite</c> = <c>DecodeRows</c> + <see cref="FirstInvalidRow"/> (FP8: and no
+/// decoded value overflows to ±Inf).
 /// Vector512 or Vector256 where the hardware has it, scalar otherwise; wire dtypes without a fused path take the
 /// unfused steps.
 /// </summary>
@@ -17,13 +18,34 @@ public static partial class WireCodec
     /// <summary>
     /// Writes <c>src[i] · scale</c> (one fp32 multiply, then the wire rounding) into <paramref name="dst"/>
     /// (exactly <c>src.Length × ElementSize</c> bytes): the router score applied while encoding, with no fp32 copy.
+    /// For FP8_E4M3, <paramref name="src"/> is ONE row and <paramref name="dst"/> its <see cref="RowBytes"/>: the scaled
+    /// row is quantized per token as <see cref="EncodeRows"/> does (its scale, then its codes).
     /// </summary>
     public static void EncodeScaled(ReadOnlySpan<float> src, float scale, WireDType dtype, Span<byte> dst)
     {
-        int bytes = checked(src.Length * ElementSize(dtype));
+        int bytes = checked((int)RowBytes(src.Length, dtype));
         if (dst.Length != bytes)
         {
             throw new ArgumentException($"destination holds {dst.Length} bytes, {bytes} needed", nameof(dst));
+        }
+        if (dtype == WireDType.Fp8E4M3)
+        {
+            // The row's FP8 scale depends on its largest scaled value, so the scaled row is formed first (one row).
+            float[] scaledRow = System.Buffers.ArrayPool<float>.Shared.Rent(src.Length);
+            try
+            {
+                var x = scaledRow.AsSpan(0, src.Length);
+                for (int j = 0; j < x.Length; j++)
+                {
+                    x[j] = src[j] * scale;
+                }
+                EncodeRows(x, src.Length, dtype, dst);
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<float>.Shared.Return(scaledRow);
+            }
+            return;
         }
         if (!BitConverter.IsLittleEndian)
         {
@@ -176,8 +198,13 @@ public static partial class WireCodec
 
     // TryDecodeFinite in one pass: every DECODED value is checked as it is stored, so the check holds for exactly what
     // is computed on, even when src is memory a peer can still write (the same-host ring).
-    private static bool DecodeFinite(ReadOnlySpan<byte> src, WireDType dtype, int hidden, Span<float> dst, out int badRow)
+    private static bool DecodeFinite(ReadOnlySpan<byte> src, WireDType dtype, int hidden, Span<float> dst, out int badRow, out string why)
     {
+        if (dtype == WireDType.Fp8E4M3)
+        {
+            return DecodeFiniteFp8(src, hidden, dst, out badRow, out why);
+        }
+        why = "holds NaN or Inf";
         int bytes = checked(dst.Length * ElementSize(dtype));
         if (src.Length != bytes)
         {
@@ -302,5 +329,45 @@ public static partial class WireCodec
         var rounded = (b + bias + ((b >> 16) & one)) >> 16;
         var nan = (b >> 16) | quiet;
         return Vector256.ConditionalSelect(Vector256.Equals(f, f).AsUInt32(), rounded, nan);
+    }
+
+    // FP8 rows: each row's scale is read ONCE (the ring may change under us), checked, and every decoded value
+    // code · scale is checked as it is stored: a NaN code or an overflow to ±Inf makes the row bad.
+    private static bool DecodeFiniteFp8(ReadOnlySpan<byte> src, int hidden, Span<float> dst, out int badRow, out string why)
+    {
+        int rows = CheckRows(dst.Length, hidden);
+        int rowBytes = hidden + Fp8ScaleBytes;
+        if (src.Length != (long)rows * rowBytes)
+        {
+            throw new ArgumentException($"source holds {src.Length} bytes, {(long)rows * rowBytes} needed for {rows} FP8 rows", nameof(src));
+        }
+        var values = Distributed.Kernels.Fp8E4M3Codec.Values;
+        for (int r = 0; r < rows; r++)
+        {
+            var row = src.Slice(r * rowBytes, rowBytes);
+            float scale = System.Buffers.Binary.BinaryPrimitives.ReadSingleLittleEndian(row);
+            if (!(scale > 0f) || !float.IsFinite(scale))
+            {
+                badRow = r;
+                why = $"has scale {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}, not finite and positive";
+                return false;
+            }
+            var d = dst.Slice(r * hidden, hidden);
+            for (int i = 0; i < hidden; i++)
+            {
+                byte code = row[Fp8ScaleBytes + i];
+                float v = values[code] * scale;
+                d[i] = v;
+                if (!float.IsFinite(v))
+                {
+                    badRow = r;
+                    why = float.IsNaN(values[code]) ? $"holds the NaN code 0x{code:X2} at element {i}" : $"element {i} overflows (code 0x{code:X2} times scale {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)})";
+                    return false;
+                }
+            }
+        }
+        badRow = -1;
+        why = "";
+        return true;
     }
 }

@@ -41,7 +41,7 @@ internal static class EndToEndBenchmark
         var options = new LocalClusterOptions { Workers = workers, ModelDirectory = model };
         await using var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = WireDType.Bf16 }, _ => { },
             NullLoggerFactory.Instance, CancellationToken.None);
-        foreach (var (wire, shared) in new[] { (WireDType.Bf16, false), (WireDType.Fp32, false), (WireDType.Bf16, true) })
+        foreach (var (wire, shared) in new[] { (WireDType.Bf16, false), (WireDType.Fp32, false), (WireDType.Bf16, true), (WireDType.Fp8E4M3, false) })
         {
             var dispatcher = cluster.CreateDispatcher(new DistributionOptions { WireDType = wire, PreferSharedMemory = shared });
             using var engine = Llama4Engine.Load(model, new CpuKernelBackend(1), dispatcher);

@@ -86,10 +86,22 @@ public sealed class CoordinatorConfigurationTests
         Assert.Equal("bf16", settings.LocalWorkers.WorkerSettings["cpu-precision"]);
     }
 
+    [Fact]
+    public void ExpertLoadOptions_ReachLocalWorkers_AndAWireAloneKeepsExpertsInProcess()
+    {
+        var settings = DistributedExpertsCli.Settings(Build(null, ["--local-workers", "2", "--quantize", "fp8", "--fp8-activations"], out _), "dir", null)!;
+        Assert.Equal(new Checkpoint.ExpertLoadOptions(Checkpoint.ExpertQuantization.Fp8, Kernels.Fp8ActivationMode.PerTokenFp8), settings.LocalWorkers!.Experts);
+        Assert.Equal("fp8-per-token", settings.Distribution.ExpertActivations);
+
+        // --wire without workers: experts stay in process (their rows rounded as that wire would, see InProcessWire).
+        Assert.Null(DistributedExpertsCli.Settings(Build(null, ["--wire", "fp8"], out _), "dir", null));
+    }
+
     [Theory]
     [InlineData("mutually exclusive", "--local-workers", "2", "--workers", "127.0.0.1:5000")]
     [InlineData("mutually exclusive", "--workers", "127.0.0.1:5000", "--clustering", "Redis", "--redis", "r:1")]
-    [InlineData("needs --local-workers, --workers or --clustering", "--wire", "fp32")]
+    [InlineData("needs --local-workers, --workers or --clustering", "--redis", "r:1")]
+    [InlineData("--quantize 'int4' must be none or fp8", "--quantize", "int4")]
     [InlineData("Distribution:MicroBatchMinTokens (--micro-batch) needs --local-workers", "--micro-batch", "16")]
     [InlineData("--micro-batch '1' must be off or a token count", "--local-workers", "2", "--micro-batch", "1")]
     [InlineData("--micro-batch 'some' must be off or a token count", "--local-workers", "2", "--micro-batch", "some")]

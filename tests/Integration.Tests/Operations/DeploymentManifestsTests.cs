@@ -71,12 +71,17 @@ public sealed partial class DeploymentManifestsTests
         var env = Env(Container(Find("Deployment", "moe-coordinator")));
         // The tokens are not configuration keys: each is read from its own variable, set from a Secret.
         string tokenVariable = new Distributed.Coordinator.Admin.ClusterAdminOptions().TokenEnvironmentVariable;
-        foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != tokenVariable && k != ClusterTokenVariable))
+        string apiKeyVariable = new Distributed.Coordinator.Serving.Hosting.ServeOptions().ApiKeyEnvironmentVariable;
+        foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal)
+                     && k != tokenVariable && k != ClusterTokenVariable && k != apiKeyVariable))
         {
             AssertNamesOption(sections, name);
         }
         Assert.True(env.ContainsKey(tokenVariable), $"the coordinator Deployment must set {tokenVariable} (the admin API's token) from a Secret");
         AssertFromCreatedSecret(env[tokenVariable]);
+        // serve listens on 0.0.0.0 there: off loopback the OpenAI API needs its key (or it refuses to start).
+        Assert.True(env.ContainsKey(apiKeyVariable), $"the coordinator Deployment must set {apiKeyVariable} (the OpenAI API's key) from a Secret");
+        AssertFromCreatedSecret(env[apiKeyVariable]);
     }
 
     // The variable the data plane's token comes from (both executables read it).

@@ -51,6 +51,7 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
         {
             ["moe-cluster-token/token"] = Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)),
             ["moe-admin-token/token"] = "admin-" + Guid.NewGuid().ToString("N"),
+            ["moe-api-key/key"] = "key-" + Guid.NewGuid().ToString("N"),
         };
         config["REDIS_CONNECTION"] = redis.Connection;
 
@@ -93,6 +94,12 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
         }
 
         using var http = new HttpClient { BaseAddress = new Uri(_coordinator.BaseAddress), Timeout = TimeSpan.FromMinutes(2) };
+        // The OpenAI API takes the Deployment's API key (from its Secret) and nothing else.
+        using (var anonymous = await http.GetAsync("/v1/models"))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, anonymous.StatusCode);
+        }
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", secrets["moe-api-key/key"]);
         using (var completion = await http.PostAsync("/v1/completions",
             SseClient.Json($$"""{"model":"{{Path.GetFileName(modelDirectory)}}","prompt":[500,12,7],"max_tokens":4,"temperature":0,"return_token_ids":true}""")))
         {

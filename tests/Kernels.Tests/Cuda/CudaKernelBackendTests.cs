@@ -193,9 +193,87 @@ public sealed class CudaKernelBackendTests : IDisposable
             AssertScaled(copyExpected, copy, 1e-5, "a copied block written further on the device");
             Assert.Throws<ArgumentException>(() => copyStore.CopyBlock(3, 3));
         }
+        foreach (var dtype in new[] { KvCacheDType.Bf16, KvCacheDType.Fp8E4M3 })
+        {
+            // Codes and (FP8) row scales are copied: the copy attends like the rows rounded once.
+            using var typedCopy = KvBlockStores.Create(Gpu, 8, 16, 32, dtype: dtype);
+            var (original, originalExpected, copy, copyExpected) = KvBlockStoreCopyScenario.Run(typedCopy, _cpu, new AttentionParams(8, 2, 16, 0.25f, 0), seed: 13);
+            AssertScaled(originalExpected, original, 1e-5, $"the original of a copied {dtype} block on the device");
+            AssertScaled(copyExpected, copy, 1e-5, $"a copied {dtype} block written further on the device");
+        }
         // A host-memory store of the same backend (the baseline) gives the contiguous CUDA result.
         using var host = KvBlockStores.Create(Gpu, 64, 16, 32, preferBackend: false);
         Assert.IsType<HostKvBlockStore>(host);
+    }
+
+    /// <summary>
+    /// The device store in bf16 and FP8 (kv_scatter_bf16/fp8, attention_split_bf16/fp8): rows rounded on the device as
+    /// the host store rounds them, attention equal to the CPU's contiguous attention on the rounded rows, alone and batched.
+    /// </summary>
+    [GpuFact]
+    public void PagedKvStore_Bf16AndFp8_InDeviceMemory_MatchCpuOnTheRoundedRows()
+    {
+        foreach (var dtype in new[] { KvCacheDType.Bf16, KvCacheDType.Fp8E4M3 })
+        {
+            foreach (var (blockSize, keys, firstSlot, chunk) in new[] { (16, 40, 5, 0), (4, 97, 3, 8), (16, 300, 7, 128) })
+            {
+                var p = new AttentionParams(8, 2, 16, 0.25f, chunk);
+                using var store = KvBlockStores.Create(Gpu, 64, blockSize, p.KvHeads * p.HeadDim, dtype: dtype);
+                Assert.Equal(dtype, store.DType);
+                var (paged, contiguous) = KvBlockStoreScenario.Run(store, _cpu, Math.Min(keys, 6), keys, firstSlot, p, seed: blockSize * 31 + keys);
+                AssertScaled(contiguous, paged, 1e-5, $"{dtype} device store, block {blockSize}, keys {keys}, first slot {firstSlot}, chunk {chunk}");
+            }
+            using var batchStore = KvBlockStores.Create(Gpu, 64, 16, 32, dtype: dtype);
+            var (batched, expected) = KvBlockStoreBatchScenario.Run(batchStore, _cpu, new AttentionParams(8, 2, 16, 0.25f, 8), seed: 5);
+            AssertScaled(expected, batched, 1e-5, $"{dtype}: three sequences in one device call");
+        }
+        Assert.Equal(KvCacheDType.Bf16, KvCacheDTypes.DefaultFor(Gpu));
+    }
+
+    /// <summary>
+    /// FP8 weights on the device (fp8_gemm, fp8_quant_rows): bitwise the CPU backend's matmul (the same FMA chain per
+    /// element and the same scale epilogue), weight-only and W8A8, both layouts; the FFN within SiLU's ulp of the CPU.
+    /// </summary>
+    [GpuFact]
+    public void Fp8Weights_MatMulIsBitwiseTheCpus_AndTheFfnMatches()
+    {
+        foreach (var mode in new[] { Fp8ActivationMode.WeightOnly, Fp8ActivationMode.PerTokenFp8 })
+        {
+            foreach (var layout in new[] { WeightLayout.OutIn, WeightLayout.InOut })
+            {
+                foreach (var (rows, k, n) in new[] { (1, 64, 96), (7, 100, 70), (33, 96, 130) })
+                {
+                    var codes = Cpu.CpuFp8MatMulTests.Codes(k * n, rows + k, uniform: true);
+                    var scales = Cpu.CpuFp8MatMulTests.Scales(n, n);
+                    var x = TestData.Floats(rows * k, rows, 2f);
+                    using var wc = _cpu.CreateFp8Weight(codes, scales, k, n, layout, mode);
+                    using var wg = Gpu.CreateFp8Weight(codes, scales, k, n, layout, mode);
+                    Assert.Equal((long)k * n + 4L * n, wg.ResidentBytes);
+                    var e = new float[rows * n];
+                    var a = new float[rows * n];
+                    _cpu.MatMul(x, rows, wc, e);
+                    Gpu.MatMul(x, rows, wg, a);
+                    TestData.AssertBitwiseEqual(e, a, $"FP8 MatMul {mode} {layout} {rows}x{k}x{n}");
+                }
+            }
+            const int H = 64, I = 32;
+            using var gu = Gpu.CreateFp8Weight(Cpu.CpuFp8MatMulTests.Codes(2 * I * H, 1, false), Cpu.CpuFp8MatMulTests.Scales(2 * I, 2), H, 2 * I, WeightLayout.OutIn, mode);
+            using var dn = Gpu.CreateFp8Weight(Cpu.CpuFp8MatMulTests.Codes(I * H, 3, false), Cpu.CpuFp8MatMulTests.Scales(H, 4), I, H, WeightLayout.OutIn, mode);
+            using var cgu = _cpu.CreateFp8Weight(Cpu.CpuFp8MatMulTests.Codes(2 * I * H, 1, false), Cpu.CpuFp8MatMulTests.Scales(2 * I, 2), H, 2 * I, WeightLayout.OutIn, mode);
+            using var cdn = _cpu.CreateFp8Weight(Cpu.CpuFp8MatMulTests.Codes(I * H, 3, false), Cpu.CpuFp8MatMulTests.Scales(H, 4), I, H, WeightLayout.OutIn, mode);
+            using var bgu = Gpu.CreateWeight(TestData.Bf16(H * 2 * I, 5), H, 2 * I, WeightLayout.InOut);
+            using var bdn = Gpu.CreateWeight(TestData.Bf16(I * H, 6), I, H, WeightLayout.InOut);
+            using var cbgu = _cpu.CreateWeight(TestData.Bf16(H * 2 * I, 5), H, 2 * I, WeightLayout.InOut);
+            using var cbdn = _cpu.CreateWeight(TestData.Bf16(I * H, 6), I, H, WeightLayout.InOut);
+            int[] counts = [5, 3];
+            var fx = TestData.Floats(8 * H, 7);
+            var fe = new float[8 * H];
+            var fa = new float[8 * H];
+            _cpu.SwiGluFfnGrouped(fx, counts, [cgu, cbgu], [cdn, cbdn], fe);
+            Gpu.SwiGluFfnGrouped(fx, counts, [gu, bgu], [dn, bdn], fa);
+            AssertScaled(fe, fa, 1e-4, $"FP8 + bf16 experts in one grouped FFN, {mode}");
+        }
+        Assert.Throws<ArgumentException>(() => Gpu.CreateFp8Weight(new byte[12], [1f, 0f, 1f], 4, 3, WeightLayout.OutIn, Fp8ActivationMode.WeightOnly));
     }
 
     [GpuFact]

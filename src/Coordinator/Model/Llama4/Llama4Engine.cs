@@ -56,10 +56,12 @@ public sealed class Llama4Engine : IDisposable
 
     /// <summary>
     /// Opens <paramref name="modelDirectory"/> and loads the coordinator weights. With no <paramref name="dispatcher"/>,
-    /// routed experts run in-process (<see cref="LocalExpertDispatcher"/>, owned by the engine).
+    /// routed experts run in-process (<see cref="LocalExpertDispatcher"/>, owned by the engine, loading them with
+    /// <paramref name="experts"/>: as stored by default, or quantized to FP8, W8A8).
     /// </summary>
-    /// <exception cref="CheckpointException">The directory is not a usable Llama 4 checkpoint.</exception>
-    public static Llama4Engine Load(string modelDirectory, IKernelBackend backend, IExpertDispatcher? dispatcher = null)
+    /// <exception cref="CheckpointException">The directory is not a usable Llama 4 checkpoint, or <paramref name="experts"/>
+    /// does not apply to it.</exception>
+    public static Llama4Engine Load(string modelDirectory, IKernelBackend backend, IExpertDispatcher? dispatcher = null, ExpertLoadOptions? experts = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
         var checkpoint = CheckpointReader.Open(modelDirectory);
@@ -76,7 +78,7 @@ public sealed class Llama4Engine : IDisposable
                 weights.Dispose();
                 throw;
             }
-            LocalExpertDispatcher? local = dispatcher is null ? new LocalExpertDispatcher(checkpoint, backend) : null;
+            LocalExpertDispatcher? local = dispatcher is null ? new LocalExpertDispatcher(checkpoint, backend, experts) : null;
             return new Llama4Engine(checkpoint, weights, backend, dispatcher ?? local!, local, vision is null ? null : new Llama4VisionModel(vision, backend));
         }
         catch
@@ -85,6 +87,13 @@ public sealed class Llama4Engine : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Element type of the KV cache of <c>infer</c> and <c>bench</c> (<c>--kv-dtype</c>, through
+    /// <c>EngineInference.ForOneRequest</c>); null = the backend's default (<see cref="KvCacheDTypes.DefaultFor"/>: bf16 on
+    /// CUDA, fp32 on the CPU). Default: null.
+    /// </summary>
+    public KvCacheDType? KvDType { get; set; }
 
     /// <inheritdoc />
     public void Dispose()

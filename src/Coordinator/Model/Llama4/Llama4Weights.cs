@@ -50,8 +50,10 @@ public sealed class Llama4Weights : IDisposable
                 var up = checkpoint.GetBf16(Llama4TensorNames.SharedUp(il), i, h);
                 layer.FfnGateUp = Own(backend.CreateWeight(Concat(gate, up), (int)h, (int)(2 * i), WeightLayout.OutIn));
                 layer.FfnDown = Own(backend.CreateWeight(checkpoint.GetBf16(Llama4TensorNames.SharedDown(il), h, i), (int)i, (int)h, WeightLayout.OutIn));
-                // The routed experts must exist with the right shapes even though another process may serve them.
-                if (!checkpoint.TryGetInfo(Llama4TensorNames.ExpertsGateUp(il), out _) || !checkpoint.TryGetInfo(Llama4TensorNames.ExpertsDown(il), out _))
+                // The routed experts must exist with the right shapes even though another process may serve them (the
+                // FP8 release's per-expert tensors are checked by CheckpointReader.Open).
+                if (checkpoint.ExpertFormat == Protocol.Contracts.ExpertWeightFormat.Bf16
+                    && (!checkpoint.TryGetInfo(Llama4TensorNames.ExpertsGateUp(il), out _) || !checkpoint.TryGetInfo(Llama4TensorNames.ExpertsDown(il), out _)))
                 {
                     throw new CheckpointException($"MoE layer {il}: fused expert tensors are missing");
                 }

@@ -9,7 +9,8 @@ namespace Distributed.Coordinator.Serving.Hosting;
 /// <summary>
 /// Builds the serving web host: Kestrel on <see cref="ServeOptions.Host"/>:<see cref="ServeOptions.Port"/> speaking
 /// HTTP/1.1, optionally a second port for cleartext HTTP/2 (<see cref="ServeOptions.Http2Port"/>), the request-body limit, the OpenAI endpoints over one
-/// model (<see cref="ServedModel"/>), OpenAI error objects for every failure (404/405 included), and console logs on stderr.
+/// model (<see cref="ServedModel"/>) behind the API key when one is configured (<see cref="ApiKeyMiddleware"/>), OpenAI error
+/// objects for every failure (401/404/405 included), and console logs on stderr.
 /// </summary>
 public static class ServeHost
 {
@@ -87,6 +88,10 @@ public static class ServeHost
 
         var app = builder.Build();
         app.UseMiddleware<ApiErrorMiddleware>();
+        if (options.ResolveApiKey() is { } apiKey)
+        {
+            app.UseMiddleware<ApiKeyMiddleware>(new Coordinator.Hosting.BearerTokenAuthenticator(apiKey));
+        }
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));
         app.Services.GetRequiredService<OpenAiEndpoints>().Map(app);
         operations?.MapEndpoints(app);
@@ -145,6 +150,10 @@ public static class ServeHost
         to.MaxRequestBodyBytes = from.MaxRequestBodyBytes;
         to.QueueFullStatusCode = from.QueueFullStatusCode;
         to.ShutdownTimeout = from.ShutdownTimeout;
+        to.DefaultMaxTokens = from.DefaultMaxTokens;
+        to.ApiKey = from.ApiKey;
+        to.ApiKeyEnvironmentVariable = from.ApiKeyEnvironmentVariable;
+        to.AllowUnauthenticated = from.AllowUnauthenticated;
     }
 
     private sealed class ServeEndpoints

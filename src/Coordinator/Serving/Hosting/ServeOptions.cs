@@ -39,6 +39,33 @@ public sealed class ServeOptions
     /// </summary>
     public int DefaultMaxTokens { get; set; } = DefaultDefaultMaxTokens;
 
+    /// <summary>Smallest accepted API key length (characters).</summary>
+    public const int MinApiKeyLength = 16;
+
+    /// <summary>
+    /// The key every OpenAI API call (<c>/v1/*</c>, <c>/tokenize</c>, <c>/detokenize</c>) must present as
+    /// <c>Authorization: Bearer KEY</c> (what the official clients send as their <c>apiKey</c>). Secret: never logged.
+    /// Default: none (then <see cref="ApiKeyEnvironmentVariable"/> is read; with neither, the API is open, which only a
+    /// loopback listener or <see cref="AllowUnauthenticated"/> permits).
+    /// </summary>
+    public string? ApiKey { get; set; }
+
+    /// <summary>Environment variable holding the API key when <see cref="ApiKey"/> is not set (<c>--api-key-env</c>).
+    /// Default: <c>DISTRIBUTED_API_KEY</c>.</summary>
+    public string ApiKeyEnvironmentVariable { get; set; } = "DISTRIBUTED_API_KEY";
+
+    /// <summary>
+    /// Serve the OpenAI API without an API key on a non-loopback <see cref="Host"/> (<c>--allow-unauthenticated</c>; a
+    /// warning is logged), e.g. behind a gateway that authenticates. Default: false (refused at start-up).
+    /// </summary>
+    public bool AllowUnauthenticated { get; set; }
+
+    /// <summary>The configured API key (<see cref="ApiKey"/>, else the environment variable), or null.</summary>
+    public string? ResolveApiKey()
+        => !string.IsNullOrEmpty(ApiKey) ? ApiKey
+            : string.IsNullOrWhiteSpace(ApiKeyEnvironmentVariable) ? null
+            : Environment.GetEnvironmentVariable(ApiKeyEnvironmentVariable) is { Length: > 0 } key ? key : null;
+
     /// <summary>How long a shutdown waits for in-flight requests before cancelling them. Default: 10 s.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 

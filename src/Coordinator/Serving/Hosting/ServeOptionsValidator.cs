@@ -29,9 +29,19 @@ public sealed class ServeOptionsValidator : IValidateOptions<ServeOptions>
         {
             failures.Add($"ModelName (--model-name) must be 1-256 characters without whitespace, got '{modelName}'.");
         }
-        if (!TryParseHost(options.Host, out _))
+        if (!TryParseHost(options.Host, out var address))
         {
             failures.Add($"Host (--host) must be an IP address or 'localhost', got '{options.Host}'.");
+        }
+        string? apiKey = options.ResolveApiKey();
+        if (apiKey is not null && (apiKey.Length is < ServeOptions.MinApiKeyLength or > 4096 || apiKey.Any(char.IsWhiteSpace)))
+        {
+            failures.Add($"ApiKey ({options.ApiKeyEnvironmentVariable}) must be {ServeOptions.MinApiKeyLength} to 4096 characters without whitespace.");
+        }
+        else if (apiKey is null && !options.AllowUnauthenticated && !address.Equals(IPAddress.None) && !IPAddress.IsLoopback(address))
+        {
+            failures.Add($"Host (--host) {options.Host} is not a loopback address: set an API key ({options.ApiKeyEnvironmentVariable} or Serve:ApiKey), "
+                + "or pass --allow-unauthenticated (Serve:AllowUnauthenticated) when something in front of serve authenticates its callers.");
         }
         if (options.Port is < 0 or > 65535)
         {

@@ -96,7 +96,8 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         _options = options ?? throw new ArgumentNullException(nameof(options));
         options.Validate();
         _logger = (ILogger?)logger ?? NullLogger.Instance;
-        _pool = new KvBlockPool(engine.Config, options.KvBlockSize, options.KvMemoryBytes, engine.Backend, options.BackendKvStore, options.PrefixCaching);
+        _pool = new KvBlockPool(engine.Config, options.KvBlockSize, options.KvMemoryBytes, engine.Backend, options.BackendKvStore, options.PrefixCaching,
+            options.KvDType);
         _pending = Channel.CreateBounded<Sequence>(new BoundedChannelOptions(options.MaxQueuedRequests)
         {
             SingleReader = true,

@@ -82,7 +82,7 @@ public static class EngineInference
     /// <summary>
     /// A scheduler for one sequence of at most <paramref name="totalTokens"/> positions: prefill steps of
     /// <see cref="Llama4Engine.PrefillChunkTokens"/>, a KV pool holding that sequence's worst case (device memory on
-    /// CUDA), no prefix caching. Dispose it after the request.
+    /// CUDA) in <see cref="Llama4Engine.KvDType"/>, no prefix caching. Dispose it after the request.
     /// </summary>
     public static ContinuousBatchScheduler ForOneRequest(Llama4Engine engine, int totalTokens)
     {
@@ -90,7 +90,8 @@ public static class EngineInference
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(totalTokens);
         const int blockSize = 16;
         int chunk = engine.PrefillChunkTokens;
-        long bytes = KvBlockPool.BlocksNeeded(engine.Config, blockSize, totalTokens, chunk) * KvBlockPool.BytesPerBlock(engine.Config, blockSize);
+        var dtype = engine.KvDType ?? Kernels.KvCacheDTypes.DefaultFor(engine.Backend);
+        long bytes = KvBlockPool.BlocksNeeded(engine.Config, blockSize, totalTokens, chunk) * KvBlockPool.BytesPerBlock(engine.Config, blockSize, dtype);
         return new ContinuousBatchScheduler(engine, new SchedulerOptions
         {
             MaxQueuedRequests = 1,
@@ -100,6 +101,7 @@ public static class EngineInference
             KvBlockSize = blockSize,
             KvMemoryBytes = Math.Max(1L << 16, bytes),
             PrefixCaching = false,
+            KvDType = dtype,
         });
     }
 }

@@ -18,8 +18,15 @@ public sealed class SchedulerOptions
     /// <summary>Most prompt tokens one sequence prefills per step, so a long prompt does not stall running decodes. Default: 256.</summary>
     public int PrefillChunkTokens { get; set; } = 256;
 
-    /// <summary>KV cache memory budget in bytes (fp32 keys and values). Default: 256 MiB.</summary>
+    /// <summary>KV cache memory budget in bytes (keys and values in <see cref="KvDType"/>). Default: 256 MiB.</summary>
     public long KvMemoryBytes { get; set; } = 256L << 20;
+
+    /// <summary>
+    /// Element type of the KV cache (<c>--kv-dtype</c>): its size sets how many positions the budget holds (bf16 twice
+    /// fp32, FP8 about four times). Null = the backend's default: bf16 with the CUDA (device) store, fp32 on the CPU.
+    /// Default: null.
+    /// </summary>
+    public Kernels.KvCacheDType? KvDType { get; set; }
 
     /// <summary>Positions per KV block. Default: 16.</summary>
     public int KvBlockSize { get; set; } = 16;
@@ -52,6 +59,7 @@ public sealed class SchedulerOptions
         Require(PrefillChunkTokens >= 1 && PrefillChunkTokens <= MaxBatchTokens, nameof(PrefillChunkTokens), $"must be in [1, MaxBatchTokens ({MaxBatchTokens})]");
         Require(KvMemoryBytes >= 1 << 16, nameof(KvMemoryBytes), "must be at least 64 KiB");
         Require(KvBlockSize >= 1 && KvBlockSize <= 4096, nameof(KvBlockSize), "must be in [1, 4096]");
+        Require(KvDType is null || Enum.IsDefined(KvDType.Value), nameof(KvDType), "must be Fp32, Bf16 or Fp8E4M3");
         Require(RetryAfter > TimeSpan.Zero, nameof(RetryAfter), "must be positive");
     }
 

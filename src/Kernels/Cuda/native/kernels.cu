@@ -29,6 +29,44 @@ __device__ __forceinline__ float bf16_to_f32(unsigned short b)
     return __uint_as_float(((unsigned int)b) << 16);
 }
 
+// ---------------------------------------------------------------- FP8 E4M3 (weights, W8A8 activations, KV rows)
+// A code is 1 sign, 4 exponent (bias 7) and 3 mantissa bits; exponent 0 is subnormal (m/8 * 2^-6); 0x7F/0xFF are NaN
+// (refused when a weight is created; the encoders below write one only for NaN input).
+
+__device__ __forceinline__ float e4m3_to_f32(unsigned char c)
+{
+    int e = (c >> 3) & 15;
+    int m = c & 7;
+    float v = e == 0 ? (float)m * 0.001953125f : __uint_as_float(((unsigned int)(e + 120) << 23) | ((unsigned int)m << 20));
+    return (c & 0x80) ? -v : v;
+}
+
+// Round to nearest E4M3, ties to even, saturating at 448 (callers clamp first); the same integer steps as the host
+// encoder (Fp8E4M3.FromFloat), so a quantized row is bit for bit the one the CPU backend makes.
+__device__ __forceinline__ unsigned char f32_to_e4m3(float v)
+{
+    unsigned int bits = __float_as_uint(v);
+    unsigned char sign = (unsigned char)((bits >> 24) & 0x80u);
+    float a = __uint_as_float(bits & 0x7fffffffu);
+    if (a != a)
+    {
+        return 0x7f;
+    }
+    if (a < 0.015625f)
+    {
+        // Multiples of 2^-9; a * 512 is exact and rintf rounds ties to even.
+        return (unsigned char)(sign | (unsigned char)rintf(a * 512.0f));
+    }
+    if (a >= 448.0f)
+    {
+        return (unsigned char)(sign | 0x7e);
+    }
+    unsigned int ab = bits & 0x7fffffffu;
+    unsigned int rounded = (ab + 0x7ffffu + ((ab >> 20) & 1u)) >> 20;
+    unsigned int code = rounded - (120u << 3);
+    return (unsigned char)(sign | (code > 0x7eu ? 0x7eu : code));
+}
+
 __device__ __forceinline__ float neg_inf()
 {
     return __int_as_float((int)0xff800000u);
@@ -321,6 +359,28 @@ KERNEL void rope(float* x, const int* pos, const float* inv_freq, long long rows
     }
 }
 
+// K and V element access for the attention kernels: element c of row `row` (a store slot, or a contiguous key index)
+// of `width` = kv_heads * head_dim elements, decoded to fp32. The store keeps rows in fp32, bf16, or FP8 E4M3 with one
+// fp32 scale per row (--kv-dtype); a row was rounded once when it was written.
+struct KvF32
+{
+    const float* p;
+    __device__ __forceinline__ float at(long long row, int width, int c) const { return p[row * width + c]; }
+};
+
+struct KvBf16
+{
+    const unsigned short* p;
+    __device__ __forceinline__ float at(long long row, int width, int c) const { return bf16_to_f32(p[row * width + c]); }
+};
+
+struct KvFp8
+{
+    const unsigned char* p;
+    const float* s;
+    __device__ __forceinline__ float at(long long row, int width, int c) const { return e4m3_to_f32(p[row * width + c]) * s[row]; }
+};
+
 // Row of key j in k/v: j itself (contiguous), or through a paged block table: slot s = first_slot + j lives in row
 // s % block_size of block table[s / block_size] of the store.
 __device__ __forceinline__ long long key_row(long long j, const int* table, int first_slot, int block_size)
@@ -430,7 +490,8 @@ KERNEL void attention(const float* q, const int* qpos, const float* k, const flo
 // Block b = ((row - row_base) * heads + h) * splits + split; partial [gridDim.x, head_dim + 2] = (max, sum, out...).
 // meta, when not 0, gives each query row its own sequence (several sequences in one launch): meta[4 row ..] = keys,
 // key_start, first_slot and the offset of its block table in table; keys is then the largest of them.
-KERNEL void attention_split(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
+template <typename KV>
+__device__ void attention_split_body(const float* q, const int* qpos, KV k, KV v, const int* table, int first_slot,
     int block_size, const int* meta, float* partial, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale,
     int chunk, int row_base, int splits)
 {
@@ -443,6 +504,7 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
     int h = bh - lr * heads;
     long long row = (long long)row_base + lr;
     int kvh = h / (heads / kv_heads);
+    int width = kv_heads * head_dim;
     const float* qr = q + (row * heads + h) * head_dim;
     float* part = partial + (long long)b * (head_dim + 2);
     if (meta != 0)
@@ -481,7 +543,13 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
     float m = neg_inf();
     for (long long j = lo + threadIdx.x; j <= hi; j += REDUCE_THREADS)
     {
-        float acc = dot(qr, k + (key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim, head_dim) * scale;
+        long long kr = key_row(j, table, first_slot, block_size);
+        float acc = 0.0f;
+        for (int d = 0; d < head_dim; d++)
+        {
+            acc += qr[d] * k.at(kr, width, kvh * head_dim + d);
+        }
+        acc = acc * scale;
         ps[j - base] = acc;
         m = fmaxf(m, acc);
     }
@@ -500,7 +568,7 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
         float acc = 0.0f;
         for (long long j = lo; j <= hi; j++)
         {
-            acc += ps[j - base] * v[(key_row(j, table, first_slot, block_size) * kv_heads + kvh) * head_dim + d];
+            acc += ps[j - base] * v.at(key_row(j, table, first_slot, block_size), width, kvh * head_dim + d);
         }
         part[2 + d] = acc;
     }
@@ -509,6 +577,38 @@ KERNEL void attention_split(const float* q, const int* qpos, const float* k, con
         part[0] = m;
         part[1] = sum;
     }
+}
+
+KERNEL void attention_split(const float* q, const int* qpos, const float* k, const float* v, const int* table, int first_slot,
+    int block_size, const int* meta, float* partial, int keys, int key_start, int heads, int kv_heads, int head_dim, float scale,
+    int chunk, int row_base, int splits)
+{
+    KvF32 kk = {k};
+    KvF32 vv = {v};
+    attention_split_body(q, qpos, kk, vv, table, first_slot, block_size, meta, partial, keys, key_start, heads, kv_heads, head_dim, scale,
+        chunk, row_base, splits);
+}
+
+// attention_split over a bf16 store.
+KERNEL void attention_split_bf16(const float* q, const int* qpos, const unsigned short* k, const unsigned short* v, const int* table,
+    int first_slot, int block_size, const int* meta, float* partial, int keys, int key_start, int heads, int kv_heads, int head_dim,
+    float scale, int chunk, int row_base, int splits)
+{
+    KvBf16 kk = {k};
+    KvBf16 vv = {v};
+    attention_split_body(q, qpos, kk, vv, table, first_slot, block_size, meta, partial, keys, key_start, heads, kv_heads, head_dim, scale,
+        chunk, row_base, splits);
+}
+
+// attention_split over an FP8 store (codes plus one scale per row for K and for V).
+KERNEL void attention_split_fp8(const float* q, const int* qpos, const unsigned char* k, const unsigned char* v, const float* k_scale,
+    const float* v_scale, const int* table, int first_slot, int block_size, const int* meta, float* partial, int keys, int key_start,
+    int heads, int kv_heads, int head_dim, float scale, int chunk, int row_base, int splits)
+{
+    KvFp8 kk = {k, k_scale};
+    KvFp8 vv = {v, v_scale};
+    attention_split_body(q, qpos, kk, vv, table, first_slot, block_size, meta, partial, keys, key_start, heads, kv_heads, head_dim, scale,
+        chunk, row_base, splits);
 }
 
 // One block per (row, head) of the slice: out = sum_s exp(m_s - M) * o_s / sum_s exp(m_s - M) * l_s, splits in order.
@@ -571,6 +671,61 @@ KERNEL void kv_scatter(const float* k, const float* v, const int* slots, float* 
         store_k[dst] = k[i];
         store_v[dst] = v[i];
     }
+}
+
+// kv_scatter into a bf16 store: each element rounded to nearest even.
+KERNEL void kv_scatter_bf16(const float* k, const float* v, const int* slots, unsigned short* store_k, unsigned short* store_v, long long rows,
+    int width)
+{
+    long long n = rows * width;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / width;
+        long long c = i - r * width;
+        long long dst = (long long)slots[r] * width + c;
+        store_k[dst] = f32_to_bf16(k[i]);
+        store_v[dst] = f32_to_bf16(v[i]);
+    }
+}
+
+// The FP8 scale of one row of width elements, computed by a block of REDUCE_THREADS: s = max(max|x| / 448, 1/(448*512))
+// (Fp8E4M3.RowScale on the host, bit for bit).
+__device__ float fp8_row_scale(const float* x, int width, float* sh)
+{
+    float m = 0.0f;
+    for (int c = threadIdx.x; c < width; c += REDUCE_THREADS)
+    {
+        m = fmaxf(m, fabsf(x[c]));
+    }
+    m = block_max(m, sh);
+    return fmaxf(m / 448.0f, 1.0f / (448.0f * 512.0f));
+}
+
+// One row into an FP8 store: s = fp8_row_scale, codes e4m3_rne(clamp(x / s, -448, 448)) (the host store's
+// Fp8E4M3.QuantizeRow, bit for bit).
+__device__ void fp8_store_row(const float* x, unsigned char* codes, float* scale, int width, float* sh)
+{
+    float s = fp8_row_scale(x, width, sh);
+    for (int c = threadIdx.x; c < width; c += REDUCE_THREADS)
+    {
+        codes[c] = f32_to_e4m3(fminf(fmaxf(x[c] / s, -448.0f), 448.0f));
+    }
+    if (threadIdx.x == 0)
+    {
+        *scale = s;
+    }
+}
+
+// kv_scatter into an FP8 store: one block of REDUCE_THREADS per row; row r of k/v [rows, width] to slot slots[r].
+KERNEL void kv_scatter_fp8(const float* k, const float* v, const int* slots, unsigned char* store_k, unsigned char* store_v, float* scale_k,
+    float* scale_v, int width)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    long long r = blockIdx.x;
+    long long slot = slots[r];
+    fp8_store_row(k + r * width, store_k + slot * width, scale_k + slot, width, sh);
+    fp8_store_row(v + r * width, store_v + slot * width, scale_v + slot, width, sh);
 }
 
 // One block of REDUCE_THREADS per row, in place.
@@ -660,5 +815,123 @@ KERNEL void topk_rows(const float* x, int* ids, float* vals, int cols, int k)
             vr[pick] = bv;
         }
         __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------- FP8 E4M3 weights (compressed-tensors per channel)
+
+#define F8_TM 32
+#define F8_TN 64
+#define F8_TK 32
+
+// y [rows, n] = (x [rows, k] . W) * scales[c] (* row_scales[r] when not null), W given as codes w [n, k] (row c = output
+// column c, its k codes contiguous). Block b covers rows [32 tm, +32) and columns [64 tn, +64) with b = tm * tiles_n + tn;
+// 256 threads, 2 rows x 4 columns each. Every output element is ONE fmaf chain over k = 0..k-1 in order from +0, then
+// the scale(s): the CPU backend's arithmetic exactly, so a row's result does not depend on the batch (batch invariant)
+// and matches the CPU bit for bit.
+KERNEL void fp8_gemm(const float* x, const unsigned char* w, const float* scales, const float* row_scales, float* y, int rows, int k, int n)
+{
+    __shared__ float xs[F8_TM][F8_TK + 1];
+    __shared__ float ws[F8_TK][F8_TN + 1];
+    int tiles_n = (n + F8_TN - 1) / F8_TN;
+    int tm = blockIdx.x / tiles_n;
+    int tn = blockIdx.x - tm * tiles_n;
+    int r0 = tm * F8_TM;
+    int c0 = tn * F8_TN;
+    int t = threadIdx.x;
+    int tr = t / 16;
+    int tc = t - tr * 16;
+    float acc[2][4];
+    for (int i = 0; i < 2; i++)
+    {
+        for (int j = 0; j < 4; j++)
+        {
+            acc[i][j] = 0.0f;
+        }
+    }
+    for (int k0 = 0; k0 < k; k0 += F8_TK)
+    {
+        for (int i = t; i < F8_TM * F8_TK; i += 256)
+        {
+            int rr = i / F8_TK;
+            int kk = i - rr * F8_TK;
+            int gr = r0 + rr;
+            int gk = k0 + kk;
+            xs[rr][kk] = (gr < rows && gk < k) ? x[(long long)gr * k + gk] : 0.0f;
+        }
+        for (int i = t; i < F8_TN * F8_TK; i += 256)
+        {
+            int cc = i / F8_TK;
+            int kk = i - cc * F8_TK;
+            int gc = c0 + cc;
+            int gk = k0 + kk;
+            ws[kk][cc] = (gc < n && gk < k) ? e4m3_to_f32(w[(long long)gc * k + gk]) : 0.0f;
+        }
+        __syncthreads();
+        int kn = k - k0 < F8_TK ? k - k0 : F8_TK;
+        for (int kk = 0; kk < kn; kk++)
+        {
+            for (int i = 0; i < 2; i++)
+            {
+                float xv = xs[tr * 2 + i][kk];
+                for (int j = 0; j < 4; j++)
+                {
+                    acc[i][j] = fmaf(xv, ws[kk][tc * 4 + j], acc[i][j]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 2; i++)
+    {
+        int gr = r0 + tr * 2 + i;
+        if (gr >= rows)
+        {
+            continue;
+        }
+        for (int j = 0; j < 4; j++)
+        {
+            int gc = c0 + tc * 4 + j;
+            if (gc < n)
+            {
+                float v = acc[i][j] * scales[gc];
+                y[(long long)gr * n + gc] = row_scales ? v * row_scales[gr] : v;
+            }
+        }
+    }
+}
+
+// W8A8 input: one block of REDUCE_THREADS per row of x [rows, cols]; s = max(max|x| / 448, 1/(448*512)),
+// q[r, i] = value of e4m3_rne(clamp(x / s, -448, 448)) (the code's value, not times s), row_scales[r] = s.
+KERNEL void fp8_quant_rows(const float* x, float* q, float* row_scales, int cols)
+{
+    __shared__ float sh[REDUCE_THREADS];
+    long long row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float* qr = q + row * cols;
+    float s = fp8_row_scale(xr, cols, sh);
+    for (int c = threadIdx.x; c < cols; c += REDUCE_THREADS)
+    {
+        float v = xr[c] / s;
+        v = fminf(fmaxf(v, -448.0f), 448.0f);
+        qr[c] = e4m3_to_f32(f32_to_e4m3(v));
+    }
+    if (threadIdx.x == 0)
+    {
+        row_scales[row] = s;
+    }
+}
+
+// t [rows, 2 * inter] fp32 (gate columns first) -> h [rows, inter] = silu(gate) * up, fp32.
+KERNEL void swiglu_f32(const float* t, float* h, long long rows, int inter)
+{
+    long long n = rows * inter;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / inter;
+        int c = (int)(i - r * inter);
+        float g = t[r * 2LL * inter + c];
+        h[i] = g / (1.0f + expf(-g)) * t[r * 2LL * inter + inter + c];
     }
 }

@@ -83,6 +83,53 @@ public sealed class ServeOptionsValidatorTests
     }
 
     [Theory]
+    [InlineData("0.0.0.0", null, false, "is not a loopback address: set an API key")]
+    [InlineData("10.1.2.3", null, false, "is not a loopback address: set an API key")]
+    [InlineData("0.0.0.0", null, true, null)]
+    [InlineData("0.0.0.0", "0123456789abcdef", false, null)]
+    [InlineData("127.0.0.1", null, false, null)]
+    [InlineData("::1", null, false, null)]
+    [InlineData("127.0.0.1", "short", false, "must be 16 to 4096 characters")]
+    [InlineData("127.0.0.1", "has a space 0123456789", false, "without whitespace")]
+    public void OffLoopback_TheApiNeedsAKey_OrAnExplicitOptOut(string host, string? key, bool allow, string? failure)
+    {
+        var o = Valid();
+        o.Host = host;
+        o.ApiKey = key;
+        o.AllowUnauthenticated = allow;
+        o.ApiKeyEnvironmentVariable = "DISTRIBUTED_TEST_UNSET_API_KEY";
+        var result = new ServeOptionsValidator().Validate(null, o);
+        if (failure is null)
+        {
+            Assert.True(result.Succeeded, string.Join(" ", result.Failures ?? []));
+        }
+        else
+        {
+            Assert.Contains(failure, Assert.Single(result.Failures!));
+            Assert.DoesNotContain(key ?? "\u0000", Assert.Single(result.Failures!));
+        }
+    }
+
+    [Fact]
+    public void ApiKey_FromItsEnvironmentVariable_WhenNotSetDirectly()
+    {
+        var o = Valid();
+        o.ApiKeyEnvironmentVariable = "DISTRIBUTED_TEST_API_KEY_" + Guid.NewGuid().ToString("N");
+        Assert.Null(o.ResolveApiKey());
+        Environment.SetEnvironmentVariable(o.ApiKeyEnvironmentVariable, "from-the-environment-0123");
+        try
+        {
+            Assert.Equal("from-the-environment-0123", o.ResolveApiKey());
+            o.ApiKey = "set-directly-0123456789";
+            Assert.Equal("set-directly-0123456789", o.ResolveApiKey());
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(o.ApiKeyEnvironmentVariable, null);
+        }
+    }
+
+    [Theory]
     [InlineData("localhost", "127.0.0.1")]
     [InlineData("0.0.0.0", "0.0.0.0")]
     [InlineData("::1", "::1")]

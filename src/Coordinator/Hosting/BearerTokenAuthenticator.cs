@@ -1,18 +1,19 @@
 using System.Security.Cryptography;
 using System.Text;
 
-namespace Distributed.Coordinator.Admin;
+namespace Distributed.Coordinator.Hosting;
 
 /// <summary>
 /// Checks <c>Authorization: Bearer &lt;token&gt;</c> against the configured token in constant time (both sides are
 /// hashed first, so neither the length nor any prefix of the token leaks through timing). Holds only the token's hash.
+/// The admin API (its token) and the OpenAI API (its API key) authenticate their callers with it.
 /// </summary>
-public sealed class AdminAuthenticator
+public sealed class BearerTokenAuthenticator
 {
     private readonly byte[] _expected;
 
     /// <summary>Creates the authenticator for <paramref name="token"/>.</summary>
-    public AdminAuthenticator(string token)
+    public BearerTokenAuthenticator(string token)
     {
         ArgumentException.ThrowIfNullOrEmpty(token);
         _expected = SHA256.HashData(Encoding.UTF8.GetBytes(token));
