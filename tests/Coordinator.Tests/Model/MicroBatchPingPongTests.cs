@@ -85,6 +85,26 @@ public sealed class MicroBatchPingPongTests
         Assert.Equal(expectedMicroBatches * engine.Config.MoeLayers.Count, recorder.Dispatches);
     }
 
+    // Prompts of 4, 9 and 3 tokens (16): cutting after the first sequence leaves 4 | 12 (imbalance 8), after the second
+    // 13 | 3 (imbalance 10), so the split is 4 | 12; the decode step (1 token each) splits 1 | 2.
+    [Fact]
+    public async Task TheSplitFallsAtTheSequenceBoundaryWithTheSmallestImbalance()
+    {
+        string dir = TestPaths.Fixture("tiny-maverick");
+        using var checkpoint = Distributed.Checkpoint.CheckpointReader.Open(dir);
+        var backend = new CpuKernelBackend(1);
+        using var local = new LocalExpertDispatcher(checkpoint, backend);
+        var recorder = new OverlapRecorder();
+        using var engine = Llama4Engine.Load(dir, backend, recorder.Wrap(local));
+        var prompts = BatchedSteps.Prompts(engine.Config.VocabSize, 3, seed: 1);
+        Assert.Equal([4, 9, 3], prompts.Select(p => p.Length));
+        await BatchedSteps.RunAsync(engine, prompts, decodeSteps: 1, MicroBatching.From(2));
+        int layers = engine.Config.MoeLayers.Count;
+        // The two micro-batches interleave, so compare each step's dispatch sizes as a sorted list.
+        Assert.Equal(Enumerable.Repeat(4, layers).Concat(Enumerable.Repeat(12, layers)), recorder.Tokens.Take(2 * layers).Order());
+        Assert.Equal(Enumerable.Repeat(1, layers).Concat(Enumerable.Repeat(2, layers)), recorder.Tokens.Skip(2 * layers).Order());
+    }
+
     [Fact]
     public void MicroBatching_RefusesAThresholdBelowTwo()
     {
@@ -104,6 +124,8 @@ public sealed class MicroBatchPingPongTests
         private TaskCompletionSource _nextDispatch = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public int MaxInFlight { get; private set; }
+
+        public List<int> Tokens { get; } = [];
 
         public int Dispatches => Volatile.Read(ref _dispatches);
 
@@ -127,6 +149,7 @@ public sealed class MicroBatchPingPongTests
                 lock (recorder._numbers)
                 {
                     recorder._numbers[handle] = n;
+                    recorder.Tokens.Add(handle.Tokens);
                 }
                 int now = Interlocked.Increment(ref recorder._inFlight);
                 lock (recorder)
