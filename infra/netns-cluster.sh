@@ -2,15 +2,17 @@
 # Multi-host on one machine: four network namespaces ("hosts") joined by veth pairs on a private test subnet that
 # exists only inside this machine, one address each:
 #
-#   <prefix>-c  SUBNET.1  coordinator + redis-server (membership, placement plan, operation log); holds the bridge
+#   <prefix>-c  SUBNET.1  coordinator + the cluster's store (membership, placement plan, operation log): redis-server,
+#                         or PostgreSQL with --store postgres (the project's own schema, applied by the first worker);
+#                         holds the bridge
 #   <prefix>-a  SUBNET.2  expert worker a
 #   <prefix>-b  SUBNET.3  expert worker b
 #   <prefix>-d  SUBNET.4  expert worker c, started later (a host joining the running cluster)
 #
 # Every link uses mutual TLS with a cluster CA made here (infra/make-cluster-certs.sh): the Orleans silo and gateway
 # ports and the workers' gRPC data plane; the data plane also requires the cluster token. The coordinator is never
-# told where the workers are: `infer` and `serve` join the cluster through Redis (--clustering Redis) and follow its
-# placement plan. The script checks, with --wire fp32 (exact) or bf16:
+# told where the workers are: `infer` and `serve` join the cluster through its store (--clustering Redis, or AdoNet
+# with --store postgres) and follow its placement plan. The script checks, with --wire fp32 (exact) or bf16:
 #   1. infer across the hosts == infer in-process (fp32: the JSON, logits included, byte for byte);
 #   2. serve on the coordinator host answers a client on another host with the same greedy tokens;
 #   3. JOIN: worker c starts on a fourth host, becomes Active with experts; the tokens stay the same;
@@ -20,19 +22,21 @@
 #   7. /metrics and readiness of the coordinator and the workers answer across hosts.
 # It prints the seconds each event took (join -> serving, kill -> recovered, drain -> completed, restart -> ready).
 # Every namespace, process and link is removed on exit (trap), also on failure or Ctrl+C. Needs root (ip netns),
-# iproute2, redis-server, openssl, and a Release build of the solution.
+# iproute2, redis-server (or PostgreSQL's server binaries and setpriv with --store postgres), openssl, and a Release
+# build of the solution.
 #
 #   infra/netns-cluster.sh --model tests/fixtures/tiny-maverick
 #   infra/netns-cluster.sh --model DIR --prompt-ids 500,12,7 --max-new-tokens 8 --subnet 10.77.6 --keep-logs
+#   infra/netns-cluster.sh --model tests/fixtures/tiny-maverick --store postgres
 #
 # The prompt's greedy continuation must not hit an end-of-sequence token within --max-new-tokens (serve stops there,
 # infer does not).
 #
 # Exit codes: 0 every check passed; 1 a step failed (logs are printed); 2 bad usage; 77 this machine cannot create
-# network namespaces (not root, no ip, no redis-server, no openssl): nothing was changed.
+# network namespaces or lacks a tool (not root, no ip, no redis-server / PostgreSQL, no openssl): nothing was changed.
 set -euo pipefail
 
-MODEL="" PROMPT="500" MAX_NEW=16 SUBNET="10.77.6" CONFIG="${CONFIG:-Release}" KEEP_LOGS=0 WIRE="fp32"
+MODEL="" PROMPT="500" MAX_NEW=16 SUBNET="10.77.6" CONFIG="${CONFIG:-Release}" KEEP_LOGS=0 WIRE="fp32" STORE="redis"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) MODEL="$2"; shift 2 ;;
@@ -40,8 +44,9 @@ while [[ $# -gt 0 ]]; do
     --max-new-tokens) MAX_NEW="$2"; shift 2 ;;
     --subnet) SUBNET="$2"; shift 2 ;;
     --wire) WIRE="$2"; shift 2 ;;
+    --store) STORE="$2"; shift 2 ;;
     --keep-logs) KEEP_LOGS=1; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "netns-cluster: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +54,7 @@ done
 [[ "$PROMPT" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "netns-cluster: --prompt-ids must be comma-separated token ids" >&2; exit 2; }
 [[ "$MAX_NEW" =~ ^[0-9]+$ ]] || { echo "netns-cluster: --max-new-tokens must be a non-negative integer" >&2; exit 2; }
 [[ "$WIRE" == fp32 || "$WIRE" == bf16 ]] || { echo "netns-cluster: --wire must be fp32 or bf16" >&2; exit 2; }
+[[ "$STORE" == redis || "$STORE" == postgres ]] || { echo "netns-cluster: --store must be redis or postgres" >&2; exit 2; }
 # Only 10.x/24 test subnets: the addresses exist solely inside the namespaces made here and are never routed out.
 [[ "$SUBNET" =~ ^10\.([0-9]{1,3})\.([0-9]{1,3})$ ]] && (( BASH_REMATCH[1] < 256 && BASH_REMATCH[2] < 256 )) \
   || { echo "netns-cluster: --subnet must be the first three octets of a 10.x.y.0/24 test subnet, e.g. 10.77.6" >&2; exit 2; }
@@ -56,8 +62,16 @@ done
 unsupported() { echo "netns-cluster: UNSUPPORTED: $1" >&2; exit 77; }
 [[ "$(id -u)" -eq 0 ]] || unsupported "network namespaces need root (running as uid $(id -u))"
 command -v ip >/dev/null || unsupported "iproute2 'ip' is not installed (apt-get install iproute2)"
-REDIS_SERVER="$(command -v redis-server || true)"
-[[ -n "$REDIS_SERVER" ]] || unsupported "redis-server is not installed (apt-get install redis-server)"
+if [[ "$STORE" == redis ]]; then
+  REDIS_SERVER="$(command -v redis-server || true)"
+  [[ -n "$REDIS_SERVER" ]] || unsupported "redis-server is not installed (apt-get install redis-server)"
+else
+  PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  [[ -n "$PG_BIN" && -x "$PG_BIN/initdb" && -x "$PG_BIN/postgres" ]] || unsupported "PostgreSQL server binaries are not installed (apt-get install postgresql)"
+  id postgres >/dev/null 2>&1 || unsupported "no 'postgres' user to run PostgreSQL as (it refuses root)"
+  command -v setpriv >/dev/null || unsupported "setpriv (util-linux) is not installed"
+  command -v psql >/dev/null || unsupported "psql is not installed (apt-get install postgresql-client)"
+fi
 command -v openssl >/dev/null || unsupported "openssl is not installed (apt-get install openssl)"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -71,7 +85,13 @@ done
 PREFIX="moe$$"            # namespace and interface names stay unique per run and within IFNAMSIZ (15)
 NS_C="$PREFIX-c" NS_A="$PREFIX-a" NS_B="$PREFIX-b" NS_D="$PREFIX-d"
 IP_C="$SUBNET.1" IP_A="$SUBNET.2" IP_B="$SUBNET.3" IP_D="$SUBNET.4"
-GRPC_PORT=50051 OPS_PORT=9090 SILO_PORT=11111 GATEWAY_PORT=30000 REDIS_PORT=6379
+GRPC_PORT=50051 OPS_PORT=9090 SILO_PORT=11111 GATEWAY_PORT=30000 REDIS_PORT=6379 PG_PORT=5432
+# The membership options every process of the cluster takes (workers, infer, serve).
+if [[ "$STORE" == redis ]]; then
+  MEMBERSHIP=(--clustering Redis --redis "$IP_C:$REDIS_PORT")
+else
+  MEMBERSHIP=(--clustering AdoNet --Cluster:AdoNetConnectionString "Host=$IP_C;Port=$PG_PORT;Username=postgres;Database=postgres;Timeout=5")
+fi
 LOG_DIR="$(mktemp -d -t netns-cluster-XXXXXX)"
 CLUSTER_ID="netns-$$"
 PIDS=()
@@ -86,12 +106,13 @@ log() { LAST_LOG="$*"; echo "netns-cluster: $*" >&2; }
 
 cleanup() {
   local rc=$?
-  # Workers first (PIDS[1..]), so they leave the cluster while the membership store is still up; redis (PIDS[0]) last.
+  # Workers first (PIDS[1..]), so they leave the cluster while the membership store is still up; the store (PIDS[0]) last.
   stop_pids() { local p; for p in "$@"; do kill "$p" 2>/dev/null || true; done
     for p in "$@"; do for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; kill -9 "$p" 2>/dev/null || true; done; }
   if [[ ${#PIDS[@]} -gt 1 ]]; then stop_pids "${PIDS[@]:1}"; fi
   if [[ ${#PIDS[@]} -gt 0 ]]; then stop_pids "${PIDS[0]}"; fi
   wait 2>/dev/null || true
+  [[ -n "${PG_DIR:-}" ]] && rm -rf "$PG_DIR"
   for ns in "${CREATED[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   if [[ $rc -ne 0 && $rc -ne 77 ]]; then
     for f in "$LOG_DIR"/*.log; do [[ -f "$f" ]] && { echo "----- $(basename "$f") (last 40 lines)" >&2; tail -40 "$f" >&2; }; done
@@ -130,7 +151,7 @@ attach() { # attach NS IP SUFFIX
 attach "$NS_A" "$IP_A" a
 attach "$NS_B" "$IP_B" b
 attach "$NS_D" "$IP_D" d
-log "hosts: $NS_C=$IP_C (coordinator, redis)  $NS_A=$IP_A (worker a)  $NS_B=$IP_B (worker b)  $NS_D=$IP_D (worker c, joins later)"
+log "hosts: $NS_C=$IP_C (coordinator, $STORE)  $NS_A=$IP_A (worker a)  $NS_B=$IP_B (worker b)  $NS_D=$IP_D (worker c, joins later)"
 
 # --- the cluster's TLS credentials: one CA, one certificate per host -------------------------------------------
 PKI="$LOG_DIR/pki"
@@ -147,11 +168,26 @@ wait_tcp() { # wait_tcp NS HOST PORT WHAT
 }
 
 # --- membership store -----------------------------------------------------------------------------------------
-ip netns exec "$NS_C" "$REDIS_SERVER" --bind "$IP_C" --port "$REDIS_PORT" --save "" --appendonly no --protected-mode no \
-  > "$LOG_DIR/redis.log" 2>&1 &
-PIDS+=($!)
-wait_tcp "$NS_A" "$IP_C" "$REDIS_PORT" "redis (from worker a's host)"
-wait_tcp "$NS_B" "$IP_C" "$REDIS_PORT" "redis (from worker b's host)"
+if [[ "$STORE" == redis ]]; then
+  ip netns exec "$NS_C" "$REDIS_SERVER" --bind "$IP_C" --port "$REDIS_PORT" --save "" --appendonly no --protected-mode no \
+    > "$LOG_DIR/redis.log" 2>&1 &
+  PIDS+=($!)
+  STORE_PORT=$REDIS_PORT
+else
+  # A throw-away PostgreSQL cluster (trust authentication on the test subnet only, no fsync), run as 'postgres'
+  # (setpriv execs it, so the PID cleanup signals is the postmaster's).
+  PG_DIR="$(mktemp -d -t netns-cluster-pg-XXXXXX)"   # outside LOG_DIR (0700, root's): 'postgres' must reach it
+  chown postgres: "$PG_DIR"
+  setpriv --reuid=postgres --regid=postgres --init-groups "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres -E UTF8 --no-sync \
+    > "$LOG_DIR/initdb.log" 2>&1 || { log "initdb failed: $(tail -3 "$LOG_DIR/initdb.log")"; exit 1; }
+  echo "host all all $SUBNET.0/24 trust" >> "$PG_DIR/data/pg_hba.conf"
+  ip netns exec "$NS_C" setpriv --reuid=postgres --regid=postgres --init-groups "$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR" \
+    -c listen_addresses="$IP_C" -c fsync=off > "$LOG_DIR/postgres.log" 2>&1 &
+  PIDS+=($!)
+  STORE_PORT=$PG_PORT
+fi
+wait_tcp "$NS_A" "$IP_C" "$STORE_PORT" "$STORE (from worker a's host)"
+wait_tcp "$NS_B" "$IP_C" "$STORE_PORT" "$STORE (from worker b's host)"
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 now() { date +%s.%N; }
@@ -179,7 +215,7 @@ complete() { # complete NS [MAX_TOKENS] -> greedy token ids of the prompt throug
 start_worker() { # start_worker NS IP NAME
   # shellcheck disable=SC2046
   ip netns exec "$1" dotnet "$WORKER_DLL" --model "$MODEL" --worker-id "$3" --threads 1 \
-    --grpc-host "$2" --grpc-port "$GRPC_PORT" --ops-port "$OPS_PORT" --clustering Redis --redis "$IP_C:$REDIS_PORT" --cluster-id "$CLUSTER_ID" \
+    --grpc-host "$2" --grpc-port "$GRPC_PORT" --ops-port "$OPS_PORT" "${MEMBERSHIP[@]}" --cluster-id "$CLUSTER_ID" \
     --silo-port "$SILO_PORT" --gateway-port "$GATEWAY_PORT" --advertised-address "$2" $(tls "$3") \
     --Placement:SettleDelay 00:00:00.5 --ExpertWorker:RetireDelay 00:00:02 --probe-timeout 00:00:01 --Cluster:NumMissedProbesLimit 2 \
     --Placement:ProbeTimeout 00:00:01 > "$LOG_DIR/$3.log" 2>&1 &
@@ -203,14 +239,20 @@ ADDR_A=$(wait_ready_line worker-a)
 ADDR_B=$(wait_ready_line worker-b)
 [[ "$ADDR_A" == "https://$IP_A:$GRPC_PORT" && "$ADDR_B" == "https://$IP_B:$GRPC_PORT" ]] \
   || { log "workers advertise $ADDR_A and $ADDR_B, expected https://$IP_A:$GRPC_PORT and https://$IP_B:$GRPC_PORT"; exit 1; }
-MEMBERS=$(ip netns exec "$NS_C" redis-cli -h "$IP_C" -p "$REDIS_PORT" --scan 2>/dev/null | grep -c "$CLUSTER_ID" || true)
-log "workers a ($ADDR_A) and b ($ADDR_B) joined through redis ($MEMBERS key(s) for $CLUSTER_ID)"
-[[ "$MEMBERS" -ge 1 ]] || { log "no Orleans membership entry for $CLUSTER_ID in redis"; exit 1; }
+if [[ "$STORE" == redis ]]; then
+  MEMBERS=$(ip netns exec "$NS_C" redis-cli -h "$IP_C" -p "$REDIS_PORT" --scan 2>/dev/null | grep -c "$CLUSTER_ID" || true)
+else
+  # Active silos (status 3) of this cluster in the project's own membership table.
+  MEMBERS=$(ip netns exec "$NS_A" psql "host=$IP_C port=$PG_PORT user=postgres dbname=postgres connect_timeout=5" -tAc \
+    "SELECT count(*) FROM distributed_membership WHERE cluster_id = '$CLUSTER_ID' AND status = 3" 2>"$LOG_DIR/psql.err" || true)
+fi
+log "workers a ($ADDR_A) and b ($ADDR_B) joined through $STORE ($MEMBERS membership entries for $CLUSTER_ID)"
+[[ "$MEMBERS" =~ ^[0-9]+$ && "$MEMBERS" -ge 1 ]] || { log "no Orleans membership entry for $CLUSTER_ID in $STORE: $MEMBERS $(cat "$LOG_DIR/psql.err" 2>/dev/null)"; exit 1; }
 
 # --- 1. one generation across the hosts (infer joins the cluster), and the same in-process ------------------------
 # shellcheck disable=SC2046
 ip netns exec "$NS_C" dotnet "$COORD_DLL" infer --model "$MODEL" --prompt-ids "$PROMPT" --max-new-tokens "$MAX_NEW" \
-  --threads 1 --json --clustering Redis --redis "$IP_C:$REDIS_PORT" --cluster-id "$CLUSTER_ID" $(tls coordinator) --wire "$WIRE" \
+  --threads 1 --json "${MEMBERSHIP[@]}" --cluster-id "$CLUSTER_ID" $(tls coordinator) --wire "$WIRE" \
   > "$LOG_DIR/distributed.json" 2> "$LOG_DIR/coordinator.log" || { log "distributed infer failed"; exit 1; }
 ip netns exec "$NS_C" dotnet "$COORD_DLL" infer --model "$MODEL" --prompt-ids "$PROMPT" --max-new-tokens "$MAX_NEW" \
   --threads 1 --json > "$LOG_DIR/in-process.json" 2> "$LOG_DIR/in-process.log" || { log "in-process infer failed"; exit 1; }
@@ -230,11 +272,11 @@ fi
 start_serve() {
   # shellcheck disable=SC2046
   ip netns exec "$NS_C" dotnet "$COORD_DLL" serve --model "$MODEL" --model-name netns-model --host "$IP_C" --port "$SERVE_PORT" --threads 1 \
-    --clustering Redis --redis "$IP_C:$REDIS_PORT" --cluster-id "$CLUSTER_ID" $(tls coordinator) --wire "$WIRE" \
+    "${MEMBERSHIP[@]}" --cluster-id "$CLUSTER_ID" $(tls coordinator) --wire "$WIRE" \
     --Distribution:DispatchTimeout 00:00:20 > "$LOG_DIR/serve$1.out" 2> "$LOG_DIR/serve$1.log" &
   SERVE_PID=$!
   PIDS+=($!)
-  for _ in $(seq 1 900); do grep -q "^listening on http://$IP_C:$SERVE_PORT" "$LOG_DIR/serve$1.out" && break; sleep 0.1; done
+  for _ in $(seq 1 900); do grep -qs "^listening on http://$IP_C:$SERVE_PORT" "$LOG_DIR/serve$1.out" && break; sleep 0.1; done
   grep -q "^listening on http://$IP_C:$SERVE_PORT" "$LOG_DIR/serve$1.out" || { log "serve did not listen on $IP_C:$SERVE_PORT within 90 s"; exit 1; }
   for _ in $(seq 1 600); do [[ "$(http "$NS_A" "$IP_C" "$SERVE_PORT" GET /healthz/ready | status_of)" == 200 ]] && return 0; sleep 0.1; done
   log "serve not ready within 60 s: $(http "$NS_A" "$IP_C" "$SERVE_PORT" GET /healthz/ready | tail -1)"; exit 1

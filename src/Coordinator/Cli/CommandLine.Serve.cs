@@ -1,4 +1,6 @@
 using System.Globalization;
+using Distributed.Coordinator.Admin;
+using Distributed.Coordinator.Hosting;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving.Hosting;
 using Distributed.Coordinator.Serving.Scheduling;
@@ -143,18 +145,21 @@ public static partial class CommandLine
             Volatile.Write(ref servingScheduler, scheduler);
             return scheduler;
         }, operations: operations,
-            configureServices: adminOnServe ? services => Admin.ClusterAdminHosting.AddClusterAdmin(services, admin!, createAdmin!) : null,
-            configureApp: web =>
+            configureServices: services =>
             {
-                if (experts?.Follower is { } follower)
+                // The composition root (Hosting/CoordinatorServices): serving is registered by ServeHost, then the
+                // expert cluster and the admin API where they apply.
+                if (experts is not null)
                 {
-                    Hosting.ClusterReadinessGate.Use(web, follower);
+                    services.AddExpertCluster(experts, expertsSettings!.Distribution);
                 }
                 if (adminOnServe)
                 {
-                    Admin.ClusterAdminHosting.MapClusterAdmin(web);
+                    services.AddClusterAdmin(admin!, createAdmin!);
                 }
-            }, images: images);
+            },
+            configureApp: adminOnServe ? web => web.MapClusterAdmin() : null,
+            images: images, scheduling: scheduling);
         var adminApp = admin is { Host: not null } ? Admin.ClusterAdminHosting.BuildHost(admin, createAdmin!, ServeHost.AddConsoleLogging) : null;
         await using var adminScope = adminApp;
         await using (app.ConfigureAwait(false))

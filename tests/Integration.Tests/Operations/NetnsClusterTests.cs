@@ -5,9 +5,9 @@ using Xunit.Abstractions;
 namespace Distributed.Integration.Tests.Operations;
 
 /// <summary>
-/// Multi-host for real: <c>infra/netns-cluster.sh</c> builds four network namespaces (coordinator + redis, three worker
-/// hosts) on a private test subnet with mutual TLS on every link; the coordinator joins the cluster through Redis (no
-/// worker list). One generation across the hosts equals the in-process run (fp32 wire: byte-identical JSON); serve
+/// Multi-host for real: <c>infra/netns-cluster.sh</c> builds four network namespaces (coordinator + the cluster's store,
+/// three worker hosts) on a private test subnet with mutual TLS on every link; the coordinator joins the cluster through
+/// Redis, or PostgreSQL (no worker list). One generation across the hosts equals the in-process run (fp32 wire: byte-identical JSON); serve
 /// answers a client on another host with the same tokens, and keeps them while a worker joins, another is SIGKILLed
 /// with completions in flight, the joined one is drained and stopped, and serve itself restarts (same plan version).
 /// Skips, naming the reason, where the machine cannot make namespaces (not root, no iproute2, no redis-server, no openssl).
@@ -16,13 +16,25 @@ namespace Distributed.Integration.Tests.Operations;
 public sealed class NetnsClusterTests(ITestOutputHelper output)
 {
     [NetnsFact]
-    public async Task FourHosts_RedisClusterWithTls_JoinKillDrainRestartKeepTheGoldenTokens()
+    public Task FourHosts_RedisClusterWithTls_JoinKillDrainRestartKeepTheGoldenTokens() => FourHostsAsync("redis");
+
+    /// <summary>The same on PostgreSQL: the project's own schema (applied by the first worker), membership and the placement
+    /// authority's plan and operation log in it.</summary>
+    [NetnsFact]
+    public Task FourHosts_PostgresClusterWithTls_JoinKillDrainRestartKeepTheGoldenTokens()
+    {
+        ToolFactAttribute.Require(PostgresServer.Missing);
+        return FourHostsAsync("postgres");
+    }
+
+    private async Task FourHostsAsync(string store)
     {
         ToolFactAttribute.Require(Missing);
         var golden = Golden.Load("tiny-maverick").Prompts[0];
         string prompt = string.Join(",", golden.InputIds);
         var (exitCode, stdout, stderr) = await RunScriptAsync(
-            ["--model", TestPaths.Fixture("tiny-maverick"), "--prompt-ids", prompt, "--max-new-tokens", golden.NewTokens.Length.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+            ["--model", TestPaths.Fixture("tiny-maverick"), "--prompt-ids", prompt, "--max-new-tokens", golden.NewTokens.Length.ToString(System.Globalization.CultureInfo.InvariantCulture),
+             "--store", store],
             TimeSpan.FromMinutes(8));
         Assert.True(exitCode == 0, $"netns-cluster.sh exited {exitCode}; stderr tail:\n{Tail(stderr)}");
         string okLine = stdout.Split('\n').Single(l => l.StartsWith("NETNS_CLUSTER_OK ", StringComparison.Ordinal));
@@ -34,6 +46,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
             Assert.Contains(step, stderr, StringComparison.Ordinal);
         }
         Assert.Contains("MATCH: coordinator and worker /metrics and readiness answer across hosts", stderr, StringComparison.Ordinal);
+        Assert.Contains($"joined through {store} (", stderr, StringComparison.Ordinal);
         output.WriteLine(okLine);
 
         // The trap removed every namespace it made.

@@ -2,6 +2,7 @@ using Distributed.Coordinator.Serving.Api;
 using Distributed.Coordinator.Serving.Tokenization;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Logging.Console;
+using Distributed.Coordinator.Hosting;
 using Microsoft.Extensions.Options;
 
 namespace Distributed.Coordinator.Serving.Hosting;
@@ -27,11 +28,12 @@ public static class ServeHost
     /// <param name="configureServices">Adds services (e.g. the cluster admin API) before the host is built.</param>
     /// <param name="configureApp">Maps more endpoints (e.g. the cluster admin API) after the serving endpoints.</param>
     /// <param name="images">The image pipeline of a multimodal model (issue #13); null = image parts get a 400. The host does not own it.</param>
+    /// <param name="scheduling">The scheduler's options, registered with <c>ValidateOnStart</c> beside <paramref name="options"/>; null = not registered.</param>
     /// <exception cref="OptionsValidationException">An option is invalid; the message names it.</exception>
     public static WebApplication Build(
         ServeOptions options, Llama4Tokenizer tokenizer, Func<IServiceProvider, IGenerationScheduler> createScheduler, Action<ILoggingBuilder>? configureLogging = null,
         Diagnostics.CoordinatorOperations? operations = null, Action<IServiceCollection>? configureServices = null, Action<WebApplication>? configureApp = null,
-        Images.Llama4ImageInputs? images = null)
+        Images.Llama4ImageInputs? images = null, Scheduling.SchedulerOptions? scheduling = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -73,17 +75,8 @@ public static class ServeHost
         });
         builder.Services.AddSingleton(endpoints);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownTimeout);
-        builder.Services.AddOptions<ServeOptions>()
-            .Configure(o => Copy(options, o))
-            .ValidateOnStart();
-        builder.Services.AddSingleton<IValidateOptions<ServeOptions>, ServeOptionsValidator>();
-        builder.Services.AddSingleton(operations is null ? createScheduler : sp => operations.WrapScheduler(createScheduler(sp)));
+        builder.Services.AddServing(options, scheduling, tokenizer, createScheduler, operations, images);
         operations?.AddTo(builder);
-        string modelId = options.ResolveModelId();
-        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        builder.Services.AddSingleton(sp => new ServedModel(modelId, created, tokenizer, sp.GetRequiredService<IGenerationScheduler>()) { Images = images });
-        builder.Services.AddSingleton(new OpenAiApiSettings(options.QueueFullStatusCode, options.DefaultMaxTokens));
-        builder.Services.AddSingleton<OpenAiEndpoints>();
         configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
@@ -92,6 +85,7 @@ public static class ServeHost
         {
             app.UseMiddleware<ApiKeyMiddleware>(new Coordinator.Hosting.BearerTokenAuthenticator(apiKey));
         }
+        app.UseExpertCluster();
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));
         app.Services.GetRequiredService<OpenAiEndpoints>().Map(app);
         operations?.MapEndpoints(app);
@@ -139,22 +133,6 @@ public static class ServeHost
 
     private static string FormatHost(System.Net.IPAddress address) =>
         address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
-
-    private static void Copy(ServeOptions from, ServeOptions to)
-    {
-        to.ModelDirectory = from.ModelDirectory;
-        to.ModelName = from.ModelName;
-        to.Host = from.Host;
-        to.Port = from.Port;
-        to.Http2Port = from.Http2Port;
-        to.MaxRequestBodyBytes = from.MaxRequestBodyBytes;
-        to.QueueFullStatusCode = from.QueueFullStatusCode;
-        to.ShutdownTimeout = from.ShutdownTimeout;
-        to.DefaultMaxTokens = from.DefaultMaxTokens;
-        to.ApiKey = from.ApiKey;
-        to.ApiKeyEnvironmentVariable = from.ApiKeyEnvironmentVariable;
-        to.AllowUnauthenticated = from.AllowUnauthenticated;
-    }
 
     private sealed class ServeEndpoints
     {
