@@ -96,6 +96,8 @@ public static partial class CommandLine
         using var wireRounded = wireCheckpoint is null ? null
             : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
         using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
+        // Micro-batch ping-pong only where there is a wire to hide (in-process experts compute inside the dispatch).
+        engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");

@@ -207,6 +207,7 @@ public static partial class CommandLine
         using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
         using var engine = LoadEngine(dir, backend, prefillChunk, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         engine.KvDType = kvDType;
+        engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         Model.Llama4.Vision.Llama4ImagePrompt? images = null;

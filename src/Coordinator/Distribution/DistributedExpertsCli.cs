@@ -16,7 +16,7 @@ public static class DistributedExpertsCli
 {
     /// <summary>Options that take a value.</summary>
     public static readonly IReadOnlyList<string> Options =
-        ["local-workers", "gpus", "workers", "wire", "quantize", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
+        ["local-workers", "gpus", "workers", "wire", "micro-batch", "quantize", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
 
     /// <summary>Switches.</summary>
     public static readonly IReadOnlyList<string> Flags = ["insecure", "fp8-activations"];
@@ -24,7 +24,7 @@ public static class DistributedExpertsCli
     /// <summary>Usage text of these options.</summary>
     public const string Usage =
         "[--local-workers N [--gpus 0,1,...] | --workers host:port,... | --clustering Localhost|Redis|AdoNet [--redis HOST:PORT] [--cluster-id ID] [--service-id ID]\n"
-        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32|fp8] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]\n"
+        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32|fp8] [--micro-batch N|off] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]\n"
         + "                  [--quantize none|fp8] [--fp8-activations]   (routed experts quantized to FP8 at load; W8A8 FP8 experts; in process or on workers)\n"
         + "                  (--wire without workers: experts in process, their rows rounded as that wire would round them)\n"
         + "                  (--gpus: one CUDA device per local worker, worker i gets --gpu of the i-th entry; exactly N distinct ordinals)";
@@ -67,6 +67,17 @@ public static class DistributedExpertsCli
             try
             {
                 keys["Distribution:WireDType"] = DistributionOptions.ParseWire(wire).ToString();
+            }
+            catch (FormatException ex)
+            {
+                throw new UsageException(ex.Message);
+            }
+        }
+        if (args.Get("micro-batch") is { } microBatch)
+        {
+            try
+            {
+                keys["Distribution:MicroBatchMinTokens"] = DistributionOptions.ParseMicroBatch(microBatch).ToString(CultureInfo.InvariantCulture);
             }
             catch (FormatException ex)
             {
@@ -175,11 +186,12 @@ public static class DistributedExpertsCli
         }
         if (!local && !fixedWorkers && !cluster)
         {
-            foreach (var key in new[] { "Cluster:RedisConnectionString", "Cluster:GatewayPorts", "Cluster:AdoNetConnectionString" })
+            foreach (var (key, option) in new[] { ("Distribution:MicroBatchMinTokens", "--micro-batch"), ("Cluster:RedisConnectionString", "--redis"),
+                ("Cluster:GatewayPorts", "--gateways"), ("Cluster:AdoNetConnectionString", "--Cluster:AdoNetConnectionString") })
             {
                 if (configuration.Has(key))
                 {
-                    throw new UsageException($"{key} needs --local-workers, --workers or --clustering");
+                    throw new UsageException($"{key} ({option}) needs --local-workers, --workers or --clustering");
                 }
             }
             return null;
