@@ -40,6 +40,7 @@ WORKER_DLL="$ROOT/src/ExpertWorker/bin/$CONFIG/net10.0/Distributed.ExpertWorker.
 COORD_DLL="$ROOT/src/Coordinator/bin/$CONFIG/net10.0/Distributed.Coordinator.dll"
 [[ -f "$WORKER_DLL" ]] || { echo "build first: $WORKER_DLL missing (dotnet build -c $CONFIG)" >&2; exit 2; }
 LOG_DIR="${LOG_DIR:-$(mktemp -d -t expert-cluster-XXXXXX)}"
+mkdir -p "$LOG_DIR"
 CLUSTER_ID="manual-$$"
 
 # A silo must be told its port before it binds, so ports are probed from below the kernel's ephemeral range, where no
