@@ -13,7 +13,9 @@
 # scheduler with device KV, and since issue #12 FP8: bitwise FP8 MatMul (weight-only and W8A8) against the CPU kernel,
 # the mixed bf16/FP8 grouped expert FFN, typed device KV stores (bf16, fp8) against the host store, the
 # tiny-maverick-fp8 goldens (golden.json, golden_fp8_act.json) on CUDA, FP8 vs bf16 expert FFN at Maverick width
-# (timing + error), and long-context decode with bf16/fp8 KV against fp32 KV. GPUCHECK_ARGS="--only fp8" runs that part
+# (timing + error), and long-context decode with bf16/fp8 KV against fp32 KV. First of all it lists every device's
+# ordinal and free memory with the capacity an expert worker there (--gpu N) would report for Maverick FP8 and bf16
+# experts, and checks a backend on the last device (one GPU per worker, issue #12). GPUCHECK_ARGS="--only fp8" runs that part
 # alone (about a minute of checks on an H100 plus the benchmarks; add --quick to skip the long-context decode).
 # The device-resident path (issue #12): the full run checks it against the host-staged path on tiny-maverick and
 # reports decode with it on and off (tiny-maverick ms/token against the CPU; synthetic maverick-h2048 tok/s and the

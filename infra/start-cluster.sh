@@ -8,12 +8,13 @@
 #   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 2
 #   infra/start-cluster.sh --model tests/fixtures/tiny-maverick --workers 3 --infer "--prompt-ids 500,17,300 --wire fp32"
 #   infra/start-cluster.sh --model DIR --workers 2 --redis 127.0.0.1:6379     # Redis membership instead of localhost
+#   infra/start-cluster.sh --model DIR --workers 7 --gpus 1,2,3,4,5,6,7       # one GPU per worker (worker i: --gpu of entry i)
 #
 # Workers log to $LOG_DIR/worker-<i>.log (default: a temp dir). Requires a built solution
 # (dotnet build -c Release) or set CONFIG=Debug.
 set -euo pipefail
 
-MODEL="" WORKERS=2 INFER="" REDIS="" THREADS=1 CONFIG="${CONFIG:-Release}"
+MODEL="" WORKERS=2 INFER="" REDIS="" THREADS=1 GPUS="" CONFIG="${CONFIG:-Release}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) MODEL="$2"; shift 2 ;;
@@ -21,18 +22,25 @@ while [[ $# -gt 0 ]]; do
     --infer) INFER="$2"; shift 2 ;;
     --redis) REDIS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --gpus) GPUS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [[ -n "$MODEL" && -d "$MODEL" ]] || { echo "--model DIR is required (an existing directory)" >&2; exit 2; }
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "--workers must be a positive integer" >&2; exit 2; }
+GPU_LIST=()
+if [[ -n "$GPUS" ]]; then
+  IFS=, read -r -a GPU_LIST <<< "$GPUS"
+  [[ ${#GPU_LIST[@]} -eq $WORKERS ]] || { echo "--gpus lists ${#GPU_LIST[@]} device(s) for $WORKERS worker(s): give one GPU per worker" >&2; exit 2; }
+fi
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORKER_DLL="$ROOT/src/ExpertWorker/bin/$CONFIG/net10.0/Distributed.ExpertWorker.dll"
 COORD_DLL="$ROOT/src/Coordinator/bin/$CONFIG/net10.0/Distributed.Coordinator.dll"
 [[ -f "$WORKER_DLL" ]] || { echo "build first: $WORKER_DLL missing (dotnet build -c $CONFIG)" >&2; exit 2; }
 LOG_DIR="${LOG_DIR:-$(mktemp -d -t expert-cluster-XXXXXX)}"
+mkdir -p "$LOG_DIR"
 CLUSTER_ID="manual-$$"
 
 # A silo must be told its port before it binds, so ports are probed from below the kernel's ephemeral range, where no
@@ -84,6 +92,7 @@ for ((i = 0; i < WORKERS; i++)); do
   [[ $i -eq 0 ]] && PRIMARY=$SILO
   ARGS=(--model "$MODEL" --worker-id "worker-$i" --threads "$THREADS" --cluster-id "$CLUSTER_ID"
         --silo-port "$SILO" --gateway-port "$GATEWAY")
+  [[ ${#GPU_LIST[@]} -gt 0 ]] && ARGS+=(--gpu "${GPU_LIST[$i]}")
   if [[ -n "$REDIS" ]]; then
     ARGS+=(--clustering Redis --redis "$REDIS")
   else

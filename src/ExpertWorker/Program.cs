@@ -27,6 +27,7 @@ public static class Program
         ["--max-rows"] = "ExpertWorker:MaxRowsPerDispatch",
         ["--experts"] = "ExpertWorker:StaticExperts",
         ["--memory"] = "ExpertWorker:MemoryCapacityBytes",
+        ["--gpu"] = "ExpertWorker:Gpu",
         ["--plan-version"] = "ExpertWorker:StaticPlanVersion",
         ["--clustering"] = "Cluster:Clustering",
         ["--cluster-id"] = "Cluster:ClusterId",

@@ -22,6 +22,13 @@ public interface IKernelBackend : IDisposable
     KernelCapabilities Capabilities { get; }
 
     /// <summary>
+    /// Device memory free right now, bytes: <c>cuMemGetInfo</c> on the backend's device (everything this and every other
+    /// process holds there is already subtracted); 0 for the CPU backend, which has no device memory. Sizes a worker's
+    /// placement capacity (<see cref="DeviceMemoryBudget"/>).
+    /// </summary>
+    long DeviceFreeBytes();
+
+    /// <summary>
     /// Prepares a bf16 weight (raw bf16 bits) for <see cref="MatMul"/>. The source is only read during the call
     /// (it may be a memory-mapped checkpoint slice); the backend keeps its own copy.
     /// </summary>

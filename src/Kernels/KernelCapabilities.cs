@@ -10,4 +10,6 @@ namespace Distributed.Kernels;
 /// The arithmetic the backend computes in (<c>cpu-fp32</c>, <c>cpu-bf16</c>, <c>cuda-split</c>, <c>cuda-fast</c>): two
 /// backends give the same results only when this matches (and, on CPU, bitwise so). Workers report it in their handshake.
 /// </param>
-public sealed record KernelCapabilities(string Device, string Simd, int Threads, long DeviceMemoryBytes, bool BatchInvariant, string Numerics = "unspecified");
+/// <param name="DeviceOrdinal">The CUDA device ordinal the backend runs on (<c>--gpu N</c>, <c>Kernels:DeviceOrdinal</c>), or -1 for the CPU backend.</param>
+public sealed record KernelCapabilities(string Device, string Simd, int Threads, long DeviceMemoryBytes, bool BatchInvariant, string Numerics = "unspecified",
+    int DeviceOrdinal = -1);

@@ -114,6 +114,59 @@ public sealed class GoldenModelTests(ITestOutputHelper output)
         Assert.Contains(near, c => (c.Prompt, c.Layer, c.Position, c.Element) == (3, 1, 20, 22) && c.Distance < 2e-6);
     }
 
+    /// <summary>
+    /// The exemption above, made strict: with that one element moved 1e-5 (relative) off the tie toward the golden's side
+    /// (float32 noise, the size of this engine's residual-stream difference from the golden), prompt 3 of golden_fp8_act.json
+    /// meets the golden's own logit tolerance, and its argmax, routing and greedy tokens stay exact. So the W8A8 arithmetic
+    /// is checked to the fixture's bound on every prompt; only the rounding of a value sitting on a tie differs.
+    /// </summary>
+    [Fact]
+    public async Task Fp8Activations_Prompt3_WithTheTieResolvedTheGoldensWay_MeetsTheStrictBound()
+    {
+        var golden = GoldenFixture.Load("tiny-maverick-fp8", "golden_fp8_act.json");
+        var p = golden.Prompts[3];
+        string dir = TestPaths.Fixture("tiny-maverick-fp8");
+        var options = Fp8Options("fp8-activations");
+        using var checkpoint = CheckpointReader.Open(dir);
+        using var local = new Coordinator.Moe.LocalExpertDispatcher(checkpoint, TestBackend.Value, options);
+        var nudge = new NudgingDispatcher(local, Layer: 1, Position: 20, Element: 22, Factor: 1 - 1e-5f);
+        using var engine = Llama4Engine.Load(dir, TestBackend.Value, nudge, options);
+        var r = await engine.InferAsync(p.InputIds, p.NewTokens.Length, CancellationToken.None);
+        Assert.True(nudge.Applied, "the tie element was never dispatched");
+        double maxDiff = p.LastLogits.Select((v, j) => Math.Abs(r.LastLogits[j] - v)).Max();
+        output.WriteLine($"prompt 3 with the tie resolved the golden's way: last-logit max |diff| {maxDiff:E3} (tolerance {golden.LogitTolerance})");
+        Assert.True(maxDiff <= golden.LogitTolerance, $"last_logits max |diff| {maxDiff:E3} > {golden.LogitTolerance}");
+        Assert.Equal(p.NewTokens, r.NewTokens);
+    }
+
+    /// <summary>Scales one element of one position's row at one MoE layer before the experts see it.</summary>
+    private sealed class NudgingDispatcher(Coordinator.Moe.IExpertDispatcher inner, int Layer, int Position, int Element, float Factor) : Coordinator.Moe.IExpertDispatcher
+    {
+        private readonly Dictionary<int, int> _positions = [];
+
+        public bool Applied { get; private set; }
+
+        public ValueTask<Coordinator.Moe.DispatchHandle> DispatchAsync(int layer, ReadOnlyMemory<float> hidden, Coordinator.Moe.RoutingResult routing,
+            CancellationToken cancellationToken)
+        {
+            int h = hidden.Length / (routing.Weights.Length / routing.TopK);
+            int first = _positions.GetValueOrDefault(layer);
+            int rows = hidden.Length / h;
+            _positions[layer] = first + rows;
+            if (layer == Layer && Position >= first && Position < first + rows)
+            {
+                float[] copy = hidden.ToArray();
+                copy[((Position - first) * h) + Element] *= Factor;
+                Applied = true;
+                return inner.DispatchAsync(layer, copy, routing, cancellationToken);
+            }
+            return inner.DispatchAsync(layer, hidden, routing, cancellationToken);
+        }
+
+        public ValueTask CombineAsync(Coordinator.Moe.DispatchHandle handle, Memory<float> output, CancellationToken cancellationToken) =>
+            inner.CombineAsync(handle, output, cancellationToken);
+    }
+
     // Relative distance of q from the nearest midpoint between two adjacent E4M3 values.
     private static double TieDistance(float q)
     {

@@ -268,6 +268,7 @@ internal static class GoldenRuns
         engine.KvDType = KvCacheDType.Fp32;
         {
             var problems = new List<string>();
+            var exemptNotes = new List<string>();
             double worstLogit = 0;
             int prompts = 0;
             foreach (JsonElement prompt in root.GetProperty("prompts").EnumerateArray())
@@ -285,8 +286,17 @@ internal static class GoldenRuns
                 else
                 {
                     double d = ErrorStats.Of(r.LastLogits, expectedLogits).MaxAbs;
-                    worstLogit = Math.Max(worstLogit, d);
-                    if ((d > tolerance && logitExempt?.Invoke(prompts - 1) != true) || r.LastLogits.Any(float.IsNaN))
+                    bool exempt = logitExempt?.Invoke(prompts - 1) == true;
+                    if (exempt)
+                    {
+                        // A documented rounding tie of the fixture (see Golden.Tests KnownActivationTie): reported, not asserted.
+                        exemptNotes.Add($"{name}: last_logits max abs {d:0.###e+0}, bound not asserted (known quantization tie)");
+                    }
+                    else
+                    {
+                        worstLogit = Math.Max(worstLogit, d);
+                    }
+                    if ((d > tolerance && !exempt) || r.LastLogits.Any(float.IsNaN))
                     {
                         problems.Add($"{name}: last_logits max abs {d:0.###e+0} > {tolerance}");
                     }
@@ -317,7 +327,8 @@ internal static class GoldenRuns
                     problems.Add($"{name}: greedy tokens [{string.Join(',', r.NewTokens)}] vs golden [{string.Join(',', expectedNew)}]");
                 }
             }
-            string summary = $"{prompts} prompts; worst last_logits max abs {worstLogit:0.###e+0} (tolerance {tolerance})";
+            string summary = $"{prompts} prompts; worst last_logits max abs {worstLogit:0.###e+0} (tolerance {tolerance})"
+                + (exemptNotes.Count > 0 ? $" ({string.Join("; ", exemptNotes)})" : "");
             return (problems.Count == 0,
                 problems.Count == 0 ? $"{summary}; argmax, routing, greedy exact" : $"{summary}; {string.Join("; ", problems)}", worstLogit);
         }

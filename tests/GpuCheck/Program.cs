@@ -108,6 +108,7 @@ internal static class Program
             report.Info("backend start-up", $"{sw.Elapsed.TotalSeconds:F2} s (NVRTC compile + grouped probe)");
             report.Info("summary", split.Describe());
 
+            DeviceChecks.Run(report);
             using CpuKernelBackend cpu = new();
             report.Info("CPU reference", $"{cpu.Name}: {cpu.Capabilities.Device}");
             if (fp8Only)

@@ -35,6 +35,12 @@ public sealed class DistributedInferenceTests(ITestOutputHelper output)
             output.WriteLine($"in-process prompt {i}: max |logit - golden| = {err:G3}");
         }
 
+        // Ping-pong variant (issue #15): many sequences per step, split in two micro-batches whose dispatches overlap; the
+        // reference is the UNSPLIT in-process run.
+        using var inProcess = Llama4Engine.Load(TestPaths.Fixture(fixture), new CpuKernelBackend(1));
+        var batch = BatchedSteps.Prompts(inProcess.Config.VocabSize, 7, seed: 15);
+        var unsplit = await BatchedSteps.RunAsync(inProcess, batch, decodeSteps: 3, MicroBatching.Off);
+
         var options = new LocalClusterOptions { Workers = 1, ModelDirectory = TestPaths.Fixture(fixture), StartTimeout = TimeSpan.FromSeconds(90) };
         options.WorkerSettings["Placement:SettleDelay"] = "00:00:00.2";
         await using var cluster = await LocalWorkerCluster.StartAsync(options,
@@ -63,6 +69,10 @@ public sealed class DistributedInferenceTests(ITestOutputHelper output)
                 Assert.True(failures.Count == 0, $"{workers} workers, prompt {i}: " + string.Join("; ", failures));
             }
             output.WriteLine($"{workers} workers, plan {table.Version}: fp32 wire bitwise identical on {golden.Prompts.Count} prompts; {cluster.GrpcDispatcher.Statistics}");
+            var pingPong = await BatchedSteps.RunAsync(engine, batch, decodeSteps: 3, MicroBatching.From(2));
+            Assert.True(BatchedSteps.FirstDifference(unsplit, pingPong) is null,
+                $"{workers} workers, ping-pong on: {BatchedSteps.FirstDifference(unsplit, pingPong)} (fp32 wire must be bitwise the unsplit in-process run)");
+            output.WriteLine($"{workers} workers, ping-pong on: {batch.Length} sequences, prefill + 3 decode steps bitwise identical to unsplit in-process");
 
             double worst = 0;
             int flips = 0;

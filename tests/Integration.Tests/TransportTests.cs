@@ -51,6 +51,13 @@ public sealed class TransportTests(ITestOutputHelper output)
             Assert.True(Reference.BitwiseEqual(reference[i].LastLogits, r.LastLogits), $"prompt {i}");
             Assert.Equal(reference[i].NewTokens, r.NewTokens);
         }
+        // Micro-batch ping-pong (issue #15): two dispatches in flight on the one connection (two leases of the ring at
+        // once with shared memory), still bitwise the unsplit in-process steps.
+        using var inProcess = Llama4Engine.Load(fixture, new CpuKernelBackend(1));
+        var batch = BatchedSteps.Prompts(inProcess.Config.VocabSize, 6, seed: 4);
+        var unsplit = await BatchedSteps.RunAsync(inProcess, batch, decodeSteps: 2, MicroBatching.Off);
+        var pingPong = await BatchedSteps.RunAsync(engine, batch, decodeSteps: 2, MicroBatching.From(2));
+        Assert.True(BatchedSteps.FirstDifference(unsplit, pingPong) is null, $"ping-pong: {BatchedSteps.FirstDifference(unsplit, pingPong)}");
         output.WriteLine($"{connection.Transport} over {(unixSocket ? "unix socket" : "tcp")}: {dispatcher.Statistics}");
     }
 }

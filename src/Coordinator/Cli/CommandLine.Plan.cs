@@ -93,7 +93,7 @@ public static partial class CommandLine
         w.WriteLine(FormattableString.Invariant(
             $"GPU 0 (coordinator): weights {GiB(plan.CoordinatorWeightBytes)} ({plan.CoordinatorParameters / 1e9:F2} B params, bf16) + workspace {GiB(plan.CoordinatorWorkspaceBytes)} + KV budget {GiB(plan.KvBudgetBytes)}"));
         w.WriteLine(FormattableString.Invariant(
-            $"GPUs 1-{plan.Workers} (workers): {plan.ExpertsPerWorker} experts each = {GiB(plan.WorkerWeightBytes)} + staging/reserve {GiB(plan.WorkerWorkspaceBytes)} = {GiB(plan.WorkerWeightBytes + plan.WorkerWorkspaceBytes)} of {GiB(plan.GpuBytes)}"));
+            $"GPUs 1-{plan.Workers} (workers): {plan.ExpertsPerWorker} experts each = {GiB(plan.WorkerWeightBytes)} + workspace/headroom {GiB(plan.WorkerWorkspaceBytes)} = {GiB(plan.WorkerWeightBytes + plan.WorkerWorkspaceBytes)} of {GiB(plan.GpuBytes)}"));
         w.WriteLine(FormattableString.Invariant(
             $"KV per token: {plan.KvBytesPerToken.WithinChunk / 1024.0:F1} KiB within the {c.AttentionChunkSize}-token chunk, {plan.KvBytesPerToken.BeyondChunk / 1024.0:F1} KiB beyond; {plan.SequenceTokens}-token sequence: {MiB(plan.KvBytesPerSequence)}"));
         if (!plan.Fits)

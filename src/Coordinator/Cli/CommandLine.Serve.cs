@@ -16,7 +16,7 @@ public static partial class CommandLine
         + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--prefix-caching on|off] [--device-path on|off]\n"
         + "                  [--default-max-tokens N]\n"
         + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
-        + "                  [--backend cpu|cuda|auto] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
+        + "                  [--backend cpu|cuda|auto] [--gpu N] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--telemetry on|off (metrics /metrics, /healthz probes, traces; default on)]\n"
         + "                  [--max-images N] [--max-image-bytes N] [--max-image-pixels N] [--max-image-tiles N] [--image-url-allow HOST|URL-PREFIX,...]\n"
@@ -35,7 +35,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "prefix-caching", "default-max-tokens", "kv-dtype", "device-path", "max-request-bytes", "queue-full-status", "backend", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "prefix-caching", "default-max-tokens", "kv-dtype", "device-path", "max-request-bytes", "queue-full-status", "backend", "gpu", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
              "admin-grpc-port", "admin-token-env", "api-key-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
              .. Distribution.DistributedExpertsCli.Options],
             ["allow-unauthenticated", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);
@@ -96,6 +96,8 @@ public static partial class CommandLine
         using var wireRounded = wireCheckpoint is null ? null
             : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
         using var engine = Llama4Engine.Load(serve.ModelDirectory, backend, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
+        // Micro-batch ping-pong only where there is a wire to hide (in-process experts compute inside the dispatch).
+        engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         if (tokenizer.VocabSize != engine.Config.VocabSize)
         {
             stderr.WriteLine($"error: tokenizer vocabulary ({tokenizer.VocabSize}) does not match the model's vocab_size ({engine.Config.VocabSize})");

@@ -12,12 +12,12 @@ public static partial class CommandLine
 {
     private const string Usage =
         "usage: Distributed.Coordinator <command> [options]\n"
-        + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--threads N] [--prefill-chunk N]\n"
+        + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--gpu N] [--threads N] [--prefill-chunk N]\n"
         + "                  [--cpu-precision fp32|bf16] [--kv-dtype fp32|bf16|fp8] [--device-path on|off] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--image FILE [--image FILE ...]] [--max-image-tiles N]   (each <|image|> id of --prompt-ids marks one image, in order)\n"
         + "  make-synthetic  --out DIR [--preset NAME] [--<field> value ...]\n"
-        + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--cpu-precision fp32|bf16]\n"
+        + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--gpu N] [--cpu-precision fp32|bf16]\n"
         + "                  [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8] [--device-path on|off] [--json]\n"
         + "  " + ServeUsage + "\n  " + AdminUsage + "\n  " + PlanUsage;
 
@@ -114,10 +114,64 @@ public static partial class CommandLine
             Backend = a.Enum("backend", defaults.Backend),
             Threads = a.Int("threads", defaults.Threads, 0, 1024),
             CpuPrecision = a.Enum("cpu-precision", defaults.CpuPrecision),
-            DeviceOrdinal = defaults.DeviceOrdinal,
+            DeviceOrdinal = a.Int("gpu", defaults.DeviceOrdinal, 0, 1023),
             DevicePath = OnOff(a, "device-path", defaults.DevicePath),
         };
-        return KernelBackendFactory.Create(options, stderr);
+        bool gpuGiven = a.Has("gpu") || configuration?.Has("Kernels:DeviceOrdinal") == true;
+        int[] workerGpus = configuration?.Has("LocalCluster:Gpus") == true
+            ? BindOrUsage<Distribution.LocalClusterOptions>(configuration, Distribution.LocalClusterOptions.SectionName).Gpus
+            : [];
+        options.DeviceOrdinal = CoordinatorDevice(options.Backend, gpuGiven, options.DeviceOrdinal, workerGpus, stderr);
+        var backend = KernelBackendFactory.Create(options, stderr);
+        if (gpuGiven && backend.Capabilities.DeviceOrdinal < 0)
+        {
+            stderr.WriteLine($"kernels: --gpu {options.DeviceOrdinal} (Kernels:DeviceOrdinal) is unused: no CUDA device is usable, the coordinator runs on {backend.Name}");
+        }
+        return backend;
+    }
+
+    /// <summary>
+    /// The coordinator's CUDA device: <c>--gpu N</c> (<c>Kernels:DeviceOrdinal</c>) when given, checked against the
+    /// driver's device count; otherwise the device with the most free memory among those not given to local workers
+    /// (<c>--gpus</c>), or 0 (<see cref="Kernels.Cuda.CudaDeviceChoice.MostFree"/>). With the CPU backend a given
+    /// <c>--gpu</c> is a usage error.
+    /// </summary>
+    /// <exception cref="UsageException"><c>--gpu</c> with <c>--backend cpu</c>, or a device the driver does not have.</exception>
+    internal static int CoordinatorDevice(KernelBackendKind backend, bool gpuGiven, int ordinal, IReadOnlyCollection<int> workerGpus, TextWriter log)
+    {
+        if (backend == KernelBackendKind.Cpu)
+        {
+            if (gpuGiven)
+            {
+                throw new UsageException($"--gpu {ordinal} (Kernels:DeviceOrdinal) needs a CUDA backend, but --backend cpu (Kernels:Backend) was given");
+            }
+            return ordinal;
+        }
+        if (gpuGiven)
+        {
+            int count = Kernels.Cuda.CudaKernelBackend.CountDevices(out _);
+            if (count > 0 && ordinal >= count)
+            {
+                throw new UsageException($"--gpu {ordinal} (Kernels:DeviceOrdinal) is out of range: the CUDA driver reports {count} device(s), ordinals 0-{count - 1}");
+            }
+            if (workerGpus.Contains(ordinal))
+            {
+                log.WriteLine($"kernels: the coordinator shares GPU {ordinal} with a local worker (--gpus): that worker's capacity does not count the coordinator's weights and KV; give it --memory");
+            }
+            return ordinal;
+        }
+        var devices = Kernels.Cuda.CudaKernelBackend.QueryDevices(workerGpus, out _);
+        if (devices.Count == 0)
+        {
+            if (workerGpus.Count > 0 && Kernels.Cuda.CudaKernelBackend.CountDevices(out _) > 0)
+            {
+                log.WriteLine($"kernels: coordinator device {ordinal}: every device is given to local workers (--gpus); sharing device {ordinal}");
+            }
+            return ordinal;
+        }
+        int chosen = Kernels.Cuda.CudaDeviceChoice.MostFree(devices, workerGpus, out string why);
+        log.WriteLine($"kernels: coordinator device {chosen}: {why}");
+        return chosen;
     }
 
     private static string ModelDirectory(CliArgs a)
@@ -132,7 +186,7 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "threads", "cpu-precision", "prefill-chunk", "kv-dtype", "max-image-tiles", "device-path",
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "gpu", "threads", "cpu-precision", "prefill-chunk", "kv-dtype", "max-image-tiles", "device-path",
                 .. Distribution.DistributedExpertsCli.Options],
             ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true, repeatable: ["image"]);
         string dir = ModelDirectory(a);
@@ -154,6 +208,7 @@ public static partial class CommandLine
         using var wireRounded = wireCheckpoint is null ? null : Distribution.DistributedExpertsCli.InProcessWire(configuration, expertsSettings, wireCheckpoint, backend);
         using var engine = LoadEngine(dir, backend, prefillChunk, (Moe.IExpertDispatcher?)experts?.Dispatcher ?? wireRounded, expertOptions);
         engine.KvDType = kvDType;
+        engine.Model.MicroBatching = expertsSettings?.Distribution.MicroBatching() ?? MicroBatching.Off;
         stderr.WriteLine($"loaded {dir} in {sw.ElapsedMilliseconds} ms on {backend.Name} (fingerprint {engine.Fingerprint[..12]})");
         sw.Restart();
         Model.Llama4.Vision.Llama4ImagePrompt? images = null;
@@ -287,7 +342,7 @@ public static partial class CommandLine
 
     private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "cpu-precision", "repeat", "quantize", "kv-dtype", "device-path"], ["json", "fp8-activations"],
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "gpu", "cpu-precision", "repeat", "quantize", "kv-dtype", "device-path"], ["json", "fp8-activations"],
             configurationKeys: true);
         string dir = ModelDirectory(a);
         var configuration = Configuration(a);

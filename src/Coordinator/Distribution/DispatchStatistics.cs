@@ -18,6 +18,7 @@ public sealed class DispatchStatistics
     private long _combineTicks;
     private long _workerNanos;
     private long _workerComputeNanos;
+    private long _inFlightTicks;
 
     /// <summary>MoE-layer dispatches completed.</summary>
     public long Dispatches => Interlocked.Read(ref _dispatches);
@@ -34,8 +35,17 @@ public sealed class DispatchStatistics
     /// <summary>Gather, scale and encode rows, build and write requests.</summary>
     public double SerializeMs => Ms(Interlocked.Read(ref _serializeTicks));
 
-    /// <summary>From the last send to the last reply in CombineAsync (includes worker time and anything the caller did in between).</summary>
+    /// <summary>Time CombineAsync spent blocked waiting for replies: the wire wait the caller could not hide.</summary>
     public double WaitMs => Ms(Interlocked.Read(ref _waitTicks));
+
+    /// <summary>Time rows were away: from a dispatch's first request written to its last reply received, summed over
+    /// dispatches (only replies that carry a receive time count).</summary>
+    public double InFlightMs => Ms(Interlocked.Read(ref _inFlightTicks));
+
+    /// <summary>Share of the in-flight time during which the caller was not blocked in CombineAsync
+    /// (1 − <see cref="WaitMs"/> / <see cref="InFlightMs"/>, clamped to [0, 1]; 0 when nothing was in flight): how much
+    /// of the wire the caller hid behind its own work (the shared expert, or another micro-batch).</summary>
+    public double HiddenShare => InFlightMs <= 0 ? 0 : Math.Clamp(1 - WaitMs / InFlightMs, 0, 1);
 
     /// <summary>Decode replies and sum slots per token.</summary>
     public double CombineMs => Ms(Interlocked.Read(ref _combineTicks));
@@ -53,8 +63,9 @@ public sealed class DispatchStatistics
         Interlocked.Add(ref _bytesSent, bytes);
     }
 
-    internal void AddCombine(long waitTicks, long combineTicks, long bytes, long workerNanos, long workerComputeNanos)
+    internal void AddCombine(long waitTicks, long combineTicks, long bytes, long workerNanos, long workerComputeNanos, long inFlightTicks = 0)
     {
+        Interlocked.Add(ref _inFlightTicks, inFlightTicks);
         Interlocked.Increment(ref _dispatches);
         Interlocked.Add(ref _waitTicks, waitTicks);
         Interlocked.Add(ref _combineTicks, combineTicks);
@@ -75,6 +86,7 @@ public sealed class DispatchStatistics
         Interlocked.Exchange(ref _combineTicks, 0);
         Interlocked.Exchange(ref _workerNanos, 0);
         Interlocked.Exchange(ref _workerComputeNanos, 0);
+        Interlocked.Exchange(ref _inFlightTicks, 0);
     }
 
     private static double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;

@@ -16,17 +16,18 @@ public static class DistributedExpertsCli
 {
     /// <summary>Options that take a value.</summary>
     public static readonly IReadOnlyList<string> Options =
-        ["local-workers", "workers", "wire", "quantize", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
+        ["local-workers", "gpus", "workers", "wire", "micro-batch", "quantize", "clustering", "redis", "cluster-id", "service-id", "gateways", "tls-cert", "tls-key", "tls-ca"];
 
     /// <summary>Switches.</summary>
     public static readonly IReadOnlyList<string> Flags = ["insecure", "fp8-activations"];
 
     /// <summary>Usage text of these options.</summary>
     public const string Usage =
-        "[--local-workers N | --workers host:port,... | --clustering Localhost|Redis|AdoNet [--redis HOST:PORT] [--cluster-id ID] [--service-id ID]\n"
-        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32|fp8] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]\n"
+        "[--local-workers N [--gpus 0,1,...] | --workers host:port,... | --clustering Localhost|Redis|AdoNet [--redis HOST:PORT] [--cluster-id ID] [--service-id ID]\n"
+        + "                   [--gateways PORT,...] [--Cluster:AdoNetConnectionString ...]] [--wire bf16|fp32|fp8] [--micro-batch N|off] [--tls-cert PEM --tls-key PEM --tls-ca PEM] [--insecure]\n"
         + "                  [--quantize none|fp8] [--fp8-activations]   (routed experts quantized to FP8 at load; W8A8 FP8 experts; in process or on workers)\n"
-        + "                  (--wire without workers: experts in process, their rows rounded as that wire would round them)";
+        + "                  (--wire without workers: experts in process, their rows rounded as that wire would round them)\n"
+        + "                  (--gpus: one CUDA device per local worker, worker i gets --gpu of the i-th entry; exactly N distinct ordinals)";
 
     /// <summary>
     /// Maps the options given in <paramref name="args"/> to configuration keys in <paramref name="keys"/>, checking
@@ -40,6 +41,14 @@ public static class DistributedExpertsCli
         if (args.Has("local-workers"))
         {
             keys["LocalCluster:Workers"] = args.Int("local-workers", 0, 1, 64).ToString(CultureInfo.InvariantCulture);
+        }
+        if (args.Get("gpus") is { } gpus)
+        {
+            int[] ordinals = ParseGpus(gpus);
+            for (int i = 0; i < ordinals.Length; i++)
+            {
+                keys[$"LocalCluster:Gpus:{i}"] = ordinals[i].ToString(CultureInfo.InvariantCulture);
+            }
         }
         if (args.Get("workers") is { } workers)
         {
@@ -58,6 +67,17 @@ public static class DistributedExpertsCli
             try
             {
                 keys["Distribution:WireDType"] = DistributionOptions.ParseWire(wire).ToString();
+            }
+            catch (FormatException ex)
+            {
+                throw new UsageException(ex.Message);
+            }
+        }
+        if (args.Get("micro-batch") is { } microBatch)
+        {
+            try
+            {
+                keys["Distribution:MicroBatchMinTokens"] = DistributionOptions.ParseMicroBatch(microBatch).ToString(CultureInfo.InvariantCulture);
             }
             catch (FormatException ex)
             {
@@ -107,6 +127,29 @@ public static class DistributedExpertsCli
         }
     }
 
+    /// <summary>
+    /// <c>--gpus 0,1,...</c>: CUDA device ordinals separated by commas, each in [0, 1023], none twice.
+    /// </summary>
+    /// <exception cref="UsageException">An empty list, a value that is not such an ordinal, or a repeated one (the message names <c>--gpus</c>).</exception>
+    public static int[] ParseGpus(string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        string[] parts = value.Split(',', StringSplitOptions.TrimEntries);
+        var ordinals = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+        {
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out ordinals[i]) || ordinals[i] > 1023)
+            {
+                throw new UsageException($"--gpus must list CUDA device ordinals (0-1023) separated by commas, got '{value}'");
+            }
+        }
+        if (ordinals.Distinct().Count() != ordinals.Length)
+        {
+            throw new UsageException($"--gpus '{value}' names a device twice: one GPU per worker");
+        }
+        return ordinals;
+    }
+
     private static void Put(CliArgs args, IDictionary<string, string?> keys, string option, string key)
     {
         if (args.Get(option) is { } value)
@@ -137,13 +180,18 @@ public static class DistributedExpertsCli
         {
             throw new UsageException("--workers (fixed static-shard workers) and --clustering (an expert cluster) are mutually exclusive");
         }
+        if (!local && configuration.Has("LocalCluster:Gpus"))
+        {
+            throw new UsageException("--gpus (LocalCluster:Gpus) assigns GPUs to local workers: it needs --local-workers N");
+        }
         if (!local && !fixedWorkers && !cluster)
         {
-            foreach (var key in new[] { "Cluster:RedisConnectionString", "Cluster:GatewayPorts", "Cluster:AdoNetConnectionString" })
+            foreach (var (key, option) in new[] { ("Distribution:MicroBatchMinTokens", "--micro-batch"), ("Cluster:RedisConnectionString", "--redis"),
+                ("Cluster:GatewayPorts", "--gateways"), ("Cluster:AdoNetConnectionString", "--Cluster:AdoNetConnectionString") })
             {
                 if (configuration.Has(key))
                 {
-                    throw new UsageException($"{key} needs --local-workers, --workers or --clustering");
+                    throw new UsageException($"{key} ({option}) needs --local-workers, --workers or --clustering");
                 }
             }
             return null;
@@ -255,12 +303,14 @@ public static class DistributedExpertsCli
         return new Moe.LocalExpertDispatcher(checkpoint, backend, options.ExpertLoad) { WireRounding = (options.WireDType, options.ReplyWireDType) };
     }
 
-    // Workers log at Information; a CLI user needs only their problems and the launcher's progress lines.
+    // Workers log at Information; a CLI user needs only their problems, the launcher's progress lines, and each worker's
+    // kernel backend (its device) and placement capacity.
     private static void WorkerLine(TextWriter log, string line)
     {
         bool fromWorker = line.StartsWith('[');
         if (!fromWorker || line.Contains(" fail: ", StringComparison.Ordinal) || line.Contains(" crit: ", StringComparison.Ordinal)
-            || line.Contains("Unhandled exception", StringComparison.Ordinal))
+            || line.Contains("Unhandled exception", StringComparison.Ordinal) || line.Contains("] kernels: ", StringComparison.Ordinal)
+            || line.Contains(": placement capacity ", StringComparison.Ordinal))
         {
             lock (log)
             {

@@ -96,6 +96,21 @@ public sealed class DistributionOptions
     /// <summary>How long <c>infer</c> waits for the cluster to serve every expert before it gives up. Default: 120 s.</summary>
     public TimeSpan ReadyTimeout { get; set; } = TimeSpan.FromSeconds(120);
 
+    /// <summary>
+    /// Micro-batch ping-pong (issue #15): a step of at least this many tokens over at least two sequences is split into
+    /// two micro-batches of about half the tokens each (sequences stay whole), and while one micro-batch's routed rows
+    /// are at the workers the coordinator runs the other's attention, router and shared expert. Below the threshold a
+    /// second set of requests per MoE layer costs more than the overlap hides. Outputs are bitwise those of the unsplit
+    /// step. 0 = never split. The CLI's <c>--micro-batch N|off</c>. Default: 0 (off): on the 2-vCPU development machine
+    /// the second set of requests costs more CPU than the overlap hides (docs/BENCHMARKS.md, issue #15); turn it on where
+    /// the coordinator's per-layer work for half a batch is comparable to a round trip and it has a core to spare.
+    /// </summary>
+    public int MicroBatchMinTokens { get; set; }
+
+    /// <summary>The model's <see cref="Model.Llama4.MicroBatching"/> for <see cref="MicroBatchMinTokens"/>.</summary>
+    public Model.Llama4.MicroBatching MicroBatching()
+        => MicroBatchMinTokens == 0 ? Model.Llama4.MicroBatching.Off : Model.Llama4.MicroBatching.From(MicroBatchMinTokens);
+
     /// <summary>Identity sent in handshakes. Default: <c>coordinator-{pid}</c>.</summary>
     public string CoordinatorId { get; set; } = $"coordinator-{Environment.ProcessId}";
 
@@ -139,6 +154,10 @@ public sealed class DistributionOptions
         {
             errors.Add($"Distribution:RecoveryTimeout {RecoveryTimeout} must be within (0, 1 h]");
         }
+        if (MicroBatchMinTokens != 0 && MicroBatchMinTokens is < 2 or > 1 << 20)
+        {
+            errors.Add($"Distribution:MicroBatchMinTokens {MicroBatchMinTokens} must be 0 (off) or within [2, {1 << 20}]");
+        }
         if (!Enum.IsDefined(Quantize))
         {
             errors.Add($"Distribution:Quantize '{Quantize}' must be None or Fp8");
@@ -156,6 +175,20 @@ public sealed class DistributionOptions
             errors.Add("Distribution:CoordinatorId must not be empty");
         }
         return errors;
+    }
+
+    /// <summary>Parses the CLI's <c>--micro-batch</c>: <c>off</c> (0) or the smallest step split, in tokens (at least 2).</summary>
+    /// <exception cref="FormatException">Anything else.</exception>
+    public static int ParseMicroBatch(string text)
+    {
+        string t = text.Trim();
+        if (t.Equals("off", StringComparison.OrdinalIgnoreCase))
+        {
+            return 0;
+        }
+        return int.TryParse(t, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n) && n is >= 2 and <= 1 << 20
+            ? n
+            : throw new FormatException($"--micro-batch '{text}' must be off or a token count within [2, {1 << 20}]");
     }
 
     /// <summary>Parses <c>bf16</c> / <c>fp32</c> / <c>fp8</c> (the CLI's <c>--wire</c>; fp8 dispatch is answered in bf16).</summary>

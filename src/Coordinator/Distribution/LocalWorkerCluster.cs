@@ -47,6 +47,17 @@ public sealed class LocalClusterOptions
     /// (it authenticates callers by the cluster token). Default: true.</summary>
     public bool ClusterTls { get; set; } = true;
 
+    /// <summary>
+    /// CUDA device ordinals of the workers, one GPU per worker (<c>--gpus 0,1,...</c>): worker i is started with
+    /// <c>--gpu Gpus[i]</c>. At start the list must name exactly <see cref="Workers"/> distinct devices; workers added
+    /// later (scale-up) cycle through it (<c>Gpus[i mod length]</c>), sharing a GPU with an earlier worker. Empty: no
+    /// <c>--gpu</c>, every worker uses its default device (0). Default: empty.
+    /// </summary>
+    public int[] Gpus { get; set; } = [];
+
+    /// <summary>The <c>--gpu</c> of worker <paramref name="index"/>, or null when <see cref="Gpus"/> is empty.</summary>
+    public int? GpuOf(int index) => Gpus.Length == 0 ? null : Gpus[index % Gpus.Length];
+
     /// <summary>Every problem; each names its field.</summary>
     public IReadOnlyList<string> Validate()
     {
@@ -54,6 +65,21 @@ public sealed class LocalClusterOptions
         if (Workers is < 1 or > 64)
         {
             errors.Add($"LocalCluster:Workers {Workers} must be within [1, 64]");
+        }
+        if (Gpus.Length > 0)
+        {
+            if (Gpus.Length != Workers)
+            {
+                errors.Add($"LocalCluster:Gpus (--gpus) lists {Gpus.Length} device(s) for {Workers} worker(s): give one GPU per worker");
+            }
+            if (Gpus.Any(g => g is < 0 or > 1023))
+            {
+                errors.Add($"LocalCluster:Gpus (--gpus) {string.Join(",", Gpus)}: device ordinals must be within [0, 1023]");
+            }
+            if (Gpus.Distinct().Count() != Gpus.Length)
+            {
+                errors.Add($"LocalCluster:Gpus (--gpus) {string.Join(",", Gpus)} names a device twice: one GPU per worker");
+            }
         }
         if (string.IsNullOrWhiteSpace(ModelDirectory))
         {

@@ -137,6 +137,10 @@ public sealed class LocalWorkerLauncher : IAsyncDisposable
             // Worker 0 is the localhost primary (restarted or not); the others join it.
             _primarySiloPort = ports[0];
         }
+        if (_options.GpuOf(index) is int gpu)
+        {
+            _log($"starting worker-{index} on GPU {gpu} (--gpu {gpu})");
+        }
         var worker = WorkerProcess.Start(_workerPath, Arguments(index, ports[0], ports[1]), $"worker-{index}", _log, _environment);
         worker.GatewayPort = ports[1];
         worker.Exited += OnExited;
@@ -186,47 +190,54 @@ public sealed class LocalWorkerLauncher : IAsyncDisposable
         }
     }
 
-    private List<string> Arguments(int index, int siloPort, int gatewayPort)
+    private List<string> Arguments(int index, int siloPort, int gatewayPort) => Arguments(_options, _cluster, index, siloPort, gatewayPort, _primarySiloPort);
+
+    /// <summary>The command line of worker <paramref name="index"/> (its model, id, threads, cluster, ports, <c>--gpu</c>, expert format and extra settings).</summary>
+    internal static List<string> Arguments(LocalClusterOptions options, ExpertClusterOptions cluster, int index, int siloPort, int gatewayPort, int primarySiloPort)
     {
         var args = new List<string>
         {
-            "--model", _options.ModelDirectory,
+            "--model", options.ModelDirectory,
             "--worker-id", $"worker-{index}",
-            "--threads", _options.KernelThreadsPerWorker.ToString(CultureInfo.InvariantCulture),
-            "--service-id", _cluster.ServiceId,
+            "--threads", options.KernelThreadsPerWorker.ToString(CultureInfo.InvariantCulture),
+            "--service-id", cluster.ServiceId,
             "--silo-port", siloPort.ToString(CultureInfo.InvariantCulture),
             "--gateway-port", gatewayPort.ToString(CultureInfo.InvariantCulture),
         };
-        if (_cluster.Clustering == ClusteringMode.Localhost)
+        if (cluster.Clustering == ClusteringMode.Localhost)
         {
-            args.AddRange(["--cluster-id", _options.ClusterId,
-                "--primary-silo-port", (index == 0 ? 0 : _primarySiloPort).ToString(CultureInfo.InvariantCulture)]);
+            args.AddRange(["--cluster-id", options.ClusterId,
+                "--primary-silo-port", (index == 0 ? 0 : primarySiloPort).ToString(CultureInfo.InvariantCulture)]);
         }
         else
         {
-            args.AddRange(["--clustering", _cluster.Clustering.ToString(), "--cluster-id", _cluster.ClusterId, "--advertised-address", "127.0.0.1"]);
-            if (_cluster.Clustering == ClusteringMode.Redis)
+            args.AddRange(["--clustering", cluster.Clustering.ToString(), "--cluster-id", cluster.ClusterId, "--advertised-address", "127.0.0.1"]);
+            if (cluster.Clustering == ClusteringMode.Redis)
             {
-                args.AddRange(["--redis", _cluster.RedisConnectionString!]);
+                args.AddRange(["--redis", cluster.RedisConnectionString!]);
             }
             else
             {
-                args.AddRange(["--Cluster:AdoNetInvariant", _cluster.AdoNetInvariant, "--Cluster:AdoNetConnectionString", _cluster.AdoNetConnectionString!]);
+                args.AddRange(["--Cluster:AdoNetInvariant", cluster.AdoNetInvariant, "--Cluster:AdoNetConnectionString", cluster.AdoNetConnectionString!]);
             }
         }
-        if (_cluster.ProbeTimeout is { } probe)
+        if (cluster.ProbeTimeout is { } probe)
         {
             args.AddRange(["--probe-timeout", probe.ToString("c", CultureInfo.InvariantCulture)]);
         }
-        if (_options.Experts.Quantize != ExpertQuantization.None)
+        if (options.GpuOf(index) is int gpu)
         {
-            args.AddRange(["--quantize", _options.Experts.Quantize.ToString().ToLowerInvariant()]);
+            args.AddRange(["--gpu", gpu.ToString(CultureInfo.InvariantCulture)]);
         }
-        if (_options.Experts.Activations == Kernels.Fp8ActivationMode.PerTokenFp8)
+        if (options.Experts.Quantize != ExpertQuantization.None)
+        {
+            args.AddRange(["--quantize", options.Experts.Quantize.ToString().ToLowerInvariant()]);
+        }
+        if (options.Experts.Activations == Kernels.Fp8ActivationMode.PerTokenFp8)
         {
             args.AddRange(["--fp8-activations", "true"]);
         }
-        foreach (var (k, v) in _options.WorkerSettings)
+        foreach (var (k, v) in options.WorkerSettings)
         {
             args.Add("--" + k);
             args.Add(v);

@@ -13,7 +13,7 @@ namespace Distributed.Coordinator.Distribution;
 /// <param name="logger">Log sink.</param>
 /// <param name="tls">The cluster credentials for workers that serve TLS; null when the data plane is cleartext.</param>
 public sealed partial class WorkerChannelPool(ModelDescriptor model, DistributionOptions options, ILogger<WorkerChannelPool> logger, ClusterCredentials? tls = null)
-    : IAsyncDisposable
+    : IWorkerConnectionSource, IAsyncDisposable
 {
     private readonly ConcurrentDictionary<string, Lazy<Task<WorkerConnection>>> _connections = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _disposed = new();
@@ -52,6 +52,10 @@ public sealed partial class WorkerChannelPool(ModelDescriptor model, Distributio
             }
         }
     }
+
+    /// <inheritdoc />
+    async Task<IWorkerConnection> IWorkerConnectionSource.ConnectAsync(WorkerEndpoint worker, CancellationToken cancellationToken)
+        => await GetAsync(worker, cancellationToken).ConfigureAwait(false);
 
     private async Task<WorkerConnection> ConnectAsync(WorkerEndpoint worker)
     {

@@ -14,7 +14,7 @@ namespace Distributed.Coordinator.Distribution;
 /// may arrive in any order. When the stream breaks, every pending request fails with the stream's status and the
 /// connection reports itself broken (the pool then reconnects).
 /// </summary>
-public sealed partial class WorkerConnection : IAsyncDisposable
+public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposable
 {
     private readonly GrpcChannel _channel;
     private readonly AsyncDuplexStreamingCall<TensorFrame<ExpertRequest>, TensorFrame<ExpertReply>> _call;
@@ -250,7 +250,7 @@ public sealed partial class WorkerConnection : IAsyncDisposable
         });
     }
 
-    /// <summary>Rows for one request: a shared-ring region when negotiated and free, else a pooled buffer.</summary>
+    /// <inheritdoc />
     public RowLease RentRows(int bytes) => _ring?.TryRent(bytes) ?? RowLease.Inline(bytes);
 
     /// <summary>
@@ -314,6 +314,7 @@ public sealed partial class WorkerConnection : IAsyncDisposable
             while (await _call.ResponseStream.MoveNext(_stop.Token).ConfigureAwait(false))
             {
                 var reply = _call.ResponseStream.Current;
+                reply.ReceivedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (reply.Malformed is { } reason)
                 {
                     throw new ExpertDispatchException(StatusCode.DataLoss, $"worker {Worker.WorkerId} sent a malformed reply: {reason}", Worker.WorkerId);

@@ -101,6 +101,47 @@ public sealed class DispatchPlan
     }
 
     /// <summary>
+    /// Adds <c>Σ_s expertOut[row(t, s)]</c> to <c>output[t]</c>: the slot sum is formed first exactly as
+    /// <see cref="Combine"/> forms it, then added once, so the result is bitwise <c>output[t] + Combine(...)[t]</c>
+    /// (with top-1 the expert row is added directly).
+    /// </summary>
+    public void CombineAdd(ReadOnlySpan<float> expertOut, int hiddenSize, Span<float> output)
+    {
+        var rowOf = new int[Tokens * TopK];
+        for (int r = 0; r < PairTokens.Length; r++)
+        {
+            rowOf[PairTokens[r] * TopK + PairSlots[r]] = r;
+        }
+        var sum = TopK == 1 ? [] : new float[hiddenSize];
+        for (int t = 0; t < Tokens; t++)
+        {
+            var dst = output.Slice(t * hiddenSize, hiddenSize);
+            var first = expertOut.Slice(rowOf[t * TopK] * hiddenSize, hiddenSize);
+            if (TopK == 1)
+            {
+                for (int j = 0; j < hiddenSize; j++)
+                {
+                    dst[j] += first[j];
+                }
+                continue;
+            }
+            first.CopyTo(sum);
+            for (int s = 1; s < TopK; s++)
+            {
+                var src = expertOut.Slice(rowOf[t * TopK + s] * hiddenSize, hiddenSize);
+                for (int j = 0; j < hiddenSize; j++)
+                {
+                    sum[j] += src[j];
+                }
+            }
+            for (int j = 0; j < hiddenSize; j++)
+            {
+                dst[j] += sum[j];
+            }
+        }
+    }
+
+    /// <summary>
     /// Writes <c>output[t] = Σ_s expertOut[row(t, s)]</c>, summing slots in ascending order starting from the slot-0 row
     /// (so top-1 is an exact copy). <paramref name="expertOut"/> is <c>[Rows, hidden]</c> in grouped order.
     /// </summary>

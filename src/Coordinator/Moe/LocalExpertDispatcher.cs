@@ -125,6 +125,17 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
     }
 
     /// <inheritdoc />
+    public ValueTask CombineAddAsync(DispatchHandle handle, Memory<float> output, CancellationToken cancellationToken)
+    {
+        if (handle is not LocalHandle local)
+        {
+            throw new ArgumentException("handle was not produced by this dispatcher", nameof(handle));
+        }
+        local.Plan.CombineAdd(local.Output, _c.HiddenSize, output.Span);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <inheritdoc />
     public void Dispose()
     {
         foreach (var layer in _experts)

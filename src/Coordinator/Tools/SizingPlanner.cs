@@ -63,7 +63,7 @@ public sealed record SizingInput
     /// <summary>Batch sizes (concurrent sequences) to predict a decode step for. Default: 1, 8, 32, 64, 128, 256.</summary>
     public IReadOnlyList<int> Batches { get; init; } = [1, 8, 32, 64, 128, 256];
 
-    /// <summary>Rows per dispatch a worker accepts (sizes its two fp32 staging buffers). Default: 4096 (ExpertWorker:MaxRowsPerDispatch).</summary>
+    /// <summary>Rows per dispatch a worker accepts (sizes its expert calls' device scratch). Default: 4096 (ExpertWorker:MaxRowsPerDispatch).</summary>
     public int MaxRowsPerDispatch { get; init; } = 4096;
 
     /// <summary>Tokens per scheduler step (sizes the coordinator's logits and activation workspace). Default: 512 (Scheduler:MaxBatchTokens).</summary>
@@ -110,7 +110,7 @@ public sealed record SizingPlan
     /// <summary>Per worker GPU: expert weights, bytes.</summary>
     public required long WorkerWeightBytes { get; init; }
 
-    /// <summary>Per worker GPU: staging and reserve, bytes.</summary>
+    /// <summary>Per worker GPU: expert-call workspace and headroom, bytes (what the worker subtracts from its measured free memory).</summary>
     public required long WorkerWorkspaceBytes { get; init; }
 
     /// <summary>Per coordinator GPU: weights (bf16), bytes.</summary>
@@ -185,10 +185,13 @@ public static class SizingPlanner
     public const double InlineGrpcMsPerMiB = 2.36;
 
     /// <summary>
-    /// Per GPU, bytes held back for the CUDA context, cuBLAS workspace and allocator slack. An assumption (2 GiB), not a
-    /// measurement of this project.
+    /// Per GPU, bytes held back for the CUDA context and allocator slack: the worker's default headroom
+    /// (<see cref="DeviceMemoryBudget.DefaultHeadroomBytes"/>, 2 GiB). An assumption, not a measurement of this project.
     /// </summary>
-    public const long ReserveBytes = 2L << 30;
+    public const long ReserveBytes = DeviceMemoryBudget.DefaultHeadroomBytes;
+
+    /// <summary>Expert calls in flight on one worker that the workspace is sized for (<c>ExpertWorker:MaxConcurrentRequestsPerStream</c>'s default).</summary>
+    public const int WorkerConcurrentCalls = 2;
 
     /// <summary>
     /// Plans <paramref name="input"/>.
@@ -224,8 +227,9 @@ public static class SizingPlanner
         long perWorker = (routedExperts + workers - 1) / workers;
         long gpuBytes = (long)(input.Gpu.MemoryGiB * (1L << 30));
         long workerWeights = perWorker * expertBytes;
-        // Two fp32 row staging buffers of MaxRowsPerDispatch rows (docs/OPERATIONS.md §3), plus the reserve.
-        long workerWorkspace = (2L * input.MaxRowsPerDispatch * h * sizeof(float)) + ReserveBytes;
+        // What a worker subtracts from its GPU's free memory before it reports a capacity (DeviceMemoryBudget): the
+        // expert calls' device scratch at MaxRowsPerDispatch rows, cuBLAS workspaces, and the headroom.
+        long workerWorkspace = DeviceMemoryBudget.WorkerWorkspaceBytes(input.MaxRowsPerDispatch, WorkerConcurrentCalls, h, inter, fp8) + ReserveBytes;
         long coordinatorWeights = coordinatorParams * 2;
         // Logits of a full step (fp32) and a few hidden-sized activation buffers, plus the reserve.
         long coordinatorWorkspace = ((long)input.MaxBatchTokens * ((v * 4) + (8 * h * 4) + (2 * mlp * 4))) + ReserveBytes;

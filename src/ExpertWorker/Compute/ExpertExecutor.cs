@@ -22,12 +22,19 @@ public sealed class ExpertExecutor(IKernelBackend backend, string expertActivati
     public string ExpertActivations => expertActivations;
 
     /// <summary>
-    /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (already
-    /// validated for length and finiteness). Writes the output rows to <paramref name="output"/>
-    /// (<see cref="WireCodec.PayloadBytes"/> of the reply dtype; the same span as the input on the shared ring).
+    /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (header
+    /// already validated, length included). The rows are decoded and checked in one pass
+    /// (<see cref="WireCodec.TryDecodeFinite(ReadOnlySpan{byte}, WireDType, int, Span{float}, out int, out string)"/>:
+    /// NaN/±Inf, and for FP8 rows the scale and the decoded products; the check holds for the decoded values computed
+    /// on, even when <paramref name="input"/> is a ring region the peer can still write); a bad row stops the request
+    /// before any expert runs and returns false with its index in <paramref name="nonFiniteRow"/> and what is wrong in
+    /// <paramref name="why"/>. Otherwise writes the output rows to <paramref name="output"/>
+    /// (<see cref="WireCodec.PayloadBytes"/> of the reply dtype, <see cref="WireCodec.ReplyDType"/>; may be
+    /// <paramref name="input"/> itself on the shared ring: every row is decoded before any is encoded) and returns true.
     /// </summary>
     /// <exception cref="InvalidOperationException">An expert of the request is not in <paramref name="snapshot"/> (validation was skipped).</exception>
-    public WorkerTimings Execute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output)
+    public bool TryExecute(ExpertRequest request, ReadOnlySpan<byte> input, ShardSnapshot snapshot, Span<byte> output, out WorkerTimings timings,
+        out int nonFiniteRow, out string why)
     {
         int hidden = (int)request.HiddenSize;
         int rows = (int)request.Rows;
@@ -52,18 +59,23 @@ public sealed class ExpertExecutor(IKernelBackend backend, string expertActivati
         try
         {
             long t0 = Stopwatch.GetTimestamp();
-            WireCodec.DecodeRows(input, hidden, request.Dtype, x.AsSpan(0, elements));
+            if (!WireCodec.TryDecodeFinite(input, request.Dtype, hidden, x.AsSpan(0, elements), out nonFiniteRow, out why))
+            {
+                timings = new WorkerTimings { DecodeNanos = Nanos(Stopwatch.GetTimestamp() - t0) };
+                return false;
+            }
             long t1 = Stopwatch.GetTimestamp();
             backend.SwiGluFfnGrouped(x.AsSpan(0, elements), counts, gateUp, down, y.AsSpan(0, elements));
             long t2 = Stopwatch.GetTimestamp();
             WireCodec.EncodeRows(y.AsSpan(0, elements), hidden, WireCodec.ReplyDType(request), output);
             long t3 = Stopwatch.GetTimestamp();
-            return new WorkerTimings
+            timings = new WorkerTimings
             {
                 DecodeNanos = Nanos(t1 - t0),
                 ComputeNanos = Nanos(t2 - t1),
                 EncodeNanos = Nanos(t3 - t2),
             };
+            return true;
         }
         finally
         {

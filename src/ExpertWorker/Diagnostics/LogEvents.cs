@@ -9,6 +9,8 @@ public static class LogEvents
     public const int EffectiveOptions = 3001;
     /// <summary>A listener on a non-loopback address runs without TLS (<c>--insecure</c>).</summary>
     public const int InsecureListener = 3002;
+    /// <summary>The placement capacity the worker reports and where it came from (configured, GPU memory, host memory).</summary>
+    public const int Capacity = 3003;
     /// <summary>A shard applied a plan.</summary>
     public const int ShardApplied = 3010;
     /// <summary>A shard failed to apply a plan.</summary>

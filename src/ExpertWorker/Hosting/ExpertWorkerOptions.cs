@@ -69,9 +69,38 @@ public sealed class ExpertWorkerOptions
     [Range(0, 1024)]
     public int KernelThreads { get; set; }
 
-    /// <summary>Bytes of expert weights this worker may hold; 0 = the memory available to the process. Default: 0.</summary>
+    /// <summary>
+    /// Bytes of expert weights this worker may hold (its placement capacity, <c>--memory</c>); 0 = measured: with the
+    /// CUDA backend the device's free memory after the backend started, less <see cref="DeviceReservedBytes"/>, the
+    /// expert calls' workspace and <see cref="DeviceHeadroomBytes"/> (<see cref="Distributed.Kernels.DeviceMemoryBudget"/>);
+    /// with the CPU backend the memory available to the process. Default: 0.
+    /// </summary>
     [Range(0, long.MaxValue)]
     public long MemoryCapacityBytes { get; set; }
+
+    /// <summary>
+    /// CUDA device ordinal the experts run on (<c>--gpu N</c>); null = device 0. Must be below the number of devices
+    /// the driver reports; refused with <see cref="KernelBackend"/> Cpu. With Auto on a machine without CUDA the worker
+    /// runs on the CPU and logs that the setting is unused. Default: null.
+    /// </summary>
+    [Range(0, 1023)]
+    public int? Gpu { get; set; }
+
+    /// <summary>
+    /// Device memory kept free when the capacity is measured, bytes (<see cref="MemoryCapacityBytes"/> 0, CUDA backend):
+    /// what grows after the measurement besides weights and call scratch. Default: 2 GiB
+    /// (<see cref="Distributed.Kernels.DeviceMemoryBudget.DefaultHeadroomBytes"/>).
+    /// </summary>
+    [Range(0, long.MaxValue)]
+    public long DeviceHeadroomBytes { get; set; } = Distributed.Kernels.DeviceMemoryBudget.DefaultHeadroomBytes;
+
+    /// <summary>
+    /// Device memory another user of this GPU will take after this worker measured it, bytes: e.g. a coordinator on the
+    /// same GPU (its non-expert weights and KV budget). Subtracted from the measured capacity. Default: 0 (the worker
+    /// has its GPU to itself).
+    /// </summary>
+    [Range(0, long.MaxValue)]
+    public long DeviceReservedBytes { get; set; }
 
     /// <summary>
     /// A fixed shard (<c>all</c>, or <c>layer:first-last,...</c>) served at plan version 0 without joining a cluster

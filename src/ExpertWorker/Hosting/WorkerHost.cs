@@ -93,20 +93,20 @@ public sealed partial class WorkerHost : IAsyncDisposable
         IKernelBackend? backend = null;
         try
         {
-            backend = backendFactory is null
-                ? KernelBackendFactory.Create(new KernelOptions { Backend = options.KernelBackend, Threads = options.KernelThreads, CpuPrecision = options.KernelCpuPrecision }, Console.Error)
-                : backendFactory(options);
+            backend = backendFactory is null ? CreateBackend(options, Console.Error) : backendFactory(options);
             if (options.ExpertLoad.Problem(checkpoint.ExpertFormat) is { } problem)
             {
                 throw new OptionsValidationException(ExpertWorkerOptions.SectionName, typeof(ExpertWorkerOptions),
                     [$"ExpertWorker:Quantize / ExpertWorker:Fp8Activations: {problem}"]);
             }
             var model = ModelDescriptors.FromCheckpoint(checkpoint, options.ExpertLoad);
+            // Measured before any expert is loaded: the placement fills what this reports.
+            var capacity = WorkerCapacity.Measure(options, backend, model);
             string workerId = string.IsNullOrWhiteSpace(options.WorkerId)
                 ? $"w-{Environment.MachineName}-{Environment.ProcessId}"
                 : options.WorkerId;
-            return await StartCoreAsync(configuration, options, cluster, telemetry, tls, tlsOptions, credential, checkpoint, backend, model, workerId, configureLogging,
-                cancellationToken);
+            return await StartCoreAsync(configuration, options, cluster, telemetry, tls, tlsOptions, credential, checkpoint, backend, model, capacity, workerId,
+                configureLogging, cancellationToken);
         }
         catch
         {
@@ -115,6 +115,51 @@ public sealed partial class WorkerHost : IAsyncDisposable
             checkpoint.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The expert worker's kernel backend: <see cref="ExpertWorkerOptions.KernelBackend"/> on device
+    /// <see cref="ExpertWorkerOptions.Gpu"/> (0 when unset). A <c>--gpu</c> at or above the number of devices the CUDA
+    /// driver reports, and an explicit CUDA backend that cannot start, are configuration errors (exit 2); with Auto on a
+    /// machine without a usable device the experts run on the CPU and <paramref name="log"/> says the GPU setting is unused.
+    /// </summary>
+    /// <exception cref="OptionsValidationException">The device ordinal is out of range, or CUDA was asked for and is unusable.</exception>
+    public static IKernelBackend CreateBackend(ExpertWorkerOptions options, TextWriter log)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(log);
+        if (options.Gpu is int gpu && options.KernelBackend != KernelBackendKind.Cpu)
+        {
+            int count = Kernels.Cuda.CudaKernelBackend.CountDevices(out _);
+            if (count > 0 && gpu >= count)
+            {
+                throw new OptionsValidationException(ExpertWorkerOptions.SectionName, typeof(ExpertWorkerOptions),
+                    [string.Create(CultureInfo.InvariantCulture,
+                        $"--gpu (ExpertWorker:Gpu) {gpu} is out of range: the CUDA driver reports {count} device(s), ordinals 0-{count - 1}")]);
+            }
+        }
+        var kernels = new KernelOptions
+        {
+            Backend = options.KernelBackend,
+            Threads = options.KernelThreads,
+            CpuPrecision = options.KernelCpuPrecision,
+            DeviceOrdinal = options.Gpu ?? 0,
+        };
+        IKernelBackend backend;
+        try
+        {
+            backend = KernelBackendFactory.Create(kernels, log);
+        }
+        catch (Kernels.Cuda.CudaUnavailableException ex)
+        {
+            throw new OptionsValidationException(ExpertWorkerOptions.SectionName, typeof(ExpertWorkerOptions),
+                [$"--backend cuda (ExpertWorker:KernelBackend) on device {kernels.DeviceOrdinal}: {ex.Message}"]);
+        }
+        if (options.Gpu is int unused && backend.Capabilities.DeviceOrdinal < 0)
+        {
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"kernels: --gpu {unused} (ExpertWorker:Gpu) is unused: no CUDA device is usable, the experts run on {backend.Name}"));
+        }
+        return backend;
     }
 
     private static void Validate(ExpertWorkerOptions options, ExpertClusterOptions cluster, PlacementOptions placement, TelemetryOptions telemetry,
@@ -130,6 +175,11 @@ public sealed partial class WorkerHost : IAsyncDisposable
         if (string.IsNullOrWhiteSpace(options.ModelDirectory))
         {
             failures.Add("ExpertWorker:ModelDirectory is required");
+        }
+        if (options.Gpu is int gpu && options.KernelBackend == KernelBackendKind.Cpu)
+        {
+            failures.Add(string.Create(CultureInfo.InvariantCulture,
+                $"--gpu (ExpertWorker:Gpu) {gpu} needs a CUDA backend, but --backend cpu (ExpertWorker:KernelBackend) runs the experts on the CPU"));
         }
         if (!IPAddress.TryParse(options.GrpcHost, out var grpcHost))
         {
@@ -158,7 +208,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
     private static async Task<WorkerHost> StartCoreAsync(
         IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, TelemetryOptions telemetry, ClusterCredentials? tls,
         ClusterTlsOptions tlsOptions, ClusterToken? credential, CheckpointReader checkpoint,
-        IKernelBackend backend, ModelDescriptor model, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
+        IKernelBackend backend, ModelDescriptor model, WorkerCapacity capacity, string workerId, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
         builder.Configuration.AddConfiguration(configuration);
@@ -254,6 +304,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             LogInsecure(log, options.GrpcHost);
         }
         LogEffectiveOptions(log, workerId, model.Fingerprint, options.MaxRowsPerDispatch, maxMessage, backend.Name, options.StaticExperts ?? "(cluster plan)");
+        LogCapacity(log, workerId, capacity.Bytes, capacity.Bytes / model.ExpertBytes, capacity.Source);
 
         IHost? silo = null;
         try
@@ -264,7 +315,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
             }
             else
             {
-                silo = await StartSiloAsync(configuration, options, cluster, tls, store, model, workerId, grpcAddress, configureLogging, ct);
+                silo = await StartSiloAsync(configuration, cluster, tls, store, model, capacity.Bytes, workerId, grpcAddress, configureLogging, ct);
             }
         }
         catch
@@ -287,10 +338,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
     }
 
     private static async Task<IHost> StartSiloAsync(
-        IConfiguration configuration, ExpertWorkerOptions options, ExpertClusterOptions cluster, ClusterCredentials? tls, ShardStore store, ModelDescriptor model,
-        string workerId, string grpcAddress, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
+        IConfiguration configuration, ExpertClusterOptions cluster, ClusterCredentials? tls, ShardStore store, ModelDescriptor model,
+        long capacity, string workerId, string grpcAddress, Action<ILoggingBuilder>? configureLogging, CancellationToken ct)
     {
-        long capacity = options.MemoryCapacityBytes > 0 ? options.MemoryCapacityBytes : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         var metadata = new Dictionary<string, string>
         {
             [ExpertShardPlacementDirector.WorkerIdKey] = workerId,
@@ -428,6 +478,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
     [LoggerMessage(EventId = Diagnostics.LogEvents.EffectiveOptions, Level = LogLevel.Information,
         Message = "Worker {WorkerId}: model {Fingerprint}, MaxRowsPerDispatch {MaxRows}, max message {MaxMessageBytes} bytes, backend {Backend}, shard {Shard}")]
     private static partial void LogEffectiveOptions(ILogger logger, string workerId, string fingerprint, int maxRows, int maxMessageBytes, string backend, string shard);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.Capacity, Level = LogLevel.Information,
+        Message = "Worker {WorkerId}: placement capacity {CapacityBytes} bytes ({Experts} experts), {CapacitySource}")]
+    private static partial void LogCapacity(ILogger logger, string workerId, long capacityBytes, long experts, string capacitySource);
 
     [LoggerMessage(EventId = Diagnostics.LogEvents.InsecureListener, Level = LogLevel.Warning,
         Message = "The data plane listens on {Address} WITHOUT TLS (--insecure): anyone on this network can read the rows; set Tls:CertificatePath, Tls:KeyPath and Tls:CaPath")]

@@ -276,14 +276,9 @@ public sealed partial class ExpertComputeService(
                 [new FieldViolation { Field = "shared_rows", Description = $"[{rows.Offset}, +{rows.Length}) is outside the {ring.Size}-byte ring" }]);
         }
         ReadOnlySpan<byte> input = request.SharedRows is null ? frame.Payload.Span : shared;
-        if (verdict.IsOk)
-        {
-            verdict = TensorFrameValidator.CheckFinite(request, input);
-        }
         if (!verdict.IsOk)
         {
-            rejections.Report(RejectionKind.InvalidRequest, verdict.Code, $"request {request.RequestId} for layer {request.Layer}: {verdict.Message}");
-            return Failure(request, verdict.ToReplyStatus());
+            return Refuse(request, verdict);
         }
 
         var reply = new ExpertReply
@@ -294,40 +289,58 @@ public sealed partial class ExpertComputeService(
             Rows = request.Rows,
             HiddenSize = request.HiddenSize,
         };
+        PooledBuffer? buffer = null;
         // The reply's size in its own dtype (FP8 requests are answered in bf16 or fp32; validated, so it fits an int).
         int replyBytes = (int)WireCodec.PayloadBytes(request.Rows, request.HiddenSize, reply.Dtype);
         try
         {
-            if (request.SharedRows is { } sr)
+            // The rows are decoded and checked for NaN/Inf in one pass; a non-finite row is refused before any expert
+            // runs (and, on the ring, before any output row overwrites the input).
+            WorkerTimings timings;
+            int nonFinite;
+            string why;
+            byte[]? bytes = null;
+            bool computed;
+            if (request.SharedRows is not null)
             {
                 // Output rows overwrite the input rows in place: the executor decodes every input row before encoding.
-                reply.Timings = executor.Execute(request, input, snapshot, shared);
+                computed = executor.TryExecute(request, input, snapshot, shared, out timings, out nonFinite, out why);
+            }
+            else if (pooledReply)
+            {
+                buffer = PooledBuffer.Rent(replyBytes);
+                computed = executor.TryExecute(request, input, snapshot, buffer.Span, out timings, out nonFinite, out why);
+            }
+            else
+            {
+                bytes = new byte[replyBytes];
+                computed = executor.TryExecute(request, input, snapshot, bytes, out timings, out nonFinite, out why);
+            }
+            if (!computed)
+            {
+                buffer?.Dispose();
+                return Refuse(request, TensorFrameValidator.NonFiniteRow(request, nonFinite, why));
+            }
+            reply.Timings = timings;
+            if (request.SharedRows is { } sr)
+            {
                 reply.SharedRows = new SharedRows { Offset = sr.Offset, Length = sr.Length };
                 return new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty);
             }
-            if (pooledReply)
-            {
-                var buffer = PooledBuffer.Rent(replyBytes);
-                try
-                {
-                    reply.Timings = executor.Execute(request, input, snapshot, buffer.Span);
-                }
-                catch
-                {
-                    buffer.Dispose();
-                    throw;
-                }
-                return new TensorFrame<ExpertReply>(reply, buffer.Memory, buffer);
-            }
-            var bytes = new byte[replyBytes];
-            reply.Timings = executor.Execute(request, input, snapshot, bytes);
-            return new TensorFrame<ExpertReply>(reply, bytes);
+            return buffer is not null ? new TensorFrame<ExpertReply>(reply, buffer.Memory, buffer) : new TensorFrame<ExpertReply>(reply, bytes!);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or OverflowException)
         {
+            buffer?.Dispose();
             LogFailed(ex, request.RequestId, request.Layer);
             return Failure(request, new ReplyStatus { Code = (int)StatusCode.Internal, Message = $"request {request.RequestId} failed in the worker: {ex.Message}" });
         }
+    }
+
+    private TensorFrame<ExpertReply> Refuse(ExpertRequest request, FrameValidationResult verdict)
+    {
+        rejections.Report(RejectionKind.InvalidRequest, verdict.Code, $"request {request.RequestId} for layer {request.Layer}: {verdict.Message}");
+        return Failure(request, verdict.ToReplyStatus());
     }
 
     private static TensorFrame<ExpertReply> Failure(ExpertRequest request, ReplyStatus status)

@@ -102,6 +102,10 @@ public sealed unsafe partial class CpuKernelBackend : IKernelBackend
     /// <summary>The matmul arithmetic of this backend.</summary>
     public CpuMatMulPrecision Precision { get; }
 
+    /// <inheritdoc />
+    /// <remarks>Always 0: the CPU backend has no device memory (a worker on it sizes its capacity from host memory).</remarks>
+    public long DeviceFreeBytes() => 0;
+
     // The panel layout the kernels of Precision read.
     private PanelLayout WeightPanelLayout => Precision == CpuMatMulPrecision.Bf16 ? PanelLayout.Bf16Pairs : PanelLayout.Widened;
 

@@ -78,3 +78,10 @@ public sealed class CudaBackendOptions
 public sealed record CudaDeviceInfo(int Ordinal, string Name, int ComputeCapabilityMajor, int ComputeCapabilityMinor,
     long TotalMemoryBytes, int MultiprocessorCount, int DriverVersion, int CublasVersion, string NvrtcVersion,
     string KernelImage, string DriverLibrary, string CublasLibrary, string NvrtcLibrary);
+
+/// <summary>One CUDA device's memory as <see cref="CudaKernelBackend.QueryDevices"/> found it.</summary>
+/// <param name="Ordinal">CUDA device ordinal (what <c>--gpu</c> takes).</param>
+/// <param name="Name">Device name.</param>
+/// <param name="FreeBytes">Free memory at the query, bytes (<c>cuMemGetInfo</c>).</param>
+/// <param name="TotalBytes">Total memory, bytes.</param>
+public sealed record CudaDeviceMemory(int Ordinal, string Name, long FreeBytes, long TotalBytes);

@@ -102,7 +102,8 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
             Threads: 1,
             DeviceMemoryBytes: Info.TotalMemoryBytes,
             BatchInvariant: false,
-            Numerics: $"cuda-{Options.Precision.ToString().ToLowerInvariant()}");
+            Numerics: $"cuda-{Options.Precision.ToString().ToLowerInvariant()}",
+            DeviceOrdinal: ordinal);
     }
 
     /// <summary>
@@ -154,6 +155,58 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
             reason = e.Message;
             return 0;
         }
+    }
+
+    /// <summary>
+    /// Free and total memory of every CUDA device (ordinal order) except those in <paramref name="skip"/>, for choosing a
+    /// device before any backend exists (the coordinator's default device: the one with the most free memory). Each
+    /// queried device's primary context is retained for the query and released after it (on a real driver that creates
+    /// the context if no one in this process holds it: a few hundred MiB for a moment), which is why the devices other
+    /// processes use (<paramref name="skip"/>) are not touched. Empty, with <paramref name="reason"/>, when the driver is
+    /// missing or reports no device; never throws for that.
+    /// </summary>
+    public static IReadOnlyList<CudaDeviceMemory> QueryDevices(IReadOnlyCollection<int> skip, out string reason)
+    {
+        ArgumentNullException.ThrowIfNull(skip);
+        int count = CountDevices(out reason);
+        var devices = new List<CudaDeviceMemory>(count);
+        byte* name = stackalloc byte[256];
+        try
+        {
+            for (int ordinal = 0; ordinal < count; ordinal++)
+            {
+                if (skip.Contains(ordinal))
+                {
+                    continue;
+                }
+                CuDriver.Check(CuDriver.cuDeviceGet(out int device, ordinal), "cuDeviceGet");
+                CuDriver.Check(CuDriver.cuDeviceGetName(name, 256, device), "cuDeviceGetName");
+                using var context = PrimaryContextHandle.Retain(device);
+                context.SetCurrent();
+                CuDriver.Check(CuDriver.cuMemGetInfo(out nuint free, out nuint total), "cuMemGetInfo_v2");
+                _ = CuDriver.cuCtxSetCurrent(0);
+                devices.Add(new CudaDeviceMemory(ordinal, Marshal.PtrToStringUTF8((nint)name) ?? "?", (long)free, (long)total));
+            }
+        }
+        catch (CudaException e)
+        {
+            reason = $"querying device memory failed: {e.Message}";
+            return [];
+        }
+        return devices;
+    }
+
+    /// <summary>
+    /// Device memory free right now on this backend's device, bytes (<c>cuMemGetInfo</c> in its context): what every
+    /// process, this one included, has not allocated there.
+    /// </summary>
+    /// <exception cref="CudaException">The driver call failed.</exception>
+    public long DeviceFreeBytes()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _context.SetCurrent();
+        CuDriver.Check(CuDriver.cuMemGetInfo(out nuint free, out _), "cuMemGetInfo_v2");
+        return (long)free;
     }
 
     /// <inheritdoc />

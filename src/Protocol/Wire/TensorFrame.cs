@@ -37,6 +37,10 @@ public sealed class TensorFrame<THeader> : IDisposable
     /// <summary>Why an inbound frame could not be parsed, or null. Such a frame has no header.</summary>
     public string? Malformed { get; }
 
+    /// <summary><see cref="System.Diagnostics.Stopwatch"/> timestamp at which the receiving side's transport handed the
+    /// frame over (the end of its time on the wire), or 0 when not recorded.</summary>
+    public long ReceivedTimestamp { get; set; }
+
     /// <summary>A frame standing for bytes that do not parse.</summary>
     public static TensorFrame<THeader> CreateMalformed(string reason) => new(reason);
 

@@ -177,7 +177,17 @@ public static class TensorFrameValidator
     /// <param name="payload">The validated <c>[rows, hidden]</c> payload.</param>
     public static FrameValidationResult CheckFinite(ExpertRequest request, ReadOnlySpan<byte> payload)
     {
+        ArgumentNullException.ThrowIfNull(request);
         int bad = WireCodec.FirstInvalidRow(payload, request.Dtype, (int)request.HiddenSize, out string why);
+        return NonFiniteRow(request, bad, why);
+    }
+
+    /// <summary>InvalidArgument naming row <paramref name="bad"/> (and its expert) and what is wrong with it
+    /// (<paramref name="why"/>, e.g. from <see cref="WireCodec.TryDecodeFinite(ReadOnlySpan{byte}, WireDType, int, Span{float}, out int, out string)"/>);
+    /// OK when <paramref name="bad"/> is negative (every row usable).</summary>
+    public static FrameValidationResult NonFiniteRow(ExpertRequest request, int bad, string why = "holds NaN or Inf")
+    {
+        ArgumentNullException.ThrowIfNull(request);
         if (bad < 0)
         {
             return FrameValidationResult.Ok;

@@ -14,7 +14,7 @@ namespace Distributed.Protocol.Wire;
 /// (<c>s = max(max|x| / 448, 1/(448·512))</c>, <c>q = e4m3_rne(clamp(x / s, −448, 448))</c>; decoded as <c>q · s</c>).
 /// Little-endian.
 /// </summary>
-public static class WireCodec
+public static partial class WireCodec
 {
     /// <summary>Bytes per scale at the start of an FP8 row.</summary>
     public const int Fp8ScaleBytes = 4;
@@ -184,16 +184,22 @@ public static class WireCodec
     }
 
     /// <summary>
-    /// Decodes <paramref name="src"/> into <paramref name="dst"/> and checks every value is finite.
-    /// Returns false (with the first offending row in <paramref name="badRow"/>) when a row holds NaN or ±Inf;
-    /// <paramref name="dst"/> is then partially written.
+    /// Decodes <paramref name="src"/> into <paramref name="dst"/> and checks, in the same pass, that every decoded value
+    /// is finite. Returns false (with the first offending row in <paramref name="badRow"/>) when a row holds NaN or ±Inf;
+    /// <paramref name="dst"/> is then partially written. The check is on the decoded values, so it holds for what is
+    /// computed on even when <paramref name="src"/> is memory a peer can still write (the same-host ring).
     /// </summary>
     public static bool TryDecodeFinite(ReadOnlySpan<byte> src, WireDType dtype, int hidden, Span<float> dst, out int badRow)
-    {
-        badRow = FirstInvalidRow(src, dtype, hidden, out _);
-        DecodeRows(src, hidden, dtype, dst);
-        return badRow < 0;
-    }
+        => DecodeFinite(src, dtype, hidden, dst, out badRow, out _);
+
+    /// <summary>
+    /// <see cref="TryDecodeFinite(ReadOnlySpan{byte}, WireDType, int, Span{float}, out int)"/>, with
+    /// <paramref name="why"/> saying what is wrong with the bad row (as <see cref="FirstInvalidRow"/> words it). FP8 rows
+    /// are decoded with their scale read once; a scale that is not finite and positive, a NaN code, or a product
+    /// <c>code · scale</c> that overflows to ±Inf makes the row bad.
+    /// </summary>
+    public static bool TryDecodeFinite(ReadOnlySpan<byte> src, WireDType dtype, int hidden, Span<float> dst, out int badRow, out string why)
+        => DecodeFinite(src, dtype, hidden, dst, out badRow, out why);
 
     /// <summary>Decodes <paramref name="src"/> into <paramref name="dst"/> (exactly <c>dst.Length × ElementSize</c> bytes); BF16 or FP32 (FP8 rows: <see cref="DecodeRows"/>).</summary>
     public static void Decode(ReadOnlySpan<byte> src, WireDType dtype, Span<float> dst)

@@ -36,16 +36,23 @@ internal static class DataPlaneBenchmark
             UseShellExecute = false,
         };
         start.Environment[ClusterToken.EnvironmentVariable] = token;
+        // Throw-away cluster TLS credentials (CA + node certificate) for the TLS listener and this client.
+        using var credentials = LocalClusterCredentials.Create();
+        start.Environment["DISTRIBUTED_Tls__CertificatePath"] = credentials.Options.CertificatePath;
+        start.Environment["DISTRIBUTED_Tls__KeyPath"] = credentials.Options.KeyPath;
+        start.Environment["DISTRIBUTED_Tls__CaPath"] = credentials.Options.CaPath;
         using var server = Process.Start(start)!;
         string ready = (await server.StandardOutput.ReadLineAsync())!;
         int tcpPort = int.Parse(ready.Split(' ')[1]["tcp=".Length..]);
         string http = ready.Split(' ')[2]["http=".Length..];
         string unguarded = ready.Split(' ')[3]["unguarded=".Length..];
+        string tlsAddress = ready.Split(' ')[4]["tls=".Length..];
         try
         {
             Console.WriteLine($"data plane round trip, loopback, hidden {Hidden}, bf16 payload both ways; median of N (server pid {server.Id})");
-            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | grpc unguarded ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp | shm/grpc | grpc/unguarded |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | grpc unguarded ms | grpc tls ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp | shm/grpc | grpc/unguarded | tls/grpc |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            var breakdown = new List<string>();
             using var tcp = new TcpClient { NoDelay = true };
             await tcp.ConnectAsync(IPAddress.Loopback, tcpPort);
             using var h2 = new HttpClient(new SocketsHttpHandler { InitialHttp2StreamWindowSize = 16 << 20, EnableMultipleHttp2Connections = true });
@@ -55,6 +62,8 @@ internal static class DataPlaneBenchmark
             await using var grpc = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcBare = await WorkerConnection.ConnectAsync(new WorkerEndpoint("bare", unguarded), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcShm = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, shm, NullLogger.Instance, CancellationToken.None);
+            await using var grpcTls = await WorkerConnection.ConnectAsync(new WorkerEndpoint("tls", tlsAddress), model, inline, NullLogger.Instance, CancellationToken.None,
+                credentials.Credentials);
             if (grpcShm.Transport != RowTransport.SharedMemoryFd)
             {
                 throw new InvalidOperationException($"the shared-memory connection fell back to {grpcShm.Transport}");
@@ -67,15 +76,31 @@ internal static class DataPlaneBenchmark
                 var (warm, iters) = rows switch { <= 1 => (300, 3000), <= 64 => (100, 1000), <= 512 => (20, 200), _ => (5, 40) };
                 warm = Math.Max(1, (int)(warm * scale));
                 iters = Math.Max(3, (int)(iters * scale));
-                var m = await MediansAsync(warm, iters,
+                var inlineParts = new Breakdown();
+                var shmParts = new Breakdown();
+                var m = await MediansAsync(warm, iters, () =>
+                    {
+                        inlineParts.Clear();
+                        shmParts.Clear();
+                    },
                     () => TcpRoundTripAsync(tcp.GetStream(), payload),
                     () => H2RoundTripAsync(h2, http, payload, token),
-                    () => GrpcRoundTripAsync(grpc, rows, payload),
-                    () => GrpcRoundTripAsync(grpcShm, rows, payload),
-                    () => GrpcRoundTripAsync(grpcBare, rows, payload));
-                var (t, h, g, s, b) = (m[0], m[1], m[2], m[3], m[4]);
-                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {b:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× | {s / g:F2}× | {g / b:F2}× |");
+                    () => GrpcRoundTripAsync(grpc, rows, payload, inlineParts),
+                    () => GrpcRoundTripAsync(grpcShm, rows, payload, shmParts),
+                    () => GrpcRoundTripAsync(grpcBare, rows, payload),
+                    () => GrpcRoundTripAsync(grpcTls, rows, payload));
+                var (t, h, g, s, b, x) = (m[0], m[1], m[2], m[3], m[4], m[5]);
+                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {b:F3} | {x:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× | {s / g:F2}× | {g / b:F2}× | {x / g:F2}× |");
+                breakdown.Add($"| {rows} | grpc inline | {inlineParts} |");
+                breakdown.Add($"| {rows} | grpc shm | {shmParts} |");
             }
+            Console.WriteLine();
+            Console.WriteLine("where a gRPC round trip goes (medians, ms): copy rows in; send = the stream write until it returns (serialize, HTTP/2 framing, flush);");
+            Console.WriteLine("away = from then until the reader loop holds the reply (wire both ways, server, client HTTP/2 read and parse); hop = until the");
+            Console.WriteLine("awaiting code runs (thread-pool hop); copy out = the reply rows read out");
+            Console.WriteLine("| rows | path | copy in | send | away | hop | copy out |");
+            Console.WriteLine("|---|---|---|---|---|---|---|");
+            breakdown.ForEach(Console.WriteLine);
         }
         finally
         {
@@ -92,15 +117,21 @@ internal static class DataPlaneBenchmark
 
     // The transports take turns round trip by round trip (the first one rotating), so that load arriving from elsewhere
     // on a shared machine hits all of them alike instead of whichever happened to be measured at that moment.
-    private static async Task<double[]> MediansAsync(int warm, int iters, params Func<Task>[] roundTrips)
+    // Warm-up is also at least WarmUpTime long, so that with few round trips (a small --scale) neither the client's nor
+    // the server's HTTP/2 and gRPC code is measured before tiered JIT has recompiled it.
+    private static readonly TimeSpan WarmUpTime = TimeSpan.FromSeconds(3);
+
+    private static async Task<double[]> MediansAsync(int warm, int iters, Action? warmedUp, params Func<Task>[] roundTrips)
     {
-        for (int i = 0; i < warm; i++)
+        long warmStart = Stopwatch.GetTimestamp();
+        for (int i = 0; i < warm || Stopwatch.GetElapsedTime(warmStart) < WarmUpTime; i++)
         {
             foreach (var roundTrip in roundTrips)
             {
                 await roundTrip();
             }
         }
+        warmedUp?.Invoke();
         var samples = new double[roundTrips.Length][];
         for (int k = 0; k < roundTrips.Length; k++)
         {
@@ -159,14 +190,54 @@ internal static class DataPlaneBenchmark
         }
     }
 
-    private static async Task GrpcRoundTripAsync(WorkerConnection connection, int rows, byte[] payload)
+    private static async Task GrpcRoundTripAsync(WorkerConnection connection, int rows, byte[] payload, Breakdown? parts = null)
     {
+        long t0 = Stopwatch.GetTimestamp();
         using var lease = connection.RentRows(payload.Length);
         payload.CopyTo(lease.Span);
         var header = new ExpertRequest { Layer = 1, Dtype = WireDType.Bf16, HiddenSize = Hidden, Rows = (uint)rows, Segments = { new ExpertSegment { Expert = 0, Rows = (uint)rows } } };
+        long t1 = Stopwatch.GetTimestamp();
         var replyTask = await connection.SendAsync(header, lease, CancellationToken.None);
+        long t2 = Stopwatch.GetTimestamp();
         using var reply = await replyTask;
+        long t3 = Stopwatch.GetTimestamp();
         ReadOnlySpan<byte> back = reply.Header.SharedRows is null ? reply.Payload.Span : lease.Span;
         back.CopyTo(EchoBuffer.AsSpan(8));
+        long t4 = Stopwatch.GetTimestamp();
+        // A reply that arrived before the write returned counts as no time away.
+        long received = Math.Max(reply.ReceivedTimestamp, t2);
+        parts?.Add(t1 - t0, t2 - t1, received - t2, t3 - received, t4 - t3);
+    }
+
+    // Stopwatch-instrumented stages of the round trips of one path (issue #15 profile), medians.
+    private sealed class Breakdown
+    {
+        private readonly List<long>[] _stages = [[], [], [], [], []];
+
+        public void Clear()
+        {
+            foreach (var s in _stages)
+            {
+                s.Clear();
+            }
+        }
+
+        public void Add(params long[] ticks)
+        {
+            for (int i = 0; i < ticks.Length; i++)
+            {
+                _stages[i].Add(ticks[i]);
+            }
+        }
+
+        public override string ToString() => string.Join(" | ", _stages.Select(s =>
+        {
+            if (s.Count == 0)
+            {
+                return "-";
+            }
+            var sorted = s.Order().ToArray();
+            return (sorted[sorted.Length / 2] * 1000.0 / Stopwatch.Frequency).ToString("F3", System.Globalization.CultureInfo.InvariantCulture);
+        }));
     }
 }

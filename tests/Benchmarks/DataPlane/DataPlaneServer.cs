@@ -25,8 +25,8 @@ namespace Distributed.Benchmarks.DataPlane;
 /// (8-byte length prefix), a plain HTTP/2 POST echo (Kestrel, no gRPC), and the ExpertWorker gRPC service shape
 /// (same Kestrel limits, same <see cref="TensorFrameMarshaller"/>, one bidi stream, behind the worker's own
 /// <see cref="DataPlaneSecurity"/>: cluster credential, frame guard, sessions, ring rendezvous) answering each request
-/// with its own rows, inline or through the shared ring; a second listener serves it without the guard. Prints
-/// <c>DATAPLANE_READY tcp=PORT http=URL unguarded=URL</c>.
+/// with its own rows, inline or through the shared ring; a second listener serves it without the guard, a third over
+/// cluster TLS (mutual, as a worker with <c>Tls:DataPlane</c>). Prints <c>DATAPLANE_READY tcp=PORT http=URL unguarded=URL tls=URL</c>.
 /// </summary>
 internal static class DataPlaneServer
 {
@@ -39,9 +39,29 @@ internal static class DataPlaneServer
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         ListenOptions? unguarded = null;
+        ListenOptions? tlsListen = null;
+        // Cluster TLS as a worker serves it (mutual, the cluster CA), from the DISTRIBUTED_Tls__* paths the benchmark sets.
+        var tls = Distributed.Hosting.ClusterCredentials.Load(new Distributed.Hosting.ClusterTlsOptions
+        {
+            CertificatePath = Environment.GetEnvironmentVariable("DISTRIBUTED_Tls__CertificatePath"),
+            KeyPath = Environment.GetEnvironmentVariable("DISTRIBUTED_Tls__KeyPath"),
+            CaPath = Environment.GetEnvironmentVariable("DISTRIBUTED_Tls__CaPath"),
+        }) ?? throw new InvalidOperationException("DISTRIBUTED_Tls__CertificatePath, KeyPath and CaPath must be set");
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Listen(IPAddress.Loopback, 0, o => o.Protocols = HttpProtocols.Http2);
+            k.Listen(IPAddress.Loopback, 0, o =>
+            {
+                o.Protocols = HttpProtocols.Http2;
+                o.UseHttps(https =>
+                {
+                    https.ServerCertificate = tls.Certificate;
+                    https.ServerCertificateChain = tls.Intermediates;
+                    https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.RequireCertificate;
+                    https.ClientCertificateValidation = (certificate, chain, errors) => tls.ValidatePeer(certificate, chain, errors);
+                });
+                tlsListen = o;
+            });
             // The same service without the guard in front, to measure what the guard costs.
             k.Listen(IPAddress.Loopback, 0, o =>
             {
@@ -88,9 +108,10 @@ internal static class DataPlaneServer
         });
         await app.StartAsync();
         int unguardedPort = unguarded!.IPEndPoint!.Port;
+        int tlsPort = tlsListen!.IPEndPoint!.Port;
         var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
-        string http = addresses.First(a => new Uri(a).Port != unguardedPort);
-        Console.WriteLine($"DATAPLANE_READY tcp={((IPEndPoint)tcp.LocalEndpoint).Port} http={http} unguarded=http://127.0.0.1:{unguardedPort}");
+        string http = addresses.First(a => new Uri(a).Port != unguardedPort && new Uri(a).Port != tlsPort);
+        Console.WriteLine($"DATAPLANE_READY tcp={((IPEndPoint)tcp.LocalEndpoint).Port} http={http} unguarded=http://127.0.0.1:{unguardedPort} tls=https://localhost:{tlsPort}");
         Console.Out.Flush();
         await Task.Run(Console.In.ReadLine);
         await app.StopAsync();

@@ -25,6 +25,12 @@ internal static class ServingLoadBenchmark
                          differences of a few percent (e.g. --config "off=--telemetry off" --config "on=").
           --config       a server configuration; repeatable; the first is the baseline. Default: inproc= (in-process experts).
                          Example: --config "inproc=" --config "workers2=--local-workers 2"
+          --delays D,..  (issue #15) start --delay-workers static-shard ExpertWorkers (default 2) with a DelayRelay per worker
+                         and delay (one-way µs); every configuration after the first runs once per delay against them
+                         (--workers through the relays, inline rows), interleaved (R = --interleave, else --repeat), and
+                         a second table gives the share of the added delay hidden, from tokens/s:
+                         1 - (clients/tok_s(d) - clients/tok_s(d0)) / (MoE layers x 2d), median of rounds.
+                         Example: --delays 0,50,200 --config "inproc=" --config "pp-off=--micro-batch off" --config "pp-on=--micro-batch 8"
         """;
 
     public static int Run(string[] args) => RunAsync(args).GetAwaiter().GetResult();
@@ -45,6 +51,28 @@ internal static class ServingLoadBenchmark
         string coordinator = Path.Combine(AppContext.BaseDirectory, "Distributed.Coordinator.dll");
         Console.Error.WriteLine($"serving-load: model {settings.Model}, clients {string.Join(",", settings.Clients)}, prompt {settings.PromptTokens} tokens, max_tokens {settings.MaxTokens}, {Environment.ProcessorCount} CPUs (client and server share them)");
 
+        if (settings.Delays is { } delays)
+        {
+            await using var workers = await DataPlane.DelayedWorkers.StartAsync(settings.Model, settings.DelayWorkers, delays, _ => { }).ConfigureAwait(false);
+            var expanded = new List<(string Name, string[] Args)> { settings.Configs[0] };
+            settings.DelayOf.Add(null);
+            foreach (var (name, serveArgs) in settings.Configs.Skip(1))
+            {
+                foreach (int d in delays)
+                {
+                    expanded.Add(($"{name}@{d}us", [.. serveArgs, "--workers", string.Join(",", workers.Addresses(d)), "--Distribution:PreferSharedMemory", "false"]));
+                    settings.DelayOf.Add((name, d));
+                }
+            }
+            settings.Configs.Clear();
+            settings.Configs.AddRange(expanded);
+            using (var checkpoint = Distributed.Checkpoint.CheckpointReader.Open(settings.Model))
+            {
+                settings.MoeLayers = checkpoint.Config.MoeLayers.Count;
+            }
+            await RunInterleavedAsync(coordinator, settings).ConfigureAwait(false);
+            return 0;
+        }
         if (settings.Interleave > 0)
         {
             await RunInterleavedAsync(coordinator, settings).ConfigureAwait(false);
@@ -113,6 +141,7 @@ internal static class ServingLoadBenchmark
             Console.WriteLine();
             Console.WriteLine("| config | clients | runs | median tok/s | tok/s ratio to baseline, median of rounds (quartiles) | server CPU ms per 1000 tokens, median | CPU per token ratio to baseline, median of rounds (quartiles) |");
             Console.WriteLine("|---|---|---|---|---|---|---|");
+            var hiddenRows = new List<string>();
             foreach (int clients in settings.Clients)
             {
                 int requests = settings.Requests ?? Math.Max(32, 4 * clients);
@@ -140,7 +169,24 @@ internal static class ServingLoadBenchmark
                     string Quartiles(List<double> x) => string.Format(inv, "{0:F3} ({1:F3} – {2:F3})", Percentile([.. x], 0.5), Percentile([.. x], 0.25), Percentile([.. x], 0.75));
                     Console.WriteLine(string.Format(inv, "| {0}{1} | {2} | {3} | {4:F0} | {5} | {6:F1} | {7} |", servers[k].Name, k == 0 ? " (baseline)" : "", clients, settings.Interleave,
                         Percentile([.. tokS[k]], 0.5), k == 0 ? "1" : Quartiles(ratios), 1e6 * Percentile([.. cpuPerToken[k]], 0.5), k == 0 ? "1" : Quartiles(cpuRatios)));
+                    if (settings.DelayOf.Count > k && settings.DelayOf[k] is { } of && of.Delay != settings.Delays![0])
+                    {
+                        // Step time ~ clients / tok/s in steady decode; what the added delay cost against what it would cost unhidden.
+                        int k0 = settings.DelayOf.IndexOf((of.Name, settings.Delays[0]));
+                        double nominal = settings.MoeLayers * 2 * (of.Delay - settings.Delays[0]) * 1e-6;
+                        var hidden = tokS[k].Select((v, round) => 1 - (clients / v - clients / tokS[k0][round]) / nominal).ToList();
+                        hiddenRows.Add(string.Format(inv, "| {0} | {1} µs | {2} | {3:F2} | {4:F2} | {5} |", of.Name, of.Delay, clients,
+                            1e3 * clients / Percentile([.. tokS[k0]], 0.5), 1e3 * clients / Percentile([.. tokS[k]], 0.5), Percentile(hidden, 0.5).ToString("P0", inv)));
+                    }
                 }
+            }
+            if (hiddenRows.Count > 0)
+            {
+                Console.WriteLine();
+                Console.WriteLine($"share of the added one-way delay hidden ({settings.MoeLayers} MoE layers: an unhidden step pays {settings.MoeLayers} x 2d more), step time = clients / tok/s, median of rounds");
+                Console.WriteLine("| config | one-way delay | clients | step ms at d0 | step ms at d | added delay hidden |");
+                Console.WriteLine("|---|---|---|---|---|---|");
+                hiddenRows.ForEach(Console.WriteLine);
             }
         }
         finally
@@ -311,6 +357,15 @@ internal static class ServingLoadBenchmark
 
         public List<(string Name, string[] Args)> Configs { get; } = [];
 
+        public int[]? Delays { get; private set; }
+
+        public int DelayWorkers { get; private set; } = 2;
+
+        /// <summary>Per configuration (after expansion): the configuration it came from and its delay; null for the baseline.</summary>
+        public List<(string Name, int Delay)?> DelayOf { get; } = [];
+
+        public int MoeLayers { get; set; }
+
         public static Settings Parse(string[] args)
         {
             var s = new Settings();
@@ -327,6 +382,11 @@ internal static class ServingLoadBenchmark
                     case "--warmup": s.Warmup = PositiveInt(Value(), "--warmup"); break;
                     case "--repeat": s.Repeat = PositiveInt(Value(), "--repeat"); break;
                     case "--interleave": s.Interleave = PositiveInt(Value(), "--interleave"); break;
+                    case "--delays":
+                        s.Delays = [.. Value().Split(',').Select(v => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int d) && d is >= 0 and < 1_000_000
+                            ? d : throw new ArgumentException($"--delays must list one-way delays in µs within [0, 1e6), got '{v}'"))];
+                        break;
+                    case "--delay-workers": s.DelayWorkers = PositiveInt(Value(), "--delay-workers"); break;
                     case "--config":
                         string c = Value();
                         int eq = c.IndexOf('=');
@@ -350,6 +410,17 @@ internal static class ServingLoadBenchmark
             if (s.Configs.Count == 0)
             {
                 s.Configs.Add(("inproc", []));
+            }
+            if (s.Delays is not null)
+            {
+                if (s.Configs.Count < 2)
+                {
+                    throw new ArgumentException("--delays needs a baseline --config and at least one more to run against the delayed workers");
+                }
+                if (s.Interleave == 0)
+                {
+                    s.Interleave = s.Repeat;
+                }
             }
             return s;
         }

@@ -4,7 +4,7 @@ namespace Distributed.Coordinator.Tests.Distribution;
 
 public sealed class DispatchChunkingTests
 {
-    private static GrpcExpertDispatcher.Slice S(int expert, int first, int rows) => new(expert, first, rows);
+    private static RowSlice S(int expert, int first, int rows) => new(expert, first, rows);
 
     [Fact]
     public void Chunk_UnderTheLimit_OneRequest()
@@ -17,7 +17,7 @@ public sealed class DispatchChunkingTests
     [Fact]
     public void Chunk_OverTheLimit_CutsSlicesAndKeepsEveryRowOnce()
     {
-        var slices = new List<GrpcExpertDispatcher.Slice> { S(0, 0, 5), S(2, 5, 1), S(7, 6, 9) };
+        var slices = new List<RowSlice> { S(0, 0, 5), S(2, 5, 1), S(7, 6, 9) };
         var chunks = GrpcExpertDispatcher.Chunk(slices, 4);
         Assert.All(chunks, c => Assert.InRange(c.Sum(s => s.Rows), 1, 4));
         Assert.All(chunks, c => Assert.Equal(c.Count, c.Select(s => s.Expert).Distinct().Count()));

@@ -50,6 +50,21 @@ public sealed class CoordinatorConfigurationTests
         Assert.Equal([30001, 30002], settings.Cluster.GatewayPorts);
     }
 
+    [Theory]
+    [InlineData(null, false, int.MaxValue)]
+    [InlineData("8", true, 8)]
+    [InlineData("off", false, int.MaxValue)]
+    [InlineData("OFF", false, int.MaxValue)]
+    [InlineData("32", true, 32)]
+    public void MicroBatch_MapsToTheModelsSplitRule(string? value, bool enabled, int minTokens)
+    {
+        string[] args = value is null ? ["--local-workers", "2"] : ["--local-workers", "2", "--micro-batch", value];
+        var settings = DistributedExpertsCli.Settings(Build(null, args, out _), "dir", null)!;
+        var rule = settings.Distribution.MicroBatching();
+        Assert.Equal(enabled, rule.Enabled);
+        Assert.Equal(minTokens, rule.MinTokens);
+    }
+
     [Fact]
     public void ImageSettings_BindFromEnvironmentAndSectionKeys()
     {
@@ -87,6 +102,10 @@ public sealed class CoordinatorConfigurationTests
     [InlineData("mutually exclusive", "--workers", "127.0.0.1:5000", "--clustering", "Redis", "--redis", "r:1")]
     [InlineData("needs --local-workers, --workers or --clustering", "--redis", "r:1")]
     [InlineData("--quantize 'int4' must be none or fp8", "--quantize", "int4")]
+    [InlineData("Distribution:MicroBatchMinTokens (--micro-batch) needs --local-workers", "--micro-batch", "16")]
+    [InlineData("--micro-batch '1' must be off or a token count", "--local-workers", "2", "--micro-batch", "1")]
+    [InlineData("--micro-batch 'some' must be off or a token count", "--local-workers", "2", "--micro-batch", "some")]
+    [InlineData("Distribution:MicroBatchMinTokens 1 must be 0 (off)", "--local-workers", "2", "--Distribution:MicroBatchMinTokens", "1")]
     [InlineData("needs --clustering Redis", "--clustering", "Localhost", "--redis", "r:1")]
     [InlineData("Cluster:RedisConnectionString is required", "--clustering", "Redis")]
     [InlineData("--clustering must be one of", "--clustering", "Zookeeper")]

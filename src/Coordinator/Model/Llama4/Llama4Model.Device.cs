@@ -11,7 +11,8 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// of every layer in device memory (<see cref="CudaDeviceStep"/>), and crosses PCIe per MoE layer only with the router's
 /// top-k, the rows dispatched to the routed experts and their combined results, plus the logits at the end. It launches
 /// the same kernels in the same order as the host-staged loop of <see cref="ForwardAsync"/>, so the two agree (bitwise on
-/// the emulator, where cuBLAS is deterministic per shape).
+/// the emulator, where cuBLAS is deterministic per shape). It runs the step as one lane: <see cref="MicroBatching"/> applies
+/// to the host-staged loop only.
 /// </summary>
 public sealed partial class Llama4Model
 {
@@ -174,7 +175,7 @@ public sealed partial class Llama4Model
     }
 
     /// <summary>
-    /// The MoE block of <see cref="MoeAsync"/> on the device: router and top-k on the device (ids and scores come back), the
+    /// The MoE block of <see cref="MoeDispatchAsync"/> and its combine on the device: router and top-k on the device (ids and scores come back), the
     /// normed rows go to the dispatcher, the shared expert is queued on the device while the routed experts run, and the
     /// combined routed rows come back up to be added.
     /// </summary>

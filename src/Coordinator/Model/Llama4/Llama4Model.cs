@@ -156,95 +156,46 @@ public sealed partial class Llama4Model
 
         var pool = ArrayPool<float>.Shared;
         float[] hidden = pool.Rent(t * h), x = pool.Rent(t * h), qkv = pool.Rent(t * qkvW), q = pool.Rent(t * qW),
-            k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h), routed = pool.Rent(t * h);
+            k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h);
         int[] positions = new int[t];
         var sequences = new KvSequenceView[items.Count];
         try
         {
             Embed(items, hidden, positions);
             Observer?.OnTensor("embed", hidden.AsSpan(0, t * h), t, h);
-            int row;
 
-            Dictionary<int, int[]>? routing = captureRouting ? [] : null;
-            for (int il = 0; il < _c.NumLayers; il++)
+            var lanes = Lanes(items, t);
+            var bufs = new StepBuffers(hidden, x, qkv, q, k, v, attn, tmp, positions, sequences);
+            var laneRouting = captureRouting ? new int[lanes.Length][][] : null;
+            if (lanes.Length == 1)
             {
-                cancellationToken.ThrowIfCancellationRequested();
-                var lw = _w.Layers[il];
-                bool rope = _c.UsesRope(il);
-
-                // --- attention block ---
-                _backend.RmsNorm(hidden.AsSpan(0, t * h), t, h, lw.InputNorm, (float)_c.RmsNormEps, x.AsSpan(0, t * h));
-                _backend.MatMul(x.AsSpan(0, t * h), t, lw.Qkv, qkv.AsSpan(0, t * qkvW));
-                for (int r = 0; r < t; r++)
+                await RunLayersAsync(items, lanes[0], bufs, null, laneRouting is null ? null : laneRouting[0] = new int[_c.NumLayers][], cancellationToken)
+                    .ConfigureAwait(false);
+            }
+            else
+            {
+                // Micro-batch ping-pong: the lanes take turns on the kernels (one holds the gate at a time) and give it up
+                // while their rows are at the experts, so one lane's attention, router and shared expert run while the
+                // other's routed rows are on the wire. Rows are disjoint, and every kernel is batch invariant, so each
+                // row's result is bitwise what the unsplit step computes.
+                using var gate = new SemaphoreSlim(1, 1);
+                using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                var running = new Task[lanes.Length];
+                for (int l = 0; l < lanes.Length; l++)
                 {
-                    var src = qkv.AsSpan(r * qkvW, qkvW);
-                    src[..qW].CopyTo(q.AsSpan(r * qW, qW));
-                    src.Slice(qW, kvW).CopyTo(k.AsSpan(r * kvW, kvW));
-                    src.Slice(qW + kvW, kvW).CopyTo(v.AsSpan(r * kvW, kvW));
+                    var laneIds = laneRouting is null ? null : laneRouting[l] = new int[_c.NumLayers][];
+                    running[l] = RunLaneAsync(items, lanes[l], bufs, gate, laneIds, failed);
                 }
-                if (rope)
+                await Task.WhenAll(running).ConfigureAwait(false);
+            }
+            Dictionary<int, int[]>? routing = null;
+            if (laneRouting is not null)
+            {
+                routing = [];
+                foreach (int il in _c.MoeLayers)
                 {
-                    _backend.Rope(q.AsSpan(0, t * qW), t, nh, positions, _w.Rope);
-                    _backend.Rope(k.AsSpan(0, t * kvW), t, nkv, positions, _w.Rope);
-                    if (_c.UseQkNorm)
-                    {
-                        // HF Llama4TextL2Norm (no weight, eps = rms_norm_eps), after RoPE, RoPE layers only.
-                        _backend.RmsNorm(q.AsSpan(0, t * qW), t * nh, hd, [], (float)_c.RmsNormEps, q.AsSpan(0, t * qW));
-                        _backend.RmsNorm(k.AsSpan(0, t * kvW), t * nkv, hd, [], (float)_c.RmsNormEps, k.AsSpan(0, t * kvW));
-                    }
+                    routing[il] = [.. laneRouting.SelectMany(lane => lane[il])];
                 }
-                else if (_c.AttnTemperatureTuning)
-                {
-                    // Attention temperature tuning on NoPE layers (arXiv 2501.19399; HF Llama4TextAttention):
-                    // q *= log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, each step in float32.
-                    for (int r = 0; r < t; r++)
-                    {
-                        float factor = TemperatureFactor(positions[r]);
-                        var qr = q.AsSpan(r * qW, qW);
-                        for (int j = 0; j < qr.Length; j++)
-                        {
-                            qr[j] *= factor;
-                        }
-                    }
-                }
-
-                // One attention call per layer for every sequence of the step, over the keys where the store keeps them
-                // (device memory on CUDA): each row's result depends only on its own sequence.
-                var ap = new AttentionParams(nh, nkv, hd, _attnScaling, rope ? _c.AttentionChunkSize : 0);
-                IKvBlockStore? store = null;
-                row = 0;
-                for (int i = 0; i < items.Count; i++)
-                {
-                    int n = items[i].Tokens.Length;
-                    var view = items[i].Cache.Append(il, k.AsSpan(row * kvW, n * kvW), v.AsSpan(row * kvW, n * kvW), n);
-                    store ??= view.Store;
-                    if (!ReferenceEquals(store, view.Store))
-                    {
-                        throw new ArgumentException("every sequence of a step must keep its keys in the same block store (one pool)", nameof(items));
-                    }
-                    sequences[i] = new KvSequenceView(n, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
-                    row += n;
-                }
-                store!.AttentionBatch(q.AsSpan(0, t * qW), positions, sequences, ap, attn.AsSpan(0, t * qW));
-                _backend.MatMul(attn.AsSpan(0, t * qW), t, lw.O, tmp.AsSpan(0, t * h));
-                _backend.Add(hidden.AsSpan(0, t * h), tmp.AsSpan(0, t * h));
-
-                // --- feed-forward block ---
-                _backend.RmsNorm(hidden.AsSpan(0, t * h), t, h, lw.PostAttentionNorm, (float)_c.RmsNormEps, x.AsSpan(0, t * h));
-                if (lw.Router is { } router)
-                {
-                    var ids = await MoeAsync(il, router, lw, x, t, tmp, routed, cancellationToken).ConfigureAwait(false);
-                    if (routing is not null)
-                    {
-                        routing[il] = ids;
-                    }
-                }
-                else
-                {
-                    _backend.SwiGluFfn(x.AsSpan(0, t * h), t, lw.FfnGateUp, lw.FfnDown, tmp.AsSpan(0, t * h));
-                }
-                _backend.Add(hidden.AsSpan(0, t * h), tmp.AsSpan(0, t * h));
-                Observer?.OnTensor($"L{il}.out", hidden.AsSpan(0, t * h), t, h);
             }
             foreach (var item in items)
             {
@@ -281,21 +232,202 @@ public sealed partial class Llama4Model
             pool.Return(v);
             pool.Return(attn);
             pool.Return(tmp);
-            pool.Return(routed);
         }
     }
 
     /// <summary>
-    /// Llama4TextMoe: router logits → top-k → sigmoid of the chosen logits → dispatch (score scales the expert INPUT) →
-    /// shared expert locally while the routed experts run → combine → shared + routed. Writes the block output to
-    /// <paramref name="output"/> and returns the chosen expert ids <c>[t, top_k]</c>.
+    /// Micro-batch ping-pong (issue #15): when on, a step of at least <see cref="MicroBatching.MinTokens"/> tokens over
+    /// at least two sequences is split into two micro-batches (contiguous runs of sequences with about half the tokens
+    /// each) that take turns on the kernels: while one micro-batch's routed rows are at the experts, the other runs its
+    /// attention, router and shared expert. Outputs are bitwise those of the unsplit step (every kernel is batch
+    /// invariant and the micro-batches share no rows). Ignored while an <see cref="Observer"/> is set (its tensors cover
+    /// the whole step). Default: <see cref="MicroBatching.Off"/>.
     /// </summary>
-    private async ValueTask<int[]> MoeAsync(int il, IWeightMatrix router, Llama4LayerWeights lw, float[] x, int t, float[] output, float[] routed,
+    public MicroBatching MicroBatching { get; set; } = MicroBatching.Off;
+
+    /// <summary>Rows [<paramref name="FirstRow"/>, +<paramref name="Rows"/>) of a step: items [<paramref name="FirstItem"/>, +<paramref name="Items"/>).</summary>
+    private readonly record struct Lane(int FirstItem, int Items, int FirstRow, int Rows);
+
+    /// <summary>The step's row-major buffers, shared by its lanes (each works on its own rows).</summary>
+    private sealed record StepBuffers(float[] Hidden, float[] X, float[] Qkv, float[] Q, float[] K, float[] V, float[] Attn, float[] Tmp, int[] Positions,
+        KvSequenceView[] Sequences);
+
+    // One lane, or two of about half the tokens each (the split point with the smallest imbalance; sequences stay whole).
+    private Lane[] Lanes(IReadOnlyList<SequenceStep> items, int t)
+    {
+        var mb = MicroBatching;
+        if (!mb.Enabled || Observer is not null || items.Count < 2 || t < mb.MinTokens)
+        {
+            return [new Lane(0, items.Count, 0, t)];
+        }
+        int best = 1, bestRows = items[0].Tokens.Length, rows = 0;
+        for (int i = 1; i < items.Count; i++)
+        {
+            rows += items[i - 1].Tokens.Length;
+            if (Math.Abs(2 * rows - t) < Math.Abs(2 * bestRows - t))
+            {
+                best = i;
+                bestRows = rows;
+            }
+        }
+        return [new Lane(0, best, 0, bestRows), new Lane(best, items.Count - best, bestRows, t - bestRows)];
+    }
+
+    private async Task RunLaneAsync(IReadOnlyList<SequenceStep> items, Lane lane, StepBuffers b, SemaphoreSlim gate, int[][]? routing,
+        CancellationTokenSource failed)
+    {
+        try
+        {
+            await RunLayersAsync(items, lane, b, gate, routing, failed.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            // The other lane stops at its next layer instead of running the step to its end for nothing.
+            failed.Cancel();
+            throw;
+        }
+    }
+
+    // Every decoder layer over one lane's rows. With a gate, the lane holds it while it uses the kernels and gives it up
+    // while its routed rows are at the experts (the combine itself only decodes into this lane's rows).
+    private async Task RunLayersAsync(IReadOnlyList<SequenceStep> items, Lane lane, StepBuffers b, SemaphoreSlim? gate, int[][]? routing,
         CancellationToken cancellationToken)
     {
-        int h = _c.HiddenSize, e = _c.NumExperts, topK = _c.TopK;
+        int h = _c.HiddenSize, nh = _c.NumHeads, nkv = _c.NumKvHeads, hd = _c.HeadDim;
+        int qW = nh * hd, kvW = nkv * hd, qkvW = qW + 2 * kvW;
+        int r0 = lane.FirstRow, t = lane.Rows;
+        bool held = false;
+        if (gate is not null)
+        {
+            await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            held = true;
+        }
+        try
+        {
+            for (int il = 0; il < _c.NumLayers; il++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var lw = _w.Layers[il];
+                bool rope = _c.UsesRope(il);
+                var hidden = b.Hidden.AsMemory(r0 * h, t * h);
+                var x = b.X.AsMemory(r0 * h, t * h);
+                var tmp = b.Tmp.AsMemory(r0 * h, t * h);
+                var qkv = b.Qkv.AsSpan(r0 * qkvW, t * qkvW);
+                var q = b.Q.AsSpan(r0 * qW, t * qW);
+                var k = b.K.AsSpan(r0 * kvW, t * kvW);
+                var v = b.V.AsSpan(r0 * kvW, t * kvW);
+                var attn = b.Attn.AsSpan(r0 * qW, t * qW);
+                var positions = b.Positions.AsSpan(r0, t);
+
+                // --- attention block ---
+                _backend.RmsNorm(hidden.Span, t, h, lw.InputNorm, (float)_c.RmsNormEps, x.Span);
+                _backend.MatMul(x.Span, t, lw.Qkv, qkv);
+                for (int r = 0; r < t; r++)
+                {
+                    var src = qkv.Slice(r * qkvW, qkvW);
+                    src[..qW].CopyTo(q.Slice(r * qW, qW));
+                    src.Slice(qW, kvW).CopyTo(k.Slice(r * kvW, kvW));
+                    src.Slice(qW + kvW, kvW).CopyTo(v.Slice(r * kvW, kvW));
+                }
+                if (rope)
+                {
+                    _backend.Rope(q, t, nh, positions, _w.Rope);
+                    _backend.Rope(k, t, nkv, positions, _w.Rope);
+                    if (_c.UseQkNorm)
+                    {
+                        // HF Llama4TextL2Norm (no weight, eps = rms_norm_eps), after RoPE, RoPE layers only.
+                        _backend.RmsNorm(q, t * nh, hd, [], (float)_c.RmsNormEps, q);
+                        _backend.RmsNorm(k, t * nkv, hd, [], (float)_c.RmsNormEps, k);
+                    }
+                }
+                else if (_c.AttnTemperatureTuning)
+                {
+                    // Attention temperature tuning on NoPE layers (arXiv 2501.19399; HF Llama4TextAttention):
+                    // q *= log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, each step in float32.
+                    for (int r = 0; r < t; r++)
+                    {
+                        float factor = TemperatureFactor(positions[r]);
+                        var qr = q.Slice(r * qW, qW);
+                        for (int j = 0; j < qr.Length; j++)
+                        {
+                            qr[j] *= factor;
+                        }
+                    }
+                }
+
+                // One attention call per layer for every sequence of the lane, over the keys where the store keeps them
+                // (device memory on CUDA): each row's result depends only on its own sequence.
+                var ap = new AttentionParams(nh, nkv, hd, _attnScaling, rope ? _c.AttentionChunkSize : 0);
+                IKvBlockStore? store = null;
+                int row = 0;
+                for (int i = lane.FirstItem; i < lane.FirstItem + lane.Items; i++)
+                {
+                    int n = items[i].Tokens.Length;
+                    var view = items[i].Cache.Append(il, k.Slice(row * kvW, n * kvW), v.Slice(row * kvW, n * kvW), n);
+                    store ??= view.Store;
+                    if (!ReferenceEquals(store, view.Store))
+                    {
+                        throw new ArgumentException("every sequence of a step must keep its keys in the same block store (one pool)", nameof(items));
+                    }
+                    b.Sequences[i] = new KvSequenceView(n, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
+                    row += n;
+                }
+                store!.AttentionBatch(q, positions, b.Sequences.AsSpan(lane.FirstItem, lane.Items), ap, attn);
+                _backend.MatMul(attn, t, lw.O, tmp.Span);
+                _backend.Add(hidden.Span, tmp.Span);
+
+                // --- feed-forward block ---
+                _backend.RmsNorm(hidden.Span, t, h, lw.PostAttentionNorm, (float)_c.RmsNormEps, x.Span);
+                if (lw.Router is { } router)
+                {
+                    var (ids, handle) = await MoeDispatchAsync(il, router, lw, x, t, tmp, cancellationToken).ConfigureAwait(false);
+                    if (routing is not null)
+                    {
+                        routing[il] = ids;
+                    }
+                    if (gate is not null)
+                    {
+                        held = false;
+                        gate.Release();
+                    }
+                    // shared + routed, the routed slot sum added straight into the shared expert's output (bitwise the
+                    // same as combining into a buffer and adding it).
+                    await _experts.CombineAddAsync(handle, tmp, cancellationToken).ConfigureAwait(false);
+                    if (gate is not null)
+                    {
+                        await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+                        held = true;
+                    }
+                }
+                else
+                {
+                    _backend.SwiGluFfn(x.Span, t, lw.FfnGateUp, lw.FfnDown, tmp.Span);
+                }
+                _backend.Add(hidden.Span, tmp.Span);
+                Observer?.OnTensor($"L{il}.out", hidden.Span, t, h);
+            }
+        }
+        finally
+        {
+            if (held)
+            {
+                gate!.Release();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Llama4TextMoe up to the combine: router logits → top-k → sigmoid of the chosen logits → dispatch (score scales the
+    /// expert INPUT) → the shared expert computed locally into <paramref name="output"/> while the routed experts run.
+    /// Returns the chosen expert ids <c>[t, top_k]</c> and the dispatch, whose combine adds the routed sum to
+    /// <paramref name="output"/> (shared + routed).
+    /// </summary>
+    private async ValueTask<(int[] Ids, DispatchHandle Handle)> MoeDispatchAsync(int il, IWeightMatrix router, Llama4LayerWeights lw, Memory<float> x, int t,
+        Memory<float> output, CancellationToken cancellationToken)
+    {
+        int e = _c.NumExperts, topK = _c.TopK;
         var logits = new float[t * e];
-        _backend.MatMul(x.AsSpan(0, t * h), t, router, logits);
+        _backend.MatMul(x.Span, t, router, logits);
         Observer?.OnTensor($"L{il}.router_logits", logits, t, e);
         var ids = new int[t * topK];
         var scores = new float[t * topK];
@@ -304,11 +436,9 @@ public sealed partial class Llama4Model
         {
             scores[i] = (float)(1.0 / (1.0 + Math.Exp(-scores[i])));
         }
-        var handle = await _experts.DispatchAsync(il, x.AsMemory(0, t * h), new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
-        _backend.SwiGluFfn(x.AsSpan(0, t * h), t, lw.FfnGateUp, lw.FfnDown, output.AsSpan(0, t * h));
-        await _experts.CombineAsync(handle, routed.AsMemory(0, t * h), cancellationToken).ConfigureAwait(false);
-        _backend.Add(output.AsSpan(0, t * h), routed.AsSpan(0, t * h));
-        return ids;
+        var handle = await _experts.DispatchAsync(il, x, new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
+        _backend.SwiGluFfn(x.Span, t, lw.FfnGateUp, lw.FfnDown, output.Span);
+        return (ids, handle);
     }
 
     /// <summary>Token embeddings (with the items' overrides) into <paramref name="hidden"/> and each row's absolute position.</summary>

@@ -6,6 +6,12 @@
 // Kernels run one block at a time; the threads of a block are ucontext fibers switched at __syncthreads().
 // Device memory is poisoned with 0xFF bytes (a NaN pattern) so reads of unwritten memory show up as NaN.
 // Build: tests/Kernels.Tests/Cuda/Emulator/build.sh (writes libcuda.so.1, libcublas.so.13, libnvrtc.so.13).
+//
+// Devices: FAKE_CUDA_DEVICES (count, default 1) and FAKE_CUDA_MEMORY_MIB (each device's total memory in MiB, comma
+// separated, the last value repeating; default 4096). Each device has its own primary context; an allocation counts
+// against the device whose context is current on the calling thread, and cuMemGetInfo reports that device's total minus
+// its live allocations (clamped at 0; allocations beyond it still succeed: host memory backs them). In-process tests,
+// whose environment changes do not reach getenv, call fake_cuda_configure instead.
 
 #include <chrono>
 #include <cmath>
@@ -188,7 +194,56 @@ static std::vector<KernelEntry>& kernels()
 
 static std::mutex g_lock;
 static std::map<uintptr_t, size_t> g_device; // base -> bytes
+static std::map<uintptr_t, int> g_device_owner; // base -> device ordinal
 static std::map<uintptr_t, size_t> g_pinned;
+
+// ---------------------------------------------------------------- devices
+
+static const int MaxDevices = 64;
+static int g_device_count = -1; // -1: not configured yet (read from the environment on first use)
+static size_t g_total[MaxDevices];
+static size_t g_used[MaxDevices];
+static int g_ctx_markers[MaxDevices];
+static thread_local int g_current_device = 0;
+
+static void configure_from_environment()
+{
+    if (g_device_count >= 0)
+    {
+        return;
+    }
+    const char* n = std::getenv("FAKE_CUDA_DEVICES");
+    int count = n ? std::atoi(n) : 1;
+    g_device_count = count < 0 ? 0 : (count > MaxDevices ? MaxDevices : count);
+    size_t last = (size_t)4096 << 20;
+    const char* mib = std::getenv("FAKE_CUDA_MEMORY_MIB");
+    for (int d = 0; d < MaxDevices; d++)
+    {
+        if (mib && *mib)
+        {
+            char* end = nullptr;
+            unsigned long long v = std::strtoull(mib, &end, 10);
+            if (end != mib)
+            {
+                last = (size_t)v << 20;
+            }
+            mib = (end && *end == ',') ? end + 1 : end;
+        }
+        g_total[d] = last;
+    }
+}
+
+static int device_of_context(void* ctx)
+{
+    for (int d = 0; d < MaxDevices; d++)
+    {
+        if (ctx == &g_ctx_markers[d])
+        {
+            return d;
+        }
+    }
+    return -1;
+}
 
 static bool in_map(const std::map<uintptr_t, size_t>& m, uintptr_t p, size_t bytes)
 {
@@ -223,17 +278,49 @@ enum
     ILLEGAL_ADDRESS = 700,
 };
 
-static int g_ctx_marker;
+// Test control (not a CUDA API): `devices` devices, device d with totals_mib[min(d, n - 1)] MiB (4096 when n is 0);
+// devices = -1 goes back to the environment's configuration. Live allocations stay counted against their device.
+// Returns INVALID_VALUE for a count outside [-1, 64].
+int fake_cuda_configure(int devices, const unsigned long long* totals_mib, int n)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    if (devices < -1 || devices > MaxDevices || n < 0 || (n > 0 && !totals_mib))
+    {
+        return INVALID_VALUE;
+    }
+    g_device_count = -1;
+    configure_from_environment();
+    if (devices >= 0)
+    {
+        g_device_count = devices;
+        for (int d = 0; d < MaxDevices; d++)
+        {
+            g_total[d] = n == 0 ? (size_t)4096 << 20 : (size_t)totals_mib[d < n ? d : n - 1] << 20;
+        }
+    }
+    return OK;
+}
 
 CUresult cuInit(unsigned) { return OK; }
 CUresult cuDriverGetVersion(int* v) { *v = 13000; return OK; }
 CUresult cuDeviceGetCount(int* c)
 {
-    const char* n = std::getenv("FAKE_CUDA_DEVICES");
-    *c = n ? std::atoi(n) : 1;
+    std::lock_guard<std::mutex> g(g_lock);
+    configure_from_environment();
+    *c = g_device_count;
     return OK;
 }
-CUresult cuDeviceGet(int* d, int ordinal) { *d = ordinal; return OK; }
+CUresult cuDeviceGet(int* d, int ordinal)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    configure_from_environment();
+    if (ordinal < 0 || ordinal >= g_device_count)
+    {
+        return INVALID_VALUE;
+    }
+    *d = ordinal;
+    return OK;
+}
 CUresult cuDeviceGetName(char* name, int len, int) { std::snprintf(name, len, "Emulated CUDA device (CPU)"); return OK; }
 CUresult cuDeviceGetAttribute(int* v, int attr, int)
 {
@@ -247,12 +334,53 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int)
     }
     return OK;
 }
-CUresult cuDeviceTotalMem_v2(size_t* b, int) { *b = (size_t)4 << 30; return OK; }
-CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = &g_ctx_marker; return OK; }
+CUresult cuDeviceTotalMem_v2(size_t* b, int d)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    configure_from_environment();
+    if (d < 0 || d >= g_device_count)
+    {
+        return INVALID_VALUE;
+    }
+    *b = g_total[d];
+    return OK;
+}
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int d)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    configure_from_environment();
+    if (d < 0 || d >= g_device_count)
+    {
+        return INVALID_VALUE;
+    }
+    *ctx = &g_ctx_markers[d];
+    return OK;
+}
 CUresult cuDevicePrimaryCtxRelease_v2(int) { return OK; }
-CUresult cuCtxSetCurrent(void* ctx) { return ctx == &g_ctx_marker || ctx == nullptr ? OK : INVALID_CONTEXT; }
+CUresult cuCtxSetCurrent(void* ctx)
+{
+    if (ctx == nullptr)
+    {
+        return OK;
+    }
+    int d = device_of_context(ctx);
+    if (d < 0)
+    {
+        return INVALID_CONTEXT;
+    }
+    g_current_device = d;
+    return OK;
+}
 CUresult cuCtxSynchronize() { return OK; }
-CUresult cuMemGetInfo_v2(size_t* f, size_t* t) { *f = (size_t)3 << 30; *t = (size_t)4 << 30; return OK; }
+CUresult cuMemGetInfo_v2(size_t* f, size_t* t)
+{
+    std::lock_guard<std::mutex> g(g_lock);
+    configure_from_environment();
+    int d = g_current_device;
+    *t = g_total[d];
+    *f = g_used[d] >= g_total[d] ? 0 : g_total[d] - g_used[d];
+    return OK;
+}
 
 CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
 {
@@ -269,6 +397,8 @@ CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
     std::memset(m, 0xFF, size);
     std::lock_guard<std::mutex> g(g_lock);
     g_device[(uintptr_t)m] = bytes;
+    g_device_owner[(uintptr_t)m] = g_current_device;
+    g_used[g_current_device] += size;
     *p = (unsigned long long)(uintptr_t)m;
     return OK;
 }
@@ -282,7 +412,14 @@ CUresult cuMemFree_v2(unsigned long long p)
         complain("cuMemFree_v2 of a pointer that is not a live allocation");
         return INVALID_VALUE;
     }
+    size_t size = (it->second + 255) / 256 * 256;
     g_device.erase(it);
+    auto owner = g_device_owner.find((uintptr_t)p);
+    if (owner != g_device_owner.end())
+    {
+        g_used[owner->second] -= size;
+        g_device_owner.erase(owner);
+    }
     std::free((void*)(uintptr_t)p);
     return OK;
 }
