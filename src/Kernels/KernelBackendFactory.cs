@@ -42,12 +42,12 @@ public static class KernelBackendFactory
                 Log(log, backend, "requested");
                 return backend;
             case KernelBackendKind.Cuda:
-                var cuda = new CudaKernelBackend(options.DeviceOrdinal);
+                var cuda = new CudaKernelBackend(options.DeviceOrdinal, CudaOptions(options));
                 Log(log, cuda, "requested");
                 log?.WriteLine($"kernels: {cuda.Describe()}");
                 return cuda;
             case KernelBackendKind.Auto:
-                if (CudaKernelBackend.TryCreate(options.DeviceOrdinal, out CudaKernelBackend? gpu, out string reason) && gpu is not null)
+                if (CudaKernelBackend.TryCreate(options.DeviceOrdinal, CudaOptions(options), out CudaKernelBackend? gpu, out string reason) && gpu is not null)
                 {
                     Log(log, gpu, "auto: CUDA device present");
                     log?.WriteLine($"kernels: {gpu.Describe()}");
@@ -60,6 +60,8 @@ public static class KernelBackendFactory
                 throw new ArgumentException($"Kernels:Backend has unknown value {(int)options.Backend}", nameof(options));
         }
     }
+
+    private static CudaBackendOptions CudaOptions(KernelOptions options) => new() { DevicePath = options.DevicePath };
 
     private static void Log(TextWriter? log, IKernelBackend backend, string why)
     {

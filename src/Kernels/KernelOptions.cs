@@ -28,6 +28,14 @@ public sealed class KernelOptions
 
     /// <summary>CUDA device ordinal. Default: 0.</summary>
     public int DeviceOrdinal { get; set; }
+
+    /// <summary>
+    /// On the CUDA backend, run each forward step device-resident (<c>Kernels:DevicePath</c>, CLI <c>--device-path on|off</c>):
+    /// a decoder layer's activations stay in device memory and only the routed experts' rows, their results and the
+    /// logits cross PCIe (<see cref="Cuda.CudaBackendOptions.DevicePath"/>). Off: every op stages its inputs and results
+    /// through the host (the path before issue #12). Ignored by the CPU backend. Default: true.
+    /// </summary>
+    public bool DevicePath { get; set; } = true;
 }
 
 /// <summary>The arithmetic of the CPU backend's matmuls and FFNs (weights are bf16 either way).</summary>

@@ -119,7 +119,15 @@ public static class KvBlockStores
 
     /// <summary>Checks of <see cref="IKvBlockStore.AttentionBatch"/>: the rows add up, and every sequence passes <see cref="ValidateAttention"/>.</summary>
     public static void ValidateAttentionBatch(IKvBlockStore store, ReadOnlySpan<float> q, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
-        in AttentionParams p, ReadOnlySpan<float> output)
+        in AttentionParams p, ReadOnlySpan<float> output) =>
+        ValidateAttentionBatch(store, q.Length, queryPositions, sequences, p, output.Length);
+
+    /// <summary>
+    /// As <see cref="ValidateAttentionBatch(IKvBlockStore, ReadOnlySpan{float}, ReadOnlySpan{int}, ReadOnlySpan{KvSequenceView}, in AttentionParams, ReadOnlySpan{float})"/>
+    /// for queries and output held elsewhere (device memory): only their lengths in floats are checked.
+    /// </summary>
+    public static void ValidateAttentionBatch(IKvBlockStore store, long qLength, ReadOnlySpan<int> queryPositions, ReadOnlySpan<KvSequenceView> sequences,
+        in AttentionParams p, long outputLength)
     {
         ArgumentNullException.ThrowIfNull(store);
         p.Validate();
@@ -133,22 +141,26 @@ public static class KvBlockStores
             rows += s.Rows;
         }
         int width = p.Heads * p.HeadDim;
-        if (queryPositions.Length != rows || q.Length != rows * width || output.Length != rows * width)
+        if (queryPositions.Length != rows || qLength != rows * width || outputLength != rows * width)
         {
-            throw new ArgumentException($"the sequences have {rows} rows: q/output need {rows * width} floats and queryPositions {rows} entries, got {q.Length}, {output.Length}, {queryPositions.Length}");
+            throw new ArgumentException($"the sequences have {rows} rows: q/output need {rows * width} floats and queryPositions {rows} entries, got {qLength}, {outputLength}, {queryPositions.Length}");
         }
         int r = 0;
         foreach (var s in sequences)
         {
-            ValidateAttention(store, q.Slice(r * width, s.Rows * width), s.Rows, queryPositions.Slice(r, s.Rows), s.BlockTable.Span, s.FirstSlot, s.Keys,
-                s.KeyPositionStart, p, output.Slice(r * width, s.Rows * width));
+            ValidateAttentionLengths(store, (long)s.Rows * width, s.Rows, queryPositions.Slice(r, s.Rows), s.BlockTable.Span, s.FirstSlot, s.Keys,
+                s.KeyPositionStart, p, (long)s.Rows * width);
             r += s.Rows;
         }
     }
 
     /// <summary>Shape checks of <see cref="IKvBlockStore.Attention"/>.</summary>
     public static void ValidateAttention(IKvBlockStore store, ReadOnlySpan<float> q, int rows, ReadOnlySpan<int> queryPositions,
-        ReadOnlySpan<int> blockTable, int firstSlot, int keys, int keyPositionStart, in AttentionParams p, ReadOnlySpan<float> output)
+        ReadOnlySpan<int> blockTable, int firstSlot, int keys, int keyPositionStart, in AttentionParams p, ReadOnlySpan<float> output) =>
+        ValidateAttentionLengths(store, q.Length, rows, queryPositions, blockTable, firstSlot, keys, keyPositionStart, p, output.Length);
+
+    private static void ValidateAttentionLengths(IKvBlockStore store, long qLength, int rows, ReadOnlySpan<int> queryPositions,
+        ReadOnlySpan<int> blockTable, int firstSlot, int keys, int keyPositionStart, in AttentionParams p, long outputLength)
     {
         ArgumentNullException.ThrowIfNull(store);
         p.Validate();
@@ -157,9 +169,9 @@ public static class KvBlockStores
             throw new ArgumentException($"kv_heads × head_dim = {p.KvHeads * p.HeadDim} does not match the store's RowWidth {store.RowWidth}");
         }
         long qElements = (long)rows * p.Heads * p.HeadDim;
-        if (rows < 0 || q.Length != qElements || output.Length != qElements || queryPositions.Length != rows)
+        if (rows < 0 || qLength != qElements || outputLength != qElements || queryPositions.Length != rows)
         {
-            throw new ArgumentException($"q/output must hold rows × heads × head_dim = {qElements} floats and queryPositions {rows} entries; got {q.Length}, {output.Length}, {queryPositions.Length}");
+            throw new ArgumentException($"q/output must hold rows × heads × head_dim = {qElements} floats and queryPositions {rows} entries; got {qLength}, {outputLength}, {queryPositions.Length}");
         }
         if (keys < 0 || firstSlot < 0 || keyPositionStart < 0)
         {

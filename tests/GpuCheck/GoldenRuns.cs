@@ -191,7 +191,7 @@ internal static class GoldenRuns
             "decode tok/s over all sequences once every one has its first token");
     }
 
-    private static string SyntheticDir()
+    internal static string SyntheticDir()
     {
         string dir = Path.Combine(Path.GetTempPath(), "gpucheck-maverick-h2048");
         if (!File.Exists(Path.Combine(dir, "config.json")))

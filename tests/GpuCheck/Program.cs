@@ -6,11 +6,13 @@ using Distributed.Kernels.Cuda;
 namespace Distributed.GpuCheck;
 
 /// <summary>
-/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8]</c>: on a CUDA machine, checks every kernel op
+/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8|devicepath]</c>: on a CUDA machine, checks every kernel op
 /// against the CPU backend, runs the golden fixtures (the vision ones too) end to end on the CUDA backend, benchmarks the expert GEMMs and a
 /// decode step, writes DIR/report.md and DIR/report.json, and prints <c>GPU CHECK: N passed, N failed</c> last.
 /// <c>--only fp8</c> runs issue #12's part alone (FP8 and KV-dtype parity, the FP8 goldens, and with benchmarks the
-/// copy rate, the FP8 expert FFN and long-context decode per KV dtype), for a short device session.
+/// copy rate, the FP8 expert FFN and long-context decode per KV dtype), for a short device session. <c>--only devicepath</c>
+/// runs the device-resident path's part alone (parity against the host-staged path, decode with it on and off on
+/// tiny-maverick and on the synthetic maverick-h2048 stack with the share of the HBM floor).
 /// Exit code 0 only when every check passed. Without a usable device it prints <c>GPU CHECK: skipped (reason)</c>
 /// and exits 0.
 /// </summary>
@@ -22,6 +24,7 @@ internal static class Program
         bool quick = false;
         bool bench = true;
         bool fp8Only = false;
+        bool devicePathOnly = false;
         double deadline = 270;
         for (int i = 0; i < args.Length; i++)
         {
@@ -40,12 +43,16 @@ internal static class Program
                     fp8Only = true;
                     i++;
                     break;
+                case "--only" when i + 1 < args.Length && args[i + 1] == "devicepath":
+                    devicePathOnly = true;
+                    i++;
+                    break;
                 case "--deadline" when i + 1 < args.Length && double.TryParse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture, out double d) && d > 0:
                     deadline = d;
                     i++;
                     break;
                 default:
-                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8]");
+                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8|devicepath]");
                     return 2;
             }
         }
@@ -54,7 +61,7 @@ internal static class Program
         using var watchdog = StartWatchdog(report, outDir, deadline);
         try
         {
-            return Run(report, outDir, quick, bench, deadline, fp8Only);
+            return Run(report, outDir, quick, bench, deadline, fp8Only, devicePathOnly);
         }
         catch (Exception e)
         {
@@ -65,7 +72,7 @@ internal static class Program
         }
     }
 
-    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline, bool fp8Only)
+    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline, bool fp8Only, bool devicePathOnly)
     {
         var sw = Stopwatch.StartNew();
         var started = sw;
@@ -108,6 +115,10 @@ internal static class Program
             {
                 return RunFp8Only(report, outDir, quick, bench, cpu, split);
             }
+            if (devicePathOnly)
+            {
+                return RunDevicePathOnly(report, outDir, quick, bench, cpu, split);
+            }
             CudaKernelBackend? fast = Create(report, "Fast precision backend", new CudaBackendOptions { Precision = CudaPrecision.Fast });
             CudaKernelBackend? perGroup = Create(report, "PerGroup grouped-GEMM backend", new CudaBackendOptions { GroupedGemm = CudaGroupedGemm.PerGroup });
             CudaKernelBackend? padded = Create(report, "PaddedBatched grouped-GEMM backend", new CudaBackendOptions { GroupedGemm = CudaGroupedGemm.PaddedBatched });
@@ -138,6 +149,7 @@ internal static class Program
                     VisionChecks.RunGolden(report, "Vision golden (tiny-maverick-mm golden_vision.json) on CUDA", split, cpu, fixtures);
                     GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
                     GoldenRuns.RunFp8(report, "FP8 goldens on CUDA (tiny-maverick-fp8; issue #12)", split, fixtures);
+                    DevicePathChecks.Parity(report, split, fixtures);
                     if (fast is not null)
                     {
                         report.BenchSection("Golden fixtures, Fast precision", () =>
@@ -176,21 +188,14 @@ internal static class Program
                 report.Write(outDir);
                 if (fixtures is not null)
                 {
-                    report.BenchSection("Decode step", () =>
-                    {
-                        string dir = Path.Combine(fixtures, "tiny-maverick");
-                        int steps = quick ? 4 : 15;
-                        double gpuMs = GoldenRuns.DecodeMsPerToken(split, dir, steps);
-                        double cpuMs = GoldenRuns.DecodeMsPerToken(cpu, dir, steps);
-                        report.Bench("Decode step, tiny-maverick (48-token prompt, greedy)", "ms/token", new Dictionary<string, double>
-                        {
-                            ["CUDA (split)"] = gpuMs,
-                            ["CPU"] = cpuMs,
-                            ["CPU/CUDA"] = cpuMs / gpuMs,
-                        }, $"CPU backend {cpu.Name}; the tiny model is launch/transfer-bound on the GPU");
-                    });
+                    report.BenchSection("Decode step", () => DevicePathChecks.TinyDecode(report, split, cpu, fixtures, quick));
                 }
                 report.Write(outDir);
+                if (!quick && started.Elapsed.TotalSeconds < deadline - 150)
+                {
+                    report.BenchSection("Device path on synthetic maverick-h2048", () => DevicePathChecks.SyntheticDecode(report, split, copy));
+                    report.Write(outDir);
+                }
                 if (!quick && started.Elapsed.TotalSeconds < deadline - 120)
                 {
                     report.BenchSection("Engine on synthetic maverick-h2048", () => GoldenRuns.SyntheticEngineBench(report, split, cpu));
@@ -238,6 +243,34 @@ internal static class Program
             {
                 report.BenchSection("Long-context decode", () => GoldenRuns.LongContextDecodeBench(report, split, 4096));
             }
+        }
+        report.Write(outDir);
+        Console.WriteLine(report.SummaryLine());
+        return report.Failed == 0 ? 0 : 1;
+    }
+
+    /// <summary><c>--only devicepath</c>: the device-resident path's parity and decode benchmarks alone (issue #12).</summary>
+    private static int RunDevicePathOnly(CheckReport report, string? outDir, bool quick, bool bench, CpuKernelBackend cpu, CudaKernelBackend split)
+    {
+        string? fixtures = GoldenRuns.FindFixturesRoot();
+        if (fixtures is null)
+        {
+            report.Add(new CheckResult("Device-resident path vs host-staged path (issue #12)", "fixtures", CheckStatus.Fail, "tests/fixtures not found", 0));
+        }
+        else
+        {
+            DevicePathChecks.Parity(report, split, fixtures);
+            report.Write(outDir);
+            if (bench)
+            {
+                report.BenchSection("Decode step", () => DevicePathChecks.TinyDecode(report, split, cpu, fixtures, quick));
+            }
+        }
+        if (bench && !quick)
+        {
+            double copy = 0;
+            report.BenchSection("Device-to-device copy", () => copy = GpuBenchmarks.CopyBandwidth(report, split, quick));
+            report.BenchSection("Device path on synthetic maverick-h2048", () => DevicePathChecks.SyntheticDecode(report, split, copy));
         }
         report.Write(outDir);
         Console.WriteLine(report.SummaryLine());

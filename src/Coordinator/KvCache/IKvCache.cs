@@ -19,6 +19,19 @@ public interface IKvCache
     /// <exception cref="KvCacheExhaustedException">The pool has no block left for a new position.</exception>
     KvView Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows);
 
+    /// <summary>The store the sequence's keys and values are kept in (the pool's).</summary>
+    IKvBlockStore Store { get; }
+
+    /// <summary>
+    /// <see cref="Append"/> for a caller that writes the rows itself (the device-resident path scatters them from device
+    /// memory with <c>CudaDeviceStep.KvWrite</c>): takes the blocks for positions <c>[NextPosition, NextPosition + rows)</c>
+    /// of <paramref name="layer"/>, fills <paramref name="slots"/> with their store rows, and returns the same view as
+    /// Append. The caller must write every slot before the view is read.
+    /// </summary>
+    /// <exception cref="KvCacheExhaustedException">The pool has no block left for a new position.</exception>
+    /// <exception cref="ArgumentException"><paramref name="slots"/> is not <paramref name="rows"/> long.</exception>
+    KvView Reserve(int layer, int rows, Span<int> slots);
+
     /// <summary>
     /// Marks <paramref name="tokens"/> as appended at <c>[NextPosition, NextPosition + tokens.Length)</c> on every layer
     /// (called once per forward step, after every layer's <see cref="Append"/>).

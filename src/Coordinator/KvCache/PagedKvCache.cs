@@ -1,4 +1,5 @@
 using Distributed.Checkpoint;
+using Distributed.Kernels;
 
 namespace Distributed.Coordinator.KvCache;
 
@@ -260,22 +261,37 @@ public sealed class PagedKvCache : IKvCache, IDisposable
     /// <inheritdoc />
     public KvView Append(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int rows)
     {
+        Span<int> slots = rows <= 256 ? stackalloc int[rows] : new int[rows];
+        var view = Reserve(layer, rows, slots);
+        int w = _pool.RowWidth;
+        _pool.Store.Write(slots, k[..(rows * w)], v[..(rows * w)]);
+        return view;
+    }
+
+    /// <inheritdoc />
+    public IKvBlockStore Store => _pool.Store;
+
+    /// <inheritdoc />
+    public KvView Reserve(int layer, int rows, Span<int> slots)
+    {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (slots.Length != rows)
+        {
+            throw new ArgumentException($"slots has {slots.Length} entries for {rows} rows", nameof(slots));
+        }
         if (!(_preparedPosition == NextPosition && _preparedRows >= rows) && !TryPrepare(rows))
         {
             throw new KvCacheExhaustedException($"the KV pool has no room for {rows} more positions of this sequence ({_pool.AvailableBlocks} blocks free)");
         }
-        int b = _pool.BlockSize, w = _pool.RowWidth;
+        int b = _pool.BlockSize;
         var table = _tables[layer];
         int first = NextPosition;
         int tableStart = _firstBlock[layer] * b;
-        Span<int> slots = rows <= 256 ? stackalloc int[rows] : new int[rows];
         for (int r = 0; r < rows; r++)
         {
             int slot = first + r - tableStart;
             slots[r] = table[slot / b] * b + slot % b;
         }
-        _pool.Store.Write(slots, k[..(rows * w)], v[..(rows * w)]);
         int visibleStart = _chunk[layer] > 0 ? Math.Max(tableStart, first / _chunk[layer] * _chunk[layer]) : tableStart;
         return new KvView(_pool.Store, TableOf(layer), visibleStart - tableStart, first + rows - visibleStart, visibleStart);
     }

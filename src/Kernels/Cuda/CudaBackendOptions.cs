@@ -52,6 +52,13 @@ public sealed class CudaBackendOptions
     /// of at most this many <c>heads × keys × 4</c> bytes). Default: 64 MiB.
     /// </summary>
     public long AttentionScratchBytes { get; init; } = 64L << 20;
+
+    /// <summary>
+    /// Let the model run whole forward steps on the device (<see cref="CudaKernelBackend.BeginDeviceStep"/>) when its KV
+    /// cache is a device store of this backend: activations stay in device memory between ops. False: the model calls
+    /// the host-span ops, each staging through pinned memory and synchronizing. Default: true.
+    /// </summary>
+    public bool DevicePath { get; init; } = true;
 }
 
 /// <summary>The device a <see cref="CudaKernelBackend"/> runs on and the library versions it loaded.</summary>

@@ -9,8 +9,11 @@ namespace Distributed.Kernels.Cuda;
 /// </summary>
 internal sealed class CudaCallContext : IDisposable
 {
+    private readonly nint _context;
+
     public CudaCallContext(nint context)
     {
+        _context = context;
         Stream = StreamHandle.Create(context);
         try
         {
@@ -49,10 +52,27 @@ internal sealed class CudaCallContext : IDisposable
 
     public EventHandle Stop { get; } = null!;
 
-    /// <summary>Starts a new call: scratch from the previous call is reused (the stream was synchronized at its end).</summary>
     /// <summary>Set by <see cref="CudaCall.Complete"/>: the call's work finished, the context may serve the next call.</summary>
     public bool Completed { get; set; }
 
+    /// <summary>
+    /// A pinned buffer of at least <paramref name="bytes"/> kept across calls (the device step's reusable staging for
+    /// its per-layer downloads and uploads); grows, never shrinks. The caller makes sure no queued copy still uses it.
+    /// </summary>
+    public nint Staging(long bytes)
+    {
+        if (_staging is null || _staging.Bytes < bytes)
+        {
+            _staging?.Dispose();
+            _staging = null;
+            _staging = PinnedBuffer.Allocate(_context, Math.Max(bytes, 1 << 16));
+        }
+        return _staging.Pointer;
+    }
+
+    private PinnedBuffer? _staging;
+
+    /// <summary>Starts a new call: scratch from the previous call is reused (the stream was synchronized at its end).</summary>
     public void Reset()
     {
         Device.Reset();
@@ -62,6 +82,7 @@ internal sealed class CudaCallContext : IDisposable
 
     public void Dispose()
     {
+        _staging?.Dispose();
         Start?.Dispose();
         Stop?.Dispose();
         Device?.Dispose();
@@ -121,6 +142,15 @@ internal sealed class BumpArena : IDisposable
         _used += size;
         return baseAddress;
     }
+
+    /// <summary>The arena's current fill, for <see cref="Release"/>.</summary>
+    public (int Chunk, long Offset, long Used) Mark() => (_current, _offset, _used);
+
+    /// <summary>
+    /// Returns everything allocated since <paramref name="mark"/> (the chunks stay). Device scratch may be released as
+    /// soon as the work that uses it is queued: later work on the same stream runs after it.
+    /// </summary>
+    public void Release((int Chunk, long Offset, long Used) mark) => (_current, _offset, _used) = mark;
 
     public void Reset()
     {

@@ -185,18 +185,24 @@ public sealed unsafe partial class CudaKernelBackend
     private void RunFfnFp8(ReadOnlySpan<float> x, int rows, CudaFp8WeightMatrix gateUp, CudaFp8WeightMatrix down, Span<float> y)
     {
         int hidden = gateUp.InFeatures;
-        int inter = down.InFeatures;
         using var call = BeginCall();
         CudaCallContext ctx = call.Context;
         ulong dx = Upload(ctx, x);
+        ulong dy = ctx.Device.Alloc((long)rows * hidden * 4);
+        RunFfnFp8OnDevice(ctx, dx, rows, gateUp, down, dy);
+        Download(ctx, dy, y);
+        call.Complete();
+    }
+
+    /// <summary>Queues the FP8 SwiGLU FFN on device x [rows, H] into device y [rows, H].</summary>
+    private void RunFfnFp8OnDevice(CudaCallContext ctx, ulong dx, int rows, CudaFp8WeightMatrix gateUp, CudaFp8WeightMatrix down, ulong dy)
+    {
+        int inter = down.InFeatures;
         ulong t = ctx.Device.Alloc((long)rows * 2 * inter * 4);
         Fp8Stage(ctx, gateUp, dx, rows, t);
         ulong h = ctx.Device.Alloc((long)rows * inter * 4);
         _module.SwiGluF32(ctx.Stream.Value, t, h, rows, inter);
-        ulong dy = ctx.Device.Alloc((long)rows * hidden * 4);
         Fp8Stage(ctx, down, h, rows, dy);
-        Download(ctx, dy, y);
-        call.Complete();
     }
 }
 

@@ -48,17 +48,25 @@ public sealed unsafe partial class CudaKernelBackend
         using var call = BeginCall();
         CudaCallContext ctx = call.Context;
         ulong dx = Upload(ctx, x);
+        ulong dy = ctx.Device.Alloc((long)rows * n * 4);
+        MatMulOnDevice(ctx, cw, dx, rows, dy);
+        Download(ctx, dy, y);
+        call.Complete();
+    }
+
+    /// <summary>Queues <c>y = x · W</c> for device x [rows, K] into device y [rows, N] (bf16 weight; scratch from ctx).</summary>
+    private void MatMulOnDevice(CudaCallContext ctx, CudaWeightMatrix w, ulong dx, int rows, ulong dy)
+    {
+        int k = w.InFeatures;
+        int n = w.OutFeatures;
         ulong xb = ctx.Device.Alloc((long)RowFactor * rows * k * 2);
         _module.SplitBf16(ctx.Stream.Value, dx, xb, rows, k, Split);
-        ulong dy = ctx.Device.Alloc((long)rows * n * 4);
         ulong t = Split ? ctx.Device.Alloc((long)RowFactor * rows * n * 4) : dy;
-        Gemm(ctx, cw, xb, RowFactor * rows, t);
+        Gemm(ctx, w, xb, RowFactor * rows, t);
         if (Split)
         {
             _module.CombineSplit(ctx.Stream.Value, t, dy, rows, n, split: true);
         }
-        Download(ctx, dy, y);
-        call.Complete();
     }
 
     /// <inheritdoc />
@@ -184,7 +192,6 @@ public sealed unsafe partial class CudaKernelBackend
     private void RunFfn(ReadOnlySpan<float> x, List<FfnGroup> groups, int hidden, int inter, Span<float> y)
     {
         long rows = x.Length / hidden;
-        int f = RowFactor;
         StageMode mode = ChooseMode(groups, rows);
         LastGroupedMode = mode switch
         {
@@ -194,8 +201,18 @@ public sealed unsafe partial class CudaKernelBackend
         };
         using var call = BeginCall();
         CudaCallContext ctx = call.Context;
-        nint stream = ctx.Stream.Value;
         ulong dx = Upload(ctx, x);
+        ulong dy = ctx.Device.Alloc(rows * hidden * 4);
+        RunFfnOnDevice(ctx, mode, dx, groups, rows, hidden, inter, dy);
+        Download(ctx, dy, y);
+        call.Complete();
+    }
+
+    /// <summary>Queues the grouped SwiGLU FFN of <see cref="RunFfn"/> on device x [rows, hidden] into device y.</summary>
+    private void RunFfnOnDevice(CudaCallContext ctx, StageMode mode, ulong dx, List<FfnGroup> groups, long rows, int hidden, int inter, ulong dy)
+    {
+        int f = RowFactor;
+        nint stream = ctx.Stream.Value;
         ulong map = 0;
         long layoutRows = rows;
         long stride = 0;
@@ -221,7 +238,6 @@ public sealed unsafe partial class CudaKernelBackend
         Stage(ctx, mode, groups, up: true, xb, hidden, t1, 2 * inter, stride);
         ulong h = ctx.Device.Alloc(f * layoutRows * inter * 2L);
         _module.SwiGluSplit(stream, t1, h, layoutRows, inter, Split);
-        ulong dy = ctx.Device.Alloc(rows * hidden * 4);
         bool direct = mode != StageMode.Padded && !Split;
         ulong t2 = direct ? dy : ctx.Device.Alloc(f * layoutRows * hidden * 4);
         Stage(ctx, mode, groups, up: false, h, inter, t2, hidden, stride);
@@ -229,8 +245,6 @@ public sealed unsafe partial class CudaKernelBackend
         {
             _module.CombineSplit(stream, t2, dy, rows, hidden, Split, map);
         }
-        Download(ctx, dy, y);
-        call.Complete();
     }
 
     /// <summary>

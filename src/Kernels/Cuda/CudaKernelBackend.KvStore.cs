@@ -56,12 +56,18 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         CudaCallContext ctx = call.Context;
         ulong dk = Upload(ctx, k);
         ulong dv = Upload(ctx, v);
-        ulong ds = Upload(ctx, slots);
-        _module.KvScatter(ctx.Stream.Value, store.DType, dk, dv, ds, store.K.Pointer, store.V.Pointer, store.KScalePointer, store.VScalePointer,
-            slots.Length, store.RowWidth);
+        KvScatterOnDevice(ctx, store, slots, dk, dv);
         // The pinned staging of this call is reused by the next one: the copies must have left it.
         ctx.Stream.Synchronize();
         call.Complete();
+    }
+
+    /// <summary>Queues the scatter of device rows k, v [slots, RowWidth] into the store's <paramref name="slots"/> (validated by the caller).</summary>
+    internal void KvScatterOnDevice(CudaCallContext ctx, CudaKvBlockStore store, ReadOnlySpan<int> slots, ulong dk, ulong dv)
+    {
+        ulong ds = Upload(ctx, slots);
+        _module.KvScatter(ctx.Stream.Value, store.DType, dk, dv, ds, store.K.Pointer, store.V.Pointer, store.KScalePointer, store.VScalePointer,
+            slots.Length, store.RowWidth);
     }
 
     internal void KvCopyBlock(CudaKvBlockStore store, int source, int destination)
@@ -97,6 +103,24 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
         {
             return;
         }
+        long qElements = (long)rows * p.Heads * p.HeadDim;
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dq = Upload(ctx, q);
+        ulong dp = Upload(ctx, queryPositions);
+        ulong dout = ctx.Device.Alloc(qElements * 4);
+        KvAttentionOnDevice(ctx, store, dq, dp, rows, sequences, p, dout);
+        Download(ctx, dout, output);
+        call.Complete();
+    }
+
+    /// <summary>
+    /// Queues the batched paged attention for device queries <paramref name="dq"/> [rows, heads·headDim] at device positions
+    /// <paramref name="dp"/> into device <paramref name="dout"/> (shapes validated by the caller).
+    /// </summary>
+    internal void KvAttentionOnDevice(CudaCallContext ctx, CudaKvBlockStore store, ulong dq, ulong dp, int rows, ReadOnlySpan<KvSequenceView> sequences,
+        in AttentionParams p, ulong dout)
+    {
         // Per query row: (keys, key start, first slot, offset of its sequence's table in the concatenated tables).
         int tableLength = 0, maxKeys = 1;
         foreach (var s in sequences)
@@ -119,17 +143,11 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
             offset += s.BlockTable.Length;
             maxKeys = Math.Max(maxKeys, s.Keys);
         }
-        long qElements = (long)rows * p.Heads * p.HeadDim;
-        using var call = BeginCall();
-        CudaCallContext ctx = call.Context;
-        ulong dq = Upload(ctx, q);
-        ulong dp = Upload(ctx, queryPositions);
         // Upload copies into pinned staging at once, so the pooled arrays go back right away.
         ulong dt = Upload<int>(ctx, tables.AsSpan(0, Math.Max(1, tableLength)));
         ulong dm = Upload<int>(ctx, meta.AsSpan(0, 4 * rows));
         System.Buffers.ArrayPool<int>.Shared.Return(tables);
         System.Buffers.ArrayPool<int>.Shared.Return(meta);
-        ulong dout = ctx.Device.Alloc(qElements * 4);
         // Always the split kernels: one launch for every sequence, each row over its own keys (empty splits merge as nothing).
         long splits = (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
         long perRow = (long)p.Heads * splits * (p.HeadDim + 2) * 4;
@@ -141,8 +159,6 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
             _module.AttentionSplit(ctx.Stream.Value, store.DType, dq, dp, store.K.Pointer, store.V.Pointer, store.KScalePointer, store.VScalePointer, dt, 0,
                 store.BlockSize, dm, scratch, dout, n, rowBase, maxKeys, 0, p);
         }
-        Download(ctx, dout, output);
-        call.Complete();
     }
 }
 
@@ -171,6 +187,8 @@ internal sealed class CudaKvBlockStore : IKvBlockStore
     }
 
     public KvCacheDType DType { get; }
+
+    internal CudaKernelBackend Owner => _owner;
 
     internal DeviceBuffer? KScale { get; }
 

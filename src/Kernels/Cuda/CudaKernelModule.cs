@@ -31,6 +31,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
         "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows", "layernorm", "gelu", "add_bias",
         "rotate_pairs", "fp8_gemm", "fp8_quant_rows", "swiglu_f32", "attention_split_bf16", "attention_split_fp8", "kv_scatter_bf16", "kv_scatter_fp8",
+        "copy_cols", "scale_rows",
     ];
 
     private readonly CudaModuleHandle _module;
@@ -303,6 +304,29 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         a[2] = &dst;
         a[3] = &n;
         Launch("silu_mul", ElementwiseBlocks(n), ElementwiseThreads, stream, a);
+    }
+
+    /// <summary>dst [rows, cols] = the first cols columns of src rows <paramref name="srcStride"/> floats apart (exact copy).</summary>
+    public void CopyCols(nint stream, ulong src, long srcStride, ulong dst, long rows, int cols)
+    {
+        void** a = stackalloc void*[5];
+        a[0] = &src;
+        a[1] = &srcStride;
+        a[2] = &dst;
+        a[3] = &rows;
+        a[4] = &cols;
+        Launch("copy_cols", ElementwiseBlocks(rows * cols), ElementwiseThreads, stream, a);
+    }
+
+    /// <summary>x[r, c] *= factor[r] for x [rows, cols] (factor a device fp32 array).</summary>
+    public void ScaleRows(nint stream, ulong x, ulong factor, long rows, int cols)
+    {
+        void** a = stackalloc void*[4];
+        a[0] = &x;
+        a[1] = &factor;
+        a[2] = &rows;
+        a[3] = &cols;
+        Launch("scale_rows", ElementwiseBlocks(rows * cols), ElementwiseThreads, stream, a);
     }
 
     public void AddInPlace(nint stream, ulong dst, ulong src, long n)

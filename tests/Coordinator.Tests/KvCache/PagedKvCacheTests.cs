@@ -163,4 +163,34 @@ public sealed class PagedKvCacheTests : IDisposable
         Assert.NotEqual(KvPrefixHash.Next(h0, 4, tokens.AsSpan(4, 4), [image1]), KvPrefixHash.Next(h0, 4, tokens.AsSpan(4, 4), [image2]));
         Assert.NotEqual(KvPrefixHash.Next(h0, 4, tokens.AsSpan(4, 4), [image1]), KvPrefixHash.Next(h0, 4, tokens.AsSpan(4, 4)));
     }
+
+    /// <summary>Reserve (the device path's write-it-yourself Append) gives the slots Append writes and the same view.</summary>
+    [Fact]
+    public void Reserve_GivesTheSlotsAppendWrites_AndTheSameView()
+    {
+        using var pool = Pool(64);
+        using var appended = new PagedKvCache(pool);
+        using var reserved = new PagedKvCache(pool);
+        Feed(appended, pool, [.. Enumerable.Range(1, 18)]);
+        Feed(reserved, pool, [.. Enumerable.Range(1, 18)]);
+        Assert.Same(pool.Store, reserved.Store);
+        var slots = new int[3];
+        Assert.Throws<ArgumentException>(() => reserved.Reserve(0, 2, slots));
+        var k = new float[3 * pool.RowWidth];
+        for (int il = 0; il < pool.Config.NumLayers; il++)
+        {
+            var view = reserved.Reserve(il, 3, slots);
+            var expected = appended.Append(il, k, k, 3);
+            Assert.Equal(expected.FirstSlot, view.FirstSlot);
+            Assert.Equal(expected.Keys, view.Keys);
+            Assert.Equal(expected.KeyPositionStart, view.KeyPositionStart);
+            var (blocks, first) = reserved.TableSnapshot(il);
+            Assert.Equal(blocks, view.BlockTable.ToArray());
+            for (int r = 0; r < 3; r++)
+            {
+                int slot = 18 + r - first * pool.BlockSize;
+                Assert.Equal(blocks[slot / pool.BlockSize] * pool.BlockSize + slot % pool.BlockSize, slots[r]);
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@ using System.Buffers;
 using Distributed.Coordinator.KvCache;
 using Distributed.Coordinator.Moe;
 using Distributed.Kernels;
+using Distributed.Kernels.Cuda;
 using Distributed.Checkpoint;
 
 namespace Distributed.Coordinator.Model.Llama4;
@@ -80,7 +81,7 @@ public sealed class StepResult
 /// attention call per layer and the MoE dispatch see all rows at once, and each row's result does not depend on the
 /// others (kernel batch invariance).
 /// </summary>
-public sealed class Llama4Model
+public sealed partial class Llama4Model
 {
     private readonly Llama4Weights _w;
     private readonly IKernelBackend _backend;
@@ -147,6 +148,12 @@ public sealed class Llama4Model
             t += item.Tokens.Length;
         }
 
+        if (_backend is CudaKernelBackend { Options.DevicePath: true } cuda && OnDevice(cuda, items))
+        {
+            return await ForwardOnDeviceAsync(cuda, items, t, captureRouting, cancellationToken).ConfigureAwait(false);
+        }
+        LastDeviceTraffic = null;
+
         var pool = ArrayPool<float>.Shared;
         float[] hidden = pool.Rent(t * h), x = pool.Rent(t * h), qkv = pool.Rent(t * qkvW), q = pool.Rent(t * qW),
             k = pool.Rent(t * kvW), v = pool.Rent(t * kvW), attn = pool.Rent(t * qW), tmp = pool.Rent(t * h);
@@ -154,24 +161,7 @@ public sealed class Llama4Model
         var sequences = new KvSequenceView[items.Count];
         try
         {
-            int row = 0;
-            foreach (var item in items)
-            {
-                var toks = item.Tokens.Span;
-                for (int j = 0; j < toks.Length; j++, row++)
-                {
-                    positions[row] = item.Cache.NextPosition + j;
-                    _w.Embed(toks[j], hidden.AsSpan(row * h, h));
-                }
-                if (item.Embeddings is { } overrides)
-                {
-                    var offsets = overrides.Offsets.Span;
-                    for (int j = 0; j < offsets.Length; j++)
-                    {
-                        overrides.Rows.Span.Slice(j * h, h).CopyTo(hidden.AsSpan((row - toks.Length + offsets[j]) * h, h));
-                    }
-                }
-            }
+            Embed(items, hidden, positions);
             Observer?.OnTensor("embed", hidden.AsSpan(0, t * h), t, h);
 
             var lanes = Lanes(items, t);
@@ -213,28 +203,7 @@ public sealed class Llama4Model
             }
 
             // --- final norm + lm_head on the requested rows only ---
-            int[] logitRows = new int[items.Count];
-            var selected = new List<int>();
-            row = 0;
-            for (int i = 0; i < items.Count; i++)
-            {
-                int n = items[i].Tokens.Length;
-                switch (items[i].Logits)
-                {
-                    case LogitsRequest.All:
-                        for (int j = 0; j < n; j++)
-                        {
-                            selected.Add(row + j);
-                        }
-                        logitRows[i] = n;
-                        break;
-                    case LogitsRequest.Last:
-                        selected.Add(row + n - 1);
-                        logitRows[i] = 1;
-                        break;
-                }
-                row += n;
-            }
+            var (selected, logitRows) = SelectLogitRows(items);
             if (Observer is not null)
             {
                 _backend.RmsNorm(hidden.AsSpan(0, t * h), t, h, _w.FinalNorm, (float)_c.RmsNormEps, x.AsSpan(0, t * h));
@@ -470,6 +439,58 @@ public sealed class Llama4Model
         var handle = await _experts.DispatchAsync(il, x, new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
         _backend.SwiGluFfn(x.Span, t, lw.FfnGateUp, lw.FfnDown, output.Span);
         return (ids, handle);
+    }
+
+    /// <summary>Token embeddings (with the items' overrides) into <paramref name="hidden"/> and each row's absolute position.</summary>
+    private void Embed(IReadOnlyList<SequenceStep> items, float[] hidden, int[] positions)
+    {
+        int h = _c.HiddenSize;
+        int row = 0;
+        foreach (var item in items)
+        {
+            var toks = item.Tokens.Span;
+            for (int j = 0; j < toks.Length; j++, row++)
+            {
+                positions[row] = item.Cache.NextPosition + j;
+                _w.Embed(toks[j], hidden.AsSpan(row * h, h));
+            }
+            if (item.Embeddings is { } overrides)
+            {
+                var offsets = overrides.Offsets.Span;
+                for (int j = 0; j < offsets.Length; j++)
+                {
+                    overrides.Rows.Span.Slice(j * h, h).CopyTo(hidden.AsSpan((row - toks.Length + offsets[j]) * h, h));
+                }
+            }
+        }
+    }
+
+    /// <summary>The step rows whose logits the items asked for (in item order) and how many each item gets.</summary>
+    private static (List<int> Selected, int[] LogitRows) SelectLogitRows(IReadOnlyList<SequenceStep> items)
+    {
+        int[] logitRows = new int[items.Count];
+        var selected = new List<int>();
+        int row = 0;
+        for (int i = 0; i < items.Count; i++)
+        {
+            int n = items[i].Tokens.Length;
+            switch (items[i].Logits)
+            {
+                case LogitsRequest.All:
+                    for (int j = 0; j < n; j++)
+                    {
+                        selected.Add(row + j);
+                    }
+                    logitRows[i] = n;
+                    break;
+                case LogitsRequest.Last:
+                    selected.Add(row + n - 1);
+                    logitRows[i] = 1;
+                    break;
+            }
+            row += n;
+        }
+        return (selected, logitRows);
     }
 
     private static void CheckOverrides(EmbeddingOverrides overrides, int tokens, int hidden)

@@ -268,6 +268,31 @@ KERNEL void add_inplace(float* dst, const float* src, long long n)
     }
 }
 
+// dst[r, c] = src[r * srcStride + c] for c < cols, dst rows cols wide: a column slice of a row-major matrix (the q, k
+// and v parts of the fused qkv projection on the device path). Exact copy.
+KERNEL void copy_cols(const float* src, long long srcStride, float* dst, long long rows, int cols)
+{
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / cols;
+        dst[i] = src[r * srcStride + (i - r * cols)];
+    }
+}
+
+// x[r, c] *= factor[r] for x [rows, cols]: one fp32 multiply per element, as the host loop computes it (the NoPE
+// layers' attention temperature tuning).
+KERNEL void scale_rows(float* x, const float* factor, long long rows, int cols)
+{
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        x[i] = x[i] * factor[i / cols];
+    }
+}
+
 // One block of REDUCE_THREADS per row: y = (x - mean) / sqrt(var + eps) * w + b (biased variance). y may alias x.
 KERNEL void layernorm(const float* x, const float* w, const float* b, float* y, int cols, float eps)
 {

@@ -150,6 +150,7 @@ public sealed class ServeOptionsValidatorTests
     [InlineData("--max-queue must be an integer in [1,", "--max-queue", "0")]
     [InlineData("unknown option --workerz", "--workerz", "2")]
     [InlineData("--prefix-caching 'maybe' must be on or off", "--prefix-caching", "maybe")]
+    [InlineData("--device-path 'maybe' must be on or off", "--device-path", "maybe")]
     [InlineData("--default-max-tokens must be an integer", "--default-max-tokens", "0")]
     public async Task ServeCommand_BadArguments_UsageErrorBeforeLoading(string reason, params string[] extra)
     {

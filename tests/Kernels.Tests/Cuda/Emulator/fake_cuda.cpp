@@ -184,6 +184,8 @@ static std::vector<KernelEntry>& kernels()
         {"gelu", invoker(gelu)},
         {"add_bias", invoker(add_bias)},
         {"rotate_pairs", invoker(rotate_pairs)},
+        {"copy_cols", invoker(copy_cols)},
+        {"scale_rows", invoker(scale_rows)},
     };
     return k;
 }
