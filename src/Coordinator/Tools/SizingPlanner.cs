@@ -160,9 +160,10 @@ public sealed record SizingPlan
 public static class SizingPlanner
 {
     /// <summary>
-    /// Host round trips of this build's CUDA path per decoder layer, ms: every op stages its activations through host
-    /// memory and synchronizes. tiny-maverick decodes at 2.42 ms/token on an H100 with 6 layers of ~1 µs of math each
-    /// (docs/BENCHMARKS.md, CUDA, H100 run 6) = 0.40 ms per layer.
+    /// Host round trips of the host-staged CUDA path (<c>--device-path off</c>) per decoder layer, ms: every op stages its
+    /// activations through host memory and synchronizes. tiny-maverick decodes at 2.42 ms/token on an H100 with 6 layers
+    /// of ~1 µs of math each (docs/BENCHMARKS.md, CUDA, H100 run 6) = 0.40 ms per layer. The device-resident path waits
+    /// once per MoE layer instead; it has not run on a GPU, so no measured constant for it exists yet.
     /// </summary>
     public const double HostRoundTripMsPerLayer = 0.40;
 
