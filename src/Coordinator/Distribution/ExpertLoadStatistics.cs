@@ -14,20 +14,23 @@ public sealed class ExpertLoadStatistics
     private readonly ModelDescriptor _model;
     private readonly long[][] _total;        // [moe layer index][expert]
     private readonly long[][][] _buckets;    // [bucket][moe layer index][expert]
-    private readonly long[] _bucketEpoch;    // bucket -> epoch (Stopwatch ticks / bucket length) it holds
+    private readonly long[] _bucketEpoch;    // bucket -> epoch (timestamp / bucket length) it holds
     private readonly long _bucketTicks;
+    private readonly TimeProvider _time;
     private readonly ConcurrentDictionary<string, WorkerDispatchCounters> _workers = new(StringComparer.Ordinal);
 
     /// <summary>Creates empty statistics.</summary>
     /// <param name="window">Length of the recent window. Default: 60 s.</param>
     /// <param name="buckets">Buckets the window is split into (its resolution). Default: 12.</param>
-    public ExpertLoadStatistics(ModelDescriptor model, TimeSpan? window = null, int buckets = 12)
+    /// <param name="timeProvider">The clock of the recent window. Default: <see cref="TimeProvider.System"/>.</param>
+    public ExpertLoadStatistics(ModelDescriptor model, TimeSpan? window = null, int buckets = 12, TimeProvider? timeProvider = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentOutOfRangeException.ThrowIfLessThan(buckets, 1);
         _model = model;
         Window = window ?? TimeSpan.FromSeconds(60);
-        _bucketTicks = Math.Max(1, (long)(Window.TotalSeconds * Stopwatch.Frequency / buckets));
+        _time = timeProvider ?? TimeProvider.System;
+        _bucketTicks = Math.Max(1, (long)(Window.TotalSeconds * _time.TimestampFrequency / buckets));
         _total = NewCounts();
         _buckets = new long[buckets][][];
         for (int b = 0; b < buckets; b++)
@@ -95,7 +98,7 @@ public sealed class ExpertLoadStatistics
         return (recent, total);
     }
 
-    private long Epoch() => Stopwatch.GetTimestamp() / _bucketTicks;
+    private long Epoch() => _time.GetTimestamp() / _bucketTicks;
 
     private long[][] CurrentBucket()
     {

@@ -9,9 +9,10 @@ public sealed class ExpertLoadStatisticsTests
 
     [Fact]
     [Trait("Category", "Unit")]
-    public async Task RoutedRows_CountInTotalAndInTheRecentWindow_WhichForgets()
+    public void RoutedRows_CountInTotalAndInTheRecentWindow_WhichForgets()
     {
-        var stats = new ExpertLoadStatistics(Model, TimeSpan.FromMilliseconds(300), buckets: 3);
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        var stats = new ExpertLoadStatistics(Model, TimeSpan.FromMilliseconds(300), buckets: 3, timeProvider: clock);
         stats.RecordRouting(1, [0, 4], [5, 2]);
         stats.RecordRouting(1, [4], [1]);
         stats.RecordRouting(2, [0], [9]);
@@ -20,7 +21,9 @@ public sealed class ExpertLoadStatisticsTests
         Assert.Equal(total, recent);
         Assert.Equal(new long[6], stats.Layer(3).Total);
         Assert.Throws<ArgumentOutOfRangeException>(() => stats.Layer(2));
-        await Task.Delay(700);
+        clock.Advance(TimeSpan.FromMilliseconds(200));
+        Assert.Equal(total, stats.Layer(1).Recent);
+        clock.Advance(TimeSpan.FromMilliseconds(500));
         (recent, total) = stats.Layer(1);
         Assert.Equal(new long[6], recent);
         Assert.Equal([5L, 0, 0, 0, 3, 0], total);
