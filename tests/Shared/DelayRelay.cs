@@ -61,9 +61,15 @@ public sealed class DelayRelay : IDisposable
     /// direction's bytes for <paramref name="oneWayDelay"/>.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">A negative delay, or one of a second or more.</exception>
+    /// <exception cref="PlatformNotSupportedException">Not Linux with a nanosecond monotonic clock (the relay holds bytes
+    /// with <c>clock_nanosleep</c> to absolute deadlines; a millisecond sleep could not make 50 µs delays).</exception>
     public static DelayRelay Start(IPEndPoint target, TimeSpan oneWayDelay)
     {
         ArgumentNullException.ThrowIfNull(target);
+        if (PreciseSleep.Unsupported is { } why)
+        {
+            throw new PlatformNotSupportedException(why);
+        }
         if (oneWayDelay < TimeSpan.Zero || oneWayDelay >= TimeSpan.FromSeconds(1))
         {
             throw new ArgumentOutOfRangeException(nameof(oneWayDelay), oneWayDelay, "the delay must be within [0, 1 s)");
@@ -360,24 +366,22 @@ public sealed class DelayRelay : IDisposable
 /// <param name="P99Microseconds">99th percentile hold, µs.</param>
 public readonly record struct HoldSummary(int Chunks, double P50Microseconds, double P99Microseconds);
 
-/// <summary>Sleeps to an absolute <see cref="Stopwatch"/> time without spinning (Linux: <c>clock_nanosleep</c>).</summary>
+/// <summary>Sleeps to an absolute <see cref="Stopwatch"/> time without spinning (<c>clock_nanosleep</c>; Linux only, see
+/// <see cref="Unsupported"/>).</summary>
 internal static class PreciseSleep
 {
     private const int ClockMonotonic = 1;
     private const int TimerAbsTime = 1;
     private const int PrSetTimerSlack = 29;
 
-    // On Linux .NET's Stopwatch reads CLOCK_MONOTONIC in nanoseconds, so its timestamps are clock_nanosleep deadlines.
-    private static readonly bool Native = OperatingSystem.IsLinux() && Stopwatch.Frequency == 1_000_000_000;
+    /// <summary>Why precise sleeps are not available here, or null. On Linux .NET's Stopwatch reads CLOCK_MONOTONIC in
+    /// nanoseconds, so its timestamps are clock_nanosleep deadlines.</summary>
+    public static string? Unsupported { get; } = !OperatingSystem.IsLinux() ? "the delay relay needs Linux (clock_nanosleep)"
+        : Stopwatch.Frequency != 1_000_000_000 ? $"the delay relay needs a nanosecond Stopwatch (CLOCK_MONOTONIC), this one ticks at {Stopwatch.Frequency} Hz"
+        : null;
 
-    /// <summary>Asks the kernel to wake this thread within 1 ns of its timers instead of the default 50 µs (Linux).</summary>
-    public static void ReduceTimerSlack()
-    {
-        if (Native)
-        {
-            _ = Prctl(PrSetTimerSlack, 1, 0, 0, 0);
-        }
-    }
+    /// <summary>Asks the kernel to wake this thread within 1 ns of its timers instead of the default 50 µs.</summary>
+    public static void ReduceTimerSlack() => _ = Prctl(PrSetTimerSlack, 1, 0, 0, 0);
 
     /// <summary>Returns at or after Stopwatch time <paramref name="due"/>.</summary>
     public static void Until(long due)
@@ -389,16 +393,9 @@ internal static class PreciseSleep
             {
                 return;
             }
-            if (Native)
-            {
-                var deadline = new Timespec { Seconds = due / 1_000_000_000, Nanoseconds = due % 1_000_000_000 };
-                _ = ClockNanosleep(ClockMonotonic, TimerAbsTime, ref deadline, IntPtr.Zero);
-            }
-            else
-            {
-                long ms = (due - now) * 1000 / Stopwatch.Frequency;
-                Thread.Sleep(ms > 1 ? (int)ms - 1 : 0);
-            }
+            // Interrupted sleeps (EINTR) come round the loop again.
+            var deadline = new Timespec { Seconds = due / 1_000_000_000, Nanoseconds = due % 1_000_000_000 };
+            _ = ClockNanosleep(ClockMonotonic, TimerAbsTime, ref deadline, IntPtr.Zero);
         }
     }
 

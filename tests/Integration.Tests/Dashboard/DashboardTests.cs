@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
@@ -77,8 +76,8 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
         int code;
         try
         {
-            code = await RunNodeAsync(["dashboard.test.mjs", "--url", cluster.AdminAddress, "--token", ServeCluster.Token, "--drain", "worker-1",
-                "--out", outDir, "--chromium", BrowserFactAttribute.Chromium], TimeSpan.FromMinutes(4));
+            (code, _) = await NodeScript.RunAsync(BrowserDirectory, ["dashboard.test.mjs", "--url", cluster.AdminAddress, "--token", ServeCluster.Token, "--drain", "worker-1",
+                "--out", outDir, "--chromium", BrowserFactAttribute.Chromium], TimeSpan.FromMinutes(4), output);
         }
         finally
         {
@@ -97,42 +96,6 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
         Assert.DoesNotContain(placement!.Layers.SelectMany(l => l.Experts), e => e.Workers.Contains("worker-1"));
         Assert.True(File.Exists(Path.Combine(outDir, "dashboard-drained.png")));
         await cluster.CompleteAsync(CancellationToken.None);
-    }
-
-    private async Task<int> RunNodeAsync(IEnumerable<string> args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo("node") { WorkingDirectory = BrowserDirectory, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using var process = new Process { StartInfo = psi };
-        process.OutputDataReceived += (_, e) => Write(e.Data);
-        process.ErrorDataReceived += (_, e) => Write(e.Data);
-        process.Start();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        using var cts = new CancellationTokenSource(timeout);
-        try
-        {
-            await process.WaitForExitAsync(cts.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            await process.WaitForExitAsync();
-            output.WriteLine($"node ran past {timeout} and was killed");
-            return -1;
-        }
-        return process.ExitCode;
-
-        void Write(string? line)
-        {
-            if (line is not null)
-            {
-                output.WriteLine("[node] " + line);
-            }
-        }
     }
 
     /// <summary>Runs only where the browser test can: Debian's chromium, node on PATH and playwright-core installed.</summary>
@@ -154,7 +117,7 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
             {
                 missing.Add($"chromium ({Chromium}; apt-get install chromium)");
             }
-            if (!OnPath("node"))
+            if (!NodeScript.OnPath("node"))
             {
                 missing.Add("node (apt-get install nodejs)");
             }
@@ -164,10 +127,6 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
             }
             return missing.Count > 0 ? "the dashboard browser test needs " + string.Join(", ", missing) : null;
         }
-
-        private static bool OnPath(string name)
-            => (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
-                .Any(d => File.Exists(Path.Combine(d, name)));
     }
 
     /// <summary>One <c>serve</c> process with two local workers and the admin API (and dashboard) on its own loopback port.</summary>

@@ -187,7 +187,7 @@ public sealed class SharedMemoryAimingTests : IClassFixture<HostileWorker>, IDis
             Assert.Equal((int)StatusCode.InvalidArgument, code);
             Assert.Contains("shared_rows", detail);
             AssertVictimUntouched(shmFile);
-            await _worker.AssertHoldsNoDescriptorOfAsync("/memfd:hostile");
+            _worker.AssertHoldsNoDescriptorOf("/memfd:hostile");
             await _worker.AssertAliveAsync();
             _worker.AssertNoStackTraces();
         }
@@ -216,7 +216,7 @@ public sealed class SharedMemoryAimingTests : IClassFixture<HostileWorker>, IDis
             var (attached, _) = await HostileWorker.OfferAsync(hello, i % 2 == 0 ? [a] : [a, b]);
             Assert.False(attached);
         }
-        await _worker.AssertDescriptorsAtMostAsync(before + 4);
+        _worker.AssertDescriptorsAtMost(before + 4);
         await _worker.AssertAliveAsync();
     }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Distributed.Coordinator.Model.Llama4;
 using Distributed.Coordinator.Serving;
@@ -18,7 +17,7 @@ namespace Distributed.Integration.Tests.Serving;
 public sealed class OpenAiClientTests(OpenAiClientTests.TwoWorkerServer server, ITestOutputHelper output) : IClassFixture<OpenAiClientTests.TwoWorkerServer>
 {
     internal const int DefaultMaxTokens = 24;
-    private static readonly string ClientDirectory = Path.Combine(TestPaths.Root, "tests", "Integration.Tests", "Serving", "openai-client");
+    private static readonly string ClientDirectory = NodeScript.OpenAiClientDirectory;
 
     [NodeClientFact]
     public async Task OfficialClient_EveryParameter_StreamAndNot_MatchesTheEngine()
@@ -28,8 +27,8 @@ public sealed class OpenAiClientTests(OpenAiClientTests.TwoWorkerServer server, 
         string results = Path.Combine(Path.GetTempPath(), $"openai-client-{Guid.NewGuid():N}.json");
         try
         {
-            int code = await RunNodeAsync(["openai.test.mjs", "--url", server.Serve.BaseAddress, "--model", ServeFixture.ModelId, "--out", results,
-                "--default-max-tokens", DefaultMaxTokens.ToString(System.Globalization.CultureInfo.InvariantCulture)], TimeSpan.FromMinutes(5));
+            var (code, _) = await NodeScript.RunAsync(ClientDirectory, ["openai.test.mjs", "--url", server.Serve.BaseAddress, "--model", ServeFixture.ModelId, "--out", results,
+                "--default-max-tokens", DefaultMaxTokens.ToString(System.Globalization.CultureInfo.InvariantCulture)], TimeSpan.FromMinutes(5), output);
             Assert.True(code == 0, $"the openai client script failed (exit {code}); see its output above");
             using var doc = JsonDocument.Parse(await File.ReadAllBytesAsync(results));
             await CheckLogprobsAgainstEngineAsync(doc.RootElement.GetProperty("cases"));
@@ -146,49 +145,6 @@ public sealed class OpenAiClientTests(OpenAiClientTests.TwoWorkerServer server, 
         };
     }
 
-    private async Task<int> RunNodeAsync(IEnumerable<string> args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo("node") { WorkingDirectory = ClientDirectory, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using var process = new Process { StartInfo = psi };
-        process.OutputDataReceived += (_, e) => Write(e.Data);
-        process.ErrorDataReceived += (_, e) => Write(e.Data);
-        process.Start();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        using var cts = new CancellationTokenSource(timeout);
-        try
-        {
-            await process.WaitForExitAsync(cts.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            await process.WaitForExitAsync();
-            output.WriteLine($"node ran past {timeout} and was killed");
-            return -1;
-        }
-        return process.ExitCode;
-
-        void Write(string? line)
-        {
-            if (line is not null)
-            {
-                try
-                {
-                    output.WriteLine("[node] " + line);
-                }
-                catch (InvalidOperationException)
-                {
-                    // The test has finished.
-                }
-            }
-        }
-    }
-
     /// <summary>Runs where the client test can: node on PATH and the <c>openai</c> package installed (<c>npm ci</c>).</summary>
     public sealed class NodeClientFactAttribute : ToolFactAttribute
     {
@@ -198,20 +154,7 @@ public sealed class OpenAiClientTests(OpenAiClientTests.TwoWorkerServer server, 
         }
 
         /// <summary>What the client test lacks here, or null.</summary>
-        public static string? Missing()
-        {
-            var missing = new List<string>();
-            if (!(Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
-                .Any(d => File.Exists(Path.Combine(d, "node"))))
-            {
-                missing.Add("node (apt-get install nodejs)");
-            }
-            if (!File.Exists(Path.Combine(ClientDirectory, "node_modules", "openai", "package.json")))
-            {
-                missing.Add($"the openai npm package (npm ci --prefix {Path.GetRelativePath(TestPaths.Root, ClientDirectory)})");
-            }
-            return missing.Count > 0 ? "the openai client test needs " + string.Join(", ", missing) : null;
-        }
+        public static string? Missing() => NodeScript.OpenAiClientMissing("openai client test");
     }
 
     /// <summary><c>serve --local-workers 2 --wire fp32</c> on tiny-maverick with a small <c>--default-max-tokens</c>.</summary>

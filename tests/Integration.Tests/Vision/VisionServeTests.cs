@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
@@ -15,7 +14,7 @@ namespace Distributed.Integration.Tests.Vision;
 [Trait("Category", "Integration")]
 public sealed class VisionServeTests(VisionServeTests.Fixture fixture, ITestOutputHelper output) : IClassFixture<VisionServeTests.Fixture>
 {
-    private static readonly string ClientDirectory = Path.Combine(TestPaths.Root, "tests", "Integration.Tests", "Serving", "openai-client");
+    private static readonly string ClientDirectory = NodeScript.OpenAiClientDirectory;
     private static readonly string Images = Path.Combine(TestPaths.Fixture(VisionGolden.FixtureName), "images");
 
     private static string DataUrl(string file) => "data:image/png;base64," + Convert.ToBase64String(File.ReadAllBytes(Path.Combine(Images, file)));
@@ -92,30 +91,11 @@ public sealed class VisionServeTests(VisionServeTests.Fixture fixture, ITestOutp
     {
         ToolFactAttribute.Require(OpenAiClientFactAttribute.Missing());
         fixture.Serve.Output = output;
-        var psi = new ProcessStartInfo("node") { WorkingDirectory = ClientDirectory, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "chat-image.test.mjs", "--url", fixture.Serve.BaseAddress, "--model", "tiny-maverick-mm", "--image", Path.Combine(Images, "b.png") })
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using var node = Process.Start(psi)!;
-        var stdout = node.StandardOutput.ReadToEndAsync();
-        var stderr = node.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        try
-        {
-            await node.WaitForExitAsync(timeout.Token);
-        }
-        finally
-        {
-            if (!node.HasExited)
-            {
-                node.Kill(entireProcessTree: true);
-            }
-        }
-        output.WriteLine($"[node out] {await stdout}");
-        output.WriteLine($"[node err] {await stderr}");
-        Assert.Equal(0, node.ExitCode);
-        using var report = JsonDocument.Parse((await stdout).Trim().Split('\n')[^1]);
+        var (code, stdout) = await NodeScript.RunAsync(ClientDirectory,
+            ["chat-image.test.mjs", "--url", fixture.Serve.BaseAddress, "--model", "tiny-maverick-mm", "--image", Path.Combine(Images, "b.png")],
+            TimeSpan.FromMinutes(2), output);
+        Assert.Equal(0, code);
+        using var report = JsonDocument.Parse(stdout.Trim().Split('\n')[^1]);
         Assert.Equal("length", report.RootElement.GetProperty("finish").GetString());
         Assert.Equal(6, report.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
     }
@@ -140,19 +120,7 @@ public sealed class VisionServeTests(VisionServeTests.Fixture fixture, ITestOutp
         {
         }
 
-        public static string? Missing()
-        {
-            var missing = new List<string>();
-            if (!(Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries).Any(d => File.Exists(Path.Combine(d, "node"))))
-            {
-                missing.Add("node (apt-get install nodejs)");
-            }
-            if (!File.Exists(Path.Combine(ClientDirectory, "node_modules", "openai", "package.json")))
-            {
-                missing.Add($"the openai package (npm ci --prefix {Path.GetRelativePath(TestPaths.Root, ClientDirectory)})");
-            }
-            return missing.Count > 0 ? "the openai client test needs " + string.Join(", ", missing) : null;
-        }
+        public static string? Missing() => NodeScript.OpenAiClientMissing("openai client image test");
     }
 
     /// <summary>
