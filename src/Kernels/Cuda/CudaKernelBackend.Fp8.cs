@@ -78,26 +78,6 @@ public sealed unsafe partial class CudaKernelBackend
         return f;
     }
 
-    /// <summary><see cref="MatMul"/> with an FP8 weight.</summary>
-    private void MatMulFp8(ReadOnlySpan<float> x, int rows, CudaFp8WeightMatrix w, Span<float> y)
-    {
-        int k = w.InFeatures;
-        int n = w.OutFeatures;
-        Require(x.Length == (long)rows * k, $"x has {x.Length} elements, expected rows×K = {rows}×{k}", nameof(x));
-        Require(y.Length == (long)rows * n, $"y has {y.Length} elements, expected rows×N = {rows}×{n}", nameof(y));
-        if (rows == 0)
-        {
-            return;
-        }
-        using var call = BeginCall();
-        CudaCallContext ctx = call.Context;
-        ulong dx = Upload(ctx, x);
-        ulong dy = ctx.Device.Alloc((long)rows * n * 4);
-        Fp8Stage(ctx, w, dx, rows, dy);
-        Download(ctx, dy, y);
-        call.Complete();
-    }
-
     /// <summary>One FP8 GEMM stage on device rows: the W8A8 input pass when the weight asks for it, then the GEMM.</summary>
     private void Fp8Stage(CudaCallContext ctx, CudaFp8WeightMatrix w, ulong x, int rows, ulong y)
     {

@@ -31,14 +31,10 @@ public sealed unsafe partial class CudaKernelBackend
     public void MatMul(ReadOnlySpan<float> x, int rows, IWeightMatrix w, Span<float> y)
     {
         Require(rows >= 0, $"rows must be ≥ 0, got {rows}", nameof(rows));
-        if (w is CudaFp8WeightMatrix)
-        {
-            MatMulFp8(x, rows, OwnFp8(w, nameof(w)), y);
-            return;
-        }
-        CudaWeightMatrix cw = Own(w, nameof(w));
-        int k = cw.InFeatures;
-        int n = cw.OutFeatures;
+        // bf16 or FP8: checked to be this backend's here; the device-pointer core dispatches on the kind.
+        _ = w is CudaFp8WeightMatrix ? OwnFp8(w, nameof(w)) : (IWeightMatrix)Own(w, nameof(w));
+        int k = w.InFeatures;
+        int n = w.OutFeatures;
         Require(x.Length == (long)rows * k, $"x has {x.Length} elements, expected rows×K = {rows}×{k}", nameof(x));
         Require(y.Length == (long)rows * n, $"y has {y.Length} elements, expected rows×N = {rows}×{n}", nameof(y));
         if (rows == 0)
@@ -49,7 +45,7 @@ public sealed unsafe partial class CudaKernelBackend
         CudaCallContext ctx = call.Context;
         ulong dx = Upload(ctx, x);
         ulong dy = ctx.Device.Alloc((long)rows * n * 4);
-        MatMulOnDevice(ctx, cw, dx, rows, dy);
+        MatMulOnDevice(ctx, w, dx, rows, dy);
         Download(ctx, dy, y);
         call.Complete();
     }

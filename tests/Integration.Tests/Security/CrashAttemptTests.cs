@@ -41,13 +41,8 @@ public sealed class CrashAttemptTests : IClassFixture<SmallSessionTableWorker>
     public async Task HelloFlood_IsRefused_AndNeverEvictsASessionInUse()
     {
         const long Ring = 1 << 20;
-        var hello = await _worker.HelloAsync(ringBytes: Ring);
-        using var fd = HostileWorker.Memfd(Ring);
-        var (attached, why) = await HostileWorker.OfferAsync(hello, [fd]);
-        Assert.True(attached, why);
-        using var ring = SharedRing.MapReceived(fd, Ring, Ring);
-        using var call = _worker.Channel.CreateCallInvoker().AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null,
-            new CallOptions(_worker.Headers(session: hello.SessionId)));
+        using var session = await _worker.AttachAsync(Ring);
+        var (hello, fd, ring, call) = (session.Hello, session.Fd, session.Ring, session.Call);
         var (h, p) = _worker.Valid(id: 1);
         var before = await RoundTripAsync(call, ring, h, p, 0);
 

@@ -213,6 +213,29 @@ public partial class HostileWorker : IAsyncLifetime
     }
 
     /// <summary>
+    /// A session as a well-behaved coordinator sets it up: Hello with a ring of <paramref name="ringBytes"/>, a sealed memfd
+    /// offered and attached, mapped here too, and a Dispatch stream on the session. Dispose it in the test.
+    /// </summary>
+    public async Task<AttachedSession> AttachAsync(long ringBytes)
+    {
+        var hello = await HelloAsync(ringBytes: ringBytes);
+        var fd = Memfd(ringBytes);
+        try
+        {
+            var (attached, why) = await OfferAsync(hello, [fd]);
+            Assert.True(attached, why);
+            var ring = SharedRing.MapReceived(fd, (ulong)ringBytes, ringBytes);
+            var call = Channel.CreateCallInvoker().AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null, new CallOptions(Headers(session: hello.SessionId)));
+            return new AttachedSession(hello, fd, ring, call);
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
     /// The worker holds at most <paramref name="descriptors"/> descriptors open. No wait is needed: the rendezvous closes
     /// every descriptor it received before it answers the offer (<c>RingRendezvousListener.Receive</c>'s finally), so once
     /// the offer's answer has arrived a leak is a leak.
@@ -301,4 +324,16 @@ public sealed class SmallSessionTableWorker : HostileWorker
     public const int Sessions = 8;
 
     protected override IEnumerable<string> ExtraArguments => ["--ExpertWorker:MaxSessions", Sessions.ToString(System.Globalization.CultureInfo.InvariantCulture)];
+}
+
+/// <summary>A session with its ring attached and mapped, and a Dispatch stream (<see cref="HostileWorker.AttachAsync"/>).</summary>
+public sealed record AttachedSession(HelloReply Hello, SafeFileHandle Fd, SharedRing Ring,
+    AsyncDuplexStreamingCall<TensorFrame<ExpertRequest>, TensorFrame<ExpertReply>> Call) : IDisposable
+{
+    public void Dispose()
+    {
+        Call.Dispose();
+        Ring.Dispose();
+        Fd.Dispose();
+    }
 }
