@@ -62,16 +62,7 @@ public static class OpenAiRequestParser
         {
             throw ApiErrorException.BadRequest("'messages' is required.", "messages");
         }
-        IReadOnlyList<ChatMessage> messages;
-        try
-        {
-            CheckMessageFields(messagesElement);
-            messages = Llama4ChatTemplate.ParseMessages(messagesElement);
-        }
-        catch (ChatTemplateException ex)
-        {
-            throw ApiErrorException.BadRequest($"'{ex.Field}' {ex.Message[(ex.Field.Length + 2)..]}", ex.Field);
-        }
+        IReadOnlyList<ChatMessage> messages = ParseMessages(messagesElement);
         int? maxTokens = (int?)body.Integer("max_tokens", 1, int.MaxValue);
         int? maxCompletionTokens = (int?)body.Integer("max_completion_tokens", 1, int.MaxValue);
         if (maxTokens is not null && maxCompletionTokens is not null && maxTokens != maxCompletionTokens)
@@ -98,22 +89,27 @@ public static class OpenAiRequestParser
         return new ChatCompletionRequestBody(model, messages, options) { Tools = tools, ParseToolCalls = parseToolCalls, ParallelToolCalls = parallel };
     }
 
+    // The chat messages (chat completions and /tokenize alike); a template problem becomes a 400 naming its field.
+    private static IReadOnlyList<ChatMessage> ParseMessages(JsonElement messagesElement)
+    {
+        try
+        {
+            CheckMessageFields(messagesElement);
+            return Llama4ChatTemplate.ParseMessages(messagesElement);
+        }
+        catch (ChatTemplateException ex)
+        {
+            throw ApiErrorException.BadRequest($"'{ex.Field}' {ex.Message[(ex.Field.Length + 2)..]}", ex.Field);
+        }
+    }
+
     /// <summary>The chat form of <c>POST /tokenize</c>: messages, tools and the template switches.</summary>
     internal sealed record TokenizeChat(IReadOnlyList<ChatMessage> Messages, IReadOnlyList<ChatTool>? Tools, bool AddGenerationPrompt, bool AddSpecialTokens);
 
     /// <summary>Reads the chat fields of a <c>/tokenize</c> body (the caller reads the rest and rejects unknown fields).</summary>
     internal static TokenizeChat ParseTokenizeChat(JsonRequestObject body, JsonElement messagesElement)
     {
-        IReadOnlyList<ChatMessage> messages;
-        try
-        {
-            CheckMessageFields(messagesElement);
-            messages = Llama4ChatTemplate.ParseMessages(messagesElement);
-        }
-        catch (ChatTemplateException ex)
-        {
-            throw ApiErrorException.BadRequest($"'{ex.Field}' {ex.Message[(ex.Field.Length + 2)..]}", ex.Field);
-        }
+        IReadOnlyList<ChatMessage> messages = ParseMessages(messagesElement);
         bool addGenerationPrompt = body.Boolean("add_generation_prompt") ?? true;
         bool addSpecialTokens = body.Boolean("add_special_tokens") ?? false;
         var (tools, _) = ParseTools(body);

@@ -84,17 +84,24 @@ public static class OpenAiResponseJson
                 WriteToolCalls(w, choice.ToolCalls, delta: false);
                 w.WriteEndObject();
             }
-            else
-            {
-                w.WriteString("text", choice.Text ?? string.Empty);
-            }
-            WriteLogprobs(w, ctx.Kind, choice.Logprobs);
-            WriteNullable(w, "finish_reason", choice.Finish);
-            WriteTokenIds(w, choice);
-            w.WriteEndObject();
+            WriteChoiceEnd(w, ctx, choice);
         }
         w.WriteEndArray();
         WriteUsage(w, usage);
+        w.WriteEndObject();
+    }
+
+    // What every choice object ends with, whole or streamed: the completions API's text (chat wrote its message or delta),
+    // logprobs, finish reason and token ids; then the object is closed.
+    private static void WriteChoiceEnd(Utf8JsonWriter w, ResponseContext ctx, ChoiceOutput choice)
+    {
+        if (ctx.Kind != ApiKind.Chat)
+        {
+            w.WriteString("text", choice.Text ?? string.Empty);
+        }
+        WriteLogprobs(w, ctx.Kind, choice.Logprobs);
+        WriteNullable(w, "finish_reason", choice.Finish);
+        WriteTokenIds(w, choice);
         w.WriteEndObject();
     }
 
@@ -126,14 +133,7 @@ public static class OpenAiResponseJson
             WriteToolCalls(w, choice.ToolCalls, delta: true);
             w.WriteEndObject();
         }
-        else
-        {
-            w.WriteString("text", choice.Text ?? string.Empty);
-        }
-        WriteLogprobs(w, ctx.Kind, choice.Logprobs);
-        WriteNullable(w, "finish_reason", choice.Finish);
-        WriteTokenIds(w, choice);
-        w.WriteEndObject();
+        WriteChoiceEnd(w, ctx, choice);
         w.WriteEndArray();
         if (usageNull)
         {

@@ -143,13 +143,15 @@ public sealed class PrefixCacheAndPreemptionTests(ITestOutputHelper output) : ID
                 KvMemoryBytes = 32 * 4096, PrefillChunkTokens = 4, MaxBatchTokens = 16, MaxRunningSequences = 6, PrefixCaching = prefixCaching,
             });
             var runs = await Task.WhenAll(prompts.Select((p, i) => CollectAsync(tight, Request(p, 48, i % 2 == 0 ? SamplingParams.Greedy : Sampled with { Seed = (ulong)i }, ignoreEos: true))));
-            for (int i = 0; i < prompts.Length; i++)
-            {
-                Assert.Equal(alone[i].Tokens, runs[i][0].Tokens);
-                Assert.Equal(alone[i].Logprobs, runs[i][0].Logprobs);
-            }
             var stats = tight.Stats;
             output.WriteLine($"prefix caching {prefixCaching}: {stats.Preemptions} preemptions, {stats.Steps} steps, prefix hits {stats.PrefixHitTokens}/{stats.PrefixQueriedTokens}");
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                // Named, so that a failure says which sequence, with which cache setting, after how many preemptions.
+                Assert.True(alone[i].Tokens.SequenceEqual(runs[i][0].Tokens),
+                    $"sequence {i} (prefix caching {prefixCaching}, {stats.Preemptions} preemptions): [{string.Join(",", runs[i][0].Tokens)}] vs alone [{string.Join(",", alone[i].Tokens)}]");
+                Assert.Equal(alone[i].Logprobs, runs[i][0].Logprobs);
+            }
             Assert.True(stats.Preemptions > 0, "the budget is too small for all sequences at once: some must have been preempted");
             Assert.Equal(0, stats.KvBlocksUsed);
         }
