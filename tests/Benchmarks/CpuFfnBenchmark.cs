@@ -22,12 +22,18 @@ internal static unsafe class CpuFfnBenchmark
 {
     private sealed record Case(string Key, string Label, bool Ffn, int T, int K, int N, double Flops, long WeightBytes);
 
-    private static readonly Case[] s_cases = BuildCases();
+    private static Case[] s_cases = BuildCases();
+
+    /// <summary>The <c>--cases</c> filter of this run, passed on to the child processes.</summary>
+    private static string? s_caseFilter;
+
+    /// <summary><c>--clock wall|cpu</c>: what the figures time (see <see cref="Timing.UseCpuTime"/>), passed on to the children.</summary>
+    private static string s_clock = "wall";
 
     private static Case[] BuildCases()
     {
         var list = new List<Case>();
-        foreach (int t in new[] { 1, 16, 128 })
+        foreach (int t in new[] { 1, 8, 16, 128 })
         {
             list.Add(new Case($"ffn5120x8192-T{t}", $"FFN 5120x8192 T={t}", true, t, 5120, 8192, 6.0 * t * 5120 * 8192, 3L * 5120 * 8192 * 2));
         }
@@ -42,6 +48,23 @@ internal static unsafe class CpuFfnBenchmark
     public static int Run(string[] args)
     {
         string impl = Option(args, "--impl") ?? "both";
+        s_clock = Option(args, "--clock") ?? "wall";
+        if (s_clock is not ("wall" or "cpu"))
+        {
+            return Usage($"--clock '{s_clock}': wall | cpu");
+        }
+        Timing.UseCpuTime = s_clock == "cpu";
+        s_caseFilter = Option(args, "--cases");
+        if (s_caseFilter is { } filter)
+        {
+            // Comma-separated substrings of the case keys (e.g. "T128" or "ffn5120x8192-T8,dense"): a focused run.
+            var wanted = filter.Split(',', StringSplitOptions.RemoveEmptyEntries);
+            s_cases = [.. s_cases.Where(c => wanted.Any(wnt => c.Key.Contains(wnt, StringComparison.Ordinal)))];
+            if (s_cases.Length == 0)
+            {
+                return Usage($"--cases '{filter}' matches no case key ({string.Join(", ", BuildCases().Select(c => c.Key))})");
+            }
+        }
         string threadList = Option(args, "--threads") ?? $"1,{Environment.ProcessorCount}";
         var threads = threadList.Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).Distinct().ToArray();
         if (threads.Any(t => t < 1))
@@ -55,7 +78,7 @@ internal static unsafe class CpuFfnBenchmark
             "ours-fp8" => RunOurs(threads[0], CpuMatMulPrecision.Fp32, fp8: true),
             "ours-bf16" => RunOurs(threads[0], CpuMatMulPrecision.Bf16, fp8: false),
             "openblas" => RunOpenBlas(threads[0]),
-            "both" => RunWrapper(threads, int.Parse(Option(args, "--rounds") ?? "2", CultureInfo.InvariantCulture)),
+            "both" => RunWrapper(threads, int.Parse(Option(args, "--rounds") ?? "2", CultureInfo.InvariantCulture), Option(args, "--levels")),
             _ => Usage($"unknown --impl '{impl}' (ours | ours-fp8 | ours-bf16 | openblas | both)"),
         };
     }
@@ -107,6 +130,7 @@ internal static unsafe class CpuFfnBenchmark
         {
             var (copy, read) = MemoryProbe.Measure(threads);
             Console.WriteLine(FormattableString.Invariant($"PROBE {copy:F2} {read:F2}"));
+            Console.WriteLine(FormattableString.Invariant($"PEAK {FmaPeak.Measure():F2}"));
         }
         using var backend = new CpuKernelBackend(threads, precision);
         Console.WriteLine($"BACKEND {backend.Name}{(fp8 ? " fp8 weights" : "")} | {backend.Capabilities.Device}");
@@ -238,6 +262,7 @@ internal static unsafe class CpuFfnBenchmark
         public string Backend { get; set; } = "?";
         public string? Skipped { get; set; }
         public (double Copy, double Read)? Probe { get; set; }
+        public double? Peak { get; set; }
     }
 
     /// <summary>One SIMD configuration the benchmark measures: the machine's own, or AVX-512 turned off.</summary>
@@ -286,6 +311,13 @@ internal static unsafe class CpuFfnBenchmark
         {
             psi.ArgumentList.Add(a);
         }
+        if (s_caseFilter is not null)
+        {
+            psi.ArgumentList.Add("--cases");
+            psi.ArgumentList.Add(s_caseFilter);
+        }
+        psi.ArgumentList.Add("--clock");
+        psi.ArgumentList.Add(s_clock);
         psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture);
         if (forceAvx2)
         {
@@ -313,6 +345,9 @@ internal static unsafe class CpuFfnBenchmark
                     break;
                 case "PROBE":
                     result.Probe = (Parse(parts[1]), Parse(parts[2]));
+                    break;
+                case "PEAK":
+                    result.Peak = Parse(parts[1]);
                     break;
                 case "BACKEND":
                     result.Backend = line["BACKEND ".Length..];
@@ -353,17 +388,31 @@ internal static unsafe class CpuFfnBenchmark
             {
                 best.Probe = p;
             }
+            if (run.Peak is { } peak && (best.Peak is not { } bestPeak || peak > bestPeak))
+            {
+                best.Peak = peak;
+            }
         }
         return best;
     }
 
-    private static int RunWrapper(int[] threadCounts, int rounds)
+    private static int RunWrapper(int[] threadCounts, int rounds, string? levelFilter)
     {
         var levels = Levels();
+        if (levelFilter is not null)
+        {
+            // --levels avx2: only the configurations whose name starts with one of the given names.
+            var wanted = levelFilter.Split(',', StringSplitOptions.RemoveEmptyEntries);
+            levels = [.. levels.Where(l => wanted.Any(wnt => l.Name.StartsWith(wnt, StringComparison.Ordinal)))];
+            if (levels.Count == 0)
+            {
+                return Usage($"--levels '{levelFilter}' matches none of: {string.Join(", ", Levels().Select(l => l.Name))}");
+            }
+        }
         Console.WriteLine($"cpu-ffn: {Environment.ProcessorCount} logical CPUs, levels {string.Join(", ", levels.Select(l => l.Name))}; ours = bf16 weights packed, fp32 FMA;");
         Console.WriteLine("fp8 = ours with the same weights quantized per output channel to FP8 E4M3 (1 byte each, decoded in registers, weight-only);");
         Console.WriteLine("bf16 = ours at --cpu-precision bf16 (AVX512-BF16 only); OpenBLAS = fp32 weights (same values).");
-        Console.WriteLine($"Each implementation runs in its own process, {rounds} rounds interleaved; a figure is the best round's median over >= 1 s of repetitions.");
+        Console.WriteLine($"Each implementation runs in its own process, {rounds} rounds interleaved; a figure is the best round's median over >= 1 s of repetitions ({(s_clock == "cpu" ? "process CPU time, not wall time" : "wall time")}).");
         foreach (int t in threadCounts)
         {
             foreach (var level in levels)
@@ -425,6 +474,14 @@ internal static unsafe class CpuFfnBenchmark
                 Console.WriteLine(bf16 is not null
                     ? $"  bf16 = {bf16.Backend}: activations rounded to bf16, VDPBF16PS (the --cpu-precision bf16 mode)"
                     : $"  bf16 precision not measured: {(level.ForceAvx2 ? "AVX-512 is off" : CpuKernelBackend.Bf16Unavailable)}");
+                if (ours.Peak is { } fmaPeak)
+                {
+                    // The compute bound: at T=128 neither implementation can pass the FMA throughput of one core.
+                    Console.WriteLine(FormattableString.Invariant(
+                        $"  FMA peak ({(level.ForceAvx2 || !Vector512.IsHardwareAccelerated ? "ymm" : "zmm")}, 12 chains, per thread) {fmaPeak:F1} GF/s; share of it at T=128: ") +
+                        string.Join(", ", s_cases.Where(c => c.T == 128).Select(c => FormattableString.Invariant(
+                            $"{c.Label} ours {Share(Get(ours, c.Key), fmaPeak)} OpenBLAS {Share(Get(ob, c.Key), fmaPeak)}"))));
+                }
                 if (ours.Probe is { } probe)
                 {
                     Console.WriteLine(FormattableString.Invariant(
@@ -445,6 +502,9 @@ internal static unsafe class CpuFfnBenchmark
         }
         return 0;
     }
+
+    private static string Share((double Ms, double Gflops, double GBps)? v, double peak) =>
+        v is { } r ? FormattableString.Invariant($"{100 * r.Gflops / peak:F0}%") : "n/a";
 
     private static (double Ms, double Gflops, double GBps)? Get(ChildResult run, string key) =>
         run.Skipped is null && run.Results.TryGetValue(key, out var v) ? v : null;

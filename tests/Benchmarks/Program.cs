@@ -22,7 +22,7 @@ internal static class Program
 
     private static int Usage()
     {
-        Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both] [--rounds 2]");
+        Console.Error.WriteLine("usage: Distributed.Benchmarks cpu-ffn [--threads 1,2] [--impl ours|openblas|both] [--rounds 2] [--cases T128,dense] [--levels avx512|avx2] [--clock wall|cpu]");
         Console.Error.WriteLine("       Distributed.Benchmarks cpu-ops [--threads N]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane [--rows 1,64,512,4096] [--scale 1]");
         Console.Error.WriteLine("       dotnet Distributed.Benchmarks.dll dataplane-e2e [--model DIR] [--workers 2] [--tokens 64]");

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -303,42 +304,17 @@ internal static unsafe class MatMulKernels
             return;
         }
         int fullEnd = p1 > p0 && PanelWidthOf(w, p1 - 1) < PackedWeight.PanelWidth ? p1 - 1 : p1;
-        // A compressed format read by more rows than one microkernel takes is decoded once per k-slice into widened
-        // bf16 lines (16 KiB, L1) that every row block and both halves then read as a bf16 panel (6-row blocks): the
-        // decode is paid once, not once per row block and half.
-        bool decodeSlice = typeof(TL) != typeof(Bf16Lines) && rows > maxRows;
-        uint* decoded = stackalloc uint[decodeSlice ? KBlock * PackedWeight.LineUints : 1];
-        int blockRows = decodeSlice ? Bf16Lines.MaxRows : maxRows;
-        int kBlock = rows > maxRows ? KBlock : k;
-        for (int k0 = 0; k0 < k; k0 += kBlock)
+        if (rows > maxRows)
         {
-            int kn = Math.Min(kBlock, k - k0);
-            bool accumulate = k0 > 0;
+            SlicedPanels<TL>(x, ldx, rows, w, p0, fullEnd, y, ldy);
+        }
+        else
+        {
+            // One row block: the kernel reads the stored lines directly (this is the weight-streaming regime, and a
+            // decode into a buffer would not be reused).
             for (int p = p0; p < fullEnd; p++)
             {
-                TL lines = TL.At(w, p, k0);
-                float* yp = y + (p * PackedWeight.PanelWidth);
-                if (p + 1 < fullEnd && Sse.IsSupported)
-                {
-                    // The next panel's k-slice: its lines arrive while this panel's row blocks run.
-                    byte* next = TL.Address(w, p + 1, k0);
-                    for (nint off = 0; off < (nint)kn * TL.LineBytes; off += 64)
-                    {
-                        Sse.Prefetch1(next + off);
-                    }
-                }
-                if (decodeSlice)
-                {
-                    for (int l = 0; l < kn; l++)
-                    {
-                        lines.Widen(l, decoded + ((nint)l * PackedWeight.LineUints));
-                    }
-                    HalfPanels(x + k0, ldx, rows, blockRows, new Bf16Lines(decoded), kn, yp, ldy, accumulate);
-                }
-                else
-                {
-                    HalfPanels(x + k0, ldx, rows, blockRows, lines, kn, yp, ldy, accumulate);
-                }
+                HalfPanels(x, ldx, rows, maxRows, TL.At(w, p, 0), k, y + (p * PackedWeight.PanelWidth), ldy, false);
             }
         }
         if (fullEnd < p1)
@@ -358,6 +334,140 @@ internal static unsafe class MatMulKernels
                     CopyTile(tile, n, yp + (r * ldy) + 16, ldy, width - 16, 16);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// The Vector256 path for more rows than one microkernel takes (full panels <c>[p0, p1)</c>): k is blocked by
+    /// <see cref="SliceLines"/> lines; each panel's k slice, whatever its stored format, is decoded once into an fp32
+    /// buffer (two 16-column halves, <c>[half][line][16]</c>, 32 KiB: L1/L2-resident) that every row block then reads
+    /// with plain loads, so the inner loop is 2 loads, 6 broadcasts and 12 FMAs per k (no widening ALU work competing with
+    /// the FMA ports). Partial sums go through y as fp32 between k blocks and come back bit-exact, so every element
+    /// still gets one FMA per k, in k order, from +0.
+    /// </summary>
+    private static void SlicedPanels<TL>(float* x, nint ldx, int rows, PackedWeight w, int p0, int p1, float* y, nint ldy)
+        where TL : struct, ILines256, IPanelLines<TL>
+    {
+        int k = w.InFeatures;
+        const int HalfFloats = SliceLines * 16;
+        // 64-byte aligned, so each 16-float line of a half is exactly one cache line.
+        float* raw = stackalloc float[(2 * HalfFloats) + 16];
+        float* slice = (float*)(((nint)raw + 63) & ~(nint)63);
+        float* packed = PackedRows.Get((nint)rows * SliceLines);
+        for (int k0 = 0; k0 < k; k0 += SliceLines)
+        {
+            int kn = Math.Min(SliceLines, k - k0);
+            bool accumulate = k0 > 0;
+            PackRows(x + k0, ldx, rows, kn, packed);
+            for (int p = p0; p < p1; p++)
+            {
+                TL lines = TL.At(w, p, k0);
+                float* yp = y + (p * PackedWeight.PanelWidth);
+                if (p + 1 < p1 && Sse.IsSupported)
+                {
+                    // The next panel's stored k-slice, into L2 while this panel's row blocks run.
+                    byte* next = TL.Address(w, p + 1, k0);
+                    for (nint off = 0; off < (nint)kn * TL.LineBytes; off += 64)
+                    {
+                        Sse.Prefetch1(next + off);
+                    }
+                }
+                for (int l = 0; l < kn; l++)
+                {
+                    lines.Lo(l, out Vector256<float> c0, out Vector256<float> c8);
+                    lines.Hi(l, out Vector256<float> c16, out Vector256<float> c24);
+                    float* lo = slice + (l * 16);
+                    float* hi = lo + HalfFloats;
+                    c0.Store(lo);
+                    c8.Store(lo + 8);
+                    c16.Store(hi);
+                    c24.Store(hi + 8);
+                }
+                RowBlocksF32(packed, rows, slice, kn, yp, ldy, accumulate);
+                RowBlocksF32(packed, rows, slice + HalfFloats, kn, yp + 16, ldy, accumulate);
+            }
+        }
+    }
+
+    /// <summary>
+    /// k lines per slice of <see cref="SlicedPanels"/>: 256 lines × 32 fp32 columns = 32 KiB decoded (each half, the
+    /// working set of one row-block sweep, 16 KiB).
+    /// </summary>
+    private const int SliceLines = 256;
+
+    /// <summary>
+    /// The row blocks of <see cref="SlicedPanels"/>: ⌈rows / 6⌉ blocks of as equal a size as possible (8 rows: 4 + 4,
+    /// not 6 + 2), since a block of 1-2 rows has too few accumulator chains to cover the FMA latency. The split only
+    /// decides which registers hold a row's accumulators, never its arithmetic.
+    /// </summary>
+    private static (int Blocks, int Size, int Larger) RowSplit(int rows)
+    {
+        int blocks = (rows + 5) / 6;
+        return (blocks, rows / blocks, rows % blocks);
+    }
+
+    /// <summary>
+    /// Copies the k slice <c>[0, kn)</c> of every row into <paramref name="packed"/> block by block (see
+    /// <see cref="RowSplit"/>): a block of n rows starting at row r0 is <c>[kn][n]</c> at <c>packed + r0 · kn</c>, so the
+    /// microkernel's broadcasts for one k are adjacent floats of one stream instead of n rows a whole row stride apart
+    /// (which map to the same L1 sets: 20 KiB apart at K = 5120).
+    /// </summary>
+    private static void PackRows(float* x, nint ldx, int rows, int kn, float* packed)
+    {
+        var (blocks, size, larger) = RowSplit(rows);
+        for (int b = 0, r0 = 0; b < blocks; b++)
+        {
+            int n = b < larger ? size + 1 : size;
+            float* dst = packed + ((nint)r0 * kn);
+            for (int r = 0; r < n; r++)
+            {
+                float* src = x + ((r0 + r) * ldx);
+                float* d = dst + r;
+                for (int kk = 0; kk < kn; kk++)
+                {
+                    d[kk * n] = src[kk];
+                }
+            }
+            r0 += n;
+        }
+    }
+
+    /// <summary>Every row block of one 16-column half slice, x from <see cref="PackRows"/>.</summary>
+    private static void RowBlocksF32(float* packed, int rows, float* slice, int k, float* y, nint ldy, bool accumulate)
+    {
+        var (blocks, size, larger) = RowSplit(rows);
+        for (int b = 0, r = 0; b < blocks; b++)
+        {
+            int n = b < larger ? size + 1 : size;
+            float* xb = packed + ((nint)r * k);
+            float* yb = y + (r * ldy);
+            if (b + 1 < blocks && Sse.IsSupported)
+            {
+                // The next block's partial sums (n rows a row stride apart, from L2/L3: no hardware prefetcher follows
+                // them) and the start of its packed x, so its first FMAs do not wait on them.
+                int next = b + 1 < larger ? size + 1 : size;
+                float* yn = yb + (n * ldy);
+                for (int rr = 0; rr < next; rr++)
+                {
+                    Sse.Prefetch0(yn + (rr * ldy));
+                    Sse.Prefetch0(yn + (rr * ldy) + 15);
+                }
+                byte* xn = (byte*)(xb + ((nint)n * k));
+                for (int off = 0; off < 512; off += 64)
+                {
+                    Sse.Prefetch0(xn + off);
+                }
+            }
+            switch (n)
+            {
+                case 1: KernelF32<Rows1>(xb, slice, k, yb, ldy, accumulate); break;
+                case 2: KernelF32<Rows2>(xb, slice, k, yb, ldy, accumulate); break;
+                case 3: KernelF32<Rows3>(xb, slice, k, yb, ldy, accumulate); break;
+                case 4: KernelF32<Rows4>(xb, slice, k, yb, ldy, accumulate); break;
+                case 5: KernelF32<Rows5>(xb, slice, k, yb, ldy, accumulate); break;
+                default: KernelF32<Rows6>(xb, slice, k, yb, ldy, accumulate); break;
+            }
+            r += n;
         }
     }
 
@@ -823,5 +933,162 @@ internal static unsafe class MatMulKernels
             a3 = Vector256.FusedMultiplyAdd(bb, c24, a3);
         }
         Store(y, a0, a1, a2, a3);
+    }
+
+    /// <summary>
+    /// Up to 6 rows × 16 columns of a decoded fp32 slice (<c>w</c> = <c>[k][16]</c>) with x packed as <c>[k][rows]</c>:
+    /// 12 ymm accumulators, two weight vectors and one broadcast, k unrolled by two. With <paramref name="accumulate"/>,
+    /// the accumulators start from y (a previous k block) instead of +0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void KernelF32<TR>(float* x, float* w, int k, float* y, nint ldy, bool accumulate)
+        where TR : struct, IRowCount
+    {
+        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default;
+        Vector256<float> a3 = default, b3 = default, a4 = default, b4 = default, a5 = default, b5 = default;
+        if (accumulate)
+        {
+            a0 = Vector256.Load(y);
+            b0 = Vector256.Load(y + 8);
+            if (TR.Rows > 1)
+            {
+                a1 = Vector256.Load(y + ldy);
+                b1 = Vector256.Load(y + ldy + 8);
+            }
+            if (TR.Rows > 2)
+            {
+                a2 = Vector256.Load(y + (2 * ldy));
+                b2 = Vector256.Load(y + (2 * ldy) + 8);
+            }
+            if (TR.Rows > 3)
+            {
+                a3 = Vector256.Load(y + (3 * ldy));
+                b3 = Vector256.Load(y + (3 * ldy) + 8);
+            }
+            if (TR.Rows > 4)
+            {
+                a4 = Vector256.Load(y + (4 * ldy));
+                b4 = Vector256.Load(y + (4 * ldy) + 8);
+            }
+            if (TR.Rows > 5)
+            {
+                a5 = Vector256.Load(y + (5 * ldy));
+                b5 = Vector256.Load(y + (5 * ldy) + 8);
+            }
+        }
+        // Two pointers (x, w) stepped once per two k and one end test: 3 uops of loop overhead per 40 (a 4-wide front
+        // end, not the FMA ports, would otherwise be the bound).
+        float* xk = x;
+        float* wk = w;
+        float* wPairsEnd = w + ((nint)(k & ~1) * 16);
+        for (; wk < wPairsEnd; wk += 32, xk += 2 * TR.Rows)
+        {
+            Step<TR>(xk, wk, 0, ref a0, ref b0, ref a1, ref b1, ref a2, ref b2, ref a3, ref b3, ref a4, ref b4, ref a5, ref b5);
+            Step<TR>(xk, wk, 1, ref a0, ref b0, ref a1, ref b1, ref a2, ref b2, ref a3, ref b3, ref a4, ref b4, ref a5, ref b5);
+        }
+        if ((k & 1) != 0)
+        {
+            Step<TR>(xk, wk, 0, ref a0, ref b0, ref a1, ref b1, ref a2, ref b2, ref a3, ref b3, ref a4, ref b4, ref a5, ref b5);
+        }
+        a0.Store(y);
+        b0.Store(y + 8);
+        if (TR.Rows > 1)
+        {
+            a1.Store(y + ldy);
+            b1.Store(y + ldy + 8);
+        }
+        if (TR.Rows > 2)
+        {
+            a2.Store(y + (2 * ldy));
+            b2.Store(y + (2 * ldy) + 8);
+        }
+        if (TR.Rows > 3)
+        {
+            a3.Store(y + (3 * ldy));
+            b3.Store(y + (3 * ldy) + 8);
+        }
+        if (TR.Rows > 4)
+        {
+            a4.Store(y + (4 * ldy));
+            b4.Store(y + (4 * ldy) + 8);
+        }
+        if (TR.Rows > 5)
+        {
+            a5.Store(y + (5 * ldy));
+            b5.Store(y + (5 * ldy) + 8);
+        }
+    }
+
+    /// <summary>
+    /// One k of <see cref="KernelF32"/>, line <paramref name="line"/> (a constant, 0 or 1) after <paramref name="xk"/> and
+    /// <paramref name="wk"/>: its 16 weights times each row's x. The offset is a parameter rather than moved pointers so
+    /// the JIT folds it into the loads' displacements instead of materializing new pointers.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step<TR>(float* xk, float* wk, nint line,
+        ref Vector256<float> a0, ref Vector256<float> b0, ref Vector256<float> a1, ref Vector256<float> b1,
+        ref Vector256<float> a2, ref Vector256<float> b2, ref Vector256<float> a3, ref Vector256<float> b3,
+        ref Vector256<float> a4, ref Vector256<float> b4, ref Vector256<float> a5, ref Vector256<float> b5)
+        where TR : struct, IRowCount
+    {
+        Vector256<float> c0 = Vector256.Load(wk + (line * 16));
+        Vector256<float> c1 = Vector256.Load(wk + (line * 16) + 8);
+        Vector256<float> bb = Vector256.Create(xk[(line * TR.Rows) + 0]);
+        a0 = Vector256.FusedMultiplyAdd(bb, c0, a0);
+        b0 = Vector256.FusedMultiplyAdd(bb, c1, b0);
+        if (TR.Rows > 1)
+        {
+            bb = Vector256.Create(xk[(line * TR.Rows) + 1]);
+            a1 = Vector256.FusedMultiplyAdd(bb, c0, a1);
+            b1 = Vector256.FusedMultiplyAdd(bb, c1, b1);
+        }
+        if (TR.Rows > 2)
+        {
+            bb = Vector256.Create(xk[(line * TR.Rows) + 2]);
+            a2 = Vector256.FusedMultiplyAdd(bb, c0, a2);
+            b2 = Vector256.FusedMultiplyAdd(bb, c1, b2);
+        }
+        if (TR.Rows > 3)
+        {
+            bb = Vector256.Create(xk[(line * TR.Rows) + 3]);
+            a3 = Vector256.FusedMultiplyAdd(bb, c0, a3);
+            b3 = Vector256.FusedMultiplyAdd(bb, c1, b3);
+        }
+        if (TR.Rows > 4)
+        {
+            bb = Vector256.Create(xk[(line * TR.Rows) + 4]);
+            a4 = Vector256.FusedMultiplyAdd(bb, c0, a4);
+            b4 = Vector256.FusedMultiplyAdd(bb, c1, b4);
+        }
+        if (TR.Rows > 5)
+        {
+            bb = Vector256.Create(xk[(line * TR.Rows) + 5]);
+            a5 = Vector256.FusedMultiplyAdd(bb, c0, a5);
+            b5 = Vector256.FusedMultiplyAdd(bb, c1, b5);
+        }
+    }
+}
+
+/// <summary>
+/// Per-thread scratch for the packed x rows of <see cref="MatMulKernels"/>' Vector256 sliced path: a pinned array (on the
+/// pinned object heap, so a raw pointer to it stays valid) that grows to the largest call a thread has made and is
+/// collected with the thread.
+/// </summary>
+internal static unsafe class PackedRows
+{
+    [ThreadStatic]
+    private static float[]? t_buffer;
+
+    /// <summary>At least <paramref name="floats"/> floats, 64-byte aligned, valid until this thread's next call.</summary>
+    public static float* Get(nint floats)
+    {
+        float[]? buffer = t_buffer;
+        if (buffer is null || buffer.Length < floats + 16)
+        {
+            buffer = GC.AllocateUninitializedArray<float>((int)(floats + 16), pinned: true);
+            t_buffer = buffer;
+        }
+        float* p = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer));
+        return (float*)(((nint)p + 63) & ~(nint)63);
     }
 }

@@ -31,12 +31,6 @@ internal unsafe interface ILines256
     /// <summary>Columns 16–23 and 24–31 of line <paramref name="k"/>.</summary>
     void Hi(nint k, out Vector256<float> c16, out Vector256<float> c24);
 
-    /// <summary>
-    /// Writes line <paramref name="k"/> as a widened bf16 line (<see cref="Bf16Lines"/>'s layout: 16 uints, uint j holding
-    /// columns j and 16 + j), so a slice decoded once can be read by every row block through <see cref="Bf16Lines"/>.
-    /// </summary>
-    void Widen(nint k, uint* dst);
-
     /// <summary>Prefetches line <paramref name="k"/> into L1.</summary>
     void Prefetch(nint k);
 }
@@ -70,13 +64,6 @@ internal readonly unsafe struct Bf16Lines(uint* lines) : ILines512, ILines256, I
         Vector256<uint> mask = Vector256.Create(0xFFFF0000u);
         c16 = (Vector256.Load(l) & mask).AsSingle();
         c24 = (Vector256.Load(l + 8) & mask).AsSingle();
-    }
-
-    public void Widen(nint k, uint* dst)
-    {
-        uint* l = lines + (k * PackedWeight.LineUints);
-        Vector256.Load(l).Store(dst);
-        Vector256.Load(l + 8).Store(dst + 8);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -145,19 +132,6 @@ internal readonly unsafe struct Fp8Lines256(byte* lines, byte* flags) : ILines25
         Vector256<uint> d = Fp8Decode.Narrow(lines + (k * PackedWeight.Fp8LineBytes) + 16, flags[k] != 0);
         c16 = (d << 16).AsSingle();
         c24 = (d & Vector256.Create(0xFFFF0000u)).AsSingle();
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Widen(nint k, uint* dst)
-    {
-        // d0[i] = column i | column 8 + i << 16, d1[i] = column 16 + i | column 24 + i << 16 → uint i = column i |
-        // column 16 + i << 16, uint 8 + i = column 8 + i | column 24 + i << 16.
-        byte* line = lines + (k * PackedWeight.Fp8LineBytes);
-        Vector256<uint> d0 = Fp8Decode.Narrow(line, flags[k] != 0);
-        Vector256<uint> d1 = Fp8Decode.Narrow(line + 16, flags[k] != 0);
-        Vector256<uint> high = Vector256.Create(0xFFFF0000u);
-        ((d0 & Vector256.Create(0xFFFFu)) | (d1 << 16)).Store(dst);
-        ((d0 >> 16) | (d1 & high)).Store(dst + 8);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
