@@ -32,8 +32,8 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
     public async Task ShippedManifests_TwoWorkersAndTheCoordinator_FormTheClusterAndServe()
     {
         ToolFactAttribute.Require(RedisServer.Missing);
-        await using var redis = await RedisServer.StartAsync();
         var log = new TestLog { Output = output };
+        await using var redis = await RedisServer.StartAsync(log.Write);
 
         // Mounted volumes: the models volume holds the fixture; the cluster-tls Secret's keys as create-secrets.sh makes them.
         var config = Data(Find("ConfigMap", "moe-config"));
