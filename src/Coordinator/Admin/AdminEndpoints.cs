@@ -29,7 +29,7 @@ public static partial class AdminEndpoints
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
-    /// <summary>Maps the endpoints; <see cref="ClusterAdmin"/> and <see cref="Hosting.BearerTokenAuthenticator"/> come from the services.</summary>
+    /// <summary>Maps the endpoints; <see cref="ClusterAdmin"/> and <see cref="Distributed.Hosting.BearerTokenAuthenticator"/> come from the services.</summary>
     public static RouteGroupBuilder MapAdminEndpoints(this IEndpointRouteBuilder endpoints)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
@@ -46,8 +46,9 @@ public static partial class AdminEndpoints
         group.MapGet("/serving", (HttpContext http, CancellationToken ct) => RunAsync(() => Task.FromResult(Results.Json(Admin(http).GetServing(), Json))))
             .WithName("GetServing").WithSummary("The scheduler now (queue, running batch, KV blocks) and its counters since start (tokens, finished requests, time to first token and between tokens).")
             .Produces<ServingInfo>().ProducesAdminErrors();
-        group.MapGet("/operations/{id}", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Results.Json(await Admin(http).GetOperationAsync(id, ct), Json)))
-            .WithName("GetOperation").WithSummary("Progress and outcome of a plan change.")
+        group.MapGet("/operations/{id}", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () =>
+                Results.Json(await Admin(http).GetOperationAsync(id, WaitParameter(http), ct), Json)))
+            .WithName("GetOperation").WithSummary("Progress and outcome of a plan change; ?wait=SECONDS (0-60) answers once it leaves Staging or the wait ends.")
             .Produces<OperationInfo>().ProducesAdminErrors();
         group.MapPost("/workers/{id}/drain", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Accepted(await Admin(http).DrainAsync(id, ct))))
             .WithName("DrainWorker").WithSummary("Moves the worker's experts elsewhere (staged); once completed the worker holds nothing and is safe to stop.")
@@ -75,6 +76,21 @@ public static partial class AdminEndpoints
     }
 
     // Resolved inside the handler, after the token check: an unauthenticated call never touches the cluster.
+    // ?wait=SECONDS: an integer 0-60 (ClusterAdmin checks the range); anything else is a 400 naming the parameter.
+    private static TimeSpan WaitParameter(HttpContext http)
+    {
+        var values = http.Request.Query["wait"];
+        if (values.Count == 0)
+        {
+            return TimeSpan.Zero;
+        }
+        if (values.Count > 1 || !int.TryParse(values[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int seconds))
+        {
+            throw new AdminException(400, Protocol.Grains.PlanChangeError.InvalidArgument, "wait must be one whole number of seconds (0 to 60)", "wait");
+        }
+        return TimeSpan.FromSeconds(seconds);
+    }
+
     private static ClusterAdmin Admin(HttpContext http) => http.RequestServices.GetRequiredService<ClusterAdmin>();
 
     private static RouteHandlerBuilder ProducesAdminErrors(this RouteHandlerBuilder builder)
@@ -90,7 +106,7 @@ public static partial class AdminEndpoints
     private static async ValueTask<object?> AuthorizeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
         var http = context.HttpContext;
-        var auth = http.RequestServices.GetRequiredService<Hosting.BearerTokenAuthenticator>();
+        var auth = http.RequestServices.GetRequiredService<Distributed.Hosting.BearerTokenAuthenticator>();
         if (!auth.IsAuthorized(http.Request.Headers.Authorization.ToString()))
         {
             var log = http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(AdminEndpoints));

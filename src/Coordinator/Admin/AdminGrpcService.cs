@@ -9,7 +9,7 @@ namespace Distributed.Coordinator.Admin;
 /// <see cref="ClusterAdmin"/> behind them. Authentication: <c>authorization: Bearer &lt;token&gt;</c> metadata, else
 /// UNAUTHENTICATED before anything is read or changed.
 /// </summary>
-public sealed class AdminGrpcService(ClusterAdmin admin, Hosting.BearerTokenAuthenticator authenticator) : Proto.ClusterAdmin.ClusterAdminBase
+public sealed class AdminGrpcService(ClusterAdmin admin, Distributed.Hosting.BearerTokenAuthenticator authenticator) : Proto.ClusterAdmin.ClusterAdminBase
 {
     /// <inheritdoc />
     public override Task<ClusterReply> GetCluster(GetClusterRequest request, ServerCallContext context)
@@ -137,7 +137,7 @@ public sealed class AdminGrpcService(ClusterAdmin admin, Hosting.BearerTokenAuth
 
     /// <inheritdoc />
     public override Task<OperationReply> GetOperation(GetOperationRequest request, ServerCallContext context)
-        => RunAsync(context, async ct => new OperationReply { Operation = ToProto(await admin.GetOperationAsync(request.Id, ct)) });
+        => RunAsync(context, async ct => new OperationReply { Operation = ToProto(await admin.GetOperationAsync(request.Id, TimeSpan.FromSeconds(request.WaitSeconds), ct)) });
 
     private async Task<T> RunAsync<T>(ServerCallContext context, Func<CancellationToken, Task<T>> action)
     {
