@@ -200,7 +200,12 @@ public sealed partial class WorkerProcess : IAsyncDisposable
     /// <summary>Waits for the process to exit.</summary>
     public Task WaitForExitAsync(CancellationToken cancellationToken) => _process.WaitForExitAsync(cancellationToken);
 
-    /// <summary>Sends SIGSTOP (the worker stops answering without closing its sockets) or SIGCONT.</summary>
+    /// <summary>
+    /// Sends SIGSTOP (the worker stops answering without closing its sockets) or SIGCONT. On Linux a stop returns only
+    /// once every thread of the worker is in the stopped state: the signal is taken by each thread when it next runs, so
+    /// on a loaded machine a thread already running could otherwise still answer a request sent right after.
+    /// </summary>
+    /// <exception cref="TimeoutException">Some thread had not stopped 10 s after the signal.</exception>
     public void Signal(bool stop)
     {
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS())
@@ -216,6 +221,58 @@ public sealed partial class WorkerProcess : IAsyncDisposable
         {
             throw new InvalidOperationException($"kill {(stop ? "-STOP" : "-CONT")} {_process.Id} failed with {kill.ExitCode}");
         }
+        if (stop && OperatingSystem.IsLinux())
+        {
+            WaitUntilStopped(_process.Id, TimeSpan.FromSeconds(10));
+        }
+    }
+
+    // No notification exists for "another process's threads all stopped" (waitid(WSTOPPED) would race the runtime's
+    // reaping of children), so this reads each thread's state from /proc until all are stopped ('T' or 't').
+    private static void WaitUntilStopped(int pid, TimeSpan timeout)
+    {
+        long start = Stopwatch.GetTimestamp();
+        var spin = new SpinWait();
+        while (!AllThreadsStopped(pid))
+        {
+            if (Stopwatch.GetElapsedTime(start) > timeout)
+            {
+                throw new TimeoutException($"worker process {pid} still had running threads {timeout.TotalSeconds:F0} s after SIGSTOP");
+            }
+            spin.SpinOnce(sleep1Threshold: 20);
+        }
+    }
+
+    private static bool AllThreadsStopped(int pid)
+    {
+        string[] tasks;
+        try
+        {
+            tasks = Directory.GetDirectories($"/proc/{pid}/task");
+        }
+        catch (DirectoryNotFoundException)
+        {
+            return true; // gone: nothing left to answer
+        }
+        foreach (string task in tasks)
+        {
+            string stat;
+            try
+            {
+                stat = File.ReadAllText(Path.Combine(task, "stat"));
+            }
+            catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException or IOException)
+            {
+                continue; // the thread exited
+            }
+            // "pid (comm) S ...": the state follows the last ')' (comm may contain spaces and parentheses).
+            int close = stat.LastIndexOf(')');
+            if (close < 0 || close + 2 >= stat.Length || stat[close + 2] is not ('T' or 't' or 'Z' or 'X'))
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     /// <summary>
