@@ -43,6 +43,21 @@ public sealed class DistributionOptions
     public long SharedRingBytes { get; set; } = 64L << 20;
 
     /// <summary>
+    /// With the shared ring, signal requests and replies through the ring itself (a doorbell: slot queues in the ring's
+    /// first 264 KiB with futex wake-ups, protocol 1.4) instead of one Dispatch stream message each way, when the
+    /// worker offers it. A request whose header does not fit a slot, or that finds all 64 slots busy, still goes over
+    /// the stream. Workers of protocol 1.3 keep the stream. Default: true.
+    /// </summary>
+    public bool RingDoorbell { get; set; } = true;
+
+    /// <summary>
+    /// How long the coordinator's doorbell reader spins on the reply queue before it sleeps on the futex: a reply that
+    /// comes within it skips the wake-up system calls on both sides, at the cost of that much CPU per idle period.
+    /// Default: 20 µs.
+    /// </summary>
+    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.FromMicroseconds(20);
+
+    /// <summary>
     /// The cluster credential's token, sent as <c>authorization: Bearer &lt;token&gt;</c> on every data-plane call.
     /// Secret: never logged. Default: the <c>DISTRIBUTED_CLUSTER_TOKEN</c> environment variable, read when the options
     /// are created (null when unset: calls carry no credential and a worker that requires one refuses them with
@@ -137,6 +152,10 @@ public sealed class DistributionOptions
         if (SharedRingBytes is < 1 << 20 or > 1L << 34)
         {
             errors.Add($"Distribution:SharedRingBytes {SharedRingBytes} must be within [1 MiB, 16 GiB]");
+        }
+        if (DoorbellSpin < TimeSpan.Zero || DoorbellSpin > TimeSpan.FromMilliseconds(10))
+        {
+            errors.Add($"Distribution:DoorbellSpin {DoorbellSpin} must be within [0, 10 ms]");
         }
         if (SplitRows is < 2 or > 1 << 20)
         {

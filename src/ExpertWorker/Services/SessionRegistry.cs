@@ -25,9 +25,12 @@ public sealed class WorkerSession : IDisposable
 
     /// <summary>Creates a session; with <paramref name="ringNonce"/> a ring of <paramref name="expectedRingBytes"/>
     /// may be attached once, before <paramref name="rendezvousLifetime"/> has passed.</summary>
+    /// <param name="doorbell">The session agreed to the ring doorbell (<see cref="RingControl"/>): its ring's first
+    /// <see cref="RingControl.ControlBytes"/> are the doorbell's queues, never rows.</param>
     public WorkerSession(string id, string coordinatorId, RowTransport transport, TimeProvider time,
-        ReadOnlySpan<byte> ringNonce = default, long expectedRingBytes = 0, TimeSpan rendezvousLifetime = default)
+        ReadOnlySpan<byte> ringNonce = default, long expectedRingBytes = 0, TimeSpan rendezvousLifetime = default, bool doorbell = false)
     {
+        Doorbell = doorbell && !ringNonce.IsEmpty && expectedRingBytes >= RingControl.MinRingBytes;
         ArgumentNullException.ThrowIfNull(time);
         Id = id;
         CoordinatorId = coordinatorId;
@@ -50,6 +53,12 @@ public sealed class WorkerSession : IDisposable
 
     /// <summary>Negotiated transport (<see cref="RowTransport.SharedMemoryFd"/> = a ring may be attached).</summary>
     public RowTransport Transport { get; }
+
+    /// <summary>True when the session's ring carries the doorbell's queues (requests may arrive through it).</summary>
+    public bool Doorbell { get; }
+
+    /// <summary>Where row regions may start in the ring: after the doorbell's control area, else 0.</summary>
+    public ulong RowsStart => Doorbell ? (ulong)RingControl.ControlBytes : 0;
 
     /// <summary>The attached ring, or null (inline rows only).</summary>
     public SharedRing? Ring => Volatile.Read(ref _ring);

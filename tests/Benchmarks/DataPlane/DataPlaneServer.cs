@@ -173,13 +173,15 @@ internal static class DataPlaneServer
         {
             var transport = RowTransport.Inline;
             byte[]? nonce = null;
+            bool doorbell = false;
             if (request.SharedRing is { } offer && request.Transports.Contains(RowTransport.SharedMemoryFd) && rendezvous.SocketPath is not null)
             {
                 transport = RowTransport.SharedMemoryFd;
                 nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
+                doorbell = offer.Doorbell && RingControl.IsSupported && offer.SizeBytes >= RingControl.MinRingBytes;
             }
             var session = new WorkerSession(Guid.NewGuid().ToString("N"), request.CoordinatorId, transport, TimeProvider.System, nonce,
-                (long)(request.SharedRing?.SizeBytes ?? 0), DataPlaneSecurity.RendezvousLifetime);
+                (long)(request.SharedRing?.SizeBytes ?? 0), DataPlaneSecurity.RendezvousLifetime, doorbell);
             if (!sessions.TryAdd(session, out _))
             {
                 throw new RpcException(new Status(StatusCode.ResourceExhausted, "sessions"));
@@ -192,7 +194,7 @@ internal static class DataPlaneServer
                 Transport = transport,
                 SessionId = session.Id,
                 WorkerId = "echo",
-                SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
+                SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce), Doorbell = doorbell },
             });
         }
 
@@ -205,47 +207,65 @@ internal static class DataPlaneServer
                 session = s;
             }
             byte[] scratch = [];
+            byte[] bellScratch = [];
+            RingDoorbellEndpoint<ExpertReply, ExpertRequest>? doorbell = null;
+            if (session is { Doorbell: true, Ring: { } bellRing })
+            {
+                // Doorbell requests are echoed on the doorbell's reader thread, as the stream's are in its read loop.
+                doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(bellRing, coordinator: false, ExpertRequest.Parser, TimeSpan.FromMicroseconds(20),
+                    h => doorbell!.TrySend(Echo(h, bellRing, ref bellScratch) ?? throw new InvalidOperationException("doorbell request without shared rows")),
+                    ex => Console.Error.WriteLine(ex.Message), "echo-doorbell");
+            }
             try
             {
                 while (await requestStream.MoveNext(context.CancellationToken))
                 {
                     using var frame = requestStream.Current;
                     var h = frame.Header;
-                    var reply = new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize };
-                    var ring = session?.Ring;
-                    if (h.SharedRows is { } rows && ring is not null && ring.TryAcquire())
+                    if (session?.Ring is { } ring && Echo(h, ring, ref scratch) is { } shared)
                     {
-                        try
-                        {
-                            if (!ring.TryGetSpan(rows.Offset, rows.Length, out var span))
-                            {
-                                throw new RpcException(new Status(StatusCode.InvalidArgument, "shared_rows"));
-                            }
-                            // Read the rows out and write the answer back in place, as a worker decodes then encodes.
-                            if (scratch.Length < span.Length)
-                            {
-                                scratch = new byte[span.Length];
-                            }
-                            span.CopyTo(scratch);
-                            scratch.AsSpan(0, span.Length).CopyTo(span);
-                        }
-                        finally
-                        {
-                            ring.Release();
-                        }
-                        reply.SharedRows = rows;
-                        await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty));
+                        await responseStream.WriteAsync(new TensorFrame<ExpertReply>(shared, ReadOnlyMemory<byte>.Empty));
                     }
                     else
                     {
+                        var reply = new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize };
                         await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, frame.Payload));
                     }
                 }
             }
             finally
             {
+                doorbell?.Dispose();
                 session?.Exit();
             }
+        }
+
+        // Reads a shared-rows request's rows out and writes the answer back in place, as a worker decodes then encodes;
+        // null when the request's rows are inline.
+        private static ExpertReply? Echo(ExpertRequest h, SharedRing ring, ref byte[] scratch)
+        {
+            if (h.SharedRows is not { } rows || !ring.TryAcquire())
+            {
+                return null;
+            }
+            try
+            {
+                if (!ring.TryGetSpan(rows.Offset, rows.Length, out var span))
+                {
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, "shared_rows"));
+                }
+                if (scratch.Length < span.Length)
+                {
+                    scratch = new byte[span.Length];
+                }
+                span.CopyTo(scratch);
+                scratch.AsSpan(0, span.Length).CopyTo(span);
+            }
+            finally
+            {
+                ring.Release();
+            }
+            return new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize, SharedRows = rows };
         }
     }
 }
