@@ -31,6 +31,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
     // Request ids sent through the doorbell and not yet answered (by either path), and their count: the credit.
     private readonly ConcurrentDictionary<ulong, byte> _doorbellIds = new();
     private int _doorbellOutstanding;
+    private long _doorbellRequests;
     private readonly Task _reader;
     private readonly ILogger _logger;
     private long _nextRequestId;
@@ -53,6 +54,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
                     reply => Deliver(new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty) { ReceivedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp() }),
                     ex => MarkBroken(new ExpertDispatchException(StatusCode.DataLoss, $"worker {worker.WorkerId} broke the ring doorbell: {ex.Message}", worker.WorkerId, inner: ex)),
                     "doorbell-" + worker.WorkerId);
+                _doorbell.Start();
             }
         }
         _reader = Task.Run(ReadLoopAsync);
@@ -70,6 +72,9 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
 
     /// <summary>True when requests and replies with rows in the ring are signalled through the ring's doorbell.</summary>
     public bool UsesDoorbell => _doorbell is not null;
+
+    /// <summary>Requests sent through the doorbell so far (the rest went over the stream).</summary>
+    public long DoorbellRequests => Interlocked.Read(ref _doorbellRequests);
 
     /// <summary>Why the stream ended, or null while it is usable.</summary>
     public Exception? Broken => _broken;
@@ -348,6 +353,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
         _doorbellIds[header.RequestId] = 0;
         if (_doorbell.TrySend(header))
         {
+            Interlocked.Increment(ref _doorbellRequests);
             return true;
         }
         Answered(header.RequestId);

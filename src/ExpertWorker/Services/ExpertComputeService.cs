@@ -228,6 +228,7 @@ public sealed partial class ExpertComputeService(
                 {
                     doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(ring, coordinator: false, ExpertRequest.Parser, options.Value.DoorbellSpin,
                         OnDoorbellRequest, ex => Fault(RejectionKind.MalformedFrame, $"malformed doorbell request: {ex.Message}"), "doorbell-" + session.Id[..8]);
+                    doorbell.Start();
                 }
                 catch (SharedRingException)
                 {

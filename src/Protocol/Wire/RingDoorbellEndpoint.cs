@@ -26,7 +26,8 @@ public sealed class RingDoorbellEndpoint<TSend, TReceive> : IDisposable
     private readonly Thread _reader;
     private bool _disposed;
 
-    /// <summary>Opens both queues of <paramref name="ring"/> and starts the reader thread.</summary>
+    /// <summary>Opens both queues of <paramref name="ring"/>; <see cref="Start"/> starts the reader thread (so that the
+    /// callbacks may use the endpoint once it is assigned).</summary>
     /// <param name="ring">A ring whose control area the coordinator initialized (<see cref="RingControl.Initialize"/>).</param>
     /// <param name="coordinator">True on the coordinator (sends on the request queue), false on the worker.</param>
     /// <param name="parser">Parses a received header.</param>
@@ -54,8 +55,10 @@ public sealed class RingDoorbellEndpoint<TSend, TReceive> : IDisposable
             throw;
         }
         _reader = new Thread(ReadLoop) { IsBackground = true, Name = name };
-        _reader.Start();
     }
+
+    /// <summary>Starts the reader thread (once).</summary>
+    public void Start() => _reader.Start();
 
     /// <summary>
     /// Writes <paramref name="message"/> into the send queue and rings. False (nothing sent; the caller uses the stream)
@@ -108,13 +111,19 @@ public sealed class RingDoorbellEndpoint<TSend, TReceive> : IDisposable
             _receive.Close();
             _failed(ex);
         }
+        catch (Exception ex)
+        {
+            // A failure while handling a message must end this session, never the process (this is a bare thread).
+            _receive.Close();
+            _failed(new RingProtocolException($"handling a doorbell message failed: {ex.GetType().Name}: {ex.Message}"));
+        }
     }
 
     /// <summary>Stops the reader (waits for it to return from its current callback) without closing the send side.</summary>
     public void StopReceiving()
     {
         _receive.Close();
-        if (Thread.CurrentThread != _reader)
+        if (Thread.CurrentThread != _reader && _reader.ThreadState != ThreadState.Unstarted)
         {
             _reader.Join();
         }

@@ -215,6 +215,7 @@ internal static class DataPlaneServer
                 doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(bellRing, coordinator: false, ExpertRequest.Parser, TimeSpan.FromMicroseconds(20),
                     h => doorbell!.TrySend(Echo(h, bellRing, ref bellScratch) ?? throw new InvalidOperationException("doorbell request without shared rows")),
                     ex => Console.Error.WriteLine(ex.Message), "echo-doorbell");
+                doorbell.Start();
             }
             try
             {

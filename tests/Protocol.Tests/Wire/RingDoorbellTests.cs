@@ -197,8 +197,10 @@ public sealed class RingDoorbellTests : IDisposable
                 }
             }, ex => errors.Enqueue(ex.Message), "test-worker");
         using var w = worker;
+        worker.Start();
         using var coordinator = new RingDoorbellEndpoint<ExpertRequest, ExpertReply>(_coordinator, coordinator: true, ExpertReply.Parser, TimeSpan.FromMicroseconds(20),
             replies.Add, ex => errors.Enqueue(ex.Message), "test-coordinator");
+        coordinator.Start();
         for (ulong id = 1; id <= 2 * RingControl.Slots; id++)
         {
             var request = Request(id);
@@ -223,6 +225,7 @@ public sealed class RingDoorbellTests : IDisposable
                 failures.Enqueue(ex);
                 failed.Set();
             }, "test-worker");
+        worker.Start();
         using var producer = new RingQueue(_coordinator, RingControl.RequestQueueOffset);
         Assert.True(producer.TryWrite(Request(1)));
         producer.Ring();
