@@ -51,11 +51,13 @@ public sealed class DistributionOptions
     public bool RingDoorbell { get; set; } = true;
 
     /// <summary>
-    /// How long the coordinator's doorbell reader spins on the reply queue before it sleeps on the futex: a reply that
-    /// comes within it skips the wake-up system calls on both sides, at the cost of that much CPU per idle period.
-    /// Default: 20 µs.
+    /// How long the coordinator's doorbell reader spins on the reply queue before it sleeps on the futex. A reply that
+    /// comes within it skips a wake-up, but the reader spins right after it hands a reply on, exactly when the code
+    /// awaiting that reply needs a core: on a machine without idle cores spinning makes round trips slower (2 vCPUs:
+    /// 1 row 0.060 ms at 0, 0.074 ms at 20 µs, 0.239 ms at 100 µs; docs/BENCHMARKS.md "#15 ring doorbell"). Raise it
+    /// only where cores are to spare. Default: 0 (sleep at once).
     /// </summary>
-    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.FromMicroseconds(20);
+    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.Zero;
 
     /// <summary>
     /// The cluster credential's token, sent as <c>authorization: Bearer &lt;token&gt;</c> on every data-plane call.

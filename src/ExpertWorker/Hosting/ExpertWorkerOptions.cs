@@ -151,10 +151,10 @@ public sealed class ExpertWorkerOptions
     /// </summary>
     public bool RingDoorbell { get; set; } = true;
 
-    /// <summary>How long a session's doorbell reader spins on the request queue before it sleeps on the futex.
-    /// Default: 20 µs.</summary>
+    /// <summary>How long a session's doorbell reader spins on the request queue before it sleeps on the futex (see
+    /// the coordinator's <c>Distribution:DoorbellSpin</c>: spinning only pays where cores are idle). Default: 0.</summary>
     [Range(typeof(TimeSpan), "00:00:00", "00:00:00.010")]
-    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.FromMicroseconds(20);
+    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.Zero;
 
     /// <summary>Largest shared ring a coordinator may pass (bytes); larger offers get inline rows. Default: 1 GiB.</summary>
     [Range(1L << 20, 1L << 34)]

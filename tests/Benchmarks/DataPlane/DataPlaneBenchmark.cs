@@ -23,10 +23,12 @@ internal static class DataPlaneBenchmark
     {
         int[] sizes = args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault()?.Split(',').Select(int.Parse).ToArray() ?? [1, 64, 512, 4096];
         double scale = double.Parse(args.SkipWhile(a => a != "--scale").Skip(1).FirstOrDefault() ?? "1", System.Globalization.CultureInfo.InvariantCulture);
+        // --spin MICROSECONDS: the doorbell readers' spin before they sleep, on both ends (default: the options' 0).
+        string spin = args.SkipWhile(a => a != "--spin").Skip(1).FirstOrDefault() ?? "0";
         string host = Environment.ProcessPath!;
         string[] serverArgs = Path.GetFileNameWithoutExtension(host) == "dotnet"
-            ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server"]
-            : ["dataplane-server"];
+            ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server", "--spin", spin]
+            : ["dataplane-server", "--spin", spin];
         // The echo server requires the cluster credential, as a worker does; both ends get a fresh one.
         string token = ClusterToken.Generate();
         var start = new ProcessStartInfo(host, serverArgs)
@@ -50,7 +52,7 @@ internal static class DataPlaneBenchmark
         try
         {
             Console.WriteLine($"data plane round trip, loopback, hidden {Hidden}, bf16 payload both ways; median of N (server pid {server.Id})");
-            Console.WriteLine("shm = rows in the shared ring, descriptor on the stream (doorbell off); bell = rows in the ring, header through its doorbell");
+            Console.WriteLine($"shm = rows in the shared ring, descriptor on the stream (doorbell off); bell = rows in the ring, header through its doorbell (readers spin {spin} µs)");
             Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | shm bell ms | grpc unguarded ms | grpc tls ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp | bell/tcp | bell/shm | shm/grpc | grpc/unguarded | tls/grpc |");
             Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             var breakdown = new List<string>();
@@ -60,7 +62,8 @@ internal static class DataPlaneBenchmark
             var model = new ModelDescriptor("bench", Hidden, 16, 2, 4, [1]);
             var inline = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = false, ClusterToken = token };
             var shm = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token, RingDoorbell = false };
-            var bell = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token, RingDoorbell = true };
+            var bell = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token, RingDoorbell = true,
+                DoorbellSpin = TimeSpan.FromMicroseconds(double.Parse(spin, System.Globalization.CultureInfo.InvariantCulture)) };
             await using var grpc = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcBare = await WorkerConnection.ConnectAsync(new WorkerEndpoint("bare", unguarded), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcShm = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, shm, NullLogger.Instance, CancellationToken.None);

@@ -30,8 +30,10 @@ namespace Distributed.Benchmarks.DataPlane;
 /// </summary>
 internal static class DataPlaneServer
 {
-    public static async Task<int> RunAsync()
+    public static async Task<int> RunAsync(string[] args)
     {
+        // --spin MICROSECONDS: how long the echo's doorbell reader spins before it sleeps (the worker's DoorbellSpin).
+        var spin = TimeSpan.FromMicroseconds(double.Parse(args.SkipWhile(a => a != "--spin").Skip(1).FirstOrDefault() ?? "0", System.Globalization.CultureInfo.InvariantCulture));
         var tcp = new TcpListener(IPAddress.Loopback, 0);
         tcp.Start();
         _ = Task.Run(() => TcpEchoAsync(tcp));
@@ -86,7 +88,7 @@ internal static class DataPlaneServer
         var credential = ClusterToken.Create(ClusterToken.Resolve().Token
             ?? throw new InvalidOperationException($"{ClusterToken.EnvironmentVariable} is not set"));
         DataPlaneSecurity.Add(builder, worker, credential, MaxMessage, ctx => ctx.Connection.LocalPort == unguarded!.IPEndPoint!.Port);
-        builder.Services.AddSingleton<EchoService>();
+        builder.Services.AddSingleton(sp => new EchoService(sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<SharedRingRendezvousService>(), spin));
         var app = builder.Build();
         DataPlaneSecurity.Use(app);
         app.MapGrpcService<EchoService>();
@@ -167,7 +169,7 @@ internal static class DataPlaneServer
         return true;
     }
 
-    private sealed class EchoService(SessionRegistry sessions, SharedRingRendezvousService rendezvous) : ExpertWorkerServiceBase
+    private sealed class EchoService(SessionRegistry sessions, SharedRingRendezvousService rendezvous, TimeSpan spin) : ExpertWorkerServiceBase
     {
         public override Task<HelloReply> Hello(HelloRequest request, ServerCallContext context)
         {
@@ -212,7 +214,7 @@ internal static class DataPlaneServer
             if (session is { Doorbell: true, Ring: { } bellRing })
             {
                 // Doorbell requests are echoed on the doorbell's reader thread, as the stream's are in its read loop.
-                doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(bellRing, coordinator: false, ExpertRequest.Parser, TimeSpan.FromMicroseconds(20),
+                doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(bellRing, coordinator: false, ExpertRequest.Parser, spin,
                     h => doorbell!.TrySend(Echo(h, bellRing, ref bellScratch) ?? throw new InvalidOperationException("doorbell request without shared rows")),
                     ex => Console.Error.WriteLine(ex.Message), "echo-doorbell");
                 doorbell.Start();
