@@ -95,6 +95,7 @@ public sealed unsafe class RingQueue : IDisposable
     private long _next;
     private volatile bool _closed;
     private int _disposed;
+    private long _missedWakeUps;
 
     /// <summary>The queue at <paramref name="offset"/> (<see cref="RingControl.RequestQueueOffset"/> or
     /// <see cref="RingControl.ReplyQueueOffset"/>) of <paramref name="ring"/>.</summary>
@@ -116,6 +117,10 @@ public sealed unsafe class RingQueue : IDisposable
         _asleep = (uint*)(queue + 64);
         _slots = queue + RingControl.HeaderBytes;
     }
+
+    /// <summary>Sleeps that ended by the 250 ms backstop with a message waiting: wake-ups that did not arrive (a peer
+    /// rewriting the doorbell words; with honest peers always 0, which the tests check).</summary>
+    public long MissedWakeUps => Interlocked.Read(ref _missedWakeUps);
 
     /// <summary>True once <see cref="Close"/> ran: <see cref="Wait"/> returns at once.</summary>
     public bool IsClosed => _closed;
@@ -208,7 +213,11 @@ public sealed unsafe class RingQueue : IDisposable
         if (!_closed && !HasMessage)
         {
             var timeout = new UnixInterop.TimeSpec { Seconds = 0, Nanoseconds = 250_000_000 };
-            UnixInterop.Futex(_bell, UnixInterop.FutexWait, unchecked((int)bell), &timeout);
+            if (UnixInterop.Futex(_bell, UnixInterop.FutexWait, unchecked((int)bell), &timeout) != 0
+                && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == UnixInterop.Etimedout && HasMessage)
+            {
+                Interlocked.Increment(ref _missedWakeUps);
+            }
         }
         Volatile.Write(ref *_asleep, 0);
     }

@@ -57,6 +57,9 @@ public sealed class RingDoorbellEndpoint<TSend, TReceive> : IDisposable
         _reader = new Thread(ReadLoop) { IsBackground = true, Name = name };
     }
 
+    /// <summary>Sleeps of the reader that the backstop ended with a message waiting (see <see cref="RingQueue.MissedWakeUps"/>).</summary>
+    public long MissedWakeUps => _receive.MissedWakeUps;
+
     /// <summary>Starts the reader thread (once).</summary>
     public void Start() => _reader.Start();
 

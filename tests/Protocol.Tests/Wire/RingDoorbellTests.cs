@@ -214,6 +214,29 @@ public sealed class RingDoorbellTests : IDisposable
     }
 
     [LinuxFact]
+    public void Endpoints_TenThousandRoundTripsWithoutSpinning_NeverMissAWakeUp()
+    {
+        // Both readers sleep at once (spin 0), so every message goes through the asleep-flag / futex hand-off; a lost
+        // wake-up would only be rescued by the 250 ms backstop, which the endpoints count.
+        using var replies = new System.Collections.Concurrent.BlockingCollection<ExpertReply>();
+        RingDoorbellEndpoint<ExpertReply, ExpertRequest>? worker = null;
+        worker = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(_worker, coordinator: false, ExpertRequest.Parser, TimeSpan.Zero,
+            request => worker!.TrySend(new ExpertReply { RequestId = request.RequestId }), _ => { }, "test-worker");
+        using var w = worker;
+        worker.Start();
+        using var coordinator = new RingDoorbellEndpoint<ExpertRequest, ExpertReply>(_coordinator, coordinator: true, ExpertReply.Parser, TimeSpan.Zero,
+            replies.Add, _ => { }, "test-coordinator");
+        coordinator.Start();
+        for (ulong id = 1; id <= 10_000; id++)
+        {
+            Assert.True(coordinator.TrySend(Request(id)));
+            Assert.True(replies.TryTake(out var reply, Patience), $"no reply to request {id}");
+            Assert.Equal(id, reply.RequestId);
+        }
+        Assert.Equal((0L, 0L), (coordinator.MissedWakeUps, worker.MissedWakeUps));
+    }
+
+    [LinuxFact]
     public void Endpoint_UnparsableSlot_IsReportedOnce_AndNothingIsReceivedAfterIt()
     {
         var failures = new System.Collections.Concurrent.ConcurrentQueue<RingProtocolException>();
