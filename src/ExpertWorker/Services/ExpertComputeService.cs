@@ -222,7 +222,8 @@ public sealed partial class ExpertComputeService(
 
         try
         {
-            if (session is { Doorbell: true, Ring: { } ring })
+            // One stream per session runs the doorbell (a second stream of the same session carries its own requests only).
+            if (session is { Ring: { } ring } && session.TryClaimDoorbell())
             {
                 try
                 {
@@ -233,6 +234,7 @@ public sealed partial class ExpertComputeService(
                 catch (SharedRingException)
                 {
                     // The ring is being torn down: this stream carries everything.
+                    session.ReleaseDoorbell();
                 }
             }
             while (await requestStream.MoveNext(ct).ConfigureAwait(false))
@@ -276,7 +278,11 @@ public sealed partial class ExpertComputeService(
             {
                 // The peer went away mid-reply; nothing left to answer.
             }
-            doorbell?.Dispose();
+            if (doorbell is not null)
+            {
+                doorbell.Dispose();
+                session!.ReleaseDoorbell();
+            }
             session?.Exit();
         }
         if (Volatile.Read(ref doorbellFault) is { } fault)

@@ -21,6 +21,7 @@ public sealed class WorkerSession : IDisposable
     private SharedRing? _ring;
     private int _users;
     private int _rendezvousUsed;
+    private int _doorbellClaimed;
     private long _lastUsed;
 
     /// <summary>Creates a session; with <paramref name="ringNonce"/> a ring of <paramref name="expectedRingBytes"/>
@@ -56,6 +57,15 @@ public sealed class WorkerSession : IDisposable
 
     /// <summary>True when the session's ring carries the doorbell's queues (requests may arrive through it).</summary>
     public bool Doorbell { get; }
+
+    /// <summary>
+    /// Claims the session's doorbell for one <c>Dispatch</c> stream (its queues have one consumer and one producer on
+    /// this side); false when another stream holds it or the session has none. Paired with <see cref="ReleaseDoorbell"/>.
+    /// </summary>
+    public bool TryClaimDoorbell() => Doorbell && Interlocked.CompareExchange(ref _doorbellClaimed, 1, 0) == 0;
+
+    /// <summary>Gives the doorbell back after the stream that claimed it ended (a new stream of the session may claim it).</summary>
+    public void ReleaseDoorbell() => Volatile.Write(ref _doorbellClaimed, 0);
 
     /// <summary>Where row regions may start in the ring: after the doorbell's control area, else 0.</summary>
     public ulong RowsStart => Doorbell ? (ulong)RingControl.ControlBytes : 0;
