@@ -223,18 +223,18 @@ public sealed partial class ExpertComputeService(
         try
         {
             // One stream per session runs the doorbell (a second stream of the same session carries its own requests only).
-            if (session is { Ring: { } ring } && session.TryClaimDoorbell())
+            if (session is { Ring: { } ring } && session.TryClaimDoorbell(out var positions))
             {
                 try
                 {
                     doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(ring, coordinator: false, ExpertRequest.Parser, options.Value.DoorbellSpin,
-                        OnDoorbellRequest, ex => Fault(RejectionKind.MalformedFrame, $"malformed doorbell request: {ex.Message}"), "doorbell-" + session.Id[..8]);
+                        OnDoorbellRequest, ex => Fault(RejectionKind.MalformedFrame, $"malformed doorbell request: {ex.Message}"), "doorbell-" + session.Id[..8], positions);
                     doorbell.Start();
                 }
                 catch (SharedRingException)
                 {
                     // The ring is being torn down: this stream carries everything.
-                    session.ReleaseDoorbell();
+                    session.ReleaseDoorbell(positions);
                 }
             }
             while (await requestStream.MoveNext(ct).ConfigureAwait(false))
@@ -261,6 +261,11 @@ public sealed partial class ExpertComputeService(
         {
             // Reported below.
         }
+        catch (IOException) when (Volatile.Read(ref doorbellFault) is null)
+        {
+            // The peer reset the stream or its connection dropped (a coordinator that went away): nothing is left to
+            // answer, and it is no error of this worker (gRPC would log it as one, with a stack trace).
+        }
         finally
         {
             // The reader first (no request is admitted after it), then the requests in progress, then the queues.
@@ -281,7 +286,7 @@ public sealed partial class ExpertComputeService(
             if (doorbell is not null)
             {
                 doorbell.Dispose();
-                session!.ReleaseDoorbell();
+                session!.ReleaseDoorbell(doorbell.Positions);
             }
             session?.Exit();
         }

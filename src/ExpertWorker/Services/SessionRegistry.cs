@@ -22,6 +22,7 @@ public sealed class WorkerSession : IDisposable
     private int _users;
     private int _rendezvousUsed;
     private int _doorbellClaimed;
+    private (long Send, long Receive) _doorbellPositions;
     private long _lastUsed;
 
     /// <summary>Creates a session; with <paramref name="ringNonce"/> a ring of <paramref name="expectedRingBytes"/>
@@ -62,10 +63,21 @@ public sealed class WorkerSession : IDisposable
     /// Claims the session's doorbell for one <c>Dispatch</c> stream (its queues have one consumer and one producer on
     /// this side); false when another stream holds it or the session has none. Paired with <see cref="ReleaseDoorbell"/>.
     /// </summary>
-    public bool TryClaimDoorbell() => Doorbell && Interlocked.CompareExchange(ref _doorbellClaimed, 1, 0) == 0;
+    /// <param name="positions">Where the previous stream's doorbell left its queues (the next stream goes on from there).</param>
+    public bool TryClaimDoorbell(out (long Send, long Receive) positions)
+    {
+        bool claimed = Doorbell && Interlocked.CompareExchange(ref _doorbellClaimed, 1, 0) == 0;
+        positions = claimed ? _doorbellPositions : default;
+        return claimed;
+    }
 
-    /// <summary>Gives the doorbell back after the stream that claimed it ended (a new stream of the session may claim it).</summary>
-    public void ReleaseDoorbell() => Volatile.Write(ref _doorbellClaimed, 0);
+    /// <summary>Gives the doorbell back after the stream that claimed it ended, with where its queues stand (a new
+    /// stream of the session may claim it and goes on from there).</summary>
+    public void ReleaseDoorbell((long Send, long Receive) positions)
+    {
+        _doorbellPositions = positions;
+        Volatile.Write(ref _doorbellClaimed, 0);
+    }
 
     /// <summary>Where row regions may start in the ring: after the doorbell's control area, else 0.</summary>
     public ulong RowsStart => Doorbell ? (ulong)RingControl.ControlBytes : 0;

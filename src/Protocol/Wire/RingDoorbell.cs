@@ -98,10 +98,13 @@ public sealed unsafe class RingQueue : IDisposable
     private long _missedWakeUps;
 
     /// <summary>The queue at <paramref name="offset"/> (<see cref="RingControl.RequestQueueOffset"/> or
-    /// <see cref="RingControl.ReplyQueueOffset"/>) of <paramref name="ring"/>.</summary>
+    /// <see cref="RingControl.ReplyQueueOffset"/>) of <paramref name="ring"/>, this side's next message number being
+    /// <paramref name="position"/> (0 for a new session; where an earlier user of this side left off otherwise).</summary>
     /// <exception cref="SharedRingException">The ring is closing or too small.</exception>
-    public RingQueue(SharedRing ring, long offset)
+    public RingQueue(SharedRing ring, long offset, long position = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(position);
+        _next = position;
         ArgumentNullException.ThrowIfNull(ring);
         if (ring.Size < RingControl.MinRingBytes || (offset != RingControl.RequestQueueOffset && offset != RingControl.ReplyQueueOffset))
         {
@@ -126,6 +129,9 @@ public sealed unsafe class RingQueue : IDisposable
     public bool IsClosed => _closed;
 
     private byte* Slot(long n) => _slots + ((n % RingControl.Slots) * RingControl.SlotBytes);
+
+    /// <summary>This side's next message number (to hand on to a later user of the same side, see the constructor).</summary>
+    public long Position => _next;
 
     /// <summary>True when the consumer's next slot is published.</summary>
     public bool HasMessage => Volatile.Read(ref *(long*)Slot(_next)) == _next + 1;

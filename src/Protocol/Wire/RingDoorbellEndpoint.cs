@@ -35,19 +35,21 @@ public sealed class RingDoorbellEndpoint<TSend, TReceive> : IDisposable
     /// <param name="received">Called on the reader thread with each received header, in order.</param>
     /// <param name="failed">Called once when the peer broke the protocol; nothing is received afterwards.</param>
     /// <param name="name">The reader thread's name.</param>
+    /// <param name="positions">Where an earlier endpoint of this side of the session left off (<see cref="Positions"/>
+    /// after its <see cref="Dispose"/>); default for a new session.</param>
     /// <exception cref="SharedRingException">The ring is closing or too small for the doorbell.</exception>
     public RingDoorbellEndpoint(SharedRing ring, bool coordinator, MessageParser<TReceive> parser, TimeSpan spin, Action<TReceive> received,
-        Action<RingProtocolException> failed, string name)
+        Action<RingProtocolException> failed, string name, (long Send, long Receive) positions = default)
     {
         ArgumentNullException.ThrowIfNull(ring);
         _parser = parser ?? throw new ArgumentNullException(nameof(parser));
         _received = received ?? throw new ArgumentNullException(nameof(received));
         _failed = failed ?? throw new ArgumentNullException(nameof(failed));
         _spinTicks = (long)(Math.Max(0, spin.TotalSeconds) * System.Diagnostics.Stopwatch.Frequency);
-        _send = new RingQueue(ring, coordinator ? RingControl.RequestQueueOffset : RingControl.ReplyQueueOffset);
+        _send = new RingQueue(ring, coordinator ? RingControl.RequestQueueOffset : RingControl.ReplyQueueOffset, positions.Send);
         try
         {
-            _receive = new RingQueue(ring, coordinator ? RingControl.ReplyQueueOffset : RingControl.RequestQueueOffset);
+            _receive = new RingQueue(ring, coordinator ? RingControl.ReplyQueueOffset : RingControl.RequestQueueOffset, positions.Receive);
         }
         catch
         {
@@ -56,6 +58,9 @@ public sealed class RingDoorbellEndpoint<TSend, TReceive> : IDisposable
         }
         _reader = new Thread(ReadLoop) { IsBackground = true, Name = name };
     }
+
+    /// <summary>This side's next message numbers in its send and receive queues (final once disposed).</summary>
+    public (long Send, long Receive) Positions => (_send.Position, _receive.Position);
 
     /// <summary>Sleeps of the reader that the backstop ended with a message waiting (see <see cref="RingQueue.MissedWakeUps"/>).</summary>
     public long MissedWakeUps => _receive.MissedWakeUps;

@@ -129,10 +129,13 @@ public sealed class SessionRegistryTests
             TimeSpan.FromSeconds(30), doorbell: true);
         Assert.True(session.Doorbell);
         Assert.Equal((ulong)RingControl.ControlBytes, session.RowsStart);
-        Assert.True(session.TryClaimDoorbell());
-        Assert.False(session.TryClaimDoorbell());
-        session.ReleaseDoorbell();
-        Assert.True(session.TryClaimDoorbell());
+        Assert.True(session.TryClaimDoorbell(out var positions));
+        Assert.Equal((0L, 0L), positions);
+        Assert.False(session.TryClaimDoorbell(out _));
+        // The next stream goes on where the previous one left the queues.
+        session.ReleaseDoorbell((3, 5));
+        Assert.True(session.TryClaimDoorbell(out positions));
+        Assert.Equal((3L, 5L), positions);
 
         // Too small a ring, no ring at all, or not asked for: no doorbell, rows anywhere.
         var small = new WorkerSession("2".PadLeft(32, '0'), "c", RowTransport.SharedMemoryFd, _time, nonce, RingControl.MinRingBytes - 1,
@@ -143,7 +146,7 @@ public sealed class SessionRegistryTests
         {
             Assert.False(s.Doorbell);
             Assert.Equal(0UL, s.RowsStart);
-            Assert.False(s.TryClaimDoorbell());
+            Assert.False(s.TryClaimDoorbell(out _));
         }
     }
 }

@@ -117,6 +117,29 @@ public sealed class DoorbellHostileTests : IClassFixture<HostileWorker>
         _worker.AssertNoStackTraces();
     }
 
+    [LinuxFact]
+    public async Task StreamEnd_StopsTheSessionsDoorbell_AndTheNextStreamOfTheSessionRunsItAgain()
+    {
+        using var session = await _worker.AttachAsync(RingBytes, doorbell: true);
+        using var requests = new RingQueue(session.Ring, RingControl.RequestQueueOffset);
+        using var replies = new RingQueue(session.Ring, RingControl.ReplyQueueOffset);
+        var (h, p) = _worker.Valid(id: 1);
+        Assert.Equal(0, (await BellAsync(requests, replies, WithRows(h, session.Ring, p, RowsAt))).Status.Code);
+
+        // The stream ends (as when the coordinator goes away): the worker's handler returns only after its doorbell
+        // reader stopped and gave the doorbell back, so the response stream's end is the event to wait for.
+        await session.Call.RequestStream.CompleteAsync();
+        Assert.False(await session.Call.ResponseStream.MoveNext(CancellationToken.None));
+        using var second = _worker.Channel.CreateCallInvoker().AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null,
+            new CallOptions(_worker.Headers(session: session.Hello.SessionId)));
+        h.RequestId = 2;
+        var reply = await BellAsync(requests, replies, WithRows(h, session.Ring, p, RowsAt));
+        Assert.Equal((2UL, 0), (reply.RequestId, reply.Status.Code));
+        await second.RequestStream.CompleteAsync();
+        Assert.False(await second.ResponseStream.MoveNext(CancellationToken.None));
+        _worker.AssertNoStackTraces();
+    }
+
     public static TheoryData<string> BrokenSlots => new() { "unparsable", "impossible length" };
 
     [LinuxTheory]
