@@ -10,7 +10,7 @@ internal static class Program
             "cpu-ffn" => CpuFfnBenchmark.Run(args),
             "cpu-ops" => CpuOpsBenchmark.Run(args),
             "dataplane" => DataPlane.DataPlaneBenchmark.RunAsync(args).GetAwaiter().GetResult(),
-            "dataplane-server" => DataPlane.DataPlaneServer.RunAsync().GetAwaiter().GetResult(),
+            "dataplane-server" => DataPlane.DataPlaneServer.RunAsync(args).GetAwaiter().GetResult(),
             "dataplane-e2e" => DataPlane.EndToEndBenchmark.RunAsync(args).GetAwaiter().GetResult(),
             "serving-load" => Load.ServingLoadBenchmark.Run(args),
             "prefix-cache" => Load.PrefixCacheBenchmark.Run(args),

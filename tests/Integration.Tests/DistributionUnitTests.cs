@@ -32,6 +32,9 @@ public sealed class DistributionUnitTests
         Assert.Empty(o.Validate());
         Assert.Contains(new DistributionOptions { WireDType = WireDType.Unspecified }.Validate(), e => e.Contains("WireDType"));
         Assert.Contains(new DistributionOptions { DispatchTimeout = TimeSpan.Zero }.Validate(), e => e.Contains("DispatchTimeout"));
+        Assert.Equal((true, TimeSpan.Zero), (o.RingDoorbell, o.DoorbellSpin));
+        Assert.Contains(new DistributionOptions { DoorbellSpin = TimeSpan.FromMilliseconds(11) }.Validate(), e => e.Contains("DoorbellSpin"));
+        Assert.Contains(new DistributionOptions { DoorbellSpin = TimeSpan.FromTicks(-1) }.Validate(), e => e.Contains("DoorbellSpin"));
         Assert.Equal(WireDType.Fp32, DistributionOptions.ParseWire(" FP32 "));
         Assert.Throws<FormatException>(() => DistributionOptions.ParseWire("fp16"));
         Assert.NotEmpty(new LocalClusterOptions { Workers = 0 }.Validate());

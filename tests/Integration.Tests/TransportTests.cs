@@ -12,17 +12,19 @@ namespace Distributed.Integration.Tests;
 
 /// <summary>
 /// The transports negotiated in the handshake: rows inline over TCP, rows in a shared-memory ring (a sealed memfd passed
-/// to the worker by descriptor; the message carries an offset), and gRPC over a Unix domain socket. Every combination gives the in-process logits bit for bit.
+/// to the worker by descriptor; the message carries an offset, or with the ring doorbell the header goes through the
+/// ring's own slot queue), and gRPC over a Unix domain socket. Every combination gives the in-process logits bit for bit.
 /// </summary>
 [Trait("Category", "Integration")]
 public sealed class TransportTests(ITestOutputHelper output)
 {
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, false)]
-    [InlineData(false, true)]
-    [InlineData(true, true)]
-    public async Task Transport_NegotiatedAndBitwiseIdentical(bool sharedMemory, bool unixSocket)
+    [InlineData(false, false, false)]
+    [InlineData(true, false, false)]
+    [InlineData(true, false, true)]
+    [InlineData(false, true, false)]
+    [InlineData(true, true, true)]
+    public async Task Transport_NegotiatedAndBitwiseIdentical(bool sharedMemory, bool unixSocket, bool doorbell)
     {
         var log = new TestLog { Output = output };
         using var loggerFactory = log.CreateLoggerFactory();
@@ -36,11 +38,12 @@ public sealed class TransportTests(ITestOutputHelper output)
         {
             model = ModelDescriptors.FromCheckpoint(checkpoint);
         }
-        var options = new DistributionOptions { WireDType = WireDType.Fp32, PreferSharedMemory = sharedMemory, SharedRingBytes = 4 << 20 };
+        var options = new DistributionOptions { WireDType = WireDType.Fp32, PreferSharedMemory = sharedMemory, SharedRingBytes = 4 << 20, RingDoorbell = doorbell };
         await using var pool = new WorkerChannelPool(model, options, loggerFactory.CreateLogger<WorkerChannelPool>());
         var endpoint = new WorkerEndpoint("t", unixSocket ? "unix:" + socket : address);
         var connection = await pool.GetAsync(endpoint, CancellationToken.None);
         Assert.Equal(sharedMemory ? RowTransport.SharedMemoryFd : RowTransport.Inline, connection.Transport);
+        Assert.Equal(doorbell, connection.UsesDoorbell);
         var dispatcher = new GrpcExpertDispatcher(new StaticPlacementSource(ExpertPlacementTable.FromHandshakes(model, [(endpoint, connection.Hello)])), pool);
         using var engine = Llama4Engine.Load(fixture, new CpuKernelBackend(1), dispatcher);
         var golden = Golden.Load("tiny-maverick");
@@ -58,6 +61,8 @@ public sealed class TransportTests(ITestOutputHelper output)
         var unsplit = await BatchedSteps.RunAsync(inProcess, batch, decodeSteps: 2, MicroBatching.Off);
         var pingPong = await BatchedSteps.RunAsync(engine, batch, decodeSteps: 2, MicroBatching.From(2));
         Assert.True(BatchedSteps.FirstDifference(unsplit, pingPong) is null, $"ping-pong: {BatchedSteps.FirstDifference(unsplit, pingPong)}");
-        output.WriteLine($"{connection.Transport} over {(unixSocket ? "unix socket" : "tcp")}: {dispatcher.Statistics}");
+        // With the doorbell every request fits a slot and the credit (2 dispatches in flight at most): none took the stream.
+        Assert.Equal(doorbell, connection.DoorbellRequests > 0);
+        output.WriteLine($"{connection.Transport} over {(unixSocket ? "unix socket" : "tcp")}, doorbell {connection.UsesDoorbell} ({connection.DoorbellRequests} requests): {dispatcher.Statistics}");
     }
 }

@@ -8,8 +8,8 @@ public class ProtoStabilityTests
 {
     public static TheoryData<string, string, int> Fields => new()
     {
-        { "SharedRingOffer", "size_bytes", 2 }, { "SharedRingOffer", "host_id", 3 },
-        { "SharedRingRendezvous", "socket_path", 1 }, { "SharedRingRendezvous", "nonce", 2 },
+        { "SharedRingOffer", "size_bytes", 2 }, { "SharedRingOffer", "host_id", 3 }, { "SharedRingOffer", "doorbell", 4 },
+        { "SharedRingRendezvous", "socket_path", 1 }, { "SharedRingRendezvous", "nonce", 2 }, { "SharedRingRendezvous", "doorbell", 3 },
         { "HelloRequest", "protocol_major", 1 }, { "HelloRequest", "protocol_minor", 2 }, { "HelloRequest", "model_fingerprint", 3 },
         { "HelloRequest", "coordinator_id", 4 }, { "HelloRequest", "transports", 5 }, { "HelloRequest", "shared_ring", 6 },
         { "ExpertShard", "layer", 1 }, { "ExpertShard", "experts", 2 },

@@ -43,6 +43,23 @@ public sealed class DistributionOptions
     public long SharedRingBytes { get; set; } = 64L << 20;
 
     /// <summary>
+    /// With the shared ring, signal requests and replies through the ring itself (a doorbell: slot queues in the ring's
+    /// first 264 KiB with futex wake-ups, protocol 1.4) instead of one Dispatch stream message each way, when the
+    /// worker offers it. A request whose header does not fit a slot, or that finds all 64 slots busy, still goes over
+    /// the stream. Workers of protocol 1.3 keep the stream. Default: true.
+    /// </summary>
+    public bool RingDoorbell { get; set; } = true;
+
+    /// <summary>
+    /// How long the coordinator's doorbell reader spins on the reply queue before it sleeps on the futex. A reply that
+    /// comes within it skips a wake-up, but the reader spins right after it hands a reply on, exactly when the code
+    /// awaiting that reply needs a core: on a machine without idle cores spinning makes round trips slower (2 vCPUs:
+    /// 1 row 0.060 ms at 0, 0.074 ms at 20 µs, 0.239 ms at 100 µs; docs/BENCHMARKS.md "#15 ring doorbell"). Raise it
+    /// only where cores are to spare. Default: 0 (sleep at once).
+    /// </summary>
+    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.Zero;
+
+    /// <summary>
     /// The cluster credential's token, sent as <c>authorization: Bearer &lt;token&gt;</c> on every data-plane call.
     /// Secret: never logged. Default: the <c>DISTRIBUTED_CLUSTER_TOKEN</c> environment variable, read when the options
     /// are created (null when unset: calls carry no credential and a worker that requires one refuses them with
@@ -137,6 +154,10 @@ public sealed class DistributionOptions
         if (SharedRingBytes is < 1 << 20 or > 1L << 34)
         {
             errors.Add($"Distribution:SharedRingBytes {SharedRingBytes} must be within [1 MiB, 16 GiB]");
+        }
+        if (DoorbellSpin < TimeSpan.Zero || DoorbellSpin > TimeSpan.FromMilliseconds(10))
+        {
+            errors.Add($"Distribution:DoorbellSpin {DoorbellSpin} must be within [0, 10 ms]");
         }
         if (SplitRows is < 2 or > 1 << 20)
         {

@@ -4,9 +4,10 @@ namespace Distributed.Coordinator.Distribution;
 
 /// <summary>
 /// First-fit allocation of 64-byte aligned regions in a <see cref="SharedRing"/>. Few regions are live at once (one per
-/// in-flight request to this worker), so a sorted list is enough.
+/// in-flight request to this worker), so a sorted list is enough. Regions start at <paramref name="start"/> (after the
+/// doorbell's control area when the session has one).
 /// </summary>
-internal sealed class SharedRingAllocator(SharedRing ring)
+internal sealed class SharedRingAllocator(SharedRing ring, long start = 0)
 {
     private const int Alignment = 64;
     private readonly List<(ulong Offset, ulong Length)> _live = [];
@@ -24,7 +25,7 @@ internal sealed class SharedRingAllocator(SharedRing ring)
         }
         lock (_lock)
         {
-            ulong cursor = 0;
+            ulong cursor = (ulong)start;
             int index = 0;
             for (; index < _live.Count; index++)
             {

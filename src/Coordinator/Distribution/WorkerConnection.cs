@@ -13,6 +13,11 @@ namespace Distributed.Coordinator.Distribution;
 /// carrying every request to that worker. Writes are serialized; a reader loop completes requests by id, so replies
 /// may arrive in any order. When the stream breaks, every pending request fails with the stream's status and the
 /// connection reports itself broken (the pool then reconnects).
+/// <para>With the ring doorbell (<see cref="RingControl"/>, negotiated in Hello), a request whose rows are in the ring
+/// goes through the ring's request queue instead of the stream, and its reply comes back through the reply queue, read
+/// by a dedicated thread; the stream stays open for everything else and its end still fails every pending request.
+/// At most <see cref="RingControl.Slots"/> doorbell requests are unanswered at once (so the worker's reply queue never
+/// overflows); beyond that, and for a header that does not fit a slot, requests use the stream.</para>
 /// </summary>
 public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposable
 {
@@ -22,20 +27,36 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly CancellationTokenSource _stop = new();
     private readonly SharedRingAllocator? _ring;
+    private readonly RingDoorbellEndpoint<ExpertRequest, ExpertReply>? _doorbell;
+    // Request ids sent through the doorbell and not yet answered (by either path), and their count: the credit.
+    private readonly ConcurrentDictionary<ulong, byte> _doorbellIds = new();
+    private int _doorbellOutstanding;
+    private long _doorbellRequests;
     private readonly Task _reader;
     private readonly ILogger _logger;
     private long _nextRequestId;
     private volatile Exception? _broken;
 
-    private WorkerConnection(WorkerEndpoint worker, GrpcChannel channel, HelloReply hello, SharedRingAllocator? ring,
+    private WorkerConnection(WorkerEndpoint worker, GrpcChannel channel, HelloReply hello, SharedRing? ring, bool doorbell, TimeSpan doorbellSpin,
         AsyncDuplexStreamingCall<TensorFrame<ExpertRequest>, TensorFrame<ExpertReply>> call, ILogger logger)
     {
         Worker = worker;
         _channel = channel;
         Hello = hello;
-        _ring = ring;
         _call = call;
         _logger = logger;
+        if (ring is not null)
+        {
+            _ring = new SharedRingAllocator(ring, doorbell ? RingControl.ControlBytes : 0);
+            if (doorbell)
+            {
+                _doorbell = new RingDoorbellEndpoint<ExpertRequest, ExpertReply>(ring, coordinator: true, ExpertReply.Parser, doorbellSpin,
+                    reply => Deliver(new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty) { ReceivedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp() }),
+                    ex => MarkBroken(new ExpertDispatchException(StatusCode.DataLoss, $"worker {worker.WorkerId} broke the ring doorbell: {ex.Message}", worker.WorkerId, inner: ex)),
+                    "doorbell-" + worker.WorkerId);
+                _doorbell.Start();
+            }
+        }
         _reader = Task.Run(ReadLoopAsync);
     }
 
@@ -48,6 +69,12 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
     /// <summary>The row transport in use: <see cref="RowTransport.SharedMemoryFd"/> once the worker attached this
     /// connection's ring, else <see cref="RowTransport.Inline"/>.</summary>
     public RowTransport Transport => _ring is null ? RowTransport.Inline : RowTransport.SharedMemoryFd;
+
+    /// <summary>True when requests and replies with rows in the ring are signalled through the ring's doorbell.</summary>
+    public bool UsesDoorbell => _doorbell is not null;
+
+    /// <summary>Requests sent through the doorbell so far (the rest went over the stream).</summary>
+    public long DoorbellRequests => Interlocked.Read(ref _doorbellRequests);
 
     /// <summary>Why the stream ended, or null while it is usable.</summary>
     public Exception? Broken => _broken;
@@ -90,10 +117,11 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
                 CoordinatorId = options.CoordinatorId,
             };
             bool offered = options.PreferSharedMemory && SharedRing.IsSupported;
+            bool doorbellOffered = offered && options.RingDoorbell && RingControl.IsSupported && options.SharedRingBytes >= RingControl.MinRingBytes;
             if (offered)
             {
                 hello.Transports.Add(RowTransport.SharedMemoryFd);
-                hello.SharedRing = new SharedRingOffer { SizeBytes = (ulong)options.SharedRingBytes, HostId = SharedRing.LocalHostId };
+                hello.SharedRing = new SharedRingOffer { SizeBytes = (ulong)options.SharedRingBytes, HostId = SharedRing.LocalHostId, Doorbell = doorbellOffered };
             }
             hello.Transports.Add(RowTransport.Inline);
             var credential = new Metadata();
@@ -141,9 +169,11 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
                         worker.WorkerId);
                 }
             }
+            // A worker of protocol 1.3 never agrees (it does not know the field): the stream carries every request.
+            bool doorbell = doorbellOffered && reply.Transport == RowTransport.SharedMemoryFd && reply.SharedRing?.Doorbell == true;
             if (reply.Transport == RowTransport.SharedMemoryFd)
             {
-                ring = await AttachRingAsync(worker, reply, options, logger, cancellationToken).ConfigureAwait(false);
+                ring = await AttachRingAsync(worker, reply, options, doorbell, logger, cancellationToken).ConfigureAwait(false);
             }
             var headers = new Metadata
             {
@@ -156,7 +186,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
                 headers.Add(entry);
             }
             var call = invoker.AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null, new CallOptions(headers));
-            return new WorkerConnection(worker, channel, reply, ring is null ? null : new SharedRingAllocator(ring), call, logger);
+            return new WorkerConnection(worker, channel, reply, ring, doorbell && ring is not null, options.DoorbellSpin, call, logger);
         }
         catch
         {
@@ -167,13 +197,18 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
     }
 
     // Creates this connection's sealed ring and passes it to the worker; null (rows go inline) when that fails.
-    private static async Task<SharedRing?> AttachRingAsync(WorkerEndpoint worker, HelloReply reply, DistributionOptions options, ILogger logger,
-        CancellationToken cancellationToken)
+    private static async Task<SharedRing?> AttachRingAsync(WorkerEndpoint worker, HelloReply reply, DistributionOptions options, bool doorbell,
+        ILogger logger, CancellationToken cancellationToken)
     {
         SharedRing? ring = null;
         try
         {
             ring = SharedRing.CreateSealed(options.SharedRingBytes);
+            if (doorbell)
+            {
+                // Before the worker maps it: the worker reads slot sequences from its first request on.
+                RingControl.Initialize(ring);
+            }
             await RingRendezvous.AttachAsync(reply.SharedRing.SocketPath, reply.SessionId, reply.SharedRing.Nonce.Memory, ring, options.ConnectTimeout,
                 cancellationToken).ConfigureAwait(false);
             return ring;
@@ -270,6 +305,10 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
         if (rows.Descriptor is { } shared)
         {
             header.SharedRows = shared;
+            if (TrySendThroughDoorbell(header))
+            {
+                return tcs.Task;
+            }
             frame = new TensorFrame<ExpertRequest>(header, ReadOnlyMemory<byte>.Empty);
         }
         else
@@ -298,6 +337,48 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
         return tcs.Task;
     }
 
+    // Within the credit (so the worker's reply queue cannot overflow), through the ring's request queue; false = use the stream.
+    private bool TrySendThroughDoorbell(ExpertRequest header)
+    {
+        if (_doorbell is null)
+        {
+            return false;
+        }
+        if (Interlocked.Increment(ref _doorbellOutstanding) > RingControl.Slots)
+        {
+            Interlocked.Decrement(ref _doorbellOutstanding);
+            return false;
+        }
+        // Registered before it is published: the reply may come back before TrySend returns.
+        _doorbellIds[header.RequestId] = 0;
+        if (_doorbell.TrySend(header))
+        {
+            Interlocked.Increment(ref _doorbellRequests);
+            return true;
+        }
+        Answered(header.RequestId);
+        return false;
+    }
+
+    // A reply to a doorbell request (by either path) gives its credit back.
+    private void Answered(ulong requestId)
+    {
+        if (_doorbellIds.TryRemove(requestId, out _))
+        {
+            Interlocked.Decrement(ref _doorbellOutstanding);
+        }
+    }
+
+    // Completes the pending request a reply answers (from the stream or the doorbell); a reply nobody waits for is dropped.
+    private void Deliver(TensorFrame<ExpertReply> reply)
+    {
+        Answered(reply.Header.RequestId);
+        if (!_pending.TryRemove(reply.Header.RequestId, out var tcs) || !tcs.TrySetResult(reply))
+        {
+            reply.Dispose();
+        }
+    }
+
     /// <summary>Forgets a request (its deadline passed): its reply task is cancelled and a late reply is dropped.</summary>
     public void Abandon(ulong requestId)
     {
@@ -319,17 +400,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
                 {
                     throw new ExpertDispatchException(StatusCode.DataLoss, $"worker {Worker.WorkerId} sent a malformed reply: {reason}", Worker.WorkerId);
                 }
-                if (_pending.TryRemove(reply.Header.RequestId, out var tcs))
-                {
-                    if (!tcs.TrySetResult(reply))
-                    {
-                        reply.Dispose();
-                    }
-                }
-                else
-                {
-                    reply.Dispose();
-                }
+                Deliver(reply);
             }
             MarkBroken(new RpcException(new Status(StatusCode.Unavailable, "the worker closed the stream")));
         }
@@ -379,6 +450,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
         {
         }
         _channel.Dispose();
+        _doorbell?.Dispose();
         _ring?.Ring.Dispose();
         _writeLock.Dispose();
         _stop.Dispose();

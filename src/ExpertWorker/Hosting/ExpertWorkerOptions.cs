@@ -144,6 +144,18 @@ public sealed class ExpertWorkerOptions
     /// when set, else the temp directory.</summary>
     public string? SharedMemoryDirectory { get; set; }
 
+    /// <summary>
+    /// Agree to a coordinator's request for the ring doorbell (protocol 1.4): requests and replies whose rows are in the
+    /// shared ring are signalled through slot queues in the ring itself, read by one thread per session, instead of one
+    /// Dispatch stream message each way. False = the stream carries every request. Default: true.
+    /// </summary>
+    public bool RingDoorbell { get; set; } = true;
+
+    /// <summary>How long a session's doorbell reader spins on the request queue before it sleeps on the futex (see
+    /// the coordinator's <c>Distribution:DoorbellSpin</c>: spinning only pays where cores are idle). Default: 0.</summary>
+    [Range(typeof(TimeSpan), "00:00:00", "00:00:00.010")]
+    public TimeSpan DoorbellSpin { get; set; } = TimeSpan.Zero;
+
     /// <summary>Largest shared ring a coordinator may pass (bytes); larger offers get inline rows. Default: 1 GiB.</summary>
     [Range(1L << 20, 1L << 34)]
     public long MaxSharedRingBytes { get; set; } = 1L << 30;

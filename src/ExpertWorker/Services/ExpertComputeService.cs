@@ -47,6 +47,7 @@ public sealed partial class ExpertComputeService(
         var transport = RowTransport.Inline;
         byte[]? nonce = null;
         long ringBytes = 0;
+        bool doorbell = false;
         if (rendezvous.SocketPath is not null && request.Transports.Contains(RowTransport.SharedMemoryFd) && request.SharedRing is { } offer
             && offer.HostId == SharedRing.LocalHostId)
         {
@@ -55,6 +56,7 @@ public sealed partial class ExpertComputeService(
                 transport = RowTransport.SharedMemoryFd;
                 nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
                 ringBytes = (long)offer.SizeBytes;
+                doorbell = offer.Doorbell && options.Value.RingDoorbell && RingControl.IsSupported && offer.SizeBytes >= RingControl.MinRingBytes;
             }
             else
             {
@@ -62,7 +64,8 @@ public sealed partial class ExpertComputeService(
             }
         }
         string coordinatorId = DataPlaneRejections.Printable(request.CoordinatorId);
-        var session = new WorkerSession(Guid.NewGuid().ToString("N"), coordinatorId, transport, time, nonce, ringBytes, DataPlaneSecurity.RendezvousLifetime);
+        var session = new WorkerSession(Guid.NewGuid().ToString("N"), coordinatorId, transport, time, nonce, ringBytes, DataPlaneSecurity.RendezvousLifetime,
+            doorbell);
         if (!sessions.TryAdd(session, out var evicted))
         {
             string message = $"all {sessions.Capacity} handshake sessions are in use or were used within the last {sessions.IdleGrace.TotalSeconds:F0} s; retry later";
@@ -88,7 +91,7 @@ public sealed partial class ExpertComputeService(
             SessionId = session.Id,
             KernelNumerics = executor.Numerics,
             ExpertActivations = executor.ExpertActivations,
-            SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
+            SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce), Doorbell = doorbell },
             ClusterManaged = string.IsNullOrWhiteSpace(options.Value.StaticExperts),
         };
         foreach (var (layer, experts) in store.Manifest.Layers)
@@ -102,20 +105,138 @@ public sealed partial class ExpertComputeService(
     }
 
     /// <inheritdoc />
+    /// <remarks>With a doorbell session (<see cref="WorkerSession.Doorbell"/>) a reader thread also takes requests from
+    /// the ring's request queue for as long as this stream is open; they are validated and computed exactly as stream
+    /// requests (same concurrency limit, same duplicate-id rule) and answered through the reply queue (on this stream
+    /// when a reply header does not fit a slot or no slot is free). A slot that breaks the doorbell's protocol ends
+    /// this stream with INVALID_ARGUMENT, as a malformed frame does.</remarks>
     public override async Task Dispatch(
         IAsyncStreamReader<TensorFrame<ExpertRequest>> requestStream,
         IServerStreamWriter<TensorFrame<ExpertReply>> responseStream,
         ServerCallContext context)
     {
         var session = EnterSession(context);
-        var ct = context.CancellationToken;
+        // Cancelled by the client going away, or by the doorbell reader when the coordinator broke its protocol.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
+        var ct = stop.Token;
         using var writeLock = new SemaphoreSlim(1, 1);
         using var slots = new SemaphoreSlim(_maxConcurrent, _maxConcurrent);
         var pending = new List<Task>();
-        // Request ids not yet answered: a second request with one of them would make the replies ambiguous.
+        // Request ids not yet answered (from the stream and the doorbell): a second request with one of them would make
+        // the replies ambiguous.
         var inFlight = new HashSet<ulong>();
+        RingDoorbellEndpoint<ExpertReply, ExpertRequest>? doorbell = null;
+        string? doorbellFault = null;
+
+        bool Admit(ulong requestId)
+        {
+            lock (inFlight)
+            {
+                return inFlight.Add(requestId);
+            }
+        }
+
+        void Settle(ulong requestId)
+        {
+            // No longer in flight from here: the peer may reuse the id once it has this reply.
+            lock (inFlight)
+            {
+                inFlight.Remove(requestId);
+            }
+        }
+
+        // Computes one admitted request (a slot is held; on the thread pool, or on the caller when inline) and answers it: through the doorbell when it
+        // came that way and the reply fits a slot, else on the stream.
+        void Start(TensorFrame<ExpertRequest> frame, bool viaDoorbell, bool inline = false)
+        {
+            ulong requestId = frame.Header.RequestId;
+            async Task AnswerAsync()
+            {
+                try
+                {
+                    using var reply = Process(frame, session, pooledReply: true);
+                    if (viaDoorbell && reply.Payload.IsEmpty)
+                    {
+                        Settle(requestId);
+                        if (doorbell!.TrySend(reply.Header))
+                        {
+                            return;
+                        }
+                    }
+                    await writeLock.WaitAsync(ct).ConfigureAwait(false);
+                    try
+                    {
+                        Settle(requestId);
+                        await responseStream.WriteAsync(reply, ct).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        writeLock.Release();
+                    }
+                }
+                finally
+                {
+                    frame.Dispose();
+                    slots.Release();
+                }
+            }
+            var task = inline ? AnswerAsync() : Task.Run(AnswerAsync, CancellationToken.None);
+            lock (pending)
+            {
+                pending.RemoveAll(t => t.IsCompleted);
+                pending.Add(task);
+            }
+        }
+
+        void Fault(RejectionKind kind, string reason)
+        {
+            if (Interlocked.CompareExchange(ref doorbellFault, reason, null) is null)
+            {
+                rejections.Report(kind, StatusCode.InvalidArgument, $"Dispatch stream ended: {reason}");
+                stop.Cancel();
+            }
+        }
+
+        // On the doorbell's reader thread, one request at a time, in ring order.
+        void OnDoorbellRequest(ExpertRequest header)
+        {
+            if (!Admit(header.RequestId))
+            {
+                doorbell!.StopReceiving();
+                Fault(RejectionKind.DuplicateRequestId, $"request_id {header.RequestId} is already in flight on this stream (doorbell)");
+                return;
+            }
+            try
+            {
+                slots.Wait(ct);
+            }
+            catch (OperationCanceledException)
+            {
+                Settle(header.RequestId);
+                return;
+            }
+            // A lone request is computed right here (no thread-pool hop on the latency path); one with others queued behind
+            // it goes to the pool so that they run concurrently, up to the same limit as the stream's.
+            Start(new TensorFrame<ExpertRequest>(header, ReadOnlyMemory<byte>.Empty), viaDoorbell: true, inline: !doorbell!.MoreReceived);
+        }
+
         try
         {
+            // One stream per session runs the doorbell (a second stream of the same session carries its own requests only).
+            if (session is { Ring: { } ring } && session.TryClaimDoorbell(out var positions))
+            {
+                try
+                {
+                    doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(ring, coordinator: false, ExpertRequest.Parser, options.Value.DoorbellSpin,
+                        OnDoorbellRequest, ex => Fault(RejectionKind.MalformedFrame, $"malformed doorbell request: {ex.Message}"), "doorbell-" + session.Id[..8], positions);
+                    doorbell.Start();
+                }
+                catch (SharedRingException)
+                {
+                    // The ring is being torn down: this stream carries everything.
+                    session.ReleaseDoorbell(positions);
+                }
+            }
             while (await requestStream.MoveNext(ct).ConfigureAwait(false))
             {
                 var frame = requestStream.Current;
@@ -125,12 +246,7 @@ public sealed partial class ExpertComputeService(
                     throw new RpcException(new Status(StatusCode.InvalidArgument, $"malformed ExpertRequest frame: {reason}"));
                 }
                 ulong requestId = frame.Header.RequestId;
-                bool fresh;
-                lock (inFlight)
-                {
-                    fresh = inFlight.Add(requestId);
-                }
-                if (!fresh)
+                if (!Admit(requestId))
                 {
                     frame.Dispose();
                     string message = $"request_id {requestId} is already in flight on this stream";
@@ -138,46 +254,45 @@ public sealed partial class ExpertComputeService(
                     throw new RpcException(new Status(StatusCode.InvalidArgument, message));
                 }
                 await slots.WaitAsync(ct).ConfigureAwait(false);
-                pending.RemoveAll(t => t.IsCompleted);
-                pending.Add(Task.Run(async () =>
-                {
-                    try
-                    {
-                        using var reply = Process(frame, session, pooledReply: true);
-                        await writeLock.WaitAsync(ct).ConfigureAwait(false);
-                        try
-                        {
-                            // No longer in flight from here: the peer may reuse the id once it has this reply.
-                            lock (inFlight)
-                            {
-                                inFlight.Remove(requestId);
-                            }
-                            await responseStream.WriteAsync(reply, ct).ConfigureAwait(false);
-                        }
-                        finally
-                        {
-                            writeLock.Release();
-                        }
-                    }
-                    finally
-                    {
-                        frame.Dispose();
-                        slots.Release();
-                    }
-                }, CancellationToken.None));
+                Start(frame, viaDoorbell: false);
             }
+        }
+        catch (OperationCanceledException) when (Volatile.Read(ref doorbellFault) is not null)
+        {
+            // Reported below.
+        }
+        catch (IOException) when (Volatile.Read(ref doorbellFault) is null)
+        {
+            // The peer reset the stream or its connection dropped (a coordinator that went away): nothing is left to
+            // answer, and it is no error of this worker (gRPC would log it as one, with a stack trace).
         }
         finally
         {
+            // The reader first (no request is admitted after it), then the requests in progress, then the queues.
+            doorbell?.StopReceiving();
+            Task[] all;
+            lock (pending)
+            {
+                all = [.. pending];
+            }
             try
             {
-                await Task.WhenAll(pending).ConfigureAwait(false);
+                await Task.WhenAll(all).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is OperationCanceledException or IOException or InvalidOperationException)
             {
                 // The peer went away mid-reply; nothing left to answer.
             }
+            if (doorbell is not null)
+            {
+                doorbell.Dispose();
+                session!.ReleaseDoorbell(doorbell.Positions);
+            }
             session?.Exit();
+        }
+        if (Volatile.Read(ref doorbellFault) is { } fault)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, fault));
         }
     }
 
@@ -255,7 +370,7 @@ public sealed partial class ExpertComputeService(
         }
         try
         {
-            return ProcessRows(frame, ring, pooledReply);
+            return ProcessRows(frame, ring, session?.RowsStart ?? 0, pooledReply);
         }
         finally
         {
@@ -263,17 +378,21 @@ public sealed partial class ExpertComputeService(
         }
     }
 
-    private TensorFrame<ExpertReply> ProcessRows(TensorFrame<ExpertRequest> frame, SharedRing? ring, bool pooledReply)
+    // rowsStart: where row regions may begin (after the doorbell's control area, whose slots a region must never alias).
+    private TensorFrame<ExpertReply> ProcessRows(TensorFrame<ExpertRequest> frame, SharedRing? ring, ulong rowsStart, bool pooledReply)
     {
         var request = frame.Header;
         using var snapshot = store.Acquire();
         var view = new SnapshotView(store, snapshot);
         var verdict = TensorFrameValidator.ValidateRequest(request, frame.Payload.Length, ring is not null, view);
         Span<byte> shared = default;
-        if (verdict.IsOk && request.SharedRows is { } rows && !ring!.TryGetSpan(rows.Offset, rows.Length, out shared))
+        if (verdict.IsOk && request.SharedRows is { } rows && (rows.Offset < rowsStart || !ring!.TryGetSpan(rows.Offset, rows.Length, out shared)))
         {
+            string where = rows.Offset < rowsStart
+                ? $"starts inside the doorbell's control area [0, {rowsStart})"
+                : $"is outside the {ring!.Size}-byte ring";
             verdict = FrameValidationResult.FromViolations(StatusCode.InvalidArgument, $"request {request.RequestId} is invalid",
-                [new FieldViolation { Field = "shared_rows", Description = $"[{rows.Offset}, +{rows.Length}) is outside the {ring.Size}-byte ring" }]);
+                [new FieldViolation { Field = "shared_rows", Description = $"[{rows.Offset}, +{rows.Length}) {where}" }]);
         }
         ReadOnlySpan<byte> input = request.SharedRows is null ? frame.Payload.Span : shared;
         if (!verdict.IsOk)

@@ -21,13 +21,18 @@ public sealed class WorkerSession : IDisposable
     private SharedRing? _ring;
     private int _users;
     private int _rendezvousUsed;
+    private int _doorbellClaimed;
+    private (long Send, long Receive) _doorbellPositions;
     private long _lastUsed;
 
     /// <summary>Creates a session; with <paramref name="ringNonce"/> a ring of <paramref name="expectedRingBytes"/>
     /// may be attached once, before <paramref name="rendezvousLifetime"/> has passed.</summary>
+    /// <param name="doorbell">The session agreed to the ring doorbell (<see cref="RingControl"/>): its ring's first
+    /// <see cref="RingControl.ControlBytes"/> are the doorbell's queues, never rows.</param>
     public WorkerSession(string id, string coordinatorId, RowTransport transport, TimeProvider time,
-        ReadOnlySpan<byte> ringNonce = default, long expectedRingBytes = 0, TimeSpan rendezvousLifetime = default)
+        ReadOnlySpan<byte> ringNonce = default, long expectedRingBytes = 0, TimeSpan rendezvousLifetime = default, bool doorbell = false)
     {
+        Doorbell = doorbell && !ringNonce.IsEmpty && expectedRingBytes >= RingControl.MinRingBytes;
         ArgumentNullException.ThrowIfNull(time);
         Id = id;
         CoordinatorId = coordinatorId;
@@ -50,6 +55,32 @@ public sealed class WorkerSession : IDisposable
 
     /// <summary>Negotiated transport (<see cref="RowTransport.SharedMemoryFd"/> = a ring may be attached).</summary>
     public RowTransport Transport { get; }
+
+    /// <summary>True when the session's ring carries the doorbell's queues (requests may arrive through it).</summary>
+    public bool Doorbell { get; }
+
+    /// <summary>
+    /// Claims the session's doorbell for one <c>Dispatch</c> stream (its queues have one consumer and one producer on
+    /// this side); false when another stream holds it or the session has none. Paired with <see cref="ReleaseDoorbell"/>.
+    /// </summary>
+    /// <param name="positions">Where the previous stream's doorbell left its queues (the next stream goes on from there).</param>
+    public bool TryClaimDoorbell(out (long Send, long Receive) positions)
+    {
+        bool claimed = Doorbell && Interlocked.CompareExchange(ref _doorbellClaimed, 1, 0) == 0;
+        positions = claimed ? _doorbellPositions : default;
+        return claimed;
+    }
+
+    /// <summary>Gives the doorbell back after the stream that claimed it ended, with where its queues stand (a new
+    /// stream of the session may claim it and goes on from there).</summary>
+    public void ReleaseDoorbell((long Send, long Receive) positions)
+    {
+        _doorbellPositions = positions;
+        Volatile.Write(ref _doorbellClaimed, 0);
+    }
+
+    /// <summary>Where row regions may start in the ring: after the doorbell's control area, else 0.</summary>
+    public ulong RowsStart => Doorbell ? (ulong)RingControl.ControlBytes : 0;
 
     /// <summary>The attached ring, or null (inline rows only).</summary>
     public SharedRing? Ring => Volatile.Read(ref _ring);

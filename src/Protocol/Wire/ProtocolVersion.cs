@@ -12,8 +12,10 @@ public static class ProtocolVersion
     /// <summary>Backward-compatible additions bump this (1: <c>HelloReply.kernel_numerics</c>; 2:
     /// <c>HelloReply.cluster_managed</c>; 3: the shared-memory transport passes a sealed memfd by descriptor,
     /// <c>ROW_TRANSPORT_SHARED_MEMORY_FD</c> and <c>HelloReply.shared_ring</c>, and the path-based one is gone: a
-    /// coordinator of 1.0-1.2 offering it gets inline rows).</summary>
-    public const uint Minor = 3;
+    /// coordinator of 1.0-1.2 offering it gets inline rows; 4: the ring doorbell, <c>SharedRingOffer.doorbell</c> and
+    /// <c>SharedRingRendezvous.doorbell</c>, see <see cref="RingControl"/>: peers of 1.3 leave it off and keep one
+    /// stream message per request).</summary>
+    public const uint Minor = 4;
 
     /// <summary>Call-metadata key carrying the caller's protocol major version on <c>Dispatch</c>.</summary>
     public const string MajorHeader = "x-protocol-major";

@@ -43,6 +43,9 @@ public sealed unsafe class SharedRing : IDisposable
     /// <summary>Bytes in the ring (its sealed size).</summary>
     public long Size { get; }
 
+    /// <summary>Start of the mapping (the doorbell's queues address their words directly; callers hold a reference).</summary>
+    internal byte* BaseAddress => _base;
+
     /// <summary>The memfd of a ring this process created (to pass to a peer); null for a ring received from one.</summary>
     internal SafeFileHandle? Descriptor => _descriptor;
 

@@ -117,6 +117,41 @@ internal static unsafe partial class UnixInterop
     [LibraryImport(Lib, EntryPoint = "geteuid")]
     public static partial uint GetEffectiveUserId();
 
+    /// <summary><c>FUTEX_WAIT</c> (shared, not <c>FUTEX_PRIVATE_FLAG</c>: the word lives in memory two processes map).</summary>
+    public const int FutexWait = 0;
+
+    /// <summary><c>FUTEX_WAKE</c> (shared).</summary>
+    public const int FutexWake = 1;
+
+    public const int Etimedout = 110;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    // syscall(2) is variadic in C; integer and pointer arguments are passed exactly as fixed ones on x86-64 and arm64 Linux.
+    [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
+    private static partial long Syscall(long number, void* address, int operation, int value, void* timeout, void* address2, int value3);
+
+    /// <summary><c>SYS_futex</c> of this architecture (x86-64 202, arm64 98), or -1 where unknown.</summary>
+    private static readonly long FutexSyscall = RuntimeInformation.ProcessArchitecture switch
+    {
+        Architecture.X64 => 202,
+        Architecture.Arm64 => 98,
+        _ => -1,
+    };
+
+    /// <summary>True where <see cref="Futex"/> knows the system call number.</summary>
+    public static bool FutexSupported => FutexSyscall > 0 && OperatingSystem.IsLinux();
+
+    /// <summary><c>futex(word, op, value, timeout)</c>: 0 or the number woken, else -1 with errno set (EAGAIN: the word
+    /// no longer held <paramref name="value"/>; ETIMEDOUT; EINTR).</summary>
+    public static long Futex(uint* word, int operation, int value, TimeSpec* timeout) =>
+        Syscall(FutexSyscall, word, operation, value, timeout, null, 0);
+
     [LibraryImport(Lib, EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);
 

@@ -23,10 +23,12 @@ internal static class DataPlaneBenchmark
     {
         int[] sizes = args.SkipWhile(a => a != "--rows").Skip(1).FirstOrDefault()?.Split(',').Select(int.Parse).ToArray() ?? [1, 64, 512, 4096];
         double scale = double.Parse(args.SkipWhile(a => a != "--scale").Skip(1).FirstOrDefault() ?? "1", System.Globalization.CultureInfo.InvariantCulture);
+        // --spin MICROSECONDS: the doorbell readers' spin before they sleep, on both ends (default: the options' 0).
+        string spin = args.SkipWhile(a => a != "--spin").Skip(1).FirstOrDefault() ?? "0";
         string host = Environment.ProcessPath!;
         string[] serverArgs = Path.GetFileNameWithoutExtension(host) == "dotnet"
-            ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server"]
-            : ["dataplane-server"];
+            ? [typeof(DataPlaneBenchmark).Assembly.Location, "dataplane-server", "--spin", spin]
+            : ["dataplane-server", "--spin", spin];
         // The echo server requires the cluster credential, as a worker does; both ends get a fresh one.
         string token = ClusterToken.Generate();
         var start = new ProcessStartInfo(host, serverArgs)
@@ -50,23 +52,27 @@ internal static class DataPlaneBenchmark
         try
         {
             Console.WriteLine($"data plane round trip, loopback, hidden {Hidden}, bf16 payload both ways; median of N (server pid {server.Id})");
-            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | grpc unguarded ms | grpc tls ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp | shm/grpc | grpc/unguarded | tls/grpc |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            Console.WriteLine($"shm = rows in the shared ring, descriptor on the stream (doorbell off); bell = rows in the ring, header through its doorbell (readers spin {spin} µs)");
+            Console.WriteLine("| rows | payload | tcp ms | h2 POST ms | grpc stream ms | grpc shm ms | shm bell ms | grpc unguarded ms | grpc tls ms | h2/tcp | grpc/tcp | grpc/h2 | shm/tcp | bell/tcp | bell/shm | shm/grpc | grpc/unguarded | tls/grpc |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             var breakdown = new List<string>();
             using var tcp = new TcpClient { NoDelay = true };
             await tcp.ConnectAsync(IPAddress.Loopback, tcpPort);
             using var h2 = new HttpClient(new SocketsHttpHandler { InitialHttp2StreamWindowSize = 16 << 20, EnableMultipleHttp2Connections = true });
             var model = new ModelDescriptor("bench", Hidden, 16, 2, 4, [1]);
             var inline = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = false, ClusterToken = token };
-            var shm = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token };
+            var shm = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token, RingDoorbell = false };
+            var bell = new DistributionOptions { WireDType = WireDType.Bf16, PreferSharedMemory = true, SharedRingBytes = 128L << 20, ClusterToken = token, RingDoorbell = true,
+                DoorbellSpin = TimeSpan.FromMicroseconds(double.Parse(spin, System.Globalization.CultureInfo.InvariantCulture)) };
             await using var grpc = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcBare = await WorkerConnection.ConnectAsync(new WorkerEndpoint("bare", unguarded), model, inline, NullLogger.Instance, CancellationToken.None);
             await using var grpcShm = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, shm, NullLogger.Instance, CancellationToken.None);
+            await using var grpcBell = await WorkerConnection.ConnectAsync(new WorkerEndpoint("echo", http), model, bell, NullLogger.Instance, CancellationToken.None);
             await using var grpcTls = await WorkerConnection.ConnectAsync(new WorkerEndpoint("tls", tlsAddress), model, inline, NullLogger.Instance, CancellationToken.None,
                 credentials.Credentials);
-            if (grpcShm.Transport != RowTransport.SharedMemoryFd)
+            if (grpcShm.Transport != RowTransport.SharedMemoryFd || grpcShm.UsesDoorbell || grpcBell.Transport != RowTransport.SharedMemoryFd || !grpcBell.UsesDoorbell)
             {
-                throw new InvalidOperationException($"the shared-memory connection fell back to {grpcShm.Transport}");
+                throw new InvalidOperationException($"the shared-memory connections fell back ({grpcShm.Transport}, doorbell {grpcShm.UsesDoorbell}; {grpcBell.Transport}, doorbell {grpcBell.UsesDoorbell})");
             }
             foreach (int rows in sizes)
             {
@@ -78,21 +84,25 @@ internal static class DataPlaneBenchmark
                 iters = Math.Max(3, (int)(iters * scale));
                 var inlineParts = new Breakdown();
                 var shmParts = new Breakdown();
+                var bellParts = new Breakdown();
                 var m = await MediansAsync(warm, iters, () =>
                     {
                         inlineParts.Clear();
                         shmParts.Clear();
+                        bellParts.Clear();
                     },
                     () => TcpRoundTripAsync(tcp.GetStream(), payload),
                     () => H2RoundTripAsync(h2, http, payload, token),
                     () => GrpcRoundTripAsync(grpc, rows, payload, inlineParts),
                     () => GrpcRoundTripAsync(grpcShm, rows, payload, shmParts),
+                    () => GrpcRoundTripAsync(grpcBell, rows, payload, bellParts),
                     () => GrpcRoundTripAsync(grpcBare, rows, payload),
                     () => GrpcRoundTripAsync(grpcTls, rows, payload));
-                var (t, h, g, s, b, x) = (m[0], m[1], m[2], m[3], m[4], m[5]);
-                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {b:F3} | {x:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× | {s / g:F2}× | {g / b:F2}× | {x / g:F2}× |");
+                var (t, h, g, s, d, b, x) = (m[0], m[1], m[2], m[3], m[4], m[5], m[6]);
+                Console.WriteLine($"| {rows} | {Size(bytes)} | {t:F3} | {h:F3} | {g:F3} | {s:F3} | {d:F3} | {b:F3} | {x:F3} | {h / t:F2}× | {g / t:F2}× | {g / h:F2}× | {s / t:F2}× | {d / t:F2}× | {d / s:F2}× | {s / g:F2}× | {g / b:F2}× | {x / g:F2}× |");
                 breakdown.Add($"| {rows} | grpc inline | {inlineParts} |");
                 breakdown.Add($"| {rows} | grpc shm | {shmParts} |");
+                breakdown.Add($"| {rows} | shm bell | {bellParts} |");
             }
             Console.WriteLine();
             Console.WriteLine("where a gRPC round trip goes (medians, ms): copy rows in; send = the stream write until it returns (serialize, HTTP/2 framing, flush);");

@@ -30,8 +30,10 @@ namespace Distributed.Benchmarks.DataPlane;
 /// </summary>
 internal static class DataPlaneServer
 {
-    public static async Task<int> RunAsync()
+    public static async Task<int> RunAsync(string[] args)
     {
+        // --spin MICROSECONDS: how long the echo's doorbell reader spins before it sleeps (the worker's DoorbellSpin).
+        var spin = TimeSpan.FromMicroseconds(double.Parse(args.SkipWhile(a => a != "--spin").Skip(1).FirstOrDefault() ?? "0", System.Globalization.CultureInfo.InvariantCulture));
         var tcp = new TcpListener(IPAddress.Loopback, 0);
         tcp.Start();
         _ = Task.Run(() => TcpEchoAsync(tcp));
@@ -86,7 +88,7 @@ internal static class DataPlaneServer
         var credential = ClusterToken.Create(ClusterToken.Resolve().Token
             ?? throw new InvalidOperationException($"{ClusterToken.EnvironmentVariable} is not set"));
         DataPlaneSecurity.Add(builder, worker, credential, MaxMessage, ctx => ctx.Connection.LocalPort == unguarded!.IPEndPoint!.Port);
-        builder.Services.AddSingleton<EchoService>();
+        builder.Services.AddSingleton(sp => new EchoService(sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<SharedRingRendezvousService>(), spin));
         var app = builder.Build();
         DataPlaneSecurity.Use(app);
         app.MapGrpcService<EchoService>();
@@ -167,19 +169,21 @@ internal static class DataPlaneServer
         return true;
     }
 
-    private sealed class EchoService(SessionRegistry sessions, SharedRingRendezvousService rendezvous) : ExpertWorkerServiceBase
+    private sealed class EchoService(SessionRegistry sessions, SharedRingRendezvousService rendezvous, TimeSpan spin) : ExpertWorkerServiceBase
     {
         public override Task<HelloReply> Hello(HelloRequest request, ServerCallContext context)
         {
             var transport = RowTransport.Inline;
             byte[]? nonce = null;
+            bool doorbell = false;
             if (request.SharedRing is { } offer && request.Transports.Contains(RowTransport.SharedMemoryFd) && rendezvous.SocketPath is not null)
             {
                 transport = RowTransport.SharedMemoryFd;
                 nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
+                doorbell = offer.Doorbell && RingControl.IsSupported && offer.SizeBytes >= RingControl.MinRingBytes;
             }
             var session = new WorkerSession(Guid.NewGuid().ToString("N"), request.CoordinatorId, transport, TimeProvider.System, nonce,
-                (long)(request.SharedRing?.SizeBytes ?? 0), DataPlaneSecurity.RendezvousLifetime);
+                (long)(request.SharedRing?.SizeBytes ?? 0), DataPlaneSecurity.RendezvousLifetime, doorbell);
             if (!sessions.TryAdd(session, out _))
             {
                 throw new RpcException(new Status(StatusCode.ResourceExhausted, "sessions"));
@@ -192,7 +196,7 @@ internal static class DataPlaneServer
                 Transport = transport,
                 SessionId = session.Id,
                 WorkerId = "echo",
-                SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce) },
+                SharedRing = nonce is null ? null : new SharedRingRendezvous { SocketPath = rendezvous.SocketPath, Nonce = ByteString.CopyFrom(nonce), Doorbell = doorbell },
             });
         }
 
@@ -205,47 +209,66 @@ internal static class DataPlaneServer
                 session = s;
             }
             byte[] scratch = [];
+            byte[] bellScratch = [];
+            RingDoorbellEndpoint<ExpertReply, ExpertRequest>? doorbell = null;
+            if (session is { Doorbell: true, Ring: { } bellRing })
+            {
+                // Doorbell requests are echoed on the doorbell's reader thread, as the stream's are in its read loop.
+                doorbell = new RingDoorbellEndpoint<ExpertReply, ExpertRequest>(bellRing, coordinator: false, ExpertRequest.Parser, spin,
+                    h => doorbell!.TrySend(Echo(h, bellRing, ref bellScratch) ?? throw new InvalidOperationException("doorbell request without shared rows")),
+                    ex => Console.Error.WriteLine(ex.Message), "echo-doorbell");
+                doorbell.Start();
+            }
             try
             {
                 while (await requestStream.MoveNext(context.CancellationToken))
                 {
                     using var frame = requestStream.Current;
                     var h = frame.Header;
-                    var reply = new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize };
-                    var ring = session?.Ring;
-                    if (h.SharedRows is { } rows && ring is not null && ring.TryAcquire())
+                    if (session?.Ring is { } ring && Echo(h, ring, ref scratch) is { } shared)
                     {
-                        try
-                        {
-                            if (!ring.TryGetSpan(rows.Offset, rows.Length, out var span))
-                            {
-                                throw new RpcException(new Status(StatusCode.InvalidArgument, "shared_rows"));
-                            }
-                            // Read the rows out and write the answer back in place, as a worker decodes then encodes.
-                            if (scratch.Length < span.Length)
-                            {
-                                scratch = new byte[span.Length];
-                            }
-                            span.CopyTo(scratch);
-                            scratch.AsSpan(0, span.Length).CopyTo(span);
-                        }
-                        finally
-                        {
-                            ring.Release();
-                        }
-                        reply.SharedRows = rows;
-                        await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, ReadOnlyMemory<byte>.Empty));
+                        await responseStream.WriteAsync(new TensorFrame<ExpertReply>(shared, ReadOnlyMemory<byte>.Empty));
                     }
                     else
                     {
+                        var reply = new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize };
                         await responseStream.WriteAsync(new TensorFrame<ExpertReply>(reply, frame.Payload));
                     }
                 }
             }
             finally
             {
+                doorbell?.Dispose();
                 session?.Exit();
             }
+        }
+
+        // Reads a shared-rows request's rows out and writes the answer back in place, as a worker decodes then encodes;
+        // null when the request's rows are inline.
+        private static ExpertReply? Echo(ExpertRequest h, SharedRing ring, ref byte[] scratch)
+        {
+            if (h.SharedRows is not { } rows || !ring.TryAcquire())
+            {
+                return null;
+            }
+            try
+            {
+                if (!ring.TryGetSpan(rows.Offset, rows.Length, out var span))
+                {
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, "shared_rows"));
+                }
+                if (scratch.Length < span.Length)
+                {
+                    scratch = new byte[span.Length];
+                }
+                span.CopyTo(scratch);
+                scratch.AsSpan(0, span.Length).CopyTo(span);
+            }
+            finally
+            {
+                ring.Release();
+            }
+            return new ExpertReply { RequestId = h.RequestId, Status = new ReplyStatus(), Dtype = h.Dtype, Rows = h.Rows, HiddenSize = h.HiddenSize, SharedRows = rows };
         }
     }
 }

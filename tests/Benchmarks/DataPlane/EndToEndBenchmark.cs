@@ -41,9 +41,14 @@ internal static class EndToEndBenchmark
         var options = new LocalClusterOptions { Workers = workers, ModelDirectory = model };
         await using var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = WireDType.Bf16 }, _ => { },
             NullLoggerFactory.Instance, CancellationToken.None);
-        foreach (var (wire, shared) in new[] { (WireDType.Bf16, false), (WireDType.Fp32, false), (WireDType.Bf16, true), (WireDType.Fp8E4M3, false) })
+        // shm = rows in the shared ring with the descriptor on the stream; shm bell = the ring doorbell (issue #15).
+        foreach (var (wire, shared, bell) in new[]
         {
-            var dispatcher = cluster.CreateDispatcher(new DistributionOptions { WireDType = wire, PreferSharedMemory = shared });
+            (WireDType.Bf16, false, false), (WireDType.Fp32, false, false), (WireDType.Bf16, true, false), (WireDType.Bf16, true, true),
+            (WireDType.Fp32, true, false), (WireDType.Fp32, true, true), (WireDType.Fp8E4M3, false, false),
+        })
+        {
+            var dispatcher = cluster.CreateDispatcher(new DistributionOptions { WireDType = wire, PreferSharedMemory = shared, RingDoorbell = bell });
             using var engine = Llama4Engine.Load(model, new CpuKernelBackend(1), dispatcher);
             await DecodeAsync(engine, prompt, 4);
             dispatcher.Statistics.Reset();
@@ -51,7 +56,7 @@ internal static class EndToEndBenchmark
             var s = dispatcher.Statistics;
             double perLayerUs = (1e6 / tps - 1e6 / localTps) / moeLayers;
             double n = s.Dispatches;
-            Console.WriteLine($"| {workers} workers | {wire}{(shared ? " shm" : "")} | {tps:F1} | {tps / localTps:F2}× | {perLayerUs:F0} µs | {1000 * s.SerializeMs / n:F0} µs | {1000 * s.WaitMs / n:F0} µs | {1000 * s.WorkerMs / n:F0} µs | {1000 * s.CombineMs / n:F0} µs |");
+            Console.WriteLine($"| {workers} workers | {wire}{(shared ? " shm" : "")}{(bell ? " bell" : "")} | {tps:F1} | {tps / localTps:F2}× | {perLayerUs:F0} µs | {1000 * s.SerializeMs / n:F0} µs | {1000 * s.WaitMs / n:F0} µs | {1000 * s.WorkerMs / n:F0} µs | {1000 * s.CombineMs / n:F0} µs |");
         }
         return 0;
     }

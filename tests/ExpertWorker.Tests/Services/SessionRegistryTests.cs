@@ -120,4 +120,33 @@ public sealed class SessionRegistryTests
         mapped.Release();
         Assert.False(mapped.TryGetSpan(0, 4, out _));
     }
+
+    [Fact]
+    public void Doorbell_OnlyWithARingLargeEnough_ItsRowsStartAfterTheControlArea_AndOneStreamClaimsIt()
+    {
+        var nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
+        var session = new WorkerSession("1".PadLeft(32, '0'), "c", RowTransport.SharedMemoryFd, _time, nonce, RingControl.MinRingBytes,
+            TimeSpan.FromSeconds(30), doorbell: true);
+        Assert.True(session.Doorbell);
+        Assert.Equal((ulong)RingControl.ControlBytes, session.RowsStart);
+        Assert.True(session.TryClaimDoorbell(out var positions));
+        Assert.Equal((0L, 0L), positions);
+        Assert.False(session.TryClaimDoorbell(out _));
+        // The next stream goes on where the previous one left the queues.
+        session.ReleaseDoorbell((3, 5));
+        Assert.True(session.TryClaimDoorbell(out positions));
+        Assert.Equal((3L, 5L), positions);
+
+        // Too small a ring, no ring at all, or not asked for: no doorbell, rows anywhere.
+        var small = new WorkerSession("2".PadLeft(32, '0'), "c", RowTransport.SharedMemoryFd, _time, nonce, RingControl.MinRingBytes - 1,
+            TimeSpan.FromSeconds(30), doorbell: true);
+        var inline = new WorkerSession("3".PadLeft(32, '0'), "c", RowTransport.Inline, _time, doorbell: true);
+        var plain = Session("4", nonce, RingControl.MinRingBytes);
+        foreach (var s in new[] { small, inline, plain })
+        {
+            Assert.False(s.Doorbell);
+            Assert.Equal(0UL, s.RowsStart);
+            Assert.False(s.TryClaimDoorbell(out _));
+        }
+    }
 }

@@ -140,7 +140,7 @@ public partial class HostileWorker : IAsyncLifetime
     }
 
     /// <summary>Hello, offering (or not) the shared-memory transport with a ring of <paramref name="ringBytes"/>.</summary>
-    public async Task<HelloReply> HelloAsync(bool sharedMemory = true, long ringBytes = 1 << 20, Metadata? headers = null)
+    public async Task<HelloReply> HelloAsync(bool sharedMemory = true, long ringBytes = 1 << 20, Metadata? headers = null, bool doorbell = false)
     {
         var hello = new HelloRequest
         {
@@ -149,7 +149,7 @@ public partial class HostileWorker : IAsyncLifetime
         if (sharedMemory)
         {
             hello.Transports.Add(RowTransport.SharedMemoryFd);
-            hello.SharedRing = new SharedRingOffer { SizeBytes = (ulong)ringBytes, HostId = SharedRing.LocalHostId };
+            hello.SharedRing = new SharedRingOffer { SizeBytes = (ulong)ringBytes, HostId = SharedRing.LocalHostId, Doorbell = doorbell };
         }
         hello.Transports.Add(RowTransport.Inline);
         return await Channel.CreateCallInvoker().AsyncUnaryCall(ExpertWorkerMethods.Hello, null,
@@ -214,17 +214,24 @@ public partial class HostileWorker : IAsyncLifetime
 
     /// <summary>
     /// A session as a well-behaved coordinator sets it up: Hello with a ring of <paramref name="ringBytes"/>, a sealed memfd
-    /// offered and attached, mapped here too, and a Dispatch stream on the session. Dispose it in the test.
+    /// offered and attached, mapped here too, and a Dispatch stream on the session. With <paramref name="doorbell"/> the
+    /// ring doorbell is asked for (and must be agreed) and its control area initialized before the ring is passed on.
+    /// Dispose it in the test.
     /// </summary>
-    public async Task<AttachedSession> AttachAsync(long ringBytes)
+    public async Task<AttachedSession> AttachAsync(long ringBytes, bool doorbell = false)
     {
-        var hello = await HelloAsync(ringBytes: ringBytes);
+        var hello = await HelloAsync(ringBytes: ringBytes, doorbell: doorbell);
+        Assert.Equal(doorbell, hello.SharedRing.Doorbell);
         var fd = Memfd(ringBytes);
         try
         {
+            var ring = SharedRing.MapReceived(fd, (ulong)ringBytes, ringBytes);
+            if (doorbell)
+            {
+                RingControl.Initialize(ring);
+            }
             var (attached, why) = await OfferAsync(hello, [fd]);
             Assert.True(attached, why);
-            var ring = SharedRing.MapReceived(fd, (ulong)ringBytes, ringBytes);
             var call = Channel.CreateCallInvoker().AsyncDuplexStreamingCall(ExpertWorkerMethods.Dispatch, null, new CallOptions(Headers(session: hello.SessionId)));
             return new AttachedSession(hello, fd, ring, call);
         }
