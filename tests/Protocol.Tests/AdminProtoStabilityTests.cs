@@ -102,6 +102,7 @@ public class AdminProtoStabilityTests
         "RebalanceReply.experts_moved=5",
         "RebalanceReply.dry_run=6",
         "GetOperationRequest.id=1",
+        "GetOperationRequest.wait_seconds=2",
     ];
 
     [Fact]

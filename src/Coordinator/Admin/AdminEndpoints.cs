@@ -46,8 +46,9 @@ public static partial class AdminEndpoints
         group.MapGet("/serving", (HttpContext http, CancellationToken ct) => RunAsync(() => Task.FromResult(Results.Json(Admin(http).GetServing(), Json))))
             .WithName("GetServing").WithSummary("The scheduler now (queue, running batch, KV blocks) and its counters since start (tokens, finished requests, time to first token and between tokens).")
             .Produces<ServingInfo>().ProducesAdminErrors();
-        group.MapGet("/operations/{id}", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Results.Json(await Admin(http).GetOperationAsync(id, ct), Json)))
-            .WithName("GetOperation").WithSummary("Progress and outcome of a plan change.")
+        group.MapGet("/operations/{id}", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () =>
+                Results.Json(await Admin(http).GetOperationAsync(id, WaitParameter(http), ct), Json)))
+            .WithName("GetOperation").WithSummary("Progress and outcome of a plan change; ?wait=SECONDS (0-60) answers once it leaves Staging or the wait ends.")
             .Produces<OperationInfo>().ProducesAdminErrors();
         group.MapPost("/workers/{id}/drain", (string id, HttpContext http, CancellationToken ct) => RunAsync(async () => Accepted(await Admin(http).DrainAsync(id, ct))))
             .WithName("DrainWorker").WithSummary("Moves the worker's experts elsewhere (staged); once completed the worker holds nothing and is safe to stop.")
@@ -75,6 +76,21 @@ public static partial class AdminEndpoints
     }
 
     // Resolved inside the handler, after the token check: an unauthenticated call never touches the cluster.
+    // ?wait=SECONDS: an integer 0-60 (ClusterAdmin checks the range); anything else is a 400 naming the parameter.
+    private static TimeSpan WaitParameter(HttpContext http)
+    {
+        var values = http.Request.Query["wait"];
+        if (values.Count == 0)
+        {
+            return TimeSpan.Zero;
+        }
+        if (values.Count > 1 || !int.TryParse(values[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int seconds))
+        {
+            throw new AdminException(400, Protocol.Grains.PlanChangeError.InvalidArgument, "wait must be one whole number of seconds (0 to 60)", "wait");
+        }
+        return TimeSpan.FromSeconds(seconds);
+    }
+
     private static ClusterAdmin Admin(HttpContext http) => http.RequestServices.GetRequiredService<ClusterAdmin>();
 
     private static RouteHandlerBuilder ProducesAdminErrors(this RouteHandlerBuilder builder)

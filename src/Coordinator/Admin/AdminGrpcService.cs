@@ -137,7 +137,7 @@ public sealed class AdminGrpcService(ClusterAdmin admin, Distributed.Hosting.Bea
 
     /// <inheritdoc />
     public override Task<OperationReply> GetOperation(GetOperationRequest request, ServerCallContext context)
-        => RunAsync(context, async ct => new OperationReply { Operation = ToProto(await admin.GetOperationAsync(request.Id, ct)) });
+        => RunAsync(context, async ct => new OperationReply { Operation = ToProto(await admin.GetOperationAsync(request.Id, TimeSpan.FromSeconds(request.WaitSeconds), ct)) });
 
     private async Task<T> RunAsync<T>(ServerCallContext context, Func<CancellationToken, Task<T>> action)
     {

@@ -13,7 +13,9 @@ namespace Distributed.Coordinator.Admin;
 /// <param name="placement">The placement follower (Orleans client).</param>
 /// <param name="dispatcher">The dispatcher whose statistics the load view reports.</param>
 /// <param name="serving">This coordinator's scheduler counters, or null while it has none (not serving, or not started yet).</param>
-public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertDispatcher dispatcher, Func<Serving.Scheduling.SchedulerStats?>? serving = null)
+/// <param name="timeProvider">The clock of operation waits (the system clock when null).</param>
+public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertDispatcher dispatcher, Func<Serving.Scheduling.SchedulerStats?>? serving = null,
+    TimeProvider? timeProvider = null)
 {
     private static readonly TimeSpan ShardProbe = TimeSpan.FromSeconds(1);
     private readonly long _started = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -168,15 +170,47 @@ public sealed class ClusterAdmin(ClusterPlacementFollower placement, GrpcExpertD
 
     /// <summary>A plan change by id.</summary>
     /// <exception cref="AdminException">404 unknown operation.</exception>
-    public async Task<OperationInfo> GetOperationAsync(string id, CancellationToken cancellationToken)
+    public Task<OperationInfo> GetOperationAsync(string id, CancellationToken cancellationToken)
+        => GetOperationAsync(id, TimeSpan.Zero, cancellationToken);
+
+    private static readonly TimeSpan WaitStep = TimeSpan.FromSeconds(10);
+
+    /// <summary>Longest <c>wait</c> a caller may ask of <see cref="GetOperationAsync(string, TimeSpan, CancellationToken)"/>.</summary>
+    public static readonly TimeSpan MaxOperationWait = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// Operation <paramref name="id"/>; while it is still <c>Staging</c>, waits up to <paramref name="wait"/> (at most
+    /// <see cref="MaxOperationWait"/>) for it to complete or fail, on the placement grain's change notification (every
+    /// operation state change bumps the snapshot generation), and then answers with its state at that time.
+    /// </summary>
+    /// <exception cref="AdminException">400 for a bad id or wait, 404 for an unknown operation, 503 when the grain does not answer.</exception>
+    public async Task<OperationInfo> GetOperationAsync(string id, TimeSpan wait, CancellationToken cancellationToken)
     {
         if (string.IsNullOrWhiteSpace(id) || id.Length > 64)
         {
             throw new AdminException(400, PlanChangeError.InvalidArgument, "operation id must be 1 to 64 characters", "id");
         }
-        var op = await CallAsync(() => placement.PlacementGrain.GetOperationAsync(id), cancellationToken).ConfigureAwait(false)
-            ?? throw new AdminException(404, "unknown_operation", $"operation '{id}' is unknown (the cluster keeps the most recent 256)", "id");
-        return ToOperation(op);
+        if (wait < TimeSpan.Zero || wait > MaxOperationWait)
+        {
+            throw new AdminException(400, PlanChangeError.InvalidArgument, $"wait must be 0 to {MaxOperationWait.TotalSeconds:F0} seconds", "wait");
+        }
+        var grain = placement.PlacementGrain;
+        var time = timeProvider ?? TimeProvider.System;
+        long start = time.GetTimestamp();
+        while (true)
+        {
+            // The generation is read first: a change between it and the operation read ends the wait below at once.
+            long generation = wait > TimeSpan.Zero ? (await CallAsync(grain.GetSnapshotAsync, cancellationToken).ConfigureAwait(false)).Generation : 0;
+            var op = await CallAsync(() => grain.GetOperationAsync(id), cancellationToken).ConfigureAwait(false)
+                ?? throw new AdminException(404, "unknown_operation", $"operation '{id}' is unknown (the cluster keeps the most recent 256)", "id");
+            var left = wait - time.GetElapsedTime(start);
+            if (op.State != OperationState.Staging || left <= TimeSpan.Zero)
+            {
+                return ToOperation(op);
+            }
+            // One grain call waits at most WaitStep, well inside the grain call timeout; the loop covers longer waits.
+            await CallAsync(() => grain.WaitForChangeAsync(generation, left < WaitStep ? left : WaitStep), cancellationToken).ConfigureAwait(false);
+        }
     }
 
     private static PlacementOperation Accepted(PlanChangeResult result)

@@ -105,8 +105,8 @@ public static partial class CommandLine
             string state = op.GetProperty("state").GetString()!;
             while (state == "Staging")
             {
-                await Task.Delay(200, ct).ConfigureAwait(false);
-                (ok, json) = await SendAsync(http, new HttpRequestMessage(HttpMethod.Get, $"admin/v1/operations/{Uri.EscapeDataString(id)}"), stderr, ct).ConfigureAwait(false);
+                // A long poll: the server answers once the operation leaves Staging, or after 30 s with it still staging.
+                (ok, json) = await SendAsync(http, new HttpRequestMessage(HttpMethod.Get, $"admin/v1/operations/{Uri.EscapeDataString(id)}?wait=30"), stderr, ct).ConfigureAwait(false);
                 if (!ok)
                 {
                     return 1;

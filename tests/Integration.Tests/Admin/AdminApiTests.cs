@@ -28,10 +28,10 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
     private async Task<OperationInfo> WaitAsync(OperationInfo op)
     {
         using var client = fixture.Client();
-        for (int i = 0; i < 600 && op.State == "Staging"; i++)
+        // The long poll answers once the operation leaves Staging (or after 30 s with it still staging).
+        for (int i = 0; i < 4 && op.State == "Staging"; i++)
         {
-            await Task.Delay(50);
-            op = (await client.GetFromJsonAsync<OperationInfo>($"/admin/v1/operations/{op.Id}", Json))!;
+            op = (await client.GetFromJsonAsync<OperationInfo>($"/admin/v1/operations/{op.Id}?wait=30", Json))!;
         }
         Assert.Equal("Completed", op.State);
         await Distributed.Integration.Tests.Chaos.ChaosCluster.EventuallyAsync(
@@ -159,6 +159,13 @@ public sealed class AdminApiTests(AdminClusterFixture fixture, ITestOutputHelper
         Assert.Equal("load_window", e.Field);
         e = await ErrorAsync(await client.GetAsync("/admin/v1/operations/op-999999"), HttpStatusCode.NotFound);
         Assert.Equal("unknown_operation", e.Code);
+        e = await ErrorAsync(await client.GetAsync("/admin/v1/operations/op-999999?wait=5"), HttpStatusCode.NotFound);
+        Assert.Equal("unknown_operation", e.Code);
+        foreach (string wait in new[] { "61", "-1", "1.5", "soon", "1&wait=2" })
+        {
+            e = await ErrorAsync(await client.GetAsync($"/admin/v1/operations/op-1?wait={wait}"), HttpStatusCode.BadRequest);
+            Assert.Equal(("invalid_argument", "wait"), (e.Code, e.Field));
+        }
 
         var after = await PlacementAsync();
         Assert.Equal(before.PlanVersion, after.PlanVersion);
