@@ -22,6 +22,10 @@
 # share of the HBM floor, when the deadline leaves 150 s). GPUCHECK_ARGS="--only devicepath" runs that part alone
 # (parity about 10 s, the tiny decode about 20 s, writing the 4 GB synthetic checkpoint plus its on/off decode about
 # 60-90 s on an H100; --quick leaves out the synthetic stack), well inside the 300 s default.
+# The expert worker's compute from wire rows (issues #12, #15): the device path (wire bytes uploaded as they are, decoded,
+# checked, computed and encoded on the device) bitwise against the host path, and both timed in the same run for a
+# worker's 16 Maverick FP8 experts at 16/128/512 rows of bf16 and FP8 wire rows. GPUCHECK_ARGS="--only worker" runs that
+# part alone (parity a few seconds; the 2 GB of FP8 expert weights and the timing about 30-60 s on an H100; --quick: 2 sizes).
 #
 # Environment for run: OUT (report folder), GPUCHECK_ARGS (extra arguments, e.g. --quick), GPUCHECK_TIMEOUT (s, 300).
 set -uo pipefail

@@ -25,14 +25,17 @@ public static class DeviceMemoryBudget
     public const long DefaultHeadroomBytes = 2L << 30;
 
     /// <summary>
-    /// Device scratch of one expert FFN call over <paramref name="rows"/> rows in this build's CUDA backend, bytes.
-    /// bf16 experts (<c>SwiGluFfnGrouped</c>, split precision, the worst case): input rows fp32 (4·H per row), the
-    /// output rows fp32 (4·H), a row map (4), and over the padded layout of L = max(2·rows, rows + 512) rows (the
-    /// padded-batched path pads to at most that) the split bf16 input (2·2·H), the gate/up output (2·2I·4), the bf16
-    /// activations (2·I·2) and the down output (2·H·4): rows·(8·H + 4) + L·(12·H + 20·I).
-    /// FP8 experts (<c>fp8_gemm</c>, one call per expert, W8A8 the worst case): input, output and quantized input fp32
-    /// (3·4·H), gate/up output (8·I), activations and their quantized copy (2·4·I), two row-scale vectors (8):
-    /// rows·(12·H + 16·I + 8).
+    /// Device scratch of one expert FFN call over <paramref name="rows"/> rows in this build's CUDA backend, bytes, as a
+    /// worker runs it (<c>CudaWireBatch</c>: the wire rows, at most fp32 (4·H per row), the decoded fp32 input (4·H), the
+    /// fp32 output (4·H) and the reply region, at most bf16 reply plus verdict (2·H + 8, the fp32 reply is the output
+    /// itself): 14·H + 8 per row, of which the FFN's own input and output are 8·H).
+    /// bf16 experts (<c>SwiGluFfnGrouped</c>, split precision, the worst case): those rows, a row map (4), and over the
+    /// padded layout of L = max(2·rows, rows + 512) rows (the padded-batched path pads to at most that) the split bf16
+    /// input (2·2·H), the gate/up output (2·2I·4), the bf16 activations (2·I·2) and the down output (2·H·4):
+    /// rows·(14·H + 12) + L·(12·H + 20·I).
+    /// FP8 experts (<c>fp8_gemm</c>, one call per expert, W8A8 the worst case): those rows, the quantized input fp32
+    /// (4·H), gate/up output (8·I), activations and their quantized copy (2·4·I), two row-scale vectors (8):
+    /// rows·(18·H + 16·I + 16).
     /// </summary>
     /// <param name="rows">Rows of one call (a worker: <c>ExpertWorker:MaxRowsPerDispatch</c>).</param>
     /// <param name="hidden">H, the model's hidden size.</param>
@@ -50,10 +53,10 @@ public static class DeviceMemoryBudget
         }
         if (fp8Experts)
         {
-            return checked(rows * ((12 * hidden) + (16 * intermediate) + 8));
+            return checked(rows * ((18 * hidden) + (16 * intermediate) + 16));
         }
         long padded = Math.Max(2 * rows, rows + 512);
-        return checked((rows * ((8 * hidden) + 4)) + (padded * ((12 * hidden) + (20 * intermediate))));
+        return checked((rows * ((14 * hidden) + 12)) + (padded * ((12 * hidden) + (20 * intermediate))));
     }
 
     /// <summary>

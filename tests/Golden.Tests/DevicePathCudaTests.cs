@@ -124,20 +124,21 @@ public sealed class DevicePathCudaTests(ITestOutputHelper output)
             Assert.Equal(host.Routing[s], device.Routing[s]);
             Assert.Null(host.Traffic[s]);
         }
-        // Step 2 (two decode rows): downloads are, per MoE layer, the dispatched rows and the top-k ids and scores, then the
-        // logits, plus (with the observer) each layer's residual stream, each router's logits and the final norm.
+        // Step 2 (two decode rows): downloads are, per MoE layer, the top-k ids and scores (the in-process experts run on
+        // the device rows), then the logits, plus (with the observer) each layer's residual stream, each router's logits
+        // and the final norm.
         var c = config!;
         int t = 2, moe = Enumerable.Range(0, c.NumLayers).Count(c.IsMoeLayer);
-        long expected = moe * ((long)t * c.HiddenSize * 4 + 8L * t * c.TopK) + 2L * c.VocabSize * 4
+        long expected = moe * (8L * t * c.TopK) + 2L * c.VocabSize * 4
             + c.NumLayers * (long)t * c.HiddenSize * 4 + moe * (long)t * c.NumExperts * 4 + (long)t * c.HiddenSize * 4;
         Assert.Equal(expected, device.Traffic[2]!.Value.DownloadedBytes);
         output.WriteLine($"{dtype} KV: device path = host-staged path bitwise over {host.Recorder.Names.Count} observed tensors and 3 steps; "
             + $"decode step of 2 rows moved {device.Traffic[2]!.Value.UploadedBytes} bytes up and {device.Traffic[2]!.Value.DownloadedBytes} down (with the observer)");
     }
 
-    /// <summary>Without the observer a decode step downloads only what the MoE dispatch and the sampler need.</summary>
+    /// <summary>Without the observer a decode step downloads only the routing and the logits: the in-process experts run on the device rows.</summary>
     [VisionGoldenCudaTests.CudaFact]
-    public async Task DecodeStep_DownloadsOnlyDispatchedRowsTopKAndLogits()
+    public async Task DecodeStep_DownloadsOnlyTopKAndLogits_TheExpertsRunOnDeviceRows()
     {
         using var backend = Backend(devicePath: true);
         using var engine = Llama4Engine.Load(TestPaths.Fixture("tiny-maverick"), backend);
@@ -148,11 +149,13 @@ public sealed class DevicePathCudaTests(ITestOutputHelper output)
         await engine.Model.ForwardAsync([new SequenceStep(cache, new[] { 4 }, LogitsRequest.Last)], false, CancellationToken.None);
         var (up, down, waits) = engine.Model.LastDeviceTraffic!.Value;
         int moe = Enumerable.Range(0, c.NumLayers).Count(c.IsMoeLayer);
-        // One wait per MoE layer (routing and dispatch rows together), one for the logits; dense layers never wait.
+        // One wait per MoE layer (the routing), one for the logits; dense layers never wait. The in-process routed experts
+        // take the device rows and leave device rows: no dispatched row comes down, no combined row goes up.
         Assert.Equal(moe + 1, waits);
-        Assert.Equal(moe * ((long)c.HiddenSize * 4 + 8L * c.TopK) + (long)c.VocabSize * 4, down);
-        // Up: the embedding row, its position and temperature factor, one KV slot per layer, the combined routed row per MoE layer.
-        long expectedUp = (long)c.HiddenSize * 4 + 4 + (c.AttnTemperatureTuning ? 4 : 0) + 4L * c.NumLayers + moe * (long)c.HiddenSize * 4;
+        Assert.Equal(moe * 8L * c.TopK + (long)c.VocabSize * 4, down);
+        // Up: the embedding row, its position and temperature factor, one KV slot per layer, and per MoE layer the routed
+        // rows' tokens and scores and each slot's row (three ints/floats per routed row).
+        long expectedUp = (long)c.HiddenSize * 4 + 4 + (c.AttnTemperatureTuning ? 4 : 0) + 4L * c.NumLayers + moe * 12L * c.TopK;
         Assert.Equal(expectedUp, up);
         output.WriteLine($"tiny-maverick decode step on the device path: {up} bytes up, {down} bytes down, {waits} waits ({moe} MoE layers of {c.NumLayers})");
 

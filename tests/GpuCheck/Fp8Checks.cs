@@ -15,7 +15,7 @@ internal static class Fp8Checks
         int.TryParse(Environment.GetEnvironmentVariable("DISTRIBUTED_GPUCHECK_BENCH_DIVISOR"), out int d) && d > 0 ? d : 1;
 
     /// <summary>Random finite E4M3 codes (every code but the two NaNs).</summary>
-    private static byte[] Codes(long n, Rng rng)
+    internal static byte[] Codes(long n, Rng rng)
     {
         var codes = new byte[n];
         for (long i = 0; i < n; i++)
@@ -31,7 +31,7 @@ internal static class Fp8Checks
         return codes;
     }
 
-    private static float[] Scales(int n, Rng rng)
+    internal static float[] Scales(int n, Rng rng)
     {
         var s = new float[n];
         for (int i = 0; i < n; i++)

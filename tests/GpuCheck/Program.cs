@@ -6,13 +6,14 @@ using Distributed.Kernels.Cuda;
 namespace Distributed.GpuCheck;
 
 /// <summary>
-/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8|devicepath]</c>: on a CUDA machine, checks every kernel op
+/// <c>Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8|devicepath|worker]</c>: on a CUDA machine, checks every kernel op
 /// against the CPU backend, runs the golden fixtures (the vision ones too) end to end on the CUDA backend, benchmarks the expert GEMMs and a
 /// decode step, writes DIR/report.md and DIR/report.json, and prints <c>GPU CHECK: N passed, N failed</c> last.
 /// <c>--only fp8</c> runs issue #12's part alone (FP8 and KV-dtype parity, the FP8 goldens, and with benchmarks the
 /// copy rate, the FP8 expert FFN and long-context decode per KV dtype), for a short device session. <c>--only devicepath</c>
 /// runs the device-resident path's part alone (parity against the host-staged path, decode with it on and off on
-/// tiny-maverick and on the synthetic maverick-h2048 stack with the share of the HBM floor).
+/// tiny-maverick and on the synthetic maverick-h2048 stack with the share of the HBM floor). <c>--only worker</c> runs the
+/// expert worker's compute from wire rows alone (device path = host path bitwise, then both timed at Maverick FP8 width).
 /// Exit code 0 only when every check passed. Without a usable device it prints <c>GPU CHECK: skipped (reason)</c>
 /// and exits 0.
 /// </summary>
@@ -25,6 +26,7 @@ internal static class Program
         bool bench = true;
         bool fp8Only = false;
         bool devicePathOnly = false;
+        bool workerOnly = false;
         double deadline = 270;
         for (int i = 0; i < args.Length; i++)
         {
@@ -47,12 +49,16 @@ internal static class Program
                     devicePathOnly = true;
                     i++;
                     break;
+                case "--only" when i + 1 < args.Length && args[i + 1] == "worker":
+                    workerOnly = true;
+                    i++;
+                    break;
                 case "--deadline" when i + 1 < args.Length && double.TryParse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture, out double d) && d > 0:
                     deadline = d;
                     i++;
                     break;
                 default:
-                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8|devicepath]");
+                    Console.Error.WriteLine($"unknown or incomplete argument '{args[i]}'. Usage: Distributed.GpuCheck [--out DIR] [--quick] [--no-bench] [--deadline SECONDS] [--only fp8|devicepath|worker]");
                     return 2;
             }
         }
@@ -61,7 +67,7 @@ internal static class Program
         using var watchdog = StartWatchdog(report, outDir, deadline);
         try
         {
-            return Run(report, outDir, quick, bench, deadline, fp8Only, devicePathOnly);
+            return Run(report, outDir, quick, bench, deadline, fp8Only, devicePathOnly, workerOnly);
         }
         catch (Exception e)
         {
@@ -72,7 +78,7 @@ internal static class Program
         }
     }
 
-    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline, bool fp8Only, bool devicePathOnly)
+    private static int Run(CheckReport report, string? outDir, bool quick, bool bench, double deadline, bool fp8Only, bool devicePathOnly, bool workerOnly)
     {
         var sw = Stopwatch.StartNew();
         var started = sw;
@@ -115,6 +121,17 @@ internal static class Program
             {
                 return RunFp8Only(report, outDir, quick, bench, cpu, split);
             }
+            if (workerOnly)
+            {
+                WorkerWireChecks.Parity(report, split);
+                if (bench)
+                {
+                    report.BenchSection("Worker expert compute", () => WorkerWireChecks.Bench(report, split, quick));
+                }
+                report.Write(outDir);
+                Console.WriteLine(report.SummaryLine());
+                return report.Failed == 0 ? 0 : 1;
+            }
             if (devicePathOnly)
             {
                 return RunDevicePathOnly(report, outDir, quick, bench, cpu, split);
@@ -134,6 +151,7 @@ internal static class Program
 
                 OpParity.Run(report, cpu, split, fast, perGroup, padded);
                 Fp8Checks.Parity(report, cpu, split);
+                WorkerWireChecks.Parity(report, split);
                 VisionChecks.RunOps(report, cpu, split, quick);
                 report.Write(outDir);
 
@@ -168,6 +186,7 @@ internal static class Program
                 report.BenchSection("Device-to-device copy", () => copy = GpuBenchmarks.CopyBandwidth(report, split, quick));
                 report.BenchSection("Expert GEMM", () => GpuBenchmarks.ExpertGemm(report, split, copy, quick));
                 report.BenchSection("FP8 expert FFN", () => Fp8Checks.ExpertFfnBench(report, split, copy, quick));
+                report.BenchSection("Worker expert compute", () => WorkerWireChecks.Bench(report, split, quick));
                 report.Write(outDir);
                 var precisions = new List<(string, CudaKernelBackend)> { ("split", split) };
                 if (fast is not null)

@@ -5,7 +5,7 @@ using Xunit.Abstractions;
 namespace Distributed.Integration.Tests;
 
 /// <summary>
-/// The CUDA tests of the kernel and golden suites (trait <c>Category=Gpu</c>), run on the CUDA emulator so that the CUDA
+/// The CUDA tests of the kernel, golden and expert-worker suites (trait <c>Category=Gpu</c>), run on the CUDA emulator so that the CUDA
 /// backend's code is checked on every machine with g++, not only where a GPU is lent. Each suite runs as a child
 /// <c>dotnet test</c> of its already-built assembly with <c>DISTRIBUTED_CUDA_LIBRARY_PATH</c> set for that child alone:
 /// in this process the variable would switch every <c>--backend auto</c> test to the emulator. On the emulator no CUDA
@@ -17,7 +17,10 @@ public sealed class CudaEmulatorSuiteTests(ITestOutputHelper output)
     public Task KernelSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Kernels.Tests", minimumTests: 18);
 
     [CudaEmulatorFact]
-    public Task GoldenSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Golden.Tests", minimumTests: 9);
+    public Task GoldenSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Golden.Tests", minimumTests: 14);
+
+    [CudaEmulatorFact]
+    public Task ExpertWorkerSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("ExpertWorker.Tests", minimumTests: 24);
 
     private async Task RunSuiteAsync(string project, int minimumTests)
     {

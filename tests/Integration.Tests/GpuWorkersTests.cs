@@ -80,6 +80,10 @@ public sealed partial class GpuWorkersTests(ITestOutputHelper output)
             Assert.Contains(lines, l => l.Contains($"starting worker-{worker} on GPU {gpu} (--gpu {gpu})", StringComparison.Ordinal));
             Assert.Contains(lines, l => l.StartsWith($"[worker-{worker} ", StringComparison.Ordinal)
                 && l.Contains($"] kernels: backend cuda:{gpu} (Emulated CUDA device (CPU))", StringComparison.Ordinal));
+            // Its requests run on the device from the wire bytes (issues #12, #15).
+            Assert.Contains(lines, l => l.StartsWith($"[worker-{worker} ", StringComparison.Ordinal)
+                && l.Contains($"experts on cuda:{gpu} (Emulated CUDA device (CPU)): wire rows uploaded as they arrive, decoded, checked and encoded on the device",
+                    StringComparison.Ordinal));
             // capacity = free − reserved − workspace − headroom, free measured on the worker's own device.
             var capacity = lines.Select(l => CapacityLine().Match(l)).Single(m => m.Success && m.Groups["worker"].Value == $"worker-{worker}");
             long Value(string name) => long.Parse(capacity.Groups[name].Value, CultureInfo.InvariantCulture);

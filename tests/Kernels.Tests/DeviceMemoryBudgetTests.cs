@@ -33,15 +33,15 @@ public sealed class DeviceMemoryBudgetTests
     public void ExpertScratch_Bf16_CountsThePaddedLayout()
     {
         // 100 rows pad to at most 100 + 512 = 612 rows: rows·(8H + 4) + 612·(12H + 20I).
-        Assert.Equal((100L * ((8 * 64) + 4)) + (612L * ((12 * 64) + (20 * 96))), DeviceMemoryBudget.ExpertScratchBytes(100, 64, 96, fp8Experts: false));
+        Assert.Equal((100L * ((14 * 64) + 12)) + (612L * ((12 * 64) + (20 * 96))), DeviceMemoryBudget.ExpertScratchBytes(100, 64, 96, fp8Experts: false));
         // 4096 rows pad to at most 2 × 4096.
-        Assert.Equal((4096L * ((8 * 5120) + 4)) + (8192L * ((12 * 5120) + (20 * 8192))), DeviceMemoryBudget.ExpertScratchBytes(4096, 5120, 8192, fp8Experts: false));
+        Assert.Equal((4096L * ((14 * 5120) + 12)) + (8192L * ((12 * 5120) + (20 * 8192))), DeviceMemoryBudget.ExpertScratchBytes(4096, 5120, 8192, fp8Experts: false));
         Assert.Equal(0, DeviceMemoryBudget.ExpertScratchBytes(0, 5120, 8192, fp8Experts: false));
     }
 
     [Fact]
     public void ExpertScratch_Fp8_IsPerRow()
-        => Assert.Equal(4096L * ((12 * 5120) + (16 * 8192) + 8), DeviceMemoryBudget.ExpertScratchBytes(4096, 5120, 8192, fp8Experts: true));
+        => Assert.Equal(4096L * ((18 * 5120) + (16 * 8192) + 16), DeviceMemoryBudget.ExpertScratchBytes(4096, 5120, 8192, fp8Experts: true));
 
     [Fact]
     public void WorkerWorkspace_IsTwiceTheScratchPlusCublasPerCall()

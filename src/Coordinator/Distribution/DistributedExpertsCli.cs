@@ -304,13 +304,13 @@ public static class DistributedExpertsCli
     }
 
     // Workers log at Information; a CLI user needs only their problems, the launcher's progress lines, and each worker's
-    // kernel backend (its device) and placement capacity.
+    // kernel backend (its device), where its rows are decoded (device or host) and placement capacity.
     private static void WorkerLine(TextWriter log, string line)
     {
         bool fromWorker = line.StartsWith('[');
         if (!fromWorker || line.Contains(" fail: ", StringComparison.Ordinal) || line.Contains(" crit: ", StringComparison.Ordinal)
             || line.Contains("Unhandled exception", StringComparison.Ordinal) || line.Contains("] kernels: ", StringComparison.Ordinal)
-            || line.Contains(": placement capacity ", StringComparison.Ordinal))
+            || line.Contains(": placement capacity ", StringComparison.Ordinal) || line.Contains(": experts on ", StringComparison.Ordinal))
         {
             lock (log)
             {

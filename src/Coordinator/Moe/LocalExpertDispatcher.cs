@@ -1,5 +1,6 @@
 using Distributed.Checkpoint;
 using Distributed.Kernels;
+using Distributed.Kernels.Cuda;
 using Distributed.Protocol.Grpc;
 using Distributed.Protocol.Wire;
 
@@ -8,9 +9,10 @@ namespace Distributed.Coordinator.Moe;
 /// <summary>
 /// Runs every routed expert in-process on a kernel backend. Used by the in-process engine and as the reference the
 /// distributed dispatcher must match bitwise (fp32 wire). Expert weights are read from the checkpoint's memory map on
-/// first use of each (layer, expert) and kept.
+/// first use of each (layer, expert) and kept. On the CUDA backend's device path it also runs on device rows
+/// (<see cref="IDeviceExpertDispatcher"/>), with fp32 or bf16 rounding; FP8 rounding stays on the host path.
 /// </summary>
-public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
+public sealed class LocalExpertDispatcher : IExpertDispatcher, IDeviceExpertDispatcher, IDisposable
 {
     private readonly CheckpointReader _checkpoint;
     private readonly IKernelBackend _backend;
@@ -98,6 +100,51 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDisposable
             RoundTrip(outRows, h, combineWire.Combine);
         }
         return ValueTask.FromResult<DispatchHandle>(new LocalHandle(layer, plan, outRows));
+    }
+
+    /// <inheritdoc />
+    public bool CanRunOnDevice(CudaDeviceStep step)
+    {
+        ArgumentNullException.ThrowIfNull(step);
+        if (_backend is not CudaKernelBackend cuda || !step.RunsOn(cuda))
+        {
+            return false;
+        }
+        return WireRounding is not { } r || (r.Dispatch is WireDType.Fp32 or WireDType.Bf16 && r.Combine is WireDType.Fp32 or WireDType.Bf16);
+    }
+
+    /// <inheritdoc />
+    public void RunOnDevice(CudaDeviceStep step, int layer, DeviceTensor hidden, RoutingResult routing, DeviceTensor output)
+    {
+        ArgumentNullException.ThrowIfNull(step);
+        if ((uint)layer >= (uint)_c.NumLayers || _experts[layer] is null)
+        {
+            throw new ArgumentOutOfRangeException(nameof(layer), layer, "not a MoE layer");
+        }
+        if (!CanRunOnDevice(step))
+        {
+            throw new ArgumentException("the step is not on this dispatcher's CUDA backend, or the wire rounding is FP8", nameof(step));
+        }
+        int h = _c.HiddenSize;
+        var plan = DispatchPlan.Build(routing, _c.NumExperts);
+        var weights = routing.Weights.Span;
+        var scores = new float[plan.Rows];
+        var rowOf = new int[plan.Tokens * plan.TopK];
+        for (int r = 0; r < plan.Rows; r++)
+        {
+            scores[r] = weights[plan.PairTokens[r] * plan.TopK + plan.PairSlots[r]];
+            rowOf[plan.PairTokens[r] * plan.TopK + plan.PairSlots[r]] = r;
+        }
+        var gateUp = new IWeightMatrix[plan.Experts.Length];
+        var down = new IWeightMatrix[plan.Experts.Length];
+        for (int g = 0; g < plan.Experts.Length; g++)
+        {
+            var w = Get(layer, plan.Experts[g]);
+            gateUp[g] = w.GateUp;
+            down[g] = w.Down;
+        }
+        step.RoutedExperts(hidden, plan.Tokens, h, plan.PairTokens, scores, rowOf, plan.TopK, plan.RowCounts, gateUp, down,
+            WireRounding?.Dispatch == WireDType.Bf16, WireRounding?.Combine == WireDType.Bf16, output);
     }
 
     /// <inheritdoc />

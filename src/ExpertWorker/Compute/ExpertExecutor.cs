@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Diagnostics;
 using Distributed.ExpertWorker.Weights;
 using Distributed.Kernels;
+using Distributed.Kernels.Cuda;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grpc;
 using Distributed.Protocol.Wire;
@@ -13,13 +14,31 @@ namespace Distributed.ExpertWorker.Compute;
 /// grouped SwiGLU call (<see cref="IKernelBackend.SwiGluFfnGrouped"/>, whose per-row result does not depend on the
 /// batch), fp32 rows → payload in the request's reply dtype (<see cref="WireCodec.ReplyDType"/>), same row order.
 /// </summary>
-public sealed class ExpertExecutor(IKernelBackend backend, string expertActivations = "weight-only")
+/// <remarks>
+/// On a <see cref="CudaKernelBackend"/> (unless <paramref name="deviceWire"/> is false) the payload goes to the device as
+/// it arrived (<see cref="CudaWireBatch"/>: one copy into pinned staging, one upload of the wire bytes, decode + finite
+/// check + FFN + reply encode on the device, one download); otherwise the host decodes, the backend's host-span call runs
+/// the experts, and the host encodes. Both give the same reply bits and refuse the same rows with the same words.
+/// </remarks>
+/// <param name="backend">Where the experts run.</param>
+/// <param name="expertActivations">What the FP8 experts multiply, for the handshake.</param>
+/// <param name="deviceWire">False keeps a CUDA backend on the host decode/encode path (the comparison baseline of the
+/// tests and the GPU check).</param>
+public sealed class ExpertExecutor(IKernelBackend backend, string expertActivations = "weight-only", bool deviceWire = true)
 {
+    private long _deviceRequests;
+
     /// <summary>The arithmetic the experts compute in (<see cref="KernelCapabilities.Numerics"/>), for the handshake.</summary>
     public string Numerics => backend.Capabilities.Numerics;
 
     /// <summary>What the FP8 experts multiply (<c>weight-only</c> or <c>fp8-per-token</c>), for the handshake.</summary>
     public string ExpertActivations => expertActivations;
+
+    /// <summary>True when requests run on the device from their wire bytes (<see cref="CudaWireBatch"/>).</summary>
+    public bool UploadsWireRows => deviceWire && backend is CudaKernelBackend;
+
+    /// <summary>Requests computed on the device from their wire bytes so far (diagnostics).</summary>
+    public long DeviceRequests => Interlocked.Read(ref _deviceRequests);
 
     /// <summary>
     /// Computes the reply payload for <paramref name="request"/>, whose rows are in <paramref name="input"/> (header
@@ -54,6 +73,11 @@ public sealed class ExpertExecutor(IKernelBackend backend, string expertActivati
             counts[i] = (int)seg.Rows;
         }
 
+        if (deviceWire && backend is CudaKernelBackend cuda)
+        {
+            return TryExecuteOnDevice(cuda, request, input, gateUp, down, counts, output, out timings, out nonFiniteRow, out why);
+        }
+
         float[] x = ArrayPool<float>.Shared.Rent(elements);
         float[] y = ArrayPool<float>.Shared.Rent(elements);
         try
@@ -83,6 +107,59 @@ public sealed class ExpertExecutor(IKernelBackend backend, string expertActivati
             ArrayPool<float>.Shared.Return(y);
         }
     }
+
+    // The device path: DecodeNanos = the copy into pinned staging, ComputeNanos = upload, decode, experts, encode and
+    // download, EncodeNanos = the copy of the reply out of pinned staging.
+    private bool TryExecuteOnDevice(CudaKernelBackend cuda, ExpertRequest request, ReadOnlySpan<byte> input, IWeightMatrix[] gateUp, IWeightMatrix[] down,
+        int[] counts, Span<byte> output, out WorkerTimings timings, out int nonFiniteRow, out string why)
+    {
+        int hidden = (int)request.HiddenSize;
+        long t0 = Stopwatch.GetTimestamp();
+        using CudaWireBatch batch = cuda.BeginWireBatch(input.Length);
+        input.CopyTo(batch.Payload);
+        long t1 = Stopwatch.GetTimestamp();
+        int bad = batch.Run(ToKernel(request.Dtype), hidden, counts, gateUp, down, ToKernel(WireCodec.ReplyDType(request)));
+        long t2 = Stopwatch.GetTimestamp();
+        Interlocked.Increment(ref _deviceRequests);
+        if (bad >= 0)
+        {
+            // The words come from the host decoder run over the batch's private copy, the bytes the device checked: the
+            // same row and reason the host path gives.
+            long rowBytes = WireCodec.RowBytes(hidden, request.Dtype);
+            float[] scratch = ArrayPool<float>.Shared.Rent(hidden);
+            try
+            {
+                _ = WireCodec.TryDecodeFinite(batch.Payload.Slice((int)(bad * rowBytes), (int)rowBytes), request.Dtype, hidden, scratch.AsSpan(0, hidden),
+                    out _, out why);
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+            nonFiniteRow = bad;
+            timings = new WorkerTimings { DecodeNanos = Nanos(t1 - t0), ComputeNanos = Nanos(t2 - t1) };
+            return false;
+        }
+        batch.Reply.CopyTo(output);
+        long t3 = Stopwatch.GetTimestamp();
+        nonFiniteRow = -1;
+        why = "";
+        timings = new WorkerTimings
+        {
+            DecodeNanos = Nanos(t1 - t0),
+            ComputeNanos = Nanos(t2 - t1),
+            EncodeNanos = Nanos(t3 - t2),
+        };
+        return true;
+    }
+
+    private static DType ToKernel(WireDType dtype) => dtype switch
+    {
+        WireDType.Bf16 => DType.BF16,
+        WireDType.Fp32 => DType.F32,
+        WireDType.Fp8E4M3 => DType.F8E4M3,
+        _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a wire dtype"),
+    };
 
     private static ulong Nanos(long ticks) => (ulong)(ticks * 1_000_000_000.0 / Stopwatch.Frequency);
 }

@@ -11,6 +11,8 @@ public static class LogEvents
     public const int InsecureListener = 3002;
     /// <summary>The placement capacity the worker reports and where it came from (configured, GPU memory, host memory).</summary>
     public const int Capacity = 3003;
+    /// <summary>Where a request's rows are decoded and encoded: on the device from the wire bytes, or on the host.</summary>
+    public const int ExpertCompute = 3004;
     /// <summary>A shard applied a plan.</summary>
     public const int ShardApplied = 3010;
     /// <summary>A shard failed to apply a plan.</summary>

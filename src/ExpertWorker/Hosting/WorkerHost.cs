@@ -273,7 +273,8 @@ public sealed partial class WorkerHost : IAsyncDisposable
         var store = new ShardStore(workerId, model, new CheckpointExpertLoader(checkpoint, backend, options.ExpertLoad), options.MaxRowsPerDispatch, options.WarmUp,
             loggerFactory.CreateLogger<ShardStore>(), options.RetireDelay);
         builder.Services.AddSingleton(store);
-        builder.Services.AddSingleton(new ExpertExecutor(backend, options.ExpertLoad.ActivationsTag));
+        var executor = new ExpertExecutor(backend, options.ExpertLoad.ActivationsTag);
+        builder.Services.AddSingleton(executor);
         builder.Services.AddSingleton(Options.Create(options));
         DataPlaneSecurity.Add(builder, options, credential, maxMessage, ctx => opsListen?.IPEndPoint is { } ops && ctx.Connection.LocalPort == ops.Port);
         var instruments = new ExpertWorkerInstruments(store);
@@ -305,6 +306,9 @@ public sealed partial class WorkerHost : IAsyncDisposable
         }
         LogEffectiveOptions(log, workerId, model.Fingerprint, options.MaxRowsPerDispatch, maxMessage, backend.Name, options.StaticExperts ?? "(cluster plan)");
         LogCapacity(log, workerId, capacity.Bytes, capacity.Bytes / model.ExpertBytes, capacity.Source);
+        LogExpertCompute(log, workerId, backend.Name, executor.UploadsWireRows
+            ? "wire rows uploaded as they arrive, decoded, checked and encoded on the device"
+            : "rows decoded and encoded on the host");
 
         IHost? silo = null;
         try
@@ -482,6 +486,10 @@ public sealed partial class WorkerHost : IAsyncDisposable
     [LoggerMessage(EventId = Diagnostics.LogEvents.Capacity, Level = LogLevel.Information,
         Message = "Worker {WorkerId}: placement capacity {CapacityBytes} bytes ({Experts} experts), {CapacitySource}")]
     private static partial void LogCapacity(ILogger logger, string workerId, long capacityBytes, long experts, string capacitySource);
+
+    [LoggerMessage(EventId = Diagnostics.LogEvents.ExpertCompute, Level = LogLevel.Information,
+        Message = "Worker {WorkerId}: experts on {Backend}: {RowPath}")]
+    private static partial void LogExpertCompute(ILogger logger, string workerId, string backend, string rowPath);
 
     [LoggerMessage(EventId = Diagnostics.LogEvents.InsecureListener, Level = LogLevel.Warning,
         Message = "The data plane listens on {Address} WITHOUT TLS (--insecure): anyone on this network can read the rows; set Tls:CertificatePath, Tls:KeyPath and Tls:CaPath")]

@@ -52,6 +52,9 @@ internal sealed class CudaCallContext : IDisposable
 
     public EventHandle Stop { get; } = null!;
 
+    /// <summary>The owning backend's copy counters (set when the context is rented); null counts nothing.</summary>
+    public CudaTransferCounters? Transfers { get; set; }
+
     /// <summary>Set by <see cref="CudaCall.Complete"/>: the call's work finished, the context may serve the next call.</summary>
     public bool Completed { get; set; }
 

@@ -54,7 +54,7 @@ public readonly struct DevicePositions
 /// <see cref="CudaBackendOptions.Precision"/>, so results equal the host-staged path's (bitwise when cuBLAS picks the same
 /// algorithm for the same shapes, as it does run to run). Not thread-safe: one caller (the model's step) owns it.
 /// </summary>
-public sealed unsafe class CudaDeviceStep : IDisposable
+public sealed unsafe partial class CudaDeviceStep : IDisposable
 {
     private readonly CudaKernelBackend _owner;
     private readonly CudaCallContext _ctx;

@@ -93,58 +93,6 @@ public sealed unsafe partial class CudaKernelBackend
         _module.Fp8Gemm(stream, input, w.Codes, w.ScalePointer, rowScales, y, rows, w.InFeatures, w.OutFeatures);
     }
 
-    /// <summary>
-    /// <see cref="SwiGluFfnGrouped"/> when some group has FP8 weights: each group on its own, FP8 groups through
-    /// <c>fp8_gemm</c> (fp32 SwiGLU between the stages), bf16 groups through the bf16 path.
-    /// </summary>
-    private void RunFfnMixed(ReadOnlySpan<float> x, ReadOnlySpan<int> rowCounts, IReadOnlyList<IWeightMatrix> gateUp, IReadOnlyList<IWeightMatrix> down,
-        Span<float> y)
-    {
-        int hidden = -1;
-        long total = 0;
-        for (int g = 0; g < rowCounts.Length; g++)
-        {
-            Require(rowCounts[g] >= 0, $"rowCounts[{g}] = {rowCounts[g]} is negative", nameof(rowCounts));
-            int h = FfnHidden(gateUp[g], down[g], g);
-            if (rowCounts[g] == 0)
-            {
-                continue;
-            }
-            Require(hidden < 0 || h == hidden, $"gateUp[{g}] has H = {h}, other groups {hidden}", nameof(gateUp));
-            hidden = h;
-            total += rowCounts[g];
-        }
-        if (hidden < 0)
-        {
-            Require(x.Length == 0 && y.Length == 0, "x and y must be empty when every group has 0 rows", nameof(x));
-            return;
-        }
-        Require(x.Length == total * hidden, $"x has {x.Length} elements, expected Σrows×H = {total}×{hidden}", nameof(x));
-        Require(y.Length == total * hidden, $"y has {y.Length} elements, expected Σrows×H = {total}×{hidden}", nameof(y));
-        long offset = 0;
-        for (int g = 0; g < rowCounts.Length; g++)
-        {
-            int rows = rowCounts[g];
-            if (rows == 0)
-            {
-                continue;
-            }
-            int off = (int)(offset * hidden);
-            int len = rows * hidden;
-            if (gateUp[g] is CudaFp8WeightMatrix gu)
-            {
-                RunFfnFp8(x.Slice(off, len), rows, gu, OwnFp8(down[g], $"down[{g}]"), y.Slice(off, len));
-            }
-            else
-            {
-                var bgu = Own(gateUp[g], $"gateUp[{g}]");
-                var bdn = Own(down[g], $"down[{g}]");
-                RunFfn(x.Slice(off, len), [new FfnGroup(bgu, bdn, 0, rows)], hidden, bgu.OutFeatures / 2, y.Slice(off, len));
-            }
-            offset += rows;
-        }
-    }
-
     // H of one group, checking that gate_up [H, 2I] and down [I, H] belong to this backend, agree, and are both FP8 or
     // both bf16.
     private int FfnHidden(IWeightMatrix gateUp, IWeightMatrix down, int g)
@@ -160,18 +108,6 @@ public sealed unsafe partial class CudaKernelBackend
         Require(dn.InFeatures == inter && dn.OutFeatures == gu.InFeatures,
             $"down[{g}] is [{dn.InFeatures}, {dn.OutFeatures}], expected [I, H] = [{inter}, {gu.InFeatures}]", nameof(down));
         return gu.InFeatures;
-    }
-
-    private void RunFfnFp8(ReadOnlySpan<float> x, int rows, CudaFp8WeightMatrix gateUp, CudaFp8WeightMatrix down, Span<float> y)
-    {
-        int hidden = gateUp.InFeatures;
-        using var call = BeginCall();
-        CudaCallContext ctx = call.Context;
-        ulong dx = Upload(ctx, x);
-        ulong dy = ctx.Device.Alloc((long)rows * hidden * 4);
-        RunFfnFp8OnDevice(ctx, dx, rows, gateUp, down, dy);
-        Download(ctx, dy, y);
-        call.Complete();
     }
 
     /// <summary>Queues the FP8 SwiGLU FFN on device x [rows, H] into device y [rows, H].</summary>

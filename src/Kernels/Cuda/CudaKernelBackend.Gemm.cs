@@ -75,72 +75,140 @@ public sealed unsafe partial class CudaKernelBackend
 
     /// <inheritdoc />
     /// <remarks>All non-empty groups must share H (the width of x); groups that also share the intermediate size run
-    /// as one grouped GEMM per stage (<see cref="GroupedGemmPath"/>); otherwise each group runs on its own.</remarks>
+    /// as one grouped GEMM per stage (<see cref="GroupedGemmPath"/>); otherwise each group runs on its own. The rows are
+    /// uploaded once and the result downloaded once; the device work is <see cref="QueueFfn"/>, which the worker's wire
+    /// path (<see cref="BeginWireBatch"/>) and <see cref="CudaDeviceStep"/> run on device rows.</remarks>
     public void SwiGluFfnGrouped(ReadOnlySpan<float> x, ReadOnlySpan<int> rowCounts, IReadOnlyList<IWeightMatrix> gateUp,
         IReadOnlyList<IWeightMatrix> down, Span<float> y)
+    {
+        FfnPlan plan = PlanFfn(rowCounts, gateUp, down);
+        if (plan.Rows == 0)
+        {
+            Require(x.Length == 0 && y.Length == 0, "x and y must be empty when every group has 0 rows", nameof(x));
+            return;
+        }
+        Require(x.Length == plan.Rows * plan.Hidden, $"x has {x.Length} elements, expected Σrows×H = {plan.Rows}×{plan.Hidden}", nameof(x));
+        Require(y.Length == plan.Rows * plan.Hidden, $"y has {y.Length} elements, expected Σrows×H = {plan.Rows}×{plan.Hidden}", nameof(y));
+        using var call = BeginCall();
+        CudaCallContext ctx = call.Context;
+        ulong dx = Upload(ctx, x);
+        ulong dy = ctx.Device.Alloc(plan.Rows * plan.Hidden * 4);
+        QueueFfn(ctx, plan, dx, dy);
+        Download(ctx, dy, y);
+        call.Complete();
+    }
+
+    /// <summary>
+    /// What one grouped SwiGLU call runs: H, the total rows, and its parts in row order. A part is a row range that runs
+    /// as one unit: every non-empty group of an all-bf16 call with one intermediate size together (grouped, padded or per
+    /// group, <see cref="ChooseMode"/>); otherwise each non-empty group alone (FP8 groups through <c>fp8_gemm</c>).
+    /// </summary>
+    internal sealed record FfnPlan(int Hidden, long Rows, IReadOnlyList<FfnPart> Parts);
+
+    /// <summary>Rows <c>[Offset, Offset + Rows)</c> of a call: bf16 <see cref="Groups"/> (offsets relative to the part) or one FP8 expert.</summary>
+    internal sealed record FfnPart(long Offset, long Rows, List<FfnGroup>? Groups, int Inter, CudaFp8WeightMatrix? Fp8GateUp, CudaFp8WeightMatrix? Fp8Down);
+
+    /// <summary>
+    /// Validates a grouped call's weights (this backend's, gate_up [H, 2I] and down [I, H] agreeing, both FP8 or both
+    /// bf16, one H across non-empty groups, no negative count) and splits it into parts as the host call has always run it.
+    /// </summary>
+    /// <exception cref="ArgumentException">A count, weight or shape is wrong; the message names the group.</exception>
+    internal FfnPlan PlanFfn(ReadOnlySpan<int> rowCounts, IReadOnlyList<IWeightMatrix> gateUp, IReadOnlyList<IWeightMatrix> down)
     {
         ArgumentNullException.ThrowIfNull(gateUp);
         ArgumentNullException.ThrowIfNull(down);
         Require(gateUp.Count == rowCounts.Length && down.Count == rowCounts.Length,
             $"rowCounts ({rowCounts.Length}), gateUp ({gateUp.Count}) and down ({down.Count}) must have one entry per group", nameof(rowCounts));
-        for (int g = 0; g < rowCounts.Length; g++)
-        {
-            if (gateUp[g] is CudaFp8WeightMatrix || down[g] is CudaFp8WeightMatrix)
-            {
-                RunFfnMixed(x, rowCounts, gateUp, down, y);
-                return;
-            }
-        }
-        var groups = new List<FfnGroup>(rowCounts.Length);
-        long total = 0;
+        bool anyFp8 = false;
         int hidden = -1;
         int inter = -1;
         bool uniform = true;
+        long total = 0;
         for (int g = 0; g < rowCounts.Length; g++)
         {
-            int count = rowCounts[g];
-            Require(count >= 0, $"rowCounts[{g}] = {count} is negative", nameof(rowCounts));
-            CudaWeightMatrix gu = Own(gateUp[g], $"gateUp[{g}]");
-            CudaWeightMatrix dn = Own(down[g], $"down[{g}]");
-            Require(gu.OutFeatures % 2 == 0, $"gateUp[{g}] has odd width {gu.OutFeatures}; expected [H, 2I]", nameof(gateUp));
-            int gi = gu.OutFeatures / 2;
-            Require(dn.InFeatures == gi && dn.OutFeatures == gu.InFeatures,
-                $"down[{g}] is [{dn.InFeatures}, {dn.OutFeatures}], expected [I, H] = [{gi}, {gu.InFeatures}]", nameof(down));
-            if (count == 0)
+            Require(rowCounts[g] >= 0, $"rowCounts[{g}] = {rowCounts[g]} is negative", nameof(rowCounts));
+            int h = FfnHidden(gateUp[g], down[g], g);
+            anyFp8 |= gateUp[g] is CudaFp8WeightMatrix;
+            if (rowCounts[g] == 0)
             {
                 continue;
             }
-            if (hidden < 0)
-            {
-                hidden = gu.InFeatures;
-                inter = gi;
-            }
-            Require(gu.InFeatures == hidden, $"gateUp[{g}] has H = {gu.InFeatures}, other groups {hidden}", nameof(gateUp));
-            uniform &= gi == inter;
-            groups.Add(new FfnGroup(gu, dn, total, count));
-            total += count;
+            Require(hidden < 0 || h == hidden, $"gateUp[{g}] has H = {h}, other groups {hidden}", nameof(gateUp));
+            int gi = gateUp[g].OutFeatures / 2;
+            uniform &= inter < 0 || gi == inter;
+            hidden = h;
+            inter = gi;
+            total += rowCounts[g];
         }
-        if (groups.Count == 0)
+        var parts = new List<FfnPart>();
+        var together = new List<FfnGroup>();
+        long offset = 0;
+        for (int g = 0; g < rowCounts.Length; g++)
         {
-            Require(x.Length == 0 && y.Length == 0, "x and y must be empty when every group has 0 rows", nameof(x));
-            return;
-        }
-        Require(x.Length == total * hidden, $"x has {x.Length} elements, expected Σrows×H = {total}×{hidden}", nameof(x));
-        Require(y.Length == total * hidden, $"y has {y.Length} elements, expected Σrows×H = {total}×{hidden}", nameof(y));
-        if (!uniform)
-        {
-            foreach (FfnGroup group in groups)
+            int rows = rowCounts[g];
+            if (rows == 0)
             {
-                int off = (int)(group.Offset * hidden);
-                int len = (int)(group.Rows * hidden);
-                RunFfn(x.Slice(off, len), [group with { Offset = 0 }], hidden, group.GateUp.OutFeatures / 2, y.Slice(off, len));
+                continue;
             }
-            return;
+            if (gateUp[g] is CudaFp8WeightMatrix gu)
+            {
+                parts.Add(new FfnPart(offset, rows, null, 0, gu, (CudaFp8WeightMatrix)down[g]));
+            }
+            else
+            {
+                var group = new FfnGroup((CudaWeightMatrix)gateUp[g], (CudaWeightMatrix)down[g], 0, rows);
+                if (anyFp8 || !uniform)
+                {
+                    parts.Add(new FfnPart(offset, rows, [group], group.GateUp.OutFeatures / 2, null, null));
+                }
+                else
+                {
+                    together.Add(group with { Offset = offset });
+                }
+            }
+            offset += rows;
         }
-        RunFfn(x, groups, hidden, inter, y);
+        if (together.Count > 0)
+        {
+            parts.Add(new FfnPart(0, total, together, inter, null, null));
+        }
+        return new FfnPlan(Math.Max(hidden, 0), total, parts);
     }
 
-    private readonly record struct FfnGroup(CudaWeightMatrix GateUp, CudaWeightMatrix Down, long Offset, long Rows);
+    /// <summary>
+    /// Queues <paramref name="plan"/> on device x [rows, H] into device y [rows, H] on the call's stream: each part on
+    /// its row range, the part's scratch released once its work is queued. The same kernels and cuBLAS calls with the same
+    /// shapes whoever calls it (host-span, wire or device-step), so the results agree bit for bit.
+    /// </summary>
+    internal void QueueFfn(CudaCallContext ctx, FfnPlan plan, ulong dx, ulong dy)
+    {
+        int hidden = plan.Hidden;
+        foreach (FfnPart part in plan.Parts)
+        {
+            ulong px = dx + (ulong)(part.Offset * hidden * 4);
+            ulong py = dy + (ulong)(part.Offset * hidden * 4);
+            var mark = ctx.Device.Mark();
+            if (part.Fp8GateUp is { } gu)
+            {
+                RunFfnFp8OnDevice(ctx, px, (int)part.Rows, gu, part.Fp8Down!, py);
+            }
+            else
+            {
+                List<FfnGroup> groups = part.Groups!;
+                StageMode mode = ChooseMode(groups, part.Rows);
+                LastGroupedMode = mode switch
+                {
+                    StageMode.Grouped => "grouped",
+                    StageMode.Padded => "padded-batched",
+                    _ => groups.Count == 1 ? "single" : "per-group",
+                };
+                RunFfnOnDevice(ctx, mode, px, groups, part.Rows, hidden, part.Inter, py);
+            }
+            ctx.Device.Release(mark);
+        }
+    }
+
+    internal readonly record struct FfnGroup(CudaWeightMatrix GateUp, CudaWeightMatrix Down, long Offset, long Rows);
 
     /// <summary>Why the padded batched path is unusable (start-up probe), or null when it is usable.</summary>
     private string? _paddedProblem;
@@ -185,26 +253,7 @@ public sealed unsafe partial class CudaKernelBackend
         return uniform && padded <= Math.Max(2 * rows, rows + MaxExtraPaddedRows) ? StageMode.Padded : StageMode.PerGroup;
     }
 
-    private void RunFfn(ReadOnlySpan<float> x, List<FfnGroup> groups, int hidden, int inter, Span<float> y)
-    {
-        long rows = x.Length / hidden;
-        StageMode mode = ChooseMode(groups, rows);
-        LastGroupedMode = mode switch
-        {
-            StageMode.Grouped => "grouped",
-            StageMode.Padded => "padded-batched",
-            _ => groups.Count == 1 ? "single" : "per-group",
-        };
-        using var call = BeginCall();
-        CudaCallContext ctx = call.Context;
-        ulong dx = Upload(ctx, x);
-        ulong dy = ctx.Device.Alloc(rows * hidden * 4);
-        RunFfnOnDevice(ctx, mode, dx, groups, rows, hidden, inter, dy);
-        Download(ctx, dy, y);
-        call.Complete();
-    }
-
-    /// <summary>Queues the grouped SwiGLU FFN of <see cref="RunFfn"/> on device x [rows, hidden] into device y.</summary>
+    /// <summary>Queues the grouped SwiGLU FFN of a bf16 part (<see cref="QueueFfn"/>) on device x [rows, hidden] into device y.</summary>
     private void RunFfnOnDevice(CudaCallContext ctx, StageMode mode, ulong dx, List<FfnGroup> groups, long rows, int hidden, int inter, ulong dy)
     {
         int f = RowFactor;

@@ -305,6 +305,7 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         _context.SetCurrent();
         CudaCallContext ctx = _pool.TryTake(out CudaCallContext? c) ? c : new CudaCallContext(_context.DangerousGetHandle());
         ctx.Reset();
+        ctx.Transfers = _transfers;
         return ctx;
     }
 
@@ -334,6 +335,7 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         ulong host = ctx.Host.Alloc(bytes);
         source.CopyTo(new Span<T>((void*)host, source.Length));
         CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(device, (void*)host, (nuint)bytes, ctx.Stream.Value), "cuMemcpyHtoDAsync_v2");
+        ctx.Transfers?.CountHostToDevice(bytes);
         return device;
     }
 
@@ -344,6 +346,7 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         if (bytes > 0)
         {
             CuDriver.Check(CuDriver.cuMemcpyDtoHAsync((void*)host, device, (nuint)bytes, ctx.Stream.Value), "cuMemcpyDtoHAsync_v2");
+            ctx.Transfers?.CountDeviceToHost(bytes);
         }
         return (nint)host;
     }

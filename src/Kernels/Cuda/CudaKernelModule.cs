@@ -14,7 +14,7 @@ namespace Distributed.Kernels.Cuda;
 /// <c>compute_XY</c> PTX, which the driver compiles at load. <c>--fmad=false</c> keeps the elementwise arithmetic
 /// (RoPE rotation, SiLU) rounding like the CPU backend's; these kernels are memory-bound, so it costs nothing measurable.
 /// </remarks>
-internal sealed unsafe class CudaKernelModule : IDisposable
+internal sealed unsafe partial class CudaKernelModule : IDisposable
 {
     /// <summary>Manifest name of the embedded kernel source.</summary>
     public const string SourceResourceName = "Distributed.Kernels.Cuda.native.kernels.cu";
@@ -31,7 +31,7 @@ internal sealed unsafe class CudaKernelModule : IDisposable
         "split_bf16", "combine_split", "swiglu_split", "rmsnorm", "silu_mul", "add_inplace", "rope", "attention",
         "attention_split", "attention_combine", "kv_scatter", "softmax_rows", "argmax_rows", "topk_rows", "layernorm", "gelu", "add_bias",
         "rotate_pairs", "fp8_gemm", "fp8_quant_rows", "swiglu_f32", "attention_split_bf16", "attention_split_fp8", "kv_scatter_bf16", "kv_scatter_fp8",
-        "copy_cols", "scale_rows",
+        "copy_cols", "scale_rows", "wire_decode_rows", "wire_encode_bf16", "gather_scaled_rows", "combine_rows",
     ];
 
     private readonly CudaModuleHandle _module;

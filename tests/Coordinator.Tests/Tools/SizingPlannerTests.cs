@@ -49,9 +49,10 @@ public sealed class SizingPlannerTests
         Assert.Equal(7, fp8.Workers);
         Assert.Equal(439L, fp8.ExpertsPerWorker);                       // ceil(3072 / 7)
         Assert.Equal(439L * 125_915_136, fp8.WorkerWeightBytes);        // 51.5 GiB
-        // Per call: 4096 rows × (12·5120 + 16·8192 + 8) bytes of FP8 expert scratch, twice (arena growth), plus a 32 MiB
-        // cuBLAS workspace; two calls; plus the 2 GiB headroom (the same formula the worker measures with).
-        Assert.Equal((2L * ((2L * 4096 * ((12 * 5120) + (16 * 8192) + 8)) + (32L << 20))) + (2L << 30), fp8.WorkerWorkspaceBytes);
+        // Per call: 4096 rows × (18·5120 + 16·8192 + 16) bytes of FP8 expert scratch (wire rows, decoded input, output and
+        // reply included), twice (arena growth), plus a 32 MiB cuBLAS workspace; two calls; plus the 2 GiB headroom (the
+        // same formula the worker measures with).
+        Assert.Equal((2L * ((2L * 4096 * ((18 * 5120) + (16 * 8192) + 16)) + (32L << 20))) + (2L << 30), fp8.WorkerWorkspaceBytes);
         Assert.True(fp8.Fits);
         var bf16 = Plan(ExpertWeightFormat.Bf16);
         Assert.Equal(439L * 251_658_240, bf16.WorkerWeightBytes);       // 102.9 GiB > 80

@@ -177,7 +177,9 @@ public sealed partial class Llama4Model
     /// <summary>
     /// The MoE block of <see cref="MoeDispatchAsync"/> and its combine on the device: router and top-k on the device (ids and scores come back), the
     /// normed rows go to the dispatcher, the shared expert is queued on the device while the routed experts run, and the
-    /// combined routed rows come back up to be added.
+    /// combined routed rows come back up to be added. A dispatcher that runs on this step's device
+    /// (<see cref="IDeviceExpertDispatcher"/>: the in-process experts on the CUDA backend) takes the device rows and leaves
+    /// device rows instead: only the top-k ids and scores cross PCIe.
     /// </summary>
     private async ValueTask<int[]> MoeOnDeviceAsync(CudaDeviceStep step, int il, IWeightMatrix router, Llama4LayerWeights lw, DeviceTensor x, int t,
         DeviceTensor output, DeviceTensor routed, DeviceTensor routerLogits, float[] host, float[] routedHost, CancellationToken cancellationToken)
@@ -193,11 +195,27 @@ public sealed partial class Llama4Model
         }
         var ids = new int[t * topK];
         var scores = new float[t * topK];
-        // One wait for the routing and the rows to dispatch.
-        step.TopK(logits, t, e, topK, ids, scores, x, host.AsSpan(0, t * h));
+        // In-process experts on this backend stay on the device (only the routing comes back); otherwise one wait for the
+        // routing and the rows to dispatch.
+        IDeviceExpertDispatcher? onDevice = _experts is IDeviceExpertDispatcher d && d.CanRunOnDevice(step) ? d : null;
+        if (onDevice is not null)
+        {
+            step.TopK(logits, t, e, topK, ids, scores);
+        }
+        else
+        {
+            step.TopK(logits, t, e, topK, ids, scores, x, host.AsSpan(0, t * h));
+        }
         for (int i = 0; i < scores.Length; i++)
         {
             scores[i] = (float)(1.0 / (1.0 + Math.Exp(-scores[i])));
+        }
+        if (onDevice is not null)
+        {
+            onDevice.RunOnDevice(step, il, x, new RoutingResult(ids, scores, topK), routed);
+            step.SwiGluFfn(x, t, lw.FfnGateUp, lw.FfnDown, output);
+            step.Add(output, routed);
+            return ids;
         }
         var handle = await _experts.DispatchAsync(il, host.AsMemory(0, t * h), new RoutingResult(ids, scores, topK), cancellationToken).ConfigureAwait(false);
         step.SwiGluFfn(x, t, lw.FfnGateUp, lw.FfnDown, output);
@@ -210,8 +228,8 @@ public sealed partial class Llama4Model
 
 /// <summary>What one device-resident step moved across PCIe (<see cref="Llama4Model.LastDeviceTraffic"/>).</summary>
 /// <param name="UploadedBytes">Host → device: embedding rows, positions, temperature factors, KV slots, combined expert rows
-/// (not the attention's per-call block tables).</param>
-/// <param name="DownloadedBytes">Device → host: per MoE layer the top-k ids and scores and the dispatched rows, the logits,
+/// (with experts on the device: their routed-row tokens, scores and slot rows instead; not the attention's per-call block tables).</param>
+/// <param name="DownloadedBytes">Device → host: per MoE layer the top-k ids and scores and (unless the experts run on the device) the dispatched rows, the logits,
 /// and what an <see cref="IActivationObserver"/> asked for.</param>
 /// <param name="Synchronizations">Times the step waited for the device: one per MoE layer and one for the logits without an observer.</param>
 public readonly record struct DeviceStepTraffic(long UploadedBytes, long DownloadedBytes, int Synchronizations);

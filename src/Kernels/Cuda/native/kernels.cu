@@ -960,3 +960,125 @@ KERNEL void swiglu_f32(const float* t, float* h, long long rows, int inter)
         h[i] = g / (1.0f + expf(-g)) * t[r * 2LL * inter + inter + c];
     }
 }
+
+// ---------------------------------------------------------------- worker wire rows (CudaKernelBackend.Wire.cs)
+// The data plane's row encodings (WireCodec on the host, little-endian): format 0 = fp32 bits; 1 = bf16 bits; 2 = per
+// row a 4-byte fp32 scale then one E4M3 code per element, decoded as code value * scale.
+
+#define WIRE_F32 0
+#define WIRE_BF16 1
+#define WIRE_FP8 2
+
+__device__ __forceinline__ bool wire_finite(float v)
+{
+    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// One block of REDUCE_THREADS per row r of src: x[r, :] = the decoded fp32 values (what WireCodec.TryDecodeFinite
+// stores), bad[r] = 1 when the row cannot be used, else 0: a NaN or +-Inf value; for FP8 also a scale that is not
+// finite and positive, a NaN code (0x7F/0xFF) or a product code * scale that overflows. The scale is read once per row.
+KERNEL void wire_decode_rows(const unsigned char* src, float* x, int* bad, int hidden, int format)
+{
+    __shared__ int flag;
+    long long r = blockIdx.x;
+    float* xr = x + r * hidden;
+    if (threadIdx.x == 0)
+    {
+        flag = 0;
+    }
+    __syncthreads();
+    int b = 0;
+    if (format == WIRE_FP8)
+    {
+        const unsigned char* row = src + r * (hidden + 4);
+        unsigned int sb = (unsigned int)row[0] | ((unsigned int)row[1] << 8) | ((unsigned int)row[2] << 16) | ((unsigned int)row[3] << 24);
+        float s = __uint_as_float(sb);
+        b = !(s > 0.0f) || !wire_finite(s);
+        for (int c = threadIdx.x; c < hidden; c += REDUCE_THREADS)
+        {
+            unsigned char code = row[4 + c];
+            float v = e4m3_to_f32(code) * s;
+            xr[c] = v;
+            b |= (code & 0x7f) == 0x7f || !wire_finite(v);
+        }
+    }
+    else if (format == WIRE_BF16)
+    {
+        const unsigned short* row = (const unsigned short*)src + r * hidden;
+        for (int c = threadIdx.x; c < hidden; c += REDUCE_THREADS)
+        {
+            float v = bf16_to_f32(row[c]);
+            xr[c] = v;
+            b |= !wire_finite(v);
+        }
+    }
+    else
+    {
+        const float* row = (const float*)src + r * hidden;
+        for (int c = threadIdx.x; c < hidden; c += REDUCE_THREADS)
+        {
+            float v = row[c];
+            xr[c] = v;
+            b |= !wire_finite(v);
+        }
+    }
+    if (b)
+    {
+        // Every writer stores the same value.
+        flag = 1;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        bad[r] = flag;
+    }
+}
+
+// y [n] fp32 -> out [n] bf16 bits, round to nearest even, NaN kept (quieted): WireCodec.FloatToBf16 bit for bit.
+KERNEL void wire_encode_bf16(const float* y, unsigned short* out, long long n)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        out[i] = f32_to_bf16(y[i]);
+    }
+}
+
+// ---------------------------------------------------------------- in-process routed experts on device rows
+// (CudaDeviceStep.RoutedExperts; DispatchPlan.GatherScaled / Combine on the host, bit for bit.)
+
+// rows[r, c] = x[token[r], c] * score[r]: one fp32 multiply per element; with round_bf16, the product rounded to bf16
+// and widened back (a bf16 dispatch wire's rounding, WireCodec.EncodeRows then DecodeRows).
+KERNEL void gather_scaled_rows(const float* x, const int* token, const float* score, float* rows, long long n_rows, int cols, int round_bf16)
+{
+    long long n = n_rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long r = i / cols;
+        int c = (int)(i - r * cols);
+        float v = x[(long long)token[r] * cols + c] * score[r];
+        rows[i] = round_bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
+    }
+}
+
+// out[t, c] = sum over slots s = 0..top_k-1, in that order, of e[row_of[t * top_k + s], c], starting from the slot-0 value
+// (top-1 is an exact copy); with round_bf16 every expert value is first rounded to bf16 and widened (a bf16 combine wire).
+KERNEL void combine_rows(const float* e, const int* row_of, float* out, long long tokens, int top_k, int cols, int round_bf16)
+{
+    long long n = tokens * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    {
+        long long t = i / cols;
+        int c = (int)(i - t * cols);
+        float v = e[(long long)row_of[t * top_k] * cols + c];
+        float sum = round_bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
+        for (int s = 1; s < top_k; s++)
+        {
+            v = e[(long long)row_of[t * top_k + s] * cols + c];
+            sum += round_bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
+        }
+        out[i] = sum;
+    }
+}

@@ -186,6 +186,10 @@ static std::vector<KernelEntry>& kernels()
         {"rotate_pairs", invoker(rotate_pairs)},
         {"copy_cols", invoker(copy_cols)},
         {"scale_rows", invoker(scale_rows)},
+        {"wire_decode_rows", invoker(wire_decode_rows)},
+        {"wire_encode_bf16", invoker(wire_encode_bf16)},
+        {"gather_scaled_rows", invoker(gather_scaled_rows)},
+        {"combine_rows", invoker(combine_rows)},
     };
     return k;
 }
