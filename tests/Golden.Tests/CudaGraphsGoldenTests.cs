@@ -131,6 +131,35 @@ public sealed class CudaGraphsGoldenTests(ITestOutputHelper output)
         Assert.Equal(0, backend.GraphCounters.CaptureFailures);
     }
 
+    /// <summary><c>infer --backend cuda --cuda-graphs on</c> reaches the backend: graphs launched, the golden tokens; off launches none.</summary>
+    [VisionGoldenCudaTests.CudaFact]
+    public async Task Cli_CudaGraphsFlag_IsReadByInfer()
+    {
+        var golden = GoldenFixture.Load("tiny-maverick");
+        var p = golden.Prompts[1];
+        foreach (string flag in new[] { "on", "off" })
+        {
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            int code = await Distributed.Coordinator.Cli.CommandLine.RunAsync(["infer", "--model", golden.Directory, "--prompt-ids", string.Join(",", p.InputIds),
+                "--max-new-tokens", "4", "--backend", "cuda", "--cuda-graphs", flag, "--kv-dtype", "fp32"], stdout, stderr);
+            Assert.True(code == 0, stderr.ToString());
+            Assert.Contains($"new_tokens: {string.Join(",", p.NewTokens.Take(4))}", stdout.ToString(), StringComparison.Ordinal);
+            Assert.Contains($"cuda graphs {flag}", stderr.ToString(), StringComparison.Ordinal);
+            if (flag == "on")
+            {
+                var line = stderr.ToString().Split('\n').Single(l => l.StartsWith("cuda graphs: ", StringComparison.Ordinal));
+                output.WriteLine(line);
+                Assert.DoesNotContain("cuda graphs: 0 launches", line, StringComparison.Ordinal);
+                Assert.Contains(" 0 failed captures", line, StringComparison.Ordinal);
+            }
+            else
+            {
+                Assert.DoesNotContain("cuda graphs: ", stderr.ToString(), StringComparison.Ordinal);
+            }
+        }
+    }
+
     private static void AssertBitwise(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, string what)
     {
         Assert.True(expected.Length == actual.Length, $"{what}: {actual.Length} values, expected {expected.Length}");

@@ -221,6 +221,7 @@ public static partial class CommandLine
         }
         var result = await engine.InferAsync(prompt, maxNew, images, ct).ConfigureAwait(false);
         stderr.WriteLine($"inferred {prompt.Length} prompt + {result.NewTokens.Length} new tokens in {sw.ElapsedMilliseconds} ms");
+        ReportGraphs(backend, stderr);
         if (json)
         {
             WriteJson(stdout, result);
@@ -371,6 +372,18 @@ public static partial class CommandLine
         {
             stdout.WriteLine($"backend {backend.Name}: prefill {prefillTps:F1} tok/s ({promptLen} tokens in {bestPrefill * 1000:F1} ms), decode {decodeTps:F2} tok/s ({bestDecode * 1000 / gen:F2} ms/token)");
         }
+        ReportGraphs(backend, stderr);
         return 0;
+    }
+
+    // With --cuda-graphs on: what the graphs did (a capture that keeps failing shows here, not as an error).
+    private static void ReportGraphs(IKernelBackend backend, TextWriter stderr)
+    {
+        if (backend is Kernels.Cuda.CudaKernelBackend { Options.CudaGraphs: true } cuda)
+        {
+            var g = cuda.GraphCounters;
+            stderr.WriteLine($"cuda graphs: {g.Launches} launches, {g.Captures} captures, {g.CaptureFailures} failed captures, {g.EagerSegments} eager segments, "
+                + $"{g.GraphSets} graph sets ({g.Graphs} graphs){(g.LastFailure is null ? "" : $"; last failure: {g.LastFailure}")}");
+        }
     }
 }
