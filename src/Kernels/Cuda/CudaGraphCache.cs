@@ -46,6 +46,8 @@ internal sealed class CudaGraphCache : IDisposable
 
     private readonly nint _context;
     private readonly Dictionary<CudaGraphKey, GraphSet> _sets = [];
+    // Guards _sets and the counters: the step mutates them, diagnostics read them from other threads.
+    private readonly Lock _lock = new();
     private int _busy;
     private long _tick;
     private long _launches, _captures, _failures, _eager, _invalidations, _evictions;
@@ -73,8 +75,25 @@ internal sealed class CudaGraphCache : IDisposable
         return 0;
     }
 
-    /// <summary>Takes the cache for one step; false when another step holds it.</summary>
-    public bool TryEnter() => Interlocked.CompareExchange(ref _busy, 1, 0) == 0;
+    private volatile bool _dropRequested;
+
+    /// <summary>Takes the cache for one step (first dropping every graph if <see cref="RequestDrop"/> asked); false when another step holds it.</summary>
+    public bool TryEnter()
+    {
+        if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+        {
+            return false;
+        }
+        if (_dropRequested)
+        {
+            _dropRequested = false;
+            DropAll();
+        }
+        return true;
+    }
+
+    /// <summary>Drops every graph before the next step (a step running now keeps launching its own until it ends).</summary>
+    public void RequestDrop() => _dropRequested = true;
 
     /// <summary>Ends a step. After a failed step the context (its stream may hold half-done work) and every graph are replaced.</summary>
     public void Exit(bool ok)
@@ -90,6 +109,14 @@ internal sealed class CudaGraphCache : IDisposable
 
     /// <summary>The graph set of <paramref name="key"/> (created, warm-up pending, when new), invalidated if the arena moved.</summary>
     public GraphSet Get(CudaGraphKey key)
+    {
+        lock (_lock)
+        {
+            return GetLocked(key);
+        }
+    }
+
+    private GraphSet GetLocked(CudaGraphKey key)
     {
         long generation = Context.Device.Generation;
         if (_sets.TryGetValue(key, out GraphSet? set))
@@ -128,9 +155,12 @@ internal sealed class CudaGraphCache : IDisposable
         if (set.Generation != ctx.Device.Generation)
         {
             // The arena was reallocated during this step (an eager segment outgrew it): no graph of the set is valid now.
-            set.Clear();
-            set.Generation = ctx.Device.Generation;
-            _invalidations++;
+            lock (_lock)
+            {
+                set.Clear();
+                set.Generation = ctx.Device.Generation;
+                _invalidations++;
+            }
         }
         GraphExecHandle? graph = index < set.Graphs.Count ? set.Graphs[index] : null;
         if (graph is null && capture && set.Failures < MaxFailures)
@@ -141,12 +171,12 @@ internal sealed class CudaGraphCache : IDisposable
             try
             {
                 graph = GraphExecHandle.Capture(_context, ctx.Stream, issue);
-                _captures++;
+                Interlocked.Increment(ref _captures);
             }
             catch (Exception e) when (e is CudaException or InvalidOperationException)
             {
                 set.Failures++;
-                _failures++;
+                Interlocked.Increment(ref _failures);
                 _lastFailure = e.Message;
             }
             finally
@@ -157,35 +187,50 @@ internal sealed class CudaGraphCache : IDisposable
             }
             if (graph is not null)
             {
-                while (set.Graphs.Count <= index)
+                lock (_lock)
                 {
-                    set.Graphs.Add(null);
+                    while (set.Graphs.Count <= index)
+                    {
+                        set.Graphs.Add(null);
+                    }
+                    set.Graphs[index] = graph;
                 }
-                set.Graphs[index] = graph;
             }
         }
         if (graph is null)
         {
-            _eager++;
+            Interlocked.Increment(ref _eager);
             issue();
             return false;
         }
         graph.Launch(ctx.Stream);
-        _launches++;
+        Interlocked.Increment(ref _launches);
         return true;
     }
 
-    public CudaGraphCounters Counters => new(_launches, _captures, _failures, _eager, _invalidations, _evictions, _sets.Count,
-        _sets.Values.Sum(s => s.Graphs.Count(g => g is not null)), _lastFailure);
+    public CudaGraphCounters Counters
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return new(_launches, _captures, _failures, _eager, _invalidations, _evictions, _sets.Count,
+                    _sets.Values.Sum(s => s.Graphs.Count(g => g is not null)), _lastFailure);
+            }
+        }
+    }
 
     /// <summary>Drops every graph (the model or its weights changed, or the context is replaced).</summary>
     public void DropAll()
     {
-        foreach (GraphSet set in _sets.Values)
+        lock (_lock)
         {
-            set.Clear();
+            foreach (GraphSet set in _sets.Values)
+            {
+                set.Clear();
+            }
+            _sets.Clear();
         }
-        _sets.Clear();
     }
 
     public void Dispose()

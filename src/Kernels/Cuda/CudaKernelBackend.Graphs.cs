@@ -58,12 +58,15 @@ public sealed partial class CudaKernelBackend
         }
     }
 
-    /// <summary>Drops every captured graph (they are captured again on the next graph steps); call when weights change in place.</summary>
+    /// <summary>
+    /// Drops every captured graph before the next graph step (a step running now finishes with its graphs); they are
+    /// captured again. Call when weights change in place (new weights at new addresses get new graph sets anyway).
+    /// </summary>
     public void DropGraphs()
     {
         lock (_graphsLock)
         {
-            _graphs?.DropAll();
+            _graphs?.RequestDrop();
         }
     }
 

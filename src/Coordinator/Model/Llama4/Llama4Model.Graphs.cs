@@ -42,7 +42,6 @@ public sealed partial class Llama4Model
         var pool = ArrayPool<float>.Shared;
         float[] host = pool.Rent(t * h), routedHost = pool.Rent(t * h);
         LastDeviceTraffic = null;
-        LastGraphLaunches = 0;
         try
         {
             int[] positions = new int[bucket];
