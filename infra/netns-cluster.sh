@@ -19,7 +19,7 @@
 #   4. SIGKILL of worker b while completions are in flight: none fails, the tokens stay the same;
 #   5. DRAIN + STOP: worker c drained through the admin API, then SIGTERM; the tokens stay the same;
 #   6. RESTART: serve stopped (SIGTERM, within 10 s) and started again resumes with the same plan version and tokens;
-#   7. /metrics and readiness of the coordinator and the workers answer across hosts.
+#   7. /metrics (with the metrics token, 401 without) and readiness of the coordinator and the workers answer across hosts.
 # It prints the seconds each event took (join -> serving, kill -> recovered, drain -> completed, restart -> ready).
 # Every namespace, process and link is removed on exit (trap), also on failure or Ctrl+C. Needs root (ip netns),
 # iproute2, redis-server (or PostgreSQL's server binaries and setpriv with --store postgres), openssl, and a Release
@@ -100,6 +100,7 @@ CREATED=()
 export DISTRIBUTED_CLUSTER_TOKEN="netns-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 export DISTRIBUTED_ADMIN_TOKEN="admin-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 export DISTRIBUTED_API_KEY="key-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+export DISTRIBUTED_METRICS_TOKEN="metrics-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 
 LAST_LOG=""
 log() { LAST_LOG="$*"; echo "netns-cluster: $*" >&2; }
@@ -372,10 +373,17 @@ VERSION2=$(admin_cluster | grep -o '"plan_version":[0-9]*' | head -1 | cut -d: -
 log "RESTART: serve stopped in ${STOP_S} s, ready again in ${RESTART_S} s with plan $VERSION and the same tokens"
 
 # --- 7. operations endpoints across hosts: the coordinator's and each worker's /metrics and readiness ---------------
-http_get() { # http_get NS HOST PORT PATH -> response on stdout
-  ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3 && printf 'GET $4 HTTP/1.1\r\nHost: $2\r\nConnection: close\r\n\r\n' >&3 && timeout 30 cat <&3"
+http_get() { # http_get NS HOST PORT PATH [TOKEN] -> response on stdout (TOKEN: sent as the bearer token)
+  local auth=""; [[ -n "${5:-}" ]] && auth="Authorization: Bearer $5\r\n"
+  ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3 && printf 'GET $4 HTTP/1.1\r\nHost: $2\r\n${auth}Connection: close\r\n\r\n' >&3 && timeout 30 cat <&3"
 }
-http_get "$NS_B" "$IP_C" "$SERVE_PORT" /metrics > "$LOG_DIR/coordinator.metrics" || { log "scraping the coordinator from $NS_B failed"; exit 1; }
+# /metrics across hosts answers only with the metrics token: without it, 401 from the coordinator and from a worker.
+for target in "$NS_B $IP_C $SERVE_PORT coordinator" "$NS_C $IP_A $OPS_PORT worker-a"; do
+  read -r ns host port name <<< "$target"
+  http_get "$ns" "$host" "$port" /metrics > "$LOG_DIR/$name.anonymous.http" || { log "scraping $name without a token failed to connect"; exit 1; }
+  head -1 "$LOG_DIR/$name.anonymous.http" | grep -q ' 401 ' || { log "$name served /metrics without the metrics token: $(head -1 "$LOG_DIR/$name.anonymous.http")"; exit 1; }
+done
+http_get "$NS_B" "$IP_C" "$SERVE_PORT" /metrics "$DISTRIBUTED_METRICS_TOKEN" > "$LOG_DIR/coordinator.metrics" || { log "scraping the coordinator from $NS_B failed"; exit 1; }
 grep -q '^moe_requests_total{.*outcome="length"} [1-9]' "$LOG_DIR/coordinator.metrics" \
   && grep -Eq '^moe_worker_rows_total\{.*worker="worker-a"' "$LOG_DIR/coordinator.metrics" \
   || { log "coordinator /metrics lacks the request or per-worker series; it has: $(grep -E '^moe_(requests|worker_rows)_total' "$LOG_DIR/coordinator.metrics" | tr '\n' ' ')"; exit 1; }
@@ -383,7 +391,7 @@ grep -q '^moe_requests_total{.*outcome="length"} [1-9]' "$LOG_DIR/coordinator.me
 # early and cat gets SIGPIPE, whatever the response said.
 http_get "$NS_C" "$IP_A" "$OPS_PORT" /healthz/ready > "$LOG_DIR/ready-a.http" || { log "asking worker a for readiness failed"; exit 1; }
 head -1 "$LOG_DIR/ready-a.http" | grep -q ' 200 ' || { log "worker a is not ready: $(tr '\r\n' '  ' < "$LOG_DIR/ready-a.http")"; exit 1; }
-http_get "$NS_C" "$IP_A" "$OPS_PORT" /metrics > "$LOG_DIR/worker-a.metrics" || { log "scraping worker a failed"; exit 1; }
+http_get "$NS_C" "$IP_A" "$OPS_PORT" /metrics "$DISTRIBUTED_METRICS_TOKEN" > "$LOG_DIR/worker-a.metrics" || { log "scraping worker a failed"; exit 1; }
 grep -q '^moe_shard_ready{.*} 1' "$LOG_DIR/worker-a.metrics" || { log "worker a /metrics lacks moe_shard_ready 1"; exit 1; }
-log "MATCH: coordinator and worker /metrics and readiness answer across hosts"
+log "MATCH: coordinator and worker /metrics (with the metrics token; 401 without) and readiness answer across hosts"
 echo "NETNS_CLUSTER_OK plan=$VERSION $TOKENS served=yes join_s=$JOIN_S kill_s=$KILL_S repair_s=$REPAIR_S drain_s=$DRAIN_S stop_s=$STOP_S restart_s=$RESTART_S"

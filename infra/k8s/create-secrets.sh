@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Makes the four Secrets the manifests reference, in namespace "moe" (or $NAMESPACE), without writing any secret into
+# Makes the five Secrets the manifests reference, in namespace "moe" (or $NAMESPACE), without writing any secret into
 # this repository:
 #   moe-cluster-token  token   the data plane's bearer token (DISTRIBUTED_CLUSTER_TOKEN), 32 random bytes
 #   moe-admin-token    token   the admin API's bearer token (DISTRIBUTED_ADMIN_TOKEN), 32 random bytes
 #   moe-api-key        key     the OpenAI API's key (DISTRIBUTED_API_KEY; clients send it as their apiKey), 32 random bytes
+#   moe-metrics-token  token   the /metrics scrape token of every pod (DISTRIBUTED_METRICS_TOKEN; give it to Prometheus
+#                              as authorization.credentials_file), 32 random bytes
 #   moe-cluster-tls    ca.crt, tls.crt, tls.key   the cluster CA and one member certificate every pod presents (mutual TLS)
 # The CA's private key stays in $PKI_DIR (default ./moe-pki, created 0700) on the machine that runs this: keep it
 # there (or offline) to renew the member certificate; it never goes into the cluster.
@@ -33,5 +35,6 @@ secret() { # secret NAME ARGS...
 secret moe-cluster-token --from-literal=token="$(openssl rand -base64 32 | tr -d '\n=' | tr '+/' '-_')"
 secret moe-admin-token --from-literal=token="$(openssl rand -base64 32 | tr -d '\n=' | tr '+/' '-_')"
 secret moe-api-key --from-literal=key="$(openssl rand -base64 32 | tr -d '\n=' | tr '+/' '-_')"
+secret moe-metrics-token --from-literal=token="$(openssl rand -base64 32 | tr -d '\n=' | tr '+/' '-_')"
 secret moe-cluster-tls --from-file=ca.crt="$PKI_DIR/ca.pem" --from-file=tls.crt="$PKI_DIR/moe-cluster-member.pem" \
   --from-file=tls.key="$PKI_DIR/moe-cluster-member.key"

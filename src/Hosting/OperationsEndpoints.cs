@@ -57,11 +57,24 @@ public static class OperationsEndpoints
         }
     }
 
-    /// <summary>Maps <see cref="MetricsPath"/>, <see cref="LivenessPath"/> and <see cref="ReadinessPath"/>.</summary>
-    public static void Map(IEndpointRouteBuilder app)
+    /// <summary>
+    /// Maps <see cref="MetricsPath"/> (guarded by <see cref="MetricsAccess"/> with the token of
+    /// <paramref name="telemetry"/>), <see cref="LivenessPath"/> and <see cref="ReadinessPath"/> (open: probes).
+    /// </summary>
+    public static void Map(IEndpointRouteBuilder app, TelemetryOptions telemetry)
     {
         ArgumentNullException.ThrowIfNull(app);
-        app.MapPrometheusScrapingEndpoint(MetricsPath);
+        ArgumentNullException.ThrowIfNull(telemetry);
+        var access = new MetricsAccess(telemetry.ResolveMetricsToken());
+        app.MapPrometheusScrapingEndpoint(MetricsPath).Add(endpoint =>
+        {
+            var scrape = endpoint.RequestDelegate ?? throw new InvalidOperationException("the Prometheus endpoint has no request delegate");
+            endpoint.RequestDelegate = context => access.Check(context.Request.Headers.Authorization, context.Connection.RemoteIpAddress) switch
+            {
+                MetricsAccess.Decision.Allowed => scrape(context),
+                var refused => access.RefuseAsync(context, refused),
+            };
+        });
         app.MapHealthChecks(LivenessPath, new HealthCheckOptions { Predicate = c => c.Tags.Contains(LiveTag) });
         app.MapHealthChecks(ReadinessPath, new HealthCheckOptions { Predicate = c => c.Tags.Contains(ReadyTag), ResponseWriter = WriteReasonAsync });
     }

@@ -26,6 +26,25 @@ public sealed class TelemetryOptions
     /// </summary>
     public int MaxExpertSeries { get; set; } = 4096;
 
+    /// <summary>Environment variable read for <see cref="MetricsToken"/> when that is not set.</summary>
+    public const string MetricsTokenEnvironmentVariable = "DISTRIBUTED_METRICS_TOKEN";
+
+    /// <summary>Shortest metrics token accepted.</summary>
+    public const int MinMetricsTokenLength = 16;
+
+    /// <summary>
+    /// Bearer token a scraper must present for <c>/metrics</c> (Prometheus: <c>authorization: credentials</c>). Without
+    /// one, <c>/metrics</c> answers callers on loopback only and refuses every other caller with 403: the per-expert
+    /// load series describe the traffic, so they are not open to the network. Probes (<c>/healthz/*</c>) stay open.
+    /// Default: none (then <see cref="MetricsTokenEnvironmentVariable"/> is read).
+    /// </summary>
+    public string? MetricsToken { get; set; }
+
+    /// <summary>The configured metrics token (<see cref="MetricsToken"/>, else the environment variable), or null.</summary>
+    public string? ResolveMetricsToken()
+        => !string.IsNullOrEmpty(MetricsToken) ? MetricsToken
+            : Environment.GetEnvironmentVariable(MetricsTokenEnvironmentVariable) is { Length: > 0 } fromEnvironment ? fromEnvironment : null;
+
     /// <summary>Every problem with these options; each message names its field.</summary>
     public IReadOnlyList<string> Validate()
     {
@@ -38,6 +57,10 @@ public sealed class TelemetryOptions
         if (double.IsNaN(TraceSampleRatio) || TraceSampleRatio is < 0 or > 1)
         {
             errors.Add($"Telemetry:TraceSampleRatio {TraceSampleRatio} must be within [0, 1]");
+        }
+        if (ResolveMetricsToken() is { } token && (token.Length is < MinMetricsTokenLength or > 4096 || token.Any(char.IsWhiteSpace)))
+        {
+            errors.Add($"Telemetry:MetricsToken ({MetricsTokenEnvironmentVariable}) must be {MinMetricsTokenLength} to 4096 characters without whitespace");
         }
         if (MaxExpertSeries < 1)
         {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net.Sockets;
 using Npgsql;
 
 namespace Distributed.Integration.Tests;
@@ -72,33 +71,30 @@ internal sealed class PostgresServer : IAsyncDisposable
             ["-D", Path.Combine(dir, "data"), "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-k", dir,
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], root);
         var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start postgres");
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void Forward(object? sender, DataReceivedEventArgs e)
         {
             if (e.Data is not null)
             {
                 log($"[postgres] {e.Data}");
+                // The postmaster's own line once it listens (after recovery/startup of a fresh cluster).
+                if (e.Data.Contains("database system is ready to accept connections", StringComparison.Ordinal))
+                {
+                    ready.TrySetResult();
+                }
             }
         }
         process.OutputDataReceived += Forward;
         process.ErrorDataReceived += Forward;
+        process.EnableRaisingEvents = true;
+        process.Exited += (_, _) => ready.TrySetException(new InvalidOperationException($"postgres exited before it was ready (exit code {process.ExitCode})"));
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         var server = new PostgresServer(process, dir, port);
         try
         {
-            for (int i = 0; ; i++)
-            {
-                try
-                {
-                    await using var connection = new NpgsqlConnection(server.Connection);
-                    await connection.OpenAsync();
-                    return server;
-                }
-                catch (Exception ex) when ((ex is NpgsqlException or SocketException or TimeoutException) && i < 150 && !process.HasExited)
-                {
-                    await Task.Delay(100);
-                }
-            }
+            await ready.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            return server;
         }
         catch
         {

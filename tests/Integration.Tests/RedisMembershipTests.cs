@@ -25,7 +25,7 @@ public sealed class RedisMembershipTests(ITestOutputHelper output)
         ToolFactAttribute.Require(RedisServer.Missing);
         var log = new TestLog { Output = output };
         using var loggerFactory = log.CreateLoggerFactory();
-        await using var redis = await RedisServer.StartAsync();
+        await using var redis = await RedisServer.StartAsync(log.Write);
         string connection = redis.Connection;
         string clusterId = $"redis-{Guid.NewGuid():N}";
         string fixture = TestPaths.Fixture("tiny-maverick");

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net.Sockets;
 using Distributed.Coordinator.Distribution;
 
 namespace Distributed.Integration.Tests;
@@ -30,31 +29,48 @@ internal sealed class RedisServer : IAsyncDisposable
     /// <summary>StackExchange.Redis connection string.</summary>
     public string Connection => $"127.0.0.1:{Port}";
 
-    public static async Task<RedisServer> StartAsync()
+    /// <summary>
+    /// Starts redis-server and returns once it logged that it accepts connections (its output is streamed to
+    /// <paramref name="log"/>); fails at once when it exits first, or after 30 s.
+    /// </summary>
+    public static async Task<RedisServer> StartAsync(Action<string>? log = null)
     {
         int port = WorkerProcess.FreePorts(1)[0];
-        var process = Process.Start(new ProcessStartInfo(Executable ?? throw new InvalidOperationException(Missing),
-            ["--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        var process = new Process
         {
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-        })!;
+            StartInfo = new ProcessStartInfo(Executable ?? throw new InvalidOperationException(Missing),
+                ["--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            },
+            EnableRaisingEvents = true,
+        };
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void Forward(object? sender, DataReceivedEventArgs e)
+        {
+            if (e.Data is null)
+            {
+                return;
+            }
+            log?.Invoke($"[redis] {e.Data}");
+            if (e.Data.Contains("Ready to accept connections", StringComparison.Ordinal))
+            {
+                ready.TrySetResult();
+            }
+        }
+        process.OutputDataReceived += Forward;
+        process.ErrorDataReceived += Forward;
+        process.Exited += (_, _) => ready.TrySetException(new InvalidOperationException($"redis-server exited before it was ready (exit code {process.ExitCode})"));
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
         var server = new RedisServer(process, port);
         try
         {
-            for (int i = 0; ; i++)
-            {
-                try
-                {
-                    using var client = new TcpClient();
-                    await client.ConnectAsync("127.0.0.1", port);
-                    return server;
-                }
-                catch (SocketException) when (i < 100)
-                {
-                    await Task.Delay(50);
-                }
-            }
+            await ready.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            return server;
         }
         catch
         {

@@ -29,7 +29,7 @@ public static partial class AdminEndpoints
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
-    /// <summary>Maps the endpoints; <see cref="ClusterAdmin"/> and <see cref="Hosting.BearerTokenAuthenticator"/> come from the services.</summary>
+    /// <summary>Maps the endpoints; <see cref="ClusterAdmin"/> and <see cref="Distributed.Hosting.BearerTokenAuthenticator"/> come from the services.</summary>
     public static RouteGroupBuilder MapAdminEndpoints(this IEndpointRouteBuilder endpoints)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
@@ -90,7 +90,7 @@ public static partial class AdminEndpoints
     private static async ValueTask<object?> AuthorizeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
         var http = context.HttpContext;
-        var auth = http.RequestServices.GetRequiredService<Hosting.BearerTokenAuthenticator>();
+        var auth = http.RequestServices.GetRequiredService<Distributed.Hosting.BearerTokenAuthenticator>();
         if (!auth.IsAuthorized(http.Request.Headers.Authorization.ToString()))
         {
             var log = http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(AdminEndpoints));

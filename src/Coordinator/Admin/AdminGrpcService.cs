@@ -9,7 +9,7 @@ namespace Distributed.Coordinator.Admin;
 /// <see cref="ClusterAdmin"/> behind them. Authentication: <c>authorization: Bearer &lt;token&gt;</c> metadata, else
 /// UNAUTHENTICATED before anything is read or changed.
 /// </summary>
-public sealed class AdminGrpcService(ClusterAdmin admin, Hosting.BearerTokenAuthenticator authenticator) : Proto.ClusterAdmin.ClusterAdminBase
+public sealed class AdminGrpcService(ClusterAdmin admin, Distributed.Hosting.BearerTokenAuthenticator authenticator) : Proto.ClusterAdmin.ClusterAdminBase
 {
     /// <inheritdoc />
     public override Task<ClusterReply> GetCluster(GetClusterRequest request, ServerCallContext context)

@@ -23,7 +23,7 @@ public static class ClusterAdminHosting
         {
             throw new OptionsValidationException(ClusterAdminOptions.SectionName, typeof(ClusterAdminOptions), errors);
         }
-        services.AddSingleton(new Hosting.BearerTokenAuthenticator(options.ResolveToken()!));
+        services.AddSingleton(new Distributed.Hosting.BearerTokenAuthenticator(options.ResolveToken()!));
         services.AddSingleton(createAdmin);
         services.AddGrpc(o => o.EnableDetailedErrors = false);
         services.AddOpenApi(AdminEndpoints.OpenApiDocument, o =>

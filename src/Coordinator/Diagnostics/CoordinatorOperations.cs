@@ -94,8 +94,8 @@ public sealed class CoordinatorOperations : IDisposable
         return new InstrumentedGenerationScheduler(scheduler, Instruments);
     }
 
-    /// <summary>Maps the <see cref="OperationsEndpoints"/> paths.</summary>
-    public void MapEndpoints(WebApplication app) => OperationsEndpoints.Map(app);
+    /// <summary>Maps the <see cref="OperationsEndpoints"/> paths (<c>/metrics</c> guarded by the telemetry options' token).</summary>
+    public void MapEndpoints(WebApplication app) => OperationsEndpoints.Map(app, Telemetry);
 
     /// <inheritdoc />
     public void Dispose() => Instruments.Dispose();

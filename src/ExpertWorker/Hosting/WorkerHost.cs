@@ -282,7 +282,7 @@ public sealed partial class WorkerHost : IAsyncDisposable
         var web = builder.Build();
         DataPlaneSecurity.Use(web);
         web.MapGrpcService<ExpertComputeService>();
-        WorkerOperations.Map(web);
+        WorkerOperations.Map(web, telemetry);
         try
         {
             await web.StartAsync(ct);

@@ -30,11 +30,12 @@ public static class WorkerOperations
         });
     }
 
-    /// <summary>Maps the <see cref="OperationsEndpoints"/> paths and the gRPC health service.</summary>
-    public static void Map(WebApplication app)
+    /// <summary>Maps the <see cref="OperationsEndpoints"/> paths (<c>/metrics</c> guarded by <paramref name="telemetry"/>'s
+    /// token) and the gRPC health service.</summary>
+    public static void Map(WebApplication app, TelemetryOptions telemetry)
     {
         ArgumentNullException.ThrowIfNull(app);
-        OperationsEndpoints.Map(app);
+        OperationsEndpoints.Map(app, telemetry);
         app.MapGrpcHealthChecksService();
     }
 }

@@ -21,6 +21,8 @@ public sealed partial class ShardStore : IShardView, IDisposable
     private readonly SemaphoreSlim _applyLock = new(1, 1);
     private readonly bool _warmUp;
     private readonly TimeSpan _retireDelay;
+    private readonly TimeProvider _time;
+    private Task _retirement = Task.CompletedTask;
     private readonly CancellationTokenSource _disposed = new();
     private ShardSnapshot _current;
     private ShardManifest _committedTarget = ShardManifest.Empty;
@@ -32,9 +34,11 @@ public sealed partial class ShardStore : IShardView, IDisposable
     /// <summary>Creates an empty store.</summary>
     /// <param name="retireDelay">How long a committed-away version stays accepted (and its experts resident) after a
     /// newer version was committed; zero releases at once.</param>
+    /// <param name="timeProvider">The clock the retire delay runs on (the system clock when null).</param>
     public ShardStore(string workerId, ModelDescriptor model, IExpertLoader loader, int maxRowsPerDispatch, bool warmUp, ILogger<ShardStore> logger,
-        TimeSpan retireDelay = default)
+        TimeSpan retireDelay = default, TimeProvider? timeProvider = null)
     {
+        _time = timeProvider ?? TimeProvider.System;
         WorkerId = workerId;
         Model = model;
         _loader = loader;
@@ -44,6 +48,10 @@ public sealed partial class ShardStore : IShardView, IDisposable
         _retireDelay = retireDelay < TimeSpan.Zero ? TimeSpan.Zero : retireDelay;
         _current = new ShardSnapshot(0, [0], ShardManifest.Empty, new Dictionary<ExpertKey, ExpertWeights>(), []);
     }
+
+    /// <summary>The last retirement scheduled by a commit (completed when none is pending): it ends once the
+    /// committed-away version is released, skipped (superseded) or the store is disposed. For tests and shutdown.</summary>
+    internal Task PendingRetirement => Volatile.Read(ref _retirement);
 
     /// <summary>This worker's id.</summary>
     public string WorkerId { get; }
@@ -185,7 +193,7 @@ public sealed partial class ShardStore : IShardView, IDisposable
             int dropped = release.Count + (grace ? weights.Keys.Count(k => !target.Contains(k) && !(keepStaged?.Contains(k) ?? false)) : 0);
             if (grace)
             {
-                _ = RetireLaterAsync(version, target);
+                _retirement = RetireLaterAsync(version, target);
             }
             _committedTarget = target;
             if (keepStaged is null)
@@ -257,7 +265,7 @@ public sealed partial class ShardStore : IShardView, IDisposable
     {
         try
         {
-            await Task.Delay(_retireDelay, _disposed.Token).ConfigureAwait(false);
+            await Task.Delay(_retireDelay, _time, _disposed.Token).ConfigureAwait(false);
             await _applyLock.WaitAsync(_disposed.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)

@@ -73,7 +73,7 @@ public sealed class ClusterAdminOptionsTests
     [InlineData("", false)]
     [InlineData(null, false)]
     public void Authenticator_AcceptsOnlyTheBearerToken(string? header, bool expected)
-        => Assert.Equal(expected, new Distributed.Coordinator.Hosting.BearerTokenAuthenticator(Token).IsAuthorized(header));
+        => Assert.Equal(expected, new Distributed.Hosting.BearerTokenAuthenticator(Token).IsAuthorized(header));
 
     [Theory]
     [Trait("Category", "Unit")]

@@ -5,6 +5,7 @@ using Distributed.Checkpoint;
 using Distributed.Protocol.Contracts;
 using Distributed.Protocol.Grains;
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
 
 namespace Distributed.ExpertWorker.Tests.Weights;
 
@@ -100,7 +101,8 @@ public sealed class ShardStoreTests : IDisposable
     [Trait("Category", "Unit")]
     public async Task Stage_ServesBothVersions_ThenCommitRetiresThePreviousAfterTheDelay()
     {
-        using var store = new ShardStore("w", Model, _loader, 64, warmUp: true, NullLogger<ShardStore>.Instance, retireDelay: TimeSpan.FromMilliseconds(200));
+        var time = new FakeTimeProvider();
+        using var store = new ShardStore("w", Model, _loader, 64, warmUp: true, NullLogger<ShardStore>.Instance, retireDelay: TimeSpan.FromMilliseconds(200), time);
         await store.ApplyAsync(1, ShardManifest.Parse("1:0-1", Model), CancellationToken.None);
         _loader.Loads.Clear();
         var staged = await store.StageAsync(2, ShardManifest.Parse("1:1-2", Model), CancellationToken.None);
@@ -118,10 +120,11 @@ public sealed class ShardStoreTests : IDisposable
         Assert.True(store.AcceptsPlanVersion(1), "the previous version is refused before the retire delay");
         Assert.True(store.Holds(1, 0));
         long resident = store.Status.ResidentBytes;
-        for (int i = 0; i < 100 && store.AcceptsPlanVersion(1); i++)
-        {
-            await Task.Delay(20);
-        }
+        time.Advance(TimeSpan.FromMilliseconds(199));
+        Assert.True(store.AcceptsPlanVersion(1), "the previous version is refused 1 ms before the retire delay ends");
+        Assert.False(store.PendingRetirement.IsCompleted);
+        time.Advance(TimeSpan.FromMilliseconds(1));
+        await store.PendingRetirement.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.False(store.AcceptsPlanVersion(1));
         Assert.False(store.Holds(1, 0));
         Assert.Equal(2, store.Status.Experts);

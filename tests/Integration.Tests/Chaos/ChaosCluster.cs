@@ -122,13 +122,16 @@ internal sealed class ChaosCluster : IAsyncDisposable
         return (rounds, tokens, sw.Elapsed);
     }
 
-    /// <summary>Waits until plan change <paramref name="operationId"/> completed; fails the test when it failed.</summary>
+    /// <summary>Waits until plan change <paramref name="operationId"/> completed; fails the test when it failed. Waits on the
+    /// placement grain's change notification (every operation state change bumps its generation), not on a timer.</summary>
     public async Task<PlacementOperation> WaitForOperationAsync(string operationId, TimeSpan timeout)
     {
         var grain = Cluster.Placement.PlacementGrain;
         var deadline = DateTime.UtcNow + timeout;
         while (true)
         {
+            // The generation is read before the operation: a change in between makes the wait below return at once.
+            long generation = (await grain.GetSnapshotAsync()).Generation;
             var op = await grain.GetOperationAsync(operationId) ?? throw new InvalidOperationException($"operation {operationId} unknown");
             if (op.State == OperationState.Completed)
             {
@@ -137,8 +140,9 @@ internal sealed class ChaosCluster : IAsyncDisposable
                 return op;
             }
             Assert.True(op.State != OperationState.Failed, $"operation {operationId} failed: {op.Error}");
-            Assert.True(DateTime.UtcNow < deadline, $"operation {operationId} still {op.State} after {timeout.TotalSeconds:F0} s");
-            await Task.Delay(50);
+            var left = deadline - DateTime.UtcNow;
+            Assert.True(left > TimeSpan.Zero, $"operation {operationId} still {op.State} after {timeout.TotalSeconds:F0} s");
+            await grain.WaitForChangeAsync(generation, left < TimeSpan.FromSeconds(10) ? left : TimeSpan.FromSeconds(10));
         }
     }
 

@@ -30,7 +30,7 @@ public sealed class PlacementAuthorityFailoverTests(ITestOutputHelper output)
     public async Task KilledPlacementAuthoritySilo_Redis_GrainRestoredOnSurvivor_RequestsCompleteIdentically()
     {
         ToolFactAttribute.Require(RedisServer.Missing);
-        await using var redis = await RedisServer.StartAsync();
+        await using var redis = await RedisServer.StartAsync(new TestLog { Output = output }.Write);
         await RunAsync(["--clustering", "Redis", "--redis", redis.Connection],
             clusterId => new ExpertClusterOptions { Clustering = ClusteringMode.Redis, RedisConnectionString = redis.Connection, ClusterId = clusterId });
     }

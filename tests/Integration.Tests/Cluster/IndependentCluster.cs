@@ -49,7 +49,7 @@ internal sealed class IndependentCluster : IAsyncDisposable
     /// <summary>A cluster on a fresh redis-server.</summary>
     public static async Task<IndependentCluster> StartAsync(TestLog log)
     {
-        var redis = await RedisServer.StartAsync();
+        var redis = await RedisServer.StartAsync(log.Write);
         return new IndependentCluster(redis, ["--clustering", "Redis", "--redis", redis.Connection], log);
     }
 

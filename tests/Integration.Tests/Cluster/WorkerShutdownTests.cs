@@ -14,7 +14,7 @@ public sealed class WorkerShutdownTests(ITestOutputHelper output)
     {
         ToolFactAttribute.Require(RedisServer.Missing);
         var log = new TestLog { Output = output };
-        var redis = await RedisServer.StartAsync();
+        var redis = await RedisServer.StartAsync(log.Write);
         int[] ports = WorkerProcess.FreePorts(2);
         await using var worker = WorkerProcess.Start(WorkerProcess.LocateWorker(),
             ["--model", TestPaths.Fixture("tiny-maverick"), "--worker-id", "w", "--threads", "1", "--clustering", "Redis", "--redis", redis.Connection,

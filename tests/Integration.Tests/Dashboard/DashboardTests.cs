@@ -117,7 +117,7 @@ public sealed class DashboardTests(DashboardTests.ServeCluster cluster, ITestOut
             {
                 missing.Add($"chromium ({Chromium}; apt-get install chromium)");
             }
-            if (!NodeScript.OnPath("node"))
+            if (!TestProcesses.OnPath("node"))
             {
                 missing.Add("node (apt-get install nodejs)");
             }

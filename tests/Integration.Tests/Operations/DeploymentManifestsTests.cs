@@ -48,7 +48,8 @@ public sealed partial class DeploymentManifestsTests
     {
         var sections = OptionTypes(typeof(ExpertWorkerOptions).Assembly, typeof(ExpertClusterOptions).Assembly, typeof(TelemetryOptions).Assembly);
         var env = Env(Container(Find("StatefulSet", "moe-expert-worker")));
-        var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal) && k != ClusterTokenVariable).ToList();
+        var names = env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal)
+            && k != ClusterTokenVariable && k != TelemetryOptions.MetricsTokenEnvironmentVariable).ToList();
         Assert.True(names.Count >= 10);
         foreach (string name in names)
         {
@@ -62,6 +63,8 @@ public sealed partial class DeploymentManifestsTests
         Assert.Equal("true", S(env["DISTRIBUTED_Cluster__KubernetesHosting"], "value"));
         Assert.Equal("Redis", S(env["DISTRIBUTED_Cluster__Clustering"], "value"));
         Assert.True(Enum.TryParse<ClusteringMode>("Redis", out _));
+        // The ops port is on the pod network: without the metrics token its /metrics would refuse Prometheus (403).
+        AssertFromCreatedSecret(env[TelemetryOptions.MetricsTokenEnvironmentVariable]);
     }
 
     [Fact]
@@ -73,7 +76,7 @@ public sealed partial class DeploymentManifestsTests
         string tokenVariable = new Distributed.Coordinator.Admin.ClusterAdminOptions().TokenEnvironmentVariable;
         string apiKeyVariable = new Distributed.Coordinator.Serving.Hosting.ServeOptions().ApiKeyEnvironmentVariable;
         foreach (string name in env.Keys.Where(k => k.StartsWith(TelemetryOptions.EnvironmentPrefix, StringComparison.Ordinal)
-                     && k != tokenVariable && k != ClusterTokenVariable && k != apiKeyVariable))
+                     && k != tokenVariable && k != ClusterTokenVariable && k != apiKeyVariable && k != TelemetryOptions.MetricsTokenEnvironmentVariable))
         {
             AssertNamesOption(sections, name);
         }
@@ -82,6 +85,8 @@ public sealed partial class DeploymentManifestsTests
         // serve listens on 0.0.0.0 there: off loopback the OpenAI API needs its key (or it refuses to start).
         Assert.True(env.ContainsKey(apiKeyVariable), $"the coordinator Deployment must set {apiKeyVariable} (the OpenAI API's key) from a Secret");
         AssertFromCreatedSecret(env[apiKeyVariable]);
+        Assert.True(env.ContainsKey(TelemetryOptions.MetricsTokenEnvironmentVariable), "the coordinator Deployment must set the metrics token from a Secret");
+        AssertFromCreatedSecret(env[TelemetryOptions.MetricsTokenEnvironmentVariable]);
     }
 
     // The variable the data plane's token comes from (both executables read it).

@@ -32,8 +32,8 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
     public async Task ShippedManifests_TwoWorkersAndTheCoordinator_FormTheClusterAndServe()
     {
         ToolFactAttribute.Require(RedisServer.Missing);
-        await using var redis = await RedisServer.StartAsync();
         var log = new TestLog { Output = output };
+        await using var redis = await RedisServer.StartAsync(log.Write);
 
         // Mounted volumes: the models volume holds the fixture; the cluster-tls Secret's keys as create-secrets.sh makes them.
         var config = Data(Find("ConfigMap", "moe-config"));
@@ -52,6 +52,7 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
             ["moe-cluster-token/token"] = Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)),
             ["moe-admin-token/token"] = "admin-" + Guid.NewGuid().ToString("N"),
             ["moe-api-key/key"] = "key-" + Guid.NewGuid().ToString("N"),
+            ["moe-metrics-token/token"] = "metrics-" + Guid.NewGuid().ToString("N"),
         };
         config["REDIS_CONNECTION"] = redis.Connection;
 
@@ -113,6 +114,17 @@ public sealed partial class K8sDeploymentRunTests(ITestOutputHelper output) : IA
         Assert.Contains("\"id\":\"moe-expert-worker-0\"", body, StringComparison.Ordinal);
         Assert.Contains("\"id\":\"moe-expert-worker-1\"", body, StringComparison.Ordinal);
         Assert.Contains("\"serving\":true", body, StringComparison.Ordinal);
+
+        // /metrics takes the Deployment's metrics token (from its Secret), not the API key the client sends by default.
+        using (var apiKeyScrape = await http.GetAsync("/metrics"))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, apiKeyScrape.StatusCode);
+        }
+        using var scrape = new HttpRequestMessage(HttpMethod.Get, "/metrics");
+        scrape.Headers.Authorization = new AuthenticationHeaderValue("Bearer", secrets["moe-metrics-token/token"]);
+        using var metrics = await http.SendAsync(scrape);
+        Assert.Equal(HttpStatusCode.OK, metrics.StatusCode);
+        Assert.Contains("moe_requests_total", await metrics.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
     // volumeMounts of the container: mount path -> the folder standing in for the volume.

@@ -45,7 +45,7 @@ public sealed class NetnsClusterTests(ITestOutputHelper output)
         {
             Assert.Contains(step, stderr, StringComparison.Ordinal);
         }
-        Assert.Contains("MATCH: coordinator and worker /metrics and readiness answer across hosts", stderr, StringComparison.Ordinal);
+        Assert.Contains("MATCH: coordinator and worker /metrics (with the metrics token; 401 without) and readiness answer across hosts", stderr, StringComparison.Ordinal);
         Assert.Contains($"joined through {store} (", stderr, StringComparison.Ordinal);
         output.WriteLine(okLine);
 

@@ -12,15 +12,40 @@ namespace Distributed.Integration.Tests.Operations;
 /// <summary>
 /// The operations surface on real processes: a serve process over two local workers answers /healthz and exposes
 /// its request, dispatch, worker and expert metrics in Prometheus text after a completion; a worker answers its
-/// probes, its /metrics and the standard gRPC health service.
+/// probes, its /metrics and the standard gRPC health service. Both run with a metrics token: /metrics refuses a caller
+/// without it (401) while the probes stay open.
 /// </summary>
 [Trait("Category", "Integration")]
 public sealed class OperationsEndpointsTests(ITestOutputHelper output)
 {
+    private const string MetricsToken = "metrics-token-0123456789abcdef";
+
+    private static readonly Dictionary<string, string> MetricsTokenEnvironment = new() { ["DISTRIBUTED_METRICS_TOKEN"] = MetricsToken };
+
+    /// <summary>Scrapes /metrics with the token, after checking that a scrape without it and one with a wrong token get 401.</summary>
+    private static async Task<string> ScrapeAsync(HttpClient client, bool checkRefusals = false)
+    {
+        if (checkRefusals)
+        {
+            var anonymous = await client.GetAsync("/metrics");
+            Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
+            Assert.Equal("Bearer", anonymous.Headers.WwwAuthenticate.Single().Scheme);
+            using var wrong = new HttpRequestMessage(HttpMethod.Get, "/metrics") { Headers = { { "Authorization", "Bearer not-the-metrics-token-000" } } };
+            var refused = await client.SendAsync(wrong);
+            Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+            Assert.DoesNotContain("moe_", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/metrics") { Headers = { { "Authorization", $"Bearer {MetricsToken}" } } };
+        var response = await client.SendAsync(request);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return await response.Content.ReadAsStringAsync();
+    }
+
     [Fact]
     public async Task Serve_WithWorkers_ReadyAndMetricsFollowACompletion()
     {
-        await using var server = await ServeProcess.StartAsync(TestPaths.Fixture("tiny-maverick"), ["--local-workers", "2", "--threads", "1", "--wire", "fp32"], output);
+        await using var server = await ServeProcess.StartAsync(TestPaths.Fixture("tiny-maverick"), ["--local-workers", "2", "--threads", "1", "--wire", "fp32"], output,
+            MetricsTokenEnvironment);
         using var client = new HttpClient { BaseAddress = new Uri(server.BaseAddress), Timeout = TimeSpan.FromMinutes(2) };
 
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/healthz/live")).StatusCode);
@@ -32,7 +57,7 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
             """{"model":"tiny-maverick","prompt":[500],"max_tokens":6,"temperature":0}""", Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.OK, completion.StatusCode);
 
-        string metrics = await client.GetStringAsync("/metrics");
+        string metrics = await ScrapeAsync(client, checkRefusals: true);
         var series = ParseSeries(metrics);
         Assert.Equal(1, Value(series, "moe_requests_total", "outcome=\"length\""));
         Assert.Equal(6, Value(series, "moe_tokens_generated_total"));
@@ -69,7 +94,7 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
         do
         {
-            series = ParseSeries(await client.GetStringAsync("/metrics"));
+            series = ParseSeries(await ScrapeAsync(client));
         }
         while (Value(series, "moe_prefix_cache_queried_tokens_total") < 81 && DateTime.UtcNow < deadline);
         Assert.Equal(1 + 40 + 40, Value(series, "moe_prefix_cache_queried_tokens_total"));
@@ -92,7 +117,7 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
                     readyLine = line;
                 }
                 log.Write(line);
-            });
+            }, MetricsTokenEnvironment);
         string grpc = await worker.WaitReadyAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
         Assert.NotNull(readyLine);
         string ops = readyLine!.Split(' ').Single(p => p.StartsWith("ops=", StringComparison.Ordinal))[4..];
@@ -102,7 +127,7 @@ public sealed class OperationsEndpointsTests(ITestOutputHelper output)
         using var http = new HttpClient { BaseAddress = new Uri(ops) };
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/healthz/live")).StatusCode);
         Assert.Equal("Healthy", await http.GetStringAsync("/healthz/ready"));
-        var series = ParseSeries(await http.GetStringAsync("/metrics"));
+        var series = ParseSeries(await ScrapeAsync(http, checkRefusals: true));
         Assert.Equal(1, Value(series, "moe_shard_ready"));
         Assert.Equal(3 * 128, Value(series, "moe_shard_experts"));
         Assert.True(Value(series, "moe_shard_resident_bytes") > 0);

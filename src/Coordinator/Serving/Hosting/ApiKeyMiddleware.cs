@@ -1,4 +1,4 @@
-using Distributed.Coordinator.Hosting;
+using Distributed.Hosting;
 using Distributed.Coordinator.Serving.Api;
 
 namespace Distributed.Coordinator.Serving.Hosting;
@@ -6,8 +6,8 @@ namespace Distributed.Coordinator.Serving.Hosting;
 /// <summary>
 /// Authenticates the OpenAI API's callers: a request to <c>/v1/*</c>, <c>/tokenize</c> or <c>/detokenize</c> without
 /// <c>Authorization: Bearer KEY</c> matching <see cref="ServeOptions.ApiKey"/> gets 401 (OpenAI's <c>invalid_api_key</c>
-/// error, <c>WWW-Authenticate: Bearer</c>) before its body is read. Health probes and <c>/metrics</c> stay open for probes
-/// and scrapers; the admin API has its own token.
+/// error, <c>WWW-Authenticate: Bearer</c>) before its body is read. Health probes stay open for probes; <c>/metrics</c> has its own
+/// token (<see cref="Distributed.Hosting.TelemetryOptions.MetricsToken"/>), the admin API its own.
 /// </summary>
 public sealed class ApiKeyMiddleware(RequestDelegate next, BearerTokenAuthenticator authenticator)
 {

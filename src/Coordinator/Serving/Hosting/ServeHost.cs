@@ -83,7 +83,7 @@ public static class ServeHost
         app.UseMiddleware<ApiErrorMiddleware>();
         if (options.ResolveApiKey() is { } apiKey)
         {
-            app.UseMiddleware<ApiKeyMiddleware>(new Coordinator.Hosting.BearerTokenAuthenticator(apiKey));
+            app.UseMiddleware<ApiKeyMiddleware>(new Distributed.Hosting.BearerTokenAuthenticator(apiKey));
         }
         app.UseExpertCluster();
         app.UseStatusCodePages(context => ApiErrorMiddleware.WriteStatusCodeErrorAsync(context.HttpContext));

@@ -77,6 +77,9 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
     private readonly Task _loop;
     private int _resumeCount;
     private int _runningCount;
+    private readonly Lock _idleGate = new();
+    private TaskCompletionSource? _idleWaiters;
+    private bool _idle;
     private long _steps;
     private long _tokens;
     private long _finished;
@@ -263,9 +266,14 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         {
             try
             {
-                if (_running.Count == 0 && _resume.Count == 0 && !await _pending.Reader.WaitToReadAsync(ct).ConfigureAwait(false))
+                if (_running.Count == 0 && _resume.Count == 0)
                 {
-                    return;
+                    SetIdle(_pending.Reader.Count == 0);
+                    if (!await _pending.Reader.WaitToReadAsync(ct).ConfigureAwait(false))
+                    {
+                        return;
+                    }
+                    SetIdle(false);
                 }
                 DropCancelled();
                 await StepAsync(ct).ConfigureAwait(false);
@@ -281,6 +289,38 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
                 FailAll(ex);
             }
         }
+    }
+
+    /// <summary>
+    /// Completes when the scheduler holds no queued, preempted or running sequence: every finished or cancelled
+    /// sequence has ended and given its KV blocks back (blocks kept for prefix reuse count as cached, not used). For
+    /// drains and tests; a request submitted later starts a new busy period.
+    /// </summary>
+    public Task WaitIdleAsync(CancellationToken cancellationToken)
+    {
+        lock (_idleGate)
+        {
+            if (_idle && _pending.Reader.Count == 0)
+            {
+                return Task.CompletedTask;
+            }
+            _idleWaiters ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _idleWaiters.Task.WaitAsync(cancellationToken);
+        }
+    }
+
+    private void SetIdle(bool idle)
+    {
+        TaskCompletionSource? waiters = null;
+        lock (_idleGate)
+        {
+            _idle = idle;
+            if (idle)
+            {
+                (waiters, _idleWaiters) = (_idleWaiters, null);
+            }
+        }
+        waiters?.TrySetResult();
     }
 
     private void DropCancelled()
@@ -711,6 +751,7 @@ public sealed partial class ContinuousBatchScheduler : IGenerationScheduler, IAs
         {
             s.Owner.Output.Writer.TryComplete(new OperationCanceledException("the scheduler stopped"));
         }
+        SetIdle(true);
         _stop.Dispose();
         // Every sequence released its blocks above; the store's memory (device memory on CUDA) goes back now.
         _pool.Dispose();

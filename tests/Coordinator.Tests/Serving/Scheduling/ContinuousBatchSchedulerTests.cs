@@ -129,10 +129,7 @@ public sealed class ContinuousBatchSchedulerTests(ITestOutputHelper output) : ID
         });
         var (prompt, expected) = Golden("tiny-maverick")[1];
         Assert.Equal(expected, await CollectAsync(s, prompt, expected.Length));
-        for (int i = 0; i < 100 && s.Stats.KvBlocksUsed != 0; i++)
-        {
-            await Task.Delay(10);
-        }
+        await s.WaitIdleAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(0, s.Stats.KvBlocksUsed);
         Assert.Equal(0, s.Stats.Running);
     }

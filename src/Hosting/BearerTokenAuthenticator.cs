@@ -1,12 +1,13 @@
 using System.Security.Cryptography;
 using System.Text;
 
-namespace Distributed.Coordinator.Hosting;
+namespace Distributed.Hosting;
 
 /// <summary>
 /// Checks <c>Authorization: Bearer &lt;token&gt;</c> against the configured token in constant time (both sides are
 /// hashed first, so neither the length nor any prefix of the token leaks through timing). Holds only the token's hash.
-/// The admin API (its token) and the OpenAI API (its API key) authenticate their callers with it.
+/// The admin API (its token), the OpenAI API (its API key) and the metrics endpoints (their token) authenticate their
+/// callers with it.
 /// </summary>
 public sealed class BearerTokenAuthenticator
 {
