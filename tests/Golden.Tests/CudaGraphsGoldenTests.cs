@@ -33,8 +33,8 @@ public sealed class CudaGraphsGoldenTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// Steps of 1, 3 (bucket 4), 4 and 5 (bucket 8) decode rows over several sequences, each row count run for four
-    /// steps (warm-up, capture, replay, replay), graphs on against graphs off: logits and routing bitwise equal, graphs
+    /// Steps of 1, 3 (bucket 4), 4 and 5 (bucket 8) decode rows over several sequences, each row count run for three
+    /// steps (warm-up, capture, replay), graphs on against graphs off: logits and routing bitwise equal, graphs
     /// launched from the second step of each bucket on, no capture failing.
     /// </summary>
     [DevicePathCudaTests.CudaTheory]
@@ -66,7 +66,7 @@ public sealed class CudaGraphsGoldenTests(ITestOutputHelper output)
                 int token = 7;
                 foreach (int rows in new[] { 1, 3, 4, 5 })
                 {
-                    for (int s = 0; s < 4; s++)
+                    for (int s = 0; s < 3; s++)
                     {
                         var items = caches.Take(rows).Select(c => new SequenceStep(c, new[] { token++ % engine.Config.VocabSize }, LogitsRequest.Last)).ToArray();
                         var r = await engine.Model.ForwardAsync(items, captureRouting: true, CancellationToken.None);
@@ -97,8 +97,8 @@ public sealed class CudaGraphsGoldenTests(ITestOutputHelper output)
         // and 3 (bucket 4) start new sets; rows 4 share bucket 4's set; rows 5 use bucket 8, which the 8-token prefill warmed up.
         int segments = on.Launches.Max();
         Assert.Equal(0, on.Launches[0]);
-        Assert.Equal(0, on.Launches[4]);
-        foreach (int s in new[] { 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 })
+        Assert.Equal(0, on.Launches[3]);
+        foreach (int s in new[] { 1, 2, 4, 5, 6, 7, 8, 10, 11 })
         {
             Assert.True(on.Launches[s] == segments, $"step {s}: {on.Launches[s]} graph launches, expected {segments}: [{string.Join(", ", on.Launches)}]");
         }
