@@ -186,6 +186,53 @@ public sealed unsafe class CudaGraphTests : IDisposable
         Assert.Contains("during a CUDA graph capture", counters.LastFailure, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A step that outgrows the graph context's arena outside its segments makes the next step's arena merge its chunks
+    /// (every address moves): the graph set is dropped and captured again, and results stay bitwise equal.
+    /// </summary>
+    [GpuFact]
+    public void ArenaReallocation_DropsTheGraphs_AndTheyAreCapturedAgain()
+    {
+        const int rows = 2, cols = 32;
+        float[] weight = TestData.Floats(cols, 2, 1f);
+        using var store = Gpu.CreateKvBlockStore(4, 4, cols);
+        var owner = new object();
+        var launches = new List<int>();
+        for (int s = 0; s < 4; s++)
+        {
+            float[] a = TestData.Floats(rows * cols, 30 + s, 2f);
+            float[] expected = new float[rows * cols];
+            using (var eager = Gpu.BeginDeviceStep())
+            {
+                DeviceTensor ea = eager.Upload(a), ey = eager.Allocate(rows * cols);
+                eager.RmsNorm(ea, rows, cols, weight, 1e-5f, ey);
+                eager.Download(ey, expected);
+                eager.Complete();
+            }
+            using var step = Gpu.TryBeginGraphStep(rows) ?? throw new InvalidOperationException("no graph step");
+            int bucket = step.GraphBucket;
+            DeviceTensor da = step.Allocate(bucket * cols), dy = step.Allocate(bucket * cols);
+            step.UploadInto<float>(a, da);
+            step.BeginGraphs(owner, store, 1, 1);
+            step.Segment(() => step.RmsNorm(da, bucket, cols, weight, 1e-5f, dy));
+            if (s == 1)
+            {
+                // Eager work after the segments that needs a second chunk: the next step's reset merges the chunks.
+                step.Zero(step.Allocate(16L << 20));
+            }
+            var actual = new float[bucket * cols];
+            step.Download(dy, actual);
+            step.Complete();
+            TestData.AssertBitwiseEqual(expected, actual.AsSpan(0, rows * cols), $"step {s}");
+            launches.Add(step.GraphLaunches);
+        }
+        var counters = Gpu.GraphCounters;
+        Assert.Equal([0, 1, 1, 1], launches);
+        Assert.Equal(1, counters.Invalidations);
+        Assert.Equal(2, counters.Captures);
+        Assert.Equal(0, counters.CaptureFailures);
+    }
+
     [GpuFact]
     public void KvWrite_NegativeSlotWritesNothing()
     {
