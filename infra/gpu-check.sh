@@ -17,11 +17,13 @@
 # ordinal and free memory with the capacity an expert worker there (--gpu N) would report for Maverick FP8 and bf16
 # experts, and checks a backend on the last device (one GPU per worker, issue #12). GPUCHECK_ARGS="--only fp8" runs that part
 # alone (about a minute of checks on an H100 plus the benchmarks; add --quick to skip the long-context decode).
-# The device-resident path (issue #12): the full run checks it against the host-staged path on tiny-maverick and
-# reports decode with it on and off (tiny-maverick ms/token against the CPU; synthetic maverick-h2048 tok/s and the
-# share of the HBM floor, when the deadline leaves 150 s). GPUCHECK_ARGS="--only devicepath" runs that part alone
-# (parity about 10 s, the tiny decode about 20 s, writing the 4 GB synthetic checkpoint plus its on/off decode about
-# 60-90 s on an H100; --quick leaves out the synthetic stack), well inside the 300 s default.
+# The device-resident path (issue #12): the full run checks it against the host-staged path on tiny-maverick, checks
+# CUDA graphs (--cuda-graphs) against the eager device path there, and reports decode with graphs, the eager device
+# path and the host-staged path as ratios from the same run (tiny-maverick ms/token against the CPU; synthetic
+# maverick-h2048 tok/s and the share of the HBM floor, when the deadline leaves 190 s). GPUCHECK_ARGS="--only
+# devicepath" runs that part alone (parity about 20 s, the tiny decode about 30 s, writing the 4 GB synthetic checkpoint
+# plus its three decodes about 90-120 s on an H100, estimated: graphs have not run on a GPU yet; --quick leaves out the
+# synthetic stack), inside the 300 s default.
 # The expert worker's compute from wire rows (issues #12, #15): the device path (wire bytes uploaded as they are, decoded,
 # checked, computed and encoded on the device) bitwise against the host path, and both timed in the same run for a
 # worker's 16 Maverick FP8 experts at 16/128/512 rows of bf16 and FP8 wire rows. GPUCHECK_ARGS="--only worker" runs that

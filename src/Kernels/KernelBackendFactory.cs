@@ -61,7 +61,7 @@ public static class KernelBackendFactory
         }
     }
 
-    private static CudaBackendOptions CudaOptions(KernelOptions options) => new() { DevicePath = options.DevicePath };
+    private static CudaBackendOptions CudaOptions(KernelOptions options) => new() { DevicePath = options.DevicePath, CudaGraphs = options.CudaGraphs };
 
     private static void Log(TextWriter? log, IKernelBackend backend, string why)
     {

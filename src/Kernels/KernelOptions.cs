@@ -36,6 +36,13 @@ public sealed class KernelOptions
     /// through the host (the path before issue #12). Ignored by the CPU backend. Default: true.
     /// </summary>
     public bool DevicePath { get; set; } = true;
+
+    /// <summary>
+    /// On the CUDA device path, capture each step's work between host synchronizations as CUDA graphs per row bucket and
+    /// replay them (<c>Kernels:CudaGraphs</c>, CLI <c>--cuda-graphs on|off</c>; <see cref="Cuda.CudaBackendOptions.CudaGraphs"/>).
+    /// Ignored by the CPU backend and with the device path off. Default: false (not yet measured on a GPU).
+    /// </summary>
+    public bool CudaGraphs { get; set; }
 }
 
 /// <summary>The arithmetic of the CPU backend's matmuls and FFNs (weights are bf16 either way).</summary>

@@ -168,6 +168,7 @@ internal static class Program
                     GoldenRuns.RunScheduled(report, "Golden fixtures through the scheduler, paged KV in device memory", split, fixtures);
                     GoldenRuns.RunFp8(report, "FP8 goldens on CUDA (tiny-maverick-fp8; issue #12)", split, fixtures);
                     DevicePathChecks.Parity(report, split, fixtures);
+                    DevicePathChecks.GraphsParity(report, split, fixtures);
                     if (fast is not null)
                     {
                         report.BenchSection("Golden fixtures, Fast precision", () =>
@@ -210,7 +211,7 @@ internal static class Program
                     report.BenchSection("Decode step", () => DevicePathChecks.TinyDecode(report, split, cpu, fixtures, quick));
                 }
                 report.Write(outDir);
-                if (!quick && started.Elapsed.TotalSeconds < deadline - 150)
+                if (!quick && started.Elapsed.TotalSeconds < deadline - 190)
                 {
                     report.BenchSection("Device path on synthetic maverick-h2048", () => DevicePathChecks.SyntheticDecode(report, split, copy));
                     report.Write(outDir);
@@ -279,6 +280,7 @@ internal static class Program
         else
         {
             DevicePathChecks.Parity(report, split, fixtures);
+            DevicePathChecks.GraphsParity(report, split, fixtures);
             report.Write(outDir);
             if (bench)
             {

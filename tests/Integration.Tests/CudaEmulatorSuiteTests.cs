@@ -14,10 +14,10 @@ namespace Distributed.Integration.Tests;
 public sealed class CudaEmulatorSuiteTests(ITestOutputHelper output)
 {
     [CudaEmulatorFact]
-    public Task KernelSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Kernels.Tests", minimumTests: 18);
+    public Task KernelSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Kernels.Tests", minimumTests: 25);
 
     [CudaEmulatorFact]
-    public Task GoldenSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Golden.Tests", minimumTests: 14);
+    public Task GoldenSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Golden.Tests", minimumTests: 22);
 
     [CudaEmulatorFact]
     public Task ExpertWorkerSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("ExpertWorker.Tests", minimumTests: 24);

@@ -13,7 +13,7 @@ public static partial class CommandLine
 {
     private const string ServeUsage =
         "serve           --model DIR [--model-name ID] [--host 127.0.0.1] [--port 8000 (0 = any free port)] [--http2-port N] [--max-queue N]\n"
-        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--prefix-caching on|off] [--device-path on|off]\n"
+        + "                  [--max-running N] [--max-batch-tokens N] [--prefill-chunk N] [--kv-memory-mb N] [--kv-dtype fp32|bf16|fp8] [--prefix-caching on|off] [--device-path on|off] [--cuda-graphs on|off]\n"
         + "                  [--default-max-tokens N]\n"
         + "                  [--max-request-bytes N] [--queue-full-status 429|503]\n"
         + "                  [--backend cpu|cuda|auto] [--gpu N] [--threads N] [--cpu-precision fp32|bf16] [--Section:Key value ...]\n"
@@ -35,7 +35,7 @@ public static partial class CommandLine
     {
         var a = new CliArgs(args,
             ["model", "model-name", "host", "port", "http2-port", "max-queue", "max-running", "max-batch-tokens", "prefill-chunk", "kv-memory-mb",
-             "prefix-caching", "default-max-tokens", "kv-dtype", "device-path", "max-request-bytes", "queue-full-status", "backend", "gpu", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
+             "prefix-caching", "default-max-tokens", "kv-dtype", "device-path", "cuda-graphs", "max-request-bytes", "queue-full-status", "backend", "gpu", "threads", "cpu-precision", "telemetry", "admin-host", "admin-port",
              "admin-grpc-port", "admin-token-env", "api-key-env", "max-images", "max-image-bytes", "max-image-pixels", "max-image-tiles", "image-url-allow", "image-fetch-timeout",
              .. Distribution.DistributedExpertsCli.Options],
             ["allow-unauthenticated", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true);

@@ -13,12 +13,12 @@ public static partial class CommandLine
     private const string Usage =
         "usage: Distributed.Coordinator <command> [options]\n"
         + "  infer           --model DIR --prompt-ids 1,2,3 [--max-new-tokens 16] [--json] [--backend cpu|cuda|auto] [--gpu N] [--threads N] [--prefill-chunk N]\n"
-        + "                  [--cpu-precision fp32|bf16] [--kv-dtype fp32|bf16|fp8] [--device-path on|off] [--Section:Key value ...]\n"
+        + "                  [--cpu-precision fp32|bf16] [--kv-dtype fp32|bf16|fp8] [--device-path on|off] [--cuda-graphs on|off] [--Section:Key value ...]\n"
         + "                  " + Distribution.DistributedExpertsCli.Usage + "\n"
         + "                  [--image FILE [--image FILE ...]] [--max-image-tiles N]   (each <|image|> id of --prompt-ids marks one image, in order)\n"
         + "  make-synthetic  --out DIR [--preset NAME] [--<field> value ...]\n"
         + "  bench           --model DIR [--prompt 128] [--gen 64] [--threads N] [--backend cpu|cuda|auto] [--gpu N] [--cpu-precision fp32|bf16]\n"
-        + "                  [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8] [--device-path on|off] [--json]\n"
+        + "                  [--quantize none|fp8] [--fp8-activations] [--kv-dtype fp32|bf16|fp8] [--device-path on|off] [--cuda-graphs on|off] [--json]\n"
         + "  " + ServeUsage + "\n  " + AdminUsage + "\n  " + PlanUsage;
 
     /// <summary>Runs <paramref name="args"/> and returns the process exit code (0 ok, 1 failure, 2 usage error).</summary>
@@ -116,6 +116,7 @@ public static partial class CommandLine
             CpuPrecision = a.Enum("cpu-precision", defaults.CpuPrecision),
             DeviceOrdinal = a.Int("gpu", defaults.DeviceOrdinal, 0, 1023),
             DevicePath = OnOff(a, "device-path", defaults.DevicePath),
+            CudaGraphs = OnOff(a, "cuda-graphs", defaults.CudaGraphs),
         };
         bool gpuGiven = a.Has("gpu") || configuration?.Has("Kernels:DeviceOrdinal") == true;
         int[] workerGpus = configuration?.Has("LocalCluster:Gpus") == true
@@ -186,7 +187,7 @@ public static partial class CommandLine
 
     private static async Task<int> InferAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "gpu", "threads", "cpu-precision", "prefill-chunk", "kv-dtype", "max-image-tiles", "device-path",
+        var a = new CliArgs(args, ["model", "prompt-ids", "max-new-tokens", "backend", "gpu", "threads", "cpu-precision", "prefill-chunk", "kv-dtype", "max-image-tiles", "device-path", "cuda-graphs",
                 .. Distribution.DistributedExpertsCli.Options],
             ["json", .. Distribution.DistributedExpertsCli.Flags], configurationKeys: true, repeatable: ["image"]);
         string dir = ModelDirectory(a);
@@ -220,6 +221,7 @@ public static partial class CommandLine
         }
         var result = await engine.InferAsync(prompt, maxNew, images, ct).ConfigureAwait(false);
         stderr.WriteLine($"inferred {prompt.Length} prompt + {result.NewTokens.Length} new tokens in {sw.ElapsedMilliseconds} ms");
+        ReportGraphs(backend, stderr);
         if (json)
         {
             WriteJson(stdout, result);
@@ -342,7 +344,7 @@ public static partial class CommandLine
 
     private static async Task<int> BenchAsync(IEnumerable<string> args, TextWriter stdout, TextWriter stderr, CancellationToken ct)
     {
-        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "gpu", "cpu-precision", "repeat", "quantize", "kv-dtype", "device-path"], ["json", "fp8-activations"],
+        var a = new CliArgs(args, ["model", "prompt", "gen", "threads", "backend", "gpu", "cpu-precision", "repeat", "quantize", "kv-dtype", "device-path", "cuda-graphs"], ["json", "fp8-activations"],
             configurationKeys: true);
         string dir = ModelDirectory(a);
         var configuration = Configuration(a);
@@ -370,6 +372,18 @@ public static partial class CommandLine
         {
             stdout.WriteLine($"backend {backend.Name}: prefill {prefillTps:F1} tok/s ({promptLen} tokens in {bestPrefill * 1000:F1} ms), decode {decodeTps:F2} tok/s ({bestDecode * 1000 / gen:F2} ms/token)");
         }
+        ReportGraphs(backend, stderr);
         return 0;
+    }
+
+    // With --cuda-graphs on: what the graphs did (a capture that keeps failing shows here, not as an error).
+    private static void ReportGraphs(IKernelBackend backend, TextWriter stderr)
+    {
+        if (backend is Kernels.Cuda.CudaKernelBackend { Options.CudaGraphs: true } cuda)
+        {
+            var g = cuda.GraphCounters;
+            stderr.WriteLine($"cuda graphs: {g.Launches} launches, {g.Captures} captures, {g.CaptureFailures} failed captures, {g.EagerSegments} eager segments, "
+                + $"{g.GraphSets} graph sets ({g.Graphs} graphs){(g.LastFailure is null ? "" : $"; last failure: {g.LastFailure}")}");
+        }
     }
 }

@@ -59,6 +59,14 @@ public sealed class CudaBackendOptions
     /// the host-span ops, each staging through pinned memory and synchronizing. Default: true.
     /// </summary>
     public bool DevicePath { get; init; } = true;
+
+    /// <summary>
+    /// On the device path, capture the parts of a step between host synchronizations as CUDA graphs, one set per row
+    /// bucket (<see cref="CudaKernelBackend.GraphBuckets"/>), and replay them on later steps: one launch per segment
+    /// instead of one per kernel. Padded rows compute on zeros and never touch a real sequence's keys. Default: false
+    /// (not yet measured on a GPU).
+    /// </summary>
+    public bool CudaGraphs { get; init; }
 }
 
 /// <summary>The device a <see cref="CudaKernelBackend"/> runs on and the library versions it loaded.</summary>

@@ -119,10 +119,38 @@ internal sealed class BumpArena : IDisposable
     /// <summary>Bytes currently held.</summary>
     public long CapacityBytes => _chunks.Sum(c => c.Size);
 
+    /// <summary>
+    /// Counts the times memory this arena handed out was freed (a <see cref="Reset"/> that merged chunks, or
+    /// <see cref="Dispose"/>): a CUDA graph captured at one generation holds addresses that are only valid while the
+    /// generation stays the same.
+    /// </summary>
+    public long Generation { get; private set; }
+
+    /// <summary>
+    /// While set (a CUDA graph capture is recording), an allocation that needs a new chunk throws
+    /// <see cref="InvalidOperationException"/> instead of allocating (an allocation is illegal during a capture, and the
+    /// capture would bake in memory that the next merge frees); frozen with <c>forbidAll</c> (see
+    /// <see cref="FreezeForCapture"/>) every allocation throws (pinned staging: a captured copy would read it at replay,
+    /// when it holds something else).
+    /// </summary>
+    public bool Frozen => _frozen != 0;
+
+    private int _frozen; // 0: not frozen, 1: no new chunk, 2: no allocation at all
+
+    /// <summary>Freezes the arena for a capture (see <see cref="Frozen"/>); <see cref="Thaw"/> ends it.</summary>
+    public void FreezeForCapture(bool forbidAll) => _frozen = forbidAll ? 2 : 1;
+
+    /// <summary>Ends <see cref="FreezeForCapture"/>.</summary>
+    public void Thaw() => _frozen = 0;
+
     /// <summary>Returns <paramref name="bytes"/> of scratch, valid until the next <see cref="Reset"/>.</summary>
     public ulong Alloc(long bytes)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
+        if (_frozen == 2)
+        {
+            throw new InvalidOperationException($"an allocation of {bytes} bytes of pinned staging during a CUDA graph capture (a captured copy would read it at every replay)");
+        }
         long size = Math.Max(Alignment, (bytes + Alignment - 1) / Alignment * Alignment);
         while (_current < _chunks.Count)
         {
@@ -136,6 +164,10 @@ internal sealed class BumpArena : IDisposable
             }
             _current++;
             _offset = 0;
+        }
+        if (_frozen != 0)
+        {
+            throw new InvalidOperationException($"the scratch arena needs a new chunk for {bytes} bytes during a CUDA graph capture (it holds {CapacityBytes} bytes)");
         }
         long chunkSize = Math.Max(MinChunk, Math.Max(size, CapacityBytes));
         var (owner, baseAddress) = _allocate(chunkSize);
@@ -165,6 +197,7 @@ internal sealed class BumpArena : IDisposable
                 chunk.Owner.Dispose();
             }
             _chunks.Clear();
+            Generation++;
             var (owner, baseAddress) = _allocate(total);
             _chunks.Add((owner, baseAddress, total));
         }
@@ -180,5 +213,6 @@ internal sealed class BumpArena : IDisposable
             chunk.Owner.Dispose();
         }
         _chunks.Clear();
+        Generation++;
     }
 }

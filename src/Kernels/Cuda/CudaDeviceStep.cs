@@ -301,9 +301,6 @@ public sealed unsafe partial class CudaDeviceStep : IDisposable
     public void TopK(DeviceTensor scores, int rows, int cols, int k, Span<int> ids, Span<float> values, DeviceTensor alongside, Span<float> alongsideDestination)
     {
         Check();
-        Require(rows >= 0 && cols > 0, $"rows must be ≥ 0 and cols > 0, got {rows}×{cols}", nameof(rows));
-        Require(k >= 1 && k <= cols, $"k must be in [1, cols = {cols}], got {k}", nameof(k));
-        Require(scores.Length == (long)rows * cols, $"scores has {scores.Length} floats, expected {rows}×{cols}", nameof(scores));
         Require(ids.Length == (long)rows * k && values.Length == (long)rows * k, $"ids and values need {rows}×{k} entries, got {ids.Length}, {values.Length}", nameof(ids));
         Require(alongside.Length == alongsideDestination.Length, $"alongsideDestination has {alongsideDestination.Length} floats, the tensor {alongside.Length}",
             nameof(alongsideDestination));
@@ -312,14 +309,44 @@ public sealed unsafe partial class CudaDeviceStep : IDisposable
             return;
         }
         var mark = _ctx.Device.Mark();
-        ulong di = _ctx.Device.Alloc(ids.Length * 4L);
-        ulong dv = _ctx.Device.Alloc(values.Length * 4L);
+        DeviceTensor di = Allocate(ids.Length), dv = Allocate(values.Length);
+        TopKOnDevice(scores, rows, cols, k, di, dv);
+        DownloadTopK(di, dv, ids, values, alongside, alongsideDestination);
+        _ctx.Device.Release(mark);
+    }
+
+    /// <summary>
+    /// Queues the top-k of each row of <paramref name="scores"/> into device <paramref name="ids"/> (int32 bits in each
+    /// element) and <paramref name="values"/>, <c>[rows, k]</c> each: the kernel of <see cref="TopK(DeviceTensor, int, int, int, Span{int}, Span{float})"/>
+    /// without the download (a graph segment ends with it).
+    /// </summary>
+    public void TopKOnDevice(DeviceTensor scores, int rows, int cols, int k, DeviceTensor ids, DeviceTensor values)
+    {
+        Check();
+        Require(rows >= 0 && cols > 0, $"rows must be ≥ 0 and cols > 0, got {rows}×{cols}", nameof(rows));
+        Require(k >= 1 && k <= cols, $"k must be in [1, cols = {cols}], got {k}", nameof(k));
+        Require(scores.Length == (long)rows * cols, $"scores has {scores.Length} floats, expected {rows}×{cols}", nameof(scores));
+        Require(ids.Length >= (long)rows * k && values.Length >= (long)rows * k, $"ids and values need {rows}×{k} entries, got {ids.Length}, {values.Length}", nameof(ids));
         if (rows > 0)
         {
-            Module.TopKRows(Stream, scores.Pointer, di, dv, rows, cols, k);
+            Module.TopKRows(Stream, scores.Pointer, ids.Pointer, values.Pointer, rows, cols, k);
         }
-        nint hi = CudaKernelBackend.EnqueueDownload(_ctx, di, ids.Length * 4L);
-        nint hv = CudaKernelBackend.EnqueueDownload(_ctx, dv, values.Length * 4L);
+    }
+
+    /// <summary>
+    /// Waits once and brings back the first <c>ids.Length</c> entries of device <paramref name="deviceIds"/> and
+    /// <paramref name="deviceValues"/> (<see cref="TopKOnDevice"/>) and <paramref name="alongside"/>.
+    /// </summary>
+    public void DownloadTopK(DeviceTensor deviceIds, DeviceTensor deviceValues, Span<int> ids, Span<float> values, DeviceTensor alongside,
+        Span<float> alongsideDestination)
+    {
+        Check();
+        Require(ids.Length == values.Length && deviceIds.Length >= ids.Length && deviceValues.Length >= values.Length,
+            $"{ids.Length} ids and {values.Length} values do not fit device tensors of {deviceIds.Length} and {deviceValues.Length}", nameof(ids));
+        Require(alongside.Length == alongsideDestination.Length, $"alongsideDestination has {alongsideDestination.Length} floats, the tensor {alongside.Length}",
+            nameof(alongsideDestination));
+        nint hi = CudaKernelBackend.EnqueueDownload(_ctx, deviceIds.Pointer, ids.Length * 4L);
+        nint hv = CudaKernelBackend.EnqueueDownload(_ctx, deviceValues.Pointer, values.Length * 4L);
         long bytes = alongside.Length * sizeof(float);
         nint staging = bytes > 0 ? _ctx.Staging(bytes) : 0;
         if (bytes > 0)
@@ -327,7 +354,6 @@ public sealed unsafe partial class CudaDeviceStep : IDisposable
             CuDriver.Check(CuDriver.cuMemcpyDtoHAsync((void*)staging, alongside.Pointer, (nuint)bytes, Stream), "cuMemcpyDtoHAsync_v2");
         }
         Synchronize();
-        _ctx.Device.Release(mark);
         DownloadedBytes += 8L * ids.Length + bytes;
         new ReadOnlySpan<int>((void*)hi, ids.Length).CopyTo(ids);
         new ReadOnlySpan<float>((void*)hv, values.Length).CopyTo(values);
@@ -403,7 +429,14 @@ public sealed unsafe partial class CudaDeviceStep : IDisposable
         {
             _ctx.Completed = false;
         }
-        _owner.Return(_ctx, _ctx.Completed);
+        if (_graphs is { } cache)
+        {
+            cache.Exit(_ctx.Completed);
+        }
+        else
+        {
+            _owner.Return(_ctx, _ctx.Completed);
+        }
     }
 
     /// <summary>Marks the step's work as finished (call after the last download).</summary>

@@ -121,18 +121,34 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
     internal void KvAttentionOnDevice(CudaCallContext ctx, CudaKvBlockStore store, ulong dq, ulong dp, int rows, ReadOnlySpan<KvSequenceView> sequences,
         in AttentionParams p, ulong dout)
     {
-        // Per query row: (keys, key start, first slot, offset of its sequence's table in the concatenated tables).
-        int tableLength = 0, maxKeys = 1;
+        int tableLength = 0;
         foreach (var s in sequences)
         {
             tableLength += s.BlockTable.Length;
         }
         int[] meta = System.Buffers.ArrayPool<int>.Shared.Rent(4 * rows);
         int[] tables = System.Buffers.ArrayPool<int>.Shared.Rent(Math.Max(1, tableLength));
-        int r = 0, offset = 0;
+        int maxKeys = PackAttention(sequences, meta.AsSpan(0, 4 * rows), tables);
+        // Upload copies into pinned staging at once, so the pooled arrays go back right away.
+        ulong dt = Upload<int>(ctx, tables.AsSpan(0, Math.Max(1, tableLength)));
+        ulong dm = Upload<int>(ctx, meta.AsSpan(0, 4 * rows));
+        System.Buffers.ArrayPool<int>.Shared.Return(tables);
+        System.Buffers.ArrayPool<int>.Shared.Return(meta);
+        KvAttentionPacked(ctx, store, dq, dp, rows, dt, dm, (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys, p, dout);
+    }
+
+    /// <summary>
+    /// Packs the per-row sequence data of a batched attention: <paramref name="meta"/>[4 r ..] = (keys, key start, first
+    /// slot, offset of the row's block table in <paramref name="tables"/>) for the rows of <paramref name="sequences"/>
+    /// in order, the block tables concatenated into <paramref name="tables"/>. Meta entries past the sequences' rows (the
+    /// padded rows of a graph bucket) get 0 keys: those rows see no key and their output is 0. Returns the largest key count (≥ 1).
+    /// </summary>
+    internal static int PackAttention(ReadOnlySpan<KvSequenceView> sequences, Span<int> meta, Span<int> tables)
+    {
+        int r = 0, offset = 0, maxKeys = 1;
         foreach (var s in sequences)
         {
-            s.BlockTable.Span.CopyTo(tables.AsSpan(offset));
+            s.BlockTable.Span.CopyTo(tables[offset..]);
             for (int i = 0; i < s.Rows; i++, r++)
             {
                 meta[4 * r] = s.Keys;
@@ -143,21 +159,29 @@ public sealed unsafe partial class CudaKernelBackend : IKvBlockStoreFactory
             offset += s.BlockTable.Length;
             maxKeys = Math.Max(maxKeys, s.Keys);
         }
-        // Upload copies into pinned staging at once, so the pooled arrays go back right away.
-        ulong dt = Upload<int>(ctx, tables.AsSpan(0, Math.Max(1, tableLength)));
-        ulong dm = Upload<int>(ctx, meta.AsSpan(0, 4 * rows));
-        System.Buffers.ArrayPool<int>.Shared.Return(tables);
-        System.Buffers.ArrayPool<int>.Shared.Return(meta);
+        meta[(4 * r)..].Clear();
+        return maxKeys;
+    }
+
+    /// <summary>
+    /// Queues the split-key attention over device tables <paramref name="dt"/> and per-row meta <paramref name="dm"/>
+    /// (<see cref="PackAttention"/>) with <paramref name="splits"/> key splits: any count that covers the longest row's
+    /// keys gives bitwise the same output (a split past a row's keys is empty and the merge skips it), so a graph can be
+    /// captured for a split count and replayed while the keys grow up to it.
+    /// </summary>
+    internal void KvAttentionPacked(CudaCallContext ctx, CudaKvBlockStore store, ulong dq, ulong dp, int rows, ulong dt, ulong dm, int splits,
+        in AttentionParams p, ulong dout)
+    {
         // Always the split kernels: one launch for every sequence, each row over its own keys (empty splits merge as nothing).
-        long splits = (maxKeys + CudaKernelModule.SplitKeys - 1) / CudaKernelModule.SplitKeys;
         long perRow = (long)p.Heads * splits * (p.HeadDim + 2) * 4;
         int slice = (int)Math.Clamp(Options.AttentionScratchBytes / perRow, 1, rows);
         ulong scratch = ctx.Device.Alloc(slice * perRow);
+        int keys = splits * CudaKernelModule.SplitKeys;
         for (int rowBase = 0; rowBase < rows; rowBase += slice)
         {
             int n = Math.Min(slice, rows - rowBase);
             _module.AttentionSplit(ctx.Stream.Value, store.DType, dq, dp, store.K.Pointer, store.V.Pointer, store.KScalePointer, store.VScalePointer, dt, 0,
-                store.BlockSize, dm, scratch, dout, n, rowBase, maxKeys, 0, p);
+                store.BlockSize, dm, scratch, dout, n, rowBase, keys, 0, p);
         }
     }
 }

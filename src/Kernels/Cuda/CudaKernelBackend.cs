@@ -268,7 +268,7 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         sb.Append($"{Name}: sm_{Info.ComputeCapabilityMajor}{Info.ComputeCapabilityMinor}, {Info.MultiprocessorCount} SMs, ");
         sb.Append($"{Info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, driver CUDA {Info.DriverVersion / 1000}.{Info.DriverVersion % 1000 / 10}, ");
         sb.Append($"cuBLAS {Info.CublasVersion} ({Info.CublasLibrary}), NVRTC {Info.NvrtcVersion} ({Info.NvrtcLibrary}), ");
-        sb.Append($"kernels {Info.KernelImage}, precision {Options.Precision}, grouped GEMM {GroupedGemmPath}, device path {(Options.DevicePath ? "on" : "off")}, batch invariant: no");
+        sb.Append($"kernels {Info.KernelImage}, precision {Options.Precision}, grouped GEMM {GroupedGemmPath}, device path {(Options.DevicePath ? "on" : "off")}, cuda graphs {(Options.CudaGraphs ? "on" : "off")}, batch invariant: no");
         return sb.ToString();
     }
 
@@ -285,6 +285,7 @@ public sealed unsafe partial class CudaKernelBackend : IKernelBackend
         {
             c.Dispose();
         }
+        DisposeGraphs();
         DisposeConstants();
         _module.Dispose();
         _context.Dispose();

@@ -54,6 +54,8 @@ public sealed class InferCommandTests(ITestOutputHelper output)
     [InlineData(2, "--max-new-tokens must be an integer", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--max-new-tokens", "-3")]
     [InlineData(2, "--device-path 'sometimes' must be on or off", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--device-path", "sometimes")]
     [InlineData(2, "--device-path 'x' must be on or off", "bench", "--model", "{fixture}", "--device-path", "x")]
+    [InlineData(2, "--cuda-graphs 'often' must be on or off", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--cuda-graphs", "often")]
+    [InlineData(2, "--cuda-graphs 'x' must be on or off", "bench", "--model", "{fixture}", "--cuda-graphs", "x")]
     [InlineData(1, "outside the vocabulary", "infer", "--model", "{fixture}", "--prompt-ids", "1,512")]
     [InlineData(1, "exceeds max_position_embeddings", "infer", "--model", "{fixture}", "--prompt-ids", "1", "--max-new-tokens", "5000")]
     public async Task Infer_BadArguments_ExitNonZeroWithOneLineReason(int expectedCode, string reason, params string[] args)

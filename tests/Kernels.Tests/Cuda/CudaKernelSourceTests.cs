@@ -71,6 +71,6 @@ public sealed partial class CudaKernelSourceTests
     [GeneratedRegex(@"//[^\n]*")]
     private static partial Regex LineComment();
 
-    [GeneratedRegex(@"\{""(\w+)"", invoker\(\1\)\}")]
+    [GeneratedRegex(@"\{""(\w+)"", invoker\(\1\), arg_sizes\(\1\)\}")]
     private static partial Regex EmulatorEntry();
 }

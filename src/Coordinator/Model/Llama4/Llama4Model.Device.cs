@@ -40,6 +40,10 @@ public sealed partial class Llama4Model
     private async ValueTask<StepResult> ForwardOnDeviceAsync(CudaKernelBackend cuda, IReadOnlyList<SequenceStep> items, int t, bool captureRouting,
         CancellationToken cancellationToken)
     {
+        if (Observer is null && cuda.TryBeginGraphStep(t) is { } graphStep)
+        {
+            return await ForwardGraphedAsync(graphStep, items, t, captureRouting, cancellationToken).ConfigureAwait(false);
+        }
         int h = _c.HiddenSize, nh = _c.NumHeads, nkv = _c.NumKvHeads, hd = _c.HeadDim;
         int qW = nh * hd, kvW = nkv * hd, qkvW = qW + 2 * kvW;
         float eps = (float)_c.RmsNormEps;
@@ -78,46 +82,17 @@ public sealed partial class Llama4Model
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var lw = _w.Layers[il];
-                bool rope = _c.UsesRope(il);
-
-                // --- attention block ---
-                step.RmsNorm(hidden, t, h, lw.InputNorm, eps, x);
-                step.MatMul(x, t, lw.Qkv, qkv);
-                step.CopyColumns(qkv, t, qkvW, 0, qW, q);
-                step.CopyColumns(qkv, t, qkvW, qW, kvW, k);
-                step.CopyColumns(qkv, t, qkvW, qW + kvW, kvW, v);
-                if (rope)
-                {
-                    step.Rope(q, t, nh, pos, _w.Rope);
-                    step.Rope(k, t, nkv, pos, _w.Rope);
-                    if (_c.UseQkNorm)
-                    {
-                        step.RmsNorm(q, t * nh, hd, [], eps, q);
-                        step.RmsNorm(k, t * nkv, hd, [], eps, k);
-                    }
-                }
-                else if (factors is { } fs)
-                {
-                    step.ScaleRows(q, t, qW, fs);
-                }
 
                 // The new keys go from device memory straight into the device store: one scatter for the step's rows.
-                int row = 0;
-                for (int i = 0; i < items.Count; i++)
+                ReserveSlots(items, il, slots, sequences);
+                var tensors = new LayerTensors(hidden, x, qkv, q, k, v, attn, tmp, pos, factors);
+                AttentionOnDevice(step, il, t, tensors, (ap, kk, vv) =>
                 {
-                    int n = items[i].Tokens.Length;
-                    var view = items[i].Cache.Reserve(il, n, slots.AsSpan(row, n));
-                    sequences[i] = new KvSequenceView(n, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
-                    row += n;
-                }
-                step.KvWrite(store, slots, k, v);
-                var ap = new AttentionParams(nh, nkv, hd, _attnScaling, rope ? _c.AttentionChunkSize : 0);
-                step.Attention(store, q, pos, sequences, ap, attn);
-                step.MatMul(attn, t, lw.O, tmp);
-                step.Add(hidden, tmp);
+                    step.KvWrite(store, slots, kk, vv);
+                    step.Attention(store, q, pos, sequences, ap, attn);
+                });
 
                 // --- feed-forward block ---
-                step.RmsNorm(hidden, t, h, lw.PostAttentionNorm, eps, x);
                 if (lw.Router is { } router)
                 {
                     routerLogits ??= step.Allocate((long)t * _c.NumExperts);
@@ -139,39 +114,101 @@ public sealed partial class Llama4Model
                     Observer.OnTensor($"L{il}.out", host.AsSpan(0, t * h), t, h);
                 }
             }
-            foreach (var item in items)
-            {
-                item.Cache.Advance(item.Tokens.Span);
-            }
-
-            // --- final norm + lm_head on the requested rows only ---
-            var (selected, logitRows) = SelectLogitRows(items);
             if (Observer is not null)
             {
                 step.RmsNorm(hidden, t, h, _w.FinalNorm, eps, x);
                 step.Download(x, host.AsSpan(0, t * h));
                 Observer.OnTensor("final_norm", host.AsSpan(0, t * h), t, h);
             }
-            int s = selected.Count;
-            var logits = new float[s * _c.VocabSize];
-            if (s > 0)
-            {
-                DeviceTensor rows = tmp.Slice(0, (long)s * h), normed = x.Slice(0, (long)s * h);
-                step.GatherRows(hidden, h, selected.ToArray(), rows);
-                step.RmsNorm(rows, s, h, _w.FinalNorm, eps, normed);
-                DeviceTensor dLogits = step.Allocate(logits.Length);
-                step.MatMul(normed, s, _w.LmHead, dLogits);
-                step.Download(dLogits, logits);
-            }
-            step.Complete();
-            LastDeviceTraffic = new DeviceStepTraffic(step.UploadedBytes, step.DownloadedBytes, step.Synchronizations);
-            return new StepResult(logits, logitRows, _c.VocabSize, routing);
+            return FinishOnDevice(step, items, hidden, x, tmp, routing);
         }
         finally
         {
             pool.Return(host);
             pool.Return(routedHost);
         }
+    }
+
+    /// <summary>A step's device tensors for one layer (rows × width each), positions and temperature factors.</summary>
+    private readonly record struct LayerTensors(DeviceTensor Hidden, DeviceTensor X, DeviceTensor Qkv, DeviceTensor Q, DeviceTensor K, DeviceTensor V,
+        DeviceTensor Attn, DeviceTensor Tmp, DevicePositions Positions, DeviceTensor? Factors);
+
+    // Reserves layer il's KV slots of every item (in item order, rows in step order) and fills its attention views.
+    private static void ReserveSlots(IReadOnlyList<SequenceStep> items, int il, Span<int> slots, KvSequenceView[] sequences)
+    {
+        int row = 0;
+        for (int i = 0; i < items.Count; i++)
+        {
+            int n = items[i].Tokens.Length;
+            var view = items[i].Cache.Reserve(il, n, slots.Slice(row, n));
+            sequences[i] = new KvSequenceView(n, view.BlockTable, view.FirstSlot, view.Keys, view.KeyPositionStart);
+            row += n;
+        }
+    }
+
+    /// <summary>
+    /// Layer <paramref name="il"/>'s attention block on device rows, up to the post-attention norm into x:
+    /// <paramref name="kvAndAttention"/> writes the new keys and values to the store and runs the attention into Attn.
+    /// </summary>
+    private void AttentionOnDevice(CudaDeviceStep step, int il, int rows, in LayerTensors d, Action<AttentionParams, DeviceTensor, DeviceTensor> kvAndAttention)
+    {
+        int h = _c.HiddenSize, nh = _c.NumHeads, nkv = _c.NumKvHeads, hd = _c.HeadDim;
+        int qW = nh * hd, kvW = nkv * hd, qkvW = qW + 2 * kvW;
+        float eps = (float)_c.RmsNormEps;
+        var lw = _w.Layers[il];
+        bool rope = _c.UsesRope(il);
+        step.RmsNorm(d.Hidden, rows, h, lw.InputNorm, eps, d.X);
+        step.MatMul(d.X, rows, lw.Qkv, d.Qkv);
+        step.CopyColumns(d.Qkv, rows, qkvW, 0, qW, d.Q);
+        step.CopyColumns(d.Qkv, rows, qkvW, qW, kvW, d.K);
+        step.CopyColumns(d.Qkv, rows, qkvW, qW + kvW, kvW, d.V);
+        if (rope)
+        {
+            step.Rope(d.Q, rows, nh, d.Positions, _w.Rope);
+            step.Rope(d.K, rows, nkv, d.Positions, _w.Rope);
+            if (_c.UseQkNorm)
+            {
+                step.RmsNorm(d.Q, rows * nh, hd, [], eps, d.Q);
+                step.RmsNorm(d.K, rows * nkv, hd, [], eps, d.K);
+            }
+        }
+        else if (d.Factors is { } fs)
+        {
+            step.ScaleRows(d.Q, rows, qW, fs);
+        }
+        kvAndAttention(new AttentionParams(nh, nkv, hd, _attnScaling, rope ? _c.AttentionChunkSize : 0), d.K, d.V);
+        step.MatMul(d.Attn, rows, lw.O, d.Tmp);
+        step.Add(d.Hidden, d.Tmp);
+        step.RmsNorm(d.Hidden, rows, h, lw.PostAttentionNorm, eps, d.X);
+    }
+
+    /// <summary>
+    /// The end of a device step: every cache advanced, the final norm and lm_head on the requested rows only (gathered
+    /// from <paramref name="hidden"/> through the scratch tensors <paramref name="tmp"/> and <paramref name="x"/>), logits downloaded.
+    /// </summary>
+    private StepResult FinishOnDevice(CudaDeviceStep step, IReadOnlyList<SequenceStep> items, DeviceTensor hidden, DeviceTensor x, DeviceTensor tmp,
+        Dictionary<int, int[]>? routing)
+    {
+        int h = _c.HiddenSize;
+        foreach (var item in items)
+        {
+            item.Cache.Advance(item.Tokens.Span);
+        }
+        var (selected, logitRows) = SelectLogitRows(items);
+        int s = selected.Count;
+        var logits = new float[s * _c.VocabSize];
+        if (s > 0)
+        {
+            DeviceTensor rows = tmp.Slice(0, (long)s * h), normed = x.Slice(0, (long)s * h);
+            step.GatherRows(hidden, h, selected.ToArray(), rows);
+            step.RmsNorm(rows, s, h, _w.FinalNorm, (float)_c.RmsNormEps, normed);
+            DeviceTensor dLogits = step.Allocate(logits.Length);
+            step.MatMul(normed, s, _w.LmHead, dLogits);
+            step.Download(dLogits, logits);
+        }
+        step.Complete();
+        LastDeviceTraffic = new DeviceStepTraffic(step.UploadedBytes, step.DownloadedBytes, step.Synchronizations);
+        return new StepResult(logits, logitRows, _c.VocabSize, routing);
     }
 
     /// <summary>
@@ -206,10 +243,7 @@ public sealed partial class Llama4Model
         {
             step.TopK(logits, t, e, topK, ids, scores, x, host.AsSpan(0, t * h));
         }
-        for (int i = 0; i < scores.Length; i++)
-        {
-            scores[i] = (float)(1.0 / (1.0 + Math.Exp(-scores[i])));
-        }
+        Sigmoid(scores);
         if (onDevice is not null)
         {
             onDevice.RunOnDevice(step, il, x, new RoutingResult(ids, scores, topK), routed);

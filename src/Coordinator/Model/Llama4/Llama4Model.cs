@@ -148,6 +148,7 @@ public sealed partial class Llama4Model
             t += item.Tokens.Length;
         }
 
+        LastGraphLaunches = 0;
         if (_backend is CudaKernelBackend { Options.DevicePath: true } cuda && OnDevice(cuda, items))
         {
             return await ForwardOnDeviceAsync(cuda, items, t, captureRouting, cancellationToken).ConfigureAwait(false);

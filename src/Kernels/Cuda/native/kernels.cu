@@ -683,7 +683,8 @@ KERNEL void attention_combine(const float* partial, float* out, int splits, int 
     }
 }
 
-// Row r of k/v [rows, width] goes to row slots[r] of the store's store_k/store_v [*, width].
+// Row r of k/v [rows, width] goes to row slots[r] of the store's store_k/store_v [*, width]; a negative slot writes
+// nothing (the padded rows of a CUDA-graph bucket, which must never touch a real sequence's keys).
 KERNEL void kv_scatter(const float* k, const float* v, const int* slots, float* store_k, float* store_v, long long rows, int width)
 {
     long long n = rows * width;
@@ -692,6 +693,10 @@ KERNEL void kv_scatter(const float* k, const float* v, const int* slots, float* 
     {
         long long r = i / width;
         long long c = i - r * width;
+        if (slots[r] < 0)
+        {
+            continue;
+        }
         long long dst = (long long)slots[r] * width + c;
         store_k[dst] = k[i];
         store_v[dst] = v[i];
@@ -708,6 +713,10 @@ KERNEL void kv_scatter_bf16(const float* k, const float* v, const int* slots, un
     {
         long long r = i / width;
         long long c = i - r * width;
+        if (slots[r] < 0)
+        {
+            continue;
+        }
         long long dst = (long long)slots[r] * width + c;
         store_k[dst] = f32_to_bf16(k[i]);
         store_v[dst] = f32_to_bf16(v[i]);
@@ -742,13 +751,18 @@ __device__ void fp8_store_row(const float* x, unsigned char* codes, float* scale
     }
 }
 
-// kv_scatter into an FP8 store: one block of REDUCE_THREADS per row; row r of k/v [rows, width] to slot slots[r].
+// kv_scatter into an FP8 store: one block of REDUCE_THREADS per row; row r of k/v [rows, width] to slot slots[r] (none
+// when negative).
 KERNEL void kv_scatter_fp8(const float* k, const float* v, const int* slots, unsigned char* store_k, unsigned char* store_v, float* scale_k,
     float* scale_v, int width)
 {
     __shared__ float sh[REDUCE_THREADS];
     long long r = blockIdx.x;
     long long slot = slots[r];
+    if (slot < 0)
+    {
+        return;
+    }
     fp8_store_row(k + r * width, store_k + slot * width, scale_k + slot, width, sh);
     fp8_store_row(v + r * width, store_v + slot * width, scale_v + slot, width, sh);
 }

@@ -151,6 +151,7 @@ public sealed class ServeOptionsValidatorTests
     [InlineData("unknown option --workerz", "--workerz", "2")]
     [InlineData("--prefix-caching 'maybe' must be on or off", "--prefix-caching", "maybe")]
     [InlineData("--device-path 'maybe' must be on or off", "--device-path", "maybe")]
+    [InlineData("--cuda-graphs 'maybe' must be on or off", "--cuda-graphs", "maybe")]
     [InlineData("--default-max-tokens must be an integer", "--default-max-tokens", "0")]
     public async Task ServeCommand_BadArguments_UsageErrorBeforeLoading(string reason, params string[] extra)
     {
