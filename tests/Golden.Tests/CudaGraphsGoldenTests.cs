@@ -1,8 +1,11 @@
+using Distributed.Checkpoint;
 using Distributed.Coordinator.KvCache;
 using Distributed.Coordinator.Model.Llama4;
+using Distributed.Coordinator.Moe;
 using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels;
 using Distributed.Kernels.Cuda;
+using Distributed.Protocol.Grpc;
 using Xunit.Abstractions;
 
 namespace Distributed.Golden.Tests;
@@ -106,6 +109,54 @@ public sealed class CudaGraphsGoldenTests(ITestOutputHelper output)
         Assert.True(on.Counters.Launches > 0 && on.Counters.Captures > 0);
         output.WriteLine($"{fixture} {dtype} KV: graphs on = off bitwise over {off.Logits.Count} decode steps; launches per step "
             + $"[{string.Join(", ", on.Launches)}]; {on.Counters}");
+    }
+
+    /// <summary>
+    /// In-process experts on a graph step: where they can take the device rows (fp32/bf16 rounding) they run between
+    /// the graphs and only the routing comes down per MoE layer; with FP8 dispatch rounding the rows go through the host.
+    /// Either way every decode step (warm-up, capture, replay) equals the host-staged path bitwise.
+    /// </summary>
+    [DevicePathCudaTests.CudaTheory]
+    [InlineData(WireDType.Fp32, WireDType.Fp32, true)]
+    [InlineData(WireDType.Bf16, WireDType.Bf16, true)]
+    [InlineData(WireDType.Fp8E4M3, WireDType.Bf16, false)]
+    public async Task InProcessExperts_OnAGraphStep_EqualTheHostStagedPath(WireDType dispatch, WireDType combine, bool onDevice)
+    {
+        string directory = TestPaths.Fixture("tiny-maverick");
+        var runs = new List<(List<float[]> Logits, List<DeviceStepTraffic?> Traffic, List<int> Launches)>();
+        Llama4TextConfig? cfg = null;
+        foreach (bool graphs in new[] { true, false })
+        {
+            using var backend = new CudaKernelBackend(0, new CudaBackendOptions { CudaGraphs = graphs, DevicePath = graphs });
+            using var checkpoint = CheckpointReader.Open(directory);
+            using var experts = new LocalExpertDispatcher(checkpoint, backend) { WireRounding = (dispatch, combine) };
+            using var engine = Llama4Engine.Load(directory, backend, experts);
+            cfg = engine.Config;
+            using var pool = new KvBlockPool(engine.Config, 16, 1 << 22, backend, prefixCaching: false);
+            using var cache = new PagedKvCache(pool);
+            await engine.Model.ForwardAsync([new SequenceStep(cache, new[] { 1, 2, 3, 5, 8 }, LogitsRequest.Last)], false, CancellationToken.None);
+            var run = (Logits: new List<float[]>(), Traffic: new List<DeviceStepTraffic?>(), Launches: new List<int>());
+            foreach (int token in new[] { 13, 21, 34 })
+            {
+                var step = await engine.Model.ForwardAsync([new SequenceStep(cache, new[] { token }, LogitsRequest.Last)], false, CancellationToken.None);
+                run.Logits.Add(step.Logits);
+                run.Traffic.Add(engine.Model.LastDeviceTraffic);
+                run.Launches.Add(engine.Model.LastGraphLaunches);
+            }
+            runs.Add(run);
+        }
+        var (on, host) = (runs[0], runs[1]);
+        int moe = Enumerable.Range(0, cfg!.NumLayers).Count(cfg.IsMoeLayer);
+        long rowsDown = onDevice ? 0 : moe * (long)cfg.HiddenSize * 4;
+        for (int s = 0; s < host.Logits.Count; s++)
+        {
+            AssertBitwise(host.Logits[s], on.Logits[s], $"{dispatch}/{combine} step {s} logits");
+            Assert.Null(host.Traffic[s]);
+            Assert.Equal(moe * 8L * cfg.TopK + rowsDown + (long)cfg.VocabSize * 4, on.Traffic[s]!.Value.DownloadedBytes);
+        }
+        Assert.Equal([0, 2 * moe + 1, 2 * moe + 1], on.Launches);
+        output.WriteLine($"{dispatch}/{combine}: graph steps = host-staged bitwise; experts on device rows: {onDevice}; graph launches "
+            + $"[{string.Join(", ", on.Launches)}]; replay step {on.Traffic[2]!.Value.UploadedBytes} B up, {on.Traffic[2]!.Value.DownloadedBytes} B down");
     }
 
     /// <summary>Golden prompts through <c>infer</c> with graphs on: the golden greedy tokens and last logits within the tolerance.</summary>

@@ -19,7 +19,8 @@ namespace Distributed.Coordinator.Model.Llama4;
 /// <item>each MoE layer's shared expert, launched while the routed rows are at the experts (M segments).</item>
 /// </list>
 /// Outside the graphs: the top-k and dispatched rows' download and its wait, the dispatch and combine, the combined
-/// rows' upload, and the final norm and lm_head on the requested rows (their count varies). Padded rows compute on zero
+/// rows' upload (or, for in-process experts on this backend, their kernels on the device rows), and the final norm and
+/// lm_head on the requested rows (their count varies). Padded rows compute on zero
 /// embeddings, write no key (slot -1), see no key (0 keys: attention output 0), and are never downloaded or dispatched;
 /// every kernel computes each row from that row alone, so real rows' results equal the eager device path's (bitwise
 /// on the emulator; on a GPU only as far as cuBLAS picks the same algorithm for the bucket's row count as for the real one).
@@ -147,7 +148,9 @@ public sealed partial class Llama4Model
     /// <summary>
     /// One MoE layer's host part on a graph step: the top-k and the real rows to dispatch come back with one wait, the
     /// shared expert runs as its own graph while the routed rows are at the experts, and the combined rows go up into
-    /// the fixed <paramref name="routed"/> buffer (the next segment adds them).
+    /// the fixed <paramref name="routed"/> buffer (the next segment adds them). In-process experts on the same backend
+    /// (<see cref="IDeviceExpertDispatcher"/>) instead run eagerly on the device rows and write <paramref name="routed"/>
+    /// there: only the top-k comes back.
     /// </summary>
     private async ValueTask<int[]> RoutedExpertsGraphedAsync(CudaDeviceStep step, int il, DeviceTensor x, int t, int bucket, DeviceTensor output,
         DeviceTensor routed, DeviceTensor topIds, DeviceTensor topScores, float[] host, float[] routedHost, CancellationToken cancellationToken)
@@ -156,6 +159,16 @@ public sealed partial class Llama4Model
         var lw = _w.Layers[il];
         var ids = new int[t * topK];
         var scores = new float[t * topK];
+        // In-process experts on this backend take the device rows (only the routing comes back); their kernels run
+        // eagerly between the graphs, writing the real rows of the fixed routed buffer (padded rows stay zero).
+        IDeviceExpertDispatcher? onDevice = _experts is IDeviceExpertDispatcher d && d.CanRunOnDevice(step) ? d : null;
+        if (onDevice is not null)
+        {
+            step.DownloadTopK(topIds, topScores, ids, scores, default, []);
+            onDevice.RunOnDevice(step, il, x.Slice(0, (long)t * h), new RoutingResult(ids, Sigmoid(scores), topK), routed.Slice(0, (long)t * h));
+            step.Segment(() => step.SwiGluFfn(x, bucket, lw.FfnGateUp, lw.FfnDown, output));
+            return ids;
+        }
         step.DownloadTopK(topIds, topScores, ids, scores, x.Slice(0, (long)t * h), host.AsSpan(0, t * h));
         var handle = await _experts.DispatchAsync(il, host.AsMemory(0, t * h), new RoutingResult(ids, Sigmoid(scores), topK), cancellationToken)
             .ConfigureAwait(false);
