@@ -17,7 +17,7 @@ public sealed class CudaEmulatorSuiteTests(ITestOutputHelper output)
     public Task KernelSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Kernels.Tests", minimumTests: 25);
 
     [CudaEmulatorFact]
-    public Task GoldenSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Golden.Tests", minimumTests: 22);
+    public Task GoldenSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("Golden.Tests", minimumTests: 25);
 
     [CudaEmulatorFact]
     public Task ExpertWorkerSuite_GpuTests_AllPassOnTheEmulator() => RunSuiteAsync("ExpertWorker.Tests", minimumTests: 24);
