@@ -22,6 +22,27 @@ internal static class DevicePathChecks
 
     private const string GraphsSection = "CUDA graphs vs the eager device path (issue #12)";
 
+    /// <summary>The input ids of the first <paramref name="count"/> prompts of the fixture's golden.json.</summary>
+    private static int[][] FirstPrompts(string dir, int count)
+    {
+        var prompts = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "golden.json"))).RootElement.GetProperty("prompts");
+        return [.. prompts.EnumerateArray().Take(count).Select(p => p.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray())];
+    }
+
+    /// <summary>The largest |y| (at least 1e-30), the largest |x - y| and whether x and y are bitwise equal.</summary>
+    private static (double Scale, double Worst, bool Bitwise) CompareLogits(float[] x, float[] y)
+    {
+        double scale = 1e-30, worst = 0;
+        bool bitwise = true;
+        for (int j = 0; j < y.Length; j++)
+        {
+            scale = Math.Max(scale, Math.Abs(y[j]));
+            worst = Math.Max(worst, Math.Abs(x[j] - y[j]));
+            bitwise &= BitConverter.SingleToInt32Bits(x[j]) == BitConverter.SingleToInt32Bits(y[j]);
+        }
+        return (scale, worst, bitwise);
+    }
+
     /// <summary>A backend on <paramref name="like"/>'s device with CUDA graphs on (the device path's default otherwise).</summary>
     private static CudaKernelBackend WithGraphs(CudaKernelBackend like) => new(like.Info.Ordinal, new CudaBackendOptions { CudaGraphs = true });
 
@@ -38,22 +59,15 @@ internal static class DevicePathChecks
         using Llama4Engine b = Llama4Engine.Load(dir, eager);
         a.KvDType = KvCacheDType.Fp32;
         b.KvDType = KvCacheDType.Fp32;
-        var prompts = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "golden.json"))).RootElement.GetProperty("prompts");
-        for (int i = 0; i < 3; i++)
+        var prompts = FirstPrompts(dir, 3);
+        for (int i = 0; i < prompts.Length; i++)
         {
-            int[] ids = [.. prompts[i].GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32())];
+            int[] ids = prompts[i];
             report.Check(GraphsSection, $"tiny-maverick prompt {i}: graphs = eager device path", () =>
             {
                 var x = a.InferAsync(ids, 6, CancellationToken.None).GetAwaiter().GetResult();
                 var y = b.InferAsync(ids, 6, CancellationToken.None).GetAwaiter().GetResult();
-                double scale = 1e-30, worst = 0;
-                bool bitwise = true;
-                for (int j = 0; j < y.LastLogits.Length; j++)
-                {
-                    scale = Math.Max(scale, Math.Abs(y.LastLogits[j]));
-                    worst = Math.Max(worst, Math.Abs(x.LastLogits[j] - y.LastLogits[j]));
-                    bitwise &= BitConverter.SingleToInt32Bits(x.LastLogits[j]) == BitConverter.SingleToInt32Bits(y.LastLogits[j]);
-                }
+                var (scale, worst, bitwise) = CompareLogits(x.LastLogits, y.LastLogits);
                 var g = graphs.GraphCounters;
                 bool pass = g.Launches > 0 && g.CaptureFailures == 0 && worst <= 1e-4 * scale && x.Argmax.SequenceEqual(y.Argmax) && x.NewTokens.SequenceEqual(y.NewTokens);
                 return (pass, $"last logits max |diff| {worst:E3} (scale {scale:F3}), bitwise {(bitwise ? "yes" : "no")}; tokens [{string.Join(",", x.NewTokens)}] vs "
@@ -76,23 +90,16 @@ internal static class DevicePathChecks
         using Llama4Engine b = Llama4Engine.Load(dir, off);
         a.KvDType = KvCacheDType.Fp32;
         b.KvDType = KvCacheDType.Fp32;
-        var prompts = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "golden.json"))).RootElement.GetProperty("prompts");
-        for (int i = 0; i < 3; i++)
+        var prompts = FirstPrompts(dir, 3);
+        for (int i = 0; i < prompts.Length; i++)
         {
-            int[] ids = [.. prompts[i].GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32())];
+            int[] ids = prompts[i];
             report.Check(ParitySection, $"tiny-maverick prompt {i}: device path = host-staged path", () =>
             {
                 var x = a.InferAsync(ids, 4, CancellationToken.None).GetAwaiter().GetResult();
                 bool tookDevicePath = a.Model.LastDeviceTraffic is not null;
                 var y = b.InferAsync(ids, 4, CancellationToken.None).GetAwaiter().GetResult();
-                double scale = 1e-30, worst = 0;
-                bool bitwise = true;
-                for (int j = 0; j < y.LastLogits.Length; j++)
-                {
-                    scale = Math.Max(scale, Math.Abs(y.LastLogits[j]));
-                    worst = Math.Max(worst, Math.Abs(x.LastLogits[j] - y.LastLogits[j]));
-                    bitwise &= BitConverter.SingleToInt32Bits(x.LastLogits[j]) == BitConverter.SingleToInt32Bits(y.LastLogits[j]);
-                }
+                var (scale, worst, bitwise) = CompareLogits(x.LastLogits, y.LastLogits);
                 bool routing = y.Experts.All(kv => kv.Value.SelectMany(r => r).SequenceEqual(x.Experts[kv.Key].SelectMany(r => r)));
                 bool pass = tookDevicePath && worst <= 1e-4 * scale && x.Argmax.SequenceEqual(y.Argmax) && x.NewTokens.SequenceEqual(y.NewTokens) && routing;
                 return (pass, $"device path taken: {tookDevicePath}; last logits max |diff| {worst:E3} (scale {scale:F3}), bitwise {(bitwise ? "yes" : "no")}; " +

@@ -85,14 +85,7 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDeviceExpertDisp
         {
             RoundTrip(rows, h, dispatchWire.Dispatch);
         }
-        var gateUp = new IWeightMatrix[plan.Experts.Length];
-        var down = new IWeightMatrix[plan.Experts.Length];
-        for (int g = 0; g < plan.Experts.Length; g++)
-        {
-            var w = Get(layer, plan.Experts[g]);
-            gateUp[g] = w.GateUp;
-            down[g] = w.Down;
-        }
+        var (gateUp, down) = Weights(layer, plan.Experts);
         var outRows = new float[plan.Rows * h];
         _backend.SwiGluFfnGrouped(rows, plan.RowCounts, gateUp, down, outRows);
         if (WireRounding is { } combineWire)
@@ -135,14 +128,7 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDeviceExpertDisp
             scores[r] = weights[plan.PairTokens[r] * plan.TopK + plan.PairSlots[r]];
             rowOf[plan.PairTokens[r] * plan.TopK + plan.PairSlots[r]] = r;
         }
-        var gateUp = new IWeightMatrix[plan.Experts.Length];
-        var down = new IWeightMatrix[plan.Experts.Length];
-        for (int g = 0; g < plan.Experts.Length; g++)
-        {
-            var w = Get(layer, plan.Experts[g]);
-            gateUp[g] = w.GateUp;
-            down[g] = w.Down;
-        }
+        var (gateUp, down) = Weights(layer, plan.Experts);
         step.RoutedExperts(hidden, plan.Tokens, h, plan.PairTokens, scores, rowOf, plan.TopK, plan.RowCounts, gateUp, down,
             WireRounding?.Dispatch == WireDType.Bf16, WireRounding?.Combine == WireDType.Bf16, output);
     }
@@ -217,5 +203,19 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDeviceExpertDisp
     {
         public DispatchPlan Plan { get; } = plan;
         public float[] Output { get; } = output;
+    }
+
+    /// <summary>The gate/up and down matrices of <paramref name="experts"/> of <paramref name="layer"/>, in that order.</summary>
+    private (IWeightMatrix[] GateUp, IWeightMatrix[] Down) Weights(int layer, int[] experts)
+    {
+        var gateUp = new IWeightMatrix[experts.Length];
+        var down = new IWeightMatrix[experts.Length];
+        for (int g = 0; g < experts.Length; g++)
+        {
+            var w = Get(layer, experts[g]);
+            gateUp[g] = w.GateUp;
+            down[g] = w.Down;
+        }
+        return (gateUp, down);
     }
 }
