@@ -63,6 +63,9 @@ public sealed partial class GrpcExpertDispatcher : IExpertDispatcher
         _recovery = new DispatchRecovery(_placement, Suspicion, _options, _time, logger ?? NullLogger.Instance);
     }
 
+    /// <summary>The worker links this dispatcher sends through (a <see cref="WorkerChannelPool"/> for real workers).</summary>
+    public IWorkerConnectionSource ConnectionSource => _connections;
+
     /// <summary>Where dispatch time goes.</summary>
     public DispatchStatistics Statistics { get; } = new();
 

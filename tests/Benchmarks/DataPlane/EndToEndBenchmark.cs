@@ -5,7 +5,7 @@ using Distributed.Coordinator.Serving.Scheduling;
 using Distributed.Kernels.Cpu;
 using Distributed.Protocol.Grpc;
 using Distributed.Tests.Shared;
-using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Logging;
 
 namespace Distributed.Benchmarks.DataPlane;
 
@@ -34,13 +34,13 @@ internal static class EndToEndBenchmark
         int moeLayers = local.Config.MoeLayers.Count;
         double localTps = await DecodeAsync(local, prompt, tokens);
         Console.WriteLine($"model {model}, {moeLayers} MoE layers, {tokens} greedy tokens after a {prompt.Length}-token prompt, coordinator backend 1 thread");
-        Console.WriteLine($"| experts | wire | tok/s | vs in-process | overhead per MoE layer | serialize | wait (wire+worker) | worker | combine |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
-        Console.WriteLine($"| in-process | - | {localTps:F1} | 1.00× | - | - | - | - | - |");
+        Console.WriteLine($"| experts | wire | tok/s | vs in-process | overhead per MoE layer | serialize | wait (wire+worker) | worker | combine | requests × mean round trip, per worker |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        Console.WriteLine($"| in-process | - | {localTps:F1} | 1.00× | - | - | - | - | - | - |");
 
         var options = new LocalClusterOptions { Workers = workers, ModelDirectory = model };
         await using var cluster = await LocalWorkerCluster.StartAsync(options, new DistributionOptions { WireDType = WireDType.Bf16 }, _ => { },
-            NullLoggerFactory.Instance, CancellationToken.None);
+            LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning)), CancellationToken.None);
         // shm = rows in the shared ring with the descriptor on the stream; shm bell = the ring doorbell (issue #15).
         foreach (var (wire, shared, bell) in new[]
         {
@@ -56,7 +56,14 @@ internal static class EndToEndBenchmark
             var s = dispatcher.Statistics;
             double perLayerUs = (1e6 / tps - 1e6 / localTps) / moeLayers;
             double n = s.Dispatches;
-            Console.WriteLine($"| {workers} workers | {wire}{(shared ? " shm" : "")}{(bell ? " bell" : "")} | {tps:F1} | {tps / localTps:F2}× | {perLayerUs:F0} µs | {1000 * s.SerializeMs / n:F0} µs | {1000 * s.WaitMs / n:F0} µs | {1000 * s.WorkerMs / n:F0} µs | {1000 * s.CombineMs / n:F0} µs |");
+            // Where the requests went (the routing of the generated tokens decides it; a layer whose rows stay on one
+            // worker finds it awake, one that alternates wakes the other) and each worker's mean round trip.
+            string perWorker = string.Join(", ", dispatcher.Load.Workers.Select(w => $"{w.Requests} × {1000 * w.MeanLatencyMs:F0} µs"));
+            if (dispatcher.ConnectionSource is WorkerChannelPool pool)
+            {
+                perWorker += "; " + string.Join(", ", pool.Connections.Select(c => $"{c.Transport}{(c.UsesDoorbell ? $" bell {c.DoorbellRequests}" : "")}"));
+            }
+            Console.WriteLine($"| {workers} workers | {wire}{(shared ? " shm" : "")}{(bell ? " bell" : "")} | {tps:F1} | {tps / localTps:F2}× | {perLayerUs:F0} µs | {1000 * s.SerializeMs / n:F0} µs | {1000 * s.WaitMs / n:F0} µs | {1000 * s.WorkerMs / n:F0} µs | {1000 * s.CombineMs / n:F0} µs | {perWorker} |");
         }
         return 0;
     }
