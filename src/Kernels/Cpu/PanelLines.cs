@@ -150,12 +150,28 @@ internal static unsafe class Fp8Decode
     /// <summary>Whether the Vector512 decode can run (it needs AVX512BW's byte→word and word permutes).</summary>
     public static bool WideSupported => Avx512BW.IsSupported;
 
-    // bf16 bits of m · 2^-9 (the E4M3 subnormals, m = 0..7) in words 0..7; vpermw indexes with the low 5 bits of the
-    // sign-extended code, which are 00mmm for exactly the lanes that use the table.
-    private static readonly Vector512<ushort> SubnormalWords = Vector512.Create(BuildSubnormalWords());
+    // bf16 bits of m · 2^-9 (the E4M3 subnormals, m = 0..7), checked against Fp8E4M3.ToBf16Bits by the tests. They are
+    // constants, not static readonly fields: the AggressiveOptimization kernels are compiled before this class is
+    // initialized, so a field read would carry a class-initialization check whose possible helper call makes the JIT
+    // keep every vector live across it on the stack (all ymm/zmm registers are caller-saved), spilling the kernels'
+    // accumulators on every k.
 
-    // The same 8 words as 16 bytes (little-endian), repeated in both 128-bit lanes for vpshufb.
-    private static readonly Vector256<byte> SubnormalBytes = Vector256.Create(BuildSubnormalBytes());
+    /// <summary>The subnormal words in words 0..7 (vpermw indexes with the low 5 bits of the sign-extended code, which
+    /// are 00mmm for exactly the lanes that use the table).</summary>
+    internal static Vector512<ushort> SubnormalWords
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector512.Create(Vector256.Create((ushort)0x0000, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60, 0, 0, 0, 0, 0, 0, 0, 0),
+            Vector256<ushort>.Zero);
+    }
+
+    /// <summary>The same 8 words as 16 bytes (little-endian), repeated in both 128-bit lanes for vpshufb.</summary>
+    internal static Vector256<byte> SubnormalBytes
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector256.Create((ushort)0x0000, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60,
+            0x0000, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60).AsByte();
+    }
 
     /// <summary>32 codes (Vector512 order) → the widened bf16 line; <paramref name="exceptional"/> = the line's flag.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -188,27 +204,5 @@ internal static unsafe class Fp8Decode
             t = Vector256.ConditionalSelect(Vector256.Equals(u & Vector256.Create((ushort)0x78), Vector256<ushort>.Zero), sub, t);
         }
         return t.AsUInt32();
-    }
-
-    private static ushort[] BuildSubnormalWords()
-    {
-        var words = new ushort[32];
-        for (int m = 0; m < 8; m++)
-        {
-            words[m] = Fp8E4M3.ToBf16Bits((byte)m);
-        }
-        return words;
-    }
-
-    private static byte[] BuildSubnormalBytes()
-    {
-        var bytes = new byte[32];
-        for (int m = 0; m < 8; m++)
-        {
-            ushort w = Fp8E4M3.ToBf16Bits((byte)m);
-            bytes[2 * m] = bytes[16 + (2 * m)] = (byte)w;
-            bytes[(2 * m) + 1] = bytes[16 + (2 * m) + 1] = (byte)(w >> 8);
-        }
-        return bytes;
     }
 }

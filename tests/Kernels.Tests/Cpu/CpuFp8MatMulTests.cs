@@ -1,3 +1,6 @@
+using System.Runtime.Intrinsics;
+using Distributed.Kernels.Cpu;
+
 namespace Distributed.Kernels.Tests.Cpu;
 
 /// <summary>
@@ -192,6 +195,22 @@ public sealed class CpuFp8MatMulTests
                 gu.Dispose();
                 dn.Dispose();
             }
+        }
+    }
+
+    /// <summary>The in-register decode's subnormal tables are literal constants (see Fp8Decode): they must be the bf16 bits
+    /// of the E4M3 subnormals m · 2^-9 that the exact table gives.</summary>
+    [Fact]
+    public void InRegisterDecode_SubnormalTables_MatchTheExactDecode()
+    {
+        var words = Fp8Decode.SubnormalWords;
+        var bytes = Fp8Decode.SubnormalBytes.AsUInt16();
+        for (int m = 0; m < 8; m++)
+        {
+            ushort expected = Fp8E4M3.ToBf16Bits((byte)m);
+            Assert.Equal(expected, words[m]);
+            Assert.Equal(expected, bytes[m]);
+            Assert.Equal(expected, bytes[8 + m]);
         }
     }
 
