@@ -14,6 +14,9 @@ internal static class Fp8E4M3Codec
 
     public const byte NaNCode = 0x7F;
 
+    /// <summary>Bytes of a quantized row's scale (little-endian fp32) ahead of its codes, on the wire and on the device.</summary>
+    public const int RowScaleBytes = 4;
+
     /// <summary>The value of every code (index = code); NaN for <c>0x7F</c> and <c>0xFF</c>.</summary>
     public static readonly float[] Values = BuildValues();
 

@@ -69,7 +69,7 @@ public sealed partial class GrpcExpertDispatcher
             for (int r = s.FirstRow; r < s.FirstRow + s.Rows; r++)
             {
                 int t = plan.PairTokens[r];
-                float score = weights[t * plan.TopK + plan.PairSlots[r]];
+                float score = plan.RowScore(r, weights);
                 WireCodec.EncodeScaled(hidden.Slice(t * h, h), score, _options.WireDType, destination.Slice(offset, bytesPerRow));
                 offset += bytesPerRow;
             }

@@ -117,7 +117,7 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
                 CoordinatorId = options.CoordinatorId,
             };
             bool offered = options.PreferSharedMemory && SharedRing.IsSupported;
-            bool doorbellOffered = offered && options.RingDoorbell && RingControl.IsSupported && options.SharedRingBytes >= RingControl.MinRingBytes;
+            bool doorbellOffered = offered && options.RingDoorbell && RingControl.CanUse(options.SharedRingBytes);
             if (offered)
             {
                 hello.Transports.Add(RowTransport.SharedMemoryFd);
@@ -379,7 +379,8 @@ public sealed partial class WorkerConnection : IWorkerConnection, IAsyncDisposab
         }
     }
 
-    /// <summary>Forgets a request (its deadline passed): its reply task is cancelled and a late reply is dropped.</summary>
+    /// <summary>Forgets a request (its deadline passed): its reply task is cancelled and a late reply is dropped. A doorbell
+    /// request keeps its credit until its reply arrives: the worker may still put that reply in the reply queue.</summary>
     public void Abandon(ulong requestId)
     {
         if (_pending.TryRemove(requestId, out var tcs))

@@ -6,6 +6,8 @@ namespace Distributed.Coordinator.Moe;
 /// </summary>
 public sealed class DispatchPlan
 {
+    private int[]? _rowOf;
+
     private DispatchPlan(int tokens, int topK, int[] experts, int[] rowCounts, int[] pairTokens, int[] pairSlots)
     {
         Tokens = tokens;
@@ -84,13 +86,34 @@ public sealed class DispatchPlan
         return new DispatchPlan(rows / topK, topK, experts, rowCounts, pairTokens, pairSlots);
     }
 
+    /// <summary>Per (token, slot), <c>[Tokens, TopK]</c>, the routed row (grouped order) that carries it.</summary>
+    public int[] RowOf
+    {
+        get
+        {
+            if (_rowOf is null)
+            {
+                var rowOf = new int[Tokens * TopK];
+                for (int r = 0; r < PairTokens.Length; r++)
+                {
+                    rowOf[PairTokens[r] * TopK + PairSlots[r]] = r;
+                }
+                _rowOf = rowOf;
+            }
+            return _rowOf;
+        }
+    }
+
+    /// <summary>The router score of routed row <paramref name="r"/>, from the routing's <c>[Tokens, TopK]</c> <paramref name="weights"/>.</summary>
+    public float RowScore(int r, ReadOnlySpan<float> weights) => weights[PairTokens[r] * TopK + PairSlots[r]];
+
     /// <summary>Fills <paramref name="rows"/> (<c>[Rows, hidden]</c>) with <c>score · hidden[token]</c> in grouped order.</summary>
     public void GatherScaled(ReadOnlySpan<float> hidden, int hiddenSize, ReadOnlySpan<float> weights, Span<float> rows)
     {
         for (int r = 0; r < PairTokens.Length; r++)
         {
             int t = PairTokens[r];
-            float score = weights[t * TopK + PairSlots[r]];
+            float score = RowScore(r, weights);
             var src = hidden.Slice(t * hiddenSize, hiddenSize);
             var dst = rows.Slice(r * hiddenSize, hiddenSize);
             for (int j = 0; j < hiddenSize; j++)
@@ -107,11 +130,7 @@ public sealed class DispatchPlan
     /// </summary>
     public void CombineAdd(ReadOnlySpan<float> expertOut, int hiddenSize, Span<float> output)
     {
-        var rowOf = new int[Tokens * TopK];
-        for (int r = 0; r < PairTokens.Length; r++)
-        {
-            rowOf[PairTokens[r] * TopK + PairSlots[r]] = r;
-        }
+        var rowOf = RowOf;
         var sum = TopK == 1 ? [] : new float[hiddenSize];
         for (int t = 0; t < Tokens; t++)
         {
@@ -147,11 +166,7 @@ public sealed class DispatchPlan
     /// </summary>
     public void Combine(ReadOnlySpan<float> expertOut, int hiddenSize, Span<float> output)
     {
-        var rowOf = new int[Tokens * TopK];
-        for (int r = 0; r < PairTokens.Length; r++)
-        {
-            rowOf[PairTokens[r] * TopK + PairSlots[r]] = r;
-        }
+        var rowOf = RowOf;
         for (int t = 0; t < Tokens; t++)
         {
             var dst = output.Slice(t * hiddenSize, hiddenSize);

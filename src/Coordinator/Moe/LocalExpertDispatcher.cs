@@ -122,14 +122,12 @@ public sealed class LocalExpertDispatcher : IExpertDispatcher, IDeviceExpertDisp
         var plan = DispatchPlan.Build(routing, _c.NumExperts);
         var weights = routing.Weights.Span;
         var scores = new float[plan.Rows];
-        var rowOf = new int[plan.Tokens * plan.TopK];
         for (int r = 0; r < plan.Rows; r++)
         {
-            scores[r] = weights[plan.PairTokens[r] * plan.TopK + plan.PairSlots[r]];
-            rowOf[plan.PairTokens[r] * plan.TopK + plan.PairSlots[r]] = r;
+            scores[r] = plan.RowScore(r, weights);
         }
         var (gateUp, down) = Weights(layer, plan.Experts);
-        step.RoutedExperts(hidden, plan.Tokens, h, plan.PairTokens, scores, rowOf, plan.TopK, plan.RowCounts, gateUp, down,
+        step.RoutedExperts(hidden, plan.Tokens, h, plan.PairTokens, scores, plan.RowOf, plan.TopK, plan.RowCounts, gateUp, down,
             WireRounding?.Dispatch == WireDType.Bf16, WireRounding?.Combine == WireDType.Bf16, output);
     }
 

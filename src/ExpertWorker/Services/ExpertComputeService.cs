@@ -56,7 +56,7 @@ public sealed partial class ExpertComputeService(
                 transport = RowTransport.SharedMemoryFd;
                 nonce = RandomNumberGenerator.GetBytes(RingRendezvous.NonceBytes);
                 ringBytes = (long)offer.SizeBytes;
-                doorbell = offer.Doorbell && options.Value.RingDoorbell && RingControl.IsSupported && offer.SizeBytes >= RingControl.MinRingBytes;
+                doorbell = offer.Doorbell && options.Value.RingDoorbell && RingControl.CanUse(ringBytes);
             }
             else
             {

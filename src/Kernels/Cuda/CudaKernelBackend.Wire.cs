@@ -129,7 +129,7 @@ public sealed unsafe class CudaWireBatch : IDisposable
         {
             throw new ArgumentException($"the experts have H = {plan.Hidden}, the rows {hidden}", nameof(hidden));
         }
-        long rowBytes = format == 2 ? hidden + 4L : (long)hidden * DTypeInfo.SizeOf(rowFormat);
+        long rowBytes = format == 2 ? hidden + (long)Fp8E4M3Codec.RowScaleBytes : (long)hidden * DTypeInfo.SizeOf(rowFormat);
         if (_payloadBytes != rows * rowBytes)
         {
             throw new ArgumentException($"the payload holds {_payloadBytes} bytes, {rows} rows of {rowBytes} need {rows * rowBytes}", nameof(rowCounts));

@@ -56,6 +56,9 @@ public static class RingControl
     /// <summary>True where the doorbell works: Linux on x86-64 or arm64 (memfd, futex).</summary>
     public static bool IsSupported => SharedRing.IsSupported && UnixInterop.FutexSupported;
 
+    /// <summary>Whether a ring of <paramref name="ringBytes"/> can carry a doorbell here (both ends decide with this).</summary>
+    public static bool CanUse(long ringBytes) => IsSupported && ringBytes >= MinRingBytes;
+
     /// <summary>Sets every slot's starting sequence in both queues (the creator does this once, before passing the ring on).</summary>
     /// <exception cref="ArgumentException">The ring is smaller than <see cref="MinRingBytes"/>.</exception>
     public static unsafe void Initialize(SharedRing ring)

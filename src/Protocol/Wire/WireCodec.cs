@@ -17,7 +17,7 @@ namespace Distributed.Protocol.Wire;
 public static partial class WireCodec
 {
     /// <summary>Bytes per scale at the start of an FP8 row.</summary>
-    public const int Fp8ScaleBytes = 4;
+    public const int Fp8ScaleBytes = Fp8E4M3Codec.RowScaleBytes;
 
     /// <summary>Bytes per element of <paramref name="dtype"/> (FP8 rows also carry a 4-byte scale: <see cref="RowBytes"/>).</summary>
     /// <exception cref="ArgumentOutOfRangeException">Not BF16, FP32 or FP8_E4M3.</exception>

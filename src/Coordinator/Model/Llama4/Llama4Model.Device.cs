@@ -129,6 +129,10 @@ public sealed partial class Llama4Model
         }
     }
 
+    /// <summary>The routed experts as a dispatcher that takes this step's device rows (in-process on the same backend), or null.</summary>
+    private IDeviceExpertDispatcher? ExpertsOnDevice(CudaDeviceStep step) =>
+        _experts is IDeviceExpertDispatcher d && d.CanRunOnDevice(step) ? d : null;
+
     /// <summary>A step's device tensors for one layer (rows × width each), positions and temperature factors.</summary>
     private readonly record struct LayerTensors(DeviceTensor Hidden, DeviceTensor X, DeviceTensor Qkv, DeviceTensor Q, DeviceTensor K, DeviceTensor V,
         DeviceTensor Attn, DeviceTensor Tmp, DevicePositions Positions, DeviceTensor? Factors);
@@ -234,7 +238,7 @@ public sealed partial class Llama4Model
         var scores = new float[t * topK];
         // In-process experts on this backend stay on the device (only the routing comes back); otherwise one wait for the
         // routing and the rows to dispatch.
-        IDeviceExpertDispatcher? onDevice = _experts is IDeviceExpertDispatcher d && d.CanRunOnDevice(step) ? d : null;
+        IDeviceExpertDispatcher? onDevice = ExpertsOnDevice(step);
         if (onDevice is not null)
         {
             step.TopK(logits, t, e, topK, ids, scores);

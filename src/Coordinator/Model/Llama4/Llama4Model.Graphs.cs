@@ -161,7 +161,7 @@ public sealed partial class Llama4Model
         var scores = new float[t * topK];
         // In-process experts on this backend take the device rows (only the routing comes back); their kernels run
         // eagerly between the graphs, writing the real rows of the fixed routed buffer (padded rows stay zero).
-        IDeviceExpertDispatcher? onDevice = _experts is IDeviceExpertDispatcher d && d.CanRunOnDevice(step) ? d : null;
+        IDeviceExpertDispatcher? onDevice = ExpertsOnDevice(step);
         if (onDevice is not null)
         {
             step.DownloadTopK(topIds, topScores, ids, scores, default, []);
